@@ -1,0 +1,25 @@
+# `make demo` and `make test` each set up .venv on a fresh machine (tools/bootstrap.sh), then run.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gmm-triton-stamp
+# The Triton kernels run on a CPU machine through the interpreter; on a GPU they compile for it.
+HAS_CUDA = $(shell $(PY) -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null)
+TEST_ENV = HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.cache/inductor
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml setup.py requirements-dev.txt tools/bootstrap.sh $(wildcard csrc/*.cpp csrc/*.h)
+	./tools/bootstrap.sh
+	@touch $@
+
+test: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable
+
+demo: $(STAMP)
+	$(TEST_ENV) $(PY) -m gmm_triton.cli demo
+
+bench: $(STAMP)
+	$(TEST_ENV) $(PY) -m gmm_triton.cli bench $(if $(filter 1,$(HAS_CUDA)),,--device cpu)
+
+clean:
+	rm -rf $(VENV) build .cache gmm_triton/_C*.so *.egg-info

@@ -1,0 +1,258 @@
+// The CPU twin of kernels/step.py: the same fused step, same table layout, same Philox stream.
+// Work is split into (sample, chunk) tasks run by at::parallel_for (OpenMP). Within a chunk the maths runs
+// in stages over L1-resident tiles (load -> convert -> clip -> combine -> noise -> store), each a simple loop
+// gcc vectorises, instead of one loop whose body branches on a dozen runtime flags.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "philox.h"
+#include "step.h"
+
+namespace gmm {
+namespace {
+
+constexpr int64_t kChunk = 16384;  // elements per task
+constexpr int kLane = 1024;        // elements per stage tile
+
+enum Pred { kEps = 0, kSample = 1, kV = 2, kFlow = 3 };
+enum Var { kNone = 0, kDiag = 1, kVub = 2, kExact = 3 };
+enum NoiseMode { kNoNoise = 0, kPhilox = 1, kTensor = 2 };
+
+struct SampleScalars {
+  bool valid;
+  double al, sg, alp, sp2, sigma, c_eps;
+  bool apply;    // mixture applies at this step
+  int64_t srow;  // mixture table row
+  int64_t k;     // component
+};
+
+template <typename T>
+inline void load_tile(const T* __restrict p, int n, float* __restrict o) {
+  for (int i = 0; i < n; ++i) o[i] = static_cast<float>(p[i]);
+}
+inline void load_tile(const double* __restrict p, int n, double* __restrict o) { std::memcpy(o, p, n * sizeof(double)); }
+template <typename T>
+inline void load_tile(const T* __restrict p, int n, double* __restrict o) {
+  for (int i = 0; i < n; ++i) o[i] = static_cast<double>(p[i]);
+}
+
+template <typename T, typename A>
+inline void store_tile(const A* __restrict v, int n, A bad, T* __restrict p) {
+  for (int i = 0; i < n; ++i) p[i] = static_cast<T>(v[i] + bad);
+}
+
+// Noise of sample b for d in [d0, d0 + n): Philox stream 0 at flat index b*D + d, or the caller's tensor.
+inline void noise_tile(const StepArgs& a, int64_t b, int64_t d0, int n, float* __restrict z) {
+  if (a.noise_mode == kPhilox) {
+    normals(a.seed, 0, b * a.D + d0, n, z);
+    return;
+  }
+  const int64_t off = b * a.noise.stride(0) + d0;
+  switch (a.noise.scalar_type()) {  // the caller's noise may come in any floating dtype
+    case at::kFloat: load_tile(a.noise.data_ptr<float>() + off, n, z); break;
+    case at::kDouble: load_tile(a.noise.data_ptr<double>() + off, n, z); break;
+    case at::kHalf: load_tile(a.noise.data_ptr<c10::Half>() + off, n, z); break;
+    default: load_tile(a.noise.data_ptr<c10::BFloat16>() + off, n, z);
+  }
+}
+
+SampleScalars sample_scalars(const StepArgs& a, int64_t b) {
+  SampleScalars s{};
+  const int64_t* rows = a.rows.data_ptr<int64_t>();
+  const int64_t R = a.coef.size(0);
+  int64_t row = rows[a.rows.numel() == 1 ? 0 : b];
+  s.valid = row >= 0 && row < R;
+  if (!s.valid) row = 0;
+  const double* c = a.coef.data_ptr<double>() + row * 8;
+  s.al = c[0];
+  s.sg = c[1];
+  s.alp = c[2];
+  s.sp2 = c[3];
+  s.sigma = a.eta * std::sqrt(c[4]);
+  s.c_eps = std::sqrt(std::max(s.sp2 - s.sigma * s.sigma, 0.0));
+  if (a.mixed) {
+    s.apply = c[5] == 0.0 || a.offset_final;
+    s.srow = a.delta.size(0) == 1 ? 0 : static_cast<int64_t>(c[6]);
+    const float u = uniform_at(a.seed, 1, static_cast<uint64_t>(b));
+    const float* cdf = a.cdf.data_ptr<float>();
+    int64_t k = 0;
+    for (int64_t j = 0; j < a.cdf.numel(); ++j) k += cdf[j] <= u;
+    s.k = std::min<int64_t>(k, a.delta.size(1) - 1);
+  }
+  return s;
+}
+
+// part[b, chunk, j] = sum over the chunk of Q[srow, j, d] z[b, d]  (the "exact" mode's projection)
+void project(const StepArgs& a, int64_t n_chunks, std::vector<double>& part) {
+  const int64_t KP = a.cdf.numel();
+  at::parallel_for(0, a.B * n_chunks, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float z[kLane];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / n_chunks, ch = task % n_chunks;
+      const SampleScalars s = sample_scalars(a, b);
+      double* out = part.data() + task * KP;
+      std::fill(out, out + KP, 0.0);
+      const float* Q = a.basis.data_ptr<float>() + s.srow * KP * a.D;
+      for (int64_t d0 = ch * kChunk; d0 < std::min(a.D, (ch + 1) * kChunk); d0 += kLane) {
+        const int n = static_cast<int>(std::min<int64_t>(kLane, a.D - d0));
+        noise_tile(a, b, d0, n, z);
+        for (int64_t j = 0; j < KP; ++j) {
+          const float* q = Q + j * a.D + d0;
+          double acc = 0.0;
+          for (int i = 0; i < n; ++i) acc += static_cast<double>(q[i]) * z[i];
+          out[j] += acc;
+        }
+      }
+    }
+  });
+}
+
+template <typename T, typename A>
+void step_impl(const StepArgs& a) {
+  const int64_t n_chunks = (a.D + kChunk - 1) / kChunk;
+  const int64_t KP = a.mixed ? a.cdf.numel() : 1;
+  std::vector<double> part;
+  if (a.mixed && a.var_mode == kExact && a.noise_mode != kNoNoise) {
+    part.resize(a.B * n_chunks * KP);
+    project(a, n_chunks, part);
+  }
+  const T* X = a.x.data_ptr<T>();
+  const T* M = a.m.data_ptr<T>();
+  T* OUT = a.out.data_ptr<T>();
+  T* X0 = a.write_x0 ? a.x0.data_ptr<T>() : nullptr;
+  const int64_t xbs = a.x.stride(0), mbs = a.m.stride(0), mhalf = a.B * a.m.stride(0);
+  const A clip = static_cast<A>(a.clip), g = static_cast<A>(a.guidance);
+  const A* thr = nullptr;
+  std::vector<A> thr_a;
+  if (a.threshold.defined()) {
+    thr_a.resize(a.B);
+    for (int64_t b = 0; b < a.B; ++b) thr_a[b] = static_cast<A>(a.threshold.data_ptr<float>()[b]);
+    thr = thr_a.data();
+  }
+
+  at::parallel_for(0, a.B * n_chunks, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) A xv[kLane], mv[kLane], x0v[kLane], ev[kLane], pv[kLane];
+    alignas(64) float z[kLane], aux[kLane];
+    std::vector<double> proj(KP, 0.0), cj(KP, 0.0);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / n_chunks, ch = task % n_chunks;
+      const SampleScalars s = sample_scalars(a, b);
+      const A al = static_cast<A>(s.al), sg = static_cast<A>(s.sg), alp = static_cast<A>(s.alp);
+      const A c_eps = static_cast<A>(s.c_eps), sigma = static_cast<A>(s.sigma);
+      const A bad = s.valid ? A(0) : std::numeric_limits<A>::quiet_NaN();
+      const float* delta = nullptr;
+      const float* Q = nullptr;
+      if (a.mixed) {
+        delta = a.delta.data_ptr<float>() + (s.srow * a.delta.size(1) + s.k) * a.D;
+        if (a.var_mode == kExact && a.noise_mode != kNoNoise) {
+          // Σ over this sample's chunks in a fixed order: deterministic for any thread count.
+          std::fill(proj.begin(), proj.end(), 0.0);
+          for (int64_t c = 0; c < n_chunks; ++c)
+            for (int64_t j = 0; j < KP; ++j) proj[j] += part[(b * n_chunks + c) * KP + j];
+          const float* lam = a.eig.data_ptr<float>() + s.srow * KP;
+          const double wk = a.weight.data_ptr<float>()[s.k];
+          for (int64_t j = 0; j < KP; ++j)
+            cj[j] = (std::sqrt(std::max(s.sigma * s.sigma - wk * lam[j], 0.0)) - s.sigma) * proj[j];
+          Q = a.basis.data_ptr<float>() + s.srow * KP * a.D;
+        }
+      }
+      for (int64_t d0 = ch * kChunk; d0 < std::min(a.D, (ch + 1) * kChunk); d0 += kLane) {
+        const int n = static_cast<int>(std::min<int64_t>(kLane, a.D - d0));
+        load_tile(X + b * xbs + d0, n, xv);
+        load_tile(M + b * mbs + d0, n, mv);
+        if (a.cfg) {
+          load_tile(M + mhalf + b * mbs + d0, n, ev);
+          for (int i = 0; i < n; ++i) mv[i] += g * (ev[i] - mv[i]);
+        }
+        switch (a.pred) {
+          case kEps:
+            for (int i = 0; i < n; ++i) { x0v[i] = (xv[i] - sg * mv[i]) / al; ev[i] = mv[i]; }
+            break;
+          case kSample:
+            for (int i = 0; i < n; ++i) { x0v[i] = mv[i]; ev[i] = (xv[i] - al * mv[i]) / sg; }
+            break;
+          case kV:
+            for (int i = 0; i < n; ++i) { x0v[i] = al * xv[i] - sg * mv[i]; ev[i] = al * mv[i] + sg * xv[i]; }
+            break;
+          default:
+            for (int i = 0; i < n; ++i) { x0v[i] = xv[i] - sg * mv[i]; ev[i] = xv[i] + al * mv[i]; }
+        }
+        if (thr) {
+          const A q = thr[b];
+          for (int i = 0; i < n; ++i) x0v[i] = std::min(std::max(x0v[i], -q), q) / q;
+        } else if (a.clip_on) {
+          for (int i = 0; i < n; ++i) x0v[i] = std::min(std::max(x0v[i], -clip), clip);
+        }
+        if (a.clipped_eps)
+          for (int i = 0; i < n; ++i) ev[i] = (xv[i] - al * x0v[i]) / sg;
+        for (int i = 0; i < n; ++i) pv[i] = alp * x0v[i] + c_eps * ev[i];
+        if (a.mixed && s.apply)
+          for (int i = 0; i < n; ++i) pv[i] += static_cast<A>(delta[d0 + i]);
+        if (a.noise_mode != kNoNoise) {
+          noise_tile(a, b, d0, n, z);
+          const bool mix_var = a.mixed && s.apply && a.var_mode != kNone;
+          if (!mix_var) {
+            for (int i = 0; i < n; ++i) pv[i] += sigma * static_cast<A>(z[i]);
+          } else if (a.var_mode == kDiag) {
+            const float* u = a.var.data_ptr<float>() + s.srow * a.D + d0;
+            const A wk = static_cast<A>(a.weight.data_ptr<float>()[s.k]), s2 = sigma * sigma;
+            for (int i = 0; i < n; ++i)
+              pv[i] += std::sqrt(std::max(s2 - wk * static_cast<A>(u[i]), A(0))) * static_cast<A>(z[i]);
+          } else if (a.var_mode == kVub) {
+            const int64_t K = a.delta.size(1);
+            const float* ub = a.var.data_ptr<float>() + s.k * K;
+            const A s2 = sigma * sigma;
+            for (int i = 0; i < n; ++i) {
+              const int64_t d = d0 + i;
+              const A sub = d < K ? static_cast<A>(ub[d]) : A(0);
+              pv[i] += std::sqrt(std::max(s2 - sub, A(0))) * static_cast<A>(z[i]);
+            }
+          } else {  // exact
+            std::fill(aux, aux + n, 0.0f);
+            for (int64_t j = 0; j < KP; ++j) {
+              const float c = static_cast<float>(cj[j]);
+              const float* q = Q + j * a.D + d0;
+              for (int i = 0; i < n; ++i) aux[i] += q[i] * c;
+            }
+            for (int i = 0; i < n; ++i) pv[i] += sigma * static_cast<A>(z[i]) + static_cast<A>(aux[i]);
+          }
+        }
+        store_tile(pv, n, bad, OUT + b * a.D + d0);
+        if (X0) store_tile(x0v, n, bad, X0 + b * a.D + d0);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void ddim_step(const StepArgs& a) {
+  switch (a.x.scalar_type()) {
+    case at::kFloat: step_impl<float, float>(a); break;
+    case at::kDouble: step_impl<double, double>(a); break;
+    case at::kHalf: step_impl<c10::Half, float>(a); break;
+    case at::kBFloat16: step_impl<c10::BFloat16, float>(a); break;
+    default: TORCH_CHECK(false, "gmm_triton: unsupported dtype ", a.x.scalar_type());
+  }
+}
+
+void philox_normal(at::Tensor& out, int64_t seed, int64_t stream, int64_t start) {
+  TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kFloat, "philox_normal_: out must be contiguous float32");
+  float* o = out.data_ptr<float>();
+  const int64_t n = out.numel();
+  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t s = c * kChunk, len = std::min(kChunk, n - s);
+      normals(static_cast<uint64_t>(seed), static_cast<uint32_t>(stream), start + s, len, o + s);
+    }
+  });
+}
+
+}  // namespace gmm

@@ -1,0 +1,84 @@
+"""Philox helpers shared by the fused kernels (the RNG contract is stated in reference.py).
+
+The rounds are triton's ``tl.philox`` (standard Philox4x32-10; the tests check it bit-exactly against
+``reference.philox4x32``). The integer → uniform and Box-Muller conversions are ours, so the stream does
+not move if triton's ``tl.rand``/``tl.randn`` formulas change, and the C++ twin can match them.
+"""
+import triton
+import triton.language as tl
+
+TWO_PI = 6.283185307179586
+INV_2_24 = 5.9604644775390625e-08  # 2**-24
+
+
+@triton.jit
+def _words(seed, counter, stream: tl.constexpr):
+    """Philox4x32-10 of (lo32(counter), hi32(counter), stream, 0) under the 64-bit ``seed``."""
+    c = counter.to(tl.int64)
+    lo = (c & 0xFFFFFFFF).to(tl.uint32)
+    hi = ((c >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    return tl.philox(seed, lo, hi, lo * 0 + stream, lo * 0)
+
+
+@triton.jit
+def _uniform(w):
+    """U(w) = (w >> 8)·2⁻²⁴ ∈ [0, 1), exact in float32."""
+    return (w >> 8).to(tl.int32).to(tl.float32) * INV_2_24
+
+
+@triton.jit
+def _box_muller(wa, wb):
+    """(r cos θ, r sin θ) with r = √(-2 ln U°(wa)) and θ = 2π U(wb); U°(w) = ((w >> 8) + 1)·2⁻²⁴ ∈ (0, 1]."""
+    u = ((wa >> 8).to(tl.int32) + 1).to(tl.float32) * INV_2_24
+    r = tl.sqrt(-2.0 * tl.log(u))
+    th = TWO_PI * _uniform(wb)
+    return r * tl.cos(th), r * tl.sin(th)
+
+
+@triton.jit
+def normal_block(seed, start, BLOCK: tl.constexpr, stream: tl.constexpr, ALIGNED4: tl.constexpr):
+    """Normals of flat element indices start .. start+BLOCK-1 of ``stream`` (float32).
+
+    Element i takes lane i % 4 of Philox group i // 4. With ALIGNED4 (start % 4 == 0) one Philox call
+    serves four elements and the lanes are interleaved into place; otherwise each element computes its
+    own group and picks its lane (4x the Philox work, same numbers).
+    """
+    if ALIGNED4:
+        g = start // 4 + tl.arange(0, BLOCK // 4)
+        w0, w1, w2, w3 = _words(seed, g, stream)
+        n0, n1 = _box_muller(w0, w1)
+        n2, n3 = _box_muller(w2, w3)
+        return tl.interleave(tl.interleave(n0, n2), tl.interleave(n1, n3))
+    else:
+        i = start + tl.arange(0, BLOCK).to(tl.int64)
+        w0, w1, w2, w3 = _words(seed, i >> 2, stream)
+        n0, n1 = _box_muller(w0, w1)
+        n2, n3 = _box_muller(w2, w3)
+        lane = i & 3
+        return tl.where(lane == 0, n0, tl.where(lane == 1, n1, tl.where(lane == 2, n2, n3)))
+
+
+@triton.jit
+def uniform_at(seed, index, stream: tl.constexpr):
+    """One uniform for ``index`` of ``stream`` (word 0 of its Philox block)."""
+    w0, _, _, _ = _words(seed, index, stream)
+    return _uniform(w0)
+
+
+@triton.jit
+def _normal_fill_kernel(out_ptr, n, seed, start, stream: tl.constexpr, BLOCK: tl.constexpr,
+                        ALIGNED4: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    z = normal_block(seed, start + pid * BLOCK, BLOCK, stream, ALIGNED4)
+    tl.store(out_ptr + offs, z.to(out_ptr.dtype.element_ty), mask=offs < n)
+
+
+def normal_fill(out, seed: int, stream: int, start: int = 0, block: int = 4096):
+    """Fills the contiguous tensor ``out`` with the Philox normals of elements start.. of ``stream``."""
+    n = out.numel()
+    if n == 0:
+        return out
+    _normal_fill_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream=stream, BLOCK=block,
+                                                  ALIGNED4=start % 4 == 0)
+    return out

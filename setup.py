@@ -1,0 +1,34 @@
+"""Builds csrc/ into gmm_triton._C, the C++ CPU twin of the fused step.
+
+Build against the torch you run with (no build isolation):  pip install --no-build-isolation -e .
+Set GMM_TRITON_SKIP_CPP=1 to install without the extension (the CPU op then tells you how to build it),
+and GMM_TRITON_PORTABLE=1 to build without -march=native (for a wheel that runs on other x86-64 CPUs).
+"""
+import os
+import sys
+
+from setuptools import setup
+
+ext_modules, cmdclass = [], {}
+if os.environ.get("GMM_TRITON_SKIP_CPP") != "1":
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    cflags = ["-O3", "-fopenmp", "-DPy_LIMITED_API=0x03090000", "-std=c++17"]
+    if os.environ.get("GMM_TRITON_PORTABLE") != "1" and sys.platform.startswith("linux"):
+        cflags.append("-march=native")  # the Philox and Box-Muller loops vectorise with AVX2/AVX-512
+    ext_modules = [
+        CppExtension(
+            "gmm_triton._C",
+            sources=["csrc/step.cpp", "csrc/module.cpp"],
+            extra_compile_args={"cxx": cflags},
+            extra_link_args=["-fopenmp"],
+            py_limited_api=True,
+        )
+    ]
+    cmdclass = {"build_ext": BuildExtension}
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
+)
