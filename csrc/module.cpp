@@ -54,11 +54,13 @@ TORCH_LIBRARY(gmm_triton_cpp, m) {
         "Tensor(b!) x0, int pred, int var_mode, int noise_mode, float eta, float clip, bool clip_on, "
         "bool clipped_eps, float guidance, bool cfg, bool offset_final, bool write_x0) -> ()");
   m.def("philox_normal_(Tensor(a!) out, int seed, int stream, int start) -> ()");
+  m.def("philox_words_(Tensor(a!) out, int seed, int stream, int start) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(gmm_triton_cpp, CPU, m) {
   m.impl("ddim_step", &ddim_step_cpu);
   m.impl("philox_normal_", &philox_normal_cpu);
+  m.impl("philox_words_", &gmm::philox_words);
 }
 
 // An importable module with no Python API: importing gmm_triton._C runs the registrations above.

@@ -9,13 +9,16 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 namespace gmm {
 
 constexpr int kTile = 256;  // Philox groups per tile: 1024 normals, 4 KiB, stays in L1
 
-inline void philox_tile(uint64_t seed, uint32_t stream, uint64_t g0, int n, uint32_t* __restrict o0,
-                        uint32_t* __restrict o1, uint32_t* __restrict o2, uint32_t* __restrict o3) {
+inline void philox_scalar(uint64_t seed, uint32_t stream, uint64_t g0, int n, uint32_t* __restrict o0,
+                          uint32_t* __restrict o1, uint32_t* __restrict o2, uint32_t* __restrict o3) {
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
 #pragma GCC ivdep
   for (int i = 0; i < n; ++i) {
@@ -40,6 +43,53 @@ inline void philox_tile(uint64_t seed, uint32_t stream, uint64_t g0, int n, uint
     o2[i] = c2;
     o3[i] = c3;
   }
+}
+
+#ifdef __AVX2__
+// High 32 bits of the eight 32x32 products a*m: even lanes from one vpmuludq, odd lanes from another.
+inline __m256i mulhi_epu32(__m256i a, __m256i m) {
+  const __m256i even = _mm256_srli_epi64(_mm256_mul_epu32(a, m), 32);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  return _mm256_blend_epi32(even, odd, 0xAA);
+}
+#endif
+
+// Philox4x32-10 of counters g0 .. g0+n-1 (counter words lo32, hi32, stream, 0): four output words each.
+inline void philox_tile(uint64_t seed, uint32_t stream, uint64_t g0, int n, uint32_t* __restrict o0,
+                        uint32_t* __restrict o1, uint32_t* __restrict o2, uint32_t* __restrict o3) {
+  int i = 0;
+#ifdef __AVX2__
+  const __m256i MA = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i MB = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (; i + 8 <= n; i += 8) {
+    const uint64_t c = g0 + static_cast<uint64_t>(i);
+    // lo32 of c + lane may wrap into hi32 within the vector: compute both words per lane.
+    const __m256i lo = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(c))), lane);
+    const __m256i carry = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(0x80000000u ^ static_cast<uint32_t>(c))),
+                                             _mm256_xor_si256(lo, _mm256_set1_epi32(static_cast<int>(0x80000000u))));
+    __m256i c0 = lo;
+    __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(c >> 32))), carry);
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(stream));
+    __m256i c3 = _mm256_setzero_si256();
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < 10; ++r) {
+      const __m256i hi0 = mulhi_epu32(c0, MA), lo0 = _mm256_mullo_epi32(c0, MA);
+      const __m256i hi1 = mulhi_epu32(c2, MB), lo1 = _mm256_mullo_epi32(c2, MB);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c1 = lo1;
+      c3 = lo0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o0 + i), c0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o1 + i), c1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o2 + i), c2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o3 + i), c3);
+  }
+#endif
+  if (i < n) philox_scalar(seed, stream, g0 + static_cast<uint64_t>(i), n - i, o0 + i, o1 + i, o2 + i, o3 + i);
 }
 
 inline float uniform24(uint32_t w) { return static_cast<float>(static_cast<int32_t>(w >> 8)) * 5.9604644775390625e-08f; }

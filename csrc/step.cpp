@@ -49,9 +49,12 @@ inline void store_tile(const A* __restrict v, int n, A bad, T* __restrict p) {
 }
 
 // Noise of sample b for d in [d0, d0 + n): Philox stream 0 at flat index b*D + d, or the caller's tensor.
-inline void noise_tile(const StepArgs& a, int64_t b, int64_t d0, int n, float* __restrict z) {
+template <typename A>
+inline void noise_tile(const StepArgs& a, int64_t b, int64_t d0, int n, A* __restrict z) {
   if (a.noise_mode == kPhilox) {
-    normals(a.seed, 0, b * a.D + d0, n, z);
+    alignas(64) float tmp[kLane];
+    normals(a.seed, 0, b * a.D + d0, n, tmp);
+    for (int i = 0; i < n; ++i) z[i] = static_cast<A>(tmp[i]);
     return;
   }
   const int64_t off = b * a.noise.stride(0) + d0;
@@ -93,7 +96,7 @@ SampleScalars sample_scalars(const StepArgs& a, int64_t b) {
 void project(const StepArgs& a, int64_t n_chunks, std::vector<double>& part) {
   const int64_t KP = a.cdf.numel();
   at::parallel_for(0, a.B * n_chunks, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) float z[kLane];
+    alignas(64) double z[kLane];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_chunks, ch = task % n_chunks;
       const SampleScalars s = sample_scalars(a, b);
@@ -139,7 +142,8 @@ void step_impl(const StepArgs& a) {
 
   at::parallel_for(0, a.B * n_chunks, 1, [&](int64_t begin, int64_t end) {
     alignas(64) A xv[kLane], mv[kLane], x0v[kLane], ev[kLane], pv[kLane];
-    alignas(64) float z[kLane], aux[kLane];
+    alignas(64) A z[kLane];
+    alignas(64) float aux[kLane];
     std::vector<double> proj(KP, 0.0), cj(KP, 0.0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_chunks, ch = task % n_chunks;
@@ -199,12 +203,12 @@ void step_impl(const StepArgs& a) {
           noise_tile(a, b, d0, n, z);
           const bool mix_var = a.mixed && s.apply && a.var_mode != kNone;
           if (!mix_var) {
-            for (int i = 0; i < n; ++i) pv[i] += sigma * static_cast<A>(z[i]);
+            for (int i = 0; i < n; ++i) pv[i] += sigma * z[i];
           } else if (a.var_mode == kDiag) {
             const float* u = a.var.data_ptr<float>() + s.srow * a.D + d0;
             const A wk = static_cast<A>(a.weight.data_ptr<float>()[s.k]), s2 = sigma * sigma;
             for (int i = 0; i < n; ++i)
-              pv[i] += std::sqrt(std::max(s2 - wk * static_cast<A>(u[i]), A(0))) * static_cast<A>(z[i]);
+              pv[i] += std::sqrt(std::max(s2 - wk * static_cast<A>(u[i]), A(0))) * z[i];
           } else if (a.var_mode == kVub) {
             const int64_t K = a.delta.size(1);
             const float* ub = a.var.data_ptr<float>() + s.k * K;
@@ -212,7 +216,7 @@ void step_impl(const StepArgs& a) {
             for (int i = 0; i < n; ++i) {
               const int64_t d = d0 + i;
               const A sub = d < K ? static_cast<A>(ub[d]) : A(0);
-              pv[i] += std::sqrt(std::max(s2 - sub, A(0))) * static_cast<A>(z[i]);
+              pv[i] += std::sqrt(std::max(s2 - sub, A(0))) * z[i];
             }
           } else {  // exact
             std::fill(aux, aux + n, 0.0f);
@@ -221,7 +225,7 @@ void step_impl(const StepArgs& a) {
               const float* q = Q + j * a.D + d0;
               for (int i = 0; i < n; ++i) aux[i] += q[i] * c;
             }
-            for (int i = 0; i < n; ++i) pv[i] += sigma * static_cast<A>(z[i]) + static_cast<A>(aux[i]);
+            for (int i = 0; i < n; ++i) pv[i] += sigma * z[i] + static_cast<A>(aux[i]);
           }
         }
         store_tile(pv, n, bad, OUT + b * a.D + d0);
@@ -253,6 +257,19 @@ void philox_normal(at::Tensor& out, int64_t seed, int64_t stream, int64_t start)
       normals(static_cast<uint64_t>(seed), static_cast<uint32_t>(stream), start + s, len, o + s);
     }
   });
+}
+
+void philox_words(at::Tensor& out, int64_t seed, int64_t stream, int64_t start) {
+  TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kInt && out.dim() == 2 && out.size(1) == 4,
+              "philox_words_: out must be contiguous int32 [n, 4]");
+  const int64_t n = out.size(0);
+  uint32_t* o = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t w[4];
+    philox_tile(static_cast<uint64_t>(seed), static_cast<uint32_t>(stream), static_cast<uint64_t>(start + i), 1,
+                &w[0], &w[1], &w[2], &w[3]);
+    for (int j = 0; j < 4; ++j) o[4 * i + j] = w[j];
+  }
 }
 
 }  // namespace gmm

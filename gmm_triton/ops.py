@@ -322,26 +322,41 @@ def _run_reference(*, x, m, coef, timesteps, timestep, seed, noise, threshold, m
 # Philox normals (mixture construction): same stream on every device
 # ------------------------------------------------------------------------------------------------
 def philox_normal(shape: Sequence[int], *, seed: int, stream: int, device=None,
-                  dtype: torch.dtype = torch.float32) -> Tensor:
-    """Standard normals of Philox ``stream`` under ``seed`` for the flat indices of ``shape`` (reference.py)."""
+                  dtype: torch.dtype = torch.float32, start: int = 0) -> Tensor:
+    """Standard normals of Philox ``stream`` under ``seed`` for flat indices start.. of ``shape`` (reference.py)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
-    out = torch.empty(tuple(shape), device=device, dtype=dtype)
+    out = torch.empty(tuple(shape), device=device, dtype=torch.float32)
     if out.numel() == 0:
-        return out
-    if device.type == "cuda" or (device.type == "cpu" and cpu_backend() == "triton"):
+        pass
+    elif device.type == "cuda" or (device.type == "cpu" and cpu_backend() == "triton"):
         from .kernels.philox import normal_fill
 
-        return normal_fill(out, int(seed), int(stream))
-    if device.type == "cpu" and cpu_backend() == "cpp":
-        torch.ops.gmm_triton_cpp.philox_normal_(out, int(seed), int(stream), 0)
-        return out
-    if device.type == "cpu" and cpu_backend() == "reference":
+        normal_fill(out, int(seed), int(stream), int(start))
+    elif device.type == "cpu" and cpu_backend() == "cpp":
+        torch.ops.gmm_triton_cpp.philox_normal_(out, int(seed), int(stream), int(start))
+    elif device.type == "cpu" and cpu_backend() == "reference":
         from .reference import philox_normal as ref
 
-        return out.copy_(torch.from_numpy(ref(int(seed), out.numel(), int(stream))).reshape(out.shape))
-    if device.type == "cpu":
+        out.copy_(torch.from_numpy(ref(int(seed), out.numel(), int(stream), int(start))).reshape(out.shape))
+    elif device.type == "cpu":
         raise _missing_cpp()
-    raise NotImplementedError(f"philox_normal supports CUDA and CPU, not {device}")
+    else:
+        raise NotImplementedError(f"philox_normal supports CUDA and CPU, not {device}")
+    return out.to(dtype)
+
+
+def philox_words(n: int, *, seed: int, stream: int, start: int = 0, device=None) -> Tensor:
+    """The raw Philox words [n, 4] (int32 bit patterns) of counters start..start+n-1: the RNG's integers."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    out = torch.empty((n, 4), device=device, dtype=torch.int32)
+    if device.type == "cuda" or cpu_backend() == "triton":
+        from .kernels.philox import philox_words as words
+
+        return words(out, int(seed), int(stream), int(start))
+    if cpu_backend() != "cpp":
+        raise _missing_cpp()
+    torch.ops.gmm_triton_cpp.philox_words_(out, int(seed), int(stream), int(start))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -82,3 +82,21 @@ def normal_fill(out, seed: int, stream: int, start: int = 0, block: int = 4096):
     _normal_fill_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream=stream, BLOCK=block,
                                                   ALIGNED4=start % 4 == 0)
     return out
+
+
+@triton.jit
+def _words_kernel(out_ptr, n, seed, start, stream: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    w0, w1, w2, w3 = _words(seed, start + offs, stream)
+    m = offs < n
+    tl.store(out_ptr + offs * 4 + 0, w0.to(tl.int32, bitcast=True), mask=m)
+    tl.store(out_ptr + offs * 4 + 1, w1.to(tl.int32, bitcast=True), mask=m)
+    tl.store(out_ptr + offs * 4 + 2, w2.to(tl.int32, bitcast=True), mask=m)
+    tl.store(out_ptr + offs * 4 + 3, w3.to(tl.int32, bitcast=True), mask=m)
+
+
+def philox_words(out, seed: int, stream: int, start: int = 0, block: int = 1024):
+    """out [n, 4] int32 ← the Philox words of counters start..start+n-1 (the integers of the RNG contract)."""
+    n = out.shape[0]
+    _words_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream=stream, BLOCK=block)
+    return out

@@ -53,7 +53,7 @@ def _noise(z_ptr, z_bs, seed, b, d, start, mask, NOISE: tl.constexpr, ALIGNED4: 
     if NOISE == 1:
         return normal_block(seed, start, BLOCK, 0, ALIGNED4)
     else:
-        return tl.load(z_ptr + b * z_bs + d, mask=mask, other=0.0).to(tl.float32)
+        return tl.load(z_ptr + b * z_bs + d, mask=mask, other=0.0)  # caller casts: fp64 noise stays fp64
 
 
 @triton.jit
@@ -77,7 +77,7 @@ def _project_kernel(
         srow = tl.load(coef_ptr + row * 8 + 6).to(tl.int64)
     j = tl.arange(0, KP)
     q = tl.load(basis_ptr + (srow * KP + j[:, None]) * D + d[None, :], mask=mask[None, :], other=0.0)
-    part = tl.sum(q.to(tl.float32) * tl.where(mask, z, 0.0)[None, :], axis=1)
+    part = tl.sum(q.to(tl.float32) * tl.where(mask, z.to(tl.float32), 0.0)[None, :], axis=1)
     tl.store(part_ptr + (b * n_blk + blk) * KP + j, part)
 
 
