@@ -162,8 +162,10 @@ void step_impl(const StepArgs& a) {
             for (int64_t j = 0; j < KP; ++j) proj[j] += part[(b * n_chunks + c) * KP + j];
           const float* lam = a.eig.data_ptr<float>() + s.srow * KP;
           const double wk = a.weight.data_ptr<float>()[s.k];
-          for (int64_t j = 0; j < KP; ++j)
-            cj[j] = (std::sqrt(std::max(s.sigma * s.sigma - wk * lam[j], 0.0)) - s.sigma) * proj[j];
+          for (int64_t j = 0; j < KP; ++j) {
+            const double sub = wk * lam[j];  // no-op directions keep σ exactly (K = 1, s = 0 is DDIM bit for bit)
+            cj[j] = sub > 0 ? (std::sqrt(std::max(s.sigma * s.sigma - sub, 0.0)) - s.sigma) * proj[j] : 0.0;
+          }
           Q = a.basis.data_ptr<float>() + s.srow * KP * a.D;
         }
       }
@@ -207,8 +209,10 @@ void step_impl(const StepArgs& a) {
           } else if (a.var_mode == kDiag) {
             const float* u = a.var.data_ptr<float>() + s.srow * a.D + d0;
             const A wk = static_cast<A>(a.weight.data_ptr<float>()[s.k]), s2 = sigma * sigma;
-            for (int i = 0; i < n; ++i)
-              pv[i] += std::sqrt(std::max(s2 - wk * static_cast<A>(u[i]), A(0))) * z[i];
+            for (int i = 0; i < n; ++i) {
+              const A sub = wk * static_cast<A>(u[i]);
+              pv[i] += (sub > A(0) ? std::sqrt(std::max(s2 - sub, A(0))) : sigma) * z[i];
+            }
           } else if (a.var_mode == kVub) {
             const int64_t K = a.delta.size(1);
             const float* ub = a.var.data_ptr<float>() + s.k * K;
@@ -216,7 +220,7 @@ void step_impl(const StepArgs& a) {
             for (int i = 0; i < n; ++i) {
               const int64_t d = d0 + i;
               const A sub = d < K ? static_cast<A>(ub[d]) : A(0);
-              pv[i] += std::sqrt(std::max(s2 - sub, A(0))) * z[i];
+              pv[i] += (sub > A(0) ? std::sqrt(std::max(s2 - sub, A(0))) : sigma) * z[i];
             }
           } else {  // exact
             std::fill(aux, aux + n, 0.0f);
@@ -225,7 +229,9 @@ void step_impl(const StepArgs& a) {
               const float* q = Q + j * a.D + d0;
               for (int i = 0; i < n; ++i) aux[i] += q[i] * c;
             }
-            for (int i = 0; i < n; ++i) pv[i] += sigma * z[i] + static_cast<A>(aux[i]);
+            // σz exactly as the Gaussian path computes it, then the span correction (no FMA across the two)
+            for (int i = 0; i < n; ++i) pv[i] += sigma * z[i];
+            for (int i = 0; i < n; ++i) pv[i] += static_cast<A>(aux[i]);
           }
         }
         store_tile(pv, n, bad, OUT + b * a.D + d0);

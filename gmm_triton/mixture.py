@@ -214,6 +214,8 @@ def build_mixture(
         srt = torch.sort(pri64, descending=True).values
         shifted = torch.cat([srt[:1], srt[:-1]])                  # π(1), π(1), π(2), …, π(K-1)
         ub = (scale**2) * w[:K, None] * shifted[None, :]
+        if K == 1:
+            ub.zero_()  # one component: δ = 0 and Δ = 0 exactly; Golub's bound (s²) is loose there
         var_table = ub.to(device=device, dtype=torch.float32)
         need = torch.full((S,), float(ub.max()), dtype=torch.float64)
     else:

@@ -418,6 +418,8 @@ def ddim_step(
             σ = 0, and no offset can keep the kernel's covariance equal to DDIM's).
         return_pred_original: also write x̂₀ (after clipping), like diffusers' ``pred_original_sample``.
     """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     dev = sample.device
     if table.device != dev:
         table = table.to(dev)

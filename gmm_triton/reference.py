@@ -252,7 +252,7 @@ def fused_step(
 
 def _mixture_terms(mix, crow, seed, B, D, z, offset_final, eta):
     """Offsets δ_k and the mixture noise for each sample (float64)."""
-    K = mix.cdf.numel()
+    K = mix.delta.shape[1]
     k = torch.from_numpy(choose_components(seed, B, mix.cdf.cpu().numpy())).long()
     S = mix.delta.shape[0]
     srow = torch.zeros(B, dtype=torch.long) if S == 1 else crow[:, 6].long()

@@ -161,12 +161,12 @@ def _ddim_step_kernel(
                    BLOCK).to(CT)
         if MIX and VAR_MODE == 1:    # diag: σ² - w_k diag(C)_d
             u = tl.load(var_ptr + srow * D + d, mask=mask, other=0.0).to(CT)
-            wk = tl.load(wk_ptr + k).to(CT)
-            std = tl.sqrt(tl.maximum(sigma * sigma - wk * u, 0.0))
+            sub = tl.load(wk_ptr + k).to(CT) * u
+            std = tl.where(sub > 0, tl.sqrt(tl.maximum(sigma * sigma - sub, 0.0)), sigma)  # σ itself if no-op
             prev += tl.where(apply, std, sigma) * z
         elif MIX and VAR_MODE == 2:  # vub: σ² - ub[k, d] on the first K coordinates
             ub = tl.load(var_ptr + k * K + d, mask=d < K, other=0.0).to(CT)
-            std = tl.sqrt(tl.maximum(sigma * sigma - ub, 0.0))
+            std = tl.where(ub > 0, tl.sqrt(tl.maximum(sigma * sigma - ub, 0.0)), sigma)
             prev += tl.where(apply, std, sigma) * z
         elif MIX and VAR_MODE == 3:  # exact: σ z + Qᵀ((√(σ² - w_k λ) - σ) ⊙ Q z) on span{δ}
             jk = tl.arange(0, KP)
@@ -176,10 +176,12 @@ def _ddim_step_kernel(
             proj = tl.sum(parts, axis=0).to(CT)
             lam = tl.load(eig_ptr + srow * KP + jk).to(CT)
             wk = tl.load(wk_ptr + k).to(CT)
-            cj = (tl.sqrt(tl.maximum(sigma * sigma - wk * lam, 0.0)) - sigma) * proj
+            sub = wk * lam
+            cj = tl.where(sub > 0, tl.sqrt(tl.maximum(sigma * sigma - sub, 0.0)) - sigma, 0.0) * proj
             qt = tl.load(basis_ptr + (srow * KP + jk[:, None]) * D + d[None, :], mask=mask[None, :], other=0.0)
             corr = tl.sum(qt.to(CT) * cj[:, None], axis=0)
-            prev += sigma * z + tl.where(apply, corr, 0.0)
+            prev += sigma * z
+            prev += tl.where(apply, corr, 0.0)
         else:
             prev += sigma * z
 

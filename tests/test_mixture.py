@@ -1,0 +1,308 @@
+"""DDIM-GMM: construction, geometry, exact moments by Monte Carlo, component law, backend agreement, errors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from scipy import stats
+
+from gmm_triton import GMMDDIMScheduler, build_mixture, ddim_table, ops, reference
+
+D = 64
+
+
+@pytest.fixture(scope="module")
+def sched_table():
+    s = DDIMScheduler(clip_sample=False)
+    s.set_timesteps(10)
+    return s, ddim_table(s.alphas_cumprod, float(s.final_alpha_cumprod), 1000, s.timesteps)
+
+
+def _sigma2(table, row, eta):
+    return eta**2 * float(table[row, 4])
+
+
+# ---------------------------------------------------------------------------------------------------
+# construction
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("offsets", ["ortho", "rand"])
+@pytest.mark.parametrize("priors", ["uniform", "random"])
+def test_offsets_are_centred(offsets, priors):
+    mix = build_mixture(D, 5, components=8, scale=2.0, offsets=offsets, priors=priors, seed=3)
+    pi = mix.priors.float()
+    centre = torch.einsum("k,skd->sd", pi, mix.delta)
+    # ORTHO centres exactly; RAND normalises after centring (paper Eq. 9), leaving ~s/√D
+    tol = 1e-5 if offsets == "ortho" else 2.0 * 4 / math.sqrt(D)
+    assert centre.norm(dim=1).max() < tol
+    if offsets == "rand":
+        assert torch.allclose(mix.delta.norm(dim=2), torch.full((5, 8), 2.0), atol=1e-5)
+
+
+def test_ortho_offsets_form_a_regular_simplex():
+    K, s = 8, 3.0
+    mix = build_mixture(D, 4, components=K, scale=s, offsets="ortho", seed=1)
+    for S in range(4):
+        G = mix.delta[S].double() @ mix.delta[S].double().T
+        assert torch.allclose(G.diagonal(), torch.full((K,), s * s * (1 - 1 / K), dtype=torch.float64), rtol=1e-5)
+        off = G[~torch.eye(K, dtype=torch.bool)]
+        assert torch.allclose(off, torch.full_like(off, -s * s / K), atol=1e-5 * s * s)
+
+
+def test_deterministic_in_seed_and_shared_variant():
+    a = build_mixture(D, 6, seed=11)
+    b = build_mixture(D, 6, seed=11)
+    c = build_mixture(D, 6, seed=12)
+    assert torch.equal(a.delta, b.delta) and not torch.equal(a.delta, c.delta)
+    shared = build_mixture(D, 6, seed=11, shared=True)
+    assert shared.delta.shape == (1, 8, D) and a.delta.shape == (6, 8, D)
+
+
+def test_random_priors_law_and_table_memory():
+    mix = build_mixture(D, 10, components=5, priors="random", seed=4)
+    assert (mix.priors > 0).all() and abs(float(mix.priors.sum()) - 1) < 1e-12
+    assert mix.cdf.numel() == 8 and (mix.cdf[4:] == 1).all()
+    expected = 10 * 5 * D * 4 + 8 * 4 + 8 * 4 + 5 * 5 * 4  # offsets, cdf, weights, vub bounds (fp32)
+    assert mix.nbytes == expected and "MiB" in repr(mix)
+    bf = build_mixture(D, 10, components=5, dtype=torch.bfloat16)
+    assert bf.delta.dtype == torch.bfloat16 and bf.nbytes < mix.nbytes
+
+
+def test_exact_basis_diagonalises_the_offset_covariance():
+    mix = build_mixture(D, 3, components=6, scale=2.0, variance="exact", priors="random", seed=2)
+    pi = mix.priors
+    for S in range(3):
+        C = torch.einsum("k,kd,ke->de", pi, mix.delta[S].double(), mix.delta[S].double())
+        Q, lam = mix.basis[S].double(), mix.eigvals[S].double()
+        assert torch.allclose(Q @ Q.T, torch.diag((lam > 0).double()), atol=1e-5)  # orthonormal where used
+        assert torch.allclose(Q.T @ torch.diag(lam) @ Q, C, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the kernel: reduction to DDIM, agreement across backends
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_one_component_or_zero_scale_is_ddim(sched_table, variance, backend):
+    _, table = sched_table
+    x, m = torch.randn(3, D), torch.randn(3, D)
+    with ops.use_cpu_backend(backend):
+        ddim, _ = ops.ddim_step(x, m, 500, table, eta=1.0, seed=21)
+        for k, s in ((1, 2.0), (8, 0.0)):
+            mix = build_mixture(D, 10, components=k, scale=s, variance=variance)
+            out, _ = ops.ddim_step(x, m, 500, table, eta=1.0, seed=21, mixture=mix)
+            assert torch.equal(out, ddim), (k, s)
+
+
+@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_backends_and_reference_agree(sched_table, variance, shared):
+    _, table = sched_table
+    mix = build_mixture(D, 10, components=5, scale=0.2, variance=variance, shared=shared, priors="random", seed=8)
+    x, m = torch.randn(4, 4, 4, 4), torch.randn(4, 4, 4, 4)
+    rows = torch.tensor([900, 500, 100, 0])
+    ref, _ = reference.fused_step(x, m, rows, table, eta=0.9, seed=33, mixture=mix)
+    for backend in ("cpp", "triton"):
+        with ops.use_cpu_backend(backend):
+            out, _ = ops.ddim_step(x, m, rows, table, eta=0.9, seed=33, mixture=mix)
+        assert (out.double() - ref).abs().max() < 5e-6, backend
+
+
+def test_eta_zero_still_draws_a_component(sched_table):
+    _, table = sched_table
+    mix = build_mixture(D, 10, components=8, scale=1.0, variance="diag")
+    x, m = torch.randn(6, D), torch.randn(6, D)
+    ddim, _ = ops.ddim_step(x, m, 500, table)
+    out, _ = ops.ddim_step(x, m, 500, table, seed=5, mixture=mix)
+    k = reference.choose_components(5, 6, mix.cdf.numpy())
+    step = int(table[500, 6])
+    assert torch.allclose(out - ddim, mix.delta[step, k], atol=1e-6)
+
+
+def test_final_step_offset_option(sched_table):
+    _, table = sched_table
+    mix = build_mixture(D, 10, components=8, scale=1.0, variance="diag")
+    x, m = torch.randn(2, D), torch.randn(2, D)
+    final_row = 0  # prev_t < 0: lands on ᾱ_prev = final_alpha_cumprod
+    assert table[final_row, 5] == 1
+    ddim, _ = ops.ddim_step(x, m, final_row, table)
+    off, _ = ops.ddim_step(x, m, final_row, table, seed=1, mixture=mix)
+    on, _ = ops.ddim_step(x, m, final_row, table, seed=1, mixture=mix, offset_final=True)
+    assert torch.equal(off, ddim) and not torch.allclose(on, ddim)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the law: Monte Carlo over many draws of one step (C++ twin: fast)
+# ---------------------------------------------------------------------------------------------------
+N_MC = 40_000
+
+
+def _draws(table, mix, eta, row=500, seed=7):
+    x = torch.randn(1, D).expand(N_MC, D)  # one sample, N_MC independent draws (different counters)
+    m = torch.randn(1, D).expand(N_MC, D)
+    with ops.use_cpu_backend("cpp"):
+        out, _ = ops.ddim_step(x, m, row, table, eta=eta, seed=seed, mixture=mix)
+    mu, _ = reference.fused_step(x[:1], m[:1], row, table, eta=eta)  # DDIM's mean μ_t(η): no noise drawn
+    return out.double(), mu[0]
+
+
+def _expected_var(mix, sigma2, row_step):
+    """Per-dimension variance of the mixture law from its parameters: E[within] + Var[means]."""
+    pi = mix.priors
+    delta = mix.delta[row_step].double()
+    w = mix.component_weight[: mix.k].double()
+    if mix.variance_mode == "diag":
+        within = (sigma2 - w[:, None] * mix.var_table[row_step].double()[None, :]).clamp(min=0)
+    else:  # vub
+        within = torch.full((mix.k, D), sigma2, dtype=torch.float64)
+        within[:, : mix.k] = (sigma2 - mix.var_table.double()).clamp(min=0)
+    return (pi[:, None] * within).sum(0) + (pi[:, None] * delta**2).sum(0) - ((pi[:, None] * delta).sum(0)) ** 2
+
+
+@pytest.mark.parametrize("variance", ["diag", "vub"])
+@pytest.mark.parametrize("priors", ["uniform", "random"])
+def test_mean_and_per_dimension_variance(sched_table, variance, priors):
+    _, table = sched_table
+    row, eta = 500, 1.0
+    sigma2 = _sigma2(table, row, eta)
+    K = 4
+    scale = 0.8 * math.sqrt(K * sigma2)  # s²/K < σ²: no clipping, so the mixture matches DDIM's moments
+    mix = build_mixture(D, 10, components=K, scale=scale, variance=variance, priors=priors, seed=3)
+    out, mu = _draws(table, mix, eta, row)
+    se = out.std(0) / math.sqrt(N_MC)
+    assert ((out.mean(0) - mu).abs() / se).max() < 4.5      # 64 dims: P(any > 4.5 SE) ≈ 4e-4
+    var = out.var(0)
+    expect = _expected_var(mix, sigma2, int(table[row, 6]))
+    # sample variance SE ≈ v √((κ−1)/N); the mixture is near-Gaussian (κ ≈ 3)
+    assert ((var - expect).abs() / (expect * math.sqrt(2 / N_MC))).max() < 5
+    if priors == "uniform" and variance == "diag":  # Eq. 11 per dimension: the variance is DDIM's σ²
+        assert ((var - sigma2).abs() / (sigma2 * math.sqrt(2 / N_MC))).max() < 5
+
+
+def test_exact_covariance_equals_ddim(sched_table):
+    _, table = sched_table
+    row, eta, K = 500, 1.0, 6
+    sigma2 = _sigma2(table, row, eta)
+    scale = 0.95 * math.sqrt(K * sigma2)  # s²/K < σ², the exact mode's condition
+    mix = build_mixture(D, 10, components=K, scale=scale, variance="exact", priors="uniform", seed=9)
+    out, mu = _draws(table, mix, eta, row)
+    centred = out - mu
+    S = int(table[row, 6])
+    g = torch.Generator().manual_seed(0)
+    rand_dirs = torch.randn(8, D, generator=g, dtype=torch.float64)
+    span = mix.basis[S][mix.eigvals[S] > 0].double()               # the K-1 directions of span{δ}
+    assert span.shape[0] == K - 1
+    dirs = torch.cat([span, rand_dirs / rand_dirs.norm(dim=1, keepdim=True)])
+    proj = centred @ dirs.T
+    var = proj.var(0)
+    assert ((var - sigma2).abs() / (sigma2 * math.sqrt(2 / N_MC))).max() < 5
+    # the non-exact modes over-disperse along span{δ} where they clip or drop off-diagonal terms: "diag"
+    # keeps only diag(C), so the span's variance exceeds σ² by about (1 − 1/D)·s²/K
+    mix_d = build_mixture(D, 10, components=K, scale=scale, variance="diag", priors="uniform", seed=9)
+    out_d, _ = _draws(table, mix_d, eta, row)
+    var_d = ((out_d - mu) @ span.T).var(0)
+    assert (var_d.mean() - sigma2) / (sigma2 * math.sqrt(2 / N_MC)) > 5
+
+
+def test_component_frequencies_chi_square(sched_table):
+    _, table = sched_table
+    mix = build_mixture(D, 10, components=6, scale=1.0, variance="diag", priors="random", seed=12)
+    out, mu = _draws(table, mix, 0.0)  # η = 0: x_prev − μ = δ_k exactly
+    S = int(table[500, 6])
+    k = ((out - mu)[:, None, :] - mix.delta[S].double()[None]).norm(dim=2).argmin(1)
+    counts = torch.bincount(k, minlength=6).numpy()
+    expected = mix.priors.numpy() * N_MC
+    assert stats.chisquare(counts, expected).pvalue > 1e-3
+    assert np.array_equal(k.numpy(), reference.choose_components(7, N_MC, mix.cdf.numpy()))
+
+
+def test_zero_prior_component_is_never_drawn(sched_table):
+    _, table = sched_table
+    mix = build_mixture(D, 10, components=4, scale=1.0, variance="diag", priors=[0.5, 0.0, 0.5, 0.0], seed=1)
+    out, mu = _draws(table, mix, 0.0)
+    S = int(table[500, 6])
+    k = ((out - mu)[:, None, :] - mix.delta[S].double()[None]).norm(dim=2).argmin(1)
+    assert set(k.unique().tolist()) == {0, 2}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the scheduler and bad input
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+@pytest.mark.parametrize("offsets", ["ortho", "rand"])
+def test_scheduler_variants_run(variance, offsets):
+    # "exact" needs s²/K <= σ_t² at every step; the step into t = 0 has σ² ≈ 1e-4 here
+    scale = 0.005 if variance == "exact" else 0.05
+    s = GMMDDIMScheduler(kernel="gmm", gmm_variance=variance, gmm_offsets=offsets, gmm_scale=scale,
+                         gmm_clip_variance=True, clip_sample=False, gmm_components=4)
+    s.set_timesteps(5)
+    x = torch.randn(2, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    for t in s.timesteps:
+        x = s.step(0.5 * x, t, x, eta=1.0, generator=g).prev_sample
+    assert torch.isfinite(x).all()
+
+
+def test_scheduler_mixture_cache_rebuilt_after_set_timesteps():
+    s = GMMDDIMScheduler(kernel="gmm", gmm_variance="diag", clip_sample=False)
+    s.set_timesteps(10)
+    x = torch.randn(1, 16)
+    s.step(x, s.timesteps[0], x)
+    first = next(iter(s._mixtures.values()))
+    s.step(x, s.timesteps[1], x)
+    assert next(iter(s._mixtures.values())) is first            # cached per (shape, device, dtype)
+    s.set_timesteps(20)
+    s.step(x, s.timesteps[0], x)
+    assert next(iter(s._mixtures.values())).delta.shape[0] == 20  # rebuilt for the new schedule
+
+
+def test_scale_too_large_names_the_step_and_bound():
+    s = GMMDDIMScheduler(kernel="gmm", gmm_variance="vub", gmm_scale=10.0, clip_sample=False)
+    s.set_timesteps(10)
+    x = torch.randn(1, 64)
+    with pytest.raises(ValueError, match=r"gmm_scale=10.0 is too large .*'vub'.* at step \d+ \(timestep \d+\).*bound: gmm_scale <= "):
+        s.step(x, s.timesteps[0], x, eta=1.0)
+    ok = GMMDDIMScheduler(kernel="gmm", gmm_variance="vub", gmm_scale=10.0, gmm_clip_variance=True, clip_sample=False)
+    ok.set_timesteps(10)
+    ok.step(x, ok.timesteps[0], x, eta=1.0)  # the paper's clipping, when asked for
+    ex = GMMDDIMScheduler(kernel="gmm", gmm_variance="exact", gmm_scale=10.0, gmm_clip_variance=True, clip_sample=False)
+    ex.set_timesteps(10)
+    with pytest.raises(ValueError, match="'exact'"):
+        ex.step(x, ex.timesteps[0], x, eta=1.0)
+
+
+def test_bound_message_is_a_working_bound():
+    """Lowering gmm_scale to the bound the error names clears that step (later steps may be tighter)."""
+    import re
+
+    s = GMMDDIMScheduler(kernel="gmm", gmm_variance="exact", gmm_scale=5.0, clip_sample=False)
+    s.set_timesteps(10)
+    x = torch.randn(1, 64)
+    with pytest.raises(ValueError) as e:
+        s.step(x, s.timesteps[0], x, eta=1.0)
+    step = int(re.search(r"at step (\d+)", str(e.value)).group(1))
+    bound = float(re.search(r"gmm_scale <= ([0-9.e+-]+)", str(e.value)).group(1))
+    s2 = GMMDDIMScheduler(kernel="gmm", gmm_variance="exact", gmm_scale=bound * 0.999, clip_sample=False)
+    s2.set_timesteps(10)
+    try:
+        s2.step(x, s2.timesteps[0], x, eta=1.0)
+    except ValueError as e2:
+        assert int(re.search(r"at step (\d+)", str(e2)).group(1)) > step
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(components=0), "gmm_components must be >= 1"),
+    (dict(components=65), "must not exceed the latent size"),
+    (dict(priors=[0.5, 0.6, -0.1, 0.0]), "non-negative"),
+    (dict(priors=[0.5, float("nan"), 0.25, 0.25]), "finite"),
+    (dict(priors=[0.5, 0.2, 0.2, 0.2]), "sum to 1"),
+    (dict(priors=[0.5, 0.5]), "gmm_components K=4"),
+    (dict(offsets="svd"), "gmm_offsets"),
+    (dict(variance="full"), "gmm_variance"),
+    (dict(scale=-1.0), "gmm_scale"),
+])
+def test_bad_mixture_arguments(kwargs, match):
+    args = dict(components=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        build_mixture(64, 10, **args)
