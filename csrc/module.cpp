@@ -7,17 +7,18 @@
 
 namespace {
 
-void ddim_step_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& coef, const at::Tensor& rows,
-                   int64_t seed, const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold,
+void ddim_step_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& coef,
+                   const std::optional<at::Tensor>& rows, int64_t row, int64_t seed, const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold,
                    const std::optional<at::Tensor>& delta, const std::optional<at::Tensor>& cdf,
                    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& var,
                    const std::optional<at::Tensor>& basis, const std::optional<at::Tensor>& eig, at::Tensor& out,
                    at::Tensor& x0, int64_t pred, int64_t var_mode, int64_t noise_mode, double eta, double clip,
                    bool clip_on, bool clipped_eps, double guidance, bool cfg, bool offset_final, bool write_x0) {
   gmm::StepArgs a;
-  a.x = x; a.m = m; a.coef = coef.contiguous(); a.rows = rows.contiguous();
+  a.x = x; a.m = m; a.coef = coef.contiguous();
   TORCH_CHECK(a.coef.scalar_type() == at::kDouble && a.coef.dim() == 2 && a.coef.size(1) == 8, "coef must be f64 [R, 8]");
-  TORCH_CHECK(a.rows.scalar_type() == at::kLong, "rows must be int64");
+  if (rows) { a.rows = rows->contiguous(); TORCH_CHECK(a.rows.scalar_type() == at::kLong, "rows must be int64"); }
+  a.row = row;
   a.B = out.size(0);
   a.D = a.B ? out.numel() / a.B : 0;
   TORCH_CHECK(out.is_contiguous() && (!write_x0 || x0.is_contiguous()), "outputs must be contiguous");
@@ -49,7 +50,7 @@ void philox_normal_cpu(at::Tensor& out, int64_t seed, int64_t stream, int64_t st
 }  // namespace
 
 TORCH_LIBRARY(gmm_triton_cpp, m) {
-  m.def("ddim_step(Tensor x, Tensor m, Tensor coef, Tensor rows, int seed, Tensor? noise, Tensor? threshold, "
+  m.def("ddim_step(Tensor x, Tensor m, Tensor coef, Tensor? rows, int row, int seed, Tensor? noise, Tensor? threshold, "
         "Tensor? delta, Tensor? cdf, Tensor? weight, Tensor? var, Tensor? basis, Tensor? eig, Tensor(a!) out, "
         "Tensor(b!) x0, int pred, int var_mode, int noise_mode, float eta, float clip, bool clip_on, "
         "bool clipped_eps, float guidance, bool cfg, bool offset_final, bool write_x0) -> ()");

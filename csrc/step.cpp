@@ -68,9 +68,8 @@ inline void noise_tile(const StepArgs& a, int64_t b, int64_t d0, int n, A* __res
 
 SampleScalars sample_scalars(const StepArgs& a, int64_t b) {
   SampleScalars s{};
-  const int64_t* rows = a.rows.data_ptr<int64_t>();
   const int64_t R = a.coef.size(0);
-  int64_t row = rows[a.rows.numel() == 1 ? 0 : b];
+  int64_t row = !a.rows.defined() ? a.row : a.rows.data_ptr<int64_t>()[a.rows.numel() == 1 ? 0 : b];
   s.valid = row >= 0 && row < R;
   if (!s.valid) row = 0;
   const double* c = a.coef.data_ptr<double>() + row * 8;

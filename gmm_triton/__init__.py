@@ -11,9 +11,10 @@ __version__ = "0.1.0"
 from .coefficients import ddim_table, flow_table
 from .mixture import MixtureTensors, build_mixture
 from .ops import cpu_backend, ddim_step, draw_seed, philox_normal
-from .schedulers import GMMDDIMScheduler
+from .schedulers import GMMDDIMScheduler, GMMFlowMatchScheduler
 
 __all__ = [
     "__version__", "ddim_step", "draw_seed", "philox_normal", "cpu_backend", "ddim_table", "flow_table",
     "MixtureTensors", "build_mixture", "GMMDDIMScheduler",
+    "GMMFlowMatchScheduler",
 ]

@@ -16,6 +16,7 @@ the mixture object into the op's flat arguments.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Optional, Sequence, Tuple
 
@@ -38,9 +39,12 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _cpu_backend_override: Optional[str] = None
 
 
+_ENV_BACKEND = os.environ.get("GMM_TRITON_CPU_BACKEND")  # read once: the step is on a hot path
+
+
 def cpu_backend() -> str:
     """The CPU implementation in use: "cpp", "triton", "reference", or "missing" (extension not built)."""
-    name = _cpu_backend_override or os.environ.get("GMM_TRITON_CPU_BACKEND")
+    name = _cpu_backend_override or _ENV_BACKEND
     if name:
         if name not in CPU_BACKENDS:
             raise ValueError(f"GMM_TRITON_CPU_BACKEND must be one of {CPU_BACKENDS}, got {name!r}")
@@ -78,6 +82,8 @@ def _triton_interpreting() -> bool:
 # argument checks, shared by the real and the fake kernels
 # ------------------------------------------------------------------------------------------------
 def _inner_contiguous(t: Tensor) -> bool:
+    if t.is_contiguous():
+        return True
     expected = 1
     for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
         if size != 1 and stride != expected:
@@ -144,7 +150,7 @@ def _check(sample, model_output, coef, timesteps, noise, threshold, mix, predict
         raise ValueError(f"eta must be finite and >= 0, got {eta}")
     delta = mix[0]
     if delta is not None:
-        D = sample[0].numel() if B else 0
+        D = math.prod(sample.shape[1:])
         if delta.dim() != 3 or delta.shape[2] != D:
             raise ValueError(f"mixture offsets must be [S, K, D] with D={D} (the latent size), got "
                              f"{tuple(delta.shape)}")
@@ -177,8 +183,7 @@ def _host_rows(timesteps: Optional[Tensor], timestep: int, R: int) -> None:
 # ------------------------------------------------------------------------------------------------
 # the op
 # ------------------------------------------------------------------------------------------------
-@torch.library.custom_op("gmm_triton::ddim_step", mutates_args=())
-def _ddim_step_op(
+def _ddim_step_impl(
     sample: Tensor, model_output: Tensor, coef: Tensor, timesteps: Optional[Tensor], timestep: int,
     seed: Optional[Tensor], noise: Optional[Tensor], threshold: Optional[Tensor],
     mix_delta: Optional[Tensor], mix_cdf: Optional[Tensor], mix_weight: Optional[Tensor],
@@ -191,7 +196,7 @@ def _ddim_step_op(
            guidance_scale)
     _host_rows(timesteps, timestep, coef.shape[0])
     B = sample.shape[0]
-    D = sample[0].numel() if B else 0
+    D = math.prod(sample.shape[1:])
     out = torch.empty(sample.shape, dtype=sample.dtype, device=sample.device)
     x0 = torch.empty(sample.shape if write_x0 else (0,), dtype=sample.dtype, device=sample.device)
     if B == 0 or D == 0:
@@ -223,6 +228,23 @@ def _ddim_step_op(
     else:
         raise NotImplementedError(f"gmm_triton.ddim_step supports CUDA and CPU tensors, not {sample.device}")
     return out, x0
+
+
+_ddim_step_op = torch.library.custom_op("gmm_triton::ddim_step", _ddim_step_impl, mutates_args=())
+
+
+def _call(*args):
+    """torch.ops.gmm_triton.ddim_step(*args), minus the dispatcher's Python hop (~100 µs) in plain eager use.
+
+    The implementation is the op's own; the dispatcher is needed only when something must see the op: torch.compile
+    tracing, a dispatch mode (FakeTensor, opcheck), tensor subclasses, or autograd.
+    """
+    x, m = args[0], args[1]
+    if (type(x) is Tensor and type(m) is Tensor and not torch.compiler.is_compiling()
+            and torch._C._len_torch_dispatch_stack() == 0
+            and not (torch.is_grad_enabled() and (x.requires_grad or m.requires_grad))):
+        return _ddim_step_impl(*args)
+    return torch.ops.gmm_triton.ddim_step(*args)
 
 
 @_ddim_step_op.register_fake
@@ -284,12 +306,12 @@ def _run_triton(*, x, m, coef, timesteps, timestep, seed, noise, threshold, mix,
 
 def _run_cpp(*, x, m, coef, timesteps, timestep, seed, noise, threshold, mix, prediction_type, variance_mode,
              eta, clip, clipped_eps, guidance, offset_final, write_x0, noise_mode, out, x0, B, D):
-    rows = (timesteps.reshape(-1).to(torch.int64) if timesteps is not None
-            else torch.tensor([timestep], dtype=torch.int64))
+    rows = timesteps.reshape(-1).to(torch.int64).contiguous() if timesteps is not None else None
     _, seed_value = _seed_split(seed)
-    mix = tuple(None if t is None else t.float() for t in mix)  # bf16 tables: the C++ twin reads float32
+    if mix[0] is not None:  # bf16 tables: the C++ twin reads float32
+        mix = tuple(None if t is None else t.float() for t in mix)
     torch.ops.gmm_triton_cpp.ddim_step(
-        x, m, coef, rows.contiguous(), seed_value, noise, threshold, *mix, out, x0,
+        x, m, coef, rows, int(timestep), seed_value, noise, threshold, *mix, out, x0,
         PRED_CODES[prediction_type], VAR_CODES[variance_mode], noise_mode, float(eta),
         float(clip) if clip is not None else 0.0, clip is not None, clipped_eps,
         float(guidance) if guidance is not None else 0.0, guidance is not None, offset_final, write_x0,
@@ -445,7 +467,7 @@ def ddim_step(
         mix = (mixture.delta, mixture.cdf, mixture.component_weight, mixture.var_table, mixture.basis,
                mixture.eigvals)
         var_mode = mixture.variance_mode
-    prev, x0 = torch.ops.gmm_triton.ddim_step(
+    prev, x0 = _call(
         sample, model_output, table, timesteps, tval, seed if needs_seed else None, noise, threshold, *mix,
         prediction_type, var_mode, float(eta), None if clip_sample_range is None else float(clip_sample_range),
         bool(use_clipped_model_output), None if guidance_scale is None else float(guidance_scale),

@@ -248,12 +248,12 @@ def test_scheduler_mixture_cache_rebuilt_after_set_timesteps():
     s.set_timesteps(10)
     x = torch.randn(1, 16)
     s.step(x, s.timesteps[0], x)
-    first = next(iter(s._mixtures.values()))
+    first = next(iter(s._mixture_cache.mixtures.values()))
     s.step(x, s.timesteps[1], x)
-    assert next(iter(s._mixtures.values())) is first            # cached per (shape, device, dtype)
+    assert next(iter(s._mixture_cache.mixtures.values())) is first            # cached per (shape, device, dtype)
     s.set_timesteps(20)
     s.step(x, s.timesteps[0], x)
-    assert next(iter(s._mixtures.values())).delta.shape[0] == 20  # rebuilt for the new schedule
+    assert next(iter(s._mixture_cache.mixtures.values())).delta.shape[0] == 20  # rebuilt for the new schedule
 
 
 def test_scale_too_large_names_the_step_and_bound():

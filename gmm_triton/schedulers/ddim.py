@@ -7,7 +7,6 @@ with the moment-matched Gaussian-mixture reverse kernel of DDIM-GMM (Gabbur, arX
 """
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
@@ -17,12 +16,10 @@ from diffusers.schedulers.scheduling_ddim import DDIMScheduler, DDIMSchedulerOut
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (pipelines reload through it)
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..coefficients import COL_ALPHA, COL_FINAL, COL_VAR, PREV_RULES, TableCache, ddim_table
-from ..mixture import OFFSETS, PRIORS, VARIANCES, build_mixture
+from ..coefficients import COL_ALPHA, PREV_RULES, TableCache, ddim_table
 from ..ops import ddim_step
+from .common import MixtureCache, check_kernel_options, one_of
 
-KERNELS = ("gaussian", "gmm")
-NOISE_SOURCES = ("philox", "torch")
 _SPACINGS = ("leading", "trailing", "linspace")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
@@ -99,20 +96,11 @@ class GMMDDIMScheduler(DDIMScheduler):
         gmm_offset_final: bool = False,
         gmm_dtype: Literal["float32", "bfloat16"] = "float32",
     ):
-        _one_of("prediction_type", prediction_type, _PREDICTIONS)
-        _one_of("timestep_spacing", timestep_spacing, _SPACINGS)
-        _one_of("kernel", kernel, KERNELS)
-        _one_of("noise_source", noise_source, NOISE_SOURCES)
-        _one_of("prev_timestep_rule", prev_timestep_rule, PREV_RULES)
-        _one_of("gmm_offsets", gmm_offsets, OFFSETS)
-        _one_of("gmm_variance", gmm_variance, VARIANCES)
-        _one_of("gmm_dtype", gmm_dtype, ("float32", "bfloat16"))
-        if isinstance(gmm_priors, str):
-            _one_of("gmm_priors", gmm_priors, PRIORS)
-        if int(gmm_components) < 1:
-            raise ValueError(f"gmm_components must be >= 1, got {gmm_components}")
-        if not (math.isfinite(gmm_scale) and gmm_scale >= 0):
-            raise ValueError(f"gmm_scale must be finite and >= 0, got {gmm_scale}")
+        one_of("prediction_type", prediction_type, _PREDICTIONS)
+        one_of("timestep_spacing", timestep_spacing, _SPACINGS)
+        one_of("prev_timestep_rule", prev_timestep_rule, PREV_RULES)
+        check_kernel_options(kernel, noise_source, gmm_components, gmm_scale, gmm_offsets, gmm_variance, gmm_priors,
+                             gmm_dtype)
         super().__init__(
             num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
             beta_schedule=beta_schedule, trained_betas=trained_betas, clip_sample=clip_sample,
@@ -122,8 +110,7 @@ class GMMDDIMScheduler(DDIMScheduler):
             timestep_spacing=timestep_spacing, rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
         self._table: TableCache | None = None
-        self._mixtures: dict = {}
-        self._checked_eta: set = set()
+        self._mixture_cache = MixtureCache()
 
     # ------------------------------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device = None):
@@ -144,8 +131,10 @@ class GMMDDIMScheduler(DDIMScheduler):
         if device is not None:
             self._table.on(torch.device(device))
         self._timesteps_host = self.timesteps.cpu()
-        self._mixtures = {}
-        self._checked_eta = set()
+        # host facts for the per-step checks, as plain Python (indexing a tensor costs ~10 µs a step)
+        self._num_rows = host.shape[0]
+        self._alpha_zero_rows = set(torch.nonzero(host[:, COL_ALPHA] == 0).flatten().tolist())
+        self._mixture_cache.clear()
 
     # ------------------------------------------------------------------------------------------
     def step(
@@ -206,7 +195,6 @@ class GMMDDIMScheduler(DDIMScheduler):
     # ------------------------------------------------------------------------------------------
     def _resolve_timestep(self, timestep, sample):
         """An int (host timesteps, validated) or a device tensor (read by the kernel)."""
-        R = self._table.host.shape[0]
         if isinstance(timestep, torch.Tensor):
             if timestep.dtype.is_floating_point or timestep.dtype == torch.bool:
                 raise TypeError(f"timestep must be an integer, got a {timestep.dtype} tensor")
@@ -214,55 +202,33 @@ class GMMDDIMScheduler(DDIMScheduler):
                 if not torch.compiler.is_compiling() and not _is_view_of(timestep, self.timesteps):
                     # A foreign device timestep cannot be checked without a sync; this assert is sync-free
                     # and fails loudly (device-side) instead of the kernel's NaN.
-                    torch._assert_async(((timestep >= 0) & (timestep < R)).all(),
-                                        f"timestep outside the training table [0, {R})")
+                    torch._assert_async(((timestep >= 0) & (timestep < self._num_rows)).all(),
+                                        f"timestep outside the training table [0, {self._num_rows})")
                 return timestep
             if timestep.numel() != 1:
-                self._check_rows(timestep.reshape(-1).tolist(), R)
+                self._check_rows(timestep.reshape(-1).tolist())
                 return timestep
-            timestep = int(timestep.reshape(-1)[0])
+            timestep = int(timestep)
         elif isinstance(timestep, (float, np.floating)) and float(timestep).is_integer():
             timestep = int(timestep)
         elif not isinstance(timestep, (int, np.integer)) or isinstance(timestep, bool):
             raise TypeError(f"timestep must be an int or an integer tensor, got {type(timestep).__name__}")
         if not torch.compiler.is_compiling():  # host checks: constants under torch.compile
-            self._check_rows((int(timestep),), R)
+            self._check_rows((timestep,))
         return int(timestep)
 
-    def _check_rows(self, rows, R):
+    def _check_rows(self, rows):
         for t in rows:
-            if not 0 <= t < R:
-                raise ValueError(f"timestep {t} is outside the training table [0, {R}): "
+            if not 0 <= t < self._num_rows:
+                raise ValueError(f"timestep {t} is outside the training table [0, {self._num_rows}): "
                                  f"num_train_timesteps={self.config.num_train_timesteps}")
-            if self.config.prediction_type == "epsilon" and self._table.host[t, COL_ALPHA] == 0:
+            if t in self._alpha_zero_rows and self.config.prediction_type == "epsilon":
                 raise ValueError(f"ᾱ_t = 0 at timestep {t} (zero terminal SNR): x̂₀ is undefined for "
                                  "prediction_type='epsilon'; use 'v_prediction' with rescale_betas_zero_snr")
 
     def _mixture(self, sample, eta):
-        """The mixture for this latent shape and device: built at the first step, cached, checked per η."""
-        cfg = self.config
-        D = sample[0].numel()
-        key = (D, sample.device, sample.dtype)
-        mix = self._mixtures.get(key)
-        if mix is None:
-            mix = build_mixture(
-                D, len(self._timesteps_host), components=cfg.gmm_components, scale=cfg.gmm_scale,
-                offsets=cfg.gmm_offsets, variance=cfg.gmm_variance, shared=cfg.gmm_shared, priors=cfg.gmm_priors,
-                seed=cfg.gmm_seed, device=sample.device, clip_variance=cfg.gmm_clip_variance,
-                dtype=torch.bfloat16 if cfg.gmm_dtype == "bfloat16" else torch.float32,
-            )
-            self._mixtures[key] = mix
-        if (key, eta) not in self._checked_eta and not torch.compiler.is_compiling():
-            rows = self._table.host[self._timesteps_host]
-            applies = (rows[:, COL_FINAL] == 0) | bool(cfg.gmm_offset_final)
-            mix.check_variance(eta**2 * rows[:, COL_VAR], applies, steps=self._timesteps_host)
-            self._checked_eta.add((key, eta))
-        return mix
-
-
-def _one_of(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        return self._mixture_cache.get(self.config, sample, len(self._timesteps_host), eta,
+                                       self._table.host[self._timesteps_host], self._timesteps_host)
 
 
 def _is_view_of(t: torch.Tensor, base: torch.Tensor) -> bool:

@@ -1,0 +1,67 @@
+"""What the DDIM and flow schedulers share: their kernel options and the mixture each builds at its first step."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..coefficients import COL_FINAL, COL_VAR
+from ..mixture import OFFSETS, PRIORS, VARIANCES, MixtureTensors, build_mixture
+
+KERNELS = ("gaussian", "gmm")
+NOISE_SOURCES = ("philox", "torch")
+GMM_DTYPES = ("float32", "bfloat16")
+
+
+def one_of(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_kernel_options(kernel, noise_source, gmm_components, gmm_scale, gmm_offsets, gmm_variance, gmm_priors,
+                         gmm_dtype):
+    """Validates the config keys both schedulers add to diffusers' (each error names its key)."""
+    one_of("kernel", kernel, KERNELS)
+    one_of("noise_source", noise_source, NOISE_SOURCES)
+    one_of("gmm_offsets", gmm_offsets, OFFSETS)
+    one_of("gmm_variance", gmm_variance, VARIANCES)
+    one_of("gmm_dtype", gmm_dtype, GMM_DTYPES)
+    if isinstance(gmm_priors, str):
+        one_of("gmm_priors", gmm_priors, PRIORS)
+    if int(gmm_components) < 1:
+        raise ValueError(f"gmm_components must be >= 1, got {gmm_components}")
+    if not (math.isfinite(gmm_scale) and gmm_scale >= 0):
+        raise ValueError(f"gmm_scale must be finite and >= 0, got {gmm_scale}")
+
+
+class MixtureCache:
+    """A scheduler's mixtures: built at the first step for a latent shape (D is known only then), cached per
+    (D, device, dtype), checked once per η against the schedule's σ², emptied by ``set_timesteps``."""
+
+    def __init__(self):
+        self.mixtures: dict = {}
+        self._checked: set = set()
+
+    def clear(self):
+        self.mixtures.clear()
+        self._checked.clear()
+
+    def get(self, config, sample: torch.Tensor, num_tables: int, eta: float, rows: torch.Tensor,
+            steps: torch.Tensor) -> MixtureTensors:
+        """rows: the host table rows of the schedule's steps (σ² = η² var); steps: their labels for errors."""
+        D = math.prod(sample.shape[1:])
+        key = (D, sample.device, sample.dtype)
+        mix = self.mixtures.get(key)
+        if mix is None:
+            mix = build_mixture(
+                D, num_tables, components=config.gmm_components, scale=config.gmm_scale, offsets=config.gmm_offsets,
+                variance=config.gmm_variance, shared=config.gmm_shared, priors=config.gmm_priors,
+                seed=config.gmm_seed, device=sample.device, clip_variance=config.gmm_clip_variance,
+                dtype=torch.bfloat16 if config.gmm_dtype == "bfloat16" else torch.float32,
+            )
+            self.mixtures[key] = mix
+        if (key, eta) not in self._checked and not torch.compiler.is_compiling():
+            applies = (rows[:, COL_FINAL] == 0) | bool(config.gmm_offset_final)
+            mix.check_variance(eta**2 * rows[:, COL_VAR], applies, steps=steps)
+            self._checked.add((key, eta))
+        return mix

@@ -1,0 +1,151 @@
+"""GPU tests (`pytest -m cuda`, or benchmarks/run_gpu.sh): the compiled Triton kernel against the float64
+reference, the RNG contract on the device, no host syncs, CUDA-graph capture and torch.compile."""
+import numpy as np
+import pytest
+import torch
+
+import gmm_triton.kernels.step as kstep
+from gmm_triton import GMMDDIMScheduler, build_mixture, ddim_table, ops, reference
+from gmm_triton.kernels.step import LaunchConfig
+
+pytestmark = pytest.mark.cuda
+DEV = "cuda"
+
+
+@pytest.fixture(scope="module")
+def table():
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler(beta_schedule="scaled_linear")
+    s.set_timesteps(10)
+    return ddim_table(s.alphas_cumprod, float(s.final_alpha_cumprod), 1000, s.timesteps).to(DEV)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("pred", ["epsilon", "sample", "v_prediction", "flow"])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 11), (4, 4, 64, 64)])
+def test_matches_reference(table, dtype, pred, shape):
+    x, m = torch.randn(shape, device=DEV).to(dtype), torch.randn(shape, device=DEV).to(dtype)
+    rows = torch.randint(0, 1000, (shape[0],), device=DEV)
+    prev, x0 = ops.ddim_step(x, m, rows, table, prediction_type=pred, eta=0.8, seed=3, clip_sample_range=2.0)
+    rp, rx0 = reference.fused_step(x, m, rows.cpu(), table.cpu(), prediction_type=pred, eta=0.8, seed=3,
+                                   clip_sample_range=2.0)
+    eps = torch.finfo(dtype).eps
+    tol = (2e-6 if dtype == torch.float32 else eps) * (1 + rp.abs().max())  # one rounding of the output
+    assert (prev.double().cpu() - rp).abs().max() <= tol
+    assert (x0.double().cpu() - rx0).abs().max() <= (1e-6 if dtype == torch.float32 else eps) * (1 + rx0.abs().max())
+
+
+@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+def test_mixture_matches_reference(table, variance):
+    D = 4 * 32 * 32
+    mix = build_mixture(D, 10, components=8, scale=0.05, variance=variance, priors="random", seed=2, device=DEV)
+    x, m = torch.randn(6, 4, 32, 32, device=DEV), torch.randn(6, 4, 32, 32, device=DEV)
+    rows = torch.tensor([999, 900, 500, 300, 100, 0], device=DEV)
+    out, _ = ops.ddim_step(x, m, rows, table, eta=1.0, seed=5, mixture=mix)
+    ref, _ = reference.fused_step(x, m, rows.cpu(), table.cpu(), eta=1.0, seed=5, mixture=mix.to("cpu"))
+    assert (out.double().cpu() - ref).abs().max() < 1e-5
+
+
+def test_mixture_built_on_gpu_matches_cpu_build():
+    a = build_mixture(4096, 5, seed=3, device=DEV)
+    b = build_mixture(4096, 5, seed=3, device="cpu")
+    assert (a.delta.cpu() - b.delta).abs().max() < 1e-5  # same Philox stream; QR up to rounding
+
+
+def test_philox_bit_exact_on_gpu():
+    w = ops.philox_words(1 << 16, seed=2**40 + 1, stream=1, start=2**33 - 7, device=DEV).cpu().numpy()
+    r = np.stack(reference.philox4x32(2**40 + 1, np.arange(2**33 - 7, 2**33 - 7 + (1 << 16), dtype=np.uint64), 1), 1)
+    assert np.array_equal(w.view(np.uint32), r)
+    z = ops.philox_normal((1 << 16,), seed=9, stream=0, start=3, device=DEV).double().cpu().numpy()
+    assert np.abs(z - reference.philox_normal(9, 1 << 16, 0, 3)).max() < 1e-5
+
+
+def test_gpu_stream_equals_cpu_stream(table):
+    x, m = torch.randn(3, 4, 33, 33), torch.randn(3, 4, 33, 33)
+    with ops.use_cpu_backend("cpp"):
+        cpu, _ = ops.ddim_step(x, m, 500, table.cpu(), eta=1.0, seed=42)
+    gpu, _ = ops.ddim_step(x.to(DEV), m.to(DEV), 500, table, eta=1.0, seed=42)
+    assert (gpu.cpu() - cpu).abs().max() < 1e-5
+
+
+def test_block_size_independent_on_gpu(table, monkeypatch):
+    x, m = torch.randn(4, 3, 37, 41, device=DEV), torch.randn(4, 3, 37, 41, device=DEV)
+    outs = []
+    for cfg in (LaunchConfig(256, 2), LaunchConfig(4096, 8)):
+        monkeypatch.setattr(kstep, "default_config", lambda D, dev, c=cfg: c)
+        outs.append(ops.ddim_step(x, m, 400, table, eta=1.0, seed=7)[0])
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_large_index_beyond_2_31(table):
+    B, D = 2, 2**30 + 7
+    x = torch.randn(1, D, device=DEV, dtype=torch.float16).expand(B, D)
+    m = torch.randn(1, D, device=DEV, dtype=torch.float16).expand(B, D)
+    prev, _ = ops.ddim_step(x, m, 500, table, eta=1.0, seed=4, return_pred_original=False)
+    tail = slice(D - 4096, D)
+    z = torch.from_numpy(reference.philox_normal(4, 4096, 0, (B - 1) * D + D - 4096))[None]
+    rp, _ = reference.fused_step(x[:1, tail].cpu(), m[:1, tail].cpu(), 500, table.cpu(), eta=1.0, noise=z)
+    assert (prev[B - 1, tail].double().cpu() - rp[0]).abs().max() <= 2 * torch.finfo(torch.float16).eps * (1 + rp.abs().max())
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "gmm"])
+def test_step_makes_no_host_sync(kernel):
+    s = GMMDDIMScheduler(kernel=kernel, gmm_variance="diag", gmm_scale=0.1, clip_sample=False)
+    s.set_timesteps(50, device=DEV)
+    x = torch.randn(1, 4, 64, 64, device=DEV, dtype=torch.float16)
+    s.step(x, s.timesteps[0], x, eta=1.0)  # warm-up: compile, build the mixture
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for t in s.timesteps:
+            x = s.step(torch.tanh(x), t, x, eta=1.0).prev_sample
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(x).all()
+
+
+def test_cuda_graph_captures_a_50_step_loop_with_fresh_noise():
+    s = GMMDDIMScheduler(clip_sample=False)
+    s.set_timesteps(50, device=DEV)
+    static_x = torch.randn(1, 4, 64, 64, device=DEV)
+    start = static_x.clone()
+
+    def loop():
+        x = static_x
+        for t in s.timesteps:
+            x = s.step(0.5 * x, t, x, eta=1.0).prev_sample
+        return x
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        loop()  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = loop()
+    results = []
+    for _ in range(2):
+        static_x.copy_(start)
+        g.replay()
+        results.append(out.clone())
+    assert torch.isfinite(results[0]).all()
+    assert not torch.equal(results[0], results[1])  # the seed is drawn on the device at each replay
+
+
+def test_compile_fullgraph_on_gpu(table):
+    def loop(x, seed):
+        for t in (900, 600, 300, 0):
+            x, _ = ops.ddim_step(x, torch.tanh(x), t, table, eta=0.5, seed=seed)
+        return x
+
+    x, seed = torch.randn(2, 4, 32, 32, device=DEV), torch.tensor([3], device=DEV)
+    assert torch.allclose(loop(x, seed), torch.compile(loop, fullgraph=True)(x, seed), atol=1e-6)
+
+
+def test_opcheck_on_gpu(table):
+    x, m = torch.randn(2, 3, 4, 4, device=DEV), torch.randn(2, 3, 4, 4, device=DEV)
+    args = (x, m, table, torch.tensor([300, 20], device=DEV), 0, torch.tensor([5], device=DEV), None, None,
+            None, None, None, None, None, None, "epsilon", "none", 1.0, 1.0, False, None, False, True)
+    torch.library.opcheck(torch.ops.gmm_triton.ddim_step.default, args)
