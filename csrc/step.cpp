@@ -14,6 +14,9 @@
 
 #include "philox.h"
 #include "step.h"
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 namespace gmm {
 namespace {
@@ -47,6 +50,26 @@ template <typename T, typename A>
 inline void store_tile(const A* __restrict v, int n, A bad, T* __restrict p) {
   for (int i = 0; i < n; ++i) p[i] = static_cast<T>(v[i] + bad);
 }
+
+#ifdef __F16C__
+// c10::Half converts one element at a time through bit manipulation that gcc does not vectorise; F16C does
+// eight per instruction, with the same round-to-nearest-even as torch.
+inline void load_tile(const c10::Half* __restrict p, int n, float* __restrict o) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(o + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
+  for (; i < n; ++i) o[i] = static_cast<float>(p[i]);
+}
+
+inline void store_tile(const float* __restrict v, int n, float bad, c10::Half* __restrict p) {
+  int i = 0;
+  const __m256 b = _mm256_set1_ps(bad);
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i),
+                     _mm256_cvtps_ph(_mm256_add_ps(_mm256_loadu_ps(v + i), b), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) p[i] = static_cast<c10::Half>(v[i] + bad);
+}
+#endif
 
 // Noise of sample b for d in [d0, d0 + n): Philox stream 0 at flat index b*D + d, or the caller's tensor.
 template <typename A>

@@ -183,24 +183,23 @@ def _host_rows(timesteps: Optional[Tensor], timestep: int, R: int) -> None:
 # ------------------------------------------------------------------------------------------------
 # the op
 # ------------------------------------------------------------------------------------------------
-def _ddim_step_impl(
-    sample: Tensor, model_output: Tensor, coef: Tensor, timesteps: Optional[Tensor], timestep: int,
-    seed: Optional[Tensor], noise: Optional[Tensor], threshold: Optional[Tensor],
-    mix_delta: Optional[Tensor], mix_cdf: Optional[Tensor], mix_weight: Optional[Tensor],
-    mix_var: Optional[Tensor], mix_basis: Optional[Tensor], mix_eig: Optional[Tensor],
-    prediction_type: str, variance_mode: str, eta: float, clip: Optional[float],
-    use_clipped_model_output: bool, guidance_scale: Optional[float], offset_final: bool, write_x0: bool,
-) -> Tuple[Tensor, Tensor]:
+def _step_into(
+    out: Tensor, x0: Tensor, sample: Tensor, model_output: Tensor, coef: Tensor, timesteps: Optional[Tensor],
+    timestep: int, seed: Optional[Tensor], noise: Optional[Tensor], threshold: Optional[Tensor],
+    mix_delta: Optional[Tensor], mix_cdf: Optional[Tensor], mix_weight: Optional[Tensor], mix_var: Optional[Tensor],
+    mix_basis: Optional[Tensor], mix_eig: Optional[Tensor], prediction_type: str, variance_mode: str, eta: float,
+    clip: Optional[float], use_clipped_model_output: bool, guidance_scale: Optional[float], offset_final: bool,
+    write_x0: bool,
+) -> None:
+    """Both ops' body: checks, then one launch writing ``out`` (and ``x0`` if ``write_x0``), contiguous [B, ...]."""
     mix = (mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig)
     _check(sample, model_output, coef, timesteps, noise, threshold, mix, prediction_type, variance_mode, eta,
            guidance_scale)
     _host_rows(timesteps, timestep, coef.shape[0])
     B = sample.shape[0]
     D = math.prod(sample.shape[1:])
-    out = torch.empty(sample.shape, dtype=sample.dtype, device=sample.device)
-    x0 = torch.empty(sample.shape if write_x0 else (0,), dtype=sample.dtype, device=sample.device)
     if B == 0 or D == 0:
-        return out, x0
+        return
     noise_mode = NOISE_TENSOR if noise is not None else (NOISE_PHILOX if eta > 0 else NOISE_NONE)
     if (noise_mode == NOISE_PHILOX or mix_delta is not None) and seed is None:
         raise ValueError("a seed tensor is needed for in-kernel noise (eta > 0 without noise) or a mixture")
@@ -227,24 +226,66 @@ def _ddim_step_impl(
             raise _missing_cpp()
     else:
         raise NotImplementedError(f"gmm_triton.ddim_step supports CUDA and CPU tensors, not {sample.device}")
+
+
+def _ddim_step_impl(
+    sample: Tensor, model_output: Tensor, coef: Tensor, timesteps: Optional[Tensor], timestep: int,
+    seed: Optional[Tensor], noise: Optional[Tensor], threshold: Optional[Tensor],
+    mix_delta: Optional[Tensor], mix_cdf: Optional[Tensor], mix_weight: Optional[Tensor],
+    mix_var: Optional[Tensor], mix_basis: Optional[Tensor], mix_eig: Optional[Tensor],
+    prediction_type: str, variance_mode: str, eta: float, clip: Optional[float],
+    use_clipped_model_output: bool, guidance_scale: Optional[float], offset_final: bool, write_x0: bool,
+) -> Tuple[Tensor, Tensor]:
+    out = torch.empty(sample.shape, dtype=sample.dtype, device=sample.device)
+    x0 = torch.empty(sample.shape if write_x0 else (0,), dtype=sample.dtype, device=sample.device)
+    _step_into(out, x0, sample, model_output, coef, timesteps, timestep, seed, noise, threshold, mix_delta, mix_cdf,
+               mix_weight, mix_var, mix_basis, mix_eig, prediction_type, variance_mode, eta, clip,
+               use_clipped_model_output, guidance_scale, offset_final, write_x0)
     return out, x0
 
 
+def _check_out(name: str, t: Tensor, sample: Tensor) -> None:
+    if t.shape != sample.shape or t.dtype != sample.dtype or t.device != sample.device:
+        raise ValueError(f"{name} must match sample: {tuple(sample.shape)} {sample.dtype} on {sample.device}, got "
+                         f"{tuple(t.shape)} {t.dtype} on {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def _ddim_step_out_impl(
+    out: Tensor, x0_out: Optional[Tensor], sample: Tensor, model_output: Tensor, coef: Tensor,
+    timesteps: Optional[Tensor], timestep: int, seed: Optional[Tensor], noise: Optional[Tensor],
+    threshold: Optional[Tensor], mix_delta: Optional[Tensor], mix_cdf: Optional[Tensor],
+    mix_weight: Optional[Tensor], mix_var: Optional[Tensor], mix_basis: Optional[Tensor], mix_eig: Optional[Tensor],
+    prediction_type: str, variance_mode: str, eta: float, clip: Optional[float], use_clipped_model_output: bool,
+    guidance_scale: Optional[float], offset_final: bool,
+) -> None:
+    """The same step written into caller buffers (``out`` may be ``sample`` itself: each element is read before the
+    same program writes it, and nothing else reads it)."""
+    _check_out("out", out, sample)
+    if x0_out is not None:
+        _check_out("pred_original_out", x0_out, sample)
+    _step_into(out, x0_out if x0_out is not None else out, sample, model_output, coef, timesteps, timestep, seed,
+               noise, threshold, mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig, prediction_type,
+               variance_mode, eta, clip, use_clipped_model_output, guidance_scale, offset_final, x0_out is not None)
+
+
 _ddim_step_op = torch.library.custom_op("gmm_triton::ddim_step", _ddim_step_impl, mutates_args=())
+_ddim_step_out_op = torch.library.custom_op("gmm_triton::ddim_step_out", _ddim_step_out_impl,
+                                            mutates_args=("out", "x0_out"))
 
 
-def _call(*args):
-    """torch.ops.gmm_triton.ddim_step(*args), minus the dispatcher's Python hop (~100 µs) in plain eager use.
+def _call(impl, op, x: Tensor, m: Tensor, *args):
+    """``op(*args)`` minus the dispatcher's Python hop (~100 µs) in plain eager use.
 
     The implementation is the op's own; the dispatcher is needed only when something must see the op: torch.compile
     tracing, a dispatch mode (FakeTensor, opcheck), tensor subclasses, or autograd.
     """
-    x, m = args[0], args[1]
     if (type(x) is Tensor and type(m) is Tensor and not torch.compiler.is_compiling()
             and torch._C._len_torch_dispatch_stack() == 0
             and not (torch.is_grad_enabled() and (x.requires_grad or m.requires_grad))):
-        return _ddim_step_impl(*args)
-    return torch.ops.gmm_triton.ddim_step(*args)
+        return impl(*args)
+    return op(*args)
 
 
 @_ddim_step_op.register_fake
@@ -256,6 +297,18 @@ def _(sample, model_output, coef, timesteps, timestep, seed, noise, threshold, m
            guidance_scale)
     out = sample.new_empty(sample.shape)
     return out, sample.new_empty(sample.shape if write_x0 else (0,))
+
+
+@_ddim_step_out_op.register_fake
+def _(out, x0_out, sample, model_output, coef, timesteps, timestep, seed, noise, threshold, mix_delta, mix_cdf,
+      mix_weight, mix_var, mix_basis, mix_eig, prediction_type, variance_mode, eta, clip, use_clipped_model_output,
+      guidance_scale, offset_final):
+    _check(sample, model_output, coef, timesteps, noise, threshold,
+           (mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig), prediction_type, variance_mode, eta,
+           guidance_scale)
+    _check_out("out", out, sample)
+    if x0_out is not None:
+        _check_out("pred_original_out", x0_out, sample)
 
 
 class _Mix:
@@ -413,6 +466,8 @@ def ddim_step(
     mixture=None,
     offset_final: bool = False,
     return_pred_original: bool = True,
+    out: Optional[Tensor] = None,
+    pred_original_out: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """One fused DDIM / DDIM-GMM / RFIM step. Returns (prev_sample, pred_original_sample or None).
 
@@ -439,6 +494,9 @@ def ddim_step(
         offset_final: apply the mixture on the step that lands on the end of the chain (default off: there
             σ = 0, and no offset can keep the kernel's covariance equal to DDIM's).
         return_pred_original: also write x̂₀ (after clipping), like diffusers' ``pred_original_sample``.
+        out, pred_original_out: write into these contiguous buffers instead of new tensors (``out`` may be
+            ``sample`` itself, an in-place update); with ``out``, x̂₀ is written only into ``pred_original_out``.
+            Useful in CUDA graphs (static buffers) and on CPU, where fresh large outputs cost page faults.
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -467,12 +525,16 @@ def ddim_step(
         mix = (mixture.delta, mixture.cdf, mixture.component_weight, mixture.var_table, mixture.basis,
                mixture.eigvals)
         var_mode = mixture.variance_mode
-    prev, x0 = _call(
-        sample, model_output, table, timesteps, tval, seed if needs_seed else None, noise, threshold, *mix,
-        prediction_type, var_mode, float(eta), None if clip_sample_range is None else float(clip_sample_range),
-        bool(use_clipped_model_output), None if guidance_scale is None else float(guidance_scale),
-        bool(offset_final), bool(return_pred_original),
-    )
+    args = (sample, model_output, table, timesteps, tval, seed if needs_seed else None, noise, threshold, *mix,
+            prediction_type, var_mode, float(eta), None if clip_sample_range is None else float(clip_sample_range),
+            bool(use_clipped_model_output), None if guidance_scale is None else float(guidance_scale),
+            bool(offset_final))
+    if out is not None:
+        _call(_ddim_step_out_impl, torch.ops.gmm_triton.ddim_step_out, sample, model_output, out, pred_original_out,
+              *args)
+        return out, pred_original_out
+    prev, x0 = _call(_ddim_step_impl, torch.ops.gmm_triton.ddim_step, sample, model_output, *args,
+                     bool(return_pred_original))
     return prev, (x0 if return_pred_original else None)
 
 

@@ -270,3 +270,21 @@ def test_large_index_beyond_2_31(table):
     got = prev[B - 1, tail].double()
     assert (got - rp[0]).abs().max() <= 2 * torch.finfo(torch.float16).eps * (1 + rp.abs().max())
     del prev
+
+
+def test_out_buffers_and_in_place(backend, table):
+    x, m = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    ref, ref_x0 = ops.ddim_step(x, m, 500, table, eta=1.0, seed=2)
+    out, x0 = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))
+    r = ops.ddim_step(x, m, 500, table, eta=1.0, seed=2, out=out, pred_original_out=x0)
+    assert r[0] is out and r[1] is x0 and torch.equal(out, ref) and torch.equal(x0, ref_x0)
+    xi = x.clone()
+    ops.ddim_step(xi, m, 500, table, eta=1.0, seed=2, out=xi)  # in place on the sample
+    assert torch.equal(xi, ref)
+    with pytest.raises(ValueError, match="out must match sample"):
+        ops.ddim_step(x, m, 500, table, out=torch.empty(2, 3, 8))
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        ops.ddim_step(x, m, 500, table, out=torch.empty(2, 3, 8, 8).transpose(2, 3))
+    args = (torch.empty_like(x), None, x, m, table, None, 500, torch.tensor([5]), None, None, None, None, None,
+            None, None, None, "epsilon", "none", 1.0, None, False, None, False)
+    torch.library.opcheck(torch.ops.gmm_triton.ddim_step_out.default, args)
