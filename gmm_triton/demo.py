@@ -310,7 +310,8 @@ def _plot_eval(csv_path, png_path):
     with open(csv_path) as f:
         rows = [r for r in csv.DictReader(f) if r["fd"] not in ("", "nan")]
     etas = sorted({r["eta"] for r in rows}, key=float)
-    fig, axes = plt.subplots(1, len(etas), figsize=(4.2 * len(etas), 3.6), squeeze=False)
+    steps = sorted({int(r["steps"]) for r in rows})
+    fig, axes = plt.subplots(1, len(etas), figsize=(4.6 * len(etas), 3.8), squeeze=False)
     for ax, eta in zip(axes[0], etas):
         best = {}
         for r in rows:
@@ -320,14 +321,18 @@ def _plot_eval(csv_path, png_path):
             best[k] = min(best.get(k, float("inf")), float(r["fd"]))  # best scale per sampler and steps
         for name in sorted({k[0] for k in best}):
             pts = sorted((st, fd) for (nm, st), fd in best.items() if nm == name)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            base = name in ("DDIM", "RFIM")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, linestyle="--" if base else "-",
+                    linewidth=2.2 if base else 1.2)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(steps)
+        ax.set_xticklabels([str(st) for st in steps])
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(f"η = {eta} (best scale per point)", fontsize=9)
         ax.set_xlabel("steps")
-    axes[0, 0].set_ylabel("FD (↓)")
-    axes[0, -1].legend(fontsize=6)
+        ax.legend(fontsize=6)
+    axes[0, 0].set_ylabel("FD to the data moments (↓)")
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
