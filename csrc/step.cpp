@@ -231,19 +231,21 @@ void step_impl(const StepArgs& a) {
           } else if (a.var_mode == kDiag) {
             const float* u = a.var.data_ptr<float>() + s.srow * a.D + d0;
             const A wk = static_cast<A>(a.weight.data_ptr<float>()[s.k]), s2 = sigma * sigma;
-            for (int i = 0; i < n; ++i) {
+            for (int i = 0; i < n; ++i) {  // root computed unconditionally, then selected: vectorises
               const A sub = wk * static_cast<A>(u[i]);
-              pv[i] += (sub > A(0) ? std::sqrt(std::max(s2 - sub, A(0))) : sigma) * z[i];
+              const A root = std::sqrt(std::max(s2 - sub, A(0)));
+              pv[i] += (sub > A(0) ? root : sigma) * z[i];
             }
           } else if (a.var_mode == kVub) {
             const int64_t K = a.delta.size(1);
             const float* ub = a.var.data_ptr<float>() + s.k * K;
             const A s2 = sigma * sigma;
-            for (int i = 0; i < n; ++i) {
-              const int64_t d = d0 + i;
-              const A sub = d < K ? static_cast<A>(ub[d]) : A(0);
+            const int head = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(K - d0, n)));
+            for (int i = 0; i < head; ++i) {  // the bounds live on the first K coordinates only
+              const A sub = static_cast<A>(ub[d0 + i]);
               pv[i] += (sub > A(0) ? std::sqrt(std::max(s2 - sub, A(0))) : sigma) * z[i];
             }
+            for (int i = head; i < n; ++i) pv[i] += sigma * z[i];
           } else {  // exact
             std::fill(aux, aux + n, 0.0f);
             for (int64_t j = 0; j < KP; ++j) {

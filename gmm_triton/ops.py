@@ -210,22 +210,7 @@ def _step_into(
                 prediction_type=prediction_type, variance_mode=variance_mode, eta=eta, clip=clip,
                 clipped_eps=use_clipped_model_output, guidance=guidance_scale, offset_final=offset_final,
                 write_x0=write_x0, noise_mode=noise_mode, out=out, x0=x0, B=B, D=D)
-    if sample.device.type == "cuda":
-        _run_triton(**args)
-    elif sample.device.type == "cpu":
-        backend = cpu_backend()
-        if backend == "cpp":
-            _run_cpp(**args)
-        elif backend == "triton":
-            if not _triton_interpreting():
-                raise RuntimeError("the 'triton' CPU backend needs TRITON_INTERPRET=1 set before gmm_triton is imported")
-            _run_triton(**args)
-        elif backend == "reference":
-            _run_reference(**args)
-        else:
-            raise _missing_cpp()
-    else:
-        raise NotImplementedError(f"gmm_triton.ddim_step supports CUDA and CPU tensors, not {sample.device}")
+    {"triton": _run_triton, "cpp": _run_cpp, "reference": _run_reference}[_backend(sample.device)](**args)
 
 
 def _ddim_step_impl(
@@ -396,27 +381,37 @@ def _run_reference(*, x, m, coef, timesteps, timestep, seed, noise, threshold, m
 # ------------------------------------------------------------------------------------------------
 # Philox normals (mixture construction): same stream on every device
 # ------------------------------------------------------------------------------------------------
+def _backend(device: torch.device) -> str:
+    """Which implementation runs on ``device``: "triton" on CUDA; on CPU the chosen one (cpu_backend)."""
+    if device.type == "cuda":
+        return "triton"
+    if device.type != "cpu":
+        raise NotImplementedError(f"gmm_triton supports CUDA and CPU tensors, not {device}")
+    name = cpu_backend()
+    if name == "missing":
+        raise _missing_cpp()
+    if name == "triton" and not _triton_interpreting():
+        raise RuntimeError("the 'triton' CPU backend needs TRITON_INTERPRET=1 set before gmm_triton is imported")
+    return name
+
+
 def philox_normal(shape: Sequence[int], *, seed: int, stream: int, device=None,
                   dtype: torch.dtype = torch.float32, start: int = 0) -> Tensor:
     """Standard normals of Philox ``stream`` under ``seed`` for flat indices start.. of ``shape`` (reference.py)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     out = torch.empty(tuple(shape), device=device, dtype=torch.float32)
-    if out.numel() == 0:
-        pass
-    elif device.type == "cuda" or (device.type == "cpu" and cpu_backend() == "triton"):
-        from .kernels.philox import normal_fill
+    if out.numel():
+        backend = _backend(device)
+        if backend == "triton":
+            from .kernels.philox import normal_fill
 
-        normal_fill(out, int(seed), int(stream), int(start))
-    elif device.type == "cpu" and cpu_backend() == "cpp":
-        torch.ops.gmm_triton_cpp.philox_normal_(out, int(seed), int(stream), int(start))
-    elif device.type == "cpu" and cpu_backend() == "reference":
-        from .reference import philox_normal as ref
+            normal_fill(out, int(seed), int(stream), int(start))
+        elif backend == "cpp":
+            torch.ops.gmm_triton_cpp.philox_normal_(out, int(seed), int(stream), int(start))
+        else:
+            from .reference import philox_normal as ref
 
-        out.copy_(torch.from_numpy(ref(int(seed), out.numel(), int(stream), int(start))).reshape(out.shape))
-    elif device.type == "cpu":
-        raise _missing_cpp()
-    else:
-        raise NotImplementedError(f"philox_normal supports CUDA and CPU, not {device}")
+            out.copy_(torch.from_numpy(ref(int(seed), out.numel(), int(stream), int(start))).reshape(out.shape))
     return out.to(dtype)
 
 
@@ -424,12 +419,18 @@ def philox_words(n: int, *, seed: int, stream: int, start: int = 0, device=None)
     """The raw Philox words [n, 4] (int32 bit patterns) of counters start..start+n-1: the RNG's integers."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     out = torch.empty((n, 4), device=device, dtype=torch.int32)
-    if device.type == "cuda" or cpu_backend() == "triton":
+    backend = _backend(device)
+    if backend == "triton":
         from .kernels.philox import philox_words as words
 
         return words(out, int(seed), int(stream), int(start))
-    if cpu_backend() != "cpp":
-        raise _missing_cpp()
+    if backend == "reference":
+        import numpy as np
+
+        from .reference import philox4x32
+
+        w = philox4x32(int(seed), np.arange(start, start + n, dtype=np.uint64), int(stream))
+        return out.copy_(torch.from_numpy(np.stack(w, 1).view(np.int32)))
     torch.ops.gmm_triton_cpp.philox_words_(out, int(seed), int(stream), int(start))
     return out
 

@@ -1,5 +1,5 @@
-"""Test set-up. On a machine without CUDA the Triton kernels run under the interpreter, which must be
-switched on before gmm_triton's kernels are decorated, i.e. before gmm_triton is imported."""
+"""Set-up for tests/ and benchmarks/. On a machine without CUDA the Triton kernels run under the interpreter,
+which must be switched on before gmm_triton's kernels are decorated, i.e. before gmm_triton is imported."""
 import os
 
 import torch
@@ -14,7 +14,7 @@ HAS_CUDA = torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config, items):
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m cuda` on the GPU machine)")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m cuda tests benchmarks` on the GPU machine)")
     for item in items:
         if "cuda" in item.keywords and not HAS_CUDA:
             item.add_marker(skip)
