@@ -461,30 +461,32 @@ def e2e_table(rows) -> str:
 
 
 def plot_throughput(rows, copy_gbps: float, path: Path, title: str) -> None:
-    """GB/s against floor bytes, one line per dtype × variant, the copy bandwidth as a horizontal line."""
+    """GB/s against floor bytes: one panel per dtype, one line per variant, the copy bandwidth as a line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    colors = {v.name: f"C{i}" for i, v in enumerate(VARIANTS)}
-    styles = dict(zip(DTYPES, ("-", "--", ":")))
     groups = {}
     for r in rows:
         if r["median_us"] != "" and math.isfinite(r["gbps"]):
-            groups.setdefault((r["variant"], r["dtype"]), []).append((r["floor_bytes"], r["gbps"]))
-    for (variant, dtype), pts in groups.items():
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=colors.get(variant, "k"),
-                linestyle=styles.get(dtype, "-"), label=f"{variant} {dtype}")
-    ax.axhline(copy_gbps, color="k", linewidth=1, label=f"copy {copy_gbps:.0f} GB/s")
-    ax.set_xscale("log")
-    ax.set_xlabel("floor bytes per step (inputs read once + outputs written once)")
-    ax.set_ylabel("GB/s (floor bytes / median time)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, ncol=3, loc="best")
+            groups.setdefault(r["dtype"], {}).setdefault(r["variant"], []).append((r["floor_bytes"], r["gbps"]))
+    dtypes = [d for d in DTYPES if d in groups] or ["none"]
+    fig = Figure(figsize=(5 * len(dtypes), 4.6))
+    FigureCanvasAgg(fig)
+    colors = {v.name: f"C{i}" for i, v in enumerate(VARIANTS)}
+    axes = fig.subplots(1, len(dtypes), sharey=True, squeeze=False)[0]
+    for ax, dtype in zip(axes, dtypes):
+        for variant, pts in groups.get(dtype, {}).items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=colors.get(variant, "k"),
+                    label=variant)
+        ax.axhline(copy_gbps, color="k", linewidth=1, label=f"copy {copy_gbps:.0f} GB/s")
+        ax.set_xscale("log")
+        ax.set_xlabel("floor bytes per step")
+        ax.set_title(dtype, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    axes[0].set_ylabel("GB/s (floor bytes / median time)")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
