@@ -29,10 +29,16 @@ void ddim_step_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& c
   a.mixed = delta.has_value();
   if (a.mixed) {
     a.delta = delta->contiguous(); a.cdf = cdf->contiguous(); a.weight = weight->contiguous();
-    for (auto* t : {&a.delta, &a.cdf, &a.weight})
-      TORCH_CHECK(t->scalar_type() == at::kFloat, "mixture tensors must be float32 on CPU");
+    for (auto* t : {&a.cdf, &a.weight})
+      TORCH_CHECK(t->scalar_type() == at::kFloat, "mixture cdf and weights must be float32");
+    TORCH_CHECK(a.delta.scalar_type() == at::kFloat || a.delta.scalar_type() == at::kBFloat16,
+                "mixture offsets must be float32 or bfloat16");
     if (var) a.var = var->contiguous();
-    if (basis) a.basis = basis->contiguous();
+    if (basis) {
+      a.basis = basis->contiguous();
+      TORCH_CHECK(a.basis.scalar_type() == at::kFloat || a.basis.scalar_type() == at::kBFloat16,
+                  "mixture basis must be float32 or bfloat16");
+    }
     if (eig) a.eig = eig->contiguous();
   }
   a.out = out; a.x0 = x0;

@@ -89,6 +89,16 @@ inline void noise_tile(const StepArgs& a, int64_t b, int64_t d0, int n, A* __res
   }
 }
 
+// n elements of a mixture table (float32, or the bfloat16 storage build_mixture offers) from `off`, as float:
+// converted a tile at a time, so a bf16 table is never copied whole.
+inline void table_tile(const at::Tensor& t, int64_t off, int n, float* __restrict o) {
+  if (t.scalar_type() == at::kBFloat16) {
+    load_tile(t.data_ptr<c10::BFloat16>() + off, n, o);
+  } else {
+    std::memcpy(o, t.data_ptr<float>() + off, n * sizeof(float));
+  }
+}
+
 SampleScalars sample_scalars(const StepArgs& a, int64_t b) {
   SampleScalars s{};
   const int64_t R = a.coef.size(0);
@@ -119,17 +129,18 @@ void project(const StepArgs& a, int64_t n_chunks, std::vector<double>& part) {
   const int64_t KP = a.cdf.numel();
   at::parallel_for(0, a.B * n_chunks, 1, [&](int64_t begin, int64_t end) {
     alignas(64) double z[kLane];
+    alignas(64) float q[kLane];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_chunks, ch = task % n_chunks;
       const SampleScalars s = sample_scalars(a, b);
       double* out = part.data() + task * KP;
       std::fill(out, out + KP, 0.0);
-      const float* Q = a.basis.data_ptr<float>() + s.srow * KP * a.D;
+      const int64_t q0 = s.srow * KP * a.D;  // this sample's basis rows
       for (int64_t d0 = ch * kChunk; d0 < std::min(a.D, (ch + 1) * kChunk); d0 += kLane) {
         const int n = static_cast<int>(std::min<int64_t>(kLane, a.D - d0));
         noise_tile(a, b, d0, n, z);
         for (int64_t j = 0; j < KP; ++j) {
-          const float* q = Q + j * a.D + d0;
+          table_tile(a.basis, q0 + j * a.D + d0, n, q);
           double acc = 0.0;
           for (int i = 0; i < n; ++i) acc += static_cast<double>(q[i]) * z[i];
           out[j] += acc;
@@ -165,7 +176,7 @@ void step_impl(const StepArgs& a) {
   at::parallel_for(0, a.B * n_chunks, 1, [&](int64_t begin, int64_t end) {
     alignas(64) A xv[kLane], mv[kLane], x0v[kLane], ev[kLane], pv[kLane];
     alignas(64) A z[kLane];
-    alignas(64) float aux[kLane];
+    alignas(64) float aux[kLane], tab[kLane];
     std::vector<double> proj(KP, 0.0), cj(KP, 0.0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_chunks, ch = task % n_chunks;
@@ -173,10 +184,9 @@ void step_impl(const StepArgs& a) {
       const A al = static_cast<A>(s.al), sg = static_cast<A>(s.sg), alp = static_cast<A>(s.alp);
       const A c_eps = static_cast<A>(s.c_eps), sigma = static_cast<A>(s.sigma);
       const A bad = s.valid ? A(0) : std::numeric_limits<A>::quiet_NaN();
-      const float* delta = nullptr;
-      const float* Q = nullptr;
+      int64_t delta0 = 0, q0 = 0;  // offsets of this sample's offset row and basis rows
       if (a.mixed) {
-        delta = a.delta.data_ptr<float>() + (s.srow * a.delta.size(1) + s.k) * a.D;
+        delta0 = (s.srow * a.delta.size(1) + s.k) * a.D;
         if (a.var_mode == kExact && a.noise_mode != kNoNoise) {
           // Σ over this sample's chunks in a fixed order: deterministic for any thread count.
           std::fill(proj.begin(), proj.end(), 0.0);
@@ -188,7 +198,7 @@ void step_impl(const StepArgs& a) {
             const double sub = wk * lam[j];  // no-op directions keep σ exactly (K = 1, s = 0 is DDIM bit for bit)
             cj[j] = sub > 0 ? (std::sqrt(std::max(s.sigma * s.sigma - sub, 0.0)) - s.sigma) * proj[j] : 0.0;
           }
-          Q = a.basis.data_ptr<float>() + s.srow * KP * a.D;
+          q0 = s.srow * KP * a.D;
         }
       }
       for (int64_t d0 = ch * kChunk; d0 < std::min(a.D, (ch + 1) * kChunk); d0 += kLane) {
@@ -221,8 +231,10 @@ void step_impl(const StepArgs& a) {
         if (a.clipped_eps)
           for (int i = 0; i < n; ++i) ev[i] = (xv[i] - al * x0v[i]) / sg;
         for (int i = 0; i < n; ++i) pv[i] = alp * x0v[i] + c_eps * ev[i];
-        if (a.mixed && s.apply)
-          for (int i = 0; i < n; ++i) pv[i] += static_cast<A>(delta[d0 + i]);
+        if (a.mixed && s.apply) {
+          table_tile(a.delta, delta0 + d0, n, tab);
+          for (int i = 0; i < n; ++i) pv[i] += static_cast<A>(tab[i]);
+        }
         if (a.noise_mode != kNoNoise) {
           noise_tile(a, b, d0, n, z);
           const bool mix_var = a.mixed && s.apply && a.var_mode != kNone;
@@ -250,8 +262,8 @@ void step_impl(const StepArgs& a) {
             std::fill(aux, aux + n, 0.0f);
             for (int64_t j = 0; j < KP; ++j) {
               const float c = static_cast<float>(cj[j]);
-              const float* q = Q + j * a.D + d0;
-              for (int i = 0; i < n; ++i) aux[i] += q[i] * c;
+              table_tile(a.basis, q0 + j * a.D + d0, n, tab);
+              for (int i = 0; i < n; ++i) aux[i] += tab[i] * c;
             }
             // σz exactly as the Gaussian path computes it, then the span correction (no FMA across the two)
             for (int i = 0; i < n; ++i) pv[i] += sigma * z[i];

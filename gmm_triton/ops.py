@@ -346,8 +346,6 @@ def _run_cpp(*, x, m, coef, timesteps, timestep, seed, noise, threshold, mix, pr
              eta, clip, clipped_eps, guidance, offset_final, write_x0, noise_mode, out, x0, B, D):
     rows = timesteps.reshape(-1).to(torch.int64).contiguous() if timesteps is not None else None
     _, seed_value = _seed_split(seed)
-    if mix[0] is not None:  # bf16 tables: the C++ twin reads float32
-        mix = tuple(None if t is None else t.float() for t in mix)
     torch.ops.gmm_triton_cpp.ddim_step(
         x, m, coef, rows, int(timestep), seed_value, noise, threshold, *mix, out, x0,
         PRED_CODES[prediction_type], VAR_CODES[variance_mode], noise_mode, float(eta),

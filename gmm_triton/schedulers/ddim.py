@@ -131,6 +131,7 @@ class GMMDDIMScheduler(DDIMScheduler):
         if device is not None:
             self._table.on(torch.device(device))
         self._timesteps_host = self.timesteps.cpu()
+        self._schedule_rows = host[self._timesteps_host]  # the steps' rows, for the mixture's variance check
         # host facts for the per-step checks, as plain Python (indexing a tensor costs ~10 µs a step)
         self._num_rows = host.shape[0]
         self._alpha_zero_rows = set(torch.nonzero(host[:, COL_ALPHA] == 0).flatten().tolist())
@@ -228,7 +229,7 @@ class GMMDDIMScheduler(DDIMScheduler):
 
     def _mixture(self, sample, eta):
         return self._mixture_cache.get(self.config, sample, len(self._timesteps_host), eta,
-                                       self._table.host[self._timesteps_host], self._timesteps_host)
+                                       self._schedule_rows, self._timesteps_host)
 
 
 def _is_view_of(t: torch.Tensor, base: torch.Tensor) -> bool:
