@@ -1,4 +1,4 @@
-"""``gmm-triton demo | eval | sample | bench``."""
+"""``gmm-triton demo | eval | sample | bench | train | distill``."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     d.add_argument("--scale", type=float, default=0.3, help="gmm_scale s of the mixture samplers")
     d.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="comma-separated sampling seeds")
     d.add_argument("--quick", action="store_true", help="a tiny configuration (tests, smoke runs)")
+    d.add_argument("--learned-model", default="gmm_triton_out/model/model.pt",
+                   help="rows for this learned model (`gmm-triton train`; trained if missing); '' for none")
 
     e = sub.add_parser("eval", help="full sweep steps × η × sampler × scale (CSV + plots; resumable)")
     e.add_argument("--out", default="gmm_triton_out/eval")
@@ -59,13 +61,16 @@ def main(argv=None) -> int:
     from . import bench
 
     bench.add_arguments(b)
+    from .distill.cli import add_commands
+
+    add_commands(sub)  # train, distill
 
     args = p.parse_args(argv)
     if args.cmd == "demo":
         from .demo import run_demo
 
         run_demo(args.out, device=args.device, n=args.samples, steps=args.steps, scale=args.scale,
-                 seeds=args.seeds, quick=args.quick)
+                 seeds=args.seeds, quick=args.quick, learned_model=args.learned_model)
     elif args.cmd == "eval":
         from .demo import run_eval
 
@@ -73,6 +78,8 @@ def main(argv=None) -> int:
                  n=args.samples, seeds=args.seeds, families=tuple(args.families.split(",")))
     elif args.cmd == "sample":
         return run_sample(args)
+    elif args.cmd in ("train", "distill"):
+        return args.func(args)
     else:
         return bench.main(args)
     return 0

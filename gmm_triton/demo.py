@@ -87,13 +87,14 @@ def exact_scale_limit(sampler: Sampler, steps: int, eta: float) -> float:
 
 
 def sample(data, sampler: Sampler, *, steps: int, eta: float, n: int, seed: int, scale: float = 0.3,
-           device="cpu", batch: int = 4096) -> torch.Tensor:
-    """n samples of ``data``'s oracle with ``sampler`` (η, steps), deterministic in ``seed``."""
+           device="cpu", batch: int = 4096, model=None) -> torch.Tensor:
+    """n samples of ``data``'s oracle (or of ``model``, a diffusers-style model) with ``sampler`` (η, steps),
+    deterministic in ``seed``."""
     sched = _scheduler(sampler, scale, eta)
     sched.set_timesteps(steps, device=device)
-    if sampler.family == "flow":
+    if model is None and sampler.family == "flow":
         model = MixtureDenoiser(data, schedule="flow", num_train_timesteps=sched.config.num_train_timesteps)
-    else:
+    elif model is None:
         model = MixtureDenoiser(data, alphas_cumprod=sched.alphas_cumprod)
     gen_device = "cpu" if torch.device(device).type == "cpu" else device
     out = []
@@ -111,14 +112,14 @@ def sample(data, sampler: Sampler, *, steps: int, eta: float, n: int, seed: int,
     return torch.cat(out)
 
 
-def _row(data, sampler, steps, eta, n, seeds, scale, device, reference):
-    """Metrics averaged over seeds (with their spread) and samples/s."""
+def _row(data, sampler, steps, eta, n, seeds, scale, device, reference, model=None):
+    """Metrics averaged over seeds (with their spread) and samples/s (``model``: see ``sample``)."""
     per_seed, secs = [], 0.0
     for seed in seeds:
         if device != "cpu":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        x = sample(data, sampler, steps=steps, eta=eta, n=n, seed=seed, scale=scale, device=device)
+        x = sample(data, sampler, steps=steps, eta=eta, n=n, seed=seed, scale=scale, device=device, model=model)
         if device != "cpu":
             torch.cuda.synchronize()
         secs += time.perf_counter() - t0
@@ -143,8 +144,10 @@ def _fmt_table(rows, title):
 
 
 def run_demo(out_dir: str = "gmm_triton_out/demo", *, device: str = "auto", n: int = 2000, steps: int = 10,
-             scale: float = 0.3, seeds=(0, 1, 2), step_grid=(5, 10, 20, 50), quick: bool = False) -> dict:
-    """The README's demo: table, image grid and quality-vs-steps plot; returns the rows and file paths."""
+             scale: float = 0.3, seeds=(0, 1, 2), step_grid=(5, 10, 20, 50), quick: bool = False,
+             learned_model: str | None = None) -> dict:
+    """The README's demo: table, image grid and quality-vs-steps plot; returns the rows and file paths.
+    ``learned_model``: a ``gmm-triton train`` model file (trained there if missing) whose rows join the table."""
     from tqdm.auto import tqdm
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -169,6 +172,11 @@ def run_demo(out_dir: str = "gmm_triton_out/demo", *, device: str = "auto", n: i
         rows.append({"sampler": sampler.name, "eta": f"{eta:g}", "scale": f"{s_used:.3g}" if sampler.is_mixture else "—",
                      **row})
         images[(sampler.name, eta)] = x[:10].cpu()
+    if learned_model:
+        from .distill.teacher import learned_demo_rows
+
+        rows += learned_demo_rows(learned_model, data, reference, steps=steps, n=n, seeds=seeds, scale=scale,
+                                  device=device)
     table = _fmt_table([r for r in rows if "note" not in r], f"{steps} steps, n={n} × {len(seeds)} seeds, device={device}; "
                        f"exact data samples: FD {exact_fd:.4g} (the floor at this n)")
     skipped = [f"{r['sampler']} (η={r['eta']}): {r['note']}" for r in rows if "note" in r]

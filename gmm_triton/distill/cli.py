@@ -1,0 +1,177 @@
+"""``gmm-triton train`` and ``gmm-triton distill mm | emd | all``: argument parsing and the acceptance run.
+
+``distill all`` (``make distill``) trains the learned digits model once (cached in ``OUT/model``), then runs every
+configuration of the tables over the training seeds in ``--workers`` processes of one thread each: moment matching
+at k = 8 and 4 with the oracle and the learned teacher, EMD and VSD on the 2-D and 8-D testbeds, plus the
+teachers' many-step DDIM. Each run lives in its own folder (checkpoint, ``result.json``, plot) and is skipped
+when its result exists, so an interrupted acceptance run resumes where it stopped. ``report.py`` then writes
+the tables, the plots and the target checks (``OUT/summary.json``, ``OUT/tables.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_MODEL_DIR = "gmm_triton_out/model"
+# the acceptance budgets (CPU minutes of one thread at the calibrated rates); ≈ 25 wall minutes on 2 quiet cores
+ACCEPTANCE = dict(teacher_minutes=5.0, mm_minutes=2.5, emd_minutes={"2d4": 0.9, "8d8": 1.5}, steps=(8, 4),
+                  seeds=(0, 1, 2))
+
+
+def _ints(s):
+    return tuple(int(v) for v in s.split(","))
+
+
+def _budget(p, minutes):
+    p.add_argument("--minutes", type=float, default=minutes,
+                   help="CPU minutes of one thread, turned into an iteration budget by the module's calibration")
+    p.add_argument("--iterations", type=int, default=None, help="an explicit iteration budget (wins over --minutes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_commands(sub) -> None:
+    """Adds ``train`` and ``distill`` to the main parser's subcommands."""
+    t = sub.add_parser("train", help="train the learned digits denoiser (residual MLP, ε and x̂₀ heads); resumable")
+    t.add_argument("--out", default=DEFAULT_MODEL_DIR)
+    _budget(t, ACCEPTANCE["teacher_minutes"])
+    t.set_defaults(func=_train)
+
+    d = sub.add_parser("distill", help="moment-matching and EM distillation on the mixture testbeds")
+    dsub = d.add_subparsers(dest="method", required=True)
+    m = dsub.add_parser("mm", help="k-step moment-matching student (alternating, auxiliary denoiser)")
+    m.add_argument("--steps", type=int, required=True, help="the student's sampling steps k")
+    m.add_argument("--teacher", choices=["oracle", "learned"], default="learned")
+    m.add_argument("--model", default=os.path.join(DEFAULT_MODEL_DIR, "model.pt"),
+                   help="the learned model (initialises the student; the teacher for --teacher learned); "
+                        "trained with the default budget if missing")
+    m.add_argument("--out", required=True)
+    _budget(m, ACCEPTANCE["mm_minutes"])
+    m.set_defaults(func=_mm)
+
+    e = dsub.add_parser("emd", help="one-step generator by EM distillation (or the VSD baseline)")
+    e.add_argument("--dataset", choices=["2d4", "8d8"], default="2d4")
+    e.add_argument("--method", dest="emd_method", choices=["emd", "vsd"], default="emd")
+    e.add_argument("--out", required=True)
+    _budget(e, 1.0)
+    e.set_defaults(func=_emd)
+
+    a = dsub.add_parser("all", help="the acceptance run (make distill): every table over the training seeds")
+    a.add_argument("--out", default="gmm_triton_out/distill")
+    a.add_argument("--workers", type=int, default=2, help="worker processes (one thread each)")
+    a.add_argument("--seeds", type=_ints, default=ACCEPTANCE["seeds"])
+    a.add_argument("--scale", type=float, default=1.0, help="multiplies every budget (e.g. 0.05 for a smoke run)")
+    a.set_defaults(func=_all)
+
+
+def _train(args) -> int:
+    from .teacher import train_teacher
+
+    path = train_teacher(args.out, minutes=args.minutes, iterations=args.iterations, seed=args.seed,
+                         progress=not args.quiet)
+    print("model:", path)
+    return 0
+
+
+def _ensure_model(path: str, progress: bool = True) -> str:
+    """The learned model at ``path``, trained there with the acceptance budget if missing."""
+    if not os.path.exists(path):
+        from .teacher import train_teacher
+
+        print(f"no learned model at {path}: training it ({ACCEPTANCE['teacher_minutes']} CPU minutes)")
+        train_teacher(os.path.dirname(path) or ".", minutes=ACCEPTANCE["teacher_minutes"], progress=progress)
+    return path
+
+
+def _mm(args) -> int:
+    from .mm import distill_mm
+
+    r = distill_mm(args.out, steps=args.steps, teacher=args.teacher, model_path=_ensure_model(args.model),
+                   minutes=args.minutes, iterations=args.iterations, seed=args.seed, progress=not args.quiet)
+    print(f"student FD {r['fd']:.4g} (teacher DDIM {r['teacher_ddim_fd']:.4g}, ancestral "
+          f"{r['teacher_ancestral_fd']:.4g}); {r['iterations']} iterations, {r['cpu_seconds']:.0f} CPU s; "
+          f"{os.path.join(args.out, 'result.json')}")
+    return 0
+
+
+def _emd(args) -> int:
+    from .emd import distill_emd
+
+    r = distill_emd(args.out, dataset_name=args.dataset, method=args.emd_method, minutes=args.minutes,
+                    iterations=args.iterations, seed=args.seed, progress=not args.quiet)
+    print(f"mode TV {r['mode_tv']:.4g}, modes covered {r['modes_covered']}, recall {r['recall']}; "
+          f"{r['iterations']} iterations, {r['cpu_seconds']:.0f} CPU s; {os.path.join(args.out, 'result.json')}")
+    return 0
+
+
+def _all(args) -> int:
+    from .report import write_report
+
+    if args.workers < 1:
+        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
+    if not args.scale > 0:
+        raise SystemExit(f"--scale must be > 0, got {args.scale}")
+    run_all(args.out, workers=args.workers, seeds=args.seeds, scale=args.scale)
+    summary = write_report(args.out)
+    print(summary["tables"])
+    return 0
+
+
+# -- the acceptance run ----------------------------------------------------------------------------------------
+def _job(kind: str, kwargs: dict):
+    """One run in a worker process (one thread): returns (kind, kwargs) when done."""
+    import torch
+
+    torch.set_num_threads(1)
+    if kind == "train":
+        from .teacher import train_teacher
+
+        train_teacher(**kwargs)
+    elif kind == "mm":
+        from .mm import distill_mm
+
+        distill_mm(**kwargs)
+    elif kind == "emd":
+        from .emd import distill_emd
+
+        distill_emd(**kwargs)
+    else:
+        from .mm import many_step_baseline
+
+        many_step_baseline(**kwargs)
+    return kind, kwargs
+
+
+def run_all(out: str, *, workers: int = 2, seeds=ACCEPTANCE["seeds"], scale: float = 1.0) -> None:
+    """Every run of the tables, teacher first; EMD runs fill the other workers while it trains."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    model_dir = os.path.join(out, "model")
+    model = os.path.join(model_dir, "model.pt")
+    teacher_job = ("train", dict(out=model_dir, minutes=ACCEPTANCE["teacher_minutes"] * scale, progress=False))
+    emd_jobs = [("emd", dict(out=os.path.join(out, "emd", f"{ds}_{method}_seed{seed}"), dataset_name=ds, method=method,
+                             minutes=ACCEPTANCE["emd_minutes"][ds] * scale, seed=seed, progress=False))
+                for ds in ("2d4", "8d8") for method in ("emd", "vsd") for seed in seeds]
+    after_teacher = [("mm", dict(out=os.path.join(out, "mm", f"k{k}_{teacher}_seed{seed}"), steps=k, teacher=teacher,
+                                 model_path=model, minutes=ACCEPTANCE["mm_minutes"] * scale, seed=seed,
+                                 progress=False))
+                     for k in ACCEPTANCE["steps"] for teacher in ("learned", "oracle") for seed in seeds]
+    after_teacher += [("baseline", dict(out=os.path.join(out, "baselines"), teacher=teacher, model_path=model,
+                                        seeds=tuple(seeds)))
+                      for teacher in ("learned", "oracle")]
+    total = 1 + len(emd_jobs) + len(after_teacher)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool, \
+            tqdm(total=total, desc=f"distill all ({workers} workers)") as bar:
+        pending = {pool.submit(_job, *teacher_job)}
+        pending |= {pool.submit(_job, *job) for job in emd_jobs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                kind, kwargs = f.result()          # re-raises a worker's error
+                bar.update(1)
+                bar.set_postfix_str(f"{kind} {os.path.basename(kwargs['out'])}")
+                if kind == "train":
+                    pending |= {pool.submit(_job, *job) for job in after_teacher}
