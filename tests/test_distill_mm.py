@@ -117,7 +117,7 @@ def test_loss_pieces():
     la = mm.auxiliary_loss(x_tilde, aux_out, x_teacher, w)
     direct = sum(float(w[b]) * sum((x_tilde[b, d] - aux_out[b, d]) ** 2 + (x_teacher[b, d] - aux_out[b, d]) ** 2
                                    for d in range(D)) for b in range(B)) / (B * D)
-    assert abs(la.item() - float(direct)) < 1e-12
+    assert abs(la.detach().item() - float(direct)) < 1e-12
     grad_g, grad_x = torch.autograd.grad(la, [aux_out, x_tilde], allow_unused=True)
     assert grad_x is None
     torch.testing.assert_close(grad_g, (w[:, None] * 2 * (2 * aux_out - x_tilde - x_teacher) / (B * D)).detach())

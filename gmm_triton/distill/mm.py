@@ -153,7 +153,7 @@ def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: st
         raise ValueError(f"steps must be an int in [1, 1000], got {steps!r}")
     if iterations is None:
         iterations = iterations_for(minutes, ITERATIONS_PER_SECOND)
-    eval_every = eval_every or max(1, iterations // 12)
+    eval_every = eval_every or max(1, iterations // 8)
     config = dict(method="mm", steps=steps, teacher=teacher, seed=seed, batch=batch, lr=lr, ema_decay=ema_decay,
                   weight_cap=weight_cap, model=os.path.abspath(model_path), eval_samples=eval_samples)
     cached = cached_result(os.path.join(out, "result.json"), {**config, "iterations": iterations})

@@ -3,7 +3,7 @@
 Spreads are sample standard deviations over the training seeds. A target comparison is *paired*: a student and
 its teacher's baseline share the sampling seed (the same initial and step noise), and "beats" counts the seeds
 whose student FD is below the baseline's; a target is met when it holds for every seed. For EMD, an
-iteration count to mode TV ≤ 0.05 is the first evaluation at or below it (evaluations every 1/40 of the budget);
+iteration count to mode TV ≤ 0.05 is the first evaluation at or below it (evaluations every 1/80 of the budget);
 a run that never gets there counts as not reached (∞).
 """
 from __future__ import annotations
@@ -161,7 +161,7 @@ def plot_emd(runs, path):
                 row[1].plot([e["cpu_seconds"] for e in r["log"]], [e["mode_tv"] for e in r["log"]], **kw)
                 row[2].plot(its, [e["modes_covered"] for e in r["log"]], **kw)
         for ax, xl, yl in ((row[0], "iterations", "mode-weight TV"), (row[1], "training CPU seconds", "mode-weight TV"),
-                           (row[2], "iterations", "modes covered (recall ≥ ½)")):
+                           (row[2], "iterations", "modes covered (f_m ≥ π_m / 2)")):
             ax.set_xlabel(xl)
             ax.set_ylabel(yl)
             ax.set_title(ds, fontsize=9)

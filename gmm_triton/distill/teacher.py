@@ -23,7 +23,7 @@ from ..oracle import default_alphas_cumprod
 from .loop import EMA, iterations_for, run_loop, single_threaded, write_json
 from .testbeds import dataset
 
-# iterations/s of one thread on the reference 2-core machine when quiet (batch 256, width 384, depth 2)
+# iterations per CPU second of one thread on the reference 2-core machine (batch 256, width 384, depth 2)
 ITERATIONS_PER_SECOND = 42.0
 NETWORK = dict(width=384, depth=2, time_dim=128)
 
