@@ -120,10 +120,11 @@ class ResidualMLP(nn.Module):
         for block in self.blocks:
             h = block(h, emb)
         h = self.norm(h)
-        skip = {"epsilon": lambda: s * x + a * self.heads["epsilon"](h), "sample": lambda: a * x + s * self.heads["sample"](h)}
+        skip = {"epsilon": (s, a), "sample": (a, s)}                  # ε̂ = s x + a H_ε,  x̂₀ = a x + s H_x
         if head is None:
-            return {name: f() for name, f in skip.items()}
-        return skip[head]()
+            return {name: c_x * x + c_h * self.heads[name](h) for name, (c_x, c_h) in skip.items()}
+        c_x, c_h = skip[head]
+        return c_x * x + c_h * self.heads[head](h)
 
 
 class DiffusionMLP(nn.Module):
@@ -154,6 +155,13 @@ def atomic_save(obj, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def trained_with(path: str) -> dict:
+    """What the model file at ``path`` was trained with (its training configuration and iterations): part of the
+    configuration of every run that uses it, so a cached result never outlives a retrained model."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return {**state["config"], "iterations": state["iterations"]}
 
 
 def load_network(path: str, weights: str = "ema") -> ResidualMLP:

@@ -9,7 +9,6 @@ the tables, the plots and the target checks (``OUT/summary.json``, ``OUT/tables.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 DEFAULT_MODEL_DIR = "gmm_triton_out/model"

@@ -72,12 +72,14 @@ def e_step(eps, z, a, s, generator, delta, *, steps: int, gamma_eps: float, gamm
             gz_out = generator(z)
             d = delta(a * gz_out.detach() + s * eps)
             (vjp,) = torch.autograd.grad(gz_out, z, grad_outputs=a * d)
-            z = z.detach() + 0.5 * gz * (vjp - z.detach()) + gz.sqrt() * torch.randn(z.shape, generator=rng, dtype=z.dtype)
+            z = z.detach()
+            z = z + 0.5 * gz * (vjp - z) + gz.sqrt() * torch.randn(z.shape, generator=rng, dtype=z.dtype)
         else:
             with torch.no_grad():
                 d = delta(a * generator(z) + s * eps)
         drift = (1 - 0.5 * gamma_eps) * drift + 0.5 * gamma_eps * s * d
-        eps = eps + 0.5 * gamma_eps * (s * d - eps) + math.sqrt(gamma_eps) * torch.randn(eps.shape, generator=rng, dtype=eps.dtype)
+        noise = torch.randn(eps.shape, generator=rng, dtype=eps.dtype)
+        eps = eps + 0.5 * gamma_eps * (s * d - eps) + math.sqrt(gamma_eps) * noise
     return eps, z.detach(), drift
 
 

@@ -37,7 +37,7 @@ import torch
 
 from ..coefficients import ddim_table
 from ..metrics import frechet_distance
-from ..models import ResidualMLP, load_network
+from ..models import ResidualMLP, load_network, trained_with
 from ..ops import ddim_step
 from ..schedulers import GMMDDIMScheduler
 from .loop import EMA, cached_result, iterations_for, pyplot, run_loop, single_threaded, write_json
@@ -50,20 +50,20 @@ ITERATIONS_PER_SECOND = 23.0
 SCHEDULE = dict(timestep_spacing="trailing", prev_timestep_rule="grid", clip_sample=False)
 
 
-def scheduler(steps: int, prediction_type: str = "sample", **kernel) -> GMMDDIMScheduler:
-    """The k-step trailing-grid scheduler of the students and of the teachers' baselines (``kernel``: mixture
-    options of ``GMMDDIMScheduler`` for DDIM-GMM)."""
-    sched = GMMDDIMScheduler(prediction_type=prediction_type, **SCHEDULE, **kernel)
+def scheduler(steps: int, prediction_type: str = "sample", noise_source: str = "philox") -> GMMDDIMScheduler:
+    """The k-step trailing-grid scheduler of the students and of the teachers' baselines."""
+    sched = GMMDDIMScheduler(prediction_type=prediction_type, noise_source=noise_source, **SCHEDULE)
     sched.set_timesteps(steps)
     return sched
 
 
 @torch.no_grad()
 def sample(predict, steps: int, n: int, dim: int, *, eta: float, seed: int, prediction_type: str = "sample",
-           noise_source: str = "philox", **kernel) -> torch.Tensor:
+           noise_source: str = "philox") -> torch.Tensor:
     """n samples [n, dim] of ``steps`` scheduler steps on ``predict(x, t) -> model output`` (t a 0-d integer
-    tensor), deterministic in ``seed``: x_T ~ N(0, I) and every step's noise come from one generator."""
-    sched = scheduler(steps, prediction_type, noise_source=noise_source, **kernel)
+    tensor), deterministic in ``seed``: x_T ~ N(0, I) and every step's noise come from one generator
+    (``noise_source``: the scheduler's, "philox" in the kernel or "torch" as diffusers draws it)."""
+    sched = scheduler(steps, prediction_type, noise_source)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, dim, generator=g)
     for t in sched.timesteps:
@@ -124,7 +124,8 @@ def many_step_baseline(out: str, *, teacher: str, model_path: str, steps: int = 
     """The teacher's DDIM with many steps (default 50) over sampling ``seeds``: what the paper's "the 8-step
     student beats its many-step teacher" compares against. Writes ``out/<teacher>_ddim<steps>.json`` (cached)."""
     path = os.path.join(out, f"{teacher}_ddim{steps}.json")
-    config = dict(teacher=teacher, model=os.path.abspath(model_path), steps=steps, seeds=list(seeds), n=n)
+    config = dict(teacher=teacher, model=os.path.abspath(model_path), model_trained=trained_with(model_path),
+                  steps=steps, seeds=list(seeds), n=n)
     cached = cached_result(path, config)
     if cached:
         return cached
@@ -138,7 +139,7 @@ def many_step_baseline(out: str, *, teacher: str, model_path: str, steps: int = 
 
 
 @single_threaded
-def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: str, minutes: float | None = 4.0,
+def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: str, minutes: float | None = 2.0,
                iterations: int | None = None, seed: int = 0, batch: int = 256, lr: float = 1e-4,
                ema_decay: float = 0.99, weight_cap: float = 10.0, eval_every: int | None = None,
                eval_samples: int = 4000, progress: bool = True) -> dict:
@@ -155,7 +156,8 @@ def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: st
         iterations = iterations_for(minutes, ITERATIONS_PER_SECOND)
     eval_every = eval_every or max(1, iterations // 8)
     config = dict(method="mm", steps=steps, teacher=teacher, seed=seed, batch=batch, lr=lr, ema_decay=ema_decay,
-                  weight_cap=weight_cap, model=os.path.abspath(model_path), eval_samples=eval_samples)
+                  weight_cap=weight_cap, model=os.path.abspath(model_path), model_trained=trained_with(model_path),
+                  eval_samples=eval_samples)
     cached = cached_result(os.path.join(out, "result.json"), {**config, "iterations": iterations})
     if cached:
         return cached
@@ -246,7 +248,8 @@ def auxiliary_loss(x_tilde, g, x_teacher, w):
 
 
 def student_loss(x_tilde, g, x_teacher, w):
-    """L(η) = mean_b w_b x̃_b · sg[g_b − x̂_T,b] / D; its gradient with respect to x̃_b is w_b (g_b − x̂_T,b) / (B D)."""
+    """L(η) = mean_b w_b x̃_b · sg[g_b − x̂_T,b] / D; its gradient with respect to x̃_b is
+    w_b (g_b − x̂_T,b) / (B D)."""
     return (w * (x_tilde * (g - x_teacher).detach()).sum(1)).mean() / x_tilde.shape[1]
 
 

@@ -76,9 +76,9 @@ def mm_section(out: str):
                 _mean([r["fd"] for r in rs]) < many[teacher][0]["fd"])
     for teacher, m in many.items():
         if m:
-            lines.append(f"| {teacher} | 50 (teacher DDIM) | — | {_ms([r['fd'] for r in m[0]['per_seed']])} | — | "
-                         f"{_ms([r['mode_tv'] for r in m[0]['per_seed']])} | {_ms([r['nll'] for r in m[0]['per_seed']])}"
-                         f" | | | | | |")
+            per_seed = m[0]["per_seed"]
+            lines.append(f"| {teacher} | 50 (teacher DDIM) | — | {_ms([r['fd'] for r in per_seed])} | — | "
+                         f"{_ms([r['mode_tv'] for r in per_seed])} | {_ms([r['nll'] for r in per_seed])} | | | | | |")
     return "\n".join(lines), targets, rows, runs
 
 
@@ -88,7 +88,8 @@ def emd_section(out: str):
     for r in runs:
         groups.setdefault((r["config"]["dataset"], r["config"]["method"]), []).append(r)
     lines = ["| testbed | method | mode TV | modes covered | precision | iterations to TV ≤ 0.05 (per seed) "
-             "| CPU s to TV ≤ 0.05 (per seed) | recall per mode (mean) | iterations | CPU s | wall s |", "|" + " --- |" * 11]
+             "| CPU s to TV ≤ 0.05 (per seed) | recall per mode (mean) | iterations | CPU s | wall s |",
+             "|" + " --- |" * 11]
     targets, rows = {}, []
     for (ds, method), rs in sorted(groups.items()):
         rs.sort(key=lambda r: r["config"]["seed"])
@@ -97,12 +98,14 @@ def emd_section(out: str):
         lines.append(f"| {ds} | {method} | {_ms([r['mode_tv'] for r in rs])} | "
                      f"{_ms([r['modes_covered'] for r in rs], '{:.2g}')} | {_ms([r['precision'] for r in rs])} | "
                      f"{_per_seed(to_tv)} | "
-                     f"{_per_seed([r['cpu_seconds_to_tv'] for r in rs], '{:.0f}')} | {recall} | {rs[0]['iterations']} | "
+                     f"{_per_seed([r['cpu_seconds_to_tv'] for r in rs], '{:.0f}')} | {recall} | "
+                     f"{rs[0]['iterations']} | "
                      f"{_ms([r['cpu_seconds'] for r in rs], '{:.0f}')} | {_ms([r['seconds'] for r in rs], '{:.0f}')} |")
         rows.append({"dataset": ds, "method": method, "seeds": [r["config"]["seed"] for r in rs],
                      "mode_tv": [r["mode_tv"] for r in rs], "modes_covered": [r["modes_covered"] for r in rs],
                      "iterations_to_tv": to_tv, "cpu_seconds_to_tv": [r["cpu_seconds_to_tv"] for r in rs],
-                     "recall": recall, "iterations": rs[0]["iterations"], "cpu_seconds": [r["cpu_seconds"] for r in rs]})
+                     "recall": recall, "iterations": rs[0]["iterations"],
+                     "cpu_seconds": [r["cpu_seconds"] for r in rs]})
     by = {(r["dataset"], r["method"]): r for r in rows}
     inf = float("inf")
     if ("2d4", "emd") in by and ("2d4", "vsd") in by:
