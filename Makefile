@@ -6,7 +6,7 @@ STAMP := $(VENV)/.gmm-triton-stamp
 HAS_CUDA = $(shell $(PY) -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null)
 TEST_ENV = HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.cache/inductor
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean contract
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt tools/bootstrap.sh $(wildcard csrc/*.cpp csrc/*.h)
 	./tools/bootstrap.sh
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(TEST_ENV) $(PY) -m gmm_triton.cli bench $(if $(filter 1,$(HAS_CUDA)),,--device cpu)
+
+# csrc/contract.h is generated from gmm_triton/contract.py (tests/test_contract.py checks they agree)
+contract: $(STAMP)
+	$(PY) -c 'import gmm_triton.contract as c; print(c.header(), end="")' > csrc/contract.h
 
 clean:
 	rm -rf $(VENV) build .cache gmm_triton/_C*.so *.egg-info

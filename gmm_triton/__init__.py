@@ -10,11 +10,14 @@ __version__ = "0.1.0"
 
 from .coefficients import ddim_table, flow_table
 from .mixture import MixtureTensors, build_mixture
-from .ops import cpu_backend, ddim_step, draw_seed, philox_normal
+from .backends import cpu_backend
+from .ops import ddim_step
+from .rng import draw_seed, initial_noise, philox_normal
 from .schedulers import GMMDDIMScheduler, GMMFlowMatchScheduler
 
 __all__ = [
-    "__version__", "ddim_step", "draw_seed", "philox_normal", "cpu_backend", "ddim_table", "flow_table",
+    "__version__", "ddim_step", "draw_seed", "initial_noise", "philox_normal", "cpu_backend", "ddim_table",
+    "flow_table",
     "MixtureTensors", "build_mixture", "GMMDDIMScheduler",
     "GMMFlowMatchScheduler",
 ]

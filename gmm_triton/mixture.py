@@ -10,7 +10,7 @@ drawn once from a seed, shared by all samples (a [S, K, D] table, S = steps or 1
 ``*`` variant); the component k is drawn per sample per step inside the fused op.
 
 Offsets (paper §3.1), from O ∈ R^{D×K} with N(0, 1) entries (Philox stream 2 keyed by the seed, so the
-same seed gives the same table on any device up to float rounding):
+same seed gives the same table on every device, bit for bit: it is built on the host):
     "rand"  (Eq. 9):  c_k = O_k − Σ_l π_l O_l,   δ_k = s c_k / ‖c_k‖              (‖δ_k‖ = s)
     "ortho" (Eq. 10): U = thin-QR(O) (Haar-distributed like the paper's SVD),  δ_k = s (U_k − Σ_l π_l U_l).
                       With uniform priors the δ_k are a randomly rotated regular simplex:
@@ -34,6 +34,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+
+from .contract import STREAM_TABLE
+from .rng import philox_normal
 
 OFFSETS = ("rand", "ortho")
 VARIANCES = ("diag", "vub", "exact")
@@ -102,6 +105,47 @@ class MixtureTensors:
                               self.variance_mode, self.scale, mv(self.var_table), mv(self.basis),
                               mv(self.eigvals), self.clip_variance, self.max_offset_variance)
 
+    # The op's schema takes tensors, not objects: these three are the mixture's only crossing of that border.
+    def op_tensors(self) -> tuple:
+        """The six tensors the op takes (unused ones None), in its argument order."""
+        return self.delta, self.cdf, self.component_weight, self.var_table, self.basis, self.eigvals
+
+    @classmethod
+    def from_op_tensors(cls, tensors, variance_mode: str) -> "MixtureTensors":
+        """The op side's view of :meth:`op_tensors` (priors and scale are not needed to sample)."""
+        delta, cdf, weight, var, basis, eig = tensors
+        return cls(delta=delta, cdf=cdf, component_weight=weight, priors=None, variance_mode=variance_mode,
+                   scale=float("nan"), var_table=var, basis=basis, eigvals=eig)
+
+    @staticmethod
+    def check_op_tensors(tensors, variance_mode: str, D: int, device: torch.device) -> None:
+        """Shapes, dtypes and devices of :meth:`op_tensors` (what the kernels index; no data is read)."""
+        delta, cdf, weight, var, basis, eig = tensors
+        if delta.dim() != 3 or delta.shape[2] != D:
+            raise ValueError(f"mixture offsets must be [S, K, D] with D={D} (the latent size), got "
+                             f"{tuple(delta.shape)}")
+        if any(t is not None and t.device != device for t in tensors):
+            raise ValueError(f"mixture tensors must be on the sample's device {device}")
+        if cdf is None or weight is None:
+            raise ValueError("a mixture needs its cdf and component weights")
+        S, K, _ = delta.shape
+        kp = cdf.numel()
+        if kp < K or kp & (kp - 1) or weight.numel() != kp:
+            raise ValueError(f"mixture cdf and weights must hold K={K} values padded to a power of two, got "
+                             f"{cdf.numel()} and {weight.numel()}")
+        if delta.dtype not in (torch.float32, torch.bfloat16) or cdf.dtype != torch.float32 \
+                or weight.dtype != torch.float32:
+            raise TypeError("mixture offsets must be float32 or bfloat16, cdf and weights float32")
+        if variance_mode in ("diag", "vub"):
+            want = (S, D) if variance_mode == "diag" else (K, K)
+            if var is None or tuple(var.shape) != want or var.dtype != torch.float32:
+                raise ValueError(f"variance_mode {variance_mode!r} needs a float32 variance table of shape {want}")
+        if variance_mode == "exact":
+            if basis is None or eig is None or tuple(basis.shape) != (S, kp, D) or tuple(eig.shape) != (S, kp):
+                raise ValueError(f"variance_mode 'exact' needs the basis [{S}, {kp}, {D}] and eigenvalues [{S}, {kp}]")
+            if basis.dtype not in (torch.float32, torch.bfloat16) or eig.dtype != torch.float32:
+                raise TypeError("mixture basis must be float32 or bfloat16, eigenvalues float32")
+
     def check_variance(self, sigma2: torch.Tensor, applies: torch.Tensor, steps=None) -> None:
         """Raises if a component needs more variance than σ_t² at a step where the mixture applies.
 
@@ -164,12 +208,11 @@ def build_mixture(
 ) -> MixtureTensors:
     """Builds the mixture parameters for latents of D = ``dim`` elements and a ``num_steps``-step schedule.
 
-    Deterministic in ``seed``; built on ``device`` (the latents' device: the only large work is one batched
-    thin QR or normalisation of [S, D, K] and a few [S, K, D] passes); never forms a D×D matrix.
+    Deterministic in ``seed``. Built on the host (the only large work is one batched thin QR or normalisation of
+    [S, D, K] and a few [S, K, D] passes, ~0.1 s at S=50, K=8, D=65536 on two cores; never a D×D matrix), then
+    copied to ``device``: every device gets the same bits, and building reads nothing back from a device.
     ``dtype`` is the storage of the offsets and basis (float32, or bfloat16 to halve their traffic).
     """
-    from . import ops
-
     K, D = int(components), int(dim)
     if K < 1:
         raise ValueError(f"gmm_components must be >= 1, got {K}")
@@ -185,10 +228,12 @@ def build_mixture(
         raise ValueError(f"mixture dtype must be float32 or bfloat16, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     S = 1 if shared else int(num_steps)
+    if S < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     pri64 = resolve_priors(priors, K, seed)
-    pri = pri64.to(device=device, dtype=torch.float32)
+    pri = pri64.float()
 
-    O = ops.philox_normal((S, K, D), seed=seed, stream=2, device=device)  # rows = the paper's columns O_k
+    O = philox_normal((S, K, D), seed=seed, stream=STREAM_TABLE)  # rows = the paper's columns O_k
     if offsets == "rand":
         c = O - torch.einsum("k,skd->sd", pri, O)[:, None, :]
         delta = scale * c / c.norm(dim=2, keepdim=True).clamp_min(1e-30)
@@ -216,23 +261,23 @@ def build_mixture(
         ub = (scale**2) * w[:K, None] * shifted[None, :]
         if K == 1:
             ub.zero_()  # one component: δ = 0 and Δ = 0 exactly; Golub's bound (s²) is loose there
-        var_table = ub.to(device=device, dtype=torch.float32)
+        var_table = ub.float()
         need = torch.full((S,), float(ub.max()), dtype=torch.float64)
     else:
-        A = (delta.double() * pri64.to(device).sqrt()[None, :, None])             # C = Σ_k A_k A_kᵀ
+        A = (delta.double() * pri64.sqrt()[None, :, None])             # C = Σ_k A_k A_kᵀ
         G = A @ A.transpose(1, 2)                                                  # [S, K, K] Gram
         lam, V = torch.linalg.eigh(G)
         keep = lam > lam.amax(dim=1, keepdim=True) * 1e-9
         inv = torch.where(keep, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
         Q = (V * inv[:, None, :]).transpose(1, 2) @ A                              # rows q_j = Aᵀ v_j / √λ_j
-        basis = torch.zeros(S, kp, D, device=device, dtype=dtype)
+        basis = torch.zeros(S, kp, D, dtype=dtype)
         basis[:, :K] = Q.to(dtype)
-        eig = torch.zeros(S, kp, device=device, dtype=torch.float32)
+        eig = torch.zeros(S, kp, dtype=torch.float32)
         eig[:, :K] = torch.where(keep, lam, torch.zeros_like(lam)).float()
-        need = (lam.amax(dim=1) * wmax).cpu()
+        need = lam.amax(dim=1) * wmax
 
     return MixtureTensors(
-        delta=delta.to(dtype).contiguous(), cdf=cdf.to(device), component_weight=w.float().to(device),
-        priors=pri64, variance_mode=variance, scale=float(scale), var_table=var_table, basis=basis,
-        eigvals=eig, clip_variance=bool(clip_variance), max_offset_variance=need,
-    )
+        delta=delta.to(dtype).contiguous(), cdf=cdf, component_weight=w.float(), priors=pri64,
+        variance_mode=variance, scale=float(scale), var_table=var_table, basis=basis, eigvals=eig,
+        clip_variance=bool(clip_variance), max_offset_variance=need,
+    ).to(device)

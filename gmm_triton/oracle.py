@@ -30,7 +30,8 @@ from types import SimpleNamespace
 
 import torch
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
+from .contract import PREDICTION_TYPES
+
 SCHEDULES = ("vp", "flow")
 
 

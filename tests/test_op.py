@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import gmm_triton.kernels.step as kstep
-from gmm_triton import ddim_table, ops, reference
+from gmm_triton import backends, ddim_table, ops, reference
 from gmm_triton.kernels.step import LaunchConfig
 
 BACKENDS = ["cpp", "triton"]
@@ -132,10 +132,10 @@ def test_out_of_table_timestep(backend, table):
     with pytest.raises(ValueError, match="outside the coefficient table"):
         ops.ddim_step(x, m, torch.tensor([5, 1000]), table)
     out, x0 = torch.empty(2, 16), torch.empty(2, 16)
-    run = ops._run_cpp if backend == "cpp" else ops._run_triton
-    run(x=x, m=m, coef=table, timesteps=torch.tensor([5, 1000]), timestep=0, seed=None, noise=None, threshold=None,
-        mix=(None,) * 6, prediction_type="epsilon", variance_mode="none", eta=0.0, clip=None, clipped_eps=False,
-        guidance=None, offset_final=False, write_x0=True, noise_mode=0, out=out, x0=x0, B=2, D=16)
+    backends.RUNNERS[backend](backends.StepArgs(
+        x=x, m=m, out=out, x0=x0, coef=table, timesteps=torch.tensor([5, 1000]), timestep=0, seed=None,
+        sample_offset=None, noise=None, threshold=None, mixture=None, prediction_type="epsilon", eta=0.0, clip=None,
+        clipped_eps=False, guidance=None, offset_final=False, write_x0=True, noise_mode=0, layout=None, B=2, D=16))
     assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all() and torch.isnan(x0[1]).all()
 
 
@@ -217,8 +217,8 @@ def test_step_noise_is_the_contract_stream(backend, table):
 def test_opcheck(backend, table):
     x, m = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     seed = torch.tensor([5])
-    args = (x, m, table, torch.tensor([300, 20]), 0, seed, None, None, None, None, None, None, None, None,
-            "epsilon", "none", 1.0, 1.0, False, None, False, True)
+    args = (x, m, table, torch.tensor([300, 20]), 0, seed, torch.tensor([3]), None, None, None, None, None, None,
+            None, None, "epsilon", "none", 1.0, 1.0, False, None, False, True)
     torch.library.opcheck(torch.ops.gmm_triton.ddim_step.default, args)
 
 
@@ -283,8 +283,11 @@ def test_out_buffers_and_in_place(backend, table):
     assert torch.equal(xi, ref)
     with pytest.raises(ValueError, match="out must match sample"):
         ops.ddim_step(x, m, 500, table, out=torch.empty(2, 3, 8))
-    with pytest.raises(ValueError, match="out must be contiguous"):
-        ops.ddim_step(x, m, 500, table, out=torch.empty(2, 3, 8, 8).transpose(2, 3))
+    with pytest.raises(ValueError, match="out must be dense"):
+        ops.ddim_step(x, m, 500, table, out=torch.empty(2, 3, 8, 16)[..., ::2])
+    tr = torch.empty(2, 3, 8, 8).transpose(2, 3)  # a permuted dense buffer is written in its own layout
+    ops.ddim_step(x, m, 500, table, eta=1.0, seed=2, out=tr)
+    assert tr.stride() == (192, 64, 1, 8) and torch.equal(tr, ref)
     args = (torch.empty_like(x), None, x, m, table, None, 500, torch.tensor([5]), None, None, None, None, None,
-            None, None, None, "epsilon", "none", 1.0, None, False, None, False)
+            None, None, None, None, "epsilon", "none", 1.0, None, False, None, False)
     torch.library.opcheck(torch.ops.gmm_triton.ddim_step_out.default, args)

@@ -124,13 +124,14 @@ class GMMDDIMScheduler(DDIMScheduler):
             raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
         if not 1 <= num_inference_steps <= T:
             raise ValueError(f"num_inference_steps must be in [1, {T}] (num_train_timesteps), got {num_inference_steps}")
-        super().set_timesteps(int(num_inference_steps), device=device)
-        host = ddim_table(self.alphas_cumprod, float(self.final_alpha_cumprod), T, self.timesteps.cpu(),
+        super().set_timesteps(int(num_inference_steps), device=None)  # on the host: the table reads it there
+        self._timesteps_host = self.timesteps
+        host = ddim_table(self.alphas_cumprod, float(self.final_alpha_cumprod), T, self._timesteps_host,
                           self.config.prev_timestep_rule)
         self._table = TableCache(host)
         if device is not None:
+            self.timesteps = self.timesteps.to(device)  # where diffusers puts them, copied, never read back
             self._table.on(torch.device(device))
-        self._timesteps_host = self.timesteps.cpu()
         self._schedule_rows = host[self._timesteps_host]  # the steps' rows, for the mixture's variance check
         # host facts for the per-step checks, as plain Python (indexing a tensor costs ~10 µs a step)
         self._num_rows = host.shape[0]
@@ -233,4 +234,5 @@ class GMMDDIMScheduler(DDIMScheduler):
 
 
 def _is_view_of(t: torch.Tensor, base: torch.Tensor) -> bool:
-    return t.device == base.device and t.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+    """t is base or a view of it (``for t in timesteps``, ``timesteps[i]``, ``t.expand(B)``): no data is read."""
+    return t is base or t._base is base

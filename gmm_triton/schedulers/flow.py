@@ -149,11 +149,13 @@ class GMMFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         ``use_dynamic_shifting``). The table has one float64 row per step i (σ_i → σ_{i+1}, coefficients.py),
         indexed by ``step_index``. The cached mixtures are dropped: their per-step tables follow the schedule.
         """
-        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
-        self._table = TableCache(flow_table(self.sigmas))  # one host copy of σ, here and never in step
+        # the schedule is computed on the host, where the table is built, then copied where diffusers puts it
+        super().set_timesteps(num_inference_steps, device=None, sigmas=sigmas, mu=mu, timesteps=timesteps)
+        self._table = TableCache(flow_table(self.sigmas))
+        self._timesteps_host = self.timesteps  # for error messages; never copied in step
         if device is not None:
+            self.timesteps, self.sigmas = self.timesteps.to(device), self.sigmas.to(device)
             self._table.on(torch.device(device))
-        self._timesteps_host = self.timesteps.cpu()  # for error messages; never copied in step
         self._mixture_cache.clear()
 
     # ------------------------------------------------------------------------------------------

@@ -1,0 +1,97 @@
+"""Dense layouts are read and written in place (issue 11, item 7) and a sample's randomness is a function of its
+global index (issue 13): the same numbers whatever the layout, the batch or the offset, on every CPU backend."""
+import pytest
+import torch
+
+from gmm_triton import build_mixture, ddim_table, initial_noise, ops, reference
+from gmm_triton.contract import STREAM_LATENT
+
+BACKENDS = ["cpp", "triton", "reference"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    with ops.use_cpu_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(scope="module")
+def table():
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler(beta_schedule="scaled_linear")
+    s.set_timesteps(10)
+    return ddim_table(s.alphas_cumprod, float(s.final_alpha_cumprod), 1000, s.timesteps)
+
+
+ROWS = torch.tensor([901, 501, 101])
+
+
+@pytest.mark.parametrize("variance", [None, "diag", "vub", "exact"])
+def test_channels_last_in_place_same_numbers(backend, table, variance):
+    x, m = torch.randn(3, 4, 6, 5), torch.randn(3, 4, 6, 5)
+    mix = build_mixture(120, 10, components=4, scale=0.01, variance=variance, seed=3) if variance else None
+    ref, ref_x0 = ops.ddim_step(x, m, ROWS, table, eta=1.0, seed=7, mixture=mix)
+    xc, mc = x.to(memory_format=torch.channels_last), m.to(memory_format=torch.channels_last)
+    out, x0 = ops.ddim_step(xc, mc, ROWS, table, eta=1.0, seed=7, mixture=mix)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert x0.stride() == out.stride()
+    tol = 1e-9 if variance == "exact" else 0.0  # the exact mode's projection sums in another order
+    assert (out - ref).abs().max() <= tol and torch.equal(x0, ref_x0)
+
+
+def test_channels_last_inputs_are_not_copied(table):
+    xc = torch.randn(2, 4, 6, 5).to(memory_format=torch.channels_last)
+    mc = torch.randn(2, 4, 6, 5).to(memory_format=torch.channels_last)
+    layout, (x, m, z) = ops._layout_of(ops._like_sample(xc), (xc, mc, None))
+    assert x is xc and m is mc and z is None
+    assert layout.sizes == (1, 30, 4) and layout.lstrides == (0, 1, 30)  # (h·w, c) in memory; d = c·30 + hw
+
+
+def test_mixed_layouts_and_cfg(backend, table):
+    """A channels_last sample with a contiguous [uncond; cond] model output (one is copied into the other's layout)
+    and a 3-D permutation that merges to two dimensions."""
+    x, m2 = torch.randn(2, 3, 4, 5), torch.randn(4, 3, 4, 5)
+    ref, _ = ops.ddim_step(x, m2, 500, table, eta=0.7, seed=2, guidance_scale=3.0)
+    out, _ = ops.ddim_step(x.to(memory_format=torch.channels_last), m2, 500, table, eta=0.7, seed=2,
+                           guidance_scale=3.0)
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, ref)
+    xp = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # the same memory order, built by hand
+    z = torch.randn_like(x)
+    out2, _ = ops.ddim_step(xp, m2[:2].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), 500, table, eta=0.7,
+                            noise=z)
+    assert torch.equal(out2, ops.ddim_step(x, m2[:2], 500, table, eta=0.7, noise=z)[0])
+
+
+@pytest.mark.parametrize("variance", [None, "diag", "exact"])
+def test_sample_offset_makes_noise_batch_invariant(backend, table, variance):
+    x, m = torch.randn(4, 3, 5, 7), torch.randn(4, 3, 5, 7)
+    mix = build_mixture(105, 10, components=4, scale=0.01, variance=variance, seed=3) if variance else None
+    whole, _ = ops.ddim_step(x, m, 501, table, eta=1.0, seed=9, mixture=mix)
+    parts = [ops.ddim_step(x[i:i + 2], m[i:i + 2], 501, table, eta=1.0, seed=9, mixture=mix, sample_offset=off)[0]
+             for i, off in ((0, 0), (2, torch.tensor([2])))]
+    tol = 1e-9 if variance == "exact" else 0.0
+    assert (torch.cat(parts) - whole).abs().max() <= tol
+    shifted, _ = ops.ddim_step(x[2:], m[2:], 501, table, eta=1.0, seed=9, mixture=mix)
+    assert not torch.equal(shifted, whole[2:])  # without the offset, samples 2, 3 would reuse samples 0, 1's noise
+
+
+def test_sample_offset_against_numpy_philox(table):
+    """Sample b at offset o draws stream 0 from counter (o + b)·D: checked against the numpy Philox directly."""
+    B, D, off = 2, 40, 1000003
+    x, m = torch.randn(B, D), torch.zeros(B, D)
+    out, _ = ops.ddim_step(x, m, 500, table, eta=1.0, seed=4, sample_offset=off)
+    z = torch.from_numpy(reference.philox_normal(4, B * D, start=off * D)).reshape(B, D)
+    ref, _ = reference.fused_step(x, m, 500, table, eta=1.0, noise=z)
+    assert (out.double() - ref).abs().max() < 2e-6
+
+
+def test_initial_noise_is_batch_and_offset_invariant():
+    whole = initial_noise((5, 3, 4, 4), seed=11)
+    parts = torch.cat([initial_noise((2, 3, 4, 4), seed=11), initial_noise((3, 3, 4, 4), seed=11, sample_offset=2)])
+    assert torch.equal(whole, parts)
+    ref = torch.from_numpy(reference.philox_normal(11, 5 * 48, stream=STREAM_LATENT)).reshape(5, 3, 4, 4)
+    assert (whole.double() - ref).abs().max() < 2e-6
+    assert initial_noise((1, 8), seed=11, dtype=torch.float16).dtype == torch.float16
+    with pytest.raises(ValueError, match="sample_offset must be an int >= 0"):
+        initial_noise((1, 8), seed=1, sample_offset=-1)
