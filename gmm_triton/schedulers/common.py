@@ -34,6 +34,33 @@ def check_kernel_options(kernel, noise_source, gmm_components, gmm_scale, gmm_of
         raise ValueError(f"gmm_scale must be finite and >= 0, got {gmm_scale}")
 
 
+class SampleOffsetMixin:
+    """The global index of a batch's first sample, for sharded or batched sampling runs.
+
+    With ``noise_source="philox"``, sample b of a step draws its noise at Philox counters from
+    (sample_offset + b)·D and its mixture component at sample_offset + b: set it once per batch and a sample's
+    whole trajectory depends on (seed of each step, its global index) only, not on the batch size or the process
+    that draws it (``gmm-triton generate`` does this; seed each batch's generator identically so the steps draw
+    the same seeds). It stays until changed; 0 by default. ``noise_source="torch"`` noise ignores it.
+    """
+
+    _sample_offset = None
+
+    def set_sample_offset(self, offset) -> None:
+        """offset: an int >= 0, or an int64 tensor of one element (a CUDA tensor is read by the kernel)."""
+        if isinstance(offset, torch.Tensor):
+            if offset.dtype.is_floating_point or offset.dtype == torch.bool or offset.numel() != 1:
+                raise ValueError(f"sample_offset must be an integer tensor of one element, got {offset.dtype} "
+                                 f"{tuple(offset.shape)}")
+        elif isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"sample_offset must be an int >= 0 or an integer tensor, got {offset!r}")
+        self._sample_offset = offset
+
+    @property
+    def sample_offset(self):
+        return self._sample_offset if self._sample_offset is not None else 0
+
+
 class MixtureCache:
     """A scheduler's mixtures: built at the first step for a latent shape (D is known only then), cached per
     (D, device, dtype), checked once per η against the schedule's σ², emptied by ``set_timesteps``."""

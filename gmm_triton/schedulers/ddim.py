@@ -18,13 +18,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..coefficients import COL_ALPHA, PREV_RULES, TableCache, ddim_table
 from ..ops import ddim_step
-from .common import MixtureCache, check_kernel_options, one_of
+from .common import MixtureCache, SampleOffsetMixin, check_kernel_options, one_of
 
 _SPACINGS = ("leading", "trailing", "linspace")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
 
-class GMMDDIMScheduler(DDIMScheduler):
+class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
     r"""DDIM (Song et al. 2021) with a fused step and an optional Gaussian-mixture reverse kernel.
 
     The step, for x = ``sample`` at timestep t and previous timestep t' (ᾱ from the training schedule):
@@ -188,7 +188,7 @@ class GMMDDIMScheduler(DDIMScheduler):
             thresholding=(cfg.dynamic_thresholding_ratio, cfg.sample_max_value) if cfg.thresholding else None,
             use_clipped_model_output=bool(use_clipped_model_output), noise=noise,
             generator=generator if not isinstance(generator, list) else None,
-            mixture=mixture, offset_final=cfg.gmm_offset_final,
+            mixture=mixture, offset_final=cfg.gmm_offset_final, sample_offset=self._sample_offset,
         )
         if not return_dict:
             return prev, x0

@@ -21,10 +21,10 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..coefficients import TableCache, flow_table
 from ..ops import ddim_step
-from .common import MixtureCache, check_kernel_options
+from .common import MixtureCache, SampleOffsetMixin, check_kernel_options
 
 
-class GMMFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
+class GMMFlowMatchScheduler(SampleOffsetMixin, FlowMatchEulerDiscreteScheduler):
     r"""Rectified-flow sampling (RFIM / RFIM-GMM) with a fused step, on diffusers' flow-matching schedule.
 
     Data sit at t = 0 and noise at t = 1: x_t = (1 − t) x₀ + t x₁, and the model predicts the velocity
@@ -224,7 +224,7 @@ class GMMFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         prev, _ = ddim_step(
             x, v, row, self._table.on(x.device), prediction_type="flow", eta=eta, noise=noise,
             generator=generator if not isinstance(generator, list) else None, mixture=mixture,
-            offset_final=cfg.gmm_offset_final, return_pred_original=False,
+            offset_final=cfg.gmm_offset_final, return_pred_original=False, sample_offset=self._sample_offset,
         )
         self._step_index += 1
         prev = prev.to(model_output.dtype)
