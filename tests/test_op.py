@@ -82,7 +82,9 @@ def test_per_sample_timesteps(backend, table):
     rows = torch.tensor([999, 500, 3, 0])
     prev, x0 = ops.ddim_step(x, m, rows, table, eta=1.0, seed=3)
     rp, rx0 = reference.fused_step(x, m, rows, table, eta=1.0, seed=3)
-    assert (prev.double() - rp).abs().max() < 1e-5 and (x0.double() - rx0).abs().max() < 1e-5
+    # fp32: a few roundings relative to the values (x̂₀ reaches ~60 at t = 999, where √ᾱ = 0.07)
+    assert (prev.double() - rp).abs().max() <= 2e-6 * (1 + rp.abs().max())
+    assert (x0.double() - rx0).abs().max() <= 1e-6 * (1 + rx0.abs().max())
 
 
 def test_cfg_fused_equals_unfused(backend, table):

@@ -16,6 +16,7 @@ layout such as channels_last, backends.Layout) position j holds logical element 
 coalesced at j and only the RNG counter and the mixture tables, which the contract defines on logical indices,
 use d(j) (one Philox group per element there instead of one per four).
 """
+import os
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,8 @@ _C_SP2 = tl.constexpr(contract.COL_SIGMA_PREV2)
 _C_VAR = tl.constexpr(contract.COL_VAR)
 _C_FINAL = tl.constexpr(contract.COL_FINAL)
 _C_STEP = tl.constexpr(contract.COL_STEP)
+_NO_MASK, _MASKED, _SPLIT = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # how a tile's edges are masked
+_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton does when decorating
 
 
 @triton.jit
@@ -81,20 +84,6 @@ def _logical(d, n1, n2, l0, l1, l2, PERMUTED: tl.constexpr):
 
 
 @triton.jit
-def _noise(z_ptr, z_bs, seed, b, d, base, dl, start, mask, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
-           PERMUTED: tl.constexpr, BLOCK: tl.constexpr):
-    """The block's noise: Philox normals at flat indices base + dl (start = base + the block's first d when d = dl),
-    or the caller's tensor at the memory positions d."""
-    if NOISE == _NOISE_PHILOX:
-        if PERMUTED:
-            return normal_at(seed, base + dl, _STREAM_NOISE)
-        else:
-            return normal_block(seed, start, BLOCK, _STREAM_NOISE, ALIGNED4)
-    else:
-        return tl.load(z_ptr + b * z_bs + d, mask=mask, other=0.0)  # caller casts: fp64 noise stays fp64
-
-
-@triton.jit
 def _table_row(coef_ptr, row, n_tables, SHARED: tl.constexpr):
     """The mixture step table of a coefficient row, whether it exists, and a clamped index safe to read."""
     if SHARED:
@@ -106,30 +95,117 @@ def _table_row(coef_ptr, row, n_tables, SHARED: tl.constexpr):
 
 
 @triton.jit
+def _tile(b, blk, D, BLOCK: tl.constexpr, ALIGN: tl.constexpr):
+    """The program's tile of sample b: memory positions d = start + [0, BLOCK) of the block, in a frame aligned to
+    ALIGN elements of the flat [B, D] array (start = blk·BLOCK − (b·D mod ALIGN)), so that every tile but a sample's
+    first and last is a run of whole 16-byte vectors, and (ALIGN ≥ 4) whole Philox groups, whatever D is."""
+    start = tl.multiple_of(blk * BLOCK - ((b * D) % ALIGN), ALIGN)
+    d = start + tl.arange(0, BLOCK)
+    return start, d, (d >= 0) & (d < D)
+
+
+@triton.jit
+def _ld(ptr, off, d0, mask, full, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr,
+        BLOCK: tl.constexpr):
+    """Loads ptr[off + d0 + (0 .. BLOCK-1)]: 16-byte vectors when VEC (off + d0 is a multiple of ALIGN). MASK:
+    _NO_MASK when every tile is full (D a multiple of BLOCK), _MASKED when the element masks are constant over a
+    vector (D a multiple of 16), _SPLIT otherwise (a ragged D): full tiles unmasked, the edge tiles masked."""
+    o = off + d0
+    if VEC:
+        o = tl.multiple_of(o, ALIGN)
+    p = ptr + o + tl.arange(0, BLOCK)
+    if MASK == _NO_MASK:
+        v = tl.load(p)
+    elif MASK == _SPLIT:
+        if full:
+            v = tl.load(p)
+        else:
+            v = tl.load(p, mask=mask, other=0.0)
+    else:
+        v = tl.load(p, mask=mask, other=0.0)
+    return v
+
+
+@triton.jit
+def _st(ptr, off, d0, v, mask, full, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr,
+        BLOCK: tl.constexpr):
+    o = off + d0
+    if VEC:
+        o = tl.multiple_of(o, ALIGN)
+    p = ptr + o + tl.arange(0, BLOCK)
+    v = v.to(ptr.dtype.element_ty)
+    if MASK == _NO_MASK:
+        tl.store(p, v)
+    elif MASK == _SPLIT:
+        if full:
+            tl.store(p, v)
+        else:
+            tl.store(p, v, mask=mask)
+    else:
+        tl.store(p, v, mask=mask)
+
+
+@triton.jit
+def _table(ptr, row_off, start, dl, mask, full, TVEC: tl.constexpr, MASK: tl.constexpr, BLOCK: tl.constexpr):
+    """A mixture table row at the tile's logical indices: with TVEC (not permuted, tiles unshifted, rows 16-byte
+    aligned) a contiguous vector load, otherwise a masked gather."""
+    if TVEC:
+        return _ld(ptr, row_off, start, mask, full, True, 4, MASK, BLOCK)
+    else:
+        return tl.load(ptr + row_off + dl, mask=mask, other=0.0)
+
+
+@triton.jit
+def _noise(z_ptr, z_off, seed, scale, rho2, base, start, dl, mask, full, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
+           PERMUTED: tl.constexpr, FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr,
+           MASK: tl.constexpr, RHO: tl.constexpr, BLOCK: tl.constexpr):
+    """−scale (·√rho2 per element with RHO) × the tile's noise (negated: the caller subtracts it, which folds the
+    Box–Muller sign into its multiply-add): Philox normals at flat indices base + logical index (base + start +
+    [0, BLOCK) unless permuted; scale and rho2 then ride on the Box–Muller radius), or the caller's tensor at the
+    tile's memory positions."""
+    if NOISE == _NOISE_PHILOX:
+        if PERMUTED:
+            return normal_at(seed, base + dl, _STREAM_NOISE, FAST, scale, rho2, RHO)
+        else:
+            return normal_block(seed, base + start, BLOCK, _STREAM_NOISE, ALIGNED4, FAST, ALIGN, scale, rho2, RHO)
+    else:
+        z = _ld(z_ptr, z_off, start, mask, full, VEC, ALIGN, MASK, BLOCK) * -scale  # fp64 stays fp64
+        if RHO:  # √1 taken as 1 exactly, so that K = 1 or s = 0 stays DDIM bit for bit
+            z = z * tl.where(rho2 < 1.0, tl.sqrt(rho2), 1.0)
+        return z
+
+
+@triton.jit(do_not_specialize=["t_value", "seed_value", "off_value", "eta"])
 def _project_kernel(
-    z_ptr, z_bs, seed_ptr, seed_value, off_ptr, off_value, coef_ptr, n_rows, t_ptr, t_value, basis_ptr, part_ptr,
-    D, n_blk, n_tables, n1, n2, l0, l1, l2,
+    z_ptr, z_bs, zout_ptr, seed_ptr, seed_value, off_ptr, off_value, coef_ptr, n_rows, t_ptr, t_value, basis_ptr,
+    part_ptr, D, n_blk, n_tables, n1, n2, l0, l1, l2, eta,
     KP: tl.constexpr, SHARED: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, OFF_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr,
-    PERMUTED: tl.constexpr, BLOCK: tl.constexpr,
+    PERMUTED: tl.constexpr, FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr,
+    TVEC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """part[b, blk, j] = Σ_{d in block} Q[srow_b, j, d] z[b, d]: the noise's projection on the offsets' span."""
-    pid = tl.program_id(0)
-    b = (pid // n_blk).to(tl.int64)
-    blk = pid % n_blk
-    d = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = d < D
+    """The "exact" variance's first pass: part[b, tile, j] = Σ_{d in tile} Q[srow_b, j, d] σ_b z[b, d], the σ-scaled
+    noise's projection on the offsets' span, one basis row at a time (no [K, BLOCK] tile in registers). Philox noise
+    is drawn here once, as the Gaussian step draws it (−σz, σ on the Box–Muller radius), and stored in zout (float32,
+    the tile's memory order) for the step to read, rather than drawn a second time there."""
+    blk = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
+    full = (start >= 0) & (start + BLOCK <= D)
     dl = _logical(d, n1, n2, l0, l1, l2, PERMUTED)
-    seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
-    base = (b + _scalar(off_ptr, off_value, OFF_FROM_PTR)) * D
-    z = _noise(z_ptr, z_bs, seed, b, d, base, dl, base + blk.to(tl.int64) * BLOCK, mask, NOISE, ALIGNED4, PERMUTED,
-               BLOCK)
     row, _ = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
     srow, _ = _table_row(coef_ptr, row, n_tables, SHARED)
-    j = tl.arange(0, KP)
-    q = tl.load(basis_ptr + (srow * KP + j[:, None]) * D + dl[None, :], mask=mask[None, :], other=0.0)
-    part = tl.sum(q.to(tl.float32) * tl.where(mask, z.to(tl.float32), 0.0)[None, :], axis=1)
-    tl.store(part_ptr + (b * n_blk + blk) * KP + j, part)
+    sigma = eta * tl.sqrt(tl.load(coef_ptr + row * _NC + _C_VAR).to(tl.float32))
+    seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    base = (b + _scalar(off_ptr, off_value, OFF_FROM_PTR)) * D
+    zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, base, start, dl, mask, full, NOISE, ALIGNED4, PERMUTED, FAST,
+                  VEC, ALIGN, MASK, False, BLOCK).to(tl.float32)  # −σz
+    if NOISE == _NOISE_PHILOX:
+        _st(zout_ptr, b * D, start, zneg, mask, full, VEC, ALIGN, MASK, BLOCK)
+    zneg = tl.where(mask, zneg, 0.0)
+    for j in tl.static_range(KP):
+        q = _table(basis_ptr, (srow * KP + j) * D, start, dl, mask, full, TVEC, MASK, BLOCK).to(tl.float32)
+        tl.store(part_ptr + (b * n_blk + blk) * KP + j, -tl.sum(q * zneg, axis=0))
 
 
 @triton.jit(do_not_specialize=["t_value", "seed_value", "off_value", "eta", "clip", "guidance"])
@@ -144,105 +220,118 @@ def _ddim_step_kernel(
     T_FROM_PTR: tl.constexpr, T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, OFF_FROM_PTR: tl.constexpr,
     CLIP: tl.constexpr, THRESH: tl.constexpr, CLIPPED_EPS: tl.constexpr, CFG: tl.constexpr,
     OFFSET_FINAL: tl.constexpr, WRITE_X0: tl.constexpr, ALIGNED4: tl.constexpr, PERMUTED: tl.constexpr,
-    BLOCK: tl.constexpr,
+    FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr, TVEC: tl.constexpr,
+    ZNEG: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = (pid // n_blk).to(tl.int64)
-    blk = pid % n_blk
-    d = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = d < D
+    # A 2-D grid (tile, sample): no division of the program id.
+    blk = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
+    full = (start >= 0) & (start + BLOCK <= D)
 
-    # ---- per-sample scalars: one table row, read once per program ------------------------------
+    # ---- per-sample scalars, once per program: the table row, and an invalid row folded in as NaN ---------
     row, valid = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
     cp = coef_ptr + row * _NC
+    seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    g = b + _scalar(off_ptr, off_value, OFF_FROM_PTR)  # the sample's global index: its RNG counters
+    if MIX:
+        apply = (tl.load(cp + _C_FINAL) == 0) | OFFSET_FINAL
+        jk = tl.arange(0, KP)
+        cdf = tl.load(cdf_ptr + jk)
+        k = tl.minimum(tl.sum((cdf <= uniform_at(seed, g, _STREAM_CHOICE, FAST)).to(tl.int32), axis=0), K - 1)
+        k = k.to(tl.int64)
+        srow, table_ok = _table_row(coef_ptr, row, n_tables, SHARED)
+        valid = valid & table_ok  # a step beyond the mixture's tables poisons its sample, never reads past them
+    # An out-of-table timestep (or mixture step) poisons its sample (NaN) instead of reading out of bounds; the
+    # NaN rides on a per-program scalar that reaches every output, not on a per-element add.
+    poison = tl.where(valid, 0.0, float("nan")).to(CT)
     al = tl.load(cp + _C_AL).to(CT)
     sg = tl.load(cp + _C_SG).to(CT)
     alp = tl.load(cp + _C_ALP).to(CT)
     sp2 = tl.load(cp + _C_SP2).to(CT)
     sigma = tl.cast(eta, CT) * tl.sqrt(tl.load(cp + _C_VAR).to(CT))
     c_eps = tl.sqrt(tl.maximum(sp2 - sigma * sigma, 0.0))
-    g = b + _scalar(off_ptr, off_value, OFF_FROM_PTR)  # the sample's global index: its RNG counters
-    base = g * D
+    POISON_X0: tl.constexpr = CLIP or THRESH or PRED == _SAMPLE  # x̂₀ does not carry a scalar's NaN there
 
     # ---- one read of x and of the model output (both halves under fused CFG) --------------------
-    x = tl.load(x_ptr + b * x_bs + d, mask=mask, other=0.0).to(CT)
-    m = tl.load(m_ptr + b * m_bs + d, mask=mask, other=0.0).to(CT)
+    x = _ld(x_ptr, b * x_bs, start, mask, full, VEC, ALIGN, MASK, BLOCK).to(CT)
+    m = _ld(m_ptr, b * m_bs, start, mask, full, VEC, ALIGN, MASK, BLOCK).to(CT)
     if CFG:
-        mc = tl.load(m_ptr + m_half + b * m_bs + d, mask=mask, other=0.0).to(CT)
+        mc = _ld(m_ptr, m_half + b * m_bs, start, mask, full, VEC, ALIGN, MASK, BLOCK).to(CT)
         m = m + tl.cast(guidance, CT) * (mc - m)
 
     if PRED == _EPS:
-        x0 = (x - sg * m) / al
+        inv_al = 1.0 / al + poison  # one multiply per element instead of a divide
+        x0 = (x - sg * m) * inv_al
         eps = m
     elif PRED == _SAMPLE:
         x0 = m
-        eps = (x - al * x0) / sg
+        eps = (x - al * x0) * (1.0 / sg)
     elif PRED == _V:
+        al = al + poison
         x0 = al * x - sg * m
         eps = al * m + sg * x
     else:            # flow velocity v = x1 - x0
+        sg = sg + poison
         x0 = x - sg * m
         eps = x + al * m
     if THRESH:
         q = tl.load(thr_ptr + b).to(CT)
-        x0 = tl.minimum(tl.maximum(x0, -q), q) / q
+        x0 = tl.minimum(tl.maximum(x0, -q), q) * (1.0 / q)
     elif CLIP:
         cl = tl.cast(clip, CT)
         x0 = tl.minimum(tl.maximum(x0, -cl), cl)
+    if POISON_X0:
+        x0 = x0 + poison
     if CLIPPED_EPS:
-        eps = (x - al * x0) / sg
+        eps = (x - al * x0) * (1.0 / sg)
     prev = alp * x0 + c_eps * eps
 
-    # ---- mixture component: one uniform per sample from Philox stream 1 ------------------------
-    seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    # ---- the mixture's offset --------------------------------------------------------------------
     dl = _logical(d, n1, n2, l0, l1, l2, PERMUTED)
     if MIX:
-        apply = (tl.load(cp + _C_FINAL) == 0) | OFFSET_FINAL
-        jk = tl.arange(0, KP)
-        cdf = tl.load(cdf_ptr + jk)
-        k = tl.minimum(tl.sum((cdf <= uniform_at(seed, g, _STREAM_CHOICE)).to(tl.int32), axis=0), K - 1)
-        k = k.to(tl.int64)
-        srow, table_ok = _table_row(coef_ptr, row, n_tables, SHARED)
-        valid = valid & table_ok  # a step beyond the mixture's tables poisons its sample, never reads past them
-        delta = tl.load(delta_ptr + (srow * K + k) * D + dl, mask=mask, other=0.0).to(CT)
-        prev += tl.where(apply, delta, 0.0)
+        delta = _table(delta_ptr, (srow * K + k) * D, start, dl, mask, full, TVEC, MASK, BLOCK).to(CT)
+        prev += delta * apply.to(CT)
 
-    # ---- noise ----------------------------------------------------------------------------------
+    # ---- noise: z = −σ × the normals (negated: subtracting it folds the Box–Muller sign into one multiply-add) ----
     if NOISE != _NOISE_NONE:
-        z = _noise(z_ptr, z_bs, seed, b, d, base, dl, base + blk.to(tl.int64) * BLOCK, mask, NOISE, ALIGNED4,
-                   PERMUTED, BLOCK).to(CT)
-        if MIX and VAR_MODE == _VAR_DIAG:    # diag: σ² - w_k diag(C)_d
-            u = tl.load(var_ptr + srow * D + dl, mask=mask, other=0.0).to(CT)
-            sub = tl.load(wk_ptr + k).to(CT) * u
-            std = tl.where(sub > 0, tl.sqrt(tl.maximum(sigma * sigma - sub, 0.0)), sigma)  # σ itself if no-op
-            prev += tl.where(apply, std, sigma) * z
-        elif MIX and VAR_MODE == _VAR_VUB:  # vub: σ² - ub[k, d] on the first K coordinates
-            ub = tl.load(var_ptr + k * K + dl, mask=mask & (dl < K), other=0.0).to(CT)
-            std = tl.where(ub > 0, tl.sqrt(tl.maximum(sigma * sigma - ub, 0.0)), sigma)
-            prev += tl.where(apply, std, sigma) * z
-        elif MIX and VAR_MODE == _VAR_EXACT:  # exact: σ z + Qᵀ((√(σ² - w_k λ) - σ) ⊙ Q z) on span{δ}
-            jk = tl.arange(0, KP)
+        # diag / vub: component k's std is σ ρ_d, ρ_d² = max(1 − sub_d/σ², 0), applied inside the Box–Muller square
+        # root; ρ² = 1 exactly where nothing is subtracted, so K = 1 or s = 0 gives DDIM bit for bit
+        RHO: tl.constexpr = MIX and (VAR_MODE == _VAR_DIAG or VAR_MODE == _VAR_VUB)
+        rho2 = 1.0
+        if RHO:
+            # where the offsets do not apply (or σ = 0), c → 0 makes ρ = 1: a scalar, not a per-element select
+            c = tl.where((sigma > 0) & apply, 1.0 / tl.maximum(sigma * sigma, 1e-30), 0.0)
+            if VAR_MODE == _VAR_DIAG:  # diag: sub_d = w_k diag(C)_d
+                c = c * tl.load(wk_ptr + k).to(CT)
+                u = _table(var_ptr, srow * D, start, dl, mask, full, TVEC, MASK, BLOCK).to(CT)
+            else:  # vub: sub_d = ub[k, d] on the first K coordinates
+                u = tl.load(var_ptr + k * K + dl, mask=mask & (dl < K), other=0.0).to(CT)
+            rho2 = tl.maximum(1.0 - c * u, 0.0)
+        if ZNEG:  # the exact mode's projection pass drew −σz already (float32)
+            z = _noise(z_ptr, b * z_bs, seed, -1.0, 1.0, g * D, start, dl, mask, full, NOISE, ALIGNED4, PERMUTED,
+                       FAST, VEC, ALIGN, MASK, False, BLOCK).to(CT)
+        elif CT == tl.float64:  # σ applied in fp64
+            z = sigma * _noise(z_ptr, b * z_bs, seed, 1.0, rho2, g * D, start, dl, mask, full, NOISE, ALIGNED4,
+                               PERMUTED, FAST, VEC, ALIGN, MASK, RHO, BLOCK).to(CT)
+        else:  # σ rides on the Box–Muller radius: one multiply per pair of normals
+            z = _noise(z_ptr, b * z_bs, seed, sigma, rho2, g * D, start, dl, mask, full, NOISE, ALIGNED4, PERMUTED,
+                       FAST, VEC, ALIGN, MASK, RHO, BLOCK)
+        prev -= z
+        if MIX and VAR_MODE == _VAR_EXACT:
+            # exact: σz + Qᵀ((√(1 − w_k λ/σ²) − 1) ⊙ Q σz) on span{δ}, one basis row at a time; the projections of
+            # σz come from the first pass. Where the offsets do not apply (or σ = 0), every coefficient is 0.
+            c = tl.where((sigma > 0) & apply, tl.load(wk_ptr + k).to(CT) / tl.maximum(sigma * sigma, 1e-30), 0.0)
             p = tl.arange(0, NPART)
-            parts = tl.load(part_ptr + (b * n_blk + p[:, None]) * KP + jk[None, :],
-                            mask=(p < n_blk)[:, None], other=0.0)
-            proj = tl.sum(parts, axis=0).to(CT)
-            lam = tl.load(eig_ptr + srow * KP + jk).to(CT)
-            wk = tl.load(wk_ptr + k).to(CT)
-            sub = wk * lam
-            cj = tl.where(sub > 0, tl.sqrt(tl.maximum(sigma * sigma - sub, 0.0)) - sigma, 0.0) * proj
-            qt = tl.load(basis_ptr + (srow * KP + jk[:, None]) * D + dl[None, :], mask=mask[None, :], other=0.0)
-            corr = tl.sum(qt.to(CT) * cj[:, None], axis=0)
-            prev += sigma * z
-            prev += tl.where(apply, corr, 0.0)
-        else:
-            prev += sigma * z
+            for j in tl.static_range(KP):
+                proj = tl.sum(tl.load(part_ptr + (b * n_blk + p) * KP + j, mask=p < n_blk, other=0.0), axis=0)
+                u = c * tl.load(eig_ptr + srow * KP + j).to(CT)
+                cj = tl.where(u > 0, tl.sqrt(tl.maximum(1.0 - u, 0.0)) - 1.0, 0.0) * proj.to(CT)
+                prev += cj * _table(basis_ptr, (srow * KP + j) * D, start, dl, mask, full, TVEC, MASK, BLOCK).to(CT)
 
-    # An out-of-table timestep (or mixture step) poisons its sample (NaN) instead of reading out of bounds.
-    nan_if_bad = tl.where(valid, 0.0, float("nan")).to(CT)
-    o = b * D + d
-    tl.store(out_ptr + o, (prev + nan_if_bad).to(out_ptr.dtype.element_ty), mask=mask)
+    _st(out_ptr, b * D, start, prev, mask, full, VEC, ALIGN, MASK, BLOCK)
     if WRITE_X0:
-        tl.store(x0_ptr + o, (x0 + nan_if_bad).to(x0_ptr.dtype.element_ty), mask=mask)
+        _st(x0_ptr, b * D, start, x0, mask, full, VEC, ALIGN, MASK, BLOCK)
 
 
 @dataclass(frozen=True)
@@ -252,12 +341,26 @@ class LaunchConfig:
 
 
 def default_config(D: int, device: torch.device) -> LaunchConfig:
-    """Launch shape. GPU: 4096-wide blocks, 8 warps (the settings at which an elementwise fp32 / bf16 kernel with
-    in-kernel Philox reached copy bandwidth on an H100 in earlier measurements). Interpreter: few, large programs
-    (its cost is per program)."""
+    """Launch shape. GPU: tiles of up to 8192 elements, 32 per thread (up to 8 warps): the per-thread scalar work
+    (the program's table row, addresses, Philox keys) is then ~4 instructions per element instead of ~8 at 16 per
+    thread, at 78 registers (fp16) / 125 (fp32) and no spill on sm_90 (benchmarks/RESULTS.md, static table).
+    Interpreter: few, large programs (its cost is per program)."""
     if device.type == "cuda":
-        return LaunchConfig(block=min(4096, max(256, triton.next_power_of_2(D))), num_warps=8 if D >= 4096 else 4)
+        block = min(8192, max(256, triton.next_power_of_2(D)))
+        return LaunchConfig(block=block, num_warps=max(1, min(8, block // 1024)))
     return LaunchConfig(block=min(16384, max(16, triton.next_power_of_2(D))), num_warps=4)
+
+
+def _mask_mode(D: int, BLOCK: int, align: int) -> int:
+    if D % BLOCK == 0 and D % align == 0:  # every sample's tiles start at 0 and end at D
+        return _NO_MASK.value
+    return _MASKED.value if D % 16 == 0 else _SPLIT.value
+
+
+def fast_math(device: torch.device) -> bool:
+    """Hardware approximations of sin / cos / sqrt on a GPU (kernels/philox.py states their error); the interpreter
+    has no PTX, so it evaluates the same formulas with accurate functions."""
+    return device.type == "cuda" and not _INTERPRETING
 
 
 def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, off_value,
@@ -268,32 +371,44 @@ def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, of
     D, B = a.D, a.B
     cfgl = config or default_config(D, x.device)
     BLOCK = cfgl.block
-    n_blk = triton.cdiv(D, BLOCK)
-    grid = (B * n_blk,)
-    aligned4 = D % 4 == 0 and BLOCK % 4 == 0
-    dummy = a.coef  # any valid pointer for arguments a constexpr switch leaves unread
+    # The tiles of a sample start at -(b·D mod ALIGN): 16-byte vectors (ALIGN elements) and whole Philox groups.
+    align = max(4, 16 // x.element_size())
+    n_blk = triton.cdiv(D + (align - 1 if D % align else 0), BLOCK)
+    grid = (n_blk, B)
+    off_host = 0 if off_tensor is not None else off_value
+    # flat counter of a tile's start = offset·D + (b·D + start) ≡ offset·D (mod 4): a multiple of 4 gives whole groups
+    aligned4 = BLOCK % 4 == 0 and (D % 4 == 0 or (off_tensor is None and off_host * D % 4 == 0))
     z_bs = noise.stride(0) if noise is not None else 0
+    # vectors need every tensor's sample blocks to sit like out's (b·D) modulo a vector
+    vec = all(s % align == D % align for s in (x.stride(0), m.stride(0), z_bs if noise is not None else D)) and \
+        (B * m.stride(0)) % align == 0
+    dummy = a.coef  # any valid pointer for arguments a constexpr switch leaves unread
     t_from_ptr = t_tensor is not None
     per_sample = t_from_ptr and t_tensor.numel() > 1
     lay = a.layout
     (_, n1, n2), (l0, l1, l2) = (lay.sizes, lay.lstrides) if lay is not None else ((1, 1, 1), (0, 0, 1))
     common = dict(T_FROM_PTR=t_from_ptr, T_PER_SAMPLE=per_sample, SEED_FROM_PTR=seed_tensor is not None,
-                  OFF_FROM_PTR=off_tensor is not None, ALIGNED4=aligned4, PERMUTED=a.layout is not None,
-                  BLOCK=BLOCK, num_warps=cfgl.num_warps)
+                  OFF_FROM_PTR=off_tensor is not None, ALIGNED4=aligned4, PERMUTED=lay is not None,
+                  FAST=fast_math(x.device), VEC=vec, ALIGN=align, MASK=_mask_mode(D, BLOCK, align), BLOCK=BLOCK,
+                  num_warps=cfgl.num_warps)
     seed_ptr = seed_tensor if seed_tensor is not None else dummy
     off_ptr = off_tensor if off_tensor is not None else dummy
     t_ptr = t_tensor if t_from_ptr else dummy
     n_tables = mix.num_tables if mix is not None else 1
     var_code = contract.VAR_CODES[a.variance_mode]
-    part, npart = dummy, 1
+    tvec = lay is None and D % align == 0 and D % 8 == 0  # mixture table rows as whole vectors
+    part, npart, noise_mode, zneg = dummy, 1, a.noise_mode, False
     if var_code == contract.VAR_CODES["exact"] and a.noise_mode != contract.NOISE_NONE:
         part = torch.empty((B, n_blk, mix.kp), device=x.device, dtype=torch.float32)
         npart = triton.next_power_of_2(n_blk)
+        zbuf = torch.empty((B, D), device=x.device, dtype=torch.float32) if noise is None else dummy
         _project_kernel[grid](
-            noise if noise is not None else dummy, z_bs, seed_ptr, seed_value, off_ptr, off_value, a.coef,
-            a.coef.shape[0], t_ptr, t_value, mix.basis, part, D, n_blk, n_tables, n1, n2, l0, l1, l2,
-            KP=mix.kp, SHARED=mix.shared, NOISE=a.noise_mode, **common,
+            noise if noise is not None else dummy, z_bs, zbuf, seed_ptr, seed_value, off_ptr, off_value, a.coef,
+            a.coef.shape[0], t_ptr, t_value, mix.basis, part, D, n_blk, n_tables, n1, n2, l0, l1, l2, float(a.eta),
+            KP=mix.kp, SHARED=mix.shared, NOISE=a.noise_mode, TVEC=tvec, **common,
         )
+        if noise is None:  # the step reads the −σz the projection drew: one Philox draw per element, not two
+            noise, z_bs, noise_mode, zneg = zbuf, D, contract.NOISE_TENSOR, True
     opt = lambda t: t if t is not None else dummy  # noqa: E731
     _ddim_step_kernel[grid](
         x, m, opt(noise), a.out, a.x0 if a.write_x0 else a.out,
@@ -303,8 +418,9 @@ def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, of
         float(a.eta), float(a.clip) if a.clip is not None else 0.0,
         float(a.guidance) if a.guidance is not None else 0.0,
         CT=tl.float64 if x.dtype == torch.float64 else tl.float32, PRED=contract.PRED_CODES[a.prediction_type],
-        NOISE=a.noise_mode, VAR_MODE=var_code, MIX=mix is not None, K=mix.k if mix is not None else 1,
+        NOISE=noise_mode, VAR_MODE=var_code, MIX=mix is not None, K=mix.k if mix is not None else 1,
         KP=mix.kp if mix is not None else 1, SHARED=mix.shared if mix is not None else True, NPART=npart,
         CLIP=a.clip is not None, THRESH=a.threshold is not None, CLIPPED_EPS=a.clipped_eps,
-        CFG=a.guidance is not None, OFFSET_FINAL=a.offset_final, WRITE_X0=a.write_x0, **common,
+        CFG=a.guidance is not None, OFFSET_FINAL=a.offset_final, WRITE_X0=a.write_x0, TVEC=tvec, ZNEG=zneg,
+        **common,
     )
