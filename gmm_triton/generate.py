@@ -7,8 +7,8 @@ What it guarantees:
   ``set_sample_offset``, each batch with a generator seeded alike, so every batch draws the same step seeds), and
   the model sees it in a forward of exactly ``--model-batch`` rows, at row i mod model_batch, the other rows being
   its aligned neighbours or zeros. The last point matters: a BLAS picks its kernel (and so its rounding) by the
-  matrix shape, so a model's output for one sample can change with the batch it shares (the digits oracle does,
-  for batches under ~8 rows with MKL). With a fixed forward shape, the number of processes, the batch size, the
+  matrix shape, so a model's output for one sample can change with the batch it shares (with MKL the digits
+  oracle gives other bits in batches of 1, 3 or 7 rows than in batches of 16 or more). With a fixed forward shape, the number of processes, the batch size, the
   shard layout of a resumed run and the order of work change no byte of ``samples.npy``, on one device type.
 - **Layout.** Global indices are cut into shards of ``--shard-size`` (fixed at the first run). The shards still
   to do are split among the ranks in contiguous runs; a rank writes each finished shard as
@@ -19,8 +19,9 @@ What it guarantees:
   configuration, seed, N, world and batch size, commit, per-shard checksums, timings), both written atomically.
 - **Resume.** Rerun the same command (with any number of processes or batch size): the finished shards are kept
   and the others are computed. ``run.json``, written at the first run, holds everything that determines the
-  bytes; a rerun whose configuration differs (sampler, η, steps, mixture, seed, N, shard size, model batch,
-  model, device type) is refused, naming the differences. One job per output folder at a time.
+  bytes; once a shard is finished, a rerun whose configuration differs (sampler, η, steps, mixture, seed, N,
+  shard size, model batch, model, device type) is refused, naming the differences. One job per output folder at
+  a time.
 - **Processes.** RANK / WORLD_SIZE / LOCAL_RANK come from the launcher (torchrun or accelerate launch); with
   more than one process ``torch.distributed`` is initialised with NCCL when sampling on CUDA (device
   ``cuda:LOCAL_RANK``) and gloo on the CPU. A plain single process needs no launcher.
@@ -374,18 +375,21 @@ def _differences(old: dict, new: dict, prefix="") -> list[str]:
 
 
 def prepare(out, cfg) -> list[int]:
-    """Rank 0, before any rank writes: checks or records the configuration, removes temporary files left by an
-    interrupted run, returns the shards still to do."""
+    """Rank 0, before any rank writes: records the configuration, or checks it against the recorded one if any
+    shard is finished; removes temporary files left by an interrupted run; returns the shards still to do."""
     os.makedirs(os.path.join(out, SHARDS), exist_ok=True)
     path = os.path.join(out, RUN_CONFIG)
+    diffs = []
     if os.path.exists(path):
         with open(path) as f:
-            old = json.load(f)
-        diffs = _differences(old, json.loads(json.dumps(cfg)))
-        if diffs:
+            diffs = _differences(json.load(f), json.loads(json.dumps(cfg)))
+        if diffs and any(name.endswith(".json") for name in os.listdir(os.path.join(out, SHARDS))):
             raise GenerateError(f"refusing to resume {out}: it was started with another configuration ("
                                 + "; ".join(diffs) + "). Rerun with the original arguments or use another --out")
-    else:
+    if diffs or not os.path.exists(path):  # a new run, or one that failed before finishing any shard
+        for stale in (SAMPLES, MANIFEST):  # of an older configuration whose shards were deleted
+            if os.path.exists(os.path.join(out, stale)):
+                os.remove(os.path.join(out, stale))
         _write_json(path, cfg)
     for d in (out, os.path.join(out, SHARDS)):
         for name in os.listdir(d):
@@ -469,6 +473,9 @@ def merge(out, cfg) -> dict:
     try:
         for i in range(-(-N // S)):
             npy = _shard_path(out, i, "npy")
+            if not (os.path.exists(npy) and os.path.exists(_shard_path(out, i, "json"))):
+                raise GenerateError(f"{npy} or its record is missing after every rank finished: --out must be a "
+                                    "folder that every rank sees (a shared filesystem across nodes)")
             with open(_shard_path(out, i, "json")) as f:
                 rec = json.load(f)
             if _sha256_file(npy) != rec["sha256"]:
