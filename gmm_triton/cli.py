@@ -1,4 +1,4 @@
-"""``gmm-triton demo | eval | sample | bench``."""
+"""``gmm-triton demo | eval | sample | generate | bench``."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +55,12 @@ def main(argv=None) -> int:
     s.add_argument("--gmm-clip-variance", action=argparse.BooleanOptionalAction, default=True)
     s.add_argument("--noise-source", default="philox", choices=["philox", "torch"])
 
+    g = sub.add_parser("generate", help="N samples of the oracle or a pipeline, sharded over torchrun processes, "
+                                        "resumable, the same bytes for any process count and batch size")
+    from . import generate
+
+    generate.add_arguments(g)
+
     b = sub.add_parser("bench", help="kernel throughput and step latency vs diffusers and torch.compile")
     from . import bench
 
@@ -73,6 +79,12 @@ def main(argv=None) -> int:
                  n=args.samples, seeds=args.seeds, families=tuple(args.families.split(",")))
     elif args.cmd == "sample":
         return run_sample(args)
+    elif args.cmd == "generate":
+        try:
+            generate.run(args)
+        except generate.GenerateError as e:
+            print(f"gmm-triton generate: error: {e}", file=sys.stderr)
+            return 2
     else:
         return bench.main(args)
     return 0
