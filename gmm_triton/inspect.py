@@ -8,7 +8,7 @@ memory, ``bytes_per_element / copy_bandwidth``, and instruction issue, ``sass_pe
 
 (one warp-instruction per scheduler per clock on Hopper; no dual issue). H100 SXM and H200 are the same GH100
 chip: 132 SMs × 4 schedulers; clock 1.755 GHz, the sustained clock under load (1.98 GHz is the boost limit);
-copy bandwidth 3.0 TB/s (an H100 of this workplace, measured) and 4.8 TB/s (H200, nominal: its measured copy will
+copy bandwidth 3.0 TB/s (H100 SXM, a measured copy) and 4.8 TB/s (H200, nominal: its measured copy will
 be lower, which only raises the prediction). Issue efficiency 0.8: the hot path is 16 independent element chains
 per thread, and 16–24 warps per SM at ≤ 80–128 registers hide latency, but issue slots are still lost to the
 long-latency DRAM loads at each program's start and to MUFU (quarter rate) and barrier stalls; 0.8 is an
@@ -34,9 +34,7 @@ DEVICES = {  # name: (SMs, schedulers per SM, clock GHz, copy bandwidth TB/s)
     "H200": (132, 4, 1.755, 4.8),
 }
 ISSUE_EFFICIENCY = 0.8
-ROW_KEYS = ("kernel", "case", "dtype", "target", "ok", "error", "registers", "spill_bytes", "shared_bytes",
-            "load_bits", "store_bits", "sass_per_element", "bytes_per_element", "predicted_pct_copy")
-# limit key: (row key, direction); "max": the row may not exceed it, "min": may not fall below it
+# row key -> direction of its limit: "max": the row may not exceed it, "min": may not fall below it
 LIMIT_KEYS = {"registers": "max", "spill_bytes": "max", "shared_bytes": "max", "sass_per_element": "max",
               "load_bits": "min", "store_bits": "min"}
 
@@ -51,7 +49,7 @@ def predicted_pct_copy(sass_per_element: float, bytes_per_element: float) -> dic
 
 
 def row(r: aot.Result) -> dict:
-    """The JSON row of one result (keys ROW_KEYS)."""
+    """The JSON row of one result: ``predicted_pct_copy`` is {device: %} (see DEVICES)."""
     s = r.stats if r.ok else {}
     spe = round(r.sass_per_element, 2) if r.ok else None
     bpe = round(r.case.bytes_per_element(r.kernel), 3)
