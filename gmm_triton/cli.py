@@ -1,4 +1,4 @@
-"""``gmm-triton demo | eval | sample | generate | bench``."""
+"""``gmm-triton demo | eval | sample | generate | bench | inspect``."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +66,12 @@ def main(argv=None) -> int:
 
     bench.add_arguments(b)
 
+    i = sub.add_parser("inspect", help="compile every kernel specialisation for sm_80/sm_90a/sm_100a (no GPU needed): "
+                                       "registers, spills, access widths, SASS per element, predicted bandwidth")
+    from . import inspect as inspect_cmd
+
+    inspect_cmd.add_arguments(i)
+
     args = p.parse_args(argv)
     if args.cmd == "demo":
         from .demo import run_demo
@@ -85,6 +91,8 @@ def main(argv=None) -> int:
         except generate.GenerateError as e:
             print(f"gmm-triton generate: error: {e}", file=sys.stderr)
             return 2
+    elif args.cmd == "inspect":
+        return inspect_cmd.main(args)
     else:
         return bench.main(args)
     return 0

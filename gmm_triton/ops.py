@@ -466,7 +466,7 @@ def _threshold_scale(sample, model_output, timesteps, tval, table, prediction_ty
     rows = timesteps.reshape(-1).to(table.device) if timesteps is not None else torch.tensor([tval], device=table.device)
     c = table.index_select(0, rows.long()).float().expand(B, N_COLS)
     shape = (B,) + (1,) * (sample.dim() - 1)
-    al, sg = c[:, COL_ALPHA].reshape(shape), c[:, COL_SIGMA].reshape(shape)
+    al, sg = c.select(1, COL_ALPHA).reshape(shape), c.select(1, COL_SIGMA).reshape(shape)  # select: traceable on fakes
     x, m = sample.float(), model_output.float()
     if guidance_scale is not None:
         u, cond = m.chunk(2)

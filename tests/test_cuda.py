@@ -149,3 +149,19 @@ def test_opcheck_on_gpu(table):
     args = (x, m, table, torch.tensor([300, 20], device=DEV), 0, torch.tensor([5], device=DEV), None, None,
             None, None, None, None, None, None, "epsilon", "none", 1.0, 1.0, False, None, False, True)
     torch.library.opcheck(torch.ops.gmm_triton.ddim_step.default, args)
+
+
+def test_compile_matrix_binds_launches_as_the_gpu_does(table):
+    """aot.py (the CPU compile matrix) captures a case the way Triton's launcher binds a real launch: its compile
+    of the main fp16 case has the cache key of the kernel that the same call compiled on this GPU."""
+    from triton.backends.nvidia.compiler import sm_arch_from_capability
+
+    from gmm_triton import aot, aot_cases
+
+    x = torch.randn(2, *aot_cases.MAIN_SHAPE, device=DEV, dtype=torch.float16)
+    ops.ddim_step(x, torch.randn_like(x), 7, table, eta=1.0, seed=aot_cases.SEED64)
+    real = {k.hash for k in kstep._ddim_step_kernel.device_caches[torch.cuda.current_device()][0].values()}
+    major, minor = torch.cuda.get_device_capability()
+    (case,) = [c for c in aot.all_cases() if c.name == "main-fp16-eps-philox-x0"]
+    (launch,) = aot.capture(case, sm_arch_from_capability(10 * major + minor))
+    assert aot.compile_launch(launch, sm_arch_from_capability(10 * major + minor)).hash in real
