@@ -3,7 +3,8 @@
 A covering design, not the full product: every constexpr value the launcher can produce appears at least once
 (dtypes, prediction types, noise sources, mixture variances, shared tables, CFG, clip, threshold, clipped ε,
 device / per-sample timesteps, device / host seeds of both integer widths, x̂₀ on and off, aligned, D % 16 ≠ 0
-and D % 4 ≠ 0 sizes, one-block samples), and ``tests/test_compile_matrix.py`` checks that it does. The
+and D % 4 ≠ 0 sizes, one-block samples, sample offsets, permuted (channels_last) and strided-row layouts), and
+``tests/test_compile_matrix.py`` checks that it does. The
 ``main-*`` cases (D = 4·128·128) are the ones RESULTS.md tracks across commits.
 
 A new kernel family adds a function decorated with :func:`aot.register_cases` (here or in a module listed in
@@ -47,6 +48,8 @@ class Step:
     shared: bool = False
     mixture_dtype: torch.dtype = torch.float32
     offset_final: bool = False
+    sample_offset: str = "none"              # "none", "host" (an int), "device" (an int64 tensor)
+    layout: str = "contiguous"               # "channels_last"; "row_view": rows of a wider [B, D + 3] buffer
 
     @property
     def D(self) -> int:
@@ -61,6 +64,9 @@ class Step:
         z = torch.empty((), dtype=self.noise).element_size() if self.noise is not None else 0
         kp, mix = 8, torch.empty((), dtype=self.mixture_dtype).element_size()
         basis = kp * mix / self.batch  # the step's basis rows, read by every sample of the batch
+        # the exact mode's Philox noise is drawn once, by the projection pass, which writes it (fp32) for the step
+        if self.mixture == "exact" and self.noise is None and self.eta > 0:
+            z = 4
         if kernel == "_project_kernel":
             return z + basis
         b = e * (3 + self.cfg + self.x0) + z
@@ -96,6 +102,12 @@ def _drive_step(s: Step):
         m = fx.tensor(((2 if s.cfg else 1) * shape[0], *s.shape), s.dtype)
         if s.expand:
             x, m = x.expand(s.batch, *s.shape), m.expand(s.batch, *s.shape)
+        if s.layout == "channels_last":
+            cl = lambda t: fx.like(torch.empty(t.shape, dtype=t.dtype, device="meta").to(  # noqa: E731
+                memory_format=torch.channels_last))
+            x, m = cl(x), cl(m)
+        elif s.layout == "row_view":  # each sample's block contiguous, batch stride D + 3
+            x, m = (fx.like(torch.empty((t.shape[0], s.D + 3), dtype=s.dtype, device="meta")[:, :s.D]) for t in (x, m))
         t = {"int": 7, "device": fx.tensor((1,), torch.int64), "per_sample": fx.tensor((s.batch,), torch.int64)}
         seed = {"host": SEED64, "host32": SEED32, "device": fx.tensor((1,), torch.int64)}[s.seed]
         mixture = None
@@ -108,7 +120,8 @@ def _drive_step(s: Step):
             clip_sample_range=1.0 if s.clip else None, thresholding=(0.995, 1.5) if s.threshold else None,
             use_clipped_model_output=s.clipped_eps, guidance_scale=7.5 if s.cfg else None,
             noise=fx.tensor((s.batch, *s.shape), s.noise) if s.noise is not None else None,
-            seed=seed, mixture=mixture, offset_final=s.offset_final, return_pred_original=s.x0)
+            seed=seed, mixture=mixture, offset_final=s.offset_final, return_pred_original=s.x0,
+            sample_offset={"none": None, "host": 5, "device": fx.tensor((1,), torch.int64)}[s.sample_offset])
 
     return drive
 
@@ -136,6 +149,11 @@ def ddim_step_cases() -> list[aot.Case]:
         ("fp32-eps-noise64-expand", Step(f, noise=d, expand=True, x0=False)),
         ("fp16-eps-philox-seed32-d1000-x0", Step(h, shape=(10, 10, 10), seed="host32")),
         ("fp16-eps-philox-d1001-x0", Step(h, shape=(7, 11, 13))),
+        ("fp16-eps-philox-d13467-x0", Step(h, shape=(3, 67, 67))),  # ragged, with full (vector) tiles
+        ("fp16-eps-philox-d1001-devoffset", Step(h, shape=(7, 11, 13), sample_offset="device", x0=False)),
+        ("fp16-eps-philox-d4800-hostoffset-x0", Step(h, shape=(3, 40, 40), sample_offset="host")),
+        ("bf16-eps-philox-channelslast-x0", Step(b, shape=(4, 32, 32), layout="channels_last")),
+        ("fp32-eps-philox-rowview", Step(f, shape=(1000,), layout="row_view", x0=False)),
         ("gmm-diag-fp16-eps-philox-x0", Step(h, shape=mix_shape, mixture="diag")),
         ("gmm-vub-bf16-eps-eta0-shared-offsetfinal-x0", Step(b, shape=mix_shape, eta=0.0, mixture="vub", shared=True,
                                                              mixture_dtype=torch.bfloat16, offset_final=True)),

@@ -64,10 +64,10 @@ def test_cases_cover_every_constexpr_value(matrix):
             seen.setdefault(k, set()).add(v)
     expected = {
         "CT": {"fp32", "fp64"}, "PRED": {"0", "1", "2", "3"}, "NOISE": {"0", "1", "2"},
-        "VAR_MODE": {"0", "1", "2", "3"}, "BLOCK": {"1024", "4096"},
+        "VAR_MODE": {"0", "1", "2", "3"}, "BLOCK": {"1024", "8192"}, "MASK": {"0", "1", "2"}, "FAST": {"True"},
         **{flag: {"True", "False"} for flag in ("MIX", "SHARED", "T_FROM_PTR", "T_PER_SAMPLE", "SEED_FROM_PTR",
                                                 "CLIP", "THRESH", "CLIPPED_EPS", "CFG", "OFFSET_FINAL", "WRITE_X0",
-                                                "ALIGNED4")},
+                                                "ALIGNED4", "OFF_FROM_PTR", "PERMUTED", "VEC", "TVEC", "ZNEG")},
     }
     for k, values in expected.items():
         assert values <= seen[k], f"{k}: no case launches {sorted(values - seen[k])}"
@@ -84,13 +84,17 @@ def test_cases_cover_every_constexpr_value(matrix):
 def test_specialisation_is_that_of_a_real_launch(matrix):
     """Triton's binder specialises integers equal to 1 and hints multiples of 16; the cases' sizes decide which."""
     by_case = {r["case"]: r["launch"] for r in _step_rows(matrix) if r["target"] == "sm_90a"}
-    main = by_case["main-fp16-eps-philox-x0"]                 # D = 65536, 16 blocks of 4096 per sample
+    main = by_case["main-fp16-eps-philox-x0"]                 # D = 65536, 8 tiles of 8192 per sample
     assert {"D", "n_blk", "x_bs", "x_ptr", "out_ptr"} <= set(main["divisible_by_16"])
-    assert main["signature"]["n_blk"] == "i32" and main["num_warps"] == 8
-    ragged = by_case["fp16-eps-philox-seed32-d1000-x0"]       # D = 1000: one block per sample
-    assert "D" not in ragged["divisible_by_16"] and ragged["constexprs"]["n_blk"] == "1"
-    assert ragged["constexprs"]["BLOCK"] == "1024" and ragged["num_warps"] == 4
-    assert by_case["fp16-eps-philox-d1001-x0"]["constexprs"]["ALIGNED4"] == "False"
+    assert main["num_warps"] == 8 and main["constexprs"]["BLOCK"] == "8192" and main["constexprs"]["n_blk"] == "8"
+    assert main["constexprs"]["MASK"] == "0" and main["constexprs"]["VEC"] == "True"
+    ragged = by_case["fp16-eps-philox-seed32-d1000-x0"]       # D = 1000: one or two tiles per sample
+    assert "D" not in ragged["divisible_by_16"] and ragged["constexprs"]["BLOCK"] == "1024"
+    assert ragged["num_warps"] == 1 and ragged["constexprs"]["MASK"] == "2"
+    # a ragged D keeps whole Philox groups (tiles aligned to the flat array) unless a device offset hides o·D mod 4
+    assert by_case["fp16-eps-philox-d1001-x0"]["constexprs"]["ALIGNED4"] == "True"
+    assert by_case["fp16-eps-philox-d1001-devoffset"]["constexprs"]["ALIGNED4"] == "False"
+    assert by_case["fp32-eps-philox-rowview"]["constexprs"]["VEC"] == "False"  # batch stride 1003 ≢ D (mod 4)
     assert "x_bs" in by_case["fp32-eps-noise64-expand"]["divisible_by_16"]  # batch stride 0 (broadcast input)
 
 

@@ -220,7 +220,7 @@ def uniform_at(seed, index, STREAM: tl.constexpr, FAST: tl.constexpr = False):
     return _uniform(w0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a seed of 1 must not become a compile-time constant
 def _normal_fill_kernel(out_ptr, n, seed, start, STREAM: tl.constexpr, BLOCK: tl.constexpr,
                         ALIGNED4: tl.constexpr, FAST: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
@@ -241,7 +241,7 @@ def normal_fill(out, seed: int, stream: int, start: int = 0, block: int = 4096):
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _words_kernel(out_ptr, n, seed, start, STREAM: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     w0, w1, w2, w3 = _words(seed, start + offs, STREAM)

@@ -105,60 +105,48 @@ def _tile(b, blk, D, BLOCK: tl.constexpr, ALIGN: tl.constexpr):
 
 
 @triton.jit
-def _ld(ptr, off, d0, mask, full, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr,
-        BLOCK: tl.constexpr):
-    """Loads ptr[off + d0 + (0 .. BLOCK-1)]: 16-byte vectors when VEC (off + d0 is a multiple of ALIGN). MASK:
-    _NO_MASK when every tile is full (D a multiple of BLOCK), _MASKED when the element masks are constant over a
-    vector (D a multiple of 16), _SPLIT otherwise (a ragged D): full tiles unmasked, the edge tiles masked."""
+def _ld(ptr, off, d0, mask, VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
+    """Loads ptr[off + d0 + (0 .. BLOCK-1)]: 16-byte vectors when VEC (off + d0 is a multiple of ALIGN) and the
+    tile is either unmasked or its masks are constant over a vector (the launcher's MASK mode)."""
     o = off + d0
     if VEC:
         o = tl.multiple_of(o, ALIGN)
     p = ptr + o + tl.arange(0, BLOCK)
-    if MASK == _NO_MASK:
-        v = tl.load(p)
-    elif MASK == _SPLIT:
-        if full:
-            v = tl.load(p)
-        else:
-            v = tl.load(p, mask=mask, other=0.0)
+    if MASKED:
+        return tl.load(p, mask=mask, other=0.0)
     else:
-        v = tl.load(p, mask=mask, other=0.0)
-    return v
+        return tl.load(p)
 
 
 @triton.jit
-def _st(ptr, off, d0, v, mask, full, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr,
-        BLOCK: tl.constexpr):
+def _st(ptr, off, d0, v, mask, VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
     o = off + d0
     if VEC:
         o = tl.multiple_of(o, ALIGN)
     p = ptr + o + tl.arange(0, BLOCK)
     v = v.to(ptr.dtype.element_ty)
-    if MASK == _NO_MASK:
-        tl.store(p, v)
-    elif MASK == _SPLIT:
-        if full:
-            tl.store(p, v)
-        else:
-            tl.store(p, v, mask=mask)
-    else:
+    if MASKED:
         tl.store(p, v, mask=mask)
+    else:
+        tl.store(p, v)
 
 
 @triton.jit
-def _table(ptr, row_off, start, dl, mask, full, TVEC: tl.constexpr, MASK: tl.constexpr, BLOCK: tl.constexpr):
-    """A mixture table row at the tile's logical indices: with TVEC (not permuted, tiles unshifted, rows 16-byte
-    aligned) a contiguous vector load, otherwise a masked gather."""
+def _table(ptr, row_off, start, dl, mask, TVEC: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
+    """A mixture table row at the tile's logical indices: with TVEC (not permuted, tiles unshifted so start is a
+    multiple of BLOCK, D a multiple of 8 so rows are 16-byte aligned) a contiguous vector load, otherwise a masked
+    gather."""
     if TVEC:
-        return _ld(ptr, row_off, start, mask, full, True, 4, MASK, BLOCK)
+        TA: tl.constexpr = 128 // ptr.dtype.element_ty.primitive_bitwidth  # elements of a 16-byte vector
+        return _ld(ptr, row_off, start, mask, True, TA, MASKED, BLOCK)
     else:
         return tl.load(ptr + row_off + dl, mask=mask, other=0.0)
 
 
 @triton.jit
-def _noise(z_ptr, z_off, seed, scale, rho2, base, start, dl, mask, full, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
+def _noise(z_ptr, z_off, seed, scale, rho2, base, start, dl, mask, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
            PERMUTED: tl.constexpr, FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr,
-           MASK: tl.constexpr, RHO: tl.constexpr, BLOCK: tl.constexpr):
+           MASKED: tl.constexpr, RHO: tl.constexpr, BLOCK: tl.constexpr):
     """−scale (·√rho2 per element with RHO) × the tile's noise (negated: the caller subtracts it, which folds the
     Box–Muller sign into its multiply-add): Philox normals at flat indices base + logical index (base + start +
     [0, BLOCK) unless permuted; scale and rho2 then ride on the Box–Muller radius), or the caller's tensor at the
@@ -169,7 +157,7 @@ def _noise(z_ptr, z_off, seed, scale, rho2, base, start, dl, mask, full, NOISE: 
         else:
             return normal_block(seed, base + start, BLOCK, _STREAM_NOISE, ALIGNED4, FAST, ALIGN, scale, rho2, RHO)
     else:
-        z = _ld(z_ptr, z_off, start, mask, full, VEC, ALIGN, MASK, BLOCK) * -scale  # fp64 stays fp64
+        z = _ld(z_ptr, z_off, start, mask, VEC, ALIGN, MASKED, BLOCK) * -scale  # fp64 stays fp64
         if RHO:  # √1 taken as 1 exactly, so that K = 1 or s = 0 stays DDIM bit for bit
             z = z * tl.where(rho2 < 1.0, tl.sqrt(rho2), 1.0)
         return z
@@ -191,73 +179,42 @@ def _project_kernel(
     blk = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
-    full = (start >= 0) & (start + BLOCK <= D)
+    MASKED: tl.constexpr = MASK != _NO_MASK  # this pass reads few element streams: no full / edge split
     dl = _logical(d, n1, n2, l0, l1, l2, PERMUTED)
     row, _ = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
     srow, _ = _table_row(coef_ptr, row, n_tables, SHARED)
     sigma = eta * tl.sqrt(tl.load(coef_ptr + row * _NC + _C_VAR).to(tl.float32))
     seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     base = (b + _scalar(off_ptr, off_value, OFF_FROM_PTR)) * D
-    zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, base, start, dl, mask, full, NOISE, ALIGNED4, PERMUTED, FAST,
-                  VEC, ALIGN, MASK, False, BLOCK).to(tl.float32)  # −σz
+    zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, base, start, dl, mask, NOISE, ALIGNED4, PERMUTED, FAST, VEC,
+                  ALIGN, MASKED, False, BLOCK).to(tl.float32)  # −σz
     if NOISE == _NOISE_PHILOX:
-        _st(zout_ptr, b * D, start, zneg, mask, full, VEC, ALIGN, MASK, BLOCK)
+        _st(zout_ptr, b * D, start, zneg, mask, VEC, ALIGN, MASKED, BLOCK)
     zneg = tl.where(mask, zneg, 0.0)
     for j in tl.static_range(KP):
-        q = _table(basis_ptr, (srow * KP + j) * D, start, dl, mask, full, TVEC, MASK, BLOCK).to(tl.float32)
+        q = _table(basis_ptr, (srow * KP + j) * D, start, dl, mask, TVEC, MASKED, BLOCK).to(tl.float32)
         tl.store(part_ptr + (b * n_blk + blk) * KP + j, -tl.sum(q * zneg, axis=0))
 
 
-@triton.jit(do_not_specialize=["t_value", "seed_value", "off_value", "eta", "clip", "guidance"])
-def _ddim_step_kernel(
-    x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr,
-    coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value, off_ptr, off_value, thr_ptr,
-    delta_ptr, cdf_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
-    D, n_blk, n_tables, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2,
-    eta, clip, guidance,
+@triton.jit
+def _tile_step(
+    x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
+    b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2, clip, guidance,
+    seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow,
     CT: tl.constexpr, PRED: tl.constexpr, NOISE: tl.constexpr, VAR_MODE: tl.constexpr, MIX: tl.constexpr,
-    K: tl.constexpr, KP: tl.constexpr, SHARED: tl.constexpr, NPART: tl.constexpr,
-    T_FROM_PTR: tl.constexpr, T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, OFF_FROM_PTR: tl.constexpr,
-    CLIP: tl.constexpr, THRESH: tl.constexpr, CLIPPED_EPS: tl.constexpr, CFG: tl.constexpr,
-    OFFSET_FINAL: tl.constexpr, WRITE_X0: tl.constexpr, ALIGNED4: tl.constexpr, PERMUTED: tl.constexpr,
-    FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr, TVEC: tl.constexpr,
-    ZNEG: tl.constexpr, BLOCK: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, NPART: tl.constexpr, CLIP: tl.constexpr, THRESH: tl.constexpr,
+    CLIPPED_EPS: tl.constexpr, CFG: tl.constexpr, WRITE_X0: tl.constexpr, ALIGNED4: tl.constexpr,
+    PERMUTED: tl.constexpr, FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, TVEC: tl.constexpr,
+    ZNEG: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # A 2-D grid (tile, sample): no division of the program id.
-    blk = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
-    full = (start >= 0) & (start + BLOCK <= D)
-
-    # ---- per-sample scalars, once per program: the table row, and an invalid row folded in as NaN ---------
-    row, valid = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
-    cp = coef_ptr + row * _NC
-    seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
-    g = b + _scalar(off_ptr, off_value, OFF_FROM_PTR)  # the sample's global index: its RNG counters
-    if MIX:
-        apply = (tl.load(cp + _C_FINAL) == 0) | OFFSET_FINAL
-        jk = tl.arange(0, KP)
-        cdf = tl.load(cdf_ptr + jk)
-        k = tl.minimum(tl.sum((cdf <= uniform_at(seed, g, _STREAM_CHOICE, FAST)).to(tl.int32), axis=0), K - 1)
-        k = k.to(tl.int64)
-        srow, table_ok = _table_row(coef_ptr, row, n_tables, SHARED)
-        valid = valid & table_ok  # a step beyond the mixture's tables poisons its sample, never reads past them
-    # An out-of-table timestep (or mixture step) poisons its sample (NaN) instead of reading out of bounds; the
-    # NaN rides on a per-program scalar that reaches every output, not on a per-element add.
-    poison = tl.where(valid, 0.0, float("nan")).to(CT)
-    al = tl.load(cp + _C_AL).to(CT)
-    sg = tl.load(cp + _C_SG).to(CT)
-    alp = tl.load(cp + _C_ALP).to(CT)
-    sp2 = tl.load(cp + _C_SP2).to(CT)
-    sigma = tl.cast(eta, CT) * tl.sqrt(tl.load(cp + _C_VAR).to(CT))
-    c_eps = tl.sqrt(tl.maximum(sp2 - sigma * sigma, 0.0))
+    """The step's element work on one tile, from the loads to the stores (the per-sample scalars come in)."""
     POISON_X0: tl.constexpr = CLIP or THRESH or PRED == _SAMPLE  # x̂₀ does not carry a scalar's NaN there
 
     # ---- one read of x and of the model output (both halves under fused CFG) --------------------
-    x = _ld(x_ptr, b * x_bs, start, mask, full, VEC, ALIGN, MASK, BLOCK).to(CT)
-    m = _ld(m_ptr, b * m_bs, start, mask, full, VEC, ALIGN, MASK, BLOCK).to(CT)
+    x = _ld(x_ptr, b * x_bs, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
+    m = _ld(m_ptr, b * m_bs, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
     if CFG:
-        mc = _ld(m_ptr, m_half + b * m_bs, start, mask, full, VEC, ALIGN, MASK, BLOCK).to(CT)
+        mc = _ld(m_ptr, m_half + b * m_bs, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
         m = m + tl.cast(guidance, CT) * (mc - m)
 
     if PRED == _EPS:
@@ -290,7 +247,7 @@ def _ddim_step_kernel(
     # ---- the mixture's offset --------------------------------------------------------------------
     dl = _logical(d, n1, n2, l0, l1, l2, PERMUTED)
     if MIX:
-        delta = _table(delta_ptr, (srow * K + k) * D, start, dl, mask, full, TVEC, MASK, BLOCK).to(CT)
+        delta = _table(delta_ptr, (srow * K + k) * D, start, dl, mask, TVEC, MASKED, BLOCK).to(CT)
         prev += delta * apply.to(CT)
 
     # ---- noise: z = −σ × the normals (negated: subtracting it folds the Box–Muller sign into one multiply-add) ----
@@ -304,19 +261,19 @@ def _ddim_step_kernel(
             c = tl.where((sigma > 0) & apply, 1.0 / tl.maximum(sigma * sigma, 1e-30), 0.0)
             if VAR_MODE == _VAR_DIAG:  # diag: sub_d = w_k diag(C)_d
                 c = c * tl.load(wk_ptr + k).to(CT)
-                u = _table(var_ptr, srow * D, start, dl, mask, full, TVEC, MASK, BLOCK).to(CT)
+                u = _table(var_ptr, srow * D, start, dl, mask, TVEC, MASKED, BLOCK).to(CT)
             else:  # vub: sub_d = ub[k, d] on the first K coordinates
                 u = tl.load(var_ptr + k * K + dl, mask=mask & (dl < K), other=0.0).to(CT)
             rho2 = tl.maximum(1.0 - c * u, 0.0)
         if ZNEG:  # the exact mode's projection pass drew −σz already (float32)
-            z = _noise(z_ptr, b * z_bs, seed, -1.0, 1.0, g * D, start, dl, mask, full, NOISE, ALIGNED4, PERMUTED,
-                       FAST, VEC, ALIGN, MASK, False, BLOCK).to(CT)
+            z = _noise(z_ptr, b * z_bs, seed, -1.0, 1.0, g * D, start, dl, mask, NOISE, ALIGNED4, PERMUTED,
+                       FAST, VEC, ALIGN, MASKED, False, BLOCK).to(CT)
         elif CT == tl.float64:  # σ applied in fp64
-            z = sigma * _noise(z_ptr, b * z_bs, seed, 1.0, rho2, g * D, start, dl, mask, full, NOISE, ALIGNED4,
-                               PERMUTED, FAST, VEC, ALIGN, MASK, RHO, BLOCK).to(CT)
+            z = sigma * _noise(z_ptr, b * z_bs, seed, 1.0, rho2, g * D, start, dl, mask, NOISE, ALIGNED4,
+                               PERMUTED, FAST, VEC, ALIGN, MASKED, RHO, BLOCK).to(CT)
         else:  # σ rides on the Box–Muller radius: one multiply per pair of normals
-            z = _noise(z_ptr, b * z_bs, seed, sigma, rho2, g * D, start, dl, mask, full, NOISE, ALIGNED4, PERMUTED,
-                       FAST, VEC, ALIGN, MASK, RHO, BLOCK)
+            z = _noise(z_ptr, b * z_bs, seed, sigma, rho2, g * D, start, dl, mask, NOISE, ALIGNED4, PERMUTED,
+                       FAST, VEC, ALIGN, MASKED, RHO, BLOCK)
         prev -= z
         if MIX and VAR_MODE == _VAR_EXACT:
             # exact: σz + Qᵀ((√(1 − w_k λ/σ²) − 1) ⊙ Q σz) on span{δ}, one basis row at a time; the projections of
@@ -327,11 +284,81 @@ def _ddim_step_kernel(
                 proj = tl.sum(tl.load(part_ptr + (b * n_blk + p) * KP + j, mask=p < n_blk, other=0.0), axis=0)
                 u = c * tl.load(eig_ptr + srow * KP + j).to(CT)
                 cj = tl.where(u > 0, tl.sqrt(tl.maximum(1.0 - u, 0.0)) - 1.0, 0.0) * proj.to(CT)
-                prev += cj * _table(basis_ptr, (srow * KP + j) * D, start, dl, mask, full, TVEC, MASK, BLOCK).to(CT)
+                prev += cj * _table(basis_ptr, (srow * KP + j) * D, start, dl, mask, TVEC, MASKED, BLOCK).to(CT)
 
-    _st(out_ptr, b * D, start, prev, mask, full, VEC, ALIGN, MASK, BLOCK)
+    _st(out_ptr, b * D, start, prev, mask, VEC, ALIGN, MASKED, BLOCK)
     if WRITE_X0:
-        _st(x0_ptr, b * D, start, x0, mask, full, VEC, ALIGN, MASK, BLOCK)
+        _st(x0_ptr, b * D, start, x0, mask, VEC, ALIGN, MASKED, BLOCK)
+
+
+
+
+@triton.jit(do_not_specialize=["t_value", "seed_value", "off_value", "eta", "clip", "guidance"])
+def _ddim_step_kernel(
+    x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr,
+    coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value, off_ptr, off_value, thr_ptr,
+    delta_ptr, cdf_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
+    D, n_blk, n_tables, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2,
+    eta, clip, guidance,
+    CT: tl.constexpr, PRED: tl.constexpr, NOISE: tl.constexpr, VAR_MODE: tl.constexpr, MIX: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, SHARED: tl.constexpr, NPART: tl.constexpr,
+    T_FROM_PTR: tl.constexpr, T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, OFF_FROM_PTR: tl.constexpr,
+    CLIP: tl.constexpr, THRESH: tl.constexpr, CLIPPED_EPS: tl.constexpr, CFG: tl.constexpr,
+    OFFSET_FINAL: tl.constexpr, WRITE_X0: tl.constexpr, ALIGNED4: tl.constexpr, PERMUTED: tl.constexpr,
+    FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr, TVEC: tl.constexpr,
+    ZNEG: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # A 2-D grid (tile, sample): no division of the program id.
+    blk = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
+
+    # ---- per-sample scalars, once per program: the table row, and an invalid row folded in as NaN ---------
+    row, valid = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+    cp = coef_ptr + row * _NC
+    seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    g = b + _scalar(off_ptr, off_value, OFF_FROM_PTR)  # the sample's global index: its RNG counters
+    apply = valid  # (the mixture's: placeholders when MIX is off)
+    k = b * 0
+    srow = b * 0
+    if MIX:
+        apply = (tl.load(cp + _C_FINAL) == 0) | OFFSET_FINAL
+        jk = tl.arange(0, KP)
+        cdf = tl.load(cdf_ptr + jk)
+        k = tl.minimum(tl.sum((cdf <= uniform_at(seed, g, _STREAM_CHOICE, FAST)).to(tl.int32), axis=0), K - 1)
+        k = k.to(tl.int64)
+        srow, table_ok = _table_row(coef_ptr, row, n_tables, SHARED)
+        valid = valid & table_ok  # a step beyond the mixture's tables poisons its sample, never reads past them
+    # An out-of-table timestep (or mixture step) poisons its sample (NaN) instead of reading out of bounds; the
+    # NaN rides on a per-program scalar that reaches every output, not on a per-element add.
+    poison = tl.where(valid, 0.0, float("nan")).to(CT)
+    al = tl.load(cp + _C_AL).to(CT)
+    sg = tl.load(cp + _C_SG).to(CT)
+    alp = tl.load(cp + _C_ALP).to(CT)
+    sp2 = tl.load(cp + _C_SP2).to(CT)
+    sigma = tl.cast(eta, CT) * tl.sqrt(tl.load(cp + _C_VAR).to(CT))
+    c_eps = tl.sqrt(tl.maximum(sp2 - sigma * sigma, 0.0))
+
+    # ---- the element work: full tiles without masks; with a ragged D, edge tiles masked in their own copy -------
+    if MASK == _SPLIT:
+        if (start >= 0) & (start + BLOCK <= D):
+            _tile_step(x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
+                       b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2, clip, guidance,
+                       seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow, CT, PRED, NOISE, VAR_MODE, MIX, K,
+                       KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG, WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC,
+                       ZNEG, False, BLOCK)
+        else:
+            _tile_step(x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
+                       b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2, clip, guidance,
+                       seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow, CT, PRED, NOISE, VAR_MODE, MIX, K,
+                       KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG, WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC,
+                       ZNEG, True, BLOCK)
+    else:
+        _tile_step(x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
+                       b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2, clip, guidance,
+                       seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow, CT, PRED, NOISE, VAR_MODE, MIX, K,
+                       KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG, WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC,
+                       ZNEG, MASK == _MASKED, BLOCK)
 
 
 @dataclass(frozen=True)
@@ -381,7 +408,7 @@ def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, of
     z_bs = noise.stride(0) if noise is not None else 0
     # vectors need every tensor's sample blocks to sit like out's (b·D) modulo a vector
     vec = all(s % align == D % align for s in (x.stride(0), m.stride(0), z_bs if noise is not None else D)) and \
-        (B * m.stride(0)) % align == 0
+        (a.guidance is None or (B * m.stride(0)) % align == 0)
     dummy = a.coef  # any valid pointer for arguments a constexpr switch leaves unread
     t_from_ptr = t_tensor is not None
     per_sample = t_from_ptr and t_tensor.numel() > 1
