@@ -18,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..coefficients import COL_ALPHA, PREV_RULES, TableCache, ddim_table
 from ..ops import ddim_step
-from .common import MixtureCache, check_kernel_options, one_of
+from .common import MixtureCache, check_int, check_kernel_options, one_of, op_generator
 
 _SPACINGS = ("leading", "trailing", "linspace")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
@@ -99,8 +99,14 @@ class GMMDDIMScheduler(DDIMScheduler):
         one_of("prediction_type", prediction_type, _PREDICTIONS)
         one_of("timestep_spacing", timestep_spacing, _SPACINGS)
         one_of("prev_timestep_rule", prev_timestep_rule, PREV_RULES)
-        check_kernel_options(kernel, noise_source, gmm_components, gmm_scale, gmm_offsets, gmm_variance, gmm_priors,
-                             gmm_dtype)
+        check_kernel_options(kernel=kernel, noise_source=noise_source, gmm_components=gmm_components,
+                             gmm_scale=gmm_scale, gmm_offsets=gmm_offsets, gmm_variance=gmm_variance,
+                             gmm_shared=gmm_shared, gmm_priors=gmm_priors, gmm_seed=gmm_seed, gmm_dtype=gmm_dtype,
+                             gmm_clip_variance=gmm_clip_variance, gmm_offset_final=gmm_offset_final)
+        check_int("steps_offset", steps_offset)
+        if not 0 <= steps_offset < num_train_timesteps:
+            raise ValueError(f"steps_offset must be in [0, num_train_timesteps={num_train_timesteps}), "
+                             f"got {steps_offset}")
         super().__init__(
             num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
             beta_schedule=beta_schedule, trained_betas=trained_betas, clip_sample=clip_sample,
@@ -125,6 +131,11 @@ class GMMDDIMScheduler(DDIMScheduler):
         if not 1 <= num_inference_steps <= T:
             raise ValueError(f"num_inference_steps must be in [1, {T}] (num_train_timesteps), got {num_inference_steps}")
         super().set_timesteps(int(num_inference_steps), device=device)
+        last = int(self.timesteps.max())
+        if last >= T:  # only "leading" spacing adds steps_offset
+            off = self.config.steps_offset
+            raise ValueError(f"steps_offset={off} puts the schedule's first timestep at {last} >= num_train_timesteps="
+                             f"{T} with {num_inference_steps} steps; use steps_offset <= {off - (last - T + 1)}")
         host = ddim_table(self.alphas_cumprod, float(self.final_alpha_cumprod), T, self.timesteps.cpu(),
                           self.config.prev_timestep_rule)
         self._table = TableCache(host)
@@ -158,7 +169,9 @@ class GMMDDIMScheduler(DDIMScheduler):
             sample: x_t, with the same shape, dtype and device as ``model_output``.
             eta: the weight η of the DDIM noise (0: deterministic DDIM; 1: DDPM-like).
             use_clipped_model_output: re-derive ε̂ from the clipped x̂₀.
-            generator: source of the step's randomness (the Philox seed, or diffusers' noise).
+            generator: source of the step's randomness (the Philox seed, or diffusers' noise). A list (one per
+                sample) draws each sample's noise from its own generator, as diffusers does, and the mixture's
+                component seed from the first generator of the list.
             variance_noise: explicit standard-normal noise, as in diffusers (exclusive with ``generator``).
             return_dict: return a ``DDIMSchedulerOutput`` rather than a tuple.
         """
@@ -186,8 +199,7 @@ class GMMDDIMScheduler(DDIMScheduler):
             clip_sample_range=cfg.clip_sample_range if (cfg.clip_sample and not cfg.thresholding) else None,
             thresholding=(cfg.dynamic_thresholding_ratio, cfg.sample_max_value) if cfg.thresholding else None,
             use_clipped_model_output=bool(use_clipped_model_output), noise=noise,
-            generator=generator if not isinstance(generator, list) else None,
-            mixture=mixture, offset_final=cfg.gmm_offset_final,
+            generator=op_generator(generator), mixture=mixture, offset_final=cfg.gmm_offset_final,
         )
         if not return_dict:
             return prev, x0

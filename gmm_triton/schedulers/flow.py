@@ -21,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..coefficients import TableCache, flow_table
 from ..ops import ddim_step
-from .common import MixtureCache, check_kernel_options
+from .common import MixtureCache, check_kernel_options, check_number, op_generator
 
 
 class GMMFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
@@ -106,8 +106,11 @@ class GMMFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         gmm_offset_final: bool = False,
         gmm_dtype: Literal["float32", "bfloat16"] = "float32",
     ):
-        check_kernel_options(kernel, noise_source, gmm_components, gmm_scale, gmm_offsets, gmm_variance, gmm_priors,
-                             gmm_dtype)
+        check_kernel_options(kernel=kernel, noise_source=noise_source, gmm_components=gmm_components,
+                             gmm_scale=gmm_scale, gmm_offsets=gmm_offsets, gmm_variance=gmm_variance,
+                             gmm_shared=gmm_shared, gmm_priors=gmm_priors, gmm_seed=gmm_seed, gmm_dtype=gmm_dtype,
+                             gmm_clip_variance=gmm_clip_variance, gmm_offset_final=gmm_offset_final)
+        check_number("eta", eta)
         if not 0.0 <= float(eta) <= 1.0:  # σ = η s ≤ s keeps √(s² − σ²) real
             raise ValueError(f"eta must be in [0, 1] for a flow (σ = eta·s cannot exceed s), got {eta}")
         if stochastic_sampling and float(eta) not in (0.0, 1.0):
@@ -179,7 +182,9 @@ class GMMFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
             sample: x_t, the same shape and device as ``model_output`` (any floating dtype: both are promoted to
                 the wider one for the step).
             s_churn, s_tmin, s_tmax, s_noise: accepted for diffusers compatibility and ignored (as diffusers does).
-            generator: source of the step's randomness (the Philox seed, diffusers' noise, the component draw).
+            generator: source of the step's randomness (the Philox seed, diffusers' noise, the component draw). A
+                list (one per sample) draws each sample's noise from its own generator, as diffusers does, and the
+                mixture's component seed from the first generator of the list.
             per_token_timesteps: per-token timesteps; only with ``kernel="gaussian"`` and ``eta=0``, through
                 diffusers' own step (its output is then float32, as diffusers returns it).
             return_dict: return a ``FlowMatchEulerDiscreteSchedulerOutput`` rather than a tuple.
@@ -221,7 +226,7 @@ class GMMFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         mixture = self._mixture(x, eta) if cfg.kernel == "gmm" else None
         prev, _ = ddim_step(
             x, v, row, self._table.on(x.device), prediction_type="flow", eta=eta, noise=noise,
-            generator=generator if not isinstance(generator, list) else None, mixture=mixture,
+            generator=op_generator(generator), mixture=mixture,
             offset_final=cfg.gmm_offset_final, return_pred_original=False,
         )
         self._step_index += 1
