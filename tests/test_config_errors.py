@@ -1,8 +1,11 @@
-"""Bad scheduler config is rejected at construction; each error names its key."""
+"""Bad scheduler config is rejected at construction, and bad command lines by argparse; each error names its key."""
+import re
+import sys
+
 import pytest
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-from gmm_triton import GMMDDIMScheduler, GMMFlowMatchScheduler
+from gmm_triton import GMMDDIMScheduler, GMMFlowMatchScheduler, cli
 
 SCHEDULERS = [GMMDDIMScheduler, GMMFlowMatchScheduler]
 
@@ -74,3 +77,62 @@ def test_valid_configs_still_load():
     f = GMMFlowMatchScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=3.0).config, kernel="gmm", eta=1,
                                           gmm_priors="random")
     assert f.config.eta == 1 and f.config.shift == 3.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_work(monkeypatch):
+    """Every command's work replaced by a failure: a bad command line must stop before any of it."""
+    from gmm_triton import bench, demo
+
+    def started(*a, **k):
+        raise AssertionError("the command started working")
+
+    for mod, name in ((demo, "run_demo"), (demo, "run_eval"), (bench, "main"), (cli, "run_sample")):
+        monkeypatch.setattr(mod, name, started)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["demo", "--samples", "0"], "--samples: must be a positive integer, got '0'"),
+    (["demo", "--steps", "0"], "--steps: must be a positive integer, got '0'"),
+    (["demo", "--scale", "-1"], "--scale: must be a finite number >= 0, got '-1'"),
+    (["demo", "--scale", "nan"], "--scale: must be a finite number >= 0, got 'nan'"),
+    (["demo", "--seeds", "0,x"], "--seeds: must be comma-separated integers >= 0, got '0,x'"),
+    (["eval", "--families", "ddim,foo"], "--families: must be comma-separated names from ddim, flow, got 'ddim,foo'"),
+    (["eval", "--steps", "5,0"], "--steps: must be comma-separated positive integers, got '5,0'"),
+    (["eval", "--etas", "0,1.5"], r"--etas: must be comma-separated numbers in \[0, 1\], got '0,1.5'"),
+    (["eval", "--scales", ""], "--scales: must be comma-separated finite numbers >= 0, got ''"),
+    (["eval", "--samples", "-3"], "--samples: must be a positive integer, got '-3'"),
+    (["sample", "--pipeline", "p", "--steps", "0"], "--steps: must be a positive integer"),
+    (["sample", "--pipeline", "p", "--gmm-scale", "-2"], "--gmm-scale: must be a finite number >= 0"),
+    (["sample", "--pipeline", "p", "--num-images", "0"], "--num-images: must be a positive integer"),
+    (["sample", "--pipeline", "p", "--gmm-components", "0"], "--gmm-components: must be a positive integer"),
+])
+def test_bad_command_lines_are_usage_errors(argv, match, capsys, no_work):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv,missing", [(["demo", "--quick"], "matplotlib"), (["demo"], "sklearn"),
+                                          (["eval"], "matplotlib"), (["bench", "--quick"], "matplotlib"),
+                                          (["bench", "--quick"], "sklearn")])
+def test_missing_optional_dependency_is_named_before_any_work(argv, missing, monkeypatch, capsys, no_work):
+    monkeypatch.setitem(sys.modules, missing, None)  # what `import` and find_spec see for an absent package
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert missing.replace("sklearn", "scikit-learn") in err and 'pip install "gmm-triton[demo]"' in err
+
+
+def test_bench_without_end_to_end_does_not_need_scikit_learn(monkeypatch):
+    from gmm_triton import bench
+
+    ran = []
+    monkeypatch.setattr(bench, "main", lambda args: ran.append(args.no_e2e) or 0)
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # the end-to-end loops are what use the digits data
+    assert cli.main(["bench", "--quick", "--no-e2e"]) == 0 and ran == [True]
