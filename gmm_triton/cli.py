@@ -7,6 +7,8 @@ import math
 import os
 import sys
 
+from . import bench
+
 # what `pip install "gmm-triton[demo]"` adds, by import name: plots (demo, eval, bench) and the digits data set
 # that the oracle samplers use (demo, eval, bench's end-to-end loops)
 DEMO_EXTRAS = {"matplotlib": "matplotlib", "sklearn": "scikit-learn"}
@@ -48,14 +50,14 @@ _scales = _values(float, lambda v: math.isfinite(v) and v >= 0, "finite numbers 
 _families = _values(str, lambda v: v in ("ddim", "flow"), "names from ddim, flow")
 
 
-def _require_extras(parser, modules) -> None:
+def _require_extras(parser, command, modules) -> None:
     """Fails at once, before any sampling, when an optional dependency is missing (a lookup, no import)."""
     missing = [DEMO_EXTRAS[m] for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        parser.error(f"needs {' and '.join(missing)}, not installed: pip install \"gmm-triton[demo]\"")
+        parser.error(f"{command} needs {' and '.join(missing)}, not installed: pip install \"gmm-triton[demo]\"")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gmm-triton", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -88,7 +90,8 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     s.add_argument("--kernel", default="gmm", choices=["gaussian", "gmm"])
-    s.add_argument("--gmm-scale", type=_scale, default=1.0)
+    s.add_argument("--gmm-scale", type=_scale, default=0.3,
+                   help="offset scale s (GMMDDIMScheduler's default and its evidence: see its gmm_scale)")
     s.add_argument("--gmm-components", type=_positive_int, default=8)
     s.add_argument("--gmm-offsets", default="ortho", choices=["ortho", "rand"])
     s.add_argument("--gmm-variance", default="vub", choices=["diag", "vub", "exact"])
@@ -96,16 +99,17 @@ def main(argv=None) -> int:
     s.add_argument("--gmm-clip-variance", action=argparse.BooleanOptionalAction, default=True)
     s.add_argument("--noise-source", default="philox", choices=["philox", "torch"])
 
-    b = sub.add_parser("bench", help="kernel throughput and step latency vs diffusers and torch.compile")
-    from . import bench
+    bench.add_arguments(sub.add_parser("bench", help="kernel throughput and step latency vs diffusers and torch.compile"))
+    return p
 
-    bench.add_arguments(b)
 
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.cmd in ("demo", "eval"):
-        _require_extras(d if args.cmd == "demo" else e, DEMO_EXTRAS)
+        _require_extras(p, args.cmd, DEMO_EXTRAS)
     elif args.cmd == "bench":
-        _require_extras(b, ("matplotlib",) if args.no_e2e else DEMO_EXTRAS)
+        _require_extras(p, args.cmd, ("matplotlib",) if args.no_e2e else DEMO_EXTRAS)
     if args.cmd == "demo":
         from .demo import run_demo
 

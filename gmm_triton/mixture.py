@@ -152,7 +152,7 @@ def build_mixture(
     num_steps: int,
     *,
     components: int = 8,
-    scale: float = 1.0,
+    scale: float = 0.3,
     offsets: str = "ortho",
     variance: str = "vub",
     shared: bool = False,
@@ -160,13 +160,15 @@ def build_mixture(
     seed: int = 0,
     device=None,
     dtype: torch.dtype = torch.float32,
-    clip_variance: bool = False,
+    clip_variance: bool = True,
 ) -> MixtureTensors:
     """Builds the mixture parameters for latents of D = ``dim`` elements and a ``num_steps``-step schedule.
 
     Deterministic in ``seed``; built on ``device`` (the latents' device: the only large work is one batched
     thin QR or normalisation of [S, D, K] and a few [S, K, D] passes); never forms a D×D matrix.
     ``dtype`` is the storage of the offsets and basis (float32, or bfloat16 to halve their traffic).
+    The defaults are the schedulers' (ORTHO-VUB, K = 8, s = 0.3, clipping as the paper does, so that η = 0
+    works); the measurements behind s = 0.3 are in ``GMMDDIMScheduler``'s docstring (``gmm_scale``).
     """
     from . import ops
 

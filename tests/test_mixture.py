@@ -280,6 +280,43 @@ def test_generator_list_seeds_the_mixture(eta):
     assert not torch.equal(a, run(10, seeds=(3, 2)))  # and it follows the generators
 
 
+def test_one_default_per_mixture_knob():
+    """The schedulers, build_mixture and `gmm-triton sample` default to one mixture: ORTHO-VUB, K = 8, s = 0.3,
+    clipped as the paper does (the measurements behind s = 0.3 are in GMMDDIMScheduler's docstring)."""
+    import inspect
+
+    from gmm_triton import GMMFlowMatchScheduler, cli
+
+    expected = dict(components=8, scale=0.3, offsets="ortho", variance="vub", clip_variance=True, shared=False,
+                    priors="uniform")
+    params = inspect.signature(build_mixture).parameters
+    assert {k: params[k].default for k in expected} == expected
+    for cls in (GMMDDIMScheduler, GMMFlowMatchScheduler):
+        config = cls().config
+        assert {k: config[f"gmm_{k}"] for k in expected} == expected, cls.__name__
+    args = vars(cli.build_parser().parse_args(["sample", "--pipeline", "p"]))
+    assert {k: args[f"gmm_{k}"] for k in expected if k != "priors"} == {k: v for k, v in expected.items()
+                                                                        if k != "priors"}
+
+
+@pytest.mark.parametrize("opts,scale", [(dict(gmm_scale=10.0, gmm_variance="vub", gmm_clip_variance=True), 10.0),
+                                        ({}, 0.3)], ids=["paper", "defaults"])
+def test_paper_settings_and_defaults_from_config(opts, scale):
+    """from_config with the paper's 10-step settings or the defaults: at η = 0 every step but the last lands at DDIM's
+    point plus one ORTHO offset, of norm s √(1 − 1/K); at η = 1 the VUB variances clip (s²/K > σ_t²) instead of
+    raising."""
+    base = DDIMScheduler(clip_sample=False).config
+    gmm, ddim = GMMDDIMScheduler.from_config(base, kernel="gmm", **opts), GMMDDIMScheduler.from_config(base)
+    assert gmm.config.gmm_scale == scale and gmm.config.gmm_variance == "vub" and gmm.config.gmm_clip_variance
+    for s in (gmm, ddim):
+        s.set_timesteps(10)
+    x = torch.randn(4, D)
+    for t in gmm.timesteps[:-1]:
+        shift = gmm.step(0.5 * x, t, x).prev_sample - ddim.step(0.5 * x, t, x).prev_sample
+        assert torch.allclose(shift.norm(dim=1), torch.full((4,), scale * math.sqrt(1 - 1 / 8)), rtol=1e-4), int(t)
+    assert torch.isfinite(gmm.step(0.5 * x, gmm.timesteps[0], x, eta=1.0).prev_sample).all()
+
+
 def test_scheduler_mixture_cache_rebuilt_after_set_timesteps():
     s = GMMDDIMScheduler(kernel="gmm", gmm_variance="diag", clip_sample=False)
     s.set_timesteps(10)
@@ -294,7 +331,7 @@ def test_scheduler_mixture_cache_rebuilt_after_set_timesteps():
 
 
 def test_scale_too_large_names_the_step_and_bound():
-    s = GMMDDIMScheduler(kernel="gmm", gmm_variance="vub", gmm_scale=10.0, clip_sample=False)
+    s = GMMDDIMScheduler(kernel="gmm", gmm_variance="vub", gmm_scale=10.0, gmm_clip_variance=False, clip_sample=False)
     s.set_timesteps(10)
     x = torch.randn(1, 64)
     with pytest.raises(ValueError, match=r"gmm_scale=10.0 is too large .*'vub'.* at step \d+ \(timestep \d+\).*bound: gmm_scale <= "):
