@@ -6,14 +6,18 @@ STAMP := $(VENV)/.gmm-triton-stamp
 HAS_CUDA = $(shell $(PY) -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null)
 TEST_ENV = HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.cache/inductor
 
-.PHONY: demo test bench clean contract
+.PHONY: demo test test-slow bench clean contract
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt tools/bootstrap.sh $(wildcard csrc/*.cpp csrc/*.h)
 	./tools/bootstrap.sh
 	@touch $@
 
+# `slow` tests (the > 2^31-element step, ~8.6 GB of RAM) run only in test-slow
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable
+	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m "not slow"
+
+test-slow: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m slow
 
 demo: $(STAMP)
 	$(TEST_ENV) $(PY) -m gmm_triton.cli demo

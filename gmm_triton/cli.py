@@ -2,76 +2,123 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import os
 import sys
 
-
-def _floats(s):
-    return tuple(float(v) for v in s.split(","))
-
-
-def _ints(s):
-    return tuple(int(v) for v in s.split(","))
+# what `pip install "gmm-triton[demo]"` adds, by import name: plots (demo, eval, bench) and the digits data set
+# that the oracle samplers use (demo, eval, bench's end-to-end loops)
+DEMO_EXTRAS = {"matplotlib": "matplotlib", "sklearn": "scikit-learn"}
 
 
-def main(argv=None) -> int:
+def _value(convert, ok, what):
+    """An argparse type: ``convert(text)`` that must satisfy ``ok``, else a usage error saying ``what`` it must be."""
+    def parse(text):
+        try:
+            v = convert(text)
+        except ValueError:
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return v
+    return parse
+
+
+def _values(convert, ok, what):
+    """A comma-separated list of such values, ``what`` in the plural."""
+    one = _value(convert, ok, what)
+
+    def parse(text):
+        try:
+            return tuple(one(v.strip()) for v in text.split(","))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"must be comma-separated {what}, got {text!r}") from None
+    return parse
+
+
+_positive_int = _value(int, lambda v: v >= 1, "a positive integer")
+_seed = _value(int, lambda v: v >= 0, "an integer >= 0")
+_scale = _value(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+_eta = _value(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_seeds = _values(int, lambda v: v >= 0, "integers >= 0")
+_steps_list = _values(int, lambda v: v >= 1, "positive integers")
+_etas = _values(float, lambda v: 0 <= v <= 1, "numbers in [0, 1]")
+_scales = _values(float, lambda v: math.isfinite(v) and v >= 0, "finite numbers >= 0")
+_families = _values(str, lambda v: v in ("ddim", "flow"), "names from ddim, flow")
+
+
+def _missing_extras(argv) -> tuple:
+    """(command, missing packages) for the command in ``argv``: a lookup, no import, before torch is imported."""
+    cmd = next((a for a in argv if not a.startswith("-")), None)
+    if cmd not in ("demo", "eval", "bench") or "-h" in argv or "--help" in argv:
+        return cmd, []
+    modules = ("matplotlib",) if cmd == "bench" and "--no-e2e" in argv else DEMO_EXTRAS
+    return cmd, [DEMO_EXTRAS[m] for m in modules if importlib.util.find_spec(m) is None]
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gmm-triton", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("demo", help="DDIM vs DDIM-GMM on the embedded oracle (digits): table, grid, steps plot")
     d.add_argument("--out", default="gmm_triton_out/demo")
     d.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    d.add_argument("--samples", type=int, default=2000, help="samples per sampler and seed")
-    d.add_argument("--steps", type=int, default=10)
-    d.add_argument("--scale", type=float, default=0.3, help="gmm_scale s of the mixture samplers")
-    d.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="comma-separated sampling seeds")
+    d.add_argument("--samples", type=_positive_int, default=2000, help="samples per sampler and seed")
+    d.add_argument("--steps", type=_positive_int, default=10)
+    d.add_argument("--scale", type=_scale, default=0.3, help="gmm_scale s of the mixture samplers")
+    d.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated sampling seeds")
     d.add_argument("--quick", action="store_true", help="a tiny configuration (tests, smoke runs)")
 
     e = sub.add_parser("eval", help="full sweep steps × η × sampler × scale (CSV + plots; resumable)")
     e.add_argument("--out", default="gmm_triton_out/eval")
     e.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    e.add_argument("--steps", type=_ints, default=(5, 10, 20, 50))
-    e.add_argument("--etas", type=_floats, default=(0.0, 0.5, 1.0))
-    e.add_argument("--scales", type=_floats, default=(0.1, 0.3, 1.0, 3.0))
-    e.add_argument("--samples", type=int, default=2000)
-    e.add_argument("--seeds", type=_ints, default=(0, 1))
-    e.add_argument("--families", default="ddim", help="comma-separated: ddim,flow")
+    e.add_argument("--steps", type=_steps_list, default=(5, 10, 20, 50))
+    e.add_argument("--etas", type=_etas, default=(0.0, 0.5, 1.0))
+    e.add_argument("--scales", type=_scales, default=(0.1, 0.3, 1.0, 3.0))
+    e.add_argument("--samples", type=_positive_int, default=2000)
+    e.add_argument("--seeds", type=_seeds, default=(0, 1))
+    e.add_argument("--families", type=_families, default=("ddim",), help="comma-separated: ddim,flow")
 
     s = sub.add_parser("sample", help="run a local diffusers pipeline with our scheduler and save images")
     s.add_argument("--pipeline", required=True, help="a local pipeline folder (or a cached hub id)")
     s.add_argument("--out", default="gmm_triton_out/samples")
     s.add_argument("--prompt", default=None, help="for text-conditioned pipelines")
-    s.add_argument("--steps", type=int, default=10)
-    s.add_argument("--eta", type=float, default=0.0)
-    s.add_argument("--num-images", type=int, default=4)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=_positive_int, default=10)
+    s.add_argument("--eta", type=_eta, default=0.0)
+    s.add_argument("--num-images", type=_positive_int, default=4)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     s.add_argument("--kernel", default="gmm", choices=["gaussian", "gmm"])
-    s.add_argument("--gmm-scale", type=float, default=1.0)
-    s.add_argument("--gmm-components", type=int, default=8)
+    s.add_argument("--gmm-scale", type=_scale, default=0.3,
+                   help="offset scale s (GMMDDIMScheduler's default and its evidence: see its gmm_scale)")
+    s.add_argument("--gmm-components", type=_positive_int, default=8)
     s.add_argument("--gmm-offsets", default="ortho", choices=["ortho", "rand"])
     s.add_argument("--gmm-variance", default="vub", choices=["diag", "vub", "exact"])
     s.add_argument("--gmm-shared", action="store_true")
     s.add_argument("--gmm-clip-variance", action=argparse.BooleanOptionalAction, default=True)
     s.add_argument("--noise-source", default="philox", choices=["philox", "torch"])
 
-    g = sub.add_parser("generate", help="N samples of the oracle or a pipeline, sharded over torchrun processes, "
-                                        "resumable, the same bytes for any process count and batch size")
-    from . import generate
+    from . import bench, generate, inspect
 
-    generate.add_arguments(g)
+    generate.add_arguments(sub.add_parser(
+        "generate", help="N samples of the oracle or a pipeline, sharded over torchrun processes, resumable, the same "
+                         "bytes for any process count and batch size"))
+    bench.add_arguments(sub.add_parser("bench", help="kernel throughput and step latency vs diffusers and torch.compile"))
+    inspect.add_arguments(sub.add_parser(
+        "inspect", help="compile every kernel specialisation for sm_80/sm_90a/sm_100a (no GPU needed): registers, "
+                        "spills, access widths, SASS per element, predicted bandwidth"))
+    return p
 
-    b = sub.add_parser("bench", help="kernel throughput and step latency vs diffusers and torch.compile")
-    from . import bench
 
-    bench.add_arguments(b)
-
-    i = sub.add_parser("inspect", help="compile every kernel specialisation for sm_80/sm_90a/sm_100a (no GPU needed): "
-                                       "registers, spills, access widths, SASS per element, predicted bandwidth")
-    from . import inspect as inspect_cmd
-
-    inspect_cmd.add_arguments(i)
-
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cmd, missing = _missing_extras(argv)
+    if missing:  # in well under a second: gmm_triton's import is lazy and nothing heavy is loaded yet
+        print(f"usage: gmm-triton {cmd} ...\ngmm-triton {cmd}: error: {cmd} needs {' and '.join(missing)}, not "
+              f"installed: pip install \"gmm-triton[demo]\"", file=sys.stderr)
+        raise SystemExit(2)
+    p = build_parser()
     args = p.parse_args(argv)
     if args.cmd == "demo":
         from .demo import run_demo
@@ -82,25 +129,31 @@ def main(argv=None) -> int:
         from .demo import run_eval
 
         run_eval(args.out, device=args.device, steps=args.steps, etas=args.etas, scales=args.scales,
-                 n=args.samples, seeds=args.seeds, families=tuple(args.families.split(",")))
+                 n=args.samples, seeds=args.seeds, families=args.families)
     elif args.cmd == "sample":
         return run_sample(args)
     elif args.cmd == "generate":
+        from . import generate
+
         try:
             generate.run(args)
         except generate.GenerateError as e:
             print(f"gmm-triton generate: error: {e}", file=sys.stderr)
             return 2
     elif args.cmd == "inspect":
-        return inspect_cmd.main(args)
+        from . import inspect
+
+        return inspect.main(args)
     else:
+        from . import bench
+
         return bench.main(args)
     return 0
 
 
 def run_sample(args) -> int:
     """Loads a diffusers pipeline, swaps in our scheduler (DDIM-family or flow-matching), saves PNGs."""
-    import inspect
+    import inspect as pyinspect
 
     import torch
     from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
@@ -114,7 +167,7 @@ def run_sample(args) -> int:
                 gmm_shared=args.gmm_shared, gmm_clip_variance=args.gmm_clip_variance)
     call = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed),
                 output_type="pil")
-    params = inspect.signature(pipe.__call__).parameters
+    params = pyinspect.signature(pipe.__call__).parameters
     if isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
         from .schedulers.flow import GMMFlowMatchScheduler
 

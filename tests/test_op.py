@@ -255,6 +255,7 @@ def test_compile_fullgraph_scheduler_loop():
     assert torch.allclose(loop(x), torch.compile(loop, fullgraph=True)(x), atol=1e-6)
 
 
+@pytest.mark.slow  # peaks at ~8.6 GB of RAM: `make test-slow`
 def test_large_index_beyond_2_31(table):
     """B·D > 2³¹: int64 offsets and 64-bit Philox counters (C++ twin; the Triton kernel is checked on the GPU).
 
