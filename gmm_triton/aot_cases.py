@@ -49,6 +49,7 @@ class Step:
     mixture_dtype: torch.dtype = torch.float32
     offset_final: bool = False
     sample_offset: str = "none"              # "none", "host" (an int), "device" (an int64 tensor)
+    components: int = 8                      # the mixture's K
     layout: str = "contiguous"               # "channels_last"; "row_view": rows of a wider [B, D + 3] buffer
 
     @property
@@ -62,7 +63,7 @@ class Step:
         """DRAM floor per element, as benchmarks/RESULTS.md counts it."""
         e = torch.empty((), dtype=self.dtype).element_size()
         z = torch.empty((), dtype=self.noise).element_size() if self.noise is not None else 0
-        kp, mix = 8, torch.empty((), dtype=self.mixture_dtype).element_size()
+        kp, mix = 1 << (self.components - 1).bit_length(), torch.empty((), dtype=self.mixture_dtype).element_size()
         basis = kp * mix / self.batch  # the step's basis rows, read by every sample of the batch
         # the exact mode's Philox noise is drawn once, by the projection pass, which writes it (fp32) for the step
         if self.mixture == "exact" and self.noise is None and self.eta > 0:
@@ -89,7 +90,7 @@ def _mixture(s: Step):
 
     # Built for real on the CPU (once per case), then seen as CUDA tensors of the same layout. build_mixture
     # cannot run on fake CUDA tensors in a CPU-only torch (it copies host tensors to the device).
-    return build_mixture(s.D, 4, components=8, scale=0.1, offsets="rand", variance=s.mixture, shared=s.shared,
+    return build_mixture(s.D, 4, components=s.components, scale=0.1, offsets="rand", variance=s.mixture, shared=s.shared,
                          seed=1, dtype=s.mixture_dtype, clip_variance=True)
 
 
@@ -163,6 +164,7 @@ def ddim_step_cases() -> list[aot.Case]:
                                                           timestep="per_sample")),
         ("gmm-exact-fp16-eps-noise-shared", Step(h, shape=mix_shape, noise=h, mixture="exact", shared=True,
                                                  x0=False)),
+        ("gmm-exact-bf16-eps-philox-k16-x0", Step(b, shape=mix_shape, mixture="exact", components=16)),
     ]]
     return cases
 

@@ -3,9 +3,10 @@
 DDIM's reverse kernel N(μ_t, σ_t² I) is replaced by a mixture with the same first two moments (Eq. 7, 8):
 
     q(x_{t-1} | x_t, x̂₀) = Σ_k π_k N(μ_t + δ_k, σ_t² I − Δ_k),   Σ_k π_k δ_k = 0,
-    Δ_k = C / (K π_k),   C = Σ_l π_l δ_l δ_lᵀ                       (Eq. 11, the second form of Eq. 8)
+    Δ_k = C / (K₊ π_k),   C = Σ_l π_l δ_l δ_lᵀ                      (Eq. 11, the second form of Eq. 8)
 
-so that Σ_k π_k (σ_t² I − Δ_k) + Σ_k π_k δ_k δ_kᵀ = σ_t² I. The offsets δ_k are random full-size vectors
+so that Σ_k π_k (σ_t² I − Δ_k) + Σ_k π_k δ_k δ_kᵀ = σ_t² I; K₊ is the number of components with π_k > 0 (K when
+all priors are positive: the paper's K π_k), since only those are ever drawn. The offsets δ_k are random full-size vectors
 drawn once from a seed, shared by all samples (a [S, K, D] table, S = steps or 1 for the step-shared
 ``*`` variant); the component k is drawn per sample per step inside the fused op.
 
@@ -16,14 +17,14 @@ same seed gives the same table on every device, bit for bit: it is built on the 
                       With uniform priors the δ_k are a randomly rotated regular simplex:
                       ‖δ_k‖ = s √(1 − 1/K), ⟨δ_k, δ_l⟩ = −s²/K, and C has K−1 eigenvalues s²/K.
 Variances of component k in dimension d (each clipped at 0):
-    "diag"  (Eq. 11, diagonal approximation):  σ_t² − diag(C)_d / (K π_k)
+    "diag"  (Eq. 11, diagonal approximation):  σ_t² − diag(C)_d / (K₊ π_k)
     "vub"   (App. A.2, ORTHO-VUB): σ_t² − ub_k[d] on the first K flattened coordinates, σ_t² elsewhere, with
-            Golub's eigenvalue upper bounds ub_k = s²/(K π_k) · (π₍₁₎, π₍₁₎, π₍₂₎, …, π₍K−1₎), π sorted
+            Golub's eigenvalue upper bounds ub_k = s²/(K₊ π_k) · (π₍₁₎, π₍₁₎, π₍₂₎, …, π₍K−1₎), π sorted
             descending (s²/K for every coordinate with uniform priors). The bounds hold for ORTHO offsets;
             with RAND they are the same numbers, an approximation.
-    "exact" (beyond the paper): z ~ N(0, σ_t² I − Δ_k) drawn exactly as σ z + Qᵀ((√(σ_t² − λ/(K π_k)) − σ) ⊙ Q z),
+    "exact" (beyond the paper): z ~ N(0, σ_t² I − Δ_k) drawn exactly as σ z + Qᵀ((√(σ_t² − λ/(K₊ π_k)) − σ) ⊙ Q z),
             Q an orthonormal basis of span{δ} and λ the eigenvalues of C on it, so the mixture's covariance is
-            exactly σ_t² I. Needs λ_max/(K π_k) ≤ σ_t² at every step where the mixture applies.
+            exactly σ_t² I. Needs λ_max/(K₊ π_k) ≤ σ_t² at every step where the mixture applies.
 
 Where σ_t² is smaller than what a mode subtracts, "diag" clips (the paper's behaviour, A.5); "vub" raises
 unless ``clip_variance=True`` (the paper's η = 0 ORTHO-VUB setting needs that); "exact" always raises.
@@ -31,6 +32,7 @@ unless ``clip_variance=True`` (the paper's η = 0 ORTHO-VUB setting needs that);
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -48,7 +50,7 @@ class MixtureTensors:
     """The mixture as the fused op reads it. Build it with :func:`build_mixture`.
 
     delta [S, K, D]: offsets δ (fp32 or bf16); cdf [KP]: cumulative priors padded with 1.0 to a power of
-    two; component_weight [KP]: 1/(K π_k) (0 where π_k = 0 and in the padding); var_table: "diag" [S, D]
+    two; component_weight [KP]: 1/(K₊ π_k) (0 where π_k = 0 and in the padding); var_table: "diag" [S, D]
     = diag(C), "vub" [K, K] = ub_k; basis [S, KP, D] / eigvals [S, KP]: "exact" only.
     """
 
@@ -177,7 +179,7 @@ def resolve_priors(priors, K: int, seed: int) -> torch.Tensor:
         if priors == "uniform":
             return torch.full((K,), 1.0 / K, dtype=torch.float64)
         if priors == "random":
-            g = torch.Generator().manual_seed(int(seed) + 1)
+            g = torch.Generator().manual_seed((int(seed) + 1) % 2**64)
             e = -torch.log1p(-torch.rand(K, generator=g, dtype=torch.float64))  # Exp(1) spacings
             return e / e.sum()
         raise ValueError(f"gmm_priors must be one of {PRIORS} or a sequence of K probabilities, got {priors!r}")
@@ -215,6 +217,13 @@ def build_mixture(
     The defaults are the schedulers' (ORTHO-VUB, K = 8, s = 0.3, clipping as the paper does, so that η = 0
     works); the measurements behind s = 0.3 are in ``GMMDDIMScheduler``'s docstring (``gmm_scale``).
     """
+    for name, v in (("dim", dim), ("num_steps", num_steps), ("components", components), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {v!r}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a number, got {scale!r}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     K, D = int(components), int(dim)
     if K < 1:
         raise ValueError(f"gmm_components must be >= 1, got {K}")
@@ -249,8 +258,11 @@ def build_mixture(
     cdf64[last:] = 1.0          # no component after the last positive prior can be drawn
     cdf = torch.ones(kp, dtype=torch.float32)
     cdf[:K] = cdf64.float()
+    # Δ_k = C / (K₊ π_k) over the K₊ components with π_k > 0, so that Σ_k π_k Δ_k = C (with K in place of K₊, zero
+    # priors would leave (K₊/K) C uncompensated); the other components are never drawn
+    kpos = int((pri64 > 0).sum())
     w = torch.zeros(kp, dtype=torch.float64)
-    w[:K] = torch.where(pri64 > 0, 1.0 / (K * pri64.clamp_min(1e-300)), torch.zeros_like(pri64))
+    w[:K] = torch.where(pri64 > 0, 1.0 / (kpos * pri64.clamp_min(1e-300)), torch.zeros_like(pri64))
     wmax = float(w.max())
 
     var_table = basis = eig = None

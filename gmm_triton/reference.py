@@ -266,7 +266,7 @@ def _mixture_terms(mix, crow, srow, seed, sample_offset, B, D, z, offset_final, 
     k = torch.from_numpy(choose_components(seed, B, mix.cdf.cpu().numpy(), sample_offset)).long()
     apply = (crow[:, COL_FINAL] == 0) | offset_final
     delta = mix.delta.double().cpu()[srow, k] * apply[:, None]
-    w = mix.component_weight.double().cpu()[k]                       # 1 / (K π_k)
+    w = mix.component_weight.double().cpu()[k]                       # 1 / (K₊ π_k)
     mode = mix.variance_mode
 
     def noise_fn(sigma):

@@ -68,6 +68,14 @@ def seed_from_generators(generator, device=None) -> Tensor:
     return draw_seed(generator, device)
 
 
+def _key(seed) -> int:
+    """A seed's 64 bits as the int64 the kernels' ``seed`` argument takes (values ≥ 2⁶³ wrap to negative)."""
+    s = int(seed)
+    if not -(1 << 63) <= s < _U64:
+        raise ValueError(f"seed must be in [0, 2**64) (or an int64), got {s}")
+    return s - _U64 if s >= 1 << 63 else s
+
+
 def philox_normal(shape: Sequence[int], *, seed: int, stream: int, device=None,
                   dtype: torch.dtype = torch.float32, start: int = 0) -> Tensor:
     """Standard normals of Philox ``stream`` under ``seed`` for flat indices start.. of ``shape`` (reference.py)."""
@@ -78,13 +86,13 @@ def philox_normal(shape: Sequence[int], *, seed: int, stream: int, device=None,
         if backend == "triton":
             from .kernels.philox import normal_fill
 
-            normal_fill(out, int(seed), int(stream), int(start))
+            normal_fill(out, _key(seed), int(stream), int(start))
         elif backend == "cpp":
-            torch.ops.gmm_triton_cpp.philox_normal_(out, int(seed), int(stream), int(start))
+            torch.ops.gmm_triton_cpp.philox_normal_(out, _key(seed), int(stream), int(start))
         else:
             from .reference import philox_normal as ref
 
-            out.copy_(torch.from_numpy(ref(int(seed), out.numel(), int(stream), int(start))).reshape(out.shape))
+            out.copy_(torch.from_numpy(ref(_key(seed), out.numel(), int(stream), int(start))).reshape(out.shape))
     return out.to(dtype)
 
 
@@ -96,13 +104,13 @@ def philox_words(n: int, *, seed: int, stream: int, start: int = 0, device=None)
     if backend == "triton":
         from .kernels.philox import philox_words as words
 
-        return words(out, int(seed), int(stream), int(start))
+        return words(out, _key(seed), int(stream), int(start))
     if backend == "reference":
         from .reference import philox4x32
 
-        w = philox4x32(int(seed), np.arange(start, start + n, dtype=np.uint64), int(stream))
+        w = philox4x32(_key(seed), np.arange(start, start + n, dtype=np.uint64), int(stream))
         return out.copy_(torch.from_numpy(np.stack(w, 1).view(np.int32)))
-    torch.ops.gmm_triton_cpp.philox_words_(out, int(seed), int(stream), int(start))
+    torch.ops.gmm_triton_cpp.philox_words_(out, _key(seed), int(stream), int(start))
     return out
 
 

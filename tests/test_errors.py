@@ -218,3 +218,26 @@ def test_kernels_guard_the_mixture_step_table(tab50, backend):
             clip=None, clipped_eps=False, guidance=None, offset_final=False, write_x0=True, noise_mode=1,
             layout=None, B=2, D=64))
     assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all() and torch.isnan(x0[1]).all()
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(components=2.7), TypeError, "components must be an int"), (dict(components=True), TypeError, "components"),
+    (dict(seed=-1), ValueError, r"seed must be in \[0, 2\*\*64\)"), (dict(seed=2**64), ValueError, "seed must be"),
+    (dict(seed="abc"), TypeError, "seed must be an int"), (dict(scale="1"), TypeError, "scale must be a number"),
+    (dict(num_steps=0), ValueError, "num_steps must be >= 1"),
+])
+def test_build_mixture_argument_values(kwargs, err, match):
+    from gmm_triton import build_mixture
+
+    args = dict(dim=16, num_steps=4, components=2)
+    args.update(kwargs)
+    with pytest.raises(err, match=match):
+        build_mixture(args.pop("dim"), args.pop("num_steps"), **args)
+
+
+def test_build_mixture_takes_64_bit_seeds():
+    from gmm_triton import build_mixture
+
+    a = build_mixture(16, 2, components=2, seed=2**64 - 1)
+    b = build_mixture(16, 2, components=2, seed=2**63)
+    assert torch.isfinite(a.delta).all() and not torch.equal(a.delta, b.delta)

@@ -196,23 +196,29 @@ def test_mean_and_per_dimension_variance(sched_table, variance, priors):
         assert ((var - sigma2).abs() / (sigma2 * math.sqrt(2 / N_MC))).max() < 5
 
 
-def test_exact_covariance_equals_ddim(sched_table):
+@pytest.mark.parametrize("priors", ["uniform", [0.5, 0.0, 0.25, 0.0, 0.25, 0.0]], ids=["uniform", "zero-priors"])
+def test_exact_covariance_equals_ddim(sched_table, priors):
+    """With zero priors among the K, the component weights must be 1/(K₊ π_k), K₊ the positive ones: 1/(K π_k)
+    made Σ_k π_k Δ_k = (K₊/K) C and left the span's variance at ~1.4 σ² for these priors."""
     _, table = sched_table
     row, eta, K = 500, 1.0, 6
     sigma2 = _sigma2(table, row, eta)
-    scale = 0.95 * math.sqrt(K * sigma2)  # s²/K < σ², the exact mode's condition
-    mix = build_mixture(D, 10, components=K, scale=scale, variance="exact", priors="uniform", seed=9)
+    kpos = K if priors == "uniform" else 3
+    scale = 0.95 * math.sqrt(kpos * sigma2) * (1.0 if priors == "uniform" else 0.5)  # within the exact condition
+    mix = build_mixture(D, 10, components=K, scale=scale, variance="exact", priors=priors, seed=9)
     out, mu = _draws(table, mix, eta, row)
     centred = out - mu
     S = int(table[row, 6])
     g = torch.Generator().manual_seed(0)
     rand_dirs = torch.randn(8, D, generator=g, dtype=torch.float64)
-    span = mix.basis[S][mix.eigvals[S] > 0].double()               # the K-1 directions of span{δ}
-    assert span.shape[0] == K - 1
+    span = mix.basis[S][mix.eigvals[S] > 0].double()               # the K₊-1 directions of span{δ}
+    assert span.shape[0] == kpos - 1
     dirs = torch.cat([span, rand_dirs / rand_dirs.norm(dim=1, keepdim=True)])
     proj = centred @ dirs.T
     var = proj.var(0)
     assert ((var - sigma2).abs() / (sigma2 * math.sqrt(2 / N_MC))).max() < 5
+    if priors != "uniform":
+        return
     # the non-exact modes over-disperse along span{δ} where they clip or drop off-diagonal terms: "diag"
     # keeps only diag(C), so the span's variance exceeds σ² by about (1 − 1/D)·s²/K
     mix_d = build_mixture(D, 10, components=K, scale=scale, variance="diag", priors="uniform", seed=9)

@@ -12,7 +12,7 @@ from ..mixture import OFFSETS, PRIORS, VARIANCES, MixtureTensors, build_mixture,
 KERNELS = ("gaussian", "gmm")
 NOISE_SOURCES = ("philox", "torch")
 GMM_DTYPES = ("float32", "bfloat16")
-SEED_LIMIT = 2**63  # the op's seed argument is an int64 (the Philox key is its 64 bits)
+SEED_LIMIT = 2**64  # the Philox key is 64 bits
 
 
 def one_of(name, value, allowed):
@@ -55,7 +55,7 @@ def check_kernel_options(*, kernel, noise_source, gmm_components, gmm_scale, gmm
         raise ValueError(f"gmm_scale must be finite and >= 0, got {gmm_scale}")
     check_int("gmm_seed", gmm_seed)
     if not 0 <= gmm_seed < SEED_LIMIT:
-        raise ValueError(f"gmm_seed must be in [0, 2**63), got {gmm_seed}")
+        raise ValueError(f"gmm_seed must be in [0, 2**64), got {gmm_seed}")
     if isinstance(gmm_priors, str):
         one_of("gmm_priors", gmm_priors, PRIORS)
     else:
