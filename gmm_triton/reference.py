@@ -32,6 +32,9 @@ RNG contract (shared with ``kernels/philox.py`` and ``csrc/philox.h``; stream id
     stream 3, latents: like stream 0, for the initial noise x_T of sample g (rng.initial_noise).
     U(w)  = (w >> 8) · 2⁻²⁴ ∈ [0, 1);   U°(w) = ((w >> 8) + 1) · 2⁻²⁴ ∈ (0, 1]
     BoxMuller(a, b) = r cos θ, r sin θ  with  r = √(-2 ln U°(a)),  θ = 2π U(b)   (|z| ≤ 5.77).
+Implementations must give the Philox words bit for bit and the normals within a stated bound of this float64
+value: the C++ twin and the Triton kernel under the interpreter within 1e-6 (float32 series log and sin/cos), the
+Triton kernel on a GPU within 5e-6 absolute (hardware sin/cos of θ − π and square root; kernels/philox.py).
 """
 from __future__ import annotations
 
