@@ -1,4 +1,4 @@
-"""GPU readiness without a GPU, layers 2 and 3 (DESIGN.md): every specialisation the CUDA host path launches
+"""GPU readiness without a GPU, layers 2 (compiles) and 3 (static numbers): every specialisation the CUDA host path launches
 compiles for sm_80, sm_90a and sm_100a with triton's compiler and bundled ptxas, the cases cover every constexpr
 value, and the static numbers stay within tests/static_limits.json.
 
