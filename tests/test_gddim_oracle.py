@@ -42,10 +42,10 @@ def test_cld_eps_targets_under_R_and_L():
     assert (er.mean(0).abs() <= 5 * er.std(0) / n**0.5).all()
 
 
-@pytest.mark.parametrize("t", [1e-5, 0.1, 0.5, 0.99])
+@pytest.mark.parametrize("t", [1e-5, 0.3, 0.99])
 def test_blur_eps_is_the_scaled_gradient_of_log_p(t):
     """ε = −σ_t ∇_x log p_t(x) (pixel space; the orthonormal DCT keeps densities)."""
-    data = GaussianMixture.random(5, (2, 4, 4), std=0.3, dtype=torch.float64)
+    data = GaussianMixture.random(5, (2, 3, 3), std=0.3, dtype=torch.float64)
     model = BlurMixtureDenoiser(data)
     x = model.process.marginal_sample(data.sample(3, generator=torch.Generator().manual_seed(2)), t,
                                       generator=torch.Generator().manual_seed(3))

@@ -89,7 +89,7 @@ def test_blur_one_step_is_exact_on_dirac_data():
     s = GDDIMBlurScheduler()
     s.set_timesteps(1)
     N = 8
-    p = s.process(N)
+    p = s.process_for(N)
     v = p.dct()
     x0 = torch.randn(1, 1, N, N, dtype=torch.float64)
     y0 = v @ x0 @ v.T

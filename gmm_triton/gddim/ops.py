@@ -21,6 +21,7 @@ from torch import Tensor
 
 # The package's backend switch and seed helpers, imported in one place (gmm_triton.ops today).
 from ..ops import _backend, _call, _rowwise, _seed_split, draw_seed
+from ..kernels.blur_step import MAX_SIZE as BLUR_MAX_SIZE
 from . import reference as ref
 from .tables import BLUR_PLANES, CLD_COLS
 
@@ -85,14 +86,8 @@ def _check_blur(sample, eps, coef, basis, timesteps, seed, noise):
     if basis.dtype != torch.float64 or tuple(basis.shape) != (N, N) or basis.device != sample.device:
         raise ValueError(f"blur_step: basis must be the float64 [{N}, {N}] DCT matrix on {sample.device}, got "
                          f"{basis.dtype} {tuple(basis.shape)} on {basis.device}")
-    if sample.device.type == "cuda" and N > _blur_max_size():
-        raise ValueError(f"blur_step: the Triton kernel holds a plane in registers: N <= {_blur_max_size()}, got {N}")
-
-
-def _blur_max_size():
-    from ..kernels.blur_step import MAX_SIZE
-
-    return MAX_SIZE
+    if sample.device.type == "cuda" and N > BLUR_MAX_SIZE:
+        raise ValueError(f"blur_step: the Triton kernel holds a plane in registers: N <= {BLUR_MAX_SIZE}, got {N}")
 
 
 def _host_rows(op, timesteps, timestep, R):

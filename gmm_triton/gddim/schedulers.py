@@ -68,7 +68,6 @@ class _GDDIMScheduler(SchedulerMixin, ConfigMixin):
         self.grid = time_grid(int(num_inference_steps), self._t_max(), cfg.sampling_eps, cfg.timestep_spacing)
         self.num_inference_steps = int(num_inference_steps)
         self.timesteps = torch.from_numpy(self.grid[:-1].copy()).to(device)
-        self._tables: dict = {}
         self._history, self._step_index = [], None
 
     def _coefficients(self, process):
@@ -218,13 +217,18 @@ class GDDIMBlurScheduler(_GDDIMScheduler):
         timestep_spacing: Literal["quadratic", "uniform"] = "quadratic",
     ):
         self._check_common()
-        self.init_noise_sigma = float(self.process(1).sigma(self._t_max()))  # σ at t_max (validates the schedule)
+        self.init_noise_sigma = float(self.process_for(1).sigma(self._t_max()))  # σ at t_max (validates the schedule)
         self._init_state()
 
     def _t_max(self):
         return BlurProcess.rho2t(80.0) if self.config.t_max is None else float(self.config.t_max)
 
-    def process(self, image_size: int) -> BlurProcess:
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device = None):
+        super().set_timesteps(num_inference_steps, device)
+        self._tables: dict = {}  # per image size N: (table, DCT matrix, step orders), built at its first step
+
+    def process_for(self, image_size: int) -> BlurProcess:
+        """The blur process of N×N images under this config."""
         cfg = self.config
         return BlurProcess(image_size, sigma_blur_max=cfg.sigma_blur_max, min_scale=cfg.min_scale)
 
@@ -233,7 +237,7 @@ class GDDIMBlurScheduler(_GDDIMScheduler):
             raise ValueError(f"GDDIMBlurScheduler samples are square images [B, C, N, N], got {tuple(sample.shape)}")
         N = int(sample.shape[-1])
         if N not in self._tables:
-            proc = self.process(N)
+            proc = self.process_for(N)
             coefs = self._coefficients(proc)
             self._tables[N] = (TableCache(blur_table(coefs, N)), TableCache(proc.dct()), coefs.orders)
         table, basis, self._orders = self._tables[N]
