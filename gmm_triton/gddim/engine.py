@@ -318,6 +318,13 @@ def gddim_coefficients(process: LinearProcess, grid, order: int = 0, lam: float 
 
 @lru_cache(maxsize=64)
 def _coefficients(process, grid, order, lam, parameterization, solver) -> StepCoefficients:
+    c = _compute(process, grid, order, lam, parameterization, solver)
+    for a in (c.grid, c.psi, c.eps, c.chol, c.orders):
+        a.setflags(write=False)  # shared through the cache
+    return c
+
+
+def _compute(process, grid, order, lam, parameterization, solver) -> StepCoefficients:
     g = np.asarray(grid)
     S, C, n = len(g) - 1, process.classes, process.n
     t_from, t_to = g[:-1], g[1:]
