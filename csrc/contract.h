@@ -21,6 +21,11 @@ constexpr int kColSigmaPrev2 = 3;
 constexpr int kColVar = 4;
 constexpr int kColFinal = 5;
 constexpr int kColStep = 6;
+constexpr int kCldCols = 24;
+constexpr int kCldPsi = 0;
+constexpr int kCldEps = 4;
+constexpr int kCldChol = 16;
+constexpr int kBlurPlanes = 5;
 constexpr int kMaxPermutedRank = 3;
 
 }  // namespace gmm

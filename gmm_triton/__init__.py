@@ -5,6 +5,8 @@
     pipe.scheduler = GMMDDIMScheduler.from_config(pipe.scheduler.config, kernel="gmm")  # DDIM-GMM
 
 The op, for custom pipelines: :func:`ddim_step` (``torch.ops.gmm_triton.ddim_step`` underneath).
+gDDIM for critically-damped Langevin and blurring diffusions: :class:`CLD`, :class:`GDDIMCLDScheduler`,
+:class:`BlurProcess`, :class:`GDDIMBlurScheduler` (``gmm_triton.gddim``).
 
 The names below load on first use (PEP 562), so ``import gmm_triton`` and the command line's argument checks do
 not pay for torch, triton and diffusers until something needs them.
@@ -21,6 +23,7 @@ _EXPORTS = {
     "ddim_step": "ops",
     "draw_seed": "rng", "initial_noise": "rng", "philox_normal": "rng",
     "GMMDDIMScheduler": "schedulers", "GMMFlowMatchScheduler": "schedulers",
+    "CLD": "gddim", "BlurProcess": "gddim", "GDDIMCLDScheduler": "gddim", "GDDIMBlurScheduler": "gddim",
 }
 
 __all__ = ["__version__", *_EXPORTS]

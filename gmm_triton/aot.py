@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 TARGETS = ("sm_80", "sm_90a", "sm_100a")
-CASE_MODULES = ("gmm_triton.aot_cases",)  # modules whose import registers case builders
+CASE_MODULES = ("gmm_triton.aot_cases", "gmm_triton.gddim.aot_cases")  # their import registers case builders
 
 
 # ------------------------------------------------------------------------------------------------

@@ -131,19 +131,20 @@ class StepArgs:
         return self.mixture.variance_mode if self.mixture is not None else "none"
 
 
-def _host_int(t: Optional[Tensor]) -> int:
+def host_int(t: Optional[Tensor]) -> int:
+    """The value of an int64 scalar tensor (seed, sample offset) on the host, 0 for None (reads any device)."""
     from .rng import host_seed
 
     return 0 if t is None else host_seed(t)
 
 
-def _on_device_or_host(t: Optional[Tensor], device: torch.device):
+def on_device_or_host(t: Optional[Tensor], device: torch.device):
     """(device tensor or None, host int): a CPU scalar is read on the host (no device sync), a device one by the
     kernel."""
     if t is None:
         return None, 0
     if t.device.type == "cpu":
-        return None, _host_int(t)
+        return None, host_int(t)
     return t.reshape(-1).to(device), 0
 
 
@@ -156,8 +157,8 @@ def run_triton(a: StepArgs, config=None) -> None:
             t_value = int(a.timesteps.reshape(-1)[0])
         else:
             t_tensor = a.timesteps.reshape(-1).to(a.x.device).contiguous()
-    seed_tensor, seed_value = _on_device_or_host(a.seed, a.x.device)
-    off_tensor, off_value = _on_device_or_host(a.sample_offset, a.x.device)
+    seed_tensor, seed_value = on_device_or_host(a.seed, a.x.device)
+    off_tensor, off_value = on_device_or_host(a.sample_offset, a.x.device)
     launch_step(a, t_tensor=t_tensor, t_value=t_value, seed_tensor=seed_tensor, seed_value=seed_value,
                 off_tensor=off_tensor, off_value=off_value, config=config)
 
@@ -167,7 +168,7 @@ def run_cpp(a: StepArgs) -> None:
     mix = a.mixture.op_tensors() if a.mixture is not None else (None,) * 6
     perm = a.layout.sizes + a.layout.lstrides if a.layout is not None else ()
     torch.ops.gmm_triton_cpp.ddim_step(
-        a.x, a.m, a.coef, rows, int(a.timestep), _host_int(a.seed), _host_int(a.sample_offset), a.noise,
+        a.x, a.m, a.coef, rows, int(a.timestep), host_int(a.seed), host_int(a.sample_offset), a.noise,
         a.threshold, *mix, a.out, a.x0, PRED_CODES[a.prediction_type], VAR_CODES[a.variance_mode], a.noise_mode,
         float(a.eta), float(a.clip) if a.clip is not None else 0.0, a.clip is not None, a.clipped_eps,
         float(a.guidance) if a.guidance is not None else 0.0, a.guidance is not None, a.offset_final, a.write_x0,
@@ -183,7 +184,7 @@ def run_reference(a: StepArgs) -> None:
     prev, x0 = reference.fused_step(
         a.x, a.m, rows, a.coef, prediction_type=a.prediction_type, eta=a.eta, clip_sample_range=a.clip,
         threshold_scale=a.threshold, use_clipped_model_output=a.clipped_eps, guidance_scale=a.guidance,
-        seed=_host_int(a.seed) if a.seed is not None else None, sample_offset=_host_int(a.sample_offset),
+        seed=host_int(a.seed) if a.seed is not None else None, sample_offset=host_int(a.sample_offset),
         noise=a.noise if a.noise_mode != NOISE_NONE else None, mixture=a.mixture, offset_final=a.offset_final,
     )
     a.out.copy_(prev)

@@ -61,10 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gmm-triton", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("demo", help="DDIM vs DDIM-GMM on the embedded oracle (digits): table, grid, steps plot")
-    d.add_argument("--out", default="gmm_triton_out/demo")
+    d = sub.add_parser("demo", help="DDIM vs DDIM-GMM on the embedded oracle (digits): table, grid, steps plot; "
+                                    "--family cld|blur|gddim: the gDDIM tables instead")
+    d.add_argument("--family", default="ddim", choices=["ddim", "cld", "blur", "gddim"],
+                   help="ddim: DDIM vs DDIM-GMM; cld, blur or gddim (both): gDDIM on CLD / BDM (CPU)")
+    d.add_argument("--out", default=None, help="output folder (default gmm_triton_out/demo or .../gddim)")
     d.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    d.add_argument("--samples", type=_positive_int, default=2000, help="samples per sampler and seed")
+    d.add_argument("--samples", type=_positive_int, default=None,
+                   help="samples per sampler and seed (default 2000; gDDIM: 400 for CLD, 500 for BDM)")
     d.add_argument("--steps", type=_positive_int, default=10)
     d.add_argument("--scale", type=_scale, default=0.3, help="gmm_scale s of the mixture samplers")
     d.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated sampling seeds")
@@ -120,11 +124,15 @@ def main(argv=None) -> int:
         raise SystemExit(2)
     p = build_parser()
     args = p.parse_args(argv)
-    if args.cmd == "demo":
+    if args.cmd == "demo" and args.family != "ddim":
+        from .gddim.demo import run_gddim_demo
+
+        run_gddim_demo(args.out or "gmm_triton_out/gddim", family=args.family, n=args.samples, quick=args.quick)
+    elif args.cmd == "demo":
         from .demo import run_demo
 
-        run_demo(args.out, device=args.device, n=args.samples, steps=args.steps, scale=args.scale,
-                 seeds=args.seeds, quick=args.quick)
+        run_demo(args.out or "gmm_triton_out/demo", device=args.device, n=args.samples or 2000, steps=args.steps,
+                 scale=args.scale, seeds=args.seeds, quick=args.quick)
     elif args.cmd == "eval":
         from .demo import run_eval
 

@@ -23,6 +23,12 @@ STREAM_NOISE, STREAM_CHOICE, STREAM_TABLE, STREAM_LATENT = 0, 1, 2, 3
 N_COLS = 8
 COL_ALPHA, COL_SIGMA, COL_ALPHA_PREV, COL_SIGMA_PREV2, COL_VAR, COL_FINAL, COL_STEP = range(7)
 
+# gDDIM tables (gddim/tables.py). CLD: one row of CLD_COLS float64 per step: Ψ (row-major 2×2) at CLD_PSI, the
+# ε-coefficient blocks C_0..C_2 at CLD_EPS + 4j, the noise factor Λ = [[l00, 0], [l10, l11]] at CLD_CHOL..+2.
+# Blur: BLUR_PLANES float64 planes [N, N] per step: A = Ψ_f, B_0..B_2, then the noise std S.
+CLD_COLS, CLD_PSI, CLD_EPS, CLD_CHOL = 24, 0, 4, 16
+BLUR_PLANES = 5
+
 # the highest inner (non-batch) rank of a permuted dense layout the kernels index without a copy
 MAX_PERMUTED_RANK = 3
 
@@ -52,7 +58,7 @@ def header() -> str:
     lines.append("")
     for name in ("STREAM_NOISE", "STREAM_CHOICE", "STREAM_TABLE", "STREAM_LATENT", "N_COLS", "COL_ALPHA",
                  "COL_SIGMA", "COL_ALPHA_PREV", "COL_SIGMA_PREV2", "COL_VAR", "COL_FINAL", "COL_STEP",
-                 "MAX_PERMUTED_RANK"):
+                 "CLD_COLS", "CLD_PSI", "CLD_EPS", "CLD_CHOL", "BLUR_PLANES", "MAX_PERMUTED_RANK"):
         lines.append(f"constexpr int k{name.title().replace('_', '')} = {globals()[name]};")
     lines += ["", "}  // namespace gmm", ""]
     return "\n".join(lines)

@@ -54,7 +54,8 @@ def test_every_launch_compiles_for_every_target(matrix):
     for r in matrix:
         per_case.setdefault((r["case"], r["kernel"]), set()).add(r["target"])
     assert all(t == set(TARGETS) for t in per_case.values())
-    assert {k for _, k in per_case} == {"_ddim_step_kernel", "_project_kernel", "_normal_fill_kernel", "_words_kernel"}
+    assert {k for _, k in per_case} == {"_ddim_step_kernel", "_project_kernel", "_normal_fill_kernel", "_words_kernel",
+                                        "_cld_step_kernel", "_blur_step_kernel", "_noise_fill_kernel"}
 
 
 def test_cases_cover_every_constexpr_value(matrix):
