@@ -3,49 +3,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import sys
+
+from .cli_args import add_mixture_arguments, eta, etas, families, nonneg_float, positive_int, scales, seed, seeds, \
+    steps_list
 
 # what `pip install "gmm-triton[demo]"` adds, by import name: plots (demo, eval, bench) and the digits data set
 # that the oracle samplers use (demo, eval, bench's end-to-end loops)
 DEMO_EXTRAS = {"matplotlib": "matplotlib", "sklearn": "scikit-learn"}
-
-
-def _value(convert, ok, what):
-    """An argparse type: ``convert(text)`` that must satisfy ``ok``, else a usage error saying ``what`` it must be."""
-    def parse(text):
-        try:
-            v = convert(text)
-        except ValueError:
-            v = None
-        if v is None or not ok(v):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return v
-    return parse
-
-
-def _values(convert, ok, what):
-    """A comma-separated list of such values, ``what`` in the plural."""
-    one = _value(convert, ok, what)
-
-    def parse(text):
-        try:
-            return tuple(one(v.strip()) for v in text.split(","))
-        except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(f"must be comma-separated {what}, got {text!r}") from None
-    return parse
-
-
-_positive_int = _value(int, lambda v: v >= 1, "a positive integer")
-_seed = _value(int, lambda v: v >= 0, "an integer >= 0")
-_scale = _value(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
-_eta = _value(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-_seeds = _values(int, lambda v: v >= 0, "integers >= 0")
-_steps_list = _values(int, lambda v: v >= 1, "positive integers")
-_etas = _values(float, lambda v: 0 <= v <= 1, "numbers in [0, 1]")
-_scales = _values(float, lambda v: math.isfinite(v) and v >= 0, "finite numbers >= 0")
-_families = _values(str, lambda v: v in ("ddim", "flow"), "names from ddim, flow")
 
 
 def _missing_extras(argv) -> tuple:
@@ -67,40 +33,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ddim: DDIM vs DDIM-GMM; cld, blur or gddim (both): gDDIM on CLD / BDM (CPU)")
     d.add_argument("--out", default=None, help="output folder (default gmm_triton_out/demo or .../gddim)")
     d.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    d.add_argument("--samples", type=_positive_int, default=None,
+    d.add_argument("--samples", type=positive_int, default=None,
                    help="samples per sampler and seed (default 2000; gDDIM: 400 for CLD, 500 for BDM)")
-    d.add_argument("--steps", type=_positive_int, default=10)
-    d.add_argument("--scale", type=_scale, default=0.3, help="gmm_scale s of the mixture samplers")
-    d.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated sampling seeds")
+    d.add_argument("--steps", type=positive_int, default=10)
+    d.add_argument("--scale", type=nonneg_float, default=0.3, help="gmm_scale s of the mixture samplers")
+    d.add_argument("--seeds", type=seeds, default=(0, 1, 2), help="comma-separated sampling seeds")
     d.add_argument("--quick", action="store_true", help="a tiny configuration (tests, smoke runs)")
 
     e = sub.add_parser("eval", help="full sweep steps × η × sampler × scale (CSV + plots; resumable)")
     e.add_argument("--out", default="gmm_triton_out/eval")
     e.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    e.add_argument("--steps", type=_steps_list, default=(5, 10, 20, 50))
-    e.add_argument("--etas", type=_etas, default=(0.0, 0.5, 1.0))
-    e.add_argument("--scales", type=_scales, default=(0.1, 0.3, 1.0, 3.0))
-    e.add_argument("--samples", type=_positive_int, default=2000)
-    e.add_argument("--seeds", type=_seeds, default=(0, 1))
-    e.add_argument("--families", type=_families, default=("ddim",), help="comma-separated: ddim,flow")
+    e.add_argument("--steps", type=steps_list, default=(5, 10, 20, 50))
+    e.add_argument("--etas", type=etas, default=(0.0, 0.5, 1.0))
+    e.add_argument("--scales", type=scales, default=(0.1, 0.3, 1.0, 3.0))
+    e.add_argument("--samples", type=positive_int, default=2000)
+    e.add_argument("--seeds", type=seeds, default=(0, 1))
+    e.add_argument("--families", type=families, default=("ddim",), help="comma-separated: ddim,flow")
 
     s = sub.add_parser("sample", help="run a local diffusers pipeline with our scheduler and save images")
     s.add_argument("--pipeline", required=True, help="a local pipeline folder (or a cached hub id)")
     s.add_argument("--out", default="gmm_triton_out/samples")
     s.add_argument("--prompt", default=None, help="for text-conditioned pipelines")
-    s.add_argument("--steps", type=_positive_int, default=10)
-    s.add_argument("--eta", type=_eta, default=0.0)
-    s.add_argument("--num-images", type=_positive_int, default=4)
-    s.add_argument("--seed", type=_seed, default=0)
+    s.add_argument("--steps", type=positive_int, default=10)
+    s.add_argument("--eta", type=eta, default=0.0)
+    s.add_argument("--num-images", type=positive_int, default=4)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     s.add_argument("--kernel", default="gmm", choices=["gaussian", "gmm"])
-    s.add_argument("--gmm-scale", type=_scale, default=0.3,
-                   help="offset scale s (GMMDDIMScheduler's default and its evidence: see its gmm_scale)")
-    s.add_argument("--gmm-components", type=_positive_int, default=8)
-    s.add_argument("--gmm-offsets", default="ortho", choices=["ortho", "rand"])
-    s.add_argument("--gmm-variance", default="vub", choices=["diag", "vub", "exact"])
-    s.add_argument("--gmm-shared", action="store_true")
-    s.add_argument("--gmm-clip-variance", action=argparse.BooleanOptionalAction, default=True)
+    add_mixture_arguments(s)
     s.add_argument("--noise-source", default="philox", choices=["philox", "torch"])
 
     from . import bench, generate, inspect

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .cli_args import add_mixture_arguments, nonneg_float, positive_int, seed
 from .demo import Sampler, _scheduler
 from .rng import initial_noise
 
@@ -59,70 +60,34 @@ class GenerateError(ValueError):
     """A bad argument or an output folder that cannot be resumed; the message says which and why."""
 
 
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
-
-
-def _seed(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {s!r}") from None
-    if not 0 <= v < 2**63:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {v}")
-    return v
-
-
-def _nonneg_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gmm-triton generate``."""
-    p.add_argument("--samples", type=_positive_int, required=True, help="N, the number of samples")
+    p.add_argument("--samples", type=positive_int, required=True, help="N, the number of samples")
     p.add_argument("--out", default="gmm_triton_out/generate",
                    help="output folder (rerun the same command to resume an interrupted run)")
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS,
                    help="ddim / ddim-gmm (GMMDDIMScheduler) or rfim / rfim-gmm (GMMFlowMatchScheduler)")
-    p.add_argument("--steps", type=_positive_int, default=10)
-    p.add_argument("--eta", type=_nonneg_float, default=0.0,
+    p.add_argument("--steps", type=positive_int, default=10)
+    p.add_argument("--eta", type=nonneg_float, default=0.0,
                    help="η: DDIM noise weight (>= 0), or the flow's σ = η s (in [0, 1])")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--pipeline", default=None,
                    help="a saved diffusers pipeline folder with an unconditional UNet2DModel (`unet`); its "
                         "scheduler config seeds ours. Default: the embedded digits oracle (VP for ddim*, flow for rfim*)")
-    p.add_argument("--image-size", type=_positive_int, default=16,
+    p.add_argument("--image-size", type=positive_int, default=16,
                    help="the oracle's resolution (digits resized to SIZE×SIZE); ignored with --pipeline")
-    p.add_argument("--batch-size", type=_positive_int, default=256,
+    p.add_argument("--batch-size", type=positive_int, default=256,
                    help="samples per scheduler step; a multiple of --model-batch; free to change on resume")
-    p.add_argument("--model-batch", type=_positive_int, default=64,
+    p.add_argument("--model-batch", type=positive_int, default=64,
                    help="rows of every model forward (the last one zero-padded): fixes the model's rounding, so it "
                         "is part of the configuration")
-    p.add_argument("--shard-size", type=_positive_int, default=256,
+    p.add_argument("--shard-size", type=positive_int, default=256,
                    help="samples per shard file; a multiple of --model-batch; fixed by the first run")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
                    help="auto: cuda:LOCAL_RANK if CUDA is available, else cpu")
-    p.add_argument("--timeout-min", type=_positive_int, default=120,
+    p.add_argument("--timeout-min", type=positive_int, default=120,
                    help="torch.distributed timeout: how long a rank that finished waits for the others")
-    p.add_argument("--gmm-scale", type=_nonneg_float, default=0.3,
-                   help="mixture scale s (*-gmm); 0.3: where the mixture is neutral with the exact oracle (README)")
-    p.add_argument("--gmm-components", type=_positive_int, default=8)
-    p.add_argument("--gmm-offsets", default="ortho", choices=["ortho", "rand"])
-    p.add_argument("--gmm-variance", default="vub", choices=["diag", "vub", "exact"])
-    p.add_argument("--gmm-shared", action="store_true")
-    p.add_argument("--gmm-clip-variance", action=argparse.BooleanOptionalAction, default=True)
+    add_mixture_arguments(p)
 
 
 # ---------------------------------------------------------------------------------------------------------------

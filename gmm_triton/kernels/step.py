@@ -198,16 +198,18 @@ def _project_kernel(
 
 @triton.jit
 def _tile_step(
-    x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
-    b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2, clip, guidance,
-    seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow,
+    ptrs, geo, scal,
     CT: tl.constexpr, PRED: tl.constexpr, NOISE: tl.constexpr, VAR_MODE: tl.constexpr, MIX: tl.constexpr,
     K: tl.constexpr, KP: tl.constexpr, NPART: tl.constexpr, CLIP: tl.constexpr, THRESH: tl.constexpr,
     CLIPPED_EPS: tl.constexpr, CFG: tl.constexpr, WRITE_X0: tl.constexpr, ALIGNED4: tl.constexpr,
     PERMUTED: tl.constexpr, FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, TVEC: tl.constexpr,
     ZNEG: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """The step's element work on one tile, from the loads to the stores (the per-sample scalars come in)."""
+    """The step's element work on one tile, from the loads to the stores: the kernel's pointers, the tile's geometry
+    and the per-sample scalars come in as three tuples."""
+    x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr = ptrs
+    b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2 = geo
+    clip, guidance, seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow = scal
     POISON_X0: tl.constexpr = CLIP or THRESH or PRED == _SAMPLE  # x̂₀ does not carry a scalar's NaN there
 
     # ---- one read of x and of the model output (both halves under fused CFG) --------------------
@@ -340,25 +342,19 @@ def _ddim_step_kernel(
     c_eps = tl.sqrt(tl.maximum(sp2 - sigma * sigma, 0.0))
 
     # ---- the element work: full tiles without masks; with a ragged D, edge tiles masked in their own copy -------
+    ptrs = (x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr)
+    geo = (b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2)
+    scal = (clip, guidance, seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow)
     if MASK == _SPLIT:
         if (start >= 0) & (start + BLOCK <= D):
-            _tile_step(x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
-                       b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2, clip, guidance,
-                       seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow, CT, PRED, NOISE, VAR_MODE, MIX, K,
-                       KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG, WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC,
-                       ZNEG, False, BLOCK)
+            _tile_step(ptrs, geo, scal, CT, PRED, NOISE, VAR_MODE, MIX, K, KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG,
+                       WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC, ZNEG, False, BLOCK)
         else:
-            _tile_step(x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
-                       b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2, clip, guidance,
-                       seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow, CT, PRED, NOISE, VAR_MODE, MIX, K,
-                       KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG, WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC,
-                       ZNEG, True, BLOCK)
+            _tile_step(ptrs, geo, scal, CT, PRED, NOISE, VAR_MODE, MIX, K, KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG,
+                       WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC, ZNEG, True, BLOCK)
     else:
-        _tile_step(x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
-                       b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2, clip, guidance,
-                       seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow, CT, PRED, NOISE, VAR_MODE, MIX, K,
-                       KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG, WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC,
-                       ZNEG, MASK == _MASKED, BLOCK)
+        _tile_step(ptrs, geo, scal, CT, PRED, NOISE, VAR_MODE, MIX, K, KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG,
+                   WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC, ZNEG, MASK == _MASKED, BLOCK)
 
 
 @dataclass(frozen=True)
