@@ -26,6 +26,10 @@ Variances of component k in dimension d (each clipped at 0):
             Q an orthonormal basis of span{δ} and λ the eigenvalues of C on it, so the mixture's covariance is
             exactly σ_t² I. Needs λ_max/(K₊ π_k) ≤ σ_t² at every step where the mixture applies.
 
+With K = 1 or s = 0 every mode is DDIM: bit for bit for "diag" and "vub" on every backend, and for "exact" on the
+CPU; on a GPU "exact" stores its noise (−σz, float32) between its two passes, one rounding from the Gaussian step's
+fused multiply-add.
+
 Where σ_t² is smaller than what a mode subtracts, "diag" clips (the paper's behaviour, A.5); "vub" raises
 unless ``clip_variance=True`` (the paper's η = 0 ORTHO-VUB setting needs that); "exact" always raises.
 """
