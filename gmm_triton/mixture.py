@@ -119,7 +119,7 @@ class MixtureTensors:
     @classmethod
     def from_op_tensors(cls, tensors, variance_mode: str) -> "MixtureTensors":
         """The op side's view of :meth:`op_tensors` (priors and scale are not needed to sample)."""
-        delta, cdf, weight, var, basis, eig = tensors
+        delta, cdf, weight, var, basis, eig = (None if t is None else t.contiguous() for t in tensors)
         return cls(delta=delta, cdf=cdf, component_weight=weight, priors=None, variance_mode=variance_mode,
                    scale=float("nan"), var_table=var, basis=basis, eigvals=eig)
 

@@ -22,8 +22,7 @@ from .contract import COL_ALPHA, COL_SIGMA, COL_STEP, MAX_PERMUTED_RANK, N_COLS,
     NOISE_TENSOR, PREDICTION_TYPES, VARIANCE_MODES
 from .mixture import MixtureTensors
 from .reference import dynamic_threshold_scale
-from .rng import as_seed_tensor, check_seed_tensor, draw_seed, philox_normal, philox_words, \
-    seed_from_generators  # noqa: F401
+from .rng import as_seed_tensor, check_seed_tensor, draw_seed, philox_normal, philox_words  # noqa: F401
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -112,8 +111,10 @@ def _host_checks(coef: Tensor, timesteps: Optional[Tensor], timestep: int, mix_d
         if not 0 <= v < R:
             raise ValueError(f"timestep {v} is outside the coefficient table [0, {R}) "
                              f"(the scheduler's training timesteps)")
-    if mix_delta is not None and coef.device.type == "cpu" and mix_delta.shape[0] != 1:
+    if mix_delta is not None and coef.device.type == "cpu" and mix_delta.shape[0] != 1 and R:
         steps = int(coef[:, COL_STEP].max()) + 1
+        if int(coef[:, COL_STEP].min()) < 0:
+            raise ValueError("the coefficient table has a negative step index (column COL_STEP): not a schedule's table")
         if mix_delta.shape[0] < steps:
             raise ValueError(f"the mixture has {mix_delta.shape[0]} step tables but the coefficient table's "
                              f"schedule has {steps} steps: build it with num_steps={steps} (or shared=True)")
@@ -133,8 +134,11 @@ def _rowwise(t: Tensor) -> bool:
 
 
 def _permuted_layout(t: Tensor) -> Optional[Layout]:
-    """The Layout of a tensor whose per-sample blocks are dense in a permuted order, or None if it has none
-    the kernels index (overlapping or gapped, or more than MAX_PERMUTED_RANK dimensions after merging)."""
+    """The Layout of a tensor whose per-sample blocks are dense in a permuted order and follow each other (batch
+    stride D, as the kernels write block b at b·D), or None if it has none the kernels index (overlapping or gapped,
+    another batch stride, or more than MAX_PERMUTED_RANK dimensions after merging)."""
+    if t.shape[0] > 1 and t.stride(0) != math.prod(t.shape[1:]):
+        return None
     dims = [(st, sz, lst) for sz, st, lst in zip(t.shape[1:], t.stride()[1:], _contiguous_strides(t.shape[1:]))
             if sz != 1]
     dims.sort(key=lambda d: -d[0])  # memory order, outermost first
@@ -193,7 +197,8 @@ def _layout_of(out: Tensor, inputs):
         return None, [t if t is None or _rowwise(t) else t.contiguous() for t in inputs]
     layout = _permuted_layout(out)
     if layout is None:
-        raise ValueError(f"out must be dense (no gaps or overlaps), got strides {out.stride()}")
+        raise ValueError(f"out must be dense (no gaps or overlaps, samples one after another, at most "
+                         f"{MAX_PERMUTED_RANK} permuted dimensions after merging), got strides {out.stride()}")
     return layout, [t if t is None or _same_inner(t, out) else _empty_in_layout(t, out).copy_(t) for t in inputs]
 
 
@@ -216,6 +221,8 @@ def _step_into(
     if B == 0 or D == 0:
         return
     noise_mode = NOISE_TENSOR if noise is not None else (NOISE_PHILOX if eta > 0 else NOISE_NONE)
+    # the kernels index the table and the mixture rows as packed arrays (free when they already are)
+    coef = coef.contiguous()
     mixture = MixtureTensors.from_op_tensors(mix, variance_mode) if mix[0] is not None else None
     if (noise_mode == NOISE_PHILOX or mixture is not None) and seed is None:
         raise ValueError("a seed tensor is needed for in-kernel noise (eta > 0 without noise) or a mixture")
@@ -252,7 +259,8 @@ def _check_out(name: str, t: Tensor, sample: Tensor) -> None:
         raise ValueError(f"{name} must match sample: {tuple(sample.shape)} {sample.dtype} on {sample.device}, got "
                          f"{tuple(t.shape)} {t.dtype} on {t.device}")
     if not _dense_kernel_layout(t):
-        raise ValueError(f"{name} must be dense (contiguous, channels_last or another permuted dense layout), got "
+        raise ValueError(f"{name} must be dense, its samples one after another (contiguous, channels_last or "
+                         f"another permuted dense layout of at most {MAX_PERMUTED_RANK} merged dimensions), got "
                          f"strides {t.stride()}")
 
 
@@ -332,10 +340,16 @@ def _as_timestep(timestep) -> Tuple[Optional[Tensor], int]:
 
 
 def _as_offset(sample_offset) -> Optional[Tensor]:
-    if sample_offset is None or isinstance(sample_offset, Tensor):
-        return sample_offset
-    if isinstance(sample_offset, bool) or not isinstance(sample_offset, numbers.Integral) or sample_offset < 0:
-        raise ValueError(f"sample_offset must be an int >= 0 or an integer tensor, got {sample_offset!r}")
+    """None, a device tensor (read by the kernel), or a CPU int64 [1] in [0, 2⁶³) (checked: it is read anyway)."""
+    if sample_offset is None:
+        return None
+    if isinstance(sample_offset, Tensor):
+        if sample_offset.device.type != "cpu" or sample_offset.dtype.is_floating_point or sample_offset.numel() != 1:
+            return sample_offset  # the op's checks name what is wrong; a device value is the kernel's to read
+        sample_offset = int(sample_offset.reshape(-1)[0])
+    if isinstance(sample_offset, bool) or not isinstance(sample_offset, numbers.Integral) or \
+            not 0 <= sample_offset < 2**63:
+        raise ValueError(f"sample_offset must be an int in [0, 2**63) or an integer tensor, got {sample_offset!r}")
     return None if sample_offset == 0 else torch.tensor([int(sample_offset)], dtype=torch.int64)
 
 

@@ -110,13 +110,13 @@ def philox_uniform(seed: int, numel: int, stream: int = STREAM_CHOICE, start: in
     return uniform(philox4x32(seed, np.arange(start, start + numel, dtype=np.uint64), stream)[0])
 
 
-def choose_components(seed: int, batch: int, cdf, sample_offset: int = 0) -> np.ndarray:
+def choose_components(seed: int, batch: int, cdf, sample_offset: int = 0, K: int | None = None) -> np.ndarray:
     """k_b = #{j : cdf_j <= u_b}, capped at K-1: inverse-CDF draw of one component per sample, u_b drawn at the
     sample's global index sample_offset + b."""
     cdf = np.asarray(cdf, dtype=np.float32).astype(np.float64)
     u = philox_uniform(seed, batch, STREAM_CHOICE, sample_offset)
     k = (cdf[None, :] <= u[:, None]).sum(1)
-    return np.minimum(k, len(cdf) - 1)
+    return np.minimum(k, (len(cdf) if K is None else K) - 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,8 +247,8 @@ def fused_step(
     if mixture is not None:
         S = mixture.delta.shape[0]
         srow = torch.zeros(B, dtype=torch.long) if S == 1 else crow[:, COL_STEP].long()
-        bad = bad | (srow >= S)
-        offset, noise_fn = _mixture_terms(mixture, crow, srow.clamp(max=S - 1), seed, sample_offset, B, D, z,
+        bad = bad | (srow < 0) | (srow >= S)
+        offset, noise_fn = _mixture_terms(mixture, crow, srow.clamp(0, S - 1), seed, sample_offset, B, D, z,
                                           offset_final, eta)
         offset = offset.reshape(x.shape)
     zz = None if z is None else z.reshape(x.shape)
@@ -266,7 +266,7 @@ def fused_step(
 def _mixture_terms(mix, crow, srow, seed, sample_offset, B, D, z, offset_final, eta):
     """Offsets δ_k and the mixture noise for each sample (float64); srow: each sample's step table."""
     K = mix.delta.shape[1]
-    k = torch.from_numpy(choose_components(seed, B, mix.cdf.cpu().numpy(), sample_offset)).long()
+    k = torch.from_numpy(choose_components(seed, B, mix.cdf.cpu().numpy(), sample_offset, K)).long()
     apply = (crow[:, COL_FINAL] == 0) | offset_final
     delta = mix.delta.double().cpu()[srow, k] * apply[:, None]
     w = mix.component_weight.double().cpu()[k]                       # 1 / (K₊ π_k)

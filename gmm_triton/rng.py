@@ -58,16 +58,6 @@ def draw_seed(generator: Optional[torch.Generator] = None, device=None) -> Tenso
     return torch.randint(0, 2**62, (1,), generator=generator, device=dev, dtype=torch.int64)
 
 
-def seed_from_generators(generator, device=None) -> Tensor:
-    """The step's seed from what diffusers accepts as ``generator``: one generator, a list of them (the seed is
-    drawn from the first: a list gives reproducible samples whatever torch's global RNG does), or None."""
-    if isinstance(generator, (list, tuple)):
-        if not generator:
-            raise ValueError("generator list is empty")
-        generator = generator[0]
-    return draw_seed(generator, device)
-
-
 def _key(seed) -> int:
     """A seed's 64 bits as the int64 the kernels' ``seed`` argument takes (values ≥ 2⁶³ wrap to negative)."""
     s = int(seed)

@@ -74,6 +74,7 @@ def test_cases_cover_every_constexpr_value(matrix):
         assert values <= seen[k], f"{k}: no case launches {sorted(values - seen[k])}"
     sig = [r["launch"]["signature"] for r in _step_rows(matrix)]
     assert {s["x_ptr"] for s in sig} == {"*fp16", "*bf16", "*fp32", "*fp64"}
+    assert {(s["eta"], s["clip"], s["guidance"]) for s in sig} == {("fp64", "fp64", "fp64")}  # exact in an fp64 step
     assert {s["seed_value"] for s in sig} == {"i32", "i64"}        # a small and a generator-sized host seed
     assert {"*fp16", "*bf16", "*fp64"} <= {s["z_ptr"] for s in sig}  # caller noise of several dtypes
     project = [r["launch"]["constexprs"] for r in matrix if r["kernel"] == "_project_kernel"]

@@ -200,3 +200,10 @@ def test_one_component_is_ddim_on_gpu(table, variance):
         assert (out - ddim).abs().max() <= 2 * torch.finfo(torch.float32).eps * (1 + ddim.abs().max())
     else:
         assert torch.equal(out, ddim)
+
+
+def test_fp64_scalars_stay_fp64_on_gpu(table):
+    x, m2 = torch.randn(2, 64, dtype=torch.float64, device=DEV), torch.randn(4, 64, dtype=torch.float64, device=DEV)
+    out, _ = ops.ddim_step(x, m2, 500, table, guidance_scale=7.1, clip_sample_range=0.3)
+    ref, _ = reference.fused_step(x.cpu(), m2.cpu(), 500, table.cpu(), guidance_scale=7.1, clip_sample_range=0.3)
+    assert (out.cpu() - ref).abs().max() < 1e-12

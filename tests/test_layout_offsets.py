@@ -124,3 +124,59 @@ def test_scheduler_sample_offset_gives_batch_invariant_trajectories(kind):
     assert torch.equal(torch.cat([run(0, 2), run(2, 2)]), whole)
     with pytest.raises(ValueError, match="sample_offset must be"):
         make().set_sample_offset(-1)
+
+
+def test_out_buffers_must_hold_samples_one_after_another(backend, table):
+    """An out= view whose batch stride is not D (a slice of a wider buffer, or a stride-0 expand) was accepted and
+    written at b·D: wrong values, and writes past the view."""
+    x, m = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    for bad in (torch.zeros(3, 4, 4, 4)[:, :2], torch.zeros(32).view(1, 2, 4, 4).expand(3, 2, 4, 4)):
+        with pytest.raises(ValueError, match="samples one after another"):
+            ops.ddim_step(x, m, 500, table, out=bad)
+
+
+def test_strided_tables_are_read_as_what_they_hold(backend, table):
+    """A coefficient table or mixture tensor that is a view with gaps: the Triton path read it as packed."""
+    x, m = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    wide = torch.zeros(table.shape[0], 16, dtype=torch.float64)
+    wide[:, :8] = table
+    ref, _ = ops.ddim_step(x, m, torch.tensor([900, 100]), table, eta=1.0, seed=3)
+    out, _ = ops.ddim_step(x, m, torch.tensor([900, 100]), wide[:, :8], eta=1.0, seed=3)
+    assert torch.equal(out, ref)
+    mix = build_mixture(256, 10, components=4, scale=0.05, variance="diag", seed=1)
+    t = mix.delta.transpose(1, 2).contiguous().transpose(1, 2)  # same values, strided
+    mix2 = type(mix)(**{**mix.__dict__, "delta": t})
+    a, _ = ops.ddim_step(x, m, 500, table, eta=1.0, seed=3, mixture=mix)
+    b, _ = ops.ddim_step(x, m, 500, table, eta=1.0, seed=3, mixture=mix2)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("variance", ["diag", "vub"])
+def test_fp64_with_a_mixture(backend, table, variance):
+    x, m = (torch.randn(2, 64, dtype=torch.float64) for _ in range(2))
+    mix = build_mixture(64, 10, components=4, scale=0.05, variance=variance, seed=1)
+    out, _ = ops.ddim_step(x, m, 500, table, eta=1.0, seed=3, mixture=mix)
+    ref, _ = reference.fused_step(x, m, 500, table, eta=1.0, seed=3, mixture=mix)
+    assert out.dtype == torch.float64 and (out - ref).abs().max() < 2e-6
+
+
+@pytest.mark.parametrize("be", ["cpp", "reference"])
+def test_fp64_scalars_stay_fp64(be, table):
+    """η, the clip range and the guidance scale reach an fp64 step as fp64. (The Triton kernel declares them fp64,
+    which tests/test_compile_matrix.py checks in the compiled signature and tests/test_cuda.py on a GPU; the
+    interpreter turns Python floats into fp32 constants whatever the declaration, so it is not run here.)"""
+    x, m, z = (torch.randn(2, 64, dtype=torch.float64) for _ in range(3))
+    m2 = torch.randn(4, 64, dtype=torch.float64)
+    for kw in (dict(guidance_scale=7.1, model_output=m2), dict(eta=0.3, noise=z), dict(clip_sample_range=0.3)):
+        mo = kw.pop("model_output", m)
+        with ops.use_cpu_backend(be):
+            out, _ = ops.ddim_step(x, mo, 500, table, **kw)
+        ref, _ = reference.fused_step(x, mo, 500, table, **kw)
+        assert (out - ref).abs().max() < 1e-12, kw
+
+
+def test_sample_offset_values(table):
+    x = torch.randn(2, 8)
+    for bad in (torch.tensor([-1]), -1, 2**63):
+        with pytest.raises(ValueError, match="sample_offset must be"):
+            ops.ddim_step(x, x, 500, table, eta=1.0, seed=1, sample_offset=bad)

@@ -7,9 +7,11 @@ its timestep, the mixture component k, the threshold) are loaded once per progra
 stated in ``reference.py``; this file only says how it is laid out.
 
 The ``"exact"`` mixture variance needs, per sample, the projection of its noise on the offsets' span — a
-reduction over D. ``_project_kernel`` computes it first from the noise alone (regenerated from Philox, or
-read from the caller's noise), as per-block partial sums; the step kernel adds them up. So ``sample`` and
-``model_output`` are still read exactly once.
+reduction over D. ``_project_kernel`` computes it first from the noise alone (drawn there from Philox and stored,
+σ-scaled, for the step to read; or the caller's noise), as per-tile partial sums; the step kernel adds them up.
+So ``sample`` and ``model_output`` are still read exactly once, and the noise is drawn once.
+
+Grid: (sample, tile) — the batch on the grid's x axis (up to 2³¹ − 1), the tiles of a sample on y (up to 65535).
 
 Layouts: a program's elements are positions j of its sample's block in memory. With ``PERMUTED`` (a dense
 layout such as channels_last, backends.Layout) position j holds logical element d(j); the loads and stores stay
@@ -166,7 +168,7 @@ def _noise(z_ptr, z_off, seed, scale, rho2, base, start, dl, mask, NOISE: tl.con
 @triton.jit(do_not_specialize=["t_value", "seed_value", "off_value", "eta"])
 def _project_kernel(
     z_ptr, z_bs, zout_ptr, seed_ptr, seed_value, off_ptr, off_value, coef_ptr, n_rows, t_ptr, t_value, basis_ptr,
-    part_ptr, D, n_blk, n_tables, n1, n2, l0, l1, l2, eta,
+    part_ptr, D, n_blk, n_tables, n1, n2, l0, l1, l2, eta: tl.float64,
     KP: tl.constexpr, SHARED: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, OFF_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr,
     PERMUTED: tl.constexpr, FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr,
@@ -176,14 +178,14 @@ def _project_kernel(
     noise's projection on the offsets' span, one basis row at a time (no [K, BLOCK] tile in registers). Philox noise
     is drawn here once, as the Gaussian step draws it (−σz, σ on the Box–Muller radius), and stored in zout (float32,
     the tile's memory order) for the step to read, rather than drawn a second time there."""
-    blk = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
     start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
     MASKED: tl.constexpr = MASK != _NO_MASK  # this pass reads few element streams: no full / edge split
     dl = _logical(d, n1, n2, l0, l1, l2, PERMUTED)
     row, _ = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
     srow, _ = _table_row(coef_ptr, row, n_tables, SHARED)
-    sigma = eta * tl.sqrt(tl.load(coef_ptr + row * _NC + _C_VAR).to(tl.float32))
+    sigma = tl.cast(eta, tl.float32) * tl.sqrt(tl.load(coef_ptr + row * _NC + _C_VAR).to(tl.float32))  # as the step
     seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     base = (b + _scalar(off_ptr, off_value, OFF_FROM_PTR)) * D
     zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, base, start, dl, mask, NOISE, ALIGNED4, PERMUTED, FAST, VEC,
@@ -208,7 +210,7 @@ def _tile_step(
     """The step's element work on one tile, from the loads to the stores: the kernel's pointers, the tile's geometry
     and the per-sample scalars come in as three tuples."""
     x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr = ptrs
-    b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2 = geo
+    b, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2 = geo
     clip, guidance, seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow = scal
     POISON_X0: tl.constexpr = CLIP or THRESH or PRED == _SAMPLE  # x̂₀ does not carry a scalar's NaN there
 
@@ -266,7 +268,7 @@ def _tile_step(
                 u = _table(var_ptr, srow * D, start, dl, mask, TVEC, MASKED, BLOCK).to(CT)
             else:  # vub: sub_d = ub[k, d] on the first K coordinates
                 u = tl.load(var_ptr + k * K + dl, mask=mask & (dl < K), other=0.0).to(CT)
-            rho2 = tl.maximum(1.0 - c * u, 0.0)
+            rho2 = tl.maximum(1.0 - c * u, 0.0).to(tl.float32)  # it rides on the (float32) Box–Muller radius
         if ZNEG:  # the exact mode's projection pass drew −σz already (float32)
             z = _noise(z_ptr, b * z_bs, seed, -1.0, 1.0, g * D, start, dl, mask, NOISE, ALIGNED4, PERMUTED,
                        FAST, VEC, ALIGN, MASKED, False, BLOCK).to(CT)
@@ -293,15 +295,13 @@ def _tile_step(
         _st(x0_ptr, b * D, start, x0, mask, VEC, ALIGN, MASKED, BLOCK)
 
 
-
-
 @triton.jit(do_not_specialize=["t_value", "seed_value", "off_value", "eta", "clip", "guidance"])
 def _ddim_step_kernel(
     x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr,
     coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value, off_ptr, off_value, thr_ptr,
     delta_ptr, cdf_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
     D, n_blk, n_tables, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2,
-    eta, clip, guidance,
+    eta: tl.float64, clip: tl.float64, guidance: tl.float64,  # fp64 scalars: an fp64 step keeps them exact
     CT: tl.constexpr, PRED: tl.constexpr, NOISE: tl.constexpr, VAR_MODE: tl.constexpr, MIX: tl.constexpr,
     K: tl.constexpr, KP: tl.constexpr, SHARED: tl.constexpr, NPART: tl.constexpr,
     T_FROM_PTR: tl.constexpr, T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, OFF_FROM_PTR: tl.constexpr,
@@ -310,9 +310,9 @@ def _ddim_step_kernel(
     FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr, TVEC: tl.constexpr,
     ZNEG: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # A 2-D grid (tile, sample): no division of the program id.
-    blk = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    # A 2-D grid (sample, tile): no division of the program id.
+    b = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
     start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
 
     # ---- per-sample scalars, once per program: the table row, and an invalid row folded in as NaN ---------
@@ -343,7 +343,7 @@ def _ddim_step_kernel(
 
     # ---- the element work: full tiles without masks; with a ragged D, edge tiles masked in their own copy -------
     ptrs = (x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr)
-    geo = (b, blk, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2)
+    geo = (b, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2)
     scal = (clip, guidance, seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow)
     if MASK == _SPLIT:
         if (start >= 0) & (start + BLOCK <= D):
@@ -397,7 +397,10 @@ def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, of
     # The tiles of a sample start at -(b·D mod ALIGN): 16-byte vectors (ALIGN elements) and whole Philox groups.
     align = max(4, 16 // x.element_size())
     n_blk = triton.cdiv(D + (align - 1 if D % align else 0), BLOCK)
-    grid = (n_blk, B)
+    if n_blk > 65535:  # the grid's y axis
+        raise ValueError(f"a sample of {D} elements needs {n_blk} tiles of {BLOCK}: more than the 65535 a CUDA grid "
+                         f"allows; pass a larger LaunchConfig block")
+    grid = (B, n_blk)
     off_host = 0 if off_tensor is not None else off_value
     # flat counter of a tile's start = offset·D + (b·D + start) ≡ offset·D (mod 4): a multiple of 4 gives whole groups
     aligned4 = BLOCK % 4 == 0 and (D % 4 == 0 or (off_tensor is None and off_host * D % 4 == 0))

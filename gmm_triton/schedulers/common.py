@@ -98,7 +98,7 @@ class SampleOffsetMixin:
             if offset.dtype.is_floating_point or offset.dtype == torch.bool or offset.numel() != 1:
                 raise ValueError(f"sample_offset must be an integer tensor of one element, got {offset.dtype} "
                                  f"{tuple(offset.shape)}")
-        elif isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        elif isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
             raise ValueError(f"sample_offset must be an int >= 0 or an integer tensor, got {offset!r}")
         self._sample_offset = offset
 

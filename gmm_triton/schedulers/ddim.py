@@ -65,7 +65,7 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             at every step). Which moments each one matches: the README's "Which moments the mixture matches".
         gmm_shared: one offset table for all steps (the paper's ``*`` variant) instead of one per step.
         gmm_priors: ``"uniform"`` or ``"random"`` (Dirichlet(1,…,1) from ``gmm_seed``), or K probabilities.
-        gmm_seed: seed of the offset tables (and random priors), in [0, 2⁶³).
+        gmm_seed: seed of the offset tables (and random priors), in [0, 2⁶⁴).
         gmm_clip_variance: let ``"vub"`` clip variances at 0 where s²/K > σ_t², as the paper does (App. A.5).
             On by default: at η = 0 (the pipelines' default) σ_t = 0, so every step clips and the default mixture
             could not sample otherwise. Off, such a step raises, naming the step and the bound.
