@@ -6,24 +6,32 @@ STAMP := $(VENV)/.gmm-triton-stamp
 HAS_CUDA = $(shell $(PY) -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null)
 TEST_ENV = HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.cache/inductor
 
-.PHONY: demo test bench distill clean
+.PHONY: demo test test-slow bench distill clean contract
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt tools/bootstrap.sh $(wildcard csrc/*.cpp csrc/*.h)
 	./tools/bootstrap.sh
 	@touch $@
 
+# `slow` tests (the > 2^31-element step, ~8.6 GB of RAM; the distillation acceptance, ~22 min) run only in test-slow
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m "not slow"
+
+test-slow: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m slow
 
 demo: $(STAMP)
 	$(TEST_ENV) $(PY) -m gmm_triton.cli demo
 
-# the distillation tables (README): learned teacher, moment matching, EMD vs VSD, 3 seeds each; ~25 min on 2 cores
+# the distillation tables (README): learned teacher, moment matching, EMD vs VSD, 3 seeds each; ~22 min on 2 cores
 distill: $(STAMP)
 	$(TEST_ENV) $(PY) -m gmm_triton.cli distill all --out gmm_triton_out/distill --workers 2
 
 bench: $(STAMP)
 	$(TEST_ENV) $(PY) -m gmm_triton.cli bench $(if $(filter 1,$(HAS_CUDA)),,--device cpu)
+
+# csrc/contract.h is generated from gmm_triton/contract.py (tests/test_contract.py checks they agree)
+contract: $(STAMP)
+	$(PY) -c 'import gmm_triton.contract as c; print(c.header(), end="")' > csrc/contract.h
 
 clean:
 	rm -rf $(VENV) build .cache gmm_triton/_C*.so *.egg-info

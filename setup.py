@@ -20,7 +20,7 @@ if os.environ.get("GMM_TRITON_SKIP_CPP") != "1":
     ext_modules = [
         CppExtension(
             "gmm_triton._C",
-            sources=["csrc/step.cpp", "csrc/module.cpp"],
+            sources=["csrc/step.cpp", "csrc/gddim.cpp", "csrc/module.cpp"],
             extra_compile_args={"cxx": cflags},
             extra_link_args=["-fopenmp"],
             py_limited_api=True,

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# The one device call of a GPU session: build the C++ twin against the machine's torch, run the GPU tests and
+# The one call on a GPU machine: build the C++ twin against the machine's torch, run the GPU tests and
 # benchmarks, then the benchmark table (python -m gmm_triton.bench --device cuda), then the CPU suite as CI runs
 # it if time is left. Everything lands in OUTDIR (8 files, at most 2 levels deep); the table is printed last.
 #
-#   device run, carry [".whl"], command:  bash benchmarks/run_gpu.sh "$OUT" [COMMIT]
+#   bash benchmarks/run_gpu.sh OUTDIR [COMMIT]        (from a copy of the repository, on the GPU machine)
 #
-# The GPU image has no diffusers (/work/.library/device/KINDS.md): put its wheel in .whl/ first (README of the
-# device tool: `pip download --no-deps --only-binary=:all: ... -d .whl diffusers==0.42.1`) and carry .whl.
+# An offline machine without diffusers needs its wheel in .whl/ of the copy (README, "Running on a GPU").
 # COMMIT (or $GMM_TRITON_COMMIT) names the commit in meta.json when the copy on the machine has no .git.
 # Budget, in the expected case: build ~1 min, GPU tests ~2 min, table ~3-4 min: under 8 minutes in all; each
 # stage has its own timeout (build 150 s, GPU tests 180 s, table 300 s and no later than 450 s in) so the call
@@ -25,9 +24,10 @@ say() { echo "[run_gpu +${SECONDS}s] $*" | tee -a "$LOG"; }
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   say "installing wheels: $(cd .whl && ls -- *.whl | tr '\n' ' ')"
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 \
+  SITE=$(mktemp -d)   # outside OUTDIR: only results come back from there
+  $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl >>"$LOG" 2>&1 \
     || say "wheel install failed (see setup.log)"
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 

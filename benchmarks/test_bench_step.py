@@ -4,7 +4,7 @@
     pytest -m cuda benchmarks                  GPU: the Triton kernel; do_bench medians and GB/s in extra_info
     GMM_BENCH_FULL=1 pytest benchmarks ...     the full size and dtype lists (default: tiny)
 
-Benchmarks measure; they assert nothing about time (DESIGN.md). Under `--benchmark-disable` (CI) each target runs
+Benchmarks measure; they assert nothing about time. Under `--benchmark-disable` (CI) each target runs
 once, so every case here stays small by default.
 """
 import os

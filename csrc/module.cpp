@@ -8,12 +8,14 @@
 namespace {
 
 void ddim_step_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& coef,
-                   const std::optional<at::Tensor>& rows, int64_t row, int64_t seed, const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold,
+                   const std::optional<at::Tensor>& rows, int64_t row, int64_t seed, int64_t offset,
+                   const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold,
                    const std::optional<at::Tensor>& delta, const std::optional<at::Tensor>& cdf,
                    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& var,
                    const std::optional<at::Tensor>& basis, const std::optional<at::Tensor>& eig, at::Tensor& out,
                    at::Tensor& x0, int64_t pred, int64_t var_mode, int64_t noise_mode, double eta, double clip,
-                   bool clip_on, bool clipped_eps, double guidance, bool cfg, bool offset_final, bool write_x0) {
+                   bool clip_on, bool clipped_eps, double guidance, bool cfg, bool offset_final, bool write_x0,
+                   at::IntArrayRef perm) {
   gmm::StepArgs a;
   a.x = x; a.m = m; a.coef = coef.contiguous();
   TORCH_CHECK(a.coef.scalar_type() == at::kDouble && a.coef.dim() == 2 && a.coef.size(1) == 8, "coef must be f64 [R, 8]");
@@ -21,10 +23,18 @@ void ddim_step_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& c
   a.row = row;
   a.B = out.size(0);
   a.D = a.B ? out.numel() / a.B : 0;
-  TORCH_CHECK(out.is_contiguous() && (!write_x0 || x0.is_contiguous()), "outputs must be contiguous");
-  TORCH_CHECK(x.size(0) == 1 || x[0].is_contiguous(), "sample rows must be contiguous");
-  TORCH_CHECK(m.size(0) == 1 || m[0].is_contiguous(), "model_output rows must be contiguous");
-  if (noise) { a.noise = *noise; TORCH_CHECK(noise->size(0) == 1 || (*noise)[0].is_contiguous(), "noise rows must be contiguous"); }
+  // perm = (n0, n1, n2, l0, l1, l2) for a permuted dense layout (backends.Layout), empty otherwise; the op checked
+  // that every tensor's blocks are dense in that one order
+  TORCH_CHECK(perm.empty() || perm.size() == 6, "perm must be empty or (n0, n1, n2, l0, l1, l2)");
+  a.permuted = !perm.empty();
+  if (a.permuted) { a.n1 = perm[1]; a.n2 = perm[2]; a.l0 = perm[3]; a.l1 = perm[4]; a.l2 = perm[5]; }
+  TORCH_CHECK(a.permuted || (out.is_contiguous() && (!write_x0 || x0.is_contiguous())), "outputs must be contiguous");
+  TORCH_CHECK(a.permuted || x.size(0) == 1 || x[0].is_contiguous(), "sample rows must be contiguous");
+  TORCH_CHECK(a.permuted || m.size(0) == 1 || m[0].is_contiguous(), "model_output rows must be contiguous");
+  if (noise) {
+    a.noise = *noise;
+    TORCH_CHECK(a.permuted || noise->size(0) == 1 || (*noise)[0].is_contiguous(), "noise rows must be contiguous");
+  }
   if (threshold) a.threshold = threshold->contiguous();
   a.mixed = delta.has_value();
   if (a.mixed) {
@@ -43,6 +53,7 @@ void ddim_step_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& c
   }
   a.out = out; a.x0 = x0;
   a.seed = static_cast<uint64_t>(seed);
+  a.offset = static_cast<uint64_t>(offset);
   a.pred = static_cast<int>(pred); a.var_mode = static_cast<int>(var_mode); a.noise_mode = static_cast<int>(noise_mode);
   a.eta = eta; a.clip = clip; a.guidance = guidance;
   a.clip_on = clip_on; a.clipped_eps = clipped_eps; a.cfg = cfg; a.offset_final = offset_final; a.write_x0 = write_x0;
@@ -56,10 +67,10 @@ void philox_normal_cpu(at::Tensor& out, int64_t seed, int64_t stream, int64_t st
 }  // namespace
 
 TORCH_LIBRARY(gmm_triton_cpp, m) {
-  m.def("ddim_step(Tensor x, Tensor m, Tensor coef, Tensor? rows, int row, int seed, Tensor? noise, Tensor? threshold, "
-        "Tensor? delta, Tensor? cdf, Tensor? weight, Tensor? var, Tensor? basis, Tensor? eig, Tensor(a!) out, "
-        "Tensor(b!) x0, int pred, int var_mode, int noise_mode, float eta, float clip, bool clip_on, "
-        "bool clipped_eps, float guidance, bool cfg, bool offset_final, bool write_x0) -> ()");
+  m.def("ddim_step(Tensor x, Tensor m, Tensor coef, Tensor? rows, int row, int seed, int offset, Tensor? noise, "
+        "Tensor? threshold, Tensor? delta, Tensor? cdf, Tensor? weight, Tensor? var, Tensor? basis, Tensor? eig, "
+        "Tensor(a!) out, Tensor(b!) x0, int pred, int var_mode, int noise_mode, float eta, float clip, bool clip_on, "
+        "bool clipped_eps, float guidance, bool cfg, bool offset_final, bool write_x0, int[] perm) -> ()");
   m.def("philox_normal_(Tensor(a!) out, int seed, int stream, int start) -> ()");
   m.def("philox_words_(Tensor(a!) out, int seed, int stream, int start) -> ()");
 }

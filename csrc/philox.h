@@ -121,6 +121,11 @@ inline void sincos_2pi(float u, float& s, float& c) {
   c = ((qm == 1) | (qm == 2)) ? -ca : ca;
 }
 
+// The Box-Muller radius √(-2 ln U°(w)) of a word, U°(w) = ((w >> 8) + 1) 2^-24 ∈ (0, 1].
+inline float bm_radius(uint32_t w) {
+  return __builtin_sqrtf(-2.0f * log_unit(static_cast<float>(static_cast<int32_t>(w >> 8) + 1) * 5.9604644775390625e-08f));
+}
+
 // Normals of flat indices [start, start + n) of `stream`, written to out[0..n).
 inline void normals(uint64_t seed, uint32_t stream, int64_t start, int64_t n, float* __restrict out) {
   alignas(64) uint32_t w0[kTile], w1[kTile], w2[kTile], w3[kTile];
@@ -132,8 +137,7 @@ inline void normals(uint64_t seed, uint32_t stream, int64_t start, int64_t n, fl
     philox_tile(seed, stream, static_cast<uint64_t>(g), cnt, w0, w1, w2, w3);
 #pragma GCC ivdep
     for (int i = 0; i < cnt; ++i) {
-      const float r01 = __builtin_sqrtf(-2.0f * log_unit(static_cast<float>(static_cast<int32_t>(w0[i] >> 8) + 1) * 5.9604644775390625e-08f));
-      const float r23 = __builtin_sqrtf(-2.0f * log_unit(static_cast<float>(static_cast<int32_t>(w2[i] >> 8) + 1) * 5.9604644775390625e-08f));
+      const float r01 = bm_radius(w0[i]), r23 = bm_radius(w2[i]);
       float s01, c01, s23, c23;
       sincos_2pi(uniform24(w1[i]), s01, c01);
       sincos_2pi(uniform24(w3[i]), s23, c23);
@@ -147,6 +151,31 @@ inline void normals(uint64_t seed, uint32_t stream, int64_t start, int64_t n, fl
     const int64_t lo = first > start ? first : start, hi = last < start + n ? last : start + n;
     std::memcpy(out + (lo - start), buf + (lo - first), sizeof(float) * (hi - lo));
     g += cnt;
+  }
+}
+
+// Philox4x32-10 of arbitrary counters c[0..n): the per-element path of permuted layouts.
+inline void philox_counters(uint64_t seed, uint32_t stream, const uint64_t* __restrict c, int n,
+                            uint32_t* __restrict o0, uint32_t* __restrict o1, uint32_t* __restrict o2,
+                            uint32_t* __restrict o3) {
+  for (int i = 0; i < n; ++i) philox_scalar(seed, stream, c[i], 1, o0 + i, o1 + i, o2 + i, o3 + i);
+}
+
+// The normals of flat indices base + idx[i], i < n <= 4 * kTile: each element computes its group (base + idx) / 4
+// and takes lane (base + idx) % 4 of it, so any order of indices gives the contract's numbers.
+inline void normals_at(uint64_t seed, uint32_t stream, uint64_t base, const int64_t* __restrict idx, int n,
+                       float* __restrict out) {
+  alignas(64) uint64_t g[4 * kTile];
+  alignas(64) uint32_t w0[4 * kTile], w1[4 * kTile], w2[4 * kTile], w3[4 * kTile];
+  for (int i = 0; i < n; ++i) g[i] = (base + static_cast<uint64_t>(idx[i])) >> 2;
+  philox_counters(seed, stream, g, n, w0, w1, w2, w3);
+  for (int i = 0; i < n; ++i) {
+    const int lane = static_cast<int>((base + static_cast<uint64_t>(idx[i])) & 3);
+    const uint32_t wa = lane < 2 ? w0[i] : w2[i], wb = lane < 2 ? w1[i] : w3[i];
+    const float r = bm_radius(wa);
+    float s, c;
+    sincos_2pi(uniform24(wb), s, c);
+    out[i] = r * ((lane & 1) ? s : c);
   }
 }
 

@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "contract.h"
 #include "philox.h"
 #include "step.h"
 #ifdef __F16C__
@@ -24,17 +25,26 @@ namespace {
 constexpr int64_t kChunk = 16384;  // elements per task
 constexpr int kLane = 1024;        // elements per stage tile
 
-enum Pred { kEps = 0, kSample = 1, kV = 2, kFlow = 3 };
-enum Var { kNone = 0, kDiag = 1, kVub = 2, kExact = 3 };
-enum NoiseMode { kNoNoise = 0, kPhilox = 1, kTensor = 2 };
-
 struct SampleScalars {
-  bool valid;
+  bool valid;    // the timestep row (and the mixture step table) exist: otherwise the sample is NaN
   double al, sg, alp, sp2, sigma, c_eps;
+  uint64_t base;  // the RNG counter of the sample's element 0: (offset + b) * D
   bool apply;    // mixture applies at this step
   int64_t srow;  // mixture table row
   int64_t k;     // component
 };
+
+// Logical indices of memory positions [j0, j0 + n) of a sample's block (StepArgs: permuted layouts).
+inline void logical_tile(const StepArgs& a, int64_t j0, int n, int64_t* __restrict idx) {
+  if (!a.permuted) {
+    for (int i = 0; i < n; ++i) idx[i] = j0 + i;
+    return;
+  }
+  for (int i = 0; i < n; ++i) {
+    const int64_t j = j0 + i, t = j / a.n2;
+    idx[i] = (t / a.n1) * a.l0 + (t % a.n1) * a.l1 + (j % a.n2) * a.l2;
+  }
+}
 
 template <typename T>
 inline void load_tile(const T* __restrict p, int n, float* __restrict o) {
@@ -71,12 +81,18 @@ inline void store_tile(const float* __restrict v, int n, float bad, c10::Half* _
 }
 #endif
 
-// Noise of sample b for d in [d0, d0 + n): Philox stream 0 at flat index b*D + d, or the caller's tensor.
+// Noise of sample b at memory positions [d0, d0 + n) (logical indices idx): Philox stream 0 at flat index
+// base + idx, or the caller's tensor (stored in the same layout as the sample).
 template <typename A>
-inline void noise_tile(const StepArgs& a, int64_t b, int64_t d0, int n, A* __restrict z) {
-  if (a.noise_mode == kPhilox) {
+inline void noise_tile(const StepArgs& a, int64_t b, uint64_t base, int64_t d0, const int64_t* idx, int n,
+                       A* __restrict z) {
+  if (a.noise_mode == kNoisePhilox) {
     alignas(64) float tmp[kLane];
-    normals(a.seed, 0, b * a.D + d0, n, tmp);
+    if (a.permuted) {
+      normals_at(a.seed, kStreamNoise, base, idx, n, tmp);
+    } else {
+      normals(a.seed, kStreamNoise, static_cast<int64_t>(base) + d0, n, tmp);
+    }
     for (int i = 0; i < n; ++i) z[i] = static_cast<A>(tmp[i]);
     return;
   }
@@ -89,13 +105,22 @@ inline void noise_tile(const StepArgs& a, int64_t b, int64_t d0, int n, A* __res
   }
 }
 
-// n elements of a mixture table (float32, or the bfloat16 storage build_mixture offers) from `off`, as float:
-// converted a tile at a time, so a bf16 table is never copied whole.
-inline void table_tile(const at::Tensor& t, int64_t off, int n, float* __restrict o) {
-  if (t.scalar_type() == at::kBFloat16) {
-    load_tile(t.data_ptr<c10::BFloat16>() + off, n, o);
+// n elements of a mixture table (float32, or the bfloat16 storage build_mixture offers) at off + idx[i] (the
+// logical indices of a tile), as float: converted a tile at a time, so a bf16 table is never copied whole.
+inline void table_tile(const StepArgs& a, const at::Tensor& t, int64_t off, const int64_t* idx, int n,
+                       float* __restrict o) {
+  const bool bf16 = t.scalar_type() == at::kBFloat16;
+  if (!a.permuted) {  // idx = d0, d0 + 1, ...: a contiguous run
+    if (bf16) load_tile(t.data_ptr<c10::BFloat16>() + off + idx[0], n, o);
+    else std::memcpy(o, t.data_ptr<float>() + off + idx[0], n * sizeof(float));
+    return;
+  }
+  if (bf16) {
+    const c10::BFloat16* p = t.data_ptr<c10::BFloat16>() + off;
+    for (int i = 0; i < n; ++i) o[i] = static_cast<float>(p[idx[i]]);
   } else {
-    std::memcpy(o, t.data_ptr<float>() + off, n * sizeof(float));
+    const float* p = t.data_ptr<float>() + off;
+    for (int i = 0; i < n; ++i) o[i] = p[idx[i]];
   }
 }
 
@@ -105,17 +130,24 @@ SampleScalars sample_scalars(const StepArgs& a, int64_t b) {
   int64_t row = !a.rows.defined() ? a.row : a.rows.data_ptr<int64_t>()[a.rows.numel() == 1 ? 0 : b];
   s.valid = row >= 0 && row < R;
   if (!s.valid) row = 0;
-  const double* c = a.coef.data_ptr<double>() + row * 8;
-  s.al = c[0];
-  s.sg = c[1];
-  s.alp = c[2];
-  s.sp2 = c[3];
-  s.sigma = a.eta * std::sqrt(c[4]);
+  const double* c = a.coef.data_ptr<double>() + row * kNCols;
+  s.al = c[kColAlpha];
+  s.sg = c[kColSigma];
+  s.alp = c[kColAlphaPrev];
+  s.sp2 = c[kColSigmaPrev2];
+  s.sigma = a.eta * std::sqrt(c[kColVar]);
   s.c_eps = std::sqrt(std::max(s.sp2 - s.sigma * s.sigma, 0.0));
+  const uint64_t g = a.offset + static_cast<uint64_t>(b);  // the sample's global index
+  s.base = g * static_cast<uint64_t>(a.D);
   if (a.mixed) {
-    s.apply = c[5] == 0.0 || a.offset_final;
-    s.srow = a.delta.size(0) == 1 ? 0 : static_cast<int64_t>(c[6]);
-    const float u = uniform_at(a.seed, 1, static_cast<uint64_t>(b));
+    s.apply = c[kColFinal] == 0.0 || a.offset_final;
+    const int64_t S = a.delta.size(0);
+    s.srow = S == 1 ? 0 : static_cast<int64_t>(c[kColStep]);
+    if (s.srow < 0 || s.srow >= S) {  // a step beyond the mixture's tables: NaN, never a read past them
+      s.valid = false;
+      s.srow = 0;
+    }
+    const float u = uniform_at(a.seed, kStreamChoice, g);
     const float* cdf = a.cdf.data_ptr<float>();
     int64_t k = 0;
     for (int64_t j = 0; j < a.cdf.numel(); ++j) k += cdf[j] <= u;
@@ -130,6 +162,7 @@ void project(const StepArgs& a, int64_t n_chunks, std::vector<double>& part) {
   at::parallel_for(0, a.B * n_chunks, 1, [&](int64_t begin, int64_t end) {
     alignas(64) double z[kLane];
     alignas(64) float q[kLane];
+    alignas(64) int64_t idx[kLane];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_chunks, ch = task % n_chunks;
       const SampleScalars s = sample_scalars(a, b);
@@ -138,9 +171,10 @@ void project(const StepArgs& a, int64_t n_chunks, std::vector<double>& part) {
       const int64_t q0 = s.srow * KP * a.D;  // this sample's basis rows
       for (int64_t d0 = ch * kChunk; d0 < std::min(a.D, (ch + 1) * kChunk); d0 += kLane) {
         const int n = static_cast<int>(std::min<int64_t>(kLane, a.D - d0));
-        noise_tile(a, b, d0, n, z);
+        logical_tile(a, d0, n, idx);
+        noise_tile(a, b, s.base, d0, idx, n, z);
         for (int64_t j = 0; j < KP; ++j) {
-          table_tile(a.basis, q0 + j * a.D + d0, n, q);
+          table_tile(a, a.basis, q0 + j * a.D, idx, n, q);
           double acc = 0.0;
           for (int i = 0; i < n; ++i) acc += static_cast<double>(q[i]) * z[i];
           out[j] += acc;
@@ -155,7 +189,7 @@ void step_impl(const StepArgs& a) {
   const int64_t n_chunks = (a.D + kChunk - 1) / kChunk;
   const int64_t KP = a.mixed ? a.cdf.numel() : 1;
   std::vector<double> part;
-  if (a.mixed && a.var_mode == kExact && a.noise_mode != kNoNoise) {
+  if (a.mixed && a.var_mode == kVarExact && a.noise_mode != kNoiseNone) {
     part.resize(a.B * n_chunks * KP);
     project(a, n_chunks, part);
   }
@@ -177,6 +211,7 @@ void step_impl(const StepArgs& a) {
     alignas(64) A xv[kLane], mv[kLane], x0v[kLane], ev[kLane], pv[kLane];
     alignas(64) A z[kLane];
     alignas(64) float aux[kLane], tab[kLane];
+    alignas(64) int64_t idx[kLane];
     std::vector<double> proj(KP, 0.0), cj(KP, 0.0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_chunks, ch = task % n_chunks;
@@ -187,7 +222,7 @@ void step_impl(const StepArgs& a) {
       int64_t delta0 = 0, q0 = 0;  // offsets of this sample's offset row and basis rows
       if (a.mixed) {
         delta0 = (s.srow * a.delta.size(1) + s.k) * a.D;
-        if (a.var_mode == kExact && a.noise_mode != kNoNoise) {
+        if (a.var_mode == kVarExact && a.noise_mode != kNoiseNone) {
           // Σ over this sample's chunks in a fixed order: deterministic for any thread count.
           std::fill(proj.begin(), proj.end(), 0.0);
           for (int64_t c = 0; c < n_chunks; ++c)
@@ -203,6 +238,7 @@ void step_impl(const StepArgs& a) {
       }
       for (int64_t d0 = ch * kChunk; d0 < std::min(a.D, (ch + 1) * kChunk); d0 += kLane) {
         const int n = static_cast<int>(std::min<int64_t>(kLane, a.D - d0));
+        logical_tile(a, d0, n, idx);
         load_tile(X + b * xbs + d0, n, xv);
         load_tile(M + b * mbs + d0, n, mv);
         if (a.cfg) {
@@ -210,13 +246,13 @@ void step_impl(const StepArgs& a) {
           for (int i = 0; i < n; ++i) mv[i] += g * (ev[i] - mv[i]);
         }
         switch (a.pred) {
-          case kEps:
+          case kPredEpsilon:
             for (int i = 0; i < n; ++i) { x0v[i] = (xv[i] - sg * mv[i]) / al; ev[i] = mv[i]; }
             break;
-          case kSample:
+          case kPredSample:
             for (int i = 0; i < n; ++i) { x0v[i] = mv[i]; ev[i] = (xv[i] - al * mv[i]) / sg; }
             break;
-          case kV:
+          case kPredVPrediction:
             for (int i = 0; i < n; ++i) { x0v[i] = al * xv[i] - sg * mv[i]; ev[i] = al * mv[i] + sg * xv[i]; }
             break;
           default:
@@ -232,29 +268,30 @@ void step_impl(const StepArgs& a) {
           for (int i = 0; i < n; ++i) ev[i] = (xv[i] - al * x0v[i]) / sg;
         for (int i = 0; i < n; ++i) pv[i] = alp * x0v[i] + c_eps * ev[i];
         if (a.mixed && s.apply) {
-          table_tile(a.delta, delta0 + d0, n, tab);
+          table_tile(a, a.delta, delta0, idx, n, tab);
           for (int i = 0; i < n; ++i) pv[i] += static_cast<A>(tab[i]);
         }
-        if (a.noise_mode != kNoNoise) {
-          noise_tile(a, b, d0, n, z);
-          const bool mix_var = a.mixed && s.apply && a.var_mode != kNone;
+        if (a.noise_mode != kNoiseNone) {
+          noise_tile(a, b, s.base, d0, idx, n, z);
+          const bool mix_var = a.mixed && s.apply && a.var_mode != kVarNone;
           if (!mix_var) {
             for (int i = 0; i < n; ++i) pv[i] += sigma * z[i];
-          } else if (a.var_mode == kDiag) {
-            const float* u = a.var.data_ptr<float>() + s.srow * a.D + d0;
+          } else if (a.var_mode == kVarDiag) {
+            table_tile(a, a.var, s.srow * a.D, idx, n, tab);
             const A wk = static_cast<A>(a.weight.data_ptr<float>()[s.k]), s2 = sigma * sigma;
             for (int i = 0; i < n; ++i) {  // root computed unconditionally, then selected: vectorises
-              const A sub = wk * static_cast<A>(u[i]);
+              const A sub = wk * static_cast<A>(tab[i]);
               const A root = std::sqrt(std::max(s2 - sub, A(0)));
               pv[i] += (sub > A(0) ? root : sigma) * z[i];
             }
-          } else if (a.var_mode == kVub) {
+          } else if (a.var_mode == kVarVub) {
             const int64_t K = a.delta.size(1);
             const float* ub = a.var.data_ptr<float>() + s.k * K;
             const A s2 = sigma * sigma;
-            const int head = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(K - d0, n)));
-            for (int i = 0; i < head; ++i) {  // the bounds live on the first K coordinates only
-              const A sub = static_cast<A>(ub[d0 + i]);
+            // the bounds live on the first K (logical) coordinates only: a head of the tile unless permuted
+            const int head = a.permuted ? n : static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(K - d0, n)));
+            for (int i = 0; i < head; ++i) {
+              const A sub = idx[i] < K ? static_cast<A>(ub[idx[i]]) : A(0);
               pv[i] += (sub > A(0) ? std::sqrt(std::max(s2 - sub, A(0))) : sigma) * z[i];
             }
             for (int i = head; i < n; ++i) pv[i] += sigma * z[i];
@@ -262,7 +299,7 @@ void step_impl(const StepArgs& a) {
             std::fill(aux, aux + n, 0.0f);
             for (int64_t j = 0; j < KP; ++j) {
               const float c = static_cast<float>(cj[j]);
-              table_tile(a.basis, q0 + j * a.D + d0, n, tab);
+              table_tile(a, a.basis, q0 + j * a.D, idx, n, tab);
               for (int i = 0; i < n; ++i) aux[i] += tab[i] * c;
             }
             // σz exactly as the Gaussian path computes it, then the span correction (no FMA across the two)

@@ -5,16 +5,37 @@
     pipe.scheduler = GMMDDIMScheduler.from_config(pipe.scheduler.config, kernel="gmm")  # DDIM-GMM
 
 The op, for custom pipelines: :func:`ddim_step` (``torch.ops.gmm_triton.ddim_step`` underneath).
+gDDIM for critically-damped Langevin and blurring diffusions: :class:`CLD`, :class:`GDDIMCLDScheduler`,
+:class:`BlurProcess`, :class:`GDDIMBlurScheduler` (``gmm_triton.gddim``).
+
+The names below load on first use (PEP 562), so ``import gmm_triton`` and the command line's argument checks do
+not pay for torch, triton and diffusers until something needs them.
 """
+import importlib
+
 __version__ = "0.1.0"
 
-from .coefficients import ddim_table, flow_table
-from .mixture import MixtureTensors, build_mixture
-from .ops import cpu_backend, ddim_step, draw_seed, philox_normal
-from .schedulers import GMMDDIMScheduler, GMMFlowMatchScheduler
+# public name -> the module that defines it
+_EXPORTS = {
+    "ddim_table": "coefficients", "flow_table": "coefficients",
+    "MixtureTensors": "mixture", "build_mixture": "mixture",
+    "cpu_backend": "backends",
+    "ddim_step": "ops",
+    "draw_seed": "rng", "initial_noise": "rng", "philox_normal": "rng",
+    "GMMDDIMScheduler": "schedulers", "GMMFlowMatchScheduler": "schedulers",
+    "CLD": "gddim", "BlurProcess": "gddim", "GDDIMCLDScheduler": "gddim", "GDDIMBlurScheduler": "gddim",
+}
 
-__all__ = [
-    "__version__", "ddim_step", "draw_seed", "philox_normal", "cpu_backend", "ddim_table", "flow_table",
-    "MixtureTensors", "build_mixture", "GMMDDIMScheduler",
-    "GMMFlowMatchScheduler",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'gmm_triton' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

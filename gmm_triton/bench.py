@@ -1,4 +1,4 @@
-"""Benchmarks of the fused step (DESIGN.md, "Performance conventions"): `gmm-triton bench`,
+"""Benchmarks of the fused step: `gmm-triton bench`,
 `python -m gmm_triton.bench`.
 
 What each number is:

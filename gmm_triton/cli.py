@@ -1,30 +1,43 @@
-"""``gmm-triton demo | eval | sample | bench | train | distill``."""
+"""``gmm-triton demo | eval | sample | generate | bench | inspect | train | distill``."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
+from .cli_args import add_mixture_arguments, eta, etas, families, nonneg_float, positive_int, scales, seed, seeds, \
+    steps_list
 
-def _floats(s):
-    return tuple(float(v) for v in s.split(","))
+# what `pip install "gmm-triton[demo]"` adds, by import name: plots (demo, eval, bench, distill) and the digits data
+# set that the oracle samplers use (demo, eval, bench's end-to-end loops, train, distill)
+DEMO_EXTRAS = {"matplotlib": "matplotlib", "sklearn": "scikit-learn"}
 
 
-def _ints(s):
-    return tuple(int(v) for v in s.split(","))
+def _missing_extras(argv) -> tuple:
+    """(command, missing packages) for the command in ``argv``: a lookup, no import, before torch is imported."""
+    cmd = next((a for a in argv if not a.startswith("-")), None)
+    if cmd not in ("demo", "eval", "bench", "train", "distill") or "-h" in argv or "--help" in argv:
+        return cmd, []
+    modules = ("matplotlib",) if cmd == "bench" and "--no-e2e" in argv else DEMO_EXTRAS
+    return cmd, [DEMO_EXTRAS[m] for m in modules if importlib.util.find_spec(m) is None]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gmm-triton", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("demo", help="DDIM vs DDIM-GMM on the embedded oracle (digits): table, grid, steps plot")
-    d.add_argument("--out", default="gmm_triton_out/demo")
+    d = sub.add_parser("demo", help="DDIM vs DDIM-GMM on the embedded oracle (digits): table, grid, steps plot; "
+                                    "--family cld|blur|gddim: the gDDIM tables instead")
+    d.add_argument("--family", default="ddim", choices=["ddim", "cld", "blur", "gddim"],
+                   help="ddim: DDIM vs DDIM-GMM; cld, blur or gddim (both): gDDIM on CLD / BDM (CPU)")
+    d.add_argument("--out", default=None, help="output folder (default gmm_triton_out/demo or .../gddim)")
     d.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    d.add_argument("--samples", type=int, default=2000, help="samples per sampler and seed")
-    d.add_argument("--steps", type=int, default=10)
-    d.add_argument("--scale", type=float, default=0.3, help="gmm_scale s of the mixture samplers")
-    d.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="comma-separated sampling seeds")
+    d.add_argument("--samples", type=positive_int, default=None,
+                   help="samples per sampler and seed (default 2000; gDDIM: 400 for CLD, 500 for BDM)")
+    d.add_argument("--steps", type=positive_int, default=10)
+    d.add_argument("--scale", type=nonneg_float, default=0.3, help="gmm_scale s of the mixture samplers")
+    d.add_argument("--seeds", type=seeds, default=(0, 1, 2), help="comma-separated sampling seeds")
     d.add_argument("--quick", action="store_true", help="a tiny configuration (tests, smoke runs)")
     d.add_argument("--learned-model", default="gmm_triton_out/model/model.pt",
                    help="rows for this learned model (`gmm-triton train`; trained if missing); '' for none")
@@ -32,62 +45,90 @@ def main(argv=None) -> int:
     e = sub.add_parser("eval", help="full sweep steps × η × sampler × scale (CSV + plots; resumable)")
     e.add_argument("--out", default="gmm_triton_out/eval")
     e.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    e.add_argument("--steps", type=_ints, default=(5, 10, 20, 50))
-    e.add_argument("--etas", type=_floats, default=(0.0, 0.5, 1.0))
-    e.add_argument("--scales", type=_floats, default=(0.1, 0.3, 1.0, 3.0))
-    e.add_argument("--samples", type=int, default=2000)
-    e.add_argument("--seeds", type=_ints, default=(0, 1))
-    e.add_argument("--families", default="ddim", help="comma-separated: ddim,flow")
+    e.add_argument("--steps", type=steps_list, default=(5, 10, 20, 50))
+    e.add_argument("--etas", type=etas, default=(0.0, 0.5, 1.0))
+    e.add_argument("--scales", type=scales, default=(0.1, 0.3, 1.0, 3.0))
+    e.add_argument("--samples", type=positive_int, default=2000)
+    e.add_argument("--seeds", type=seeds, default=(0, 1))
+    e.add_argument("--families", type=families, default=("ddim",), help="comma-separated: ddim,flow")
 
     s = sub.add_parser("sample", help="run a local diffusers pipeline with our scheduler and save images")
     s.add_argument("--pipeline", required=True, help="a local pipeline folder (or a cached hub id)")
     s.add_argument("--out", default="gmm_triton_out/samples")
     s.add_argument("--prompt", default=None, help="for text-conditioned pipelines")
-    s.add_argument("--steps", type=int, default=10)
-    s.add_argument("--eta", type=float, default=0.0)
-    s.add_argument("--num-images", type=int, default=4)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=positive_int, default=10)
+    s.add_argument("--eta", type=eta, default=0.0)
+    s.add_argument("--num-images", type=positive_int, default=4)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     s.add_argument("--kernel", default="gmm", choices=["gaussian", "gmm"])
-    s.add_argument("--gmm-scale", type=float, default=1.0)
-    s.add_argument("--gmm-components", type=int, default=8)
-    s.add_argument("--gmm-offsets", default="ortho", choices=["ortho", "rand"])
-    s.add_argument("--gmm-variance", default="vub", choices=["diag", "vub", "exact"])
-    s.add_argument("--gmm-shared", action="store_true")
-    s.add_argument("--gmm-clip-variance", action=argparse.BooleanOptionalAction, default=True)
+    add_mixture_arguments(s)
     s.add_argument("--noise-source", default="philox", choices=["philox", "torch"])
 
-    b = sub.add_parser("bench", help="kernel throughput and step latency vs diffusers and torch.compile")
-    from . import bench
+    from . import bench, generate, inspect
 
-    bench.add_arguments(b)
+    generate.add_arguments(sub.add_parser(
+        "generate", help="N samples of the oracle or a pipeline, sharded over torchrun processes, resumable, the same "
+                         "bytes for any process count and batch size"))
+    bench.add_arguments(sub.add_parser("bench", help="kernel throughput and step latency vs diffusers and torch.compile"))
+    inspect.add_arguments(sub.add_parser(
+        "inspect", help="compile every kernel specialisation for sm_80/sm_90a/sm_100a (no GPU needed): registers, "
+                        "spills, access widths, SASS per element, predicted bandwidth"))
     from .distill.cli import add_commands
 
     add_commands(sub)  # train, distill
+    return p
 
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cmd, missing = _missing_extras(argv)
+    if missing:  # in well under a second: gmm_triton's import is lazy and nothing heavy is loaded yet
+        print(f"usage: gmm-triton {cmd} ...\ngmm-triton {cmd}: error: {cmd} needs {' and '.join(missing)}, not "
+              f"installed: pip install \"gmm-triton[demo]\"", file=sys.stderr)
+        raise SystemExit(2)
+    p = build_parser()
     args = p.parse_args(argv)
-    if args.cmd == "demo":
+    if args.cmd == "demo" and args.family != "ddim":
+        from .gddim.demo import run_gddim_demo
+
+        run_gddim_demo(args.out or "gmm_triton_out/gddim", family=args.family, n=args.samples, quick=args.quick)
+    elif args.cmd == "demo":
         from .demo import run_demo
 
-        run_demo(args.out, device=args.device, n=args.samples, steps=args.steps, scale=args.scale,
-                 seeds=args.seeds, quick=args.quick, learned_model=args.learned_model)
+        run_demo(args.out or "gmm_triton_out/demo", device=args.device, n=args.samples or 2000, steps=args.steps,
+                 scale=args.scale, seeds=args.seeds, quick=args.quick, learned_model=args.learned_model)
     elif args.cmd == "eval":
         from .demo import run_eval
 
         run_eval(args.out, device=args.device, steps=args.steps, etas=args.etas, scales=args.scales,
-                 n=args.samples, seeds=args.seeds, families=tuple(args.families.split(",")))
+                 n=args.samples, seeds=args.seeds, families=args.families)
     elif args.cmd == "sample":
         return run_sample(args)
     elif args.cmd in ("train", "distill"):
         return args.func(args)
+    elif args.cmd == "generate":
+        from . import generate
+
+        try:
+            generate.run(args)
+        except generate.GenerateError as e:
+            print(f"gmm-triton generate: error: {e}", file=sys.stderr)
+            return 2
+    elif args.cmd == "inspect":
+        from . import inspect
+
+        return inspect.main(args)
     else:
+        from . import bench
+
         return bench.main(args)
     return 0
 
 
 def run_sample(args) -> int:
     """Loads a diffusers pipeline, swaps in our scheduler (DDIM-family or flow-matching), saves PNGs."""
-    import inspect
+    import inspect as pyinspect
 
     import torch
     from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
@@ -101,7 +142,7 @@ def run_sample(args) -> int:
                 gmm_shared=args.gmm_shared, gmm_clip_variance=args.gmm_clip_variance)
     call = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed),
                 output_type="pil")
-    params = inspect.signature(pipe.__call__).parameters
+    params = pyinspect.signature(pipe.__call__).parameters
     if isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
         from .schedulers.flow import GMMFlowMatchScheduler
 

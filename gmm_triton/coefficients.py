@@ -18,13 +18,11 @@ int t that diffusers accepts works. Flow rows are indexed by the step index.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-N_COLS = 8
-COL_ALPHA, COL_SIGMA, COL_ALPHA_PREV, COL_SIGMA_PREV2, COL_VAR, COL_FINAL, COL_STEP = range(7)
+from .contract import COL_ALPHA, COL_ALPHA_PREV, COL_FINAL, COL_SIGMA, COL_SIGMA_PREV2, COL_STEP, COL_VAR, N_COLS
+
 PREV_RULES = ("diffusers", "grid")
 
 
@@ -123,11 +121,3 @@ class TableCache:
             t = self.host if device.type == "cpu" else self.host.to(device)
             self._on[key] = t
         return t
-
-    def row(self, i: int) -> np.ndarray:
-        return self.host[i].numpy()
-
-
-def sigma(table_row, eta: float) -> float:
-    """σ of one table row at η."""
-    return float(eta) * math.sqrt(max(float(table_row[COL_VAR]), 0.0))

@@ -3,27 +3,32 @@
 DDIM's reverse kernel N(μ_t, σ_t² I) is replaced by a mixture with the same first two moments (Eq. 7, 8):
 
     q(x_{t-1} | x_t, x̂₀) = Σ_k π_k N(μ_t + δ_k, σ_t² I − Δ_k),   Σ_k π_k δ_k = 0,
-    Δ_k = C / (K π_k),   C = Σ_l π_l δ_l δ_lᵀ                       (Eq. 11, the second form of Eq. 8)
+    Δ_k = C / (K₊ π_k),   C = Σ_l π_l δ_l δ_lᵀ                      (Eq. 11, the second form of Eq. 8)
 
-so that Σ_k π_k (σ_t² I − Δ_k) + Σ_k π_k δ_k δ_kᵀ = σ_t² I. The offsets δ_k are random full-size vectors
+so that Σ_k π_k (σ_t² I − Δ_k) + Σ_k π_k δ_k δ_kᵀ = σ_t² I; K₊ is the number of components with π_k > 0 (K when
+all priors are positive: the paper's K π_k), since only those are ever drawn. The offsets δ_k are random full-size vectors
 drawn once from a seed, shared by all samples (a [S, K, D] table, S = steps or 1 for the step-shared
 ``*`` variant); the component k is drawn per sample per step inside the fused op.
 
 Offsets (paper §3.1), from O ∈ R^{D×K} with N(0, 1) entries (Philox stream 2 keyed by the seed, so the
-same seed gives the same table on any device up to float rounding):
+same seed gives the same table on every device, bit for bit: it is built on the host):
     "rand"  (Eq. 9):  c_k = O_k − Σ_l π_l O_l,   δ_k = s c_k / ‖c_k‖              (‖δ_k‖ = s)
     "ortho" (Eq. 10): U = thin-QR(O) (Haar-distributed like the paper's SVD),  δ_k = s (U_k − Σ_l π_l U_l).
                       With uniform priors the δ_k are a randomly rotated regular simplex:
                       ‖δ_k‖ = s √(1 − 1/K), ⟨δ_k, δ_l⟩ = −s²/K, and C has K−1 eigenvalues s²/K.
 Variances of component k in dimension d (each clipped at 0):
-    "diag"  (Eq. 11, diagonal approximation):  σ_t² − diag(C)_d / (K π_k)
+    "diag"  (Eq. 11, diagonal approximation):  σ_t² − diag(C)_d / (K₊ π_k)
     "vub"   (App. A.2, ORTHO-VUB): σ_t² − ub_k[d] on the first K flattened coordinates, σ_t² elsewhere, with
-            Golub's eigenvalue upper bounds ub_k = s²/(K π_k) · (π₍₁₎, π₍₁₎, π₍₂₎, …, π₍K−1₎), π sorted
+            Golub's eigenvalue upper bounds ub_k = s²/(K₊ π_k) · (π₍₁₎, π₍₁₎, π₍₂₎, …, π₍K−1₎), π sorted
             descending (s²/K for every coordinate with uniform priors). The bounds hold for ORTHO offsets;
             with RAND they are the same numbers, an approximation.
-    "exact" (beyond the paper): z ~ N(0, σ_t² I − Δ_k) drawn exactly as σ z + Qᵀ((√(σ_t² − λ/(K π_k)) − σ) ⊙ Q z),
+    "exact" (beyond the paper): z ~ N(0, σ_t² I − Δ_k) drawn exactly as σ z + Qᵀ((√(σ_t² − λ/(K₊ π_k)) − σ) ⊙ Q z),
             Q an orthonormal basis of span{δ} and λ the eigenvalues of C on it, so the mixture's covariance is
-            exactly σ_t² I. Needs λ_max/(K π_k) ≤ σ_t² at every step where the mixture applies.
+            exactly σ_t² I. Needs λ_max/(K₊ π_k) ≤ σ_t² at every step where the mixture applies.
+
+With K = 1 or s = 0 every mode is DDIM: bit for bit for "diag" and "vub" on every backend, and for "exact" on the
+CPU; on a GPU "exact" stores its noise (−σz, float32) between its two passes, one rounding from the Gaussian step's
+fused multiply-add.
 
 Where σ_t² is smaller than what a mode subtracts, "diag" clips (the paper's behaviour, A.5); "vub" raises
 unless ``clip_variance=True`` (the paper's η = 0 ORTHO-VUB setting needs that); "exact" always raises.
@@ -31,9 +36,13 @@ unless ``clip_variance=True`` (the paper's η = 0 ORTHO-VUB setting needs that);
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
+
+from .contract import STREAM_TABLE
+from .rng import philox_normal
 
 OFFSETS = ("rand", "ortho")
 VARIANCES = ("diag", "vub", "exact")
@@ -45,7 +54,7 @@ class MixtureTensors:
     """The mixture as the fused op reads it. Build it with :func:`build_mixture`.
 
     delta [S, K, D]: offsets δ (fp32 or bf16); cdf [KP]: cumulative priors padded with 1.0 to a power of
-    two; component_weight [KP]: 1/(K π_k) (0 where π_k = 0 and in the padding); var_table: "diag" [S, D]
+    two; component_weight [KP]: 1/(K₊ π_k) (0 where π_k = 0 and in the padding); var_table: "diag" [S, D]
     = diag(C), "vub" [K, K] = ub_k; basis [S, KP, D] / eigvals [S, KP]: "exact" only.
     """
 
@@ -102,6 +111,47 @@ class MixtureTensors:
                               self.variance_mode, self.scale, mv(self.var_table), mv(self.basis),
                               mv(self.eigvals), self.clip_variance, self.max_offset_variance)
 
+    # The op's schema takes tensors, not objects: these three are the mixture's only crossing of that border.
+    def op_tensors(self) -> tuple:
+        """The six tensors the op takes (unused ones None), in its argument order."""
+        return self.delta, self.cdf, self.component_weight, self.var_table, self.basis, self.eigvals
+
+    @classmethod
+    def from_op_tensors(cls, tensors, variance_mode: str) -> "MixtureTensors":
+        """The op side's view of :meth:`op_tensors` (priors and scale are not needed to sample)."""
+        delta, cdf, weight, var, basis, eig = (None if t is None else t.contiguous() for t in tensors)
+        return cls(delta=delta, cdf=cdf, component_weight=weight, priors=None, variance_mode=variance_mode,
+                   scale=float("nan"), var_table=var, basis=basis, eigvals=eig)
+
+    @staticmethod
+    def check_op_tensors(tensors, variance_mode: str, D: int, device: torch.device) -> None:
+        """Shapes, dtypes and devices of :meth:`op_tensors` (what the kernels index; no data is read)."""
+        delta, cdf, weight, var, basis, eig = tensors
+        if delta.dim() != 3 or delta.shape[2] != D:
+            raise ValueError(f"mixture offsets must be [S, K, D] with D={D} (the latent size), got "
+                             f"{tuple(delta.shape)}")
+        if any(t is not None and t.device != device for t in tensors):
+            raise ValueError(f"mixture tensors must be on the sample's device {device}")
+        if cdf is None or weight is None:
+            raise ValueError("a mixture needs its cdf and component weights")
+        S, K, _ = delta.shape
+        kp = cdf.numel()
+        if kp < K or kp & (kp - 1) or weight.numel() != kp:
+            raise ValueError(f"mixture cdf and weights must hold K={K} values padded to a power of two, got "
+                             f"{cdf.numel()} and {weight.numel()}")
+        if delta.dtype not in (torch.float32, torch.bfloat16) or cdf.dtype != torch.float32 \
+                or weight.dtype != torch.float32:
+            raise TypeError("mixture offsets must be float32 or bfloat16, cdf and weights float32")
+        if variance_mode in ("diag", "vub"):
+            want = (S, D) if variance_mode == "diag" else (K, K)
+            if var is None or tuple(var.shape) != want or var.dtype != torch.float32:
+                raise ValueError(f"variance_mode {variance_mode!r} needs a float32 variance table of shape {want}")
+        if variance_mode == "exact":
+            if basis is None or eig is None or tuple(basis.shape) != (S, kp, D) or tuple(eig.shape) != (S, kp):
+                raise ValueError(f"variance_mode 'exact' needs the basis [{S}, {kp}, {D}] and eigenvalues [{S}, {kp}]")
+            if basis.dtype not in (torch.float32, torch.bfloat16) or eig.dtype != torch.float32:
+                raise TypeError("mixture basis must be float32 or bfloat16, eigenvalues float32")
+
     def check_variance(self, sigma2: torch.Tensor, applies: torch.Tensor, steps=None) -> None:
         """Raises if a component needs more variance than σ_t² at a step where the mixture applies.
 
@@ -133,7 +183,7 @@ def resolve_priors(priors, K: int, seed: int) -> torch.Tensor:
         if priors == "uniform":
             return torch.full((K,), 1.0 / K, dtype=torch.float64)
         if priors == "random":
-            g = torch.Generator().manual_seed(int(seed) + 1)
+            g = torch.Generator().manual_seed((int(seed) + 1) % 2**64)
             e = -torch.log1p(-torch.rand(K, generator=g, dtype=torch.float64))  # Exp(1) spacings
             return e / e.sum()
         raise ValueError(f"gmm_priors must be one of {PRIORS} or a sequence of K probabilities, got {priors!r}")
@@ -152,7 +202,7 @@ def build_mixture(
     num_steps: int,
     *,
     components: int = 8,
-    scale: float = 1.0,
+    scale: float = 0.3,
     offsets: str = "ortho",
     variance: str = "vub",
     shared: bool = False,
@@ -160,16 +210,24 @@ def build_mixture(
     seed: int = 0,
     device=None,
     dtype: torch.dtype = torch.float32,
-    clip_variance: bool = False,
+    clip_variance: bool = True,
 ) -> MixtureTensors:
     """Builds the mixture parameters for latents of D = ``dim`` elements and a ``num_steps``-step schedule.
 
-    Deterministic in ``seed``; built on ``device`` (the latents' device: the only large work is one batched
-    thin QR or normalisation of [S, D, K] and a few [S, K, D] passes); never forms a D×D matrix.
+    Deterministic in ``seed``. Built on the host (the only large work is one batched thin QR or normalisation of
+    [S, D, K] and a few [S, K, D] passes, ~0.1 s at S=50, K=8, D=65536 on two cores; never a D×D matrix), then
+    copied to ``device``: every device gets the same bits, and building reads nothing back from a device.
     ``dtype`` is the storage of the offsets and basis (float32, or bfloat16 to halve their traffic).
+    The defaults are the schedulers' (ORTHO-VUB, K = 8, s = 0.3, clipping as the paper does, so that η = 0
+    works); the measurements behind s = 0.3 are in ``GMMDDIMScheduler``'s docstring (``gmm_scale``).
     """
-    from . import ops
-
+    for name, v in (("dim", dim), ("num_steps", num_steps), ("components", components), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {v!r}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a number, got {scale!r}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     K, D = int(components), int(dim)
     if K < 1:
         raise ValueError(f"gmm_components must be >= 1, got {K}")
@@ -185,10 +243,12 @@ def build_mixture(
         raise ValueError(f"mixture dtype must be float32 or bfloat16, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     S = 1 if shared else int(num_steps)
+    if S < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     pri64 = resolve_priors(priors, K, seed)
-    pri = pri64.to(device=device, dtype=torch.float32)
+    pri = pri64.float()
 
-    O = ops.philox_normal((S, K, D), seed=seed, stream=2, device=device)  # rows = the paper's columns O_k
+    O = philox_normal((S, K, D), seed=seed, stream=STREAM_TABLE)  # rows = the paper's columns O_k
     if offsets == "rand":
         c = O - torch.einsum("k,skd->sd", pri, O)[:, None, :]
         delta = scale * c / c.norm(dim=2, keepdim=True).clamp_min(1e-30)
@@ -202,8 +262,11 @@ def build_mixture(
     cdf64[last:] = 1.0          # no component after the last positive prior can be drawn
     cdf = torch.ones(kp, dtype=torch.float32)
     cdf[:K] = cdf64.float()
+    # Δ_k = C / (K₊ π_k) over the K₊ components with π_k > 0, so that Σ_k π_k Δ_k = C (with K in place of K₊, zero
+    # priors would leave (K₊/K) C uncompensated); the other components are never drawn
+    kpos = int((pri64 > 0).sum())
     w = torch.zeros(kp, dtype=torch.float64)
-    w[:K] = torch.where(pri64 > 0, 1.0 / (K * pri64.clamp_min(1e-300)), torch.zeros_like(pri64))
+    w[:K] = torch.where(pri64 > 0, 1.0 / (kpos * pri64.clamp_min(1e-300)), torch.zeros_like(pri64))
     wmax = float(w.max())
 
     var_table = basis = eig = None
@@ -216,23 +279,23 @@ def build_mixture(
         ub = (scale**2) * w[:K, None] * shifted[None, :]
         if K == 1:
             ub.zero_()  # one component: δ = 0 and Δ = 0 exactly; Golub's bound (s²) is loose there
-        var_table = ub.to(device=device, dtype=torch.float32)
+        var_table = ub.float()
         need = torch.full((S,), float(ub.max()), dtype=torch.float64)
     else:
-        A = (delta.double() * pri64.to(device).sqrt()[None, :, None])             # C = Σ_k A_k A_kᵀ
+        A = (delta.double() * pri64.sqrt()[None, :, None])             # C = Σ_k A_k A_kᵀ
         G = A @ A.transpose(1, 2)                                                  # [S, K, K] Gram
         lam, V = torch.linalg.eigh(G)
         keep = lam > lam.amax(dim=1, keepdim=True) * 1e-9
         inv = torch.where(keep, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
         Q = (V * inv[:, None, :]).transpose(1, 2) @ A                              # rows q_j = Aᵀ v_j / √λ_j
-        basis = torch.zeros(S, kp, D, device=device, dtype=dtype)
+        basis = torch.zeros(S, kp, D, dtype=dtype)
         basis[:, :K] = Q.to(dtype)
-        eig = torch.zeros(S, kp, device=device, dtype=torch.float32)
+        eig = torch.zeros(S, kp, dtype=torch.float32)
         eig[:, :K] = torch.where(keep, lam, torch.zeros_like(lam)).float()
-        need = (lam.amax(dim=1) * wmax).cpu()
+        need = lam.amax(dim=1) * wmax
 
     return MixtureTensors(
-        delta=delta.to(dtype).contiguous(), cdf=cdf.to(device), component_weight=w.float().to(device),
-        priors=pri64, variance_mode=variance, scale=float(scale), var_table=var_table, basis=basis,
-        eigvals=eig, clip_variance=bool(clip_variance), max_offset_variance=need,
-    )
+        delta=delta.to(dtype).contiguous(), cdf=cdf, component_weight=w.float(), priors=pri64,
+        variance_mode=variance, scale=float(scale), var_table=var_table, basis=basis, eigvals=eig,
+        clip_variance=bool(clip_variance), max_offset_variance=need,
+    ).to(device)

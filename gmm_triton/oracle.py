@@ -30,7 +30,8 @@ from types import SimpleNamespace
 
 import torch
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
+from .contract import PREDICTION_TYPES
+
 SCHEDULES = ("vp", "flow")
 
 
@@ -313,3 +314,180 @@ class MixtureDenoiser(torch.nn.Module):
             out = eps - x0
         out = out.reshape(sample.shape).to(sample.device, sample.dtype)
         return DenoiserOutput(out) if return_dict else (out,)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# gDDIM oracles: exact ε-targets of Gaussian-mixture data under CLD and BDM (float64)
+# ------------------------------------------------------------------------------------------------------------
+class CLDMixtureDenoiser(torch.nn.Module):
+    """The exact gDDIM ε-target for critically-damped Langevin diffusion of ``data`` (a mixture in x):
+    ``model(u, t)`` → ε [B, 2, *shape] with score = −K_t⁻ᵀ ε, K = R_t or L_t (``parameterization``).
+
+    Per pair i and component k (data N(μ_k, diag(c_k²)), zero initial velocity, its variance in Σ_t):
+    u_t | k ~ N(m_ki, A_ki) with m_ki = Ψ_t (μ_ki, 0)ᵀ and A_ki = Ψ_t diag(c_ki², 0) Ψ_tᵀ + Σ_t (Ψ_t = Ψ(t, 0)), so
+
+        w_k(u) ∝ π_k Π_i N(u_i; m_ki, A_ki),   ∇_{u_i} log p_t(u) = −Σ_k w_k A_ki⁻¹ (u_i − m_ki),   ε = −K_tᵀ ∇log p_t.
+
+    With A⁻¹ = [[p, q], [q, r]] the quadratic forms expand into ‖x‖², x·v, ‖v‖², x·μ_k, v·μ_k: [B, D]×[D, K]
+    products, never a [B, K, D] tensor (samples and means centred at Ψ_t (m, 0), m the data mean). Computes in
+    float64 (the inverse covariances near t = 0 are large); the output takes the input's dtype and device.
+    """
+
+    def __init__(self, data: GaussianMixture, process=None, parameterization: str = "R", chunk_size: int = 1024):
+        super().__init__()
+        from .gddim.cld import CLD
+
+        if parameterization not in ("R", "L"):
+            raise ValueError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
+        self.process = process if process is not None else CLD()
+        self.parameterization, self.chunk_size, self.shape = parameterization, chunk_size, data.shape
+        m = data.mean()
+        self.register_buffer("data_mean", m)
+        self.register_buffer("means", data.means.double() - m)
+        self.register_buffer("var", data.variances.double())
+        self.register_buffer("log_weights", data.weights.double().log())
+
+    def _terms(self, t):
+        """Per time: Ψ_t's first column (α, β), A⁻¹ entries p, q, r [K, D'], log det A [K, D'], K_t [2, 2]."""
+        proc = self.process
+        t = float(t)
+        psi, sig = proc.psi(t, 0.0), proc.sigma(t)
+        al, be = float(psi[0, 0]), float(psi[1, 0])
+        axx = al * al * self.var + float(sig[0, 0])
+        axv = al * be * self.var + float(sig[0, 1])
+        avv = be * be * self.var + float(sig[1, 1])
+        det = axx * avv - axv * axv
+        k = (proc.R(t) if self.parameterization == "R" else proc.L(t)).to(self.means.device)
+        return al, be, avv / det, -axv / det, axx / det, det.log(), k
+
+    def _flat(self, sample):
+        B = sample.shape[0]
+        if sample.dim() < 2 or sample.shape[1] != 2:
+            raise ValueError(f"CLD samples are [B, 2, ...] (x, v), got {tuple(sample.shape)}")
+        u = sample.reshape(B, 2, -1).to(self.means.device, torch.float64)
+        if u.shape[2] != self.means.shape[1]:
+            raise ValueError(f"samples have {u.shape[2]} coordinates, the mixture has D = {self.means.shape[1]}")
+        return u
+
+    def _logits_and_score(self, u, t, score=True):
+        al, be, p, q, r, logdet, _ = self._terms(t)
+        D = u.shape[2]
+        x, v = u[:, 0] - al * self.data_mean, u[:, 1] - be * self.data_mean
+        mu = self.means
+        cx, cv = mu * (p * al + q * be), mu * (q * al + r * be)           # [K, D] (p, q, r broadcast from [K, D'])
+        s3 = (mu * mu * (p * al * al + 2 * q * al * be + r * be * be)).sum(1)
+        if p.shape[1] == 1:
+            quad = (x * x).sum(1, keepdim=True) * p.T + 2 * (x * v).sum(1, keepdim=True) * q.T + \
+                (v * v).sum(1, keepdim=True) * r.T
+            ld = D * logdet[:, 0]
+        else:
+            quad = (x * x) @ p.T + 2 * (x * v) @ q.T + (v * v) @ r.T
+            ld = logdet.sum(1)
+        quad = quad - 2 * (x @ cx.T + v @ cv.T) + s3
+        logits = self.log_weights - 0.5 * (quad + ld) - D * math.log(2 * math.pi)
+        if not score:
+            return logits, None
+        w = torch.softmax(logits, dim=1)
+        sx = -(x * (w @ p) + v * (w @ q) - w @ cx)
+        sv = -(x * (w @ q) + v * (w @ r) - w @ cv)
+        return logits, torch.stack([sx, sv], 1)
+
+    def _chunks(self, sample, t, score):
+        u = self._flat(sample)
+        parts = [self._logits_and_score(c, t, score) for c in u.split(self.chunk_size)]
+        return torch.cat([a for a, _ in parts]), (torch.cat([b for _, b in parts]) if score else None)
+
+    def log_prob(self, sample, t):
+        """[B] float64: log p_t(u)."""
+        return torch.logsumexp(self._chunks(sample, t, False)[0], dim=1)
+
+    def score(self, sample, t):
+        """∇_u log p_t(u), shaped like ``sample``, float64."""
+        return self._chunks(sample, t, True)[1].reshape(sample.shape)
+
+    def forward(self, sample, t):
+        """ε = −K_tᵀ ∇ log p_t(u) per pair, in the input's dtype and device (t: a float or 0-d tensor)."""
+        s = self._chunks(sample, t, True)[1]
+        k = self._terms(t)[-1]
+        eps = -torch.einsum("ji,bjd->bid", k, s)
+        return eps.reshape(sample.shape).to(sample.device, sample.dtype)
+
+    def marginal_sample(self, data: GaussianMixture, n, t, generator=None):
+        """n exact samples of u_t [n, 2, *shape] (float64): u_t = Ψ(t, 0)(x0, 0) + R_t z, x0 ~ data."""
+        x0 = data.sample(n, generator=generator).reshape(n, -1).double()
+        psi, rt = self.process.psi(float(t), 0.0), self.process.R(float(t))
+        z = torch.randn(n, 2, x0.shape[1], generator=generator, dtype=torch.float64)
+        u = torch.stack([psi[0, 0] * x0, psi[1, 0] * x0], 1) + torch.einsum("ij,bjd->bid", rt, z)
+        return u.reshape(n, 2, *data.shape)
+
+
+class BlurMixtureDenoiser(torch.nn.Module):
+    """The exact pixel-space ε-prediction for blurring diffusion of ``data`` (isotropic components, images
+    [C, N, N]): ``model(x, t)`` → ε [B, C, N, N].
+
+    In DCT space y = V x Vᵀ (per plane, orthonormal) a component N(μ_k, c_k² I) stays N(μ̃_k, c_k² I) and the
+    forward process y_t = a(t) ⊙ y_0 + σ_t ε (a_f = α_t d_f(t)) keeps it diagonal: v_kf = a_f² c_k² + σ_t², so
+
+        ε_y = σ_t Σ_k w_k (y − a ⊙ μ̃_k) / v_k,    w_k ∝ π_k Π_f N(y_f; a_f μ̃_kf, v_kf),    ε_x = Vᵀ ε_y V.
+
+    The quadratic forms expand into [B, D]×[D, K] products (centred at the data mean). Float64 throughout.
+    """
+
+    def __init__(self, data: GaussianMixture, process=None, chunk_size: int = 1024):
+        super().__init__()
+        from .gddim.blur import BlurProcess
+
+        if len(data.shape) != 3 or data.shape[1] != data.shape[2]:
+            raise ValueError(f"blur data must be square images [C, N, N], got shape {data.shape}")
+        if not data.isotropic:
+            raise ValueError("the blur oracle needs isotropic components (a diagonal pixel covariance is not "
+                             "diagonal in DCT space)")
+        N = data.shape[-1]
+        self.process = process if process is not None else BlurProcess(N)
+        if self.process.image_size != N:
+            raise ValueError(f"the process is for {self.process.image_size}×{self.process.image_size} images, "
+                             f"the data are {N}×{N}")
+        self.shape, self.chunk_size = data.shape, chunk_size
+        v = self.process.dct()
+        self.register_buffer("basis", v)
+        means = v @ data.means.double().reshape(-1, *data.shape) @ v.T        # [K, C, N, N] in DCT space
+        m = data.weights.double() @ means.reshape(len(means), -1)
+        self.register_buffer("data_mean", m)
+        self.register_buffer("means", means.reshape(len(means), -1) - m)
+        self.register_buffer("var", data.variances.double())                 # [K, 1]
+        self.register_buffer("log_weights", data.weights.double().log())
+
+    def _scales(self, t):
+        t = float(t)
+        a = self.process.blur_scale(t).reshape(-1).repeat(self.shape[0]) * float(self.process.alpha(t))
+        return a.to(self.means.device), float(self.process.sigma(t))
+
+    def _to_freq(self, x):
+        B = x.shape[0]
+        if tuple(x.shape[1:]) != tuple(self.shape):
+            raise ValueError(f"samples must be [B, {', '.join(map(str, self.shape))}], got {tuple(x.shape)}")
+        return (self.basis @ x.to(self.means.device, torch.float64) @ self.basis.T).reshape(B, -1)
+
+    def _logits_eps(self, y, a, s, eps=True):
+        y = y - a * self.data_mean
+        iv = 1.0 / (a * a * self.var + s * s)                                 # [K, D]
+        amu_iv = a * self.means * iv
+        quad = (y * y) @ iv.T - 2 * y @ amu_iv.T + (a * self.means * amu_iv).sum(1)
+        logits = self.log_weights - 0.5 * (quad + torch.log(2 * math.pi / iv).sum(1))
+        if not eps:
+            return logits, None
+        w = torch.softmax(logits, dim=1)
+        return logits, s * (y * (w @ iv) - w @ amu_iv)
+
+    def log_prob(self, x, t):
+        """[B] float64: log p_t(x) (the DCT is orthonormal: the same density in pixel and DCT space)."""
+        a, s = self._scales(t)
+        y = self._to_freq(x)
+        return torch.cat([torch.logsumexp(self._logits_eps(c, a, s, False)[0], 1) for c in y.split(self.chunk_size)])
+
+    def forward(self, x, t):
+        """ε in pixel space, like ``x`` (dtype and device); t a float or 0-d tensor."""
+        a, s = self._scales(t)
+        y = self._to_freq(x)
+        ey = torch.cat([self._logits_eps(c, a, s)[1] for c in y.split(self.chunk_size)]).reshape(x.shape)
+        return (self.basis.T @ ey @ self.basis).to(x.device, x.dtype)

@@ -20,14 +20,21 @@ The step, in the notation of the coefficient table (one row per timestep, see ``
 with noise = σ z for the Gaussian kernel and the mixture's own per-dimension law otherwise
 (``mixture.py``): z from Philox stream 0 or a caller's tensor, k ~ Cat(π) from Philox stream 1.
 
-RNG contract (shared with ``kernels/philox.py`` and ``csrc/philox.h``):
+RNG contract (shared with ``kernels/philox.py`` and ``csrc/philox.h``; stream ids in ``contract.py``):
     Philox4x32-10, key = (lo32(seed), hi32(seed)), counter = (lo32(c), hi32(c), stream, 0).
-    stream 0, noise:   c = element // 4 over the flattened output [B, D]; element 4c+j takes normal j
-                       of the group: (n0, n1) = BoxMuller(w0, w1), (n2, n3) = BoxMuller(w2, w3).
-    stream 1, choice:  c = sample index b; u = U(w0); k = #{j : cdf_j <= u}, capped at K-1.
+    Sample b of a call has the global index g = sample_offset + b (sample_offset = 0 unless the caller shards
+    a run); its element d (logical row-major index within the sample, whatever the memory layout) has the flat
+    index i = g·D + d.
+    stream 0, noise:   c = i // 4; element i takes normal i % 4 of its group:
+                       (n0, n1) = BoxMuller(w0, w1), (n2, n3) = BoxMuller(w2, w3).
+    stream 1, choice:  c = g; u = U(w0); k = #{j : cdf_j <= u}, capped at K-1.
     stream 2, tables:  like stream 0, for the mixture-offset Gaussians drawn from gmm_seed.
+    stream 3, latents: like stream 0, for the initial noise x_T of sample g (rng.initial_noise).
     U(w)  = (w >> 8) · 2⁻²⁴ ∈ [0, 1);   U°(w) = ((w >> 8) + 1) · 2⁻²⁴ ∈ (0, 1]
     BoxMuller(a, b) = r cos θ, r sin θ  with  r = √(-2 ln U°(a)),  θ = 2π U(b)   (|z| ≤ 5.77).
+Implementations must give the Philox words bit for bit and the normals within a stated bound of this float64
+value: the C++ twin and the Triton kernel under the interpreter within 1e-6 (float32 series log and sin/cos), the
+Triton kernel on a GPU within 5e-6 absolute (hardware sin/cos of θ − π and square root; kernels/philox.py).
 """
 from __future__ import annotations
 
@@ -36,9 +43,7 @@ import math
 import numpy as np
 import torch
 
-STREAM_NOISE, STREAM_CHOICE, STREAM_TABLE = 0, 1, 2
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
-VARIANCE_MODES = ("none", "diag", "vub", "exact")
+from .contract import COL_FINAL, COL_STEP, PREDICTION_TYPES, STREAM_CHOICE, STREAM_NOISE
 
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
@@ -100,17 +105,18 @@ def philox_normal(seed: int, numel: int, stream: int = STREAM_NOISE, start: int 
     return lanes[row_of.astype(np.int64), lane_of]
 
 
-def philox_uniform(seed: int, numel: int, stream: int = STREAM_CHOICE) -> np.ndarray:
-    """One uniform per index 0..numel-1 of a stream (the component-choice draw)."""
-    return uniform(philox4x32(seed, np.arange(numel, dtype=np.uint64), stream)[0])
+def philox_uniform(seed: int, numel: int, stream: int = STREAM_CHOICE, start: int = 0) -> np.ndarray:
+    """One uniform per index start..start+numel-1 of a stream (the component-choice draw)."""
+    return uniform(philox4x32(seed, np.arange(start, start + numel, dtype=np.uint64), stream)[0])
 
 
-def choose_components(seed: int, batch: int, cdf) -> np.ndarray:
-    """k_b = #{j : cdf_j <= u_b}, capped at K-1: inverse-CDF draw of one component per sample."""
+def choose_components(seed: int, batch: int, cdf, sample_offset: int = 0, K: int | None = None) -> np.ndarray:
+    """k_b = #{j : cdf_j <= u_b}, capped at K-1: inverse-CDF draw of one component per sample, u_b drawn at the
+    sample's global index sample_offset + b."""
     cdf = np.asarray(cdf, dtype=np.float32).astype(np.float64)
-    u = philox_uniform(seed, batch, STREAM_CHOICE)
+    u = philox_uniform(seed, batch, STREAM_CHOICE, sample_offset)
     k = (cdf[None, :] <= u[:, None]).sum(1)
-    return np.minimum(k, len(cdf) - 1)
+    return np.minimum(k, (len(cdf) if K is None else K) - 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +209,7 @@ def fused_step(
     use_clipped_model_output: bool = False,
     guidance_scale: float | None = None,
     seed: int | None = None,
+    sample_offset: int = 0,
     noise: torch.Tensor | None = None,
     mixture=None,
     offset_final: bool = False,
@@ -212,7 +219,9 @@ def fused_step(
     rows: the coefficient-table row per sample (int or [B]); coef: the [R, 8] table (coefficients.py);
     guidance_scale: model_output holds [uncond; cond] halves, m = u + g (c - u);
     seed: Philox seed for noise (stream 0) and the component choice (stream 1);
+    sample_offset: the global index of sample 0 (the RNG counters of sample b start at (sample_offset + b)·D);
     mixture: a ``MixtureTensors`` (mixture.py) or None for the Gaussian kernel.
+    Rows outside the table, and mixture step tables outside the mixture, give NaN for their sample.
     Returns (prev_sample, pred_original_sample) in float64.
     """
     x = sample.double().cpu()
@@ -232,11 +241,15 @@ def fused_step(
     if noise is not None:
         z = noise.double().cpu().reshape(B, D)
     elif seed is not None:
-        z = torch.from_numpy(philox_normal(seed, B * D)).reshape(B, D)
+        z = torch.from_numpy(philox_normal(seed, B * D, start=sample_offset * D)).reshape(B, D)
 
     offset, noise_fn = None, None
     if mixture is not None:
-        offset, noise_fn = _mixture_terms(mixture, crow, seed, B, D, z, offset_final, eta)
+        S = mixture.delta.shape[0]
+        srow = torch.zeros(B, dtype=torch.long) if S == 1 else crow[:, COL_STEP].long()
+        bad = bad | (srow < 0) | (srow >= S)
+        offset, noise_fn = _mixture_terms(mixture, crow, srow.clamp(0, S - 1), seed, sample_offset, B, D, z,
+                                          offset_final, eta)
         offset = offset.reshape(x.shape)
     zz = None if z is None else z.reshape(x.shape)
     prev, x0 = _step_core(
@@ -250,15 +263,13 @@ def fused_step(
     return prev, x0
 
 
-def _mixture_terms(mix, crow, seed, B, D, z, offset_final, eta):
-    """Offsets δ_k and the mixture noise for each sample (float64)."""
+def _mixture_terms(mix, crow, srow, seed, sample_offset, B, D, z, offset_final, eta):
+    """Offsets δ_k and the mixture noise for each sample (float64); srow: each sample's step table."""
     K = mix.delta.shape[1]
-    k = torch.from_numpy(choose_components(seed, B, mix.cdf.cpu().numpy())).long()
-    S = mix.delta.shape[0]
-    srow = torch.zeros(B, dtype=torch.long) if S == 1 else crow[:, 6].long()
-    apply = (crow[:, 5] == 0) | offset_final
+    k = torch.from_numpy(choose_components(seed, B, mix.cdf.cpu().numpy(), sample_offset, K)).long()
+    apply = (crow[:, COL_FINAL] == 0) | offset_final
     delta = mix.delta.double().cpu()[srow, k] * apply[:, None]
-    w = mix.component_weight.double().cpu()[k]                       # 1 / (K π_k)
+    w = mix.component_weight.double().cpu()[k]                       # 1 / (K₊ π_k)
     mode = mix.variance_mode
 
     def noise_fn(sigma):

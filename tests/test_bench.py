@@ -1,5 +1,5 @@
 """`gmm-triton bench` on the CPU: it runs, writes its four files with the documented columns and finite numbers,
-and refuses what it must not measure. No timing assertions (DESIGN.md: a benchmark measures, a test asserts)."""
+and refuses what it must not measure. No timing assertions (a benchmark measures, a test asserts)."""
 import argparse
 import csv
 import json

@@ -17,8 +17,16 @@ def test_demo_end_to_end(tmp_path):
     assert {r["sampler"] for r in rows} >= {"DDIM", "DDIM-GMM-ORTHO-VUB", "DDIM-GMM-ORTHO-EXACT"}
     for r in rows:
         assert all(math.isfinite(r[k]) for k in ("fd", "tv", "sw2", "nll")) and 0 <= r["coverage"] <= 1
-    # exact samples are the floor the samplers approach
-    assert min(r["fd"] for r in rows) > 0.5 * out["exact_fd"]
+    fd = {(r["sampler"], r["eta"]): r["fd"] for r in rows}
+    # 10-step DDIM with an exact model: η = 1 is clearly worse than η = 0 (README table, n = 2000: 1.72 vs 1.13,
+    # seed spread 0.06; here n = 300: 3.46 vs 2.50), and both lie above the exact-sample floor at the same n
+    assert fd[("DDIM", "1")] > 1.2 * fd[("DDIM", "0")] > 1.05 * out["exact_fd"]
+    # the mixture samplers at s = 0.3 (or the exact mode's smaller limit) stay within 5 % of their Gaussian sampler's
+    # FD (README sweep: within ±2.6 % at every point; here they share its seeds, within 1 %): a mis-scaled or broken
+    # mixture would not
+    for (name, eta), value in fd.items():
+        base = fd[("RFIM" if name.startswith("RFIM") else "DDIM", eta)]
+        assert abs(value / base - 1) < 0.05, (name, eta, value, base)
 
 
 def test_exact_scale_limit_is_the_bound():

@@ -63,12 +63,16 @@ def test_cli_subcommands(tmp_path, capsys):
                  "--out", str(tmp_path / "emd")]) == 0
     assert json.load(open(tmp_path / "emd" / "result.json"))["iterations"] == 2
     assert "modes covered" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["distill", "mm", "--steps", "4", "--teacher", "exact", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit):
-        main(["distill", "emd", "--dataset", "3d3", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="workers"):
-        main(["distill", "all", "--workers", "0", "--out", str(tmp_path)])
+    for argv, named in ((["distill", "mm", "--steps", "4", "--teacher", "exact"], "--teacher"),
+                        (["distill", "mm", "--steps", "0"], "--steps"),
+                        (["distill", "emd", "--dataset", "3d3"], "--dataset"),
+                        (["distill", "emd", "--minutes", "-1"], "--minutes"),
+                        (["distill", "all", "--workers", "0"], "--workers"),
+                        (["train", "--seed", "-3"], "--seed")):
+        with pytest.raises(SystemExit):
+            main([*argv, "--out", str(tmp_path / "bad")])
+        assert named in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "bad")
 
 
 @pytest.mark.slow

@@ -304,6 +304,25 @@ def test_from_config_of_flow_match_euler(cfg):
     assert type(back) is FlowMatchEulerDiscreteScheduler
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_generator_list_seeds_the_mixture(eta):
+    """As for DDIM: the component seed comes from the list's first generator, not torch's global RNG."""
+    o = GMMFlowMatchScheduler(kernel="gmm", eta=eta, gmm_scale=0.5, gmm_components=4)
+
+    def run(global_seed, seeds=(1, 2)):
+        torch.manual_seed(global_seed)
+        gens = [torch.Generator().manual_seed(k) for k in seeds]
+        o.set_timesteps(4)
+        x = torch.ones(2, 16)
+        for t in o.timesteps:
+            x = o.step(0.5 * x, t, x, generator=gens).prev_sample
+        return x
+
+    a = run(10)
+    assert torch.equal(a, run(20))
+    assert not torch.equal(a, run(10, seeds=(3, 2)))
+
+
 def test_mixture_cache_per_shape_rebuilt_after_set_timesteps():
     o = GMMFlowMatchScheduler(kernel="gmm", gmm_components=4)
     o.set_timesteps(4)

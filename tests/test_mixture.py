@@ -29,14 +29,23 @@ def _sigma2(table, row, eta):
 @pytest.mark.parametrize("offsets", ["ortho", "rand"])
 @pytest.mark.parametrize("priors", ["uniform", "random"])
 def test_offsets_are_centred(offsets, priors):
-    mix = build_mixture(D, 5, components=8, scale=2.0, offsets=offsets, priors=priors, seed=3)
-    pi = mix.priors.float()
-    centre = torch.einsum("k,skd->sd", pi, mix.delta)
-    # ORTHO centres exactly; RAND normalises after centring (paper Eq. 9), leaving ~s/√D
-    tol = 1e-5 if offsets == "ortho" else 2.0 * 4 / math.sqrt(D)
-    assert centre.norm(dim=1).max() < tol
-    if offsets == "rand":
-        assert torch.allclose(mix.delta.norm(dim=2), torch.full((5, 8), 2.0), atol=1e-5)
+    """Σ_k π_k δ_k = 0 (Eq. 8): exactly for ORTHO; to first order in 1/√D for RAND, which normalises after centring
+    (Eq. 9: c_k = O_k − Σ_l π_l O_l, δ_k = s c_k / ‖c_k‖). A coordinate of c_k has variance v_k = 1 − 2π_k + Σπ², so
+    ‖c_k‖ = √(D v_k) (1 + ε_k) with ε_k ≈ N(0, 1/(2D)), and as Σ_k π_k c_k = 0,
+        Σ_k π_k √v_k δ_k = (s/√D) Σ_k π_k c_k / (1 + ε_k) ≈ −(s/√D) Σ_k π_k c_k ε_k,
+    a χ-like vector norm with mean square u² = s² Σ_k π_k² v_k / (2D) over at most K − 1 directions: below 4u with
+    probability > 1 − 1e-4 (2000 independent draws of Eq. 9, D = 64: largest 2.4u). Offsets normalised without the
+    centring leave s ‖Σ_k π_k √v_k O_k / ‖O_k‖‖ ≈ s √(Σ_k π_k² v_k) = √(2D) u ≈ 11u (those draws: smallest 8.2u)."""
+    K, s = 8, 2.0
+    mix = build_mixture(D, 5, components=K, scale=s, offsets=offsets, priors=priors, seed=3)
+    pi, delta = mix.priors, mix.delta.double()
+    if offsets == "ortho":
+        assert torch.einsum("k,skd->sd", pi, delta).norm(dim=1).max() < 1e-5
+        return
+    w = pi * (1 - 2 * pi + (pi**2).sum()).sqrt()
+    u = s * math.sqrt(float((w**2).sum()) / (2 * D))
+    assert torch.einsum("k,skd->sd", w, delta).norm(dim=1).max() < 4 * u
+    assert torch.allclose(mix.delta.norm(dim=2), torch.full((5, K), s), atol=1e-5)
 
 
 def test_ortho_offsets_form_a_regular_simplex():
@@ -146,16 +155,24 @@ def _draws(table, mix, eta, row=500, seed=7):
     return out.double(), mu[0]
 
 
-def _expected_var(mix, sigma2, row_step):
-    """Per-dimension variance of the mixture law from its parameters: E[within] + Var[means]."""
+def _expected_var(mix, sigma2, row_step, scale):
+    """Per-dimension variance of the mixture law, E[within] + Var[means], from the law's definition (π, δ, s) and not
+    from the tables the kernel reads. Component k's variance in dimension d, clipped at 0:
+        diag: σ² − C_dd / (K π_k),  C_dd = Σ_l π_l δ_ld²                                    (Eq. 11)
+        vub:  σ² − s² / (K π_k) · b_d on the first K coordinates, σ² elsewhere, with Golub's eigenvalue upper bounds
+              b = (π₍₁₎, π₍₁₎, π₍₂₎, …, π₍K−1₎), π sorted descending                      (App. A.2)
+    """
     pi = mix.priors
+    K = len(pi)
     delta = mix.delta[row_step].double()
-    w = mix.component_weight[: mix.k].double()
     if mix.variance_mode == "diag":
-        within = (sigma2 - w[:, None] * mix.var_table[row_step].double()[None, :]).clamp(min=0)
-    else:  # vub
-        within = torch.full((mix.k, D), sigma2, dtype=torch.float64)
-        within[:, : mix.k] = (sigma2 - mix.var_table.double()).clamp(min=0)
+        c_diag = (pi[:, None] * delta**2).sum(0)
+        within = (sigma2 - c_diag[None, :] / (K * pi[:, None])).clamp(min=0)
+    else:
+        desc = sorted(pi.tolist(), reverse=True)
+        bounds = torch.tensor(desc[:1] + desc[:-1], dtype=torch.float64)
+        within = torch.full((K, D), sigma2, dtype=torch.float64)
+        within[:, :K] = (sigma2 - scale**2 / (K * pi[:, None]) * bounds[None, :]).clamp(min=0)
     return (pi[:, None] * within).sum(0) + (pi[:, None] * delta**2).sum(0) - ((pi[:, None] * delta).sum(0)) ** 2
 
 
@@ -172,30 +189,36 @@ def test_mean_and_per_dimension_variance(sched_table, variance, priors):
     se = out.std(0) / math.sqrt(N_MC)
     assert ((out.mean(0) - mu).abs() / se).max() < 4.5      # 64 dims: P(any > 4.5 SE) ≈ 4e-4
     var = out.var(0)
-    expect = _expected_var(mix, sigma2, int(table[row, 6]))
+    expect = _expected_var(mix, sigma2, int(table[row, 6]), scale)
     # sample variance SE ≈ v √((κ−1)/N); the mixture is near-Gaussian (κ ≈ 3)
     assert ((var - expect).abs() / (expect * math.sqrt(2 / N_MC))).max() < 5
     if priors == "uniform" and variance == "diag":  # Eq. 11 per dimension: the variance is DDIM's σ²
         assert ((var - sigma2).abs() / (sigma2 * math.sqrt(2 / N_MC))).max() < 5
 
 
-def test_exact_covariance_equals_ddim(sched_table):
+@pytest.mark.parametrize("priors", ["uniform", [0.5, 0.0, 0.25, 0.0, 0.25, 0.0]], ids=["uniform", "zero-priors"])
+def test_exact_covariance_equals_ddim(sched_table, priors):
+    """With zero priors among the K, the component weights must be 1/(K₊ π_k), K₊ the positive ones: 1/(K π_k)
+    made Σ_k π_k Δ_k = (K₊/K) C and left the span's variance at ~1.4 σ² for these priors."""
     _, table = sched_table
     row, eta, K = 500, 1.0, 6
     sigma2 = _sigma2(table, row, eta)
-    scale = 0.95 * math.sqrt(K * sigma2)  # s²/K < σ², the exact mode's condition
-    mix = build_mixture(D, 10, components=K, scale=scale, variance="exact", priors="uniform", seed=9)
+    kpos = K if priors == "uniform" else 3
+    scale = 0.95 * math.sqrt(kpos * sigma2) * (1.0 if priors == "uniform" else 0.5)  # within the exact condition
+    mix = build_mixture(D, 10, components=K, scale=scale, variance="exact", priors=priors, seed=9)
     out, mu = _draws(table, mix, eta, row)
     centred = out - mu
     S = int(table[row, 6])
     g = torch.Generator().manual_seed(0)
     rand_dirs = torch.randn(8, D, generator=g, dtype=torch.float64)
-    span = mix.basis[S][mix.eigvals[S] > 0].double()               # the K-1 directions of span{δ}
-    assert span.shape[0] == K - 1
+    span = mix.basis[S][mix.eigvals[S] > 0].double()               # the K₊-1 directions of span{δ}
+    assert span.shape[0] == kpos - 1
     dirs = torch.cat([span, rand_dirs / rand_dirs.norm(dim=1, keepdim=True)])
     proj = centred @ dirs.T
     var = proj.var(0)
     assert ((var - sigma2).abs() / (sigma2 * math.sqrt(2 / N_MC))).max() < 5
+    if priors != "uniform":
+        return
     # the non-exact modes over-disperse along span{δ} where they clip or drop off-diagonal terms: "diag"
     # keeps only diag(C), so the span's variance exceeds σ² by about (1 − 1/D)·s²/K
     mix_d = build_mixture(D, 10, components=K, scale=scale, variance="diag", priors="uniform", seed=9)
@@ -243,6 +266,63 @@ def test_scheduler_variants_run(variance, offsets):
     assert torch.isfinite(x).all()
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_generator_list_seeds_the_mixture(eta):
+    """A per-sample generator list reproduces the mixture's samples whatever torch's global RNG holds: the component
+    seed comes from the list's first generator (the noise at η > 0 from each sample's own generator)."""
+    s = GMMDDIMScheduler(kernel="gmm", gmm_scale=0.5, clip_sample=False)
+    s.set_timesteps(5)
+
+    def run(global_seed, seeds=(1, 2)):
+        torch.manual_seed(global_seed)
+        gens = [torch.Generator().manual_seed(k) for k in seeds]
+        x = torch.ones(2, 16)
+        for t in s.timesteps:
+            x = s.step(0.5 * x, t, x, eta=eta, generator=gens).prev_sample
+        return x
+
+    a = run(10)
+    assert torch.equal(a, run(20))
+    assert not torch.equal(a, run(10, seeds=(3, 2)))  # and it follows the generators
+
+
+def test_one_default_per_mixture_knob():
+    """The schedulers, build_mixture and `gmm-triton sample` default to one mixture: ORTHO-VUB, K = 8, s = 0.3,
+    clipped as the paper does (the measurements behind s = 0.3 are in GMMDDIMScheduler's docstring)."""
+    import inspect
+
+    from gmm_triton import GMMFlowMatchScheduler, cli
+
+    expected = dict(components=8, scale=0.3, offsets="ortho", variance="vub", clip_variance=True, shared=False,
+                    priors="uniform")
+    params = inspect.signature(build_mixture).parameters
+    assert {k: params[k].default for k in expected} == expected
+    for cls in (GMMDDIMScheduler, GMMFlowMatchScheduler):
+        config = cls().config
+        assert {k: config[f"gmm_{k}"] for k in expected} == expected, cls.__name__
+    args = vars(cli.build_parser().parse_args(["sample", "--pipeline", "p"]))
+    assert {k: args[f"gmm_{k}"] for k in expected if k != "priors"} == {k: v for k, v in expected.items()
+                                                                        if k != "priors"}
+
+
+@pytest.mark.parametrize("opts,scale", [(dict(gmm_scale=10.0, gmm_variance="vub", gmm_clip_variance=True), 10.0),
+                                        ({}, 0.3)], ids=["paper", "defaults"])
+def test_paper_settings_and_defaults_from_config(opts, scale):
+    """from_config with the paper's 10-step settings or the defaults: at η = 0 every step but the last lands at DDIM's
+    point plus one ORTHO offset, of norm s √(1 − 1/K); at η = 1 the VUB variances clip (s²/K > σ_t²) instead of
+    raising."""
+    base = DDIMScheduler(clip_sample=False).config
+    gmm, ddim = GMMDDIMScheduler.from_config(base, kernel="gmm", **opts), GMMDDIMScheduler.from_config(base)
+    assert gmm.config.gmm_scale == scale and gmm.config.gmm_variance == "vub" and gmm.config.gmm_clip_variance
+    for s in (gmm, ddim):
+        s.set_timesteps(10)
+    x = torch.randn(4, D)
+    for t in gmm.timesteps[:-1]:
+        shift = gmm.step(0.5 * x, t, x).prev_sample - ddim.step(0.5 * x, t, x).prev_sample
+        assert torch.allclose(shift.norm(dim=1), torch.full((4,), scale * math.sqrt(1 - 1 / 8)), rtol=1e-4), int(t)
+    assert torch.isfinite(gmm.step(0.5 * x, gmm.timesteps[0], x, eta=1.0).prev_sample).all()
+
+
 def test_scheduler_mixture_cache_rebuilt_after_set_timesteps():
     s = GMMDDIMScheduler(kernel="gmm", gmm_variance="diag", clip_sample=False)
     s.set_timesteps(10)
@@ -257,7 +337,7 @@ def test_scheduler_mixture_cache_rebuilt_after_set_timesteps():
 
 
 def test_scale_too_large_names_the_step_and_bound():
-    s = GMMDDIMScheduler(kernel="gmm", gmm_variance="vub", gmm_scale=10.0, clip_sample=False)
+    s = GMMDDIMScheduler(kernel="gmm", gmm_variance="vub", gmm_scale=10.0, gmm_clip_variance=False, clip_sample=False)
     s.set_timesteps(10)
     x = torch.randn(1, 64)
     with pytest.raises(ValueError, match=r"gmm_scale=10.0 is too large .*'vub'.* at step \d+ \(timestep \d+\).*bound: gmm_scale <= "):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import gmm_triton.kernels.step as kstep
-from gmm_triton import ddim_table, ops, reference
+from gmm_triton import backends, ddim_table, ops, reference
 from gmm_triton.kernels.step import LaunchConfig
 
 BACKENDS = ["cpp", "triton"]
@@ -82,7 +82,9 @@ def test_per_sample_timesteps(backend, table):
     rows = torch.tensor([999, 500, 3, 0])
     prev, x0 = ops.ddim_step(x, m, rows, table, eta=1.0, seed=3)
     rp, rx0 = reference.fused_step(x, m, rows, table, eta=1.0, seed=3)
-    assert (prev.double() - rp).abs().max() < 1e-5 and (x0.double() - rx0).abs().max() < 1e-5
+    # fp32: a few roundings relative to the values (x̂₀ reaches ~60 at t = 999, where √ᾱ = 0.07)
+    assert (prev.double() - rp).abs().max() <= 2e-6 * (1 + rp.abs().max())
+    assert (x0.double() - rx0).abs().max() <= 1e-6 * (1 + rx0.abs().max())
 
 
 def test_cfg_fused_equals_unfused(backend, table):
@@ -132,10 +134,10 @@ def test_out_of_table_timestep(backend, table):
     with pytest.raises(ValueError, match="outside the coefficient table"):
         ops.ddim_step(x, m, torch.tensor([5, 1000]), table)
     out, x0 = torch.empty(2, 16), torch.empty(2, 16)
-    run = ops._run_cpp if backend == "cpp" else ops._run_triton
-    run(x=x, m=m, coef=table, timesteps=torch.tensor([5, 1000]), timestep=0, seed=None, noise=None, threshold=None,
-        mix=(None,) * 6, prediction_type="epsilon", variance_mode="none", eta=0.0, clip=None, clipped_eps=False,
-        guidance=None, offset_final=False, write_x0=True, noise_mode=0, out=out, x0=x0, B=2, D=16)
+    backends.RUNNERS[backend](backends.StepArgs(
+        x=x, m=m, out=out, x0=x0, coef=table, timesteps=torch.tensor([5, 1000]), timestep=0, seed=None,
+        sample_offset=None, noise=None, threshold=None, mixture=None, prediction_type="epsilon", eta=0.0, clip=None,
+        clipped_eps=False, guidance=None, offset_final=False, write_x0=True, noise_mode=0, layout=None, B=2, D=16))
     assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all() and torch.isnan(x0[1]).all()
 
 
@@ -217,8 +219,8 @@ def test_step_noise_is_the_contract_stream(backend, table):
 def test_opcheck(backend, table):
     x, m = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     seed = torch.tensor([5])
-    args = (x, m, table, torch.tensor([300, 20]), 0, seed, None, None, None, None, None, None, None, None,
-            "epsilon", "none", 1.0, 1.0, False, None, False, True)
+    args = (x, m, table, torch.tensor([300, 20]), 0, seed, torch.tensor([3]), None, None, None, None, None, None,
+            None, None, "epsilon", "none", 1.0, 1.0, False, None, False, True)
     torch.library.opcheck(torch.ops.gmm_triton.ddim_step.default, args)
 
 
@@ -253,6 +255,7 @@ def test_compile_fullgraph_scheduler_loop():
     assert torch.allclose(loop(x), torch.compile(loop, fullgraph=True)(x), atol=1e-6)
 
 
+@pytest.mark.slow  # peaks at ~8.6 GB of RAM: `make test-slow`
 def test_large_index_beyond_2_31(table):
     """B·D > 2³¹: int64 offsets and 64-bit Philox counters (C++ twin; the Triton kernel is checked on the GPU).
 
@@ -283,8 +286,11 @@ def test_out_buffers_and_in_place(backend, table):
     assert torch.equal(xi, ref)
     with pytest.raises(ValueError, match="out must match sample"):
         ops.ddim_step(x, m, 500, table, out=torch.empty(2, 3, 8))
-    with pytest.raises(ValueError, match="out must be contiguous"):
-        ops.ddim_step(x, m, 500, table, out=torch.empty(2, 3, 8, 8).transpose(2, 3))
+    with pytest.raises(ValueError, match="out must be dense"):
+        ops.ddim_step(x, m, 500, table, out=torch.empty(2, 3, 8, 16)[..., ::2])
+    tr = torch.empty(2, 3, 8, 8).transpose(2, 3)  # a permuted dense buffer is written in its own layout
+    ops.ddim_step(x, m, 500, table, eta=1.0, seed=2, out=tr)
+    assert tr.stride() == (192, 64, 1, 8) and torch.equal(tr, ref)
     args = (torch.empty_like(x), None, x, m, table, None, 500, torch.tensor([5]), None, None, None, None, None,
-            None, None, None, "epsilon", "none", 1.0, None, False, None, False)
+            None, None, None, None, "epsilon", "none", 1.0, None, False, None, False)
     torch.library.opcheck(torch.ops.gmm_triton.ddim_step_out.default, args)

@@ -1,7 +1,10 @@
 """Our scheduler inside a real diffusers pipeline (tiny random UNet built from a config, no download)."""
+import json
+
+import numpy as np
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DiffusionPipeline, UNet2DModel
 
 from gmm_triton import GMMDDIMScheduler
 
@@ -62,24 +65,44 @@ def test_pipeline_with_philox_noise_is_reproducible(unet):
     assert (a == b).all() and abs(a - c).max() > 1e-3
 
 
-def test_pipeline_gmm_kernel_runs(unet):
+def test_pipeline_gmm_kernel_acts(unet):
+    """At η = 0 DDIM draws nothing after the initial latents, so with the same generator any change is the mixture's:
+    the images move away from DDIM's and stay finite."""
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+    pipe.scheduler = GMMDDIMScheduler.from_config(pipe.scheduler.config)
+    ddim = _run(pipe, 0.0)
+    pipe.scheduler = GMMDDIMScheduler.from_config(pipe.scheduler.config, kernel="gmm", gmm_scale=2.0,
+                                                  gmm_variance="diag")
+    gmm = _run(pipe, 0.0)
+    assert np.isfinite(gmm).all() and abs(gmm - ddim).max() > 1e-2
+
+
+def test_saved_pipeline_reloads_our_scheduler(unet, tmp_path):
+    """model_index.json names our scheduler's module; DiffusionPipeline.from_pretrained resolves it (gmm_triton is
+    imported) and gives GMMDDIMScheduler back, with its config, to a pipeline that keeps the scheduler it is given."""
+    pipe = DDPMPipeline(unet=unet, scheduler=GMMDDIMScheduler(kernel="gmm", gmm_scale=2.0, gmm_variance="diag"))
+    run = lambda p: p(batch_size=2, num_inference_steps=8, generator=torch.Generator().manual_seed(3),  # noqa: E731
+                      output_type="np").images
+    ref = run(pipe)
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["scheduler"] == ["gmm_triton.schedulers.ddim", "GMMDDIMScheduler"]
+    loaded = DiffusionPipeline.from_pretrained(tmp_path)
+    assert type(loaded) is DDPMPipeline and type(loaded.scheduler) is GMMDDIMScheduler
+    assert loaded.scheduler.config.kernel == "gmm" and loaded.scheduler.config.gmm_scale == 2.0
+    assert (run(loaded) == ref).all()
+
+
+def test_reloaded_ddim_pipeline_reattaches_our_scheduler(unet, tmp_path):
+    """DDIMPipeline's constructor converts any scheduler to DDIMScheduler, on reload too (diffusers' code); its config
+    keeps our keys, so the README's one line re-attaches ours with the saved settings and the same images."""
     pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
     pipe.scheduler = GMMDDIMScheduler.from_config(pipe.scheduler.config, kernel="gmm", gmm_scale=2.0,
                                                   gmm_variance="diag")
-    img = _run(pipe, 0.0)
-    assert img.shape == (2, 16, 16, 3) and (img >= 0).all() and (img <= 1).all()
-
-
-def test_pipeline_saves_and_reloads_with_our_class(unet, tmp_path):
-    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
-    pipe.scheduler = GMMDDIMScheduler.from_config(pipe.scheduler.config, kernel="gmm", gmm_scale=2.0)
+    ref = _run(pipe, 0.5)
     pipe.save_pretrained(tmp_path)
     loaded = DiffusionPipeline.from_pretrained(tmp_path)
-    # The generic loader keeps our class (DDIMPipeline's own constructor would convert it back: diffusers'
-    # behaviour, so we reload through the components).
-    sched = GMMDDIMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
-    assert sched.config.kernel == "gmm" and sched.config.gmm_scale == 2.0
-    assert isinstance(loaded.scheduler, DDIMScheduler)
-    import json
-    index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["scheduler"] == ["gmm_triton.schedulers.ddim", "GMMDDIMScheduler"]
+    assert type(loaded.scheduler) is DDIMScheduler
+    loaded.scheduler = GMMDDIMScheduler.from_config(loaded.scheduler.config)
+    assert type(loaded.scheduler) is GMMDDIMScheduler and loaded.scheduler.config.gmm_scale == 2.0
+    assert (_run(loaded, 0.5) == ref).all()

@@ -9,7 +9,10 @@ the tables, the plots and the target checks (``OUT/summary.json``, ``OUT/tables.
 """
 from __future__ import annotations
 
+import math
 import os
+
+from ..cli_args import positive_int, seeds, value
 
 DEFAULT_MODEL_DIR = "gmm_triton_out/model"
 # the acceptance budgets: the learned model's default iterations (teacher.DEFAULT_ITERATIONS), CPU minutes of one
@@ -18,16 +21,17 @@ DEFAULT_MODEL_DIR = "gmm_triton_out/model"
 ACCEPTANCE = dict(mm_minutes=2.0, emd_iterations={"2d4": 800, "8d8": 3000}, steps=(8, 4), seeds=(0, 1, 2))
 
 
-def _ints(s):
-    return tuple(int(v) for v in s.split(","))
+positive_float = value(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+run_seed = value(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")
 
 
 def _budget(p, minutes):
-    p.add_argument("--minutes", type=float, default=minutes,
+    p.add_argument("--minutes", type=positive_float, default=minutes,
                    help="CPU minutes of one thread, turned into an iteration budget by the module's calibration"
                         + ("" if minutes else " (default: the module's default iterations)"))
-    p.add_argument("--iterations", type=int, default=None, help="an explicit iteration budget (wins over --minutes)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=positive_int, default=None,
+                   help="an explicit iteration budget (wins over --minutes)")
+    p.add_argument("--seed", type=run_seed, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -41,7 +45,8 @@ def add_commands(sub) -> None:
     d = sub.add_parser("distill", help="moment-matching and EM distillation on the mixture testbeds")
     dsub = d.add_subparsers(dest="method", required=True)
     m = dsub.add_parser("mm", help="k-step moment-matching student (alternating, auxiliary denoiser)")
-    m.add_argument("--steps", type=int, required=True, help="the student's sampling steps k")
+    m.add_argument("--steps", type=value(int, lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"), required=True,
+                   help="the student's sampling steps k")
     m.add_argument("--teacher", choices=["oracle", "learned"], default="learned")
     m.add_argument("--model", default=os.path.join(DEFAULT_MODEL_DIR, "model.pt"),
                    help="the learned model (initialises the student; the teacher for --teacher learned); "
@@ -59,9 +64,10 @@ def add_commands(sub) -> None:
 
     a = dsub.add_parser("all", help="the acceptance run (make distill): every table over the training seeds")
     a.add_argument("--out", default="gmm_triton_out/distill")
-    a.add_argument("--workers", type=int, default=2, help="worker processes (one thread each)")
-    a.add_argument("--seeds", type=_ints, default=ACCEPTANCE["seeds"])
-    a.add_argument("--scale", type=float, default=1.0, help="multiplies every budget (e.g. 0.05 for a smoke run)")
+    a.add_argument("--workers", type=positive_int, default=2, help="worker processes (one thread each)")
+    a.add_argument("--seeds", type=seeds, default=ACCEPTANCE["seeds"], help="comma-separated training seeds")
+    a.add_argument("--scale", type=positive_float, default=1.0,
+                   help="multiplies every budget (e.g. 0.05 for a smoke run)")
     a.set_defaults(func=_all)
 
 
@@ -108,10 +114,6 @@ def _emd(args) -> int:
 def _all(args) -> int:
     from .report import write_report
 
-    if args.workers < 1:
-        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
-    if not args.scale > 0:
-        raise SystemExit(f"--scale must be > 0, got {args.scale}")
     run_all(args.out, workers=args.workers, seeds=args.seeds, scale=args.scale)
     summary = write_report(args.out)
     print(summary["tables"])

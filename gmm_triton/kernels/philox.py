@@ -1,93 +1,250 @@
 """Philox helpers shared by the fused kernels (the RNG contract is stated in reference.py).
 
 The rounds are triton's ``tl.philox`` (standard Philox4x32-10; the tests check it bit-exactly against
-``reference.philox4x32``). The integer → uniform and Box-Muller conversions are ours, so the stream does
-not move if triton's ``tl.rand``/``tl.randn`` formulas change, and the C++ twin can match them.
+``reference.philox4x32``). The integer → normal conversion is ours, so the stream does not move if triton's
+``tl.rand``/``tl.randn`` formulas change, and the C++ twin computes the same function:
+
+    z₀, z₁ = r cos θ, r sin θ,   r = √(−2 ln U°(a)),   θ = 2π U(b)          (Box–Muller)
+
+evaluated as cheaply as the accuracy of the contract allows:
+- ln U° from the float's exponent and a series in t = (f − 1)/(f + 1), f ∈ [√½, √2): relative error < 2e-7 for
+  every U° ∈ (0, 1] — including U° → 1, where r → 0 and a hardware log2 (absolute error ~1e-7) would not be
+  relatively accurate (the same algorithm as csrc/philox.h's ``log_unit``);
+- θ = φ + π with φ = 2π (U − ½) ∈ [−π, π), so cos θ = −cos φ and sin θ = −sin φ need no range reduction: on the
+  GPU (``FAST``) one hardware approximation each (MUFU.COS / MUFU.SIN, absolute error ≤ 2⁻²⁰·⁵ on [−π, π]), and
+  r from the hardware square root (relative error ≤ 2⁻²³). Together |z_GPU − z| ≤ 5e-6 absolute (|z| ≤ 5.8).
+  The interpreter (and ``FAST=False``) uses accurate cos / sin / sqrt instead.
 """
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
-TWO_PI = 6.283185307179586
-INV_2_24 = 5.9604644775390625e-08  # 2**-24
+_INV_2_24 = tl.constexpr(5.9604644775390625e-08)  # 2**-24
+_TWO_PI_2_24 = tl.constexpr(6.283185307179586 * 5.9604644775390625e-08)  # 2π · 2⁻²⁴
+_M2LN2 = tl.constexpr(-2.0 * 0.6931471805599453)
+_SQRT_HALF_BITS = tl.constexpr(0x3F3504F3)  # √½ as float32 bits
+_ONE_BITS = tl.constexpr(0x3F800000)
+_ROUND_A = tl.constexpr(0xD2511F53)  # Philox4x32 multipliers and Weyl key increments (Salmon et al. 2011)
+_ROUND_B = tl.constexpr(0xCD9E8D57)
+_KEY_A = tl.constexpr(0x9E3779B9)
+_KEY_B = tl.constexpr(0xBB67AE85)
+_MUL_A_ASM = tl.constexpr(f"{{ .reg .u64 t; mul.wide.u32 t, $2, {_ROUND_A.value}; mov.b64 {{$0, $1}}, t; }}")
+_MUL_B_ASM = tl.constexpr(f"{{ .reg .u64 t; mul.wide.u32 t, $2, {_ROUND_B.value}; mov.b64 {{$0, $1}}, t; }}")
 
 
 @triton.jit
-def _words(seed, counter, stream: tl.constexpr):
-    """Philox4x32-10 of (lo32(counter), hi32(counter), stream, 0) under the 64-bit ``seed``."""
-    c = counter.to(tl.int64)
-    lo = (c & 0xFFFFFFFF).to(tl.uint32)
-    hi = ((c >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    return tl.philox(seed, lo, hi, lo * 0 + stream, lo * 0)
+def _words(seed, counter, STREAM: tl.constexpr, FAST: tl.constexpr = False):
+    """Philox4x32-10 of the counters (lo32(counter), hi32(counter), STREAM, 0) under the key (lo32(seed),
+    hi32(seed)): the contract's integers."""
+    c = counter.to(tl.int64).to(tl.uint64, bitcast=True)
+    return _philox(seed, (c & 0xFFFFFFFF).to(tl.uint32), (c >> 32).to(tl.uint32), STREAM, FAST)
+
+
+@triton.jit
+def _words_from(seed, g0, j, STREAM: tl.constexpr, FAST: tl.constexpr):
+    """_words of the counters g0 + j (g0 an int64 scalar, j a small int32 tensor)."""
+    g = (g0 + j).to(tl.uint64, bitcast=True)
+    return _philox(seed, (g & 0xFFFFFFFF).to(tl.uint32), (g >> 32).to(tl.uint32), STREAM, FAST)
+
+
+@triton.jit
+def _mul_wide(a, M: tl.constexpr, ASM: tl.constexpr, FAST: tl.constexpr):
+    """(low, high) 32-bit words of the 64-bit product a·M (a uint32).
+
+    On the GPU one ``mul.wide.u32`` (IMAD.WIDE.U32), opaque to LLVM: written as a 64-bit multiply, LLVM merges a
+    round's 32-bit XORs into 64-bit ones and then multiplies 64×64 (several IMADs per product)."""
+    if FAST:
+        return tl.inline_asm_elementwise(ASM, "=r,=r,r", [a], dtype=(tl.uint32, tl.uint32), is_pure=True, pack=1)
+    else:
+        p = a.to(tl.uint64) * M
+        return p.to(tl.uint32), (p >> 32).to(tl.uint32)
+
+
+@triton.jit
+def _philox(seed, c0, c1, STREAM: tl.constexpr, FAST: tl.constexpr):
+    """Philox4x32-10 of (c0, c1, STREAM, 0) (uint32 tensors) under the 64-bit ``seed``: per round two 32×32 → 64
+    products (one IMAD.WIDE.U32 each on the GPU, where ``tl.philox`` issues IMAD.HI and IMAD) and two 3-way XORs."""
+    s = seed.to(tl.uint64)
+    k0 = (s & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (s >> 32).to(tl.uint32)
+    c2 = c0 * 0 + STREAM
+    c3 = c0 * 0
+    for _ in tl.static_range(10):
+        a_lo, a_hi = _mul_wide(c0, _ROUND_A, _MUL_A_ASM, FAST)
+        b_lo, b_hi = _mul_wide(c2, _ROUND_B, _MUL_B_ASM, FAST)
+        c0, c1, c2, c3 = b_hi ^ c1 ^ k0, b_lo, a_hi ^ c3 ^ k1, a_lo
+        k0 = k0 + _KEY_A
+        k1 = k1 + _KEY_B
+    return c0, c1, c2, c3
 
 
 @triton.jit
 def _uniform(w):
     """U(w) = (w >> 8)·2⁻²⁴ ∈ [0, 1), exact in float32."""
-    return (w >> 8).to(tl.int32).to(tl.float32) * INV_2_24
+    return (w >> 8).to(tl.int32).to(tl.float32) * _INV_2_24
 
 
 @triton.jit
-def _box_muller(wa, wb):
-    """(r cos θ, r sin θ) with r = √(-2 ln U°(wa)) and θ = 2π U(wb); U°(w) = ((w >> 8) + 1)·2⁻²⁴ ∈ (0, 1]."""
-    u = ((wa >> 8).to(tl.int32) + 1).to(tl.float32) * INV_2_24
-    r = tl.sqrt(-2.0 * tl.log(u))
-    th = TWO_PI * _uniform(wb)
-    return r * tl.cos(th), r * tl.sin(th)
+def _rcp(y, FAST: tl.constexpr):
+    if FAST:  # MUFU.RCP alone (rcp.approx.ftz: ≤ 1 ulp): its inputs here are in [1.7, 2.5], never denormal
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [y], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return 1.0 / y
 
 
 @triton.jit
-def normal_block(seed, start, BLOCK: tl.constexpr, stream: tl.constexpr, ALIGNED4: tl.constexpr):
-    """Normals of flat element indices start .. start+BLOCK-1 of ``stream`` (float32).
+def _radius2(w, scale, FAST: tl.constexpr):
+    """scale²·r² = −2 scale² ln U°(w), U°(w) = ((w >> 8) + 1)·2⁻²⁴ ∈ (0, 1].
 
-    Element i takes lane i % 4 of Philox group i // 4. With ALIGNED4 (start % 4 == 0) one Philox call
-    serves four elements and the lanes are interleaved into place; otherwise each element computes its
-    own group and picks its lane (4x the Philox work, same numbers).
+    With x = (w >> 8) + 1 (exact in float32) = 2^e f, f ∈ [√½, √2): ln U° = (e − 24) ln 2 + ln f, and
+    ln f = 2 atanh t = 2t (1 + t²/3 + t⁴/5 + t⁶/7), t = (f − 1)/(f + 1), |t| ≤ 0.1716 (truncation ≤ t⁸/9 < 1e-7
+    relative). r² ≥ 0 exactly: e < 0 gives r² > 0.69, and e = 0 has f ≤ 1, so t ≤ 0 (f − 1 is exact). scale² is
+    folded into the constants (per-program scalars), not multiplied per pair."""
+    s2 = scale * scale
+    x = ((w >> 8).to(tl.int32) + 1).to(tl.float32)
+    ix = x.to(tl.int32, bitcast=True) + (_ONE_BITS - _SQRT_HALF_BITS)
+    f = ((ix & 0x007FFFFF) + _SQRT_HALF_BITS).to(tl.float32, bitcast=True)
+    t = (f - 1.0) * _rcp(f + 1.0, FAST)
+    t2 = t * t
+    # −2 (e − 24) ln 2, e − 24 = the exponent field − 151 taken exactly in integers: folding the bias into a float
+    # constant would cancel ~209 against ~209 at U° → 1 and lose r² (~6e-6 absolute) where r² → 0
+    e_term = ((ix >> 23) - (127 + 24)).to(tl.float32) * (s2 * _M2LN2)
+    return t * (s2 * -4.0 + t2 * (s2 * -1.3333333333333333 + t2 * (s2 * -0.8 + t2 * (s2 * -0.5714285714285714)))) \
+        + e_term
+
+
+@triton.jit
+def _box_muller(wa, wb, scale, rho2_c, rho2_s, RHO: tl.constexpr, FAST: tl.constexpr):
+    """−scale·(r cos θ, r sin θ), θ = 2π U(wb): NEGATED normals, computed as scale·r·(cos φ, sin φ) with
+    φ = θ − π ∈ [−π, π) (no range reduction; cos θ = −cos φ, sin θ = −sin φ). Consumers subtract them, which folds
+    the sign into their multiply-add. ``scale`` (≥ 0) rides on r² (_radius2). With RHO, each of the two normals
+    is further scaled by √rho2 (≥ 0), inside its own square root: √(rho2·r²) is one MUFU.SQRT, where √rho2 · r
+    would be two, and rho2 = 1 leaves the normal bit for bit as without it."""
+    r2 = _radius2(wa, scale, FAST)
+    phi = ((wb >> 8).to(tl.int32) - (1 << 23)).to(tl.float32) * _TWO_PI_2_24
+    if FAST:
+        c = libdevice.fast_cosf(phi)
+        s = libdevice.fast_sinf(phi)
+    else:
+        c = tl.cos(phi)
+        s = tl.sin(phi)
+    if RHO:
+        return _sqrt(r2 * rho2_c, FAST) * c, _sqrt(r2 * rho2_s, FAST) * s
+    else:
+        r = _sqrt(r2, FAST)
+        return r * c, r * s
+
+
+@triton.jit
+def _sqrt(x, FAST: tl.constexpr):
+    if FAST:
+        return tl.sqrt(x)  # MUFU.SQRT
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def _group(seed, g0, j, scale, p0, p1, p2, p3, RHO: tl.constexpr, STREAM: tl.constexpr, FAST: tl.constexpr):
+    """The four normals of Philox groups g0 + j (lanes 0..3), times −scale (and √p_lane with RHO)."""
+    w0, w1, w2, w3 = _words_from(seed, g0, j, STREAM, FAST)
+    n0, n1 = _box_muller(w0, w1, scale, p0, p1, RHO, FAST)
+    n2, n3 = _box_muller(w2, w3, scale, p2, p3, RHO, FAST)
+    return n0, n1, n2, n3
+
+
+@triton.jit
+def normal_block(seed, start, BLOCK: tl.constexpr, STREAM: tl.constexpr, ALIGNED4: tl.constexpr,
+                 FAST: tl.constexpr, ROW: tl.constexpr = 4, scale=1.0, rho2=1.0, RHO: tl.constexpr = False):
+    """−scale times the normals of flat element indices start .. start+BLOCK-1 of ``STREAM`` (float32), each also
+    times √rho2 (a [BLOCK] tensor ≥ 0) with RHO: negated, so that a consumer's ``acc − z`` absorbs the Box–Muller
+    sign (normal_fill negates back).
+
+    Element i takes lane i % 4 of Philox group i // 4. With ALIGNED4 (start % 4 == 0) one Philox call serves four
+    elements; the lanes are joined in registers into rows of ROW (4 or 8) consecutive elements, one or two groups,
+    each row held by one thread. ROW = the elements of a 16-byte access (8 for fp16 / bf16, 4 for fp32) lays the
+    noise out exactly as the kernel's vector loads lay out their data, so no shuffle through shared memory is needed
+    (rho2 is split into lanes by the inverse joins). Without ALIGNED4 each element computes its own group and picks
+    its lane (4x the Philox work, same numbers).
     """
     if ALIGNED4:
-        g = start // 4 + tl.arange(0, BLOCK // 4)
-        w0, w1, w2, w3 = _words(seed, g, stream)
-        n0, n1 = _box_muller(w0, w1)
-        n2, n3 = _box_muller(w2, w3)
-        return tl.interleave(tl.interleave(n0, n2), tl.interleave(n1, n3))
+        if ROW == 8:
+            j = 2 * tl.arange(0, BLOCK // 8)
+            if RHO:  # [row, group h, pair j, cos/sin k] ← element 4h + 2j + k of the row
+                rc, rs = tl.split(tl.reshape(rho2, (BLOCK // 8, 2, 2, 2)))
+                rc0, rc1 = tl.split(rc)
+                rs0, rs1 = tl.split(rs)
+                pa0, pb0 = tl.split(rc0)
+                pa2, pb2 = tl.split(rc1)
+                pa1, pb1 = tl.split(rs0)
+                pa3, pb3 = tl.split(rs1)
+                a0, a1, a2, a3 = _group(seed, start // 4, j, scale, pa0, pa1, pa2, pa3, RHO, STREAM, FAST)
+                b0, b1, b2, b3 = _group(seed, start // 4, j + 1, scale, pb0, pb1, pb2, pb3, RHO, STREAM, FAST)
+            else:
+                a0, a1, a2, a3 = _group(seed, start // 4, j, scale, 1.0, 1.0, 1.0, 1.0, RHO, STREAM, FAST)
+                b0, b1, b2, b3 = _group(seed, start // 4, j + 1, scale, 1.0, 1.0, 1.0, 1.0, RHO, STREAM, FAST)
+            # [row, group h, pair j, cos/sin k] → element 4h + 2j + k of the row
+            cos = tl.join(tl.join(a0, b0), tl.join(a2, b2))
+            sin = tl.join(tl.join(a1, b1), tl.join(a3, b3))
+            return tl.reshape(tl.join(cos, sin), (BLOCK,))
+        else:
+            if RHO:  # [group, pair j, cos/sin k] ← lane 2j + k
+                rc, rs = tl.split(tl.reshape(rho2, (BLOCK // 4, 2, 2)))
+                p0, p2 = tl.split(rc)
+                p1, p3 = tl.split(rs)
+                n0, n1, n2, n3 = _group(seed, start // 4, tl.arange(0, BLOCK // 4), scale, p0, p1, p2, p3, RHO,
+                                        STREAM, FAST)
+            else:
+                n0, n1, n2, n3 = _group(seed, start // 4, tl.arange(0, BLOCK // 4), scale, 1.0, 1.0, 1.0, 1.0, RHO,
+                                        STREAM, FAST)
+            return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (BLOCK,))
     else:
-        i = start + tl.arange(0, BLOCK).to(tl.int64)
-        w0, w1, w2, w3 = _words(seed, i >> 2, stream)
-        n0, n1 = _box_muller(w0, w1)
-        n2, n3 = _box_muller(w2, w3)
-        lane = i & 3
-        return tl.where(lane == 0, n0, tl.where(lane == 1, n1, tl.where(lane == 2, n2, n3)))
+        return normal_at(seed, start + tl.arange(0, BLOCK).to(tl.int64), STREAM, FAST, scale, rho2, RHO)
 
 
 @triton.jit
-def uniform_at(seed, index, stream: tl.constexpr):
-    """One uniform for ``index`` of ``stream`` (word 0 of its Philox block)."""
-    w0, _, _, _ = _words(seed, index, stream)
+def normal_at(seed, i, STREAM: tl.constexpr, FAST: tl.constexpr, scale=1.0, rho2=1.0, RHO: tl.constexpr = False):
+    """−scale (·√rho2 with RHO) times the normals of arbitrary flat element indices i (int64): each element computes
+    its own group i // 4 and takes lane i % 4 (4x the Philox work of an aligned block, same numbers)."""
+    w0, w1, w2, w3 = _words(seed, i >> 2, STREAM, FAST)
+    lane = i & 3
+    hi = lane >= 2
+    n_cos, n_sin = _box_muller(tl.where(hi, w2, w0), tl.where(hi, w3, w1), scale, rho2, rho2, RHO, FAST)
+    return tl.where((lane & 1) == 0, n_cos, n_sin)
+
+
+@triton.jit
+def uniform_at(seed, index, STREAM: tl.constexpr, FAST: tl.constexpr = False):
+    """One uniform for ``index`` of ``STREAM`` (word 0 of its Philox block)."""
+    w0, _, _, _ = _words(seed, index, STREAM, FAST)
     return _uniform(w0)
 
 
-@triton.jit
-def _normal_fill_kernel(out_ptr, n, seed, start, stream: tl.constexpr, BLOCK: tl.constexpr,
-                        ALIGNED4: tl.constexpr):
+@triton.jit(do_not_specialize=["seed"])  # a seed of 1 must not become a compile-time constant
+def _normal_fill_kernel(out_ptr, n, seed, start, STREAM: tl.constexpr, BLOCK: tl.constexpr,
+                        ALIGNED4: tl.constexpr, FAST: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
-    z = normal_block(seed, start + pid * BLOCK, BLOCK, stream, ALIGNED4)
+    z = -normal_block(seed, start + pid * BLOCK, BLOCK, STREAM, ALIGNED4, FAST)
     tl.store(out_ptr + offs, z.to(out_ptr.dtype.element_ty), mask=offs < n)
 
 
 def normal_fill(out, seed: int, stream: int, start: int = 0, block: int = 4096):
     """Fills the contiguous tensor ``out`` with the Philox normals of elements start.. of ``stream``."""
+    from .step import fast_math
+
     n = out.numel()
     if n == 0:
         return out
-    _normal_fill_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream=stream, BLOCK=block,
-                                                  ALIGNED4=start % 4 == 0)
+    _normal_fill_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream, block, start % 4 == 0,
+                                                  fast_math(out.device))
     return out
 
 
-@triton.jit
-def _words_kernel(out_ptr, n, seed, start, stream: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["seed"])
+def _words_kernel(out_ptr, n, seed, start, STREAM: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    w0, w1, w2, w3 = _words(seed, start + offs, stream)
+    w0, w1, w2, w3 = _words(seed, start + offs, STREAM)
     m = offs < n
     tl.store(out_ptr + offs * 4 + 0, w0.to(tl.int32, bitcast=True), mask=m)
     tl.store(out_ptr + offs * 4 + 1, w1.to(tl.int32, bitcast=True), mask=m)
@@ -98,5 +255,5 @@ def _words_kernel(out_ptr, n, seed, start, stream: tl.constexpr, BLOCK: tl.const
 def philox_words(out, seed: int, stream: int, start: int = 0, block: int = 1024):
     """out [n, 4] int32 ← the Philox words of counters start..start+n-1 (the integers of the RNG contract)."""
     n = out.shape[0]
-    _words_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream=stream, BLOCK=block)
+    _words_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream, block)
     return out

@@ -7,22 +7,48 @@ its timestep, the mixture component k, the threshold) are loaded once per progra
 stated in ``reference.py``; this file only says how it is laid out.
 
 The ``"exact"`` mixture variance needs, per sample, the projection of its noise on the offsets' span — a
-reduction over D. ``_project_kernel`` computes it first from the noise alone (regenerated from Philox, or
-read from the caller's noise), as per-block partial sums; the step kernel adds them up. So ``sample`` and
-``model_output`` are still read exactly once.
+reduction over D. ``_project_kernel`` computes it first from the noise alone (drawn there from Philox and stored,
+σ-scaled, for the step to read; or the caller's noise), as per-tile partial sums; the step kernel adds them up.
+So ``sample`` and ``model_output`` are still read exactly once, and the noise is drawn once.
+
+Grid: (sample, tile) — the batch on the grid's x axis (up to 2³¹ − 1), the tiles of a sample on y (up to 65535).
+
+Layouts: a program's elements are positions j of its sample's block in memory. With ``PERMUTED`` (a dense
+layout such as channels_last, backends.Layout) position j holds logical element d(j); the loads and stores stay
+coalesced at j and only the RNG counter and the mixture tables, which the contract defines on logical indices,
+use d(j) (one Philox group per element there instead of one per four).
 """
+import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from .philox import normal_block, uniform_at
+from .. import contract
+from .philox import normal_at, normal_block, uniform_at
 
-N_COLS = 8
-PRED_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2, "flow": 3}
-VAR_CODES = {"none": 0, "diag": 1, "vub": 2, "exact": 3}
-NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
+# the contract's codes, as the compile-time constants Triton requires of globals
+_EPS = tl.constexpr(contract.PRED_CODES["epsilon"])
+_SAMPLE = tl.constexpr(contract.PRED_CODES["sample"])
+_V = tl.constexpr(contract.PRED_CODES["v_prediction"])
+_VAR_DIAG = tl.constexpr(contract.VAR_CODES["diag"])
+_VAR_VUB = tl.constexpr(contract.VAR_CODES["vub"])
+_VAR_EXACT = tl.constexpr(contract.VAR_CODES["exact"])
+_NOISE_NONE = tl.constexpr(contract.NOISE_NONE)
+_NOISE_PHILOX = tl.constexpr(contract.NOISE_PHILOX)
+_STREAM_NOISE = tl.constexpr(contract.STREAM_NOISE)
+_STREAM_CHOICE = tl.constexpr(contract.STREAM_CHOICE)
+_NC = tl.constexpr(contract.N_COLS)
+_C_AL = tl.constexpr(contract.COL_ALPHA)
+_C_SG = tl.constexpr(contract.COL_SIGMA)
+_C_ALP = tl.constexpr(contract.COL_ALPHA_PREV)
+_C_SP2 = tl.constexpr(contract.COL_SIGMA_PREV2)
+_C_VAR = tl.constexpr(contract.COL_VAR)
+_C_FINAL = tl.constexpr(contract.COL_FINAL)
+_C_STEP = tl.constexpr(contract.COL_STEP)
+_NO_MASK, _MASKED, _SPLIT = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # how a tile's edges are masked
+_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton does when decorating
 
 
 @triton.jit
@@ -40,155 +66,295 @@ def _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR: tl.constexpr, T_PER_SA
 
 
 @triton.jit
-def _seed(seed_ptr, seed_value, SEED_FROM_PTR: tl.constexpr):
-    if SEED_FROM_PTR:
-        return tl.load(seed_ptr)
+def _scalar(ptr, value, FROM_PTR: tl.constexpr):
+    """A per-launch int64 scalar (seed, sample offset): read by the kernel from a device tensor, or passed by value."""
+    if FROM_PTR:
+        return tl.load(ptr)
     else:
-        return seed_value
+        return value
 
 
 @triton.jit
-def _noise(z_ptr, z_bs, seed, b, d, start, mask, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
-           BLOCK: tl.constexpr):
-    if NOISE == 1:
-        return normal_block(seed, start, BLOCK, 0, ALIGNED4)
+def _logical(d, n1, n2, l0, l1, l2, PERMUTED: tl.constexpr):
+    """The logical index of memory position d of a sample's block (backends.Layout); d itself if not permuted."""
+    if PERMUTED:
+        c2 = d % n2
+        t = d // n2
+        return (t // n1) * l0 + (t % n1) * l1 + c2 * l2
     else:
-        return tl.load(z_ptr + b * z_bs + d, mask=mask, other=0.0)  # caller casts: fp64 noise stays fp64
+        return d
 
 
 @triton.jit
-def _project_kernel(
-    z_ptr, z_bs, seed_ptr, seed_value, coef_ptr, n_rows, t_ptr, t_value, basis_ptr, part_ptr, D, n_blk,
-    KP: tl.constexpr, SHARED: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
-    T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """part[b, blk, j] = Σ_{d in block} Q[row_b, j, d] z[b, d]: the noise's projection on the offsets' span."""
-    pid = tl.program_id(0)
-    b = (pid // n_blk).to(tl.int64)
-    blk = pid % n_blk
-    d = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = d < D
-    seed = _seed(seed_ptr, seed_value, SEED_FROM_PTR)
-    z = _noise(z_ptr, z_bs, seed, b, d, b * D + blk.to(tl.int64) * BLOCK, mask, NOISE, ALIGNED4, BLOCK)
+def _table_row(coef_ptr, row, n_tables, SHARED: tl.constexpr):
+    """The mixture step table of a coefficient row, whether it exists, and a clamped index safe to read."""
     if SHARED:
-        srow = 0
+        return 0, True
     else:
-        row, _ = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
-        srow = tl.load(coef_ptr + row * 8 + 6).to(tl.int64)
-    j = tl.arange(0, KP)
-    q = tl.load(basis_ptr + (srow * KP + j[:, None]) * D + d[None, :], mask=mask[None, :], other=0.0)
-    part = tl.sum(q.to(tl.float32) * tl.where(mask, z.to(tl.float32), 0.0)[None, :], axis=1)
-    tl.store(part_ptr + (b * n_blk + blk) * KP + j, part)
+        srow = tl.load(coef_ptr + row * _NC + _C_STEP).to(tl.int64)
+        ok = (srow >= 0) & (srow < n_tables)
+        return tl.where(ok, srow, 0), ok
 
 
-@triton.jit(do_not_specialize=["t_value", "seed_value", "eta", "clip", "guidance"])
-def _ddim_step_kernel(
-    x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr,
-    coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value, thr_ptr,
-    delta_ptr, cdf_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
-    D, n_blk, x_bs, m_bs, m_half, z_bs,
-    eta, clip, guidance,
-    CT: tl.constexpr, PRED: tl.constexpr, NOISE: tl.constexpr, VAR_MODE: tl.constexpr, MIX: tl.constexpr,
-    K: tl.constexpr, KP: tl.constexpr, SHARED: tl.constexpr, NPART: tl.constexpr,
-    T_FROM_PTR: tl.constexpr, T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr,
-    CLIP: tl.constexpr, THRESH: tl.constexpr, CLIPPED_EPS: tl.constexpr, CFG: tl.constexpr,
-    OFFSET_FINAL: tl.constexpr, WRITE_X0: tl.constexpr, ALIGNED4: tl.constexpr, BLOCK: tl.constexpr,
+@triton.jit
+def _tile(b, blk, D, BLOCK: tl.constexpr, ALIGN: tl.constexpr):
+    """The program's tile of sample b: memory positions d = start + [0, BLOCK) of the block, in a frame aligned to
+    ALIGN elements of the flat [B, D] array (start = blk·BLOCK − (b·D mod ALIGN)), so that every tile but a sample's
+    first and last is a run of whole 16-byte vectors, and (ALIGN ≥ 4) whole Philox groups, whatever D is."""
+    start = tl.multiple_of(blk * BLOCK - ((b * D) % ALIGN), ALIGN)
+    d = start + tl.arange(0, BLOCK)
+    return start, d, (d >= 0) & (d < D)
+
+
+@triton.jit
+def _ld(ptr, off, d0, mask, VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
+    """Loads ptr[off + d0 + (0 .. BLOCK-1)]: 16-byte vectors when VEC (off + d0 is a multiple of ALIGN) and the
+    tile is either unmasked or its masks are constant over a vector (the launcher's MASK mode)."""
+    o = off + d0
+    if VEC:
+        o = tl.multiple_of(o, ALIGN)
+    p = ptr + o + tl.arange(0, BLOCK)
+    if MASKED:
+        return tl.load(p, mask=mask, other=0.0)
+    else:
+        return tl.load(p)
+
+
+@triton.jit
+def _st(ptr, off, d0, v, mask, VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
+    o = off + d0
+    if VEC:
+        o = tl.multiple_of(o, ALIGN)
+    p = ptr + o + tl.arange(0, BLOCK)
+    v = v.to(ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(p, v, mask=mask)
+    else:
+        tl.store(p, v)
+
+
+@triton.jit
+def _table(ptr, row_off, start, dl, mask, TVEC: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
+    """A mixture table row at the tile's logical indices: with TVEC (not permuted, tiles unshifted so start is a
+    multiple of BLOCK, D a multiple of 8 so rows are 16-byte aligned) a contiguous vector load, otherwise a masked
+    gather."""
+    if TVEC:
+        TA: tl.constexpr = 128 // ptr.dtype.element_ty.primitive_bitwidth  # elements of a 16-byte vector
+        return _ld(ptr, row_off, start, mask, True, TA, MASKED, BLOCK)
+    else:
+        return tl.load(ptr + row_off + dl, mask=mask, other=0.0)
+
+
+@triton.jit
+def _noise(z_ptr, z_off, seed, scale, rho2, base, start, dl, mask, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
+           PERMUTED: tl.constexpr, FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr,
+           MASKED: tl.constexpr, RHO: tl.constexpr, BLOCK: tl.constexpr):
+    """−scale (·√rho2 per element with RHO) × the tile's noise (negated: the caller subtracts it, which folds the
+    Box–Muller sign into its multiply-add): Philox normals at flat indices base + logical index (base + start +
+    [0, BLOCK) unless permuted; scale and rho2 then ride on the Box–Muller radius), or the caller's tensor at the
+    tile's memory positions."""
+    if NOISE == _NOISE_PHILOX:
+        if PERMUTED:
+            return normal_at(seed, base + dl, _STREAM_NOISE, FAST, scale, rho2, RHO)
+        else:
+            return normal_block(seed, base + start, BLOCK, _STREAM_NOISE, ALIGNED4, FAST, ALIGN, scale, rho2, RHO)
+    else:
+        z = _ld(z_ptr, z_off, start, mask, VEC, ALIGN, MASKED, BLOCK) * -scale  # fp64 stays fp64
+        if RHO:  # √1 taken as 1 exactly, so that K = 1 or s = 0 stays DDIM bit for bit
+            z = z * tl.where(rho2 < 1.0, tl.sqrt(rho2), 1.0)
+        return z
+
+
+@triton.jit(do_not_specialize=["t_value", "seed_value", "off_value", "eta"])
+def _project_kernel(
+    z_ptr, z_bs, zout_ptr, seed_ptr, seed_value, off_ptr, off_value, coef_ptr, n_rows, t_ptr, t_value, basis_ptr,
+    part_ptr, D, n_blk, n_tables, n1, n2, l0, l1, l2, eta: tl.float64,
+    KP: tl.constexpr, SHARED: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
+    T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, OFF_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr,
+    PERMUTED: tl.constexpr, FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr,
+    TVEC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = (pid // n_blk).to(tl.int64)
-    blk = pid % n_blk
-    d = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = d < D
+    """The "exact" variance's first pass: part[b, tile, j] = Σ_{d in tile} Q[srow_b, j, d] σ_b z[b, d], the σ-scaled
+    noise's projection on the offsets' span, one basis row at a time (no [K, BLOCK] tile in registers). Philox noise
+    is drawn here once, as the Gaussian step draws it (−σz, σ on the Box–Muller radius), and stored in zout (float32,
+    the tile's memory order) for the step to read, rather than drawn a second time there."""
+    b = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
+    MASKED: tl.constexpr = MASK != _NO_MASK  # this pass reads few element streams: no full / edge split
+    dl = _logical(d, n1, n2, l0, l1, l2, PERMUTED)
+    row, _ = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+    srow, _ = _table_row(coef_ptr, row, n_tables, SHARED)
+    sigma = tl.cast(eta, tl.float32) * tl.sqrt(tl.load(coef_ptr + row * _NC + _C_VAR).to(tl.float32))  # as the step
+    seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    base = (b + _scalar(off_ptr, off_value, OFF_FROM_PTR)) * D
+    zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, base, start, dl, mask, NOISE, ALIGNED4, PERMUTED, FAST, VEC,
+                  ALIGN, MASKED, False, BLOCK).to(tl.float32)  # −σz
+    if NOISE == _NOISE_PHILOX:
+        _st(zout_ptr, b * D, start, zneg, mask, VEC, ALIGN, MASKED, BLOCK)
+    zneg = tl.where(mask, zneg, 0.0)
+    for j in tl.static_range(KP):
+        q = _table(basis_ptr, (srow * KP + j) * D, start, dl, mask, TVEC, MASKED, BLOCK).to(tl.float32)
+        tl.store(part_ptr + (b * n_blk + blk) * KP + j, -tl.sum(q * zneg, axis=0))
 
-    # ---- per-sample scalars: one table row, read once per program ------------------------------
-    row, valid = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
-    cp = coef_ptr + row * 8
-    al = tl.load(cp + 0).to(CT)
-    sg = tl.load(cp + 1).to(CT)
-    alp = tl.load(cp + 2).to(CT)
-    sp2 = tl.load(cp + 3).to(CT)
-    sigma = tl.cast(eta, CT) * tl.sqrt(tl.load(cp + 4).to(CT))
-    c_eps = tl.sqrt(tl.maximum(sp2 - sigma * sigma, 0.0))
-    # An out-of-table timestep poisons its sample (NaN) instead of reading out of bounds.
-    nan_if_bad = tl.where(valid, 0.0, float("nan")).to(CT)
+
+@triton.jit
+def _tile_step(
+    ptrs, geo, scal,
+    CT: tl.constexpr, PRED: tl.constexpr, NOISE: tl.constexpr, VAR_MODE: tl.constexpr, MIX: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, NPART: tl.constexpr, CLIP: tl.constexpr, THRESH: tl.constexpr,
+    CLIPPED_EPS: tl.constexpr, CFG: tl.constexpr, WRITE_X0: tl.constexpr, ALIGNED4: tl.constexpr,
+    PERMUTED: tl.constexpr, FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, TVEC: tl.constexpr,
+    ZNEG: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The step's element work on one tile, from the loads to the stores: the kernel's pointers, the tile's geometry
+    and the per-sample scalars come in as three tuples."""
+    x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr = ptrs
+    b, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2 = geo
+    clip, guidance, seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow = scal
+    POISON_X0: tl.constexpr = CLIP or THRESH or PRED == _SAMPLE  # x̂₀ does not carry a scalar's NaN there
 
     # ---- one read of x and of the model output (both halves under fused CFG) --------------------
-    x = tl.load(x_ptr + b * x_bs + d, mask=mask, other=0.0).to(CT)
-    m = tl.load(m_ptr + b * m_bs + d, mask=mask, other=0.0).to(CT)
+    x = _ld(x_ptr, b * x_bs, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
+    m = _ld(m_ptr, b * m_bs, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
     if CFG:
-        mc = tl.load(m_ptr + m_half + b * m_bs + d, mask=mask, other=0.0).to(CT)
+        mc = _ld(m_ptr, m_half + b * m_bs, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
         m = m + tl.cast(guidance, CT) * (mc - m)
 
-    if PRED == 0:    # epsilon
-        x0 = (x - sg * m) / al
+    if PRED == _EPS:
+        inv_al = 1.0 / al + poison  # one multiply per element instead of a divide
+        x0 = (x - sg * m) * inv_al
         eps = m
-    elif PRED == 1:  # sample
+    elif PRED == _SAMPLE:
         x0 = m
-        eps = (x - al * x0) / sg
-    elif PRED == 2:  # v_prediction
+        eps = (x - al * x0) * (1.0 / sg)
+    elif PRED == _V:
+        al = al + poison
         x0 = al * x - sg * m
         eps = al * m + sg * x
     else:            # flow velocity v = x1 - x0
+        sg = sg + poison
         x0 = x - sg * m
         eps = x + al * m
     if THRESH:
         q = tl.load(thr_ptr + b).to(CT)
-        x0 = tl.minimum(tl.maximum(x0, -q), q) / q
+        x0 = tl.minimum(tl.maximum(x0, -q), q) * (1.0 / q)
     elif CLIP:
         cl = tl.cast(clip, CT)
         x0 = tl.minimum(tl.maximum(x0, -cl), cl)
+    if POISON_X0:
+        x0 = x0 + poison
     if CLIPPED_EPS:
-        eps = (x - al * x0) / sg
+        eps = (x - al * x0) * (1.0 / sg)
     prev = alp * x0 + c_eps * eps
 
-    # ---- mixture component: one uniform per sample from Philox stream 1 ------------------------
-    seed = _seed(seed_ptr, seed_value, SEED_FROM_PTR)
+    # ---- the mixture's offset --------------------------------------------------------------------
+    dl = _logical(d, n1, n2, l0, l1, l2, PERMUTED)
     if MIX:
-        apply = (tl.load(cp + 5) == 0) | OFFSET_FINAL
+        delta = _table(delta_ptr, (srow * K + k) * D, start, dl, mask, TVEC, MASKED, BLOCK).to(CT)
+        prev += delta * apply.to(CT)
+
+    # ---- noise: z = −σ × the normals (negated: subtracting it folds the Box–Muller sign into one multiply-add) ----
+    if NOISE != _NOISE_NONE:
+        # diag / vub: component k's std is σ ρ_d, ρ_d² = max(1 − sub_d/σ², 0), applied inside the Box–Muller square
+        # root; ρ² = 1 exactly where nothing is subtracted, so K = 1 or s = 0 gives DDIM bit for bit
+        RHO: tl.constexpr = MIX and (VAR_MODE == _VAR_DIAG or VAR_MODE == _VAR_VUB)
+        rho2 = 1.0
+        if RHO:
+            # where the offsets do not apply (or σ = 0), c → 0 makes ρ = 1: a scalar, not a per-element select
+            c = tl.where((sigma > 0) & apply, 1.0 / tl.maximum(sigma * sigma, 1e-30), 0.0)
+            if VAR_MODE == _VAR_DIAG:  # diag: sub_d = w_k diag(C)_d
+                c = c * tl.load(wk_ptr + k).to(CT)
+                u = _table(var_ptr, srow * D, start, dl, mask, TVEC, MASKED, BLOCK).to(CT)
+            else:  # vub: sub_d = ub[k, d] on the first K coordinates
+                u = tl.load(var_ptr + k * K + dl, mask=mask & (dl < K), other=0.0).to(CT)
+            rho2 = tl.maximum(1.0 - c * u, 0.0).to(tl.float32)  # it rides on the (float32) Box–Muller radius
+        if ZNEG:  # the exact mode's projection pass drew −σz already (float32)
+            z = _noise(z_ptr, b * z_bs, seed, -1.0, 1.0, g * D, start, dl, mask, NOISE, ALIGNED4, PERMUTED,
+                       FAST, VEC, ALIGN, MASKED, False, BLOCK).to(CT)
+        elif CT == tl.float64:  # σ applied in fp64
+            z = sigma * _noise(z_ptr, b * z_bs, seed, 1.0, rho2, g * D, start, dl, mask, NOISE, ALIGNED4,
+                               PERMUTED, FAST, VEC, ALIGN, MASKED, RHO, BLOCK).to(CT)
+        else:  # σ rides on the Box–Muller radius: one multiply per pair of normals
+            z = _noise(z_ptr, b * z_bs, seed, sigma, rho2, g * D, start, dl, mask, NOISE, ALIGNED4, PERMUTED,
+                       FAST, VEC, ALIGN, MASKED, RHO, BLOCK)
+        prev -= z
+        if MIX and VAR_MODE == _VAR_EXACT:
+            # exact: σz + Qᵀ((√(1 − w_k λ/σ²) − 1) ⊙ Q σz) on span{δ}, one basis row at a time; the projections of
+            # σz come from the first pass. Where the offsets do not apply (or σ = 0), every coefficient is 0.
+            c = tl.where((sigma > 0) & apply, tl.load(wk_ptr + k).to(CT) / tl.maximum(sigma * sigma, 1e-30), 0.0)
+            p = tl.arange(0, NPART)
+            for j in tl.static_range(KP):
+                proj = tl.sum(tl.load(part_ptr + (b * n_blk + p) * KP + j, mask=p < n_blk, other=0.0), axis=0)
+                u = c * tl.load(eig_ptr + srow * KP + j).to(CT)
+                cj = tl.where(u > 0, tl.sqrt(tl.maximum(1.0 - u, 0.0)) - 1.0, 0.0) * proj.to(CT)
+                prev += cj * _table(basis_ptr, (srow * KP + j) * D, start, dl, mask, TVEC, MASKED, BLOCK).to(CT)
+
+    _st(out_ptr, b * D, start, prev, mask, VEC, ALIGN, MASKED, BLOCK)
+    if WRITE_X0:
+        _st(x0_ptr, b * D, start, x0, mask, VEC, ALIGN, MASKED, BLOCK)
+
+
+@triton.jit(do_not_specialize=["t_value", "seed_value", "off_value", "eta", "clip", "guidance"])
+def _ddim_step_kernel(
+    x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr,
+    coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value, off_ptr, off_value, thr_ptr,
+    delta_ptr, cdf_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
+    D, n_blk, n_tables, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2,
+    eta: tl.float64, clip: tl.float64, guidance: tl.float64,  # fp64 scalars: an fp64 step keeps them exact
+    CT: tl.constexpr, PRED: tl.constexpr, NOISE: tl.constexpr, VAR_MODE: tl.constexpr, MIX: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, SHARED: tl.constexpr, NPART: tl.constexpr,
+    T_FROM_PTR: tl.constexpr, T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, OFF_FROM_PTR: tl.constexpr,
+    CLIP: tl.constexpr, THRESH: tl.constexpr, CLIPPED_EPS: tl.constexpr, CFG: tl.constexpr,
+    OFFSET_FINAL: tl.constexpr, WRITE_X0: tl.constexpr, ALIGNED4: tl.constexpr, PERMUTED: tl.constexpr,
+    FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, MASK: tl.constexpr, TVEC: tl.constexpr,
+    ZNEG: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # A 2-D grid (sample, tile): no division of the program id.
+    b = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
+
+    # ---- per-sample scalars, once per program: the table row, and an invalid row folded in as NaN ---------
+    row, valid = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+    cp = coef_ptr + row * _NC
+    seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    g = b + _scalar(off_ptr, off_value, OFF_FROM_PTR)  # the sample's global index: its RNG counters
+    apply = valid  # (the mixture's: placeholders when MIX is off)
+    k = b * 0
+    srow = b * 0
+    if MIX:
+        apply = (tl.load(cp + _C_FINAL) == 0) | OFFSET_FINAL
         jk = tl.arange(0, KP)
         cdf = tl.load(cdf_ptr + jk)
-        k = tl.minimum(tl.sum((cdf <= uniform_at(seed, b, 1)).to(tl.int32), axis=0), K - 1).to(tl.int64)
-        if SHARED:
-            srow = 0
-        else:
-            srow = tl.load(cp + 6).to(tl.int64)
-        delta = tl.load(delta_ptr + (srow * K + k) * D + d, mask=mask, other=0.0).to(CT)
-        prev += tl.where(apply, delta, 0.0)
+        k = tl.minimum(tl.sum((cdf <= uniform_at(seed, g, _STREAM_CHOICE, FAST)).to(tl.int32), axis=0), K - 1)
+        k = k.to(tl.int64)
+        srow, table_ok = _table_row(coef_ptr, row, n_tables, SHARED)
+        valid = valid & table_ok  # a step beyond the mixture's tables poisons its sample, never reads past them
+    # An out-of-table timestep (or mixture step) poisons its sample (NaN) instead of reading out of bounds; the
+    # NaN rides on a per-program scalar that reaches every output, not on a per-element add.
+    poison = tl.where(valid, 0.0, float("nan")).to(CT)
+    al = tl.load(cp + _C_AL).to(CT)
+    sg = tl.load(cp + _C_SG).to(CT)
+    alp = tl.load(cp + _C_ALP).to(CT)
+    sp2 = tl.load(cp + _C_SP2).to(CT)
+    sigma = tl.cast(eta, CT) * tl.sqrt(tl.load(cp + _C_VAR).to(CT))
+    c_eps = tl.sqrt(tl.maximum(sp2 - sigma * sigma, 0.0))
 
-    # ---- noise ----------------------------------------------------------------------------------
-    if NOISE != 0:
-        z = _noise(z_ptr, z_bs, seed, b, d, b * D + blk.to(tl.int64) * BLOCK, mask, NOISE, ALIGNED4,
-                   BLOCK).to(CT)
-        if MIX and VAR_MODE == 1:    # diag: σ² - w_k diag(C)_d
-            u = tl.load(var_ptr + srow * D + d, mask=mask, other=0.0).to(CT)
-            sub = tl.load(wk_ptr + k).to(CT) * u
-            std = tl.where(sub > 0, tl.sqrt(tl.maximum(sigma * sigma - sub, 0.0)), sigma)  # σ itself if no-op
-            prev += tl.where(apply, std, sigma) * z
-        elif MIX and VAR_MODE == 2:  # vub: σ² - ub[k, d] on the first K coordinates
-            ub = tl.load(var_ptr + k * K + d, mask=d < K, other=0.0).to(CT)
-            std = tl.where(ub > 0, tl.sqrt(tl.maximum(sigma * sigma - ub, 0.0)), sigma)
-            prev += tl.where(apply, std, sigma) * z
-        elif MIX and VAR_MODE == 3:  # exact: σ z + Qᵀ((√(σ² - w_k λ) - σ) ⊙ Q z) on span{δ}
-            jk = tl.arange(0, KP)
-            p = tl.arange(0, NPART)
-            parts = tl.load(part_ptr + (b * n_blk + p[:, None]) * KP + jk[None, :],
-                            mask=(p < n_blk)[:, None], other=0.0)
-            proj = tl.sum(parts, axis=0).to(CT)
-            lam = tl.load(eig_ptr + srow * KP + jk).to(CT)
-            wk = tl.load(wk_ptr + k).to(CT)
-            sub = wk * lam
-            cj = tl.where(sub > 0, tl.sqrt(tl.maximum(sigma * sigma - sub, 0.0)) - sigma, 0.0) * proj
-            qt = tl.load(basis_ptr + (srow * KP + jk[:, None]) * D + d[None, :], mask=mask[None, :], other=0.0)
-            corr = tl.sum(qt.to(CT) * cj[:, None], axis=0)
-            prev += sigma * z
-            prev += tl.where(apply, corr, 0.0)
+    # ---- the element work: full tiles without masks; with a ragged D, edge tiles masked in their own copy -------
+    ptrs = (x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr)
+    geo = (b, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2)
+    scal = (clip, guidance, seed, g, sigma, al, sg, alp, c_eps, poison, apply, k, srow)
+    if MASK == _SPLIT:
+        if (start >= 0) & (start + BLOCK <= D):
+            _tile_step(ptrs, geo, scal, CT, PRED, NOISE, VAR_MODE, MIX, K, KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG,
+                       WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC, ZNEG, False, BLOCK)
         else:
-            prev += sigma * z
-
-    o = b * D + d
-    tl.store(out_ptr + o, (prev + nan_if_bad).to(out_ptr.dtype.element_ty), mask=mask)
-    if WRITE_X0:
-        tl.store(x0_ptr + o, (x0 + nan_if_bad).to(x0_ptr.dtype.element_ty), mask=mask)
+            _tile_step(ptrs, geo, scal, CT, PRED, NOISE, VAR_MODE, MIX, K, KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG,
+                       WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC, ZNEG, True, BLOCK)
+    else:
+        _tile_step(ptrs, geo, scal, CT, PRED, NOISE, VAR_MODE, MIX, K, KP, NPART, CLIP, THRESH, CLIPPED_EPS, CFG,
+                   WRITE_X0, ALIGNED4, PERMUTED, FAST, VEC, ALIGN, TVEC, ZNEG, MASK == _MASKED, BLOCK)
 
 
 @dataclass(frozen=True)
@@ -198,55 +364,89 @@ class LaunchConfig:
 
 
 def default_config(D: int, device: torch.device) -> LaunchConfig:
-    """Launch shape. GPU: 4096-wide blocks, 8 warps (the fp32 and bf16 roofline settings measured in
-    reference/triton_anchor.md §2.2). Interpreter: few, large programs (its cost is per program)."""
+    """Launch shape. GPU: tiles of up to 8192 elements, 32 per thread (up to 8 warps): the per-thread scalar work
+    (the program's table row, addresses, Philox keys) is then ~4 instructions per element instead of ~8 at 16 per
+    thread, at 78 registers (fp16) / 125 (fp32) and no spill on sm_90 (benchmarks/RESULTS.md, static table).
+    Interpreter: few, large programs (its cost is per program)."""
     if device.type == "cuda":
-        return LaunchConfig(block=min(4096, max(256, triton.next_power_of_2(D))), num_warps=8 if D >= 4096 else 4)
+        block = min(8192, max(256, triton.next_power_of_2(D)))
+        return LaunchConfig(block=block, num_warps=max(1, min(8, block // 1024)))
     return LaunchConfig(block=min(16384, max(16, triton.next_power_of_2(D))), num_warps=4)
 
 
-def launch_step(
-    *, x, m, out, x0, coef, t_tensor, t_value, seed_tensor, seed_value, noise, threshold, mix,
-    D, B, x_bs, m_bs, m_half, z_bs, eta, clip, guidance, pred, noise_mode, cfg, clip_on, clipped_eps,
-    offset_final, write_x0, compute_f64, config: LaunchConfig | None = None,
-):
-    """Launches the (optional) projection pass and the step kernel. All checks are the op's (ops.py)."""
+def _mask_mode(D: int, BLOCK: int, align: int) -> int:
+    if D % BLOCK == 0 and D % align == 0:  # every sample's tiles start at 0 and end at D
+        return _NO_MASK.value
+    return _MASKED.value if D % 16 == 0 else _SPLIT.value
+
+
+def fast_math(device: torch.device) -> bool:
+    """Hardware approximations of sin / cos / sqrt on a GPU (kernels/philox.py states their error); the interpreter
+    has no PTX, so it evaluates the same formulas with accurate functions."""
+    return device.type == "cuda" and not _INTERPRETING
+
+
+def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, off_value,
+                config: LaunchConfig | None = None):
+    """Launches the (optional) projection pass and the step kernel for the op's resolved ``a``
+    (backends.StepArgs). All checks are the op's (ops.py)."""
+    x, m, noise, mix = a.x, a.m, a.noise, a.mixture
+    D, B = a.D, a.B
     cfgl = config or default_config(D, x.device)
     BLOCK = cfgl.block
-    n_blk = triton.cdiv(D, BLOCK)
-    grid = (B * n_blk,)
-    aligned4 = D % 4 == 0 and BLOCK % 4 == 0
-    dummy = coef  # any valid pointer for arguments a constexpr switch leaves unread
+    # The tiles of a sample start at -(b·D mod ALIGN): 16-byte vectors (ALIGN elements) and whole Philox groups.
+    align = max(4, 16 // x.element_size())
+    n_blk = triton.cdiv(D + (align - 1 if D % align else 0), BLOCK)
+    if n_blk > 65535:  # the grid's y axis
+        raise ValueError(f"a sample of {D} elements needs {n_blk} tiles of {BLOCK}: more than the 65535 a CUDA grid "
+                         f"allows; pass a larger LaunchConfig block")
+    grid = (B, n_blk)
+    off_host = 0 if off_tensor is not None else off_value
+    # flat counter of a tile's start = offset·D + (b·D + start) ≡ offset·D (mod 4): a multiple of 4 gives whole groups
+    aligned4 = BLOCK % 4 == 0 and (D % 4 == 0 or (off_tensor is None and off_host * D % 4 == 0))
+    z_bs = noise.stride(0) if noise is not None else 0
+    # vectors need every tensor's sample blocks to sit like out's (b·D) modulo a vector
+    vec = all(s % align == D % align for s in (x.stride(0), m.stride(0), z_bs if noise is not None else D)) and \
+        (a.guidance is None or (B * m.stride(0)) % align == 0)
+    dummy = a.coef  # any valid pointer for arguments a constexpr switch leaves unread
     t_from_ptr = t_tensor is not None
     per_sample = t_from_ptr and t_tensor.numel() > 1
-    seed_from_ptr = seed_tensor is not None
-    var_code = VAR_CODES[mix.variance_mode] if mix is not None else 0
-    part, npart = dummy, 1
-    if mix is not None and var_code == 3 and noise_mode != NOISE_NONE:
+    lay = a.layout
+    (_, n1, n2), (l0, l1, l2) = (lay.sizes, lay.lstrides) if lay is not None else ((1, 1, 1), (0, 0, 1))
+    common = dict(T_FROM_PTR=t_from_ptr, T_PER_SAMPLE=per_sample, SEED_FROM_PTR=seed_tensor is not None,
+                  OFF_FROM_PTR=off_tensor is not None, ALIGNED4=aligned4, PERMUTED=lay is not None,
+                  FAST=fast_math(x.device), VEC=vec, ALIGN=align, MASK=_mask_mode(D, BLOCK, align), BLOCK=BLOCK,
+                  num_warps=cfgl.num_warps)
+    seed_ptr = seed_tensor if seed_tensor is not None else dummy
+    off_ptr = off_tensor if off_tensor is not None else dummy
+    t_ptr = t_tensor if t_from_ptr else dummy
+    n_tables = mix.num_tables if mix is not None else 1
+    var_code = contract.VAR_CODES[a.variance_mode]
+    tvec = lay is None and D % align == 0 and D % 8 == 0  # mixture table rows as whole vectors
+    part, npart, noise_mode, zneg = dummy, 1, a.noise_mode, False
+    if var_code == contract.VAR_CODES["exact"] and a.noise_mode != contract.NOISE_NONE:
         part = torch.empty((B, n_blk, mix.kp), device=x.device, dtype=torch.float32)
         npart = triton.next_power_of_2(n_blk)
+        zbuf = torch.empty((B, D), device=x.device, dtype=torch.float32) if noise is None else dummy
         _project_kernel[grid](
-            noise if noise is not None else dummy, z_bs, seed_tensor if seed_from_ptr else dummy, seed_value,
-            coef, coef.shape[0], t_tensor if t_from_ptr else dummy, t_value, mix.basis, part, D, n_blk,
-            KP=mix.kp, SHARED=mix.shared, NOISE=noise_mode, T_FROM_PTR=t_from_ptr, T_PER_SAMPLE=per_sample,
-            SEED_FROM_PTR=seed_from_ptr, ALIGNED4=aligned4, BLOCK=BLOCK, num_warps=cfgl.num_warps,
+            noise if noise is not None else dummy, z_bs, zbuf, seed_ptr, seed_value, off_ptr, off_value, a.coef,
+            a.coef.shape[0], t_ptr, t_value, mix.basis, part, D, n_blk, n_tables, n1, n2, l0, l1, l2, float(a.eta),
+            KP=mix.kp, SHARED=mix.shared, NOISE=a.noise_mode, TVEC=tvec, **common,
         )
+        if noise is None:  # the step reads the −σz the projection drew: one Philox draw per element, not two
+            noise, z_bs, noise_mode, zneg = zbuf, D, contract.NOISE_TENSOR, True
+    opt = lambda t: t if t is not None else dummy  # noqa: E731
     _ddim_step_kernel[grid](
-        x, m, noise if noise is not None else dummy, out, x0 if write_x0 else out,
-        coef, coef.shape[0], t_tensor if t_from_ptr else dummy, t_value,
-        seed_tensor if seed_from_ptr else dummy, seed_value, threshold if threshold is not None else dummy,
-        mix.delta if mix is not None else dummy, mix.cdf if mix is not None else dummy,
-        mix.component_weight if mix is not None else dummy,
-        mix.var_table if (mix is not None and mix.var_table is not None) else dummy,
-        mix.basis if (mix is not None and mix.basis is not None) else dummy,
-        mix.eigvals if (mix is not None and mix.eigvals is not None) else dummy, part,
-        D, n_blk, x_bs, m_bs, m_half, z_bs,
-        float(eta), float(clip), float(guidance),
-        CT=tl.float64 if compute_f64 else tl.float32, PRED=pred, NOISE=noise_mode, VAR_MODE=var_code,
-        MIX=mix is not None, K=mix.k if mix is not None else 1, KP=mix.kp if mix is not None else 1,
-        SHARED=mix.shared if mix is not None else True, NPART=npart,
-        T_FROM_PTR=t_from_ptr, T_PER_SAMPLE=per_sample, SEED_FROM_PTR=seed_from_ptr,
-        CLIP=clip_on, THRESH=threshold is not None, CLIPPED_EPS=clipped_eps, CFG=cfg,
-        OFFSET_FINAL=offset_final, WRITE_X0=write_x0, ALIGNED4=aligned4, BLOCK=BLOCK,
-        num_warps=cfgl.num_warps,
+        x, m, opt(noise), a.out, a.x0 if a.write_x0 else a.out,
+        a.coef, a.coef.shape[0], t_ptr, t_value, seed_ptr, seed_value, off_ptr, off_value, opt(a.threshold),
+        *(opt(t) for t in (mix.op_tensors() if mix is not None else (None,) * 6)), part,
+        D, n_blk, n_tables, x.stride(0), m.stride(0), B * m.stride(0), z_bs, n1, n2, l0, l1, l2,
+        float(a.eta), float(a.clip) if a.clip is not None else 0.0,
+        float(a.guidance) if a.guidance is not None else 0.0,
+        CT=tl.float64 if x.dtype == torch.float64 else tl.float32, PRED=contract.PRED_CODES[a.prediction_type],
+        NOISE=noise_mode, VAR_MODE=var_code, MIX=mix is not None, K=mix.k if mix is not None else 1,
+        KP=mix.kp if mix is not None else 1, SHARED=mix.shared if mix is not None else True, NPART=npart,
+        CLIP=a.clip is not None, THRESH=a.threshold is not None, CLIPPED_EPS=a.clipped_eps,
+        CFG=a.guidance is not None, OFFSET_FINAL=a.offset_final, WRITE_X0=a.write_x0, TVEC=tvec, ZNEG=zneg,
+        **common,
     )

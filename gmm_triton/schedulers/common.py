@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from ..coefficients import COL_FINAL, COL_VAR
-from ..mixture import OFFSETS, PRIORS, VARIANCES, MixtureTensors, build_mixture
+from ..mixture import OFFSETS, PRIORS, VARIANCES, MixtureTensors, build_mixture, resolve_priors
 
 KERNELS = ("gaussian", "gmm")
 NOISE_SOURCES = ("philox", "torch")
 GMM_DTYPES = ("float32", "bfloat16")
+SEED_LIMIT = 2**64  # the Philox key is 64 bits
 
 
 def one_of(name, value, allowed):
@@ -18,20 +20,91 @@ def one_of(name, value, allowed):
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def check_kernel_options(kernel, noise_source, gmm_components, gmm_scale, gmm_offsets, gmm_variance, gmm_priors,
-                         gmm_dtype):
-    """Validates the config keys both schedulers add to diffusers' (each error names its key)."""
+def check_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+
+
+def check_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+
+
+def check_flag(name, value):
+    if not isinstance(value, bool):  # a truthy string such as "no" must not switch a feature on
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_kernel_options(*, kernel, noise_source, gmm_components, gmm_scale, gmm_offsets, gmm_variance, gmm_shared,
+                         gmm_priors, gmm_seed, gmm_clip_variance, gmm_offset_final, gmm_dtype):
+    """Validates the config keys both schedulers add to diffusers' at construction (each error names its key),
+    so that a bad mixture setting fails there rather than at the first ``step``."""
     one_of("kernel", kernel, KERNELS)
     one_of("noise_source", noise_source, NOISE_SOURCES)
     one_of("gmm_offsets", gmm_offsets, OFFSETS)
     one_of("gmm_variance", gmm_variance, VARIANCES)
     one_of("gmm_dtype", gmm_dtype, GMM_DTYPES)
-    if isinstance(gmm_priors, str):
-        one_of("gmm_priors", gmm_priors, PRIORS)
-    if int(gmm_components) < 1:
+    for name, value in (("gmm_shared", gmm_shared), ("gmm_clip_variance", gmm_clip_variance),
+                        ("gmm_offset_final", gmm_offset_final)):
+        check_flag(name, value)
+    check_int("gmm_components", gmm_components)
+    if gmm_components < 1:
         raise ValueError(f"gmm_components must be >= 1, got {gmm_components}")
+    check_number("gmm_scale", gmm_scale)
     if not (math.isfinite(gmm_scale) and gmm_scale >= 0):
         raise ValueError(f"gmm_scale must be finite and >= 0, got {gmm_scale}")
+    check_int("gmm_seed", gmm_seed)
+    if not 0 <= gmm_seed < SEED_LIMIT:
+        raise ValueError(f"gmm_seed must be in [0, 2**64), got {gmm_seed}")
+    if isinstance(gmm_priors, str):
+        one_of("gmm_priors", gmm_priors, PRIORS)
+    else:
+        try:
+            values = [float(v) for v in gmm_priors]
+        except (TypeError, ValueError):
+            raise TypeError(f"gmm_priors must be one of {PRIORS} or a list of gmm_components probabilities, "
+                            f"got {gmm_priors!r}") from None
+        resolve_priors(values, gmm_components, gmm_seed)  # length K, finite, non-negative, sum 1
+
+
+def op_generator(generator):
+    """The generator the op draws its Philox seed from (the mixture's component draw, and the noise when no list).
+
+    A list (one generator per sample, as diffusers pipelines pass it) gives its per-sample noise through
+    ``randn_tensor``; the op takes one seed per launch, so the seed comes from the list's first generator, never
+    from torch's global RNG: the same list reproduces the same samples."""
+    if not isinstance(generator, list):
+        return generator
+    if not generator:
+        raise ValueError("generator is an empty list; pass one torch.Generator per sample, or one for the batch")
+    return generator[0]
+
+
+class SampleOffsetMixin:
+    """The global index of a batch's first sample, for sharded or batched sampling runs.
+
+    With ``noise_source="philox"``, sample b of a step draws its noise at Philox counters from
+    (sample_offset + b)·D and its mixture component at sample_offset + b: set it once per batch and a sample's
+    whole trajectory depends on (seed of each step, its global index) only, not on the batch size or the process
+    that draws it (``gmm-triton generate`` does this; seed each batch's generator identically so the steps draw
+    the same seeds). It stays until changed; 0 by default. ``noise_source="torch"`` noise ignores it.
+    """
+
+    _sample_offset = None
+
+    def set_sample_offset(self, offset) -> None:
+        """offset: an int >= 0, or an int64 tensor of one element (a CUDA tensor is read by the kernel)."""
+        if isinstance(offset, torch.Tensor):
+            if offset.dtype.is_floating_point or offset.dtype == torch.bool or offset.numel() != 1:
+                raise ValueError(f"sample_offset must be an integer tensor of one element, got {offset.dtype} "
+                                 f"{tuple(offset.shape)}")
+        elif isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset < 0:
+            raise ValueError(f"sample_offset must be an int >= 0 or an integer tensor, got {offset!r}")
+        self._sample_offset = offset
+
+    @property
+    def sample_offset(self):
+        return self._sample_offset if self._sample_offset is not None else 0
 
 
 class MixtureCache:

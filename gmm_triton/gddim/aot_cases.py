@@ -1,0 +1,88 @@
+"""The compile matrix's cases for the gDDIM kernels (see gmm_triton/aot.py): the CLD step over (x, v) pairs and
+the blur step per image plane (with its noise pre-pass when N is not a power of two), driven through the public
+ops ``gddim.ops.cld_step`` / ``blur_step`` with CUDA-like fake tensors.
+
+A covering design: storage dtypes fp16 / bf16 / fp32 / fp64, orders 0–2 (1–3 ε buffers), Philox / caller / no
+noise, host / device / per-sample timesteps, host / device seeds, D % 4 = 0 and ≠ 0 (CLD), N a power of two with
+and without ``tl.dot`` and N not a power of two (blur).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .. import aot
+from ..contract import BLUR_PLANES, CLD_COLS
+
+_LABEL = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+@dataclass(frozen=True)
+class Gddim:
+    kind: str                                 # "cld" or "blur"
+    dtype: torch.dtype
+    shape: tuple                              # the per-sample shape after the batch: (2, ...) CLD, (C, N, N) blur
+    batch: int = 2
+    order: int = 0                            # ε buffers = order + 1
+    noise: str = "philox"                     # "philox", "tensor", "none"
+    timestep: str = "int"                     # "int", "device", "per_sample"
+    seed: str = "host"                        # "host", "device"
+
+    def bytes_per_element(self, kernel: str) -> float:
+        e = torch.empty((), dtype=self.dtype).element_size()
+        if kernel == "_noise_fill_kernel":
+            return 4.0
+        z = e if self.noise == "tensor" else (4 if self._scratch else 0)
+        return e * (2 + self.order + 1) + z   # u, the ε buffers, out (+ noise)
+
+    @property
+    def _scratch(self) -> bool:  # blur with N not a power of two draws its noise into a buffer first
+        n = self.shape[-1]
+        return self.kind == "blur" and self.noise == "philox" and n & (n - 1) != 0
+
+
+def _drive(c: Gddim):
+    from . import ops
+
+    def drive(fx: aot.FakeCuda):
+        shape = (c.batch, *c.shape)
+        u = fx.tensor(shape, c.dtype)
+        eps = [fx.tensor(shape, c.dtype) for _ in range(c.order + 1)]
+        t = {"int": 3, "device": fx.tensor((1,), torch.int64), "per_sample": fx.tensor((c.batch,), torch.int64)}
+        seed = {"host": 2**40 + 3, "device": fx.tensor((1,), torch.int64)}[c.seed]
+        noise = fx.tensor(shape, c.dtype) if c.noise == "tensor" else None
+        kw = dict(stochastic=c.noise != "none", seed=seed if c.noise == "philox" else None, noise=noise)
+        if c.kind == "cld":
+            ops.cld_step(u, eps, t[c.timestep], fx.tensor((10, CLD_COLS), torch.float64), **kw)
+        else:
+            n = c.shape[-1]
+            ops.blur_step(u, eps, t[c.timestep], fx.tensor((10, BLUR_PLANES, n, n), torch.float64),
+                          fx.tensor((n, n), torch.float64), **kw)
+
+    return drive
+
+
+@aot.register_cases
+def gddim_cases() -> list[aot.Case]:
+    h, b, f, d = torch.float16, torch.bfloat16, torch.float32, torch.float64
+    cases = {
+        "cld-fp16-order0-philox": Gddim("cld", h, (2, 4, 32, 32)),
+        "cld-bf16-order2-none-pertimestep": Gddim("cld", b, (2, 4, 32, 32), order=2, noise="none",
+                                                  timestep="per_sample"),
+        "cld-fp32-order1-tensor-devtimestep": Gddim("cld", f, (2, 3, 7, 11), order=1, noise="tensor",
+                                                    timestep="device"),
+        "cld-fp64-order0-philox-devseed-d77": Gddim("cld", d, (2, 7, 11), seed="device"),
+        "blur-fp32-n32-philox": Gddim("blur", f, (3, 32, 32)),
+        "blur-fp16-n8-order2-tensor": Gddim("blur", h, (3, 8, 8), order=2, noise="tensor"),
+        "blur-bf16-n28-philox-devseed": Gddim("blur", b, (3, 28, 28), seed="device"),
+        "blur-fp64-n16-none-pertimestep": Gddim("blur", d, (1, 16, 16), noise="none", timestep="per_sample"),
+    }
+    return [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, _elements_per_program)
+            for name, c in cases.items()]
+
+
+def _elements_per_program(kernel: str, cx: dict) -> int:
+    """The blur step's program is one NP×NP plane (N² of it real); the others run BLOCK elements."""
+    return int(cx["NP"]) ** 2 if kernel == "_blur_step_kernel" else int(cx["BLOCK"])

@@ -1,0 +1,228 @@
+"""The fused gDDIM ops against the float64 reference on both CPU backends (the C++ twin and the Triton kernels
+under TRITON_INTERPRET=1), plus the op conventions: dtypes, per-sample rows, noise sources, strides, no in-place
+writes, opcheck, torch.compile tracing."""
+import numpy as np
+import pytest
+import torch
+
+from gmm_triton import ops, reference
+from gmm_triton.gddim import engine as E
+from gmm_triton.gddim import ops as gops
+from gmm_triton.gddim import reference as gref
+from gmm_triton.gddim.blur import BlurProcess
+from gmm_triton.gddim.cld import CLD
+from gmm_triton.gddim.tables import blur_table, cld_table
+
+BACKENDS = ["cpp", "triton"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    with ops.use_cpu_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(scope="module")
+def cld_tables():
+    g = E.time_grid(6, 1.0, 1e-3)
+    return {r: cld_table(E.gddim_coefficients(CLD(), g, r, 0.0, "R")) for r in (0, 1, 2)} | {
+        "lam": cld_table(E.gddim_coefficients(CLD(), g, 0, 0.7, "R"))}
+
+
+def blur_tables(N):
+    p = BlurProcess(N)
+    g = E.time_grid(5, p.rho2t(80), 1e-5)
+    return (blur_table(E.gddim_coefficients(p, g, 2, 0.0), N), blur_table(E.gddim_coefficients(p, g, 0, 1.0), N),
+            p.dct())
+
+
+def magnitude(fn, state, eps, table, *args, noise):
+    """The float64 reference on |inputs| and |table|: a bound on every term's size, the scale of rounding."""
+    return fn(state.abs(), [e.abs() for e in eps], table.abs(), *args, noise=None if noise is None else noise.abs())
+
+
+def philox(seed, shape):
+    return torch.from_numpy(reference.philox_normal(seed, int(np.prod(shape)))).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLD
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(3, 2, 5, 7), (2, 2, 4, 16)], ids=["D35-unaligned", "D64"])
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_cld_fp32_matches_reference(backend, cld_tables, shape, order):
+    u = torch.randn(shape)
+    eps = [torch.randn(shape) for _ in range(order + 1)]
+    rows = torch.tensor([3, 5, 1][: shape[0]])
+    out = gops.cld_step(u, eps, rows, cld_tables[order])
+    ref = gref.cld_step(u, eps, cld_tables[order], rows)
+    bound = magnitude(gref.cld_step, u, eps, cld_tables[order], rows, noise=None)
+    assert out.dtype == torch.float32
+    assert ((out.double() - ref).abs() <= 4e-7 * (1 + bound)).all()
+
+
+def test_cld_philox_noise_matches_reference(backend, cld_tables):
+    u = torch.randn(3, 2, 6, 6)
+    eps = [torch.randn_like(u)]
+    out = gops.cld_step(u, eps, 2, cld_tables["lam"], stochastic=True, seed=31)
+    ref = gref.cld_step(u, eps, cld_tables["lam"], 2, seed=31)
+    bound = magnitude(gref.cld_step, u, eps, cld_tables["lam"], 2, noise=philox(31, u.shape))
+    # fp32 arithmetic plus the float32 Box-Muller's ~1e-6 on |z| <= 5.8
+    assert ((out.double() - ref).abs() <= 2e-6 * (1 + bound)).all()
+    # the counter layout: x noise at b·2D + d, v noise at b·2D + D + d (the flat index over [B, 2, D])
+    out_z = gops.cld_step(u, eps, 2, cld_tables["lam"], stochastic=True, noise=philox(31, u.shape).float())
+    assert (out - out_z).abs().max() < 1e-5
+
+
+def test_cld_fp64_computes_in_fp64(backend, cld_tables):
+    u = torch.randn(2, 2, 40, dtype=torch.float64)
+    eps = [torch.randn_like(u) for _ in range(3)]
+    z = torch.randn_like(u)
+    out = gops.cld_step(u, eps, 4, cld_tables[2])
+    assert out.dtype == torch.float64 and (out - gref.cld_step(u, eps, cld_tables[2], 4)).abs().max() < 1e-12
+    out = gops.cld_step(u, eps[:1], 4, cld_tables["lam"], stochastic=True, noise=z)
+    assert (out - gref.cld_step(u, eps[:1], cld_tables["lam"], 4, noise=z)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_cld_low_precision_within_2x_torch_error(backend, cld_tables, dtype):
+    """The kernel computes in fp32 and rounds once; the same maths done in torch at ``dtype`` rounds every op."""
+    u, e0, e1 = (torch.randn(2, 2, 256).to(dtype) for _ in range(3))
+    out = gops.cld_step(u, [e0, e1], 3, cld_tables[1])
+    assert out.dtype == dtype
+    truth = gref.cld_step(u, [e0, e1], cld_tables[1], 3)
+    c = cld_tables[1][3].to(dtype)
+    blocks = [c[4 * k:4 * k + 4].reshape(2, 2) for k in range(3)]
+    lowp = sum(torch.einsum("ij,bjd->bid", blk, t) for blk, t in zip(blocks, (u, e0, e1)))
+    assert (out.double() - truth).abs().max() <= 2 * (lowp.double() - truth).abs().max()
+
+
+def test_cld_strided_and_not_modified(backend, cld_tables):
+    base = torch.randn(4, 2, 6, 5)
+    u, e = base[::2], torch.randn(2, 2, 6, 5).transpose(2, 3).contiguous().transpose(2, 3)  # batch-strided; permuted
+    uc, ec = u.clone(), e.clone()
+    out = gops.cld_step(u, [e], 1, cld_tables[0])
+    assert torch.equal(out, gops.cld_step(u.contiguous(), [e.contiguous()], 1, cld_tables[0]))
+    assert torch.equal(u, uc) and torch.equal(e, ec)
+
+
+def test_cld_rows_outside_the_table(backend, cld_tables):
+    """Host-visible rows off the table raise; a device row the host cannot see poisons only its sample (NaN)."""
+    u = torch.randn(2, 2, 16)
+    with pytest.raises(ValueError, match="outside the coefficient table"):
+        gops.cld_step(u, [u], torch.tensor([1, 6]), cld_tables[0])
+    out = torch.empty_like(u)
+    rows = torch.tensor([1, 6])
+    if backend == "cpp":
+        torch.ops.gmm_triton_cpp.cld_step(u, [u], cld_tables[0], rows, 0, 0, None, out, 0)
+    else:
+        from gmm_triton.kernels.cld_step import launch_cld_step
+
+        launch_cld_step(u=u, eps=[u], out=out, coef=cld_tables[0], t_tensor=rows, t_value=0, seed_tensor=None,
+                        seed_value=0, noise=None, noise_mode=0, B=2, D=16)
+    assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all()
+
+
+def test_cld_bad_arguments(cld_tables):
+    u = torch.randn(2, 2, 8)
+    with pytest.raises(ValueError, match=r"\[B, 2, \.\.\.\]"):
+        gops.cld_step(torch.randn(2, 3, 8), [torch.randn(2, 3, 8)], 0, cld_tables[0])
+    with pytest.raises(ValueError, match=r"model_outputs\[1\] must match"):
+        gops.cld_step(u, [u, u[:1]], 1, cld_tables[1])
+    with pytest.raises(ValueError, match="1 to 3"):
+        gops.cld_step(u, [u] * 4, 1, cld_tables[1])
+    with pytest.raises(ValueError, match="float64"):
+        gops.cld_step(u, [u], 0, cld_tables[0].float())
+    with pytest.raises(TypeError, match="integer tensor"):
+        gops.cld_step(u, [u], torch.tensor(0.5), cld_tables[0])
+
+
+def test_cld_opcheck(backend, cld_tables):
+    u = torch.randn(2, 2, 3, 4)
+    for args in [(u, [torch.randn_like(u), torch.randn_like(u)], cld_tables[1], torch.tensor([2, 4]), 0, None, None),
+                 (u, [torch.randn_like(u)], cld_tables["lam"], None, 3, torch.tensor([7]), None)]:
+        torch.library.opcheck(torch.ops.gmm_triton.cld_step.default, args)
+
+
+def test_compile_fullgraph_traces_both_ops(cld_tables):
+    """Both ops trace through their fake kernels in one graph (aot_eager: no C++ compiler needed)."""
+    bt, _, basis = blur_tables(8)
+
+    def loop(u, x):
+        for i in range(3):
+            u = gops.cld_step(u, [torch.tanh(u)], i, cld_tables[0])
+            x = gops.blur_step(x, [torch.tanh(x)], i, bt, basis)
+        return u, x
+
+    u, x = torch.randn(2, 2, 16), torch.randn(2, 1, 8, 8)
+    eager = loop(u, x)
+    compiled = torch.compile(loop, fullgraph=True, backend="aot_eager")(u, x)
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Blur
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("N", [8, 6, 16], ids=["N8-broadcast", "N6-padded", "N16-dot"])
+def test_blur_fp32_matches_reference(backend, N):
+    bt, bt_lam, basis = blur_tables(N)
+    x = torch.randn(2, 3, N, N)
+    eps = [torch.randn_like(x) for _ in range(3)]
+    rows = torch.tensor([2, 4])
+    out = gops.blur_step(x, eps, rows, bt, basis)
+    ref = gref.blur_step(x, eps, bt, basis, rows)
+    # rounding is bounded by the same maths on |inputs|, |table| and |V| (two transforms each way)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=None)
+    assert ((out.double() - ref).abs() <= 4e-7 * bound).all()
+    out = gops.blur_step(x, eps[:1], 3, bt_lam, basis, stochastic=True, seed=17)
+    ref = gref.blur_step(x, eps[:1], bt_lam, basis, 3, seed=17)
+    bound = magnitude(gref.blur_step, x, eps[:1], bt_lam, basis.abs(), 3, noise=philox(17, x.shape))
+    assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
+
+
+def test_blur_fp64_and_noise_tensor(backend):
+    bt, bt_lam, basis = blur_tables(8)
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    e, z = torch.randn_like(x), torch.randn_like(x)
+    out = gops.blur_step(x, [e], 1, bt_lam, basis, stochastic=True, noise=z)
+    assert out.dtype == torch.float64
+    assert (out - gref.blur_step(x, [e], bt_lam, basis, 1, noise=z)).abs().max() < 1e-11
+
+
+def test_blur_low_precision(backend):
+    bt, _, basis = blur_tables(8)
+    x, e0 = torch.randn(2, 2, 8, 8).to(torch.bfloat16), torch.randn(2, 2, 8, 8).to(torch.bfloat16)
+    out = gops.blur_step(x, [e0], 4, bt, basis)
+    truth = gref.blur_step(x, [e0], bt, basis, 4)
+    assert out.dtype == torch.bfloat16
+    # one rounding of the fp32 result to bf16 (plus fp32 noise far below it)
+    assert ((out.double() - truth).abs() <= 2 * 2**-8 * truth.abs() + 1e-4 * truth.abs().max()).all()
+
+
+def test_blur_rows_outside_the_table_and_not_modified(backend):
+    bt, _, basis = blur_tables(4)
+    x, e = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    xc, ec = x.clone(), e.clone()
+    with pytest.raises(ValueError, match="outside the coefficient table"):
+        gops.blur_step(x, [e], 5, bt, basis)
+    gops.blur_step(x, [e], 2, bt, basis)
+    assert torch.equal(x, xc) and torch.equal(e, ec)
+
+
+def test_blur_bad_arguments():
+    bt, _, basis = blur_tables(8)
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="square images"):
+        gops.blur_step(torch.randn(2, 1, 8, 4), [torch.randn(2, 1, 8, 4)], 0, bt, basis)
+    with pytest.raises(ValueError, match="basis"):
+        gops.blur_step(x, [x], 0, bt, basis.float())
+    with pytest.raises(ValueError, match=r"\[steps, 5, 8, 8\]"):
+        gops.blur_step(x, [x], 0, bt[:, :3], basis)
+
+
+def test_blur_opcheck(backend):
+    bt, bt_lam, basis = blur_tables(4)
+    x = torch.randn(2, 2, 4, 4)
+    for args in [(x, [torch.randn_like(x)] * 3, bt, basis, torch.tensor([2, 4]), 0, None, None),
+                 (x, [torch.randn_like(x)], bt_lam, basis, None, 3, torch.tensor([7]), None)]:
+        torch.library.opcheck(torch.ops.gmm_triton.blur_step.default, args)

@@ -1,0 +1,118 @@
+"""No host reads of device data: every scheduler's step loop and the op's CUDA branch run to the end on a fake CUDA
+device (tests/fake_cuda.py), where any read of device data raises (issue 10, item 5).
+
+What this proves without a GPU: the Python path of a sampling loop never synchronises with the device (no
+``.item()``, no ``nonzero``, no device-to-host copy), so a pipeline can enqueue its steps ahead of the GPU and a
+CUDA graph can capture them. What it does not prove: the kernels themselves (tests/test_compile_matrix.py compiles
+them; tests/test_cuda.py runs them on a GPU).
+"""
+import pytest
+import torch
+from fake_cuda import DEVICE, FakeCuda
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor
+
+from gmm_triton import GMMDDIMScheduler, GMMFlowMatchScheduler, build_mixture, ddim_table, ops
+from gmm_triton.kernels import step as kstep
+
+SHAPE = (2, 4, 8, 8)
+
+
+def _ddim_loop(sched, per_sample=False, eta=1.0, steps=10):
+    h = FakeCuda()
+    with h:
+        sched.set_timesteps(steps, device=DEVICE)
+        x = h.cuda(torch.randn(SHAPE))
+        for t in sched.timesteps:
+            out = sched.step(torch.tanh(x), t.expand(SHAPE[0]) if per_sample else t, x, eta=eta)
+            x = out.prev_sample
+    return x, out.pred_original_sample
+
+
+def _flow_loop(sched, steps=10):
+    h = FakeCuda()
+    with h:
+        sched.set_timesteps(steps, device=DEVICE)
+        sched.set_begin_index(0)  # what SD3 / Flux pipelines do; without it diffusers searches the timesteps (a sync)
+        x = h.cuda(torch.randn(SHAPE))
+        for t in sched.timesteps:
+            x = sched.step(torch.tanh(x), t, x).prev_sample
+    return x
+
+
+def _on_fake_cuda(t):
+    assert isinstance(t, FakeTensor) and t.device == DEVICE and t.shape == SHAPE
+
+
+def test_the_harness_catches_a_host_read():
+    h = FakeCuda()
+    with h, pytest.raises(DataDependentOutputException):
+        bool((h.cuda(torch.randn(3)) > 0).any())
+    with h:
+        assert float(torch.tensor(2.5)) == 2.5  # host data stays real
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_gaussian_loop(eta):
+    for t in _ddim_loop(GMMDDIMScheduler(), eta=eta):
+        _on_fake_cuda(t)
+
+
+@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+def test_ddim_gmm_loop(variance):
+    sched = GMMDDIMScheduler(kernel="gmm", gmm_variance=variance, gmm_scale=0.01, gmm_clip_variance=True)
+    for t in _ddim_loop(sched):
+        _on_fake_cuda(t)
+    (mix,) = sched._mixture_cache.mixtures.values()
+    assert mix.device == DEVICE and isinstance(mix.delta, FakeTensor)  # built on the host, copied, never read back
+
+
+def test_ddim_per_sample_timesteps_loop():
+    for t in _ddim_loop(GMMDDIMScheduler(kernel="gmm", gmm_scale=0.01), per_sample=True):
+        _on_fake_cuda(t)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "gmm"])
+def test_flow_loop_after_set_begin_index(kernel):
+    sched = GMMFlowMatchScheduler(kernel=kernel, eta=1.0, gmm_variance="vub", gmm_scale=0.1, gmm_clip_variance=True)
+    _on_fake_cuda(_flow_loop(sched))
+
+
+class _Recorder:
+    """Stands in for a Triton kernel: records launches instead of running them."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((grid, args, kwargs))
+
+
+@pytest.mark.parametrize("variance", [None, "diag", "exact"])
+def test_the_ops_cuda_branch_reads_nothing_back(monkeypatch, variance):
+    """The op's real CUDA branch (checks, layout, the launcher's argument preparation), not its fake kernel, with
+    device timesteps, a device seed and a device sample offset: the kernels are replaced by recorders."""
+    from diffusers import DDIMScheduler
+
+    step, proj = _Recorder(), _Recorder()
+    monkeypatch.setattr(kstep, "_ddim_step_kernel", step)
+    monkeypatch.setattr(kstep, "_project_kernel", proj)
+    d = DDIMScheduler()
+    d.set_timesteps(10)
+    host_table = ddim_table(d.alphas_cumprod, 1.0, 1000, d.timesteps)
+    mix = build_mixture(256, 10, components=4, scale=0.01, variance=variance, seed=1) if variance else None
+    h = FakeCuda()
+    with h:
+        x, m = h.cuda(torch.randn(SHAPE)), h.cuda(torch.randn(SHAPE))
+        rows, seed = h.cuda(torch.tensor([901, 501])), h.cuda(torch.tensor([7]))
+        off = h.cuda(torch.tensor([40]))
+        mix_dev = mix.to(DEVICE) if mix is not None else None
+        table = host_table.to(DEVICE)
+        args = (x, m, table, rows, 0, seed, off, None, None,
+                *(mix_dev.op_tensors() if mix_dev else (None,) * 6), "epsilon",
+                variance or "none", 1.0, None, False, None, False, True)
+        out, x0 = ops._ddim_step_impl(*args)
+    _on_fake_cuda(out)
+    _on_fake_cuda(x0)
+    assert len(step.launches) == 1 and len(proj.launches) == (variance == "exact")
+    _, _, kw = step.launches[0]
+    assert kw["T_FROM_PTR"] and kw["T_PER_SAMPLE"] and kw["SEED_FROM_PTR"] and kw["OFF_FROM_PTR"]
