@@ -17,7 +17,7 @@ from ..cli_args import positive_int, seeds, value
 DEFAULT_MODEL_DIR = "gmm_triton_out/model"
 # the acceptance budgets: the learned model's default iterations (teacher.DEFAULT_ITERATIONS), CPU minutes of one
 # thread at the calibrated rate for the students, and iterations for EMD and VSD (equal for both: the comparison
-# is per iteration); ≈ 23 wall minutes on 2 cores
+# is per iteration); 19 wall minutes on 2 quiet cores, 22–23 with other load
 ACCEPTANCE = dict(mm_minutes=2.0, emd_iterations={"2d4": 800, "8d8": 3000}, steps=(8, 4), seeds=(0, 1, 2))
 
 

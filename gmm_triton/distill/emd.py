@@ -43,8 +43,8 @@ from .loop import cached_result, iterations_for, pyplot, run_loop, single_thread
 from .testbeds import DATASETS, ExactDenoiser, dataset, mode_report
 
 METHODS = ("emd", "vsd")
-# iterations per CPU second of one thread on the reference 2-core machine with both cores busy, per (dataset,
-# method) (batch 256, K = 8 Langevin steps for EMD; measured in the acceptance run)
+# iterations per CPU second of one thread on the reference 2-core machine, per (dataset, method) (batch 256, K = 8
+# Langevin steps for EMD; measured in acceptance runs with other load; 20–32 % more without)
 ITERATIONS_PER_SECOND = {("2d4", "emd"): 33.0, ("2d4", "vsd"): 73.0, ("8d8", "emd"): 28.0, ("8d8", "vsd"): 62.0}
 TV_TARGET = 0.05
 

@@ -44,8 +44,9 @@ from .loop import EMA, cached_result, iterations_for, pyplot, run_loop, single_t
 from .testbeds import ExactDenoiser, dataset, digits_metrics
 
 TEACHERS = ("oracle", "learned")
-# iterations per CPU second of one thread on the reference 2-core machine (batch 256; measured 22.7–26.3, k = 8
-# and 4, either teacher: the lower end, so that a budget of M minutes takes at most about M CPU minutes)
+# iterations per CPU second of one thread on the reference 2-core machine (batch 256; measured 22.7–28.5, k = 8
+# and 4, either teacher, with and without other load: the lower end, so that M minutes take at most about M CPU
+# minutes)
 ITERATIONS_PER_SECOND = 23.0
 SCHEDULE = dict(timestep_spacing="trailing", prev_timestep_rule="grid", clip_sample=False)
 

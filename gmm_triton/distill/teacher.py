@@ -23,8 +23,8 @@ from ..oracle import default_alphas_cumprod
 from .loop import EMA, iterations_for, run_loop, single_threaded, write_json
 from .testbeds import dataset
 
-# iterations per CPU second of one thread on the reference 2-core machine with both cores busy (batch 256, width
-# 384, depth 2; measured 38.5 and 36.9 in two acceptance runs)
+# iterations per CPU second of one thread on the reference 2-core machine (batch 256, width 384, depth 2; measured
+# 41.8 with the other core running the acceptance's second worker, 36.9–38.5 with other users' load as well)
 ITERATIONS_PER_SECOND = 38.0
 # the default budget (≈ 5.5 CPU minutes): the model of `make distill`, the demo's rows and the README
 DEFAULT_ITERATIONS = 12_600
