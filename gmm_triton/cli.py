@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", type=seeds, default=(0, 1, 2), help="comma-separated sampling seeds")
     d.add_argument("--quick", action="store_true", help="a tiny configuration (tests, smoke runs)")
     d.add_argument("--learned-model", default="gmm_triton_out/model/model.pt",
-                   help="rows for this learned model (`gmm-triton train`; trained if missing); '' for none")
+                   help="rows for this learned model when the file exists (`gmm-triton train` makes it); '' for none")
 
     e = sub.add_parser("eval", help="full sweep steps × η × sampler × scale (CSV + plots; resumable)")
     e.add_argument("--out", default="gmm_triton_out/eval")

@@ -147,7 +147,8 @@ def run_demo(out_dir: str = "gmm_triton_out/demo", *, device: str = "auto", n: i
              scale: float = 0.3, seeds=(0, 1, 2), step_grid=(5, 10, 20, 50), quick: bool = False,
              learned_model: str | None = None) -> dict:
     """The README's demo: table, image grid and quality-vs-steps plot; returns the rows and file paths.
-    ``learned_model``: a ``gmm-triton train`` model file (trained there if missing) whose rows join the table."""
+    ``learned_model``: a ``gmm-triton train`` model file whose rows join the table when it exists (the demo does
+    not train one: `gmm-triton train` or `make distill` does, in ~5 CPU minutes)."""
     from tqdm.auto import tqdm
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -172,7 +173,9 @@ def run_demo(out_dir: str = "gmm_triton_out/demo", *, device: str = "auto", n: i
         rows.append({"sampler": sampler.name, "eta": f"{eta:g}", "scale": f"{s_used:.3g}" if sampler.is_mixture else "—",
                      **row})
         images[(sampler.name, eta)] = x[:10].cpu()
-    if learned_model:
+    if learned_model and not os.path.exists(learned_model):
+        print(f"(no learned model at {learned_model}: `gmm-triton train` adds its rows to this table)")
+    elif learned_model:
         from .distill.teacher import learned_demo_rows
 
         rows += learned_demo_rows(learned_model, data, reference, steps=steps, n=n, seeds=seeds, scale=scale,

@@ -102,12 +102,10 @@ def learned_model(path: str, prediction_type: str = "sample") -> DiffusionMLP:
 
 def learned_demo_rows(model_path: str, data, reference, *, steps: int, n: int, seeds, scale: float,
                       device: str = "cpu") -> list[dict]:
-    """The demo table's rows for the learned model (its ε head; trained at ``model_path`` if missing): DDIM and
-    DDIM-GMM-ORTHO-VUB at η = 0 and 1, as the oracle's rows but with model error."""
+    """The demo table's rows for the learned model at ``model_path`` (its ε head): DDIM and DDIM-GMM-ORTHO-VUB at
+    η = 0 and 1, as the oracle's rows but with model error."""
     from ..demo import _row, ddim_samplers
 
-    if not os.path.exists(model_path):
-        train_teacher(os.path.dirname(model_path) or ".")
     model = DiffusionMLP(load_network(model_path), prediction_type="epsilon").to(device)
     rows = []
     for eta in (0.0, 1.0):
