@@ -34,12 +34,10 @@ struct SampleScalars {
   int64_t k;     // component
 };
 
-// Logical indices of memory positions [j0, j0 + n) of a sample's block (StepArgs: permuted layouts).
+// Logical indices of memory positions [j0, j0 + n) of a sample's block, for permuted layouts only (StepArgs);
+// otherwise a tile's logical indices are j0, j0 + 1, ... and nothing is written.
 inline void logical_tile(const StepArgs& a, int64_t j0, int n, int64_t* __restrict idx) {
-  if (!a.permuted) {
-    for (int i = 0; i < n; ++i) idx[i] = j0 + i;
-    return;
-  }
+  if (!a.permuted) return;
   for (int i = 0; i < n; ++i) {
     const int64_t j = j0 + i, t = j / a.n2;
     idx[i] = (t / a.n1) * a.l0 + (t % a.n1) * a.l1 + (j % a.n2) * a.l2;
@@ -105,14 +103,15 @@ inline void noise_tile(const StepArgs& a, int64_t b, uint64_t base, int64_t d0, 
   }
 }
 
-// n elements of a mixture table (float32, or the bfloat16 storage build_mixture offers) at off + idx[i] (the
-// logical indices of a tile), as float: converted a tile at a time, so a bf16 table is never copied whole.
-inline void table_tile(const StepArgs& a, const at::Tensor& t, int64_t off, const int64_t* idx, int n,
+// n elements of a mixture table (float32, or the bfloat16 storage build_mixture offers) at the tile's logical
+// indices off + (d0, d0 + 1, ...) or, permuted, off + idx[i], as float: converted a tile at a time, so a bf16 table
+// is never copied whole.
+inline void table_tile(const StepArgs& a, const at::Tensor& t, int64_t off, int64_t d0, const int64_t* idx, int n,
                        float* __restrict o) {
   const bool bf16 = t.scalar_type() == at::kBFloat16;
-  if (!a.permuted) {  // idx = d0, d0 + 1, ...: a contiguous run
-    if (bf16) load_tile(t.data_ptr<c10::BFloat16>() + off + idx[0], n, o);
-    else std::memcpy(o, t.data_ptr<float>() + off + idx[0], n * sizeof(float));
+  if (!a.permuted) {  // a contiguous run
+    if (bf16) load_tile(t.data_ptr<c10::BFloat16>() + off + d0, n, o);
+    else std::memcpy(o, t.data_ptr<float>() + off + d0, n * sizeof(float));
     return;
   }
   if (bf16) {
@@ -174,7 +173,7 @@ void project(const StepArgs& a, int64_t n_chunks, std::vector<double>& part) {
         logical_tile(a, d0, n, idx);
         noise_tile(a, b, s.base, d0, idx, n, z);
         for (int64_t j = 0; j < KP; ++j) {
-          table_tile(a, a.basis, q0 + j * a.D, idx, n, q);
+          table_tile(a, a.basis, q0 + j * a.D, d0, idx, n, q);
           double acc = 0.0;
           for (int i = 0; i < n; ++i) acc += static_cast<double>(q[i]) * z[i];
           out[j] += acc;
@@ -268,7 +267,7 @@ void step_impl(const StepArgs& a) {
           for (int i = 0; i < n; ++i) ev[i] = (xv[i] - al * x0v[i]) / sg;
         for (int i = 0; i < n; ++i) pv[i] = alp * x0v[i] + c_eps * ev[i];
         if (a.mixed && s.apply) {
-          table_tile(a, a.delta, delta0, idx, n, tab);
+          table_tile(a, a.delta, delta0, d0, idx, n, tab);
           for (int i = 0; i < n; ++i) pv[i] += static_cast<A>(tab[i]);
         }
         if (a.noise_mode != kNoiseNone) {
@@ -277,7 +276,7 @@ void step_impl(const StepArgs& a) {
           if (!mix_var) {
             for (int i = 0; i < n; ++i) pv[i] += sigma * z[i];
           } else if (a.var_mode == kVarDiag) {
-            table_tile(a, a.var, s.srow * a.D, idx, n, tab);
+            table_tile(a, a.var, s.srow * a.D, d0, idx, n, tab);
             const A wk = static_cast<A>(a.weight.data_ptr<float>()[s.k]), s2 = sigma * sigma;
             for (int i = 0; i < n; ++i) {  // root computed unconditionally, then selected: vectorises
               const A sub = wk * static_cast<A>(tab[i]);
@@ -291,7 +290,8 @@ void step_impl(const StepArgs& a) {
             // the bounds live on the first K (logical) coordinates only: a head of the tile unless permuted
             const int head = a.permuted ? n : static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(K - d0, n)));
             for (int i = 0; i < head; ++i) {
-              const A sub = idx[i] < K ? static_cast<A>(ub[idx[i]]) : A(0);
+              const int64_t l = a.permuted ? idx[i] : d0 + i;
+              const A sub = l < K ? static_cast<A>(ub[l]) : A(0);
               pv[i] += (sub > A(0) ? std::sqrt(std::max(s2 - sub, A(0))) : sigma) * z[i];
             }
             for (int i = head; i < n; ++i) pv[i] += sigma * z[i];
@@ -299,7 +299,7 @@ void step_impl(const StepArgs& a) {
             std::fill(aux, aux + n, 0.0f);
             for (int64_t j = 0; j < KP; ++j) {
               const float c = static_cast<float>(cj[j]);
-              table_tile(a, a.basis, q0 + j * a.D, idx, n, tab);
+              table_tile(a, a.basis, q0 + j * a.D, d0, idx, n, tab);
               for (int i = 0; i < n; ++i) aux[i] += tab[i] * c;
             }
             // σz exactly as the Gaussian path computes it, then the span correction (no FMA across the two)
