@@ -112,8 +112,9 @@ def _host_checks(coef: Tensor, timesteps: Optional[Tensor], timestep: int, mix_d
             raise ValueError(f"timestep {v} is outside the coefficient table [0, {R}) "
                              f"(the scheduler's training timesteps)")
     if mix_delta is not None and coef.device.type == "cpu" and mix_delta.shape[0] != 1 and R:
-        steps = int(coef[:, COL_STEP].max()) + 1
-        if int(coef[:, COL_STEP].min()) < 0:
+        lo, hi = torch.aminmax(coef[:, COL_STEP])  # one pass over the step column
+        steps = int(hi) + 1
+        if int(lo) < 0:
             raise ValueError("the coefficient table has a negative step index (column COL_STEP): not a schedule's table")
         if mix_delta.shape[0] < steps:
             raise ValueError(f"the mixture has {mix_delta.shape[0]} step tables but the coefficient table's "

@@ -3,7 +3,7 @@ global index (issue 13): the same numbers whatever the layout, the batch or the 
 import pytest
 import torch
 
-from gmm_triton import build_mixture, ddim_table, initial_noise, ops, reference
+from gmm_triton import build_mixture, initial_noise, ops, reference
 from gmm_triton.contract import STREAM_LATENT
 
 BACKENDS = ["cpp", "triton", "reference"]
@@ -13,15 +13,6 @@ BACKENDS = ["cpp", "triton", "reference"]
 def backend(request):
     with ops.use_cpu_backend(request.param):
         yield request.param
-
-
-@pytest.fixture(scope="module")
-def table():
-    from diffusers import DDIMScheduler
-
-    s = DDIMScheduler(beta_schedule="scaled_linear")
-    s.set_timesteps(10)
-    return ddim_table(s.alphas_cumprod, float(s.final_alpha_cumprod), 1000, s.timesteps)
 
 
 ROWS = torch.tensor([901, 501, 101])

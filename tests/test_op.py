@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import gmm_triton.kernels.step as kstep
-from gmm_triton import backends, ddim_table, ops, reference
+from gmm_triton import backends, ops, reference
 from gmm_triton.kernels.step import LaunchConfig
 
 BACKENDS = ["cpp", "triton"]
@@ -15,15 +15,6 @@ BACKENDS = ["cpp", "triton"]
 def backend(request):
     with ops.use_cpu_backend(request.param):
         yield request.param
-
-
-@pytest.fixture(scope="module")
-def table():
-    from diffusers import DDIMScheduler
-
-    s = DDIMScheduler(beta_schedule="scaled_linear")
-    s.set_timesteps(10)
-    return ddim_table(s.alphas_cumprod, float(s.final_alpha_cumprod), 1000, s.timesteps)
 
 
 def lowp_error(x, m, row, table, dtype, pred, eta, noise):
