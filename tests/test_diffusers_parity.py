@@ -173,8 +173,9 @@ def test_generator_noise_matches_diffusers(eta):
     assert torch.equal(gd.get_state(), go.get_state())  # the generators were consumed identically
 
 
-def test_zero_snr_first_step_finite_where_diffusers_is_not():
-    """Zero terminal SNR, v-prediction, η = 1: diffusers' first step takes √ of a slightly negative number."""
+def test_zero_snr_first_step_is_finite_and_exact():
+    """Zero terminal SNR, v-prediction, η = 1: 1 − ᾱ_prev − σ² is ~0 at the first step, where diffusers' fp32 √ may see
+    a slightly negative number (NaN on some CPUs, not on others); ours stays finite and equals the float64 truth."""
     cfg = dict(beta_schedule="scaled_linear", prediction_type="v_prediction", timestep_spacing="trailing",
                rescale_betas_zero_snr=True, clip_sample=False)
     diff, ours, truth = (DDIMScheduler(**cfg), GMMDDIMScheduler(**cfg, noise_source="torch"), DDIMScheduler(**cfg))
@@ -188,8 +189,9 @@ def test_zero_snr_first_step_finite_where_diffusers_is_not():
     ro = ours.step(m, t, x, eta=1.0, variance_noise=z).prev_sample
     rt = truth.step(m.double(), t, x.double(), eta=1.0, variance_noise=z.double()).prev_sample
     assert torch.isfinite(rt).all() and torch.isfinite(ro).all()
-    assert not torch.isfinite(rd).all(), "diffusers no longer produces NaN here; this test's premise changed"
     assert (ro.double() - rt).abs().max() < 1e-5
+    if torch.isfinite(rd).all():  # where diffusers' rounding stays on the right side, it agrees with both
+        assert (rd.double() - rt).abs().max() < 1e-3
 
 
 def test_timestep_forms_agree():
