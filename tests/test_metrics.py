@@ -1,4 +1,4 @@
-"""Sample-quality metrics (gmm_triton.metrics): ideal values on exact samples, clearly worse on perturbed ones.
+"""Sample-quality metrics (gmm_triton.lab.metrics): ideal values on exact samples, clearly worse on perturbed ones.
 
 Tolerances on exact samples come from the sample size n (each test says how); the perturbations are chosen so
 that the perturbed value clears that tolerance by a wide margin.
@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from gmm_triton.metrics import (chi2_quantile, evaluate, frechet_distance, frechet_distance_from_moments,
+from gmm_triton.lab.metrics import (chi2_quantile, evaluate, frechet_distance, frechet_distance_from_moments,
                                 gaussian_moments, mode_metrics, nll, sliced_wasserstein)
-from gmm_triton.oracle import GaussianMixture, digits_mixture
+from gmm_triton.lab.oracle import GaussianMixture, digits_mixture
 
 N = 20000
 D = 16
