@@ -8,7 +8,7 @@ TEST_ENV = HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.cache/inductor
 
 .PHONY: demo test test-slow bench distill clean contract
 
-$(STAMP): pyproject.toml setup.py requirements-dev.txt tools/bootstrap.sh $(wildcard csrc/*.cpp csrc/*.h)
+$(STAMP): pyproject.toml setup.py requirements-dev.txt requirements-nodeps.txt tools/bootstrap.sh $(wildcard csrc/*.cpp csrc/*.h)
 	./tools/bootstrap.sh
 	@touch $@
 
