@@ -365,9 +365,7 @@ def test_bad_config(kwargs, match):
 
 def test_bad_step_calls():
     o = GMMFlowMatchScheduler()
-    x = torch.randn(SHAPE)
-    with pytest.raises(ValueError, match="set_timesteps"):
-        o.step(x, 1000.0, x)
+    x = torch.randn(SHAPE)  # (a step before set_timesteps takes the default schedule: test_diffusers_accepts)
     o.set_timesteps(2)
     with pytest.raises(ValueError, match="integer indices"):
         o.step(x, 0, x)

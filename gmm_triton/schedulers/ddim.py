@@ -177,7 +177,9 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             model_output: the network's prediction (ε, x̂₀ or v per ``prediction_type``).
             timestep: the current timestep: an int, or an integer tensor (0-d, or one per sample) on any
                 device; a CUDA tensor is read by the kernel, never on the host.
-            sample: x_t, with the same shape, dtype and device as ``model_output``.
+            sample: x_t, with the same shape and device as ``model_output`` (mixed floating dtypes are promoted, as
+                diffusers' arithmetic does: the outputs come in the promoted dtype of sample, model_output and the
+                step's noise).
             eta: the weight η of the DDIM noise (0: deterministic DDIM; 1: DDPM-like).
             use_clipped_model_output: re-derive ε̂ from the clipped x̂₀.
             generator: source of the step's randomness (the Philox seed, or diffusers' noise). A list (one per
@@ -203,6 +205,14 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             elif cfg.noise_source == "torch" or isinstance(generator, list):
                 noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                      dtype=model_output.dtype)
+        # diffusers' arithmetic promotes mixed dtypes (e.g. fp32 ε̂ on a bf16 sample, or fp32 noise): so does the step
+        if sample.is_floating_point() and model_output.is_floating_point():  # others: the op names the bad one
+            x0_dtype = dtype = torch.promote_types(sample.dtype, model_output.dtype)  # x̂₀ never sees the noise
+            if noise is not None and noise.is_floating_point():
+                dtype = torch.promote_types(dtype, noise.dtype)
+            sample, model_output = sample.to(dtype), model_output.to(dtype)
+        else:
+            x0_dtype = sample.dtype
         mixture = self._mixture(sample, eta) if gmm else None
         prev, x0 = ddim_step(
             sample, model_output, timestep, self._table.on(sample.device),
@@ -213,6 +223,7 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             generator=op_generator(generator), mixture=mixture, offset_final=cfg.gmm_offset_final,
             sample_offset=self._sample_offset,
         )
+        x0 = x0.to(x0_dtype)
         if not return_dict:
             return prev, x0
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -247,9 +258,15 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             if not 0 <= t < self._num_rows:
                 raise ValueError(f"timestep {t} is outside the training table [0, {self._num_rows}): "
                                  f"num_train_timesteps={self.config.num_train_timesteps}")
-            if t in self._alpha_zero_rows and self.config.prediction_type == "epsilon":
-                raise ValueError(f"ᾱ_t = 0 at timestep {t} (zero terminal SNR): x̂₀ is undefined for "
-                                 "prediction_type='epsilon'; use 'v_prediction' with rescale_betas_zero_snr")
+            cfg = self.config
+            if t in self._alpha_zero_rows and cfg.prediction_type == "epsilon" and (cfg.thresholding
+                                                                                   or not cfg.clip_sample):
+                # x̂₀ = (x − ε̂)/0 is infinite: clip_sample bounds it (diffusers is finite there); thresholding's quantile
+                # of infinities is NaN, and without either the step is inf/NaN in diffusers too
+                raise ValueError(f"ᾱ_t = 0 at timestep {t} (zero terminal SNR): x̂₀ = (x − ε̂)/0 is infinite for "
+                                 "prediction_type='epsilon', and only clip_sample (without thresholding) keeps the "
+                                 "step finite (diffusers returns inf/NaN otherwise); use 'v_prediction' with "
+                                 "rescale_betas_zero_snr, or clip_sample=True")
 
     def _mixture(self, sample, eta):
         return self._mixture_cache.get(self.config, sample, len(self._timesteps_host), eta,

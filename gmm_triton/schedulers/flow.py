@@ -202,9 +202,9 @@ class GMMFlowMatchScheduler(SampleOffsetMixin, FlowMatchEulerDiscreteScheduler):
                 "`GMMFlowMatchScheduler.step()` is not supported. Make sure to pass one of the "
                 "`scheduler.timesteps` as a timestep."
             )
-        if self._table is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
-                             "the scheduler")
+        if self._table is None:  # no set_timesteps: diffusers steps through the training schedule built at __init__
+            self._table = TableCache(flow_table(self.sigmas))
+            self._timesteps_host = self.timesteps
         cfg = self.config
         if per_token_timesteps is not None or cfg.invert_sigmas:
             if cfg.kernel != "gaussian" or not (cfg.eta == 0 or cfg.stochastic_sampling):
