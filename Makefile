@@ -6,7 +6,7 @@ STAMP := $(VENV)/.gmm-triton-stamp
 HAS_CUDA = $(shell $(PY) -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null)
 TEST_ENV = HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.cache/inductor
 
-.PHONY: demo test test-slow bench distill clean contract
+.PHONY: demo test test-slow test-integrations bench distill clean contract
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt requirements-nodeps.txt tools/bootstrap.sh $(wildcard csrc/*.cpp csrc/*.h)
 	./tools/bootstrap.sh
@@ -14,7 +14,18 @@ $(STAMP): pyproject.toml setup.py requirements-dev.txt requirements-nodeps.txt t
 
 # `slow` tests (the > 2^31-element step, ~8.6 GB of RAM; the distillation acceptance, ~19 min) run only in test-slow
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m "not slow and not integrations"
+
+# against third-party snapshots (shared/vendor/): ComfyUI with our node package, and diffusers' own scheduler and
+# pipeline tests with our schedulers swapped in (integrations/diffusers/run.py); their packages go in --no-deps
+INTEG_STAMP := $(VENV)/.gmm-triton-integrations-stamp
+$(INTEG_STAMP): $(STAMP) requirements-integrations.txt
+	missing=$$($(PY) tools/missing_requirements.py requirements-integrations.txt); \
+	if [ -n "$$missing" ]; then $(PY) -m pip install -q --no-deps $$missing; fi
+	@touch $@
+
+test-integrations: $(INTEG_STAMP)
+	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m integrations
 
 test-slow: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m slow
