@@ -19,9 +19,11 @@ test: $(STAMP)
 # against third-party snapshots (shared/vendor/): ComfyUI with our node package, and diffusers' own scheduler and
 # pipeline tests with our schedulers swapped in (integrations/diffusers/run.py); their packages go in --no-deps
 INTEG_STAMP := $(VENV)/.gmm-triton-integrations-stamp
-$(INTEG_STAMP): $(STAMP) requirements-integrations.txt
+$(INTEG_STAMP): $(STAMP) requirements-integrations.txt requirements-torchvision.txt
 	missing=$$($(PY) tools/missing_requirements.py requirements-integrations.txt); \
 	if [ -n "$$missing" ]; then $(PY) -m pip install -q --no-deps $$missing; fi
+	rm -rf .cache/site-torchvision
+	$(PY) -m pip install -q --no-deps --target .cache/site-torchvision -r requirements-torchvision.txt
 	@touch $@
 
 test-integrations: $(INTEG_STAMP)

@@ -23,10 +23,14 @@ SHAPE = (2, 4, 8, 8)
 
 
 def _import_torchvision():
-    """torchvision as ComfyUI imports it. The only torchvision for torch 2.13 this environment can install is a CUDA
-    build, whose compiled ops cannot load against the CPU torch; its Python part then fails only on registering fake
-    kernels for two ops it never defined (torchvision::nms, ::qnms). Defining their schemas lets the real package
-    import; the ComfyUI code exercised here uses no torchvision op. With a working build this does nothing."""
+    """torchvision as ComfyUI imports it, from .cache/site-torchvision (requirements-torchvision.txt). The only
+    torchvision for torch 2.13 this environment can install is a CUDA build, whose compiled ops cannot load against the
+    CPU torch; its Python part then fails only on registering fake kernels for two ops it never defined
+    (torchvision::nms, ::qnms). Defining their schemas lets the real package import; the ComfyUI code exercised here
+    uses no torchvision op. With a working build this does nothing."""
+    site = REPO / ".cache" / "site-torchvision"
+    if site.is_dir():
+        sys.path.insert(0, str(site))
     try:
         import torchvision  # noqa: F401
         return
