@@ -28,6 +28,7 @@ $(INTEG_STAMP): $(STAMP) requirements-integrations.txt requirements-torchvision.
 
 test-integrations: $(INTEG_STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m integrations
+	$(TEST_ENV) $(PY) integrations/diffusers/run.py --quick --check --jobs 3
 
 test-slow: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 import tarfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -30,3 +31,32 @@ def unpack(tarball: str) -> pathlib.Path:
             tar.extractall(dest, filter="data")
         marker.write_text(src.name)
     return dest
+
+
+def import_torchvision() -> None:
+    """Imports torchvision from .cache/site-torchvision (requirements-torchvision.txt, `make test-integrations`).
+
+    ComfyUI imports it, and so does transformers (lazily, e.g. when unittest's assertWarns sweeps sys.modules). The only
+    torchvision for torch 2.13 this environment can install is a CUDA build, whose compiled ops cannot load against
+    the CPU torch; its Python part then fails only on registering fake kernels for two ops it never defined
+    (torchvision::nms, ::qnms). Defining their schemas lets the real package import; the code exercised by the
+    integration tests uses no torchvision op. With a working build this changes nothing.
+    """
+    import torch
+
+    site = REPO / ".cache" / "site-torchvision"
+    if site.is_dir() and str(site) not in sys.path:
+        sys.path.insert(0, str(site))
+    try:
+        import torchvision  # noqa: F401
+        return
+    except RuntimeError as e:
+        if "torchvision::nms does not exist" not in str(e):
+            raise
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    lib = torch.library.Library("torchvision", "DEF")
+    for op in ("nms", "qnms"):
+        lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import_torchvision.lib = lib  # the definitions live as long as the library object
+    import torchvision  # noqa: F401,F811

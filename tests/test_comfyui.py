@@ -15,42 +15,18 @@ import types
 import pytest
 import torch
 
-from integrations.vendor import REPO, unpack
+from integrations.vendor import REPO, import_torchvision, unpack
 
 pytestmark = pytest.mark.integrations
 
 SHAPE = (2, 4, 8, 8)
 
 
-def _import_torchvision():
-    """torchvision as ComfyUI imports it, from .cache/site-torchvision (requirements-torchvision.txt). The only
-    torchvision for torch 2.13 this environment can install is a CUDA build, whose compiled ops cannot load against the
-    CPU torch; its Python part then fails only on registering fake kernels for two ops it never defined
-    (torchvision::nms, ::qnms). Defining their schemas lets the real package import; the ComfyUI code exercised here
-    uses no torchvision op. With a working build this does nothing."""
-    site = REPO / ".cache" / "site-torchvision"
-    if site.is_dir():
-        sys.path.insert(0, str(site))
-    try:
-        import torchvision  # noqa: F401
-        return
-    except RuntimeError as e:
-        if "torchvision::nms does not exist" not in str(e):
-            raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[name]
-    lib = torch.library.Library("torchvision", "DEF")
-    for op in ("nms", "qnms"):
-        lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _import_torchvision.lib = lib  # the definitions live as long as the library object
-    import torchvision  # noqa: F401,F811
-
-
 @pytest.fixture(scope="module")
 def comfy():
     root = unpack("ComfyUI-a125cd8.tar.gz") / "ComfyUI"
     sys.path.insert(0, str(root))
-    _import_torchvision()
+    import_torchvision()
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True  # as `python main.py --cpu`: model_management then never asks for CUDA
