@@ -34,22 +34,16 @@ from integrations.vendor import unpack  # noqa: E402
 SNAPSHOT = "diffusers-tests-58eb52c0.tar.gz"
 MODES = ("stock", "torch", "philox")
 SCHEDULER_FILES = ["tests/schedulers/test_scheduler_ddim.py"]
-# fast pipeline tests whose dummy components build a DDIMScheduler or a FlowMatchEulerDiscreteScheduler
+# fast pipeline tests whose dummy components build a DDIMScheduler and that run offline. Offline, the fast tests of the
+# FlowMatchEulerDiscreteScheduler pipelines (SD3, Flux, AuraFlow, Lumina 2, CogVideoX, PixArt's T5 ...) fail at
+# their tokenizers' from_pretrained with stock diffusers as well (tried: aura_flow 4 of 34 pass, all hub-free), so the
+# flow scheduler is checked by tests/test_flow.py, tests/test_diffusers_accepts.py and the bf16/ComfyUI runs instead
 PIPELINE_FILES = [
     "tests/pipelines/ddim/test_ddim.py",
-    "tests/pipelines/stable_diffusion/test_stable_diffusion.py",
-    "tests/pipelines/stable_diffusion_2/test_stable_diffusion_v_pred.py",
-    "tests/pipelines/stable_diffusion_xl/test_stable_diffusion_xl.py",
-    "tests/pipelines/latent_diffusion/test_latent_diffusion.py",
-    "tests/pipelines/controlnet/test_controlnet.py",
     "tests/pipelines/kandinsky2_2/test_kandinsky.py",
     "tests/pipelines/kandinsky2_2/test_kandinsky_img2img.py",
-    "tests/pipelines/pixart_alpha/test_pixart.py",
-    "tests/pipelines/cogvideo/test_cogvideox.py",
-    "tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3.py",
-    "tests/pipelines/flux/test_pipeline_flux.py",
-    "tests/pipelines/aura_flow/test_pipeline_aura_flow.py",
-    "tests/pipelines/lumina2/test_pipeline_lumina2.py",
+    "tests/pipelines/latent_diffusion/test_latent_diffusion.py",
+    "tests/pipelines/stable_diffusion/test_stable_diffusion.py",
 ]
 QUICK_FILES = ["tests/pipelines/ddim/test_ddim.py"]  # offline, the flow pipelines' tests need hub tokenizers
 # (selection name, files, stochastic paths forced on, in the quick run)
@@ -57,6 +51,7 @@ SELECTIONS = [
     ("schedulers", SCHEDULER_FILES, False, True),
     ("pipelines-quick", QUICK_FILES, True, True),
     ("pipelines", PIPELINE_FILES, True, False),
+    ("pipelines-bf16", ["test_gmm_bf16_pipelines.py"], True, True),  # bf16_pipelines.py, copied into the snapshot
 ]
 # value tests that compare a stochastic run against numbers diffusers' own torch noise produced: in Philox mode the
 # noise is other (equally distributed) numbers, so these may differ there, and only there
@@ -145,7 +140,9 @@ def table(results: dict) -> str:
             notes.append(f"DDIMSchedulerTest: {e['DDIMSchedulerTest']['torch']} (torch), "
                          f"{e['DDIMSchedulerTest']['philox']} (Philox), {e['DDIMSchedulerTest']['stock']} (stock).")
         for t in e["philox"]["regressions"]:
-            notes.append(f"Philox mode, {name}: `{t}` compares against diffusers' own noise.")
+            why = ("a value test against numbers from diffusers' own noise" if t.rsplit("::", 1)[-1] in
+                   PHILOX_VALUE_TESTS else "not explained by the noise source: an open break")
+            notes.append(f"Philox mode, {name}: `{t}` fails ({why}).")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
@@ -173,6 +170,7 @@ def main(argv=None) -> int:
         return 0
     root = unpack(SNAPSHOT) / "diffusers-tests"
     (root / "pytest.ini").write_text("[pytest]\n")  # the snapshot's own settings, not this repository's
+    (root / "test_gmm_bf16_pipelines.py").write_text((HERE / "bf16_pipelines.py").read_text())
     results = {"snapshot": SNAPSHOT, "selections": {}}
     if args.only and RESULTS.exists():
         results = json.loads(RESULTS.read_text())
