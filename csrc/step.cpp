@@ -27,7 +27,7 @@ constexpr int kLane = 1024;        // elements per stage tile
 
 struct SampleScalars {
   bool valid;    // the timestep row (and the mixture step table) exist: otherwise the sample is NaN
-  double al, sg, alp, sp2, sigma, c_eps;
+  double al, s_t, alp, s_prev2, sigma, c_eps;
   uint64_t base;  // the RNG counter of the sample's element 0: (offset + b) * D
   bool apply;    // mixture applies at this step
   int64_t srow;  // mixture table row
@@ -131,11 +131,11 @@ SampleScalars sample_scalars(const StepArgs& a, int64_t b) {
   if (!s.valid) row = 0;
   const double* c = a.coef.data_ptr<double>() + row * kNCols;
   s.al = c[kColAlpha];
-  s.sg = c[kColSigma];
+  s.s_t = c[kColS];
   s.alp = c[kColAlphaPrev];
-  s.sp2 = c[kColSigmaPrev2];
+  s.s_prev2 = c[kColSPrev2];
   s.sigma = a.eta * std::sqrt(c[kColVar]);
-  s.c_eps = std::sqrt(std::max(s.sp2 - s.sigma * s.sigma, 0.0));
+  s.c_eps = std::sqrt(std::max(s.s_prev2 - s.sigma * s.sigma, 0.0));
   const uint64_t g = a.offset + static_cast<uint64_t>(b);  // the sample's global index
   s.base = g * static_cast<uint64_t>(a.D);
   if (a.mixed) {
@@ -215,7 +215,7 @@ void step_impl(const StepArgs& a) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_chunks, ch = task % n_chunks;
       const SampleScalars s = sample_scalars(a, b);
-      const A al = static_cast<A>(s.al), sg = static_cast<A>(s.sg), alp = static_cast<A>(s.alp);
+      const A al = static_cast<A>(s.al), s_t = static_cast<A>(s.s_t), alp = static_cast<A>(s.alp);
       const A c_eps = static_cast<A>(s.c_eps), sigma = static_cast<A>(s.sigma);
       const A bad = s.valid ? A(0) : std::numeric_limits<A>::quiet_NaN();
       int64_t delta0 = 0, q0 = 0;  // offsets of this sample's offset row and basis rows
@@ -246,16 +246,16 @@ void step_impl(const StepArgs& a) {
         }
         switch (a.pred) {
           case kPredEpsilon:
-            for (int i = 0; i < n; ++i) { x0v[i] = (xv[i] - sg * mv[i]) / al; ev[i] = mv[i]; }
+            for (int i = 0; i < n; ++i) { x0v[i] = (xv[i] - s_t * mv[i]) / al; ev[i] = mv[i]; }
             break;
           case kPredSample:
-            for (int i = 0; i < n; ++i) { x0v[i] = mv[i]; ev[i] = (xv[i] - al * mv[i]) / sg; }
+            for (int i = 0; i < n; ++i) { x0v[i] = mv[i]; ev[i] = (xv[i] - al * mv[i]) / s_t; }
             break;
           case kPredVPrediction:
-            for (int i = 0; i < n; ++i) { x0v[i] = al * xv[i] - sg * mv[i]; ev[i] = al * mv[i] + sg * xv[i]; }
+            for (int i = 0; i < n; ++i) { x0v[i] = al * xv[i] - s_t * mv[i]; ev[i] = al * mv[i] + s_t * xv[i]; }
             break;
           default:
-            for (int i = 0; i < n; ++i) { x0v[i] = xv[i] - sg * mv[i]; ev[i] = xv[i] + al * mv[i]; }
+            for (int i = 0; i < n; ++i) { x0v[i] = xv[i] - s_t * mv[i]; ev[i] = xv[i] + al * mv[i]; }
         }
         if (thr) {
           const A q = thr[b];
@@ -264,7 +264,7 @@ void step_impl(const StepArgs& a) {
           for (int i = 0; i < n; ++i) x0v[i] = std::min(std::max(x0v[i], -clip), clip);
         }
         if (a.clipped_eps)
-          for (int i = 0; i < n; ++i) ev[i] = (xv[i] - al * x0v[i]) / sg;
+          for (int i = 0; i < n; ++i) ev[i] = (xv[i] - al * x0v[i]) / s_t;
         for (int i = 0; i < n; ++i) pv[i] = alp * x0v[i] + c_eps * ev[i];
         if (a.mixed && s.apply) {
           table_tile(a, a.delta, delta0, d0, idx, n, tab);

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import backends
 from .backends import Layout, StepArgs, cpu_backend, use_cpu_backend  # noqa: F401  (the op's public helpers)
-from .contract import COL_ALPHA, COL_SIGMA, COL_STEP, MAX_PERMUTED_RANK, N_COLS, NOISE_NONE, NOISE_PHILOX, \
+from .contract import COL_ALPHA, COL_S, COL_STEP, MAX_PERMUTED_RANK, N_COLS, NOISE_NONE, NOISE_PHILOX, \
     NOISE_TENSOR, PREDICTION_TYPES, VARIANCE_MODES
 from .mixture import MixtureTensors
 from .reference import dynamic_threshold_scale
@@ -481,11 +481,11 @@ def _threshold_scale(sample, model_output, timesteps, tval, table, prediction_ty
     rows = timesteps.reshape(-1).to(table.device) if timesteps is not None else torch.tensor([tval], device=table.device)
     c = table.index_select(0, rows.long()).float().expand(B, N_COLS)
     shape = (B,) + (1,) * (sample.dim() - 1)
-    al, sg = c.select(1, COL_ALPHA).reshape(shape), c.select(1, COL_SIGMA).reshape(shape)  # select: traceable on fakes
+    al, s_t = c.select(1, COL_ALPHA).reshape(shape), c.select(1, COL_S).reshape(shape)  # select: traceable on fakes
     x, m = sample.float(), model_output.float()
     if guidance_scale is not None:
         u, cond = m.chunk(2)
         m = u + guidance_scale * (cond - u)
-    x0 = {"epsilon": lambda: (x - sg * m) / al, "sample": lambda: m, "v_prediction": lambda: al * x - sg * m,
-          "flow": lambda: x - sg * m}[prediction_type]()
+    x0 = {"epsilon": lambda: (x - s_t * m) / al, "sample": lambda: m, "v_prediction": lambda: al * x - s_t * m,
+          "flow": lambda: x - s_t * m}[prediction_type]()
     return dynamic_threshold_scale(x0, *thresholding)

@@ -161,17 +161,17 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _step_core(x, m, coef, eta, prediction_type, clip, thresholding, clipped_eps, noise,
                threshold_scale=None, offset=None, noise_fn=None):
-    """The shared float64 maths. coef[b] = (α, s, α_prev, s_prev², var). Returns (prev, x̂₀, ε̂ coefficient σ)."""
-    al, sg, alp, sp2, var = (_bcast(coef[:, i], x) for i in range(5))
+    """The shared float64 maths. coef[b] = (α, s, α_prev, s_prev², var). Returns (prev, x̂₀)."""
+    al, s_t, alp, s_prev2, var = (_bcast(coef[:, i], x) for i in range(5))
     if prediction_type == "epsilon":
-        x0, eps = (x - sg * m) / al, m
+        x0, eps = (x - s_t * m) / al, m
     elif prediction_type == "sample":
         x0 = m
-        eps = (x - al * x0) / sg
+        eps = (x - al * x0) / s_t
     elif prediction_type == "v_prediction":
-        x0, eps = al * x - sg * m, al * m + sg * x
+        x0, eps = al * x - s_t * m, al * m + s_t * x
     elif prediction_type == "flow":
-        x0, eps = x - sg * m, x + al * m
+        x0, eps = x - s_t * m, x + al * m
     else:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     if thresholding is not None or threshold_scale is not None:
@@ -181,9 +181,9 @@ def _step_core(x, m, coef, eta, prediction_type, clip, thresholding, clipped_eps
     elif clip is not None:
         x0 = x0.clamp(-clip, clip)
     if clipped_eps:
-        eps = (x - al * x0) / sg
+        eps = (x - al * x0) / s_t
     sigma = eta * var.sqrt()
-    prev = alp * x0 + (sp2 - sigma**2).clamp(min=0).sqrt() * eps
+    prev = alp * x0 + (s_prev2 - sigma**2).clamp(min=0).sqrt() * eps
     if offset is not None:
         prev = prev + offset
     if noise_fn is not None:

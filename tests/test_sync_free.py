@@ -126,7 +126,8 @@ def test_the_ops_cuda_branch_reads_nothing_back(monkeypatch, variance):
     _on_fake_cuda(x0)
     assert len(step.launches) == 1 and len(proj.launches) == (variance == "exact")
     _, _, kw = step.launches[0]
-    assert kw["T_FROM_PTR"] and kw["T_PER_SAMPLE"] and kw["SEED_FROM_PTR"] and kw["OFF_FROM_PTR"]
+    spec = kw["S"]
+    assert spec.T_FROM_PTR and spec.T_PER_SAMPLE and spec.SEED_FROM_PTR and spec.OFF_FROM_PTR
 
 
 def test_ddim_thresholding_loop():
