@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .. import contract
-from .common import fast_math, launch_scalar, sample_row
+from .common import fast_math, sample_key, sample_row
 from .philox import normal_at, normal_block, uniform_at
 
 # the contract's codes, as the compile-time constants Triton requires of globals
@@ -158,9 +158,9 @@ def _project_kernel(
     row, _ = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, S.T_FROM_PTR, S.T_PER_SAMPLE)
     srow, _ = _table_row(coef_ptr, row, n_tables, S.SHARED)
     sigma = tl.cast(eta, tl.float32) * tl.sqrt(tl.load(coef_ptr + row * _NC + _C_VAR).to(tl.float32))  # as the step
-    seed = launch_scalar(seed_ptr, seed_value, S.SEED_FROM_PTR)
-    base = (b + launch_scalar(off_ptr, off_value, S.OFF_FROM_PTR)) * D
-    zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, base, start, dl, mask, S.NOISE, S.ALIGNED4, S.PERMUTED, S.FAST,
+    seed, g = sample_key(seed_ptr, seed_value, off_ptr, off_value, b, S.SEED_FROM_PTR, S.SEED_PER_SAMPLE,
+                         S.OFF_FROM_PTR)
+    zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, g * D, start, dl, mask, S.NOISE, S.ALIGNED4, S.PERMUTED, S.FAST,
                   S.VEC, S.ALIGN, MASKED, False, S.BLOCK).to(tl.float32)  # −σz
     if S.NOISE == _NOISE_PHILOX:
         _st(zout_ptr, b * D, start, zneg, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
@@ -285,8 +285,8 @@ def _ddim_step_kernel(
     # ---- per-sample scalars, once per program: the table row, and an invalid row folded in as NaN ---------
     row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, S.T_FROM_PTR, S.T_PER_SAMPLE)
     cp = coef_ptr + row * _NC
-    seed = launch_scalar(seed_ptr, seed_value, S.SEED_FROM_PTR)
-    g = b + launch_scalar(off_ptr, off_value, S.OFF_FROM_PTR)  # the sample's global index: its RNG counters
+    seed, g = sample_key(seed_ptr, seed_value, off_ptr, off_value, b, S.SEED_FROM_PTR, S.SEED_PER_SAMPLE,
+                         S.OFF_FROM_PTR)  # the sample's key and global index: its RNG counters
     apply = valid  # (the mixture's: placeholders when MIX is off)
     k = b * 0
     srow = b * 0
@@ -354,6 +354,7 @@ class ProjectSpec:
     T_FROM_PTR: bool      # the timestep rows are read from a device tensor ...
     T_PER_SAMPLE: bool    # ... holding one row per sample
     SEED_FROM_PTR: bool   # the seed is read from a device tensor (else passed by value)
+    SEED_PER_SAMPLE: bool  # one seed per sample (read from a device tensor), each sample at global index offset
     OFF_FROM_PTR: bool    # the sample offset is read from a device tensor (else passed by value)
     ALIGNED4: bool        # every tile starts on a whole Philox group (flat counter ≡ 0 mod 4)
     PERMUTED: bool        # a permuted dense layout (backends.Layout): logical indices for the RNG and tables
@@ -407,8 +408,10 @@ def launch_spec(a, *, t_tensor, seed_tensor, off_tensor, off_value: int, config:
     BLOCK = config.block
     # The tiles of a sample start at -(b·D mod ALIGN): 16-byte vectors (ALIGN elements) and whole Philox groups.
     align = max(4, 16 // x.element_size())
-    # flat counter of a tile's start = offset·D + (b·D + start) ≡ offset·D (mod 4): a multiple of 4 gives whole groups
-    aligned4 = BLOCK % 4 == 0 and (D % 4 == 0 or (off_tensor is None and off_value * D % 4 == 0))
+    # flat counter of a tile's start = g·D + start, start ≡ −b·D (mod 4): with g = offset + b that is ≡ offset·D, a
+    # multiple of 4 gives whole groups; with per-sample seeds (g = offset) only D ≡ 0 (mod 4) does for every sample
+    per_sample = a.per_sample_seeds
+    aligned4 = BLOCK % 4 == 0 and (D % 4 == 0 or (off_tensor is None and not per_sample and off_value * D % 4 == 0))
     z_bs = a.noise.stride(0) if a.noise is not None else D
     # vectors need every tensor's sample blocks to sit like out's (b·D) modulo a vector
     vec = all(s % align == D % align for s in (x.stride(0), a.m.stride(0), z_bs)) and \
@@ -420,7 +423,7 @@ def launch_spec(a, *, t_tensor, seed_tensor, off_tensor, off_value: int, config:
         NOISE=contract.NOISE_TENSOR if zneg else a.noise_mode, KP=mix.kp if mix is not None else 1,
         SHARED=mix.shared if mix is not None else True, T_FROM_PTR=t_tensor is not None,
         T_PER_SAMPLE=t_tensor is not None and t_tensor.numel() > 1, SEED_FROM_PTR=seed_tensor is not None,
-        OFF_FROM_PTR=off_tensor is not None, ALIGNED4=aligned4, PERMUTED=a.layout is not None,
+        SEED_PER_SAMPLE=per_sample, OFF_FROM_PTR=off_tensor is not None, ALIGNED4=aligned4, PERMUTED=a.layout is not None,
         FAST=fast_math(x.device), VEC=vec, ALIGN=align, MASK=_mask_mode(D, BLOCK, align),
         TVEC=a.layout is None and D % align == 0 and D % 8 == 0,  # mixture table rows as whole vectors
         BLOCK=BLOCK, CT=tl.float64 if x.dtype == torch.float64 else tl.float32,
