@@ -141,9 +141,9 @@ def sigma_table(sigmas, *, eta=1.0, s_noise: float = 1.0, flow: bool = False) ->
     var = (float(s_noise) * up) ** 2
     table = np.zeros((n, N_COLS), dtype=np.float64)
     table[:, COL_ALPHA] = 1.0 - t if flow else 1.0
-    table[:, COL_SIGMA] = t
+    table[:, COL_S] = t
     table[:, COL_ALPHA_PREV] = 1.0 - s if flow else 1.0
-    table[:, COL_SIGMA_PREV2] = s * s if float(s_noise) == 1.0 else down2 + var  # equal at s_noise = 1
+    table[:, COL_S_PREV2] = s * s if float(s_noise) == 1.0 else down2 + var  # equal at s_noise = 1
     table[:, COL_VAR] = var
     table[:, COL_FINAL] = s == 0
     table[:, COL_STEP] = np.arange(n)

@@ -306,7 +306,7 @@ def test_from_config_of_flow_match_euler(cfg):
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_generator_list_seeds_the_mixture(eta):
-    """As for DDIM: the component seed comes from the list's first generator, not torch's global RNG."""
+    """As for DDIM: the component seeds come from the list's generators, not torch's global RNG."""
     o = GMMFlowMatchScheduler(kernel="gmm", eta=eta, gmm_scale=0.5, gmm_components=4)
 
     def run(global_seed, seeds=(1, 2)):

@@ -73,19 +73,6 @@ def check_mixture_options(*, gmm_components, gmm_scale, gmm_offsets, gmm_varianc
         resolve_priors(values, gmm_components, gmm_seed)  # length K, finite, non-negative, sum 1
 
 
-def op_generator(generator):
-    """The generator the op draws its Philox seed from (the mixture's component draw, and the noise when no list).
-
-    A list (one generator per sample, as diffusers pipelines pass it) gives its per-sample noise through
-    ``randn_tensor``; the op takes one seed per launch, so the seed comes from the list's first generator, never
-    from torch's global RNG: the same list reproduces the same samples."""
-    if not isinstance(generator, list):
-        return generator
-    if not generator:
-        raise ValueError("generator is an empty list; pass one torch.Generator per sample, or one for the batch")
-    return generator[0]
-
-
 class SampleOffsetMixin:
     """The global index of a batch's first sample, for sharded or batched sampling runs.
 

@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..coefficients import COL_ALPHA, PREV_RULES, TableCache, ddim_table
 from ..ops import ddim_step
-from .common import MixtureCache, SampleOffsetMixin, check_int, check_kernel_options, one_of, op_generator
+from .common import MixtureCache, SampleOffsetMixin, check_int, check_kernel_options, one_of
 
 _SPACINGS = ("leading", "trailing", "linspace")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
@@ -183,8 +183,9 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             eta: the weight η of the DDIM noise (0: deterministic DDIM; 1: DDPM-like).
             use_clipped_model_output: re-derive ε̂ from the clipped x̂₀.
             generator: source of the step's randomness (the Philox seed, or diffusers' noise). A list (one per
-                sample) draws each sample's noise from its own generator, as diffusers does, and the mixture's
-                component seed from the first generator of the list.
+                sample) gives each sample its own: with Philox noise a seed drawn from its generator (its noise and
+                mixture component, at its own counter origin), with ``noise_source="torch"`` diffusers' noise from
+                its generator and a seed from it for the component; so a batch equals its samples run singly.
             variance_noise: explicit standard-normal noise, as in diffusers (exclusive with ``generator``).
             return_dict: return a ``DDIMSchedulerOutput`` rather than a tuple.
         """
@@ -202,7 +203,7 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
                                  "`generator` or `variance_noise` stays `None`.")
             if variance_noise is not None:
                 noise = variance_noise
-            elif cfg.noise_source == "torch" or isinstance(generator, list):
+            elif cfg.noise_source == "torch":
                 noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                      dtype=model_output.dtype)
         # diffusers' arithmetic promotes mixed dtypes (e.g. fp32 ε̂ on a bf16 sample, or fp32 noise): so does the step
@@ -220,7 +221,7 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             clip_sample_range=cfg.clip_sample_range if (cfg.clip_sample and not cfg.thresholding) else None,
             thresholding=(cfg.dynamic_thresholding_ratio, cfg.sample_max_value) if cfg.thresholding else None,
             use_clipped_model_output=bool(use_clipped_model_output), noise=noise,
-            generator=op_generator(generator), mixture=mixture, offset_final=cfg.gmm_offset_final,
+            generator=generator, mixture=mixture, offset_final=cfg.gmm_offset_final,
             sample_offset=self._sample_offset,
         )
         x0 = x0.to(x0_dtype)

@@ -56,12 +56,8 @@ SELECTIONS = [
 # value tests that compare a stochastic run against numbers diffusers' own torch noise produced: in Philox mode the
 # noise is other (equally distributed) numbers, so these may differ there, and only there
 PHILOX_VALUE_TESTS = ("test_inference", "test_full_loop", "test_stable_diffusion_ddim", "test_ddim")
-# known breaks, tolerated by --check but printed and listed in README: generator lists in Philox mode give each
-# sample its own seed only once the op takes per-sample seeds (issue 18: "Op: per-sample seeds")
-OPEN_BREAKS = {
-    "tests.pipelines.ddim.test_ddim.DDIMPipelineFastTests::test_inference_batch_single_identical":
-        "a generator list in Philox mode: the op takes one seed per launch (per-sample seeds: issue 18)",
-}
+# known breaks, tolerated by --check but printed and listed in README (none at present)
+OPEN_BREAKS: dict = {}
 RESULTS = HERE / "results.json"
 README = REPO / "README.md"
 BEGIN, END = "<!-- diffusers-suite:begin (integrations/diffusers/run.py --readme) -->", "<!-- diffusers-suite:end -->"
