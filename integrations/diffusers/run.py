@@ -127,17 +127,22 @@ def unexplained(results: dict) -> list:
     return bad
 
 
+def _ordered(results: dict) -> list:
+    order = [n for n, *_ in SELECTIONS]
+    return sorted(results["selections"].items(), key=lambda kv: order.index(kv[0]))
+
+
 def table(results: dict) -> str:
     """The README table: per selection and mode, tests passed (of those stock passes) and the Philox-only breaks."""
     lines = ["| selection | tests | stock passes | ours, `noise_source=\"torch\"` | ours, Philox noise |",
              "| --- | --- | --- | --- | --- |"]
-    for name, e in results["selections"].items():
+    for name, e in _ordered(results):
         total = sum(e["stock"][k] for k in ("passed", "failed", "skipped"))
         cells = [f"{e[m]['passed_of_stock_passed']} / {e['stock']['passed']}" for m in ("torch", "philox")]
         lines.append(f"| {name} ({len(e['files'])} files{', forced η = 1 / stochastic' if e['stochastic'] else ''})"
                      f" | {total} | {e['stock']['passed']} | {cells[0]} | {cells[1]} |")
     notes = []
-    for name, e in results["selections"].items():
+    for name, e in _ordered(results):
         if "DDIMSchedulerTest" in e:
             notes.append(f"DDIMSchedulerTest: {e['DDIMSchedulerTest']['torch']} (torch), "
                          f"{e['DDIMSchedulerTest']['philox']} (Philox), {e['DDIMSchedulerTest']['stock']} (stock).")
