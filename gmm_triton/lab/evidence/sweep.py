@@ -48,7 +48,7 @@ class Settings:
 
     n: int = 1000
     seeds: tuple = (0, 1, 2)
-    train_iterations: int = 4000
+    train_iterations: int = 3000
     quick: bool = False
     batch: int = 250          # samples per model forward (generate's model batch) and per scheduler step
     steps: tuple = (5, 10, 20)
