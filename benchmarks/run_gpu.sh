@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one call on a GPU machine: build the C++ twin against the machine's torch, run the GPU tests and
-# benchmarks, then the benchmark table (python -m gmm_triton.bench --device cuda), then the CPU suite as CI runs
+# benchmarks, then the benchmark table (python -m gmm_triton.tools.bench --device cuda), then the CPU suite as CI runs
 # it if time is left. Everything lands in OUTDIR (8 files, at most 2 levels deep); the table is printed last.
 #
 #   bash benchmarks/run_gpu.sh OUTDIR [COMMIT]        (from a copy of the repository, on the GPU machine)
@@ -66,9 +66,9 @@ timeout 180 $PY -m pytest -m cuda tests benchmarks -q -ra -p no:cacheprovider \
 rc=$?
 say "pytest -m cuda: rc=$rc | $(tail -n 1 "$OUT/pytest_cuda.log")"
 
-say "benchmark table: python -m gmm_triton.bench --device cuda"
+say "benchmark table: python -m gmm_triton.tools.bench --device cuda"
 limit=$((END - 30 - SECONDS)); [ "$limit" -gt 300 ] && limit=300; [ "$limit" -lt 60 ] && limit=60
-timeout "$limit" $PY -m gmm_triton.bench --device cuda --out "$OUT/bench" >"$OUT/bench.log" 2>&1
+timeout "$limit" $PY -m gmm_triton.tools.bench --device cuda --out "$OUT/bench" >"$OUT/bench.log" 2>&1
 rc=$?
 say "bench: rc=$rc (0: all measured; 1: some cells failed, see bench.log; 124: timed out, bench.csv has the rows so far)"
 

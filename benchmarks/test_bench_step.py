@@ -1,4 +1,4 @@
-"""pytest-benchmark suites of the fused step; `gmm_triton/bench.py` has the method and the full table.
+"""pytest-benchmark suites of the fused step; `gmm_triton/tools/bench.py` has the method and the full table.
 
     pytest benchmarks                          CPU: the op (C++ twin) and 50-step scheduler loops, ours vs diffusers
     pytest -m cuda benchmarks                  GPU: the Triton kernel; do_bench medians and GB/s in extra_info
@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from gmm_triton import bench, ops
+from gmm_triton import ops
+from gmm_triton.tools import bench
 
 FULL = os.environ.get("GMM_BENCH_FULL") == "1"
 CPU_SIZES = bench.SIZES if FULL else ((1, 4, 32, 32),)

@@ -133,9 +133,7 @@ class StepArgs:
 
 def host_int(t: Optional[Tensor]) -> int:
     """The value of an int64 scalar tensor (seed, sample offset) on the host, 0 for None (reads any device)."""
-    from .rng import host_seed
-
-    return 0 if t is None else host_seed(t)
+    return 0 if t is None else int(t.reshape(-1)[0].item())
 
 
 def on_device_or_host(t: Optional[Tensor], device: torch.device):

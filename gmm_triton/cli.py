@@ -1,4 +1,8 @@
-"""``gmm-triton demo | eval | sample | generate | bench | inspect | train | distill``."""
+"""``gmm-triton demo | eval | sample | generate | bench | inspect | train | distill``.
+
+The commands live in the two layers above the runtime library: the lab (``gmm_triton.lab``: demo, eval, generate,
+train, distill) and the tools (``gmm_triton.tools``: bench, inspect). Only the module of the command that runs is
+imported, so ``gmm-triton --help`` and the missing-extra check load neither torch nor triton."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +10,7 @@ import importlib.util
 import os
 import sys
 
-from .cli_args import add_mixture_arguments, eta, etas, families, nonneg_float, positive_int, scales, seed, seeds, \
+from .lab.cli_args import add_mixture_arguments, eta, etas, families, nonneg_float, positive_int, scales, seed, seeds, \
     steps_list
 
 # what `pip install "gmm-triton[demo]"` adds, by import name: plots (demo, eval, bench, distill) and the digits data
@@ -16,14 +20,28 @@ DEMO_EXTRAS = {"matplotlib": "matplotlib", "sklearn": "scikit-learn"}
 
 def _missing_extras(argv) -> tuple:
     """(command, missing packages) for the command in ``argv``: a lookup, no import, before torch is imported."""
-    cmd = next((a for a in argv if not a.startswith("-")), None)
+    cmd = _command(argv)
     if cmd not in ("demo", "eval", "bench", "train", "distill") or "-h" in argv or "--help" in argv:
         return cmd, []
     modules = ("matplotlib",) if cmd == "bench" and "--no-e2e" in argv else DEMO_EXTRAS
     return cmd, [DEMO_EXTRAS[m] for m in modules if importlib.util.find_spec(m) is None]
 
 
-def build_parser() -> argparse.ArgumentParser:
+# command -> (module defining add_arguments(parser) and main(args) -> int, help)
+_MODULE_COMMANDS = {
+    "generate": (".lab.generate", "N samples of the oracle or a pipeline, sharded over torchrun processes, resumable, "
+                                  "the same bytes for any process count and batch size"),
+    "bench": (".tools.bench", "kernel throughput and step latency vs diffusers and torch.compile"),
+    "inspect": (".tools.inspect", "compile every kernel specialisation for sm_80/sm_90a/sm_100a (no GPU needed): "
+                                  "registers, spills, access widths, SASS per element, predicted bandwidth"),
+}
+
+
+def _command(argv) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv=()) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gmm-triton", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -65,18 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_mixture_arguments(s)
     s.add_argument("--noise-source", default="philox", choices=["philox", "torch"])
 
-    from . import bench, generate, inspect
+    cmd = _command(argv)
+    for name, (module, help_) in _MODULE_COMMANDS.items():
+        if name == cmd:  # only the command that runs imports its module (and torch)
+            importlib.import_module(module, __package__).add_arguments(sub.add_parser(name, help=help_))
+        else:
+            sub.add_parser(name, help=help_)
+    if cmd in ("train", "distill"):
+        from .lab.distill.cli import add_commands
 
-    generate.add_arguments(sub.add_parser(
-        "generate", help="N samples of the oracle or a pipeline, sharded over torchrun processes, resumable, the same "
-                         "bytes for any process count and batch size"))
-    bench.add_arguments(sub.add_parser("bench", help="kernel throughput and step latency vs diffusers and torch.compile"))
-    inspect.add_arguments(sub.add_parser(
-        "inspect", help="compile every kernel specialisation for sm_80/sm_90a/sm_100a (no GPU needed): registers, "
-                        "spills, access widths, SASS per element, predicted bandwidth"))
-    from .distill.cli import add_commands
-
-    add_commands(sub)  # train, distill
+        add_commands(sub)  # train, distill
+    else:
+        sub.add_parser("train", help="train the learned digits denoiser (residual MLP, ε and x̂₀ heads); resumable")
+        sub.add_parser("distill", help="moment-matching and EM distillation on the mixture testbeds")
     return p
 
 
@@ -87,19 +106,19 @@ def main(argv=None) -> int:
         print(f"usage: gmm-triton {cmd} ...\ngmm-triton {cmd}: error: {cmd} needs {' and '.join(missing)}, not "
               f"installed: pip install \"gmm-triton[demo]\"", file=sys.stderr)
         raise SystemExit(2)
-    p = build_parser()
+    p = build_parser(argv)
     args = p.parse_args(argv)
     if args.cmd == "demo" and args.family != "ddim":
-        from .gddim.demo import run_gddim_demo
+        from .lab.gddim_demo import run_gddim_demo
 
         run_gddim_demo(args.out or "gmm_triton_out/gddim", family=args.family, n=args.samples, quick=args.quick)
     elif args.cmd == "demo":
-        from .demo import run_demo
+        from .lab.demo import run_demo
 
         run_demo(args.out or "gmm_triton_out/demo", device=args.device, n=args.samples or 2000, steps=args.steps,
                  scale=args.scale, seeds=args.seeds, quick=args.quick, learned_model=args.learned_model)
     elif args.cmd == "eval":
-        from .demo import run_eval
+        from .lab.demo import run_eval
 
         run_eval(args.out, device=args.device, steps=args.steps, etas=args.etas, scales=args.scales,
                  n=args.samples, seeds=args.seeds, families=args.families)
@@ -107,22 +126,8 @@ def main(argv=None) -> int:
         return run_sample(args)
     elif args.cmd in ("train", "distill"):
         return args.func(args)
-    elif args.cmd == "generate":
-        from . import generate
-
-        try:
-            generate.run(args)
-        except generate.GenerateError as e:
-            print(f"gmm-triton generate: error: {e}", file=sys.stderr)
-            return 2
-    elif args.cmd == "inspect":
-        from . import inspect
-
-        return inspect.main(args)
     else:
-        from . import bench
-
-        return bench.main(args)
+        return importlib.import_module(_MODULE_COMMANDS[args.cmd][0], __package__).main(args)
     return 0
 
 

@@ -42,7 +42,7 @@ def check_seed_tensor(seed: Tensor, name: str = "seed") -> None:
 
 def host_seed(seed: Tensor) -> int:
     """The seed's 64 bits as a host int64 (a CPU read; a device seed is copied once: CPU backends only)."""
-    return int(seed.reshape(-1)[0].item())
+    return backends.host_int(seed)
 
 
 def draw_seed(generator: Optional[torch.Generator] = None, device=None) -> Tensor:

@@ -11,7 +11,7 @@ import os
 import sys
 
 from gmm_triton.cli import main
-from gmm_triton.generate import distributed
+from gmm_triton.lab.generate import distributed
 
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from gmm_triton import bench, build_mixture, ops
+from gmm_triton import build_mixture, ops
+from gmm_triton.tools import bench
 
 needs_cpp = pytest.mark.skipif(ops.cpu_backend() != "cpp", reason="the CPU benchmark measures the C++ twin only")
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from gmm_triton import aot, inspect
+from gmm_triton.tools import aot, inspect
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = ROOT / "tests" / "static_limits.json"
 TARGETS = ("sm_80", "sm_90a", "sm_100a")
 _SCRIPT = """
 import json, os, sys
-from gmm_triton import aot, inspect
+from gmm_triton.tools import aot, inspect
 results = aot.run_matrix(sys.argv[3].split(","), jobs=min(4, os.cpu_count() or 1), cache_dir=sys.argv[2])
 json.dump([dict(inspect.row(r), launch=r.launch.describe() if r.launch else None) for r in results],
           open(sys.argv[1], "w"))
@@ -132,13 +132,13 @@ def test_static_limits_hold(matrix):
         pytest.skip(f"the static limits were measured with triton {table['triton']}, this is {triton.__version__}")
     bad = inspect.check_limits([{k: v for k, v in r.items() if k != "launch"} for r in matrix], table)
     assert not bad, ("static limits exceeded (if intended, e.g. after a deliberate trade-off, rewrite them with "
-                     "`python -m gmm_triton.inspect --write-limits tests/static_limits.json` and justify the diff):\n"
+                     "`python -m gmm_triton.tools.inspect --write-limits tests/static_limits.json` and justify the diff):\n"
                      + "\n".join(bad))
 
 
 def test_inspect_json_rows(tmp_path):
     out = tmp_path / "rows.json"
-    proc = subprocess.run([sys.executable, "-m", "gmm_triton.inspect", "--targets", "sm_90a", "--cases",
+    proc = subprocess.run([sys.executable, "-m", "gmm_triton.tools.inspect", "--targets", "sm_90a", "--cases",
                            "philox-words", "--json", str(out), "--cache-dir", str(ROOT / ".cache")],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -84,7 +84,8 @@ def test_valid_configs_still_load():
 @pytest.fixture
 def no_work(monkeypatch):
     """Every command's work replaced by a failure: a bad command line must stop before any of it."""
-    from gmm_triton import bench, demo
+    from gmm_triton.lab import demo
+    from gmm_triton.tools import bench
 
     def started(*a, **k):
         raise AssertionError("the command started working")
@@ -129,7 +130,7 @@ def test_missing_optional_dependency_is_named_before_any_work(argv, missing, mon
 
 
 def test_bench_without_end_to_end_does_not_need_scikit_learn(monkeypatch):
-    from gmm_triton import bench
+    from gmm_triton.tools import bench
 
     ran = []
     monkeypatch.setattr(bench, "main", lambda args: ran.append(args.no_e2e) or 0)

@@ -159,7 +159,7 @@ def test_compile_matrix_binds_launches_as_the_gpu_does(table):
     of the main fp16 case has the cache key of the kernel that the same call compiled on this GPU."""
     from triton.backends.nvidia.compiler import sm_arch_from_capability
 
-    from gmm_triton import aot, aot_cases
+    from gmm_triton.tools import aot, aot_cases
 
     x = torch.randn(2, *aot_cases.MAIN_SHAPE, device=DEV, dtype=torch.float16)
     ops.ddim_step(x, torch.randn_like(x), 7, table, eta=1.0, seed=aot_cases.SEED64)

@@ -5,8 +5,9 @@ import os
 
 import torch
 
-from gmm_triton.demo import ddim_samplers, exact_scale_limit, run_demo, run_eval, sample
-from gmm_triton.oracle import digits_mixture
+from gmm_triton.lab.demo import run_demo, run_eval
+from gmm_triton.lab.sampling import ddim_samplers, exact_scale_limit, sample
+from gmm_triton.lab.oracle import digits_mixture
 
 
 def test_demo_end_to_end(tmp_path):

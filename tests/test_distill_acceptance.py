@@ -6,7 +6,7 @@ import os
 import pytest
 
 from gmm_triton.cli import main
-from gmm_triton.distill.report import write_report
+from gmm_triton.lab.distill.report import write_report
 
 
 def _write(path, obj):
@@ -79,7 +79,7 @@ def test_cli_subcommands(tmp_path, capsys):
 def test_acceptance_targets():
     """`make distill`'s run (reused from GMM_TRITON_DISTILL_OUT, default gmm_triton_out/distill, when it is there):
     the issue's targets, each over 3 training seeds."""
-    from gmm_triton.distill.cli import run_all
+    from gmm_triton.lab.distill.cli import run_all
 
     out = os.environ.get("GMM_TRITON_DISTILL_OUT", "gmm_triton_out/distill")
     run_all(out, workers=2)

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from gmm_triton.distill import emd
-from gmm_triton.distill.testbeds import ExactDenoiser, dataset, mode_report, two_d_four
+from gmm_triton.lab.distill import emd
+from gmm_triton.lab.distill.testbeds import ExactDenoiser, dataset, mode_report, two_d_four
 
 
 def _linear_gaussian(a, s):

@@ -5,7 +5,7 @@ import signal
 import pytest
 import torch
 
-from gmm_triton.distill.loop import EMA, iterations_for, run_loop
+from gmm_triton.lab.distill.loop import EMA, iterations_for, run_loop
 
 
 def _toy(seed=0):

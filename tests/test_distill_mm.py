@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from gmm_triton.distill import mm
-from gmm_triton.distill.teacher import train_teacher
-from gmm_triton.distill.testbeds import ExactDenoiser, dataset
-from gmm_triton.oracle import GaussianMixture, MixtureDenoiser
+from gmm_triton.lab.distill import mm
+from gmm_triton.lab.distill.teacher import train_teacher
+from gmm_triton.lab.distill.testbeds import ExactDenoiser, dataset
+from gmm_triton.lab.oracle import GaussianMixture, MixtureDenoiser
 from gmm_triton.ops import ddim_step
 
 

@@ -15,7 +15,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from gmm_triton import GMMFlowMatchScheduler
-from gmm_triton.oracle import GaussianMixture, MixtureDenoiser
+from gmm_triton.lab.oracle import GaussianMixture, MixtureDenoiser
 from gmm_triton.schedulers import flow
 
 SHAPE = (2, 4, 8, 8)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from gmm_triton.gddim.demo import nfe_to_reach, run_gddim_demo, speed_up
+from gmm_triton.lab.gddim_demo import nfe_to_reach, run_gddim_demo, speed_up
 
 
 @pytest.mark.slow  # ~6 s with one BLAS thread; minutes where a loaded machine starves a second thread

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gmm_triton.gddim.cld import CLD
-from gmm_triton.oracle import BlurMixtureDenoiser, CLDMixtureDenoiser, GaussianMixture
+from gmm_triton.lab.oracle import BlurMixtureDenoiser, CLDMixtureDenoiser, GaussianMixture
 
 
 def fd_grad(log_prob, x, h=1e-6):

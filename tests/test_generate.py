@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from gmm_triton.cli import main
-from gmm_triton.generate import KILL_AFTER_ENV, forward_fixed
-from gmm_triton.oracle import MixtureDenoiser, digits_mixture
+from gmm_triton.lab.generate import KILL_AFTER_ENV, forward_fixed
+from gmm_triton.lab.oracle import MixtureDenoiser, digits_mixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "generate_worker.py")

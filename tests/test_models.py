@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from gmm_triton.distill.teacher import learned_model, train_teacher
-from gmm_triton.models import DiffusionMLP, ResidualMLP, load_network, noise_coefficients
+from gmm_triton.lab.distill.teacher import learned_model, train_teacher
+from gmm_triton.lab.models import DiffusionMLP, ResidualMLP, load_network, noise_coefficients
 
 TINY = dict(width=32, depth=1, time_dim=16)
 
@@ -100,7 +100,7 @@ def test_resume_gives_the_same_model(tmp_path):
 def test_demo_gains_rows_for_the_learned_model(tmp_path):
     import math
 
-    from gmm_triton.demo import run_demo
+    from gmm_triton.lab.demo import run_demo
 
     path = train_teacher(str(tmp_path / "model"), iterations=2, progress=False, **TINY)
     out = run_demo(str(tmp_path / "demo"), device="cpu", n=64, quick=True, learned_model=path)

@@ -1,10 +1,10 @@
-"""The exact mixture denoiser (gmm_triton.oracle) against independent float64 statements of the maths."""
+"""The exact mixture denoiser (gmm_triton.lab.oracle) against independent float64 statements of the maths."""
 import math
 
 import pytest
 import torch
 
-from gmm_triton.oracle import GaussianMixture, MixtureDenoiser, default_alphas_cumprod, digits_mixture
+from gmm_triton.lab.oracle import GaussianMixture, MixtureDenoiser, default_alphas_cumprod, digits_mixture
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -229,7 +229,7 @@ def test_chunking_and_per_sample_timesteps():
 
 
 def test_diffusers_interface_and_ddim_loop():
-    from gmm_triton.metrics import mode_metrics
+    from gmm_triton.lab.metrics import mode_metrics
 
     data = GaussianMixture.random(8, (1, 4, 4), std=0.2, num_modes=4, seed=13)
     for prediction_type in ("epsilon", "v_prediction"):

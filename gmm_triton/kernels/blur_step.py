@@ -15,7 +15,7 @@ import triton.language as tl
 
 from .. import contract
 from .philox import normal_block
-from .step import _row, _scalar, fast_math
+from .common import fast_math, launch_scalar, sample_row
 
 _PLANES = tl.constexpr(contract.BLUR_PLANES)  # A, B_0..B_2, S per step (contract.py)
 
@@ -54,7 +54,7 @@ def _blur_step_kernel(
     jj = tl.arange(0, NP)[None, :]
     m2 = (ii < N) & (jj < N)
 
-    row, valid = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
     nan_if_bad = tl.where(valid, 0.0, float("nan")).to(CT)
     plane = N * N
     cp = coef_ptr + row * _PLANES * plane + ii * N + jj
@@ -72,7 +72,7 @@ def _blur_step_kernel(
                                                                           CT, DOT)
     if NOISE != 0:
         if NOISE == 1:  # N == NP: the plane's flat indices fill the tile row by row
-            seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+            seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
             n = -tl.reshape(normal_block(seed, pid.to(tl.int64) * plane, NP * NP, 0, ALIGNED4, FAST),
                             (NP, NP)).to(CT)  # normal_block's normals are negated
         else:
@@ -89,7 +89,7 @@ def _noise_fill_kernel(z_ptr, n, seed_ptr, seed_value, SEED_FROM_PTR: tl.constex
                        BLOCK: tl.constexpr):
     """z[k] = normal k of Philox stream 0, k < n (the seed from a pointer or a value)."""
     start = tl.program_id(0).to(tl.int64) * BLOCK
-    z = -normal_block(_scalar(seed_ptr, seed_value, SEED_FROM_PTR), start, BLOCK, 0, True, FAST)
+    z = -normal_block(launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR), start, BLOCK, 0, True, FAST)
     offs = start + tl.arange(0, BLOCK)
     tl.store(z_ptr + offs, z, mask=offs < n)
 

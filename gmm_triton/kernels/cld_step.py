@@ -14,7 +14,7 @@ import triton.language as tl
 
 from .. import contract
 from .philox import normal_block
-from .step import _row, _scalar, fast_math
+from .common import fast_math, launch_scalar, sample_row
 
 _COLS = tl.constexpr(contract.CLD_COLS)  # the table layout (contract.py)
 _PSI = tl.constexpr(contract.CLD_PSI)
@@ -51,7 +51,7 @@ def _cld_step_kernel(
     d = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = d < D
 
-    row, valid = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
     cp = coef_ptr + row * _COLS
     nan_if_bad = tl.where(valid, 0.0, float("nan")).to(CT)
 
@@ -77,7 +77,7 @@ def _cld_step_kernel(
 
     if NOISE != 0:
         if NOISE == 1:
-            seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+            seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
             start = b * 2 * D + blk.to(tl.int64) * BLOCK
             nx = -normal_block(seed, start, BLOCK, 0, ALIGNED4, FAST).to(CT)  # normal_block's normals are negated
             nv = -normal_block(seed, start + D, BLOCK, 0, ALIGNED4, FAST).to(CT)

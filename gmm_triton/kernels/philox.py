@@ -19,6 +19,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from .common import fast_math
+
 _INV_2_24 = tl.constexpr(5.9604644775390625e-08)  # 2**-24
 _TWO_PI_2_24 = tl.constexpr(6.283185307179586 * 5.9604644775390625e-08)  # 2π · 2⁻²⁴
 _M2LN2 = tl.constexpr(-2.0 * 0.6931471805599453)
@@ -231,8 +233,6 @@ def _normal_fill_kernel(out_ptr, n, seed, start, STREAM: tl.constexpr, BLOCK: tl
 
 def normal_fill(out, seed: int, stream: int, start: int = 0, block: int = 4096):
     """Fills the contiguous tensor ``out`` with the Philox normals of elements start.. of ``stream``."""
-    from .step import fast_math
-
     n = out.numel()
     if n == 0:
         return out

@@ -18,7 +18,6 @@ layout such as channels_last, backends.Layout) position j holds logical element 
 coalesced at j and only the RNG counter and the mixture tables, which the contract defines on logical indices,
 use d(j) (one Philox group per element there instead of one per four).
 """
-import os
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .. import contract
+from .common import fast_math, launch_scalar, sample_row
 from .philox import normal_at, normal_block, uniform_at
 
 # the contract's codes, as the compile-time constants Triton requires of globals
@@ -48,30 +48,6 @@ _C_VAR = tl.constexpr(contract.COL_VAR)
 _C_FINAL = tl.constexpr(contract.COL_FINAL)
 _C_STEP = tl.constexpr(contract.COL_STEP)
 _NO_MASK, _MASKED, _SPLIT = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # how a tile's edges are masked
-_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton does when decorating
-
-
-@triton.jit
-def _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR: tl.constexpr, T_PER_SAMPLE: tl.constexpr):
-    """The table row of sample b, whether it is valid, and a clamped row safe to read."""
-    if T_FROM_PTR:
-        if T_PER_SAMPLE:
-            row = tl.load(t_ptr + b).to(tl.int64)
-        else:
-            row = tl.load(t_ptr).to(tl.int64)
-    else:
-        row = tl.cast(t_value, tl.int64)
-    valid = (row >= 0) & (row < n_rows)
-    return tl.where(valid, row, 0), valid
-
-
-@triton.jit
-def _scalar(ptr, value, FROM_PTR: tl.constexpr):
-    """A per-launch int64 scalar (seed, sample offset): read by the kernel from a device tensor, or passed by value."""
-    if FROM_PTR:
-        return tl.load(ptr)
-    else:
-        return value
 
 
 @triton.jit
@@ -183,11 +159,11 @@ def _project_kernel(
     start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
     MASKED: tl.constexpr = MASK != _NO_MASK  # this pass reads few element streams: no full / edge split
     dl = _logical(d, n1, n2, l0, l1, l2, PERMUTED)
-    row, _ = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+    row, _ = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
     srow, _ = _table_row(coef_ptr, row, n_tables, SHARED)
     sigma = tl.cast(eta, tl.float32) * tl.sqrt(tl.load(coef_ptr + row * _NC + _C_VAR).to(tl.float32))  # as the step
-    seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
-    base = (b + _scalar(off_ptr, off_value, OFF_FROM_PTR)) * D
+    seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    base = (b + launch_scalar(off_ptr, off_value, OFF_FROM_PTR)) * D
     zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, base, start, dl, mask, NOISE, ALIGNED4, PERMUTED, FAST, VEC,
                   ALIGN, MASKED, False, BLOCK).to(tl.float32)  # −σz
     if NOISE == _NOISE_PHILOX:
@@ -316,10 +292,10 @@ def _ddim_step_kernel(
     start, d, mask = _tile(b, blk.to(tl.int64), D, BLOCK, ALIGN)
 
     # ---- per-sample scalars, once per program: the table row, and an invalid row folded in as NaN ---------
-    row, valid = _row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
     cp = coef_ptr + row * _NC
-    seed = _scalar(seed_ptr, seed_value, SEED_FROM_PTR)
-    g = b + _scalar(off_ptr, off_value, OFF_FROM_PTR)  # the sample's global index: its RNG counters
+    seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    g = b + launch_scalar(off_ptr, off_value, OFF_FROM_PTR)  # the sample's global index: its RNG counters
     apply = valid  # (the mixture's: placeholders when MIX is off)
     k = b * 0
     srow = b * 0
@@ -378,12 +354,6 @@ def _mask_mode(D: int, BLOCK: int, align: int) -> int:
     if D % BLOCK == 0 and D % align == 0:  # every sample's tiles start at 0 and end at D
         return _NO_MASK.value
     return _MASKED.value if D % 16 == 0 else _SPLIT.value
-
-
-def fast_math(device: torch.device) -> bool:
-    """Hardware approximations of sin / cos / sqrt on a GPU (kernels/philox.py states their error); the interpreter
-    has no PTX, so it evaluates the same formulas with accurate functions."""
-    return device.type == "cuda" and not _INTERPRETING
 
 
 def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, off_value,

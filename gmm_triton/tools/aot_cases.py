@@ -77,7 +77,7 @@ class Step:
 
 
 def _table(rows_for_flow: bool):
-    from .coefficients import ddim_table, flow_table
+    from ..coefficients import ddim_table, flow_table
 
     if rows_for_flow:
         return flow_table(torch.linspace(1.0, 0.0, 51, dtype=torch.float64))
@@ -86,7 +86,7 @@ def _table(rows_for_flow: bool):
 
 
 def _mixture(s: Step):
-    from .mixture import build_mixture
+    from ..mixture import build_mixture
 
     # Built for real on the CPU (once per case), then seen as CUDA tensors of the same layout. build_mixture
     # cannot run on fake CUDA tensors in a CPU-only torch (it copies host tensors to the device).

@@ -144,7 +144,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gmm_triton.inspect", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gmm_triton.tools.inspect", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return parser
 

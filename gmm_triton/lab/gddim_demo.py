@@ -30,9 +30,9 @@ import time
 import numpy as np
 import torch
 
-from ..metrics import frechet_distance
-from ..oracle import BlurMixtureDenoiser, CLDMixtureDenoiser, digits_mixture
-from .schedulers import GDDIMBlurScheduler, GDDIMCLDScheduler
+from .metrics import frechet_distance
+from .oracle import BlurMixtureDenoiser, CLDMixtureDenoiser, digits_mixture
+from ..gddim.schedulers import GDDIMBlurScheduler, GDDIMCLDScheduler
 
 CLD_NFES = (5, 10, 20, 50)
 CLD_SAMPLERS = (
@@ -186,10 +186,10 @@ def step_cost(batch=16, numel=3 * 64 * 64, repeats=15) -> list[dict]:
     ([B, 2D]), fp32, in one process. Bytes: each buffer is B·2D·4."""
     from ..coefficients import ddim_table
     from ..ops import ddim_step, use_cpu_backend
-    from .cld import CLD
-    from .engine import gddim_coefficients, time_grid
-    from .ops import cld_step
-    from .tables import cld_table
+    from ..gddim.cld import CLD
+    from ..gddim.engine import gddim_coefficients, time_grid
+    from ..gddim.ops import cld_step
+    from ..gddim.tables import cld_table
 
     u = torch.randn(batch, 2, numel)
     eps = [torch.randn_like(u) for _ in range(3)]
@@ -288,7 +288,7 @@ def cost_markdown(rows) -> str:
 
 
 def _plot(cld, blur, path):
-    from ..demo import _plt
+    from .demo import _plt
 
     plt = _plt()
     panels = [p for p in (cld, blur) if p is not None]

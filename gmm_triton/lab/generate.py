@@ -37,6 +37,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,8 +46,8 @@ import numpy as np
 import torch
 
 from .cli_args import add_mixture_arguments, nonneg_float, positive_int, seed
-from .demo import Sampler, _scheduler
-from .rng import initial_noise
+from .sampling import Sampler, scheduler_for
+from ..rng import initial_noise
 
 FORMAT = 1
 SAMPLERS = ("ddim", "ddim-gmm", "rfim", "rfim-gmm")
@@ -163,7 +164,7 @@ def build(args, device):
     if args.pipeline is None:
         from .oracle import MixtureDenoiser, digits_mixture
 
-        sched = _scheduler(sampler, args.gmm_scale, args.eta)
+        sched = scheduler_for(sampler, args.gmm_scale, args.eta)
         data = digits_mixture(args.image_size, std=0.1, device=device)
         if sampler.family == "flow":
             model = MixtureDenoiser(data, schedule="flow", num_train_timesteps=sched.config.num_train_timesteps)
@@ -174,7 +175,7 @@ def build(args, device):
         return model, sched, tuple(data.shape), ident
     from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DModel
 
-    from .schedulers import GMMDDIMScheduler, GMMFlowMatchScheduler
+    from ..schedulers import GMMDDIMScheduler, GMMFlowMatchScheduler
 
     if not os.path.isdir(args.pipeline):
         raise GenerateError(f"--pipeline {args.pipeline}: not a folder (a saved diffusers pipeline is expected)")
@@ -507,3 +508,13 @@ def run(args) -> dict:
         print(f"wrote {samples} [{', '.join(map(str, manifest['shape']))}] and {MANIFEST}: {done} samples computed "
               f"now by {r.world} process(es), {len(records)} shards, sha256 {manifest['sha256'][:16]}…")
         return manifest
+
+
+def main(args) -> int:
+    """``gmm-triton generate``: a user's mistake ends in one error line (exit 2), not a traceback."""
+    try:
+        run(args)
+    except GenerateError as e:
+        print(f"gmm-triton generate: error: {e}", file=sys.stderr)
+        return 2
+    return 0

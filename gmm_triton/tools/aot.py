@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 TARGETS = ("sm_80", "sm_90a", "sm_100a")
-CASE_MODULES = ("gmm_triton.aot_cases", "gmm_triton.gddim.aot_cases")  # their import registers case builders
+CASE_MODULES = ("gmm_triton.tools.aot_cases", "gmm_triton.tools.gddim_aot_cases")  # their import registers case builders
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def host():
     """
     from types import SimpleNamespace
 
-    from . import ops, rng
+    from .. import ops, rng
 
     return SimpleNamespace(ddim_step=ops.ddim_step, philox_normal=rng.philox_normal, philox_words=rng.philox_words,
                            dispatch=(ops, "_call"))

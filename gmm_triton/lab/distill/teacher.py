@@ -104,13 +104,13 @@ def learned_demo_rows(model_path: str, data, reference, *, steps: int, n: int, s
                       device: str = "cpu") -> list[dict]:
     """The demo table's rows for the learned model at ``model_path`` (its ε head): DDIM and DDIM-GMM-ORTHO-VUB at
     η = 0 and 1, as the oracle's rows but with model error."""
-    from ..demo import _row, ddim_samplers
+    from ..sampling import ddim_samplers, metrics_row
 
     model = DiffusionMLP(load_network(model_path), prediction_type="epsilon").to(device)
     rows = []
     for eta in (0.0, 1.0):
         for sampler in (s for s in ddim_samplers() if s.name in ("DDIM", "DDIM-GMM-ORTHO-VUB")):
-            row, _ = _row(data, sampler, steps, eta, n, seeds, scale, device, reference, model=model)
+            row, _ = metrics_row(data, sampler, steps, eta, n, seeds, scale, device, reference, model=model)
             rows.append({"sampler": f"{sampler.name} (learned)", "eta": f"{eta:g}",
                          "scale": f"{scale:.3g}" if sampler.is_mixture else "—", **row})
     return rows

@@ -1,4 +1,4 @@
-"""The compile matrix's cases for the gDDIM kernels (see gmm_triton/aot.py): the CLD step over (x, v) pairs and
+"""The compile matrix's cases for the gDDIM kernels (see gmm_triton/tools/aot.py): the CLD step over (x, v) pairs and
 the blur step per image plane (with its noise pre-pass when N is not a power of two), driven through the public
 ops ``gddim.ops.cld_step`` / ``blur_step`` with CUDA-like fake tensors.
 
@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .. import aot
+from . import aot
 from ..contract import BLUR_PLANES, CLD_COLS
 
 _LABEL = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
@@ -44,7 +44,7 @@ class Gddim:
 
 
 def _drive(c: Gddim):
-    from . import ops
+    from ..gddim import ops
 
     def drive(fx: aot.FakeCuda):
         shape = (c.batch, *c.shape)

@@ -35,11 +35,11 @@ import time
 
 import torch
 
-from ..coefficients import ddim_table
+from ...coefficients import ddim_table
 from ..metrics import frechet_distance
 from ..models import ResidualMLP, load_network, trained_with
-from ..ops import ddim_step
-from ..schedulers import GMMDDIMScheduler
+from ...ops import ddim_step
+from ...schedulers import GMMDDIMScheduler
 from .loop import EMA, cached_result, iterations_for, pyplot, run_loop, single_threaded, write_json
 from .testbeds import ExactDenoiser, dataset, digits_metrics
 

@@ -1,5 +1,5 @@
 """Benchmarks of the fused step: `gmm-triton bench`,
-`python -m gmm_triton.bench`.
+`python -m gmm_triton.tools.bench`.
 
 What each number is:
 
@@ -41,9 +41,9 @@ from typing import Callable, Optional
 
 import torch
 
-from . import ops
-from .coefficients import COL_ALPHA, COL_ALPHA_PREV, COL_SIGMA, COL_SIGMA_PREV2, COL_VAR, ddim_table, flow_table
-from .mixture import MixtureTensors, build_mixture
+from .. import ops
+from ..coefficients import COL_ALPHA, COL_ALPHA_PREV, COL_SIGMA, COL_SIGMA_PREV2, COL_VAR, ddim_table, flow_table
+from ..mixture import MixtureTensors, build_mixture
 
 SIZES = ((1, 4, 64, 64), (1, 4, 128, 128), (2, 4, 128, 128), (16, 3, 256, 256), (64, 4, 128, 128), (64, 3, 256, 256))
 QUICK_SIZES = ((1, 4, 32, 32), (2, 4, 64, 64))
@@ -294,7 +294,7 @@ def schedulers(variant: Variant, dev) -> dict:
     ``step(m, t, x)`` returns prev_sample at the variant's η."""
     from diffusers import DDIMScheduler
 
-    from .schedulers import GMMDDIMScheduler
+    from ..schedulers import GMMDDIMScheduler
 
     ours = GMMDDIMScheduler(clip_sample=False, kernel=variant.loop_kernel or "gaussian", gmm_variance="diag")
     theirs = DDIMScheduler(clip_sample=False)
@@ -335,7 +335,7 @@ def _unet(dev: torch.device, quick: bool):
 
 
 def _oracle(dev: torch.device, quick: bool, alphas_cumprod):
-    from .oracle import MixtureDenoiser, digits_mixture
+    from ..lab.oracle import MixtureDenoiser, digits_mixture
 
     batch = 4 if quick else (256 if dev.type == "cuda" else 32)
     return MixtureDenoiser(digits_mixture(16, device=dev), alphas_cumprod=alphas_cumprod), (batch, 1, 16, 16)
@@ -381,7 +381,7 @@ def end_to_end(dev: torch.device, quick: bool, etas=(0.0, 1.0)) -> list:
     fails gives one row whose note starts with "error"."""
     from diffusers import DDIMScheduler
 
-    from .schedulers import GMMDDIMScheduler
+    from ..schedulers import GMMDDIMScheduler
 
     rows = []
     ours, theirs = GMMDDIMScheduler(clip_sample=False), DDIMScheduler(clip_sample=False)
@@ -559,7 +559,7 @@ def _parse_choice(allowed):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `gmm-triton bench` / `python -m gmm_triton.bench`."""
+    """The options of `gmm-triton bench` / `python -m gmm_triton.tools.bench`."""
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="auto: cuda if available, else cpu (the C++ twin)")
     parser.add_argument("--quick", action="store_true",
@@ -710,7 +710,7 @@ def main(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gmm_triton.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gmm_triton.tools.bench", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return parser
 

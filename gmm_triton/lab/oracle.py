@@ -30,7 +30,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .contract import PREDICTION_TYPES
+from ..contract import PREDICTION_TYPES
 
 SCHEDULES = ("vp", "flow")
 
@@ -335,7 +335,7 @@ class CLDMixtureDenoiser(torch.nn.Module):
 
     def __init__(self, data: GaussianMixture, process=None, parameterization: str = "R", chunk_size: int = 1024):
         super().__init__()
-        from .gddim.cld import CLD
+        from ..gddim.cld import CLD
 
         if parameterization not in ("R", "L"):
             raise ValueError(f"parameterization must be 'R' or 'L', got {parameterization!r}")
@@ -435,7 +435,7 @@ class BlurMixtureDenoiser(torch.nn.Module):
 
     def __init__(self, data: GaussianMixture, process=None, chunk_size: int = 1024):
         super().__init__()
-        from .gddim.blur import BlurProcess
+        from ..gddim.blur import BlurProcess
 
         if len(data.shape) != 3 or data.shape[1] != data.shape[2]:
             raise ValueError(f"blur data must be square images [C, N, N], got shape {data.shape}")
