@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from ...cli_args import positive_int
+from ..cli_args import positive_int
 
 RESULTS = "docs/evidence"
 
 
-def add_command(sub) -> None:
-    """Adds ``evidence`` to the main parser's subcommands."""
-    e = sub.add_parser("evidence", help="DDIM vs DDIM-GMM on real digits (MNIST-5k) with trained diffusers UNets: "
-                                        "train, sweep, CSV, plot, README table")
+def add_arguments(e: argparse.ArgumentParser) -> None:
+    """The options of ``gmm-triton evidence``."""
     esub = e.add_subparsers(dest="action", required=True)
     r = esub.add_parser("run", help="the whole run (resumable): train the UNets and the classifier, sample and score "
                                     "every cell, write RESULTS and the tables")
@@ -28,12 +26,17 @@ def add_command(sub) -> None:
     p.set_defaults(func=_report)
 
 
+def main(args: argparse.Namespace) -> int:
+    return args.func(args)
+
+
 def _run(args: argparse.Namespace) -> int:
     from .sweep import FULL, QUICK, run_evidence
 
     record = run_evidence(args.out, args.results, QUICK if args.quick else FULL, workers=args.workers,
                           progress=not args.quiet, readme=args.readme)
-    print(f"evidence: {record['wall_seconds']:.0f} s wall, {record['cpu_seconds']:.0f} CPU s; results in {args.results}")
+    print(f"evidence: {record['wall_seconds']:.0f} s wall, {record['cpu_seconds']:.0f} CPU s; results in "
+          f"{args.results}")
     return 0
 
 

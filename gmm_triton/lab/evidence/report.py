@@ -209,49 +209,40 @@ def tile(images: np.ndarray, columns: int = 8) -> np.ndarray:
     return canvas
 
 
-def write_grids(grids: str, results: str, settings) -> list[str]:
-    """One PNG per sampler at ``settings.variant_steps`` (seed 0, the same noise; mixtures at the variant scale),
-    ``grid_KEY.png``, and all of them side by side in GRIDS; returns the PNG names."""
+def write_grids(grids: str, results: str, panels: list[tuple[str, str]], title: str) -> list[str]:
+    """For each (key, caption) of ``panels``: ``grid_KEY.png`` from ``grids``/KEY.npy (uint8 [N, 28, 28]), and all of
+    them side by side, captioned, in GRIDS; returns the PNG names."""
     from PIL import Image
 
     from ..distill.loop import pyplot
-    from .sweep import grid
 
-    chosen = [c for c in grid(settings) if c.steps == settings.variant_steps
-              and c.scale in (None, settings.variant_scale)]
-    names, panels = [], []
-    for c in chosen:
-        images = np.load(os.path.join(grids, c.key(settings.seeds[0]) + ".npy"))
-        name = f"grid_{c.key(settings.seeds[0])}.png"
-        Image.fromarray(tile(images)).save(os.path.join(results, name))
-        names.append(name)
-        s = "" if c.scale is None else f" s={c.scale:g}"
-        panels.append((f"{c.sampler}\nη={c.eta:g}{s}", tile(images)))
+    names, tiles = [], []
+    for key, caption in panels:
+        im = tile(np.load(os.path.join(grids, key + ".npy")))
+        names.append(f"grid_{key}.png")
+        Image.fromarray(im).save(os.path.join(results, names[-1]))
+        tiles.append((caption, im))
     plt = pyplot()
-    cols = min(4, len(panels))
-    rows = -(-len(panels) // cols)
+    cols = min(4, len(tiles))
+    rows = -(-len(tiles) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (title, im) in zip(axes.flat, panels):
+    for ax, (caption, im) in zip(axes.flat, tiles):
         ax.imshow(im, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(title, fontsize=8)
-    fig.suptitle(f"{settings.variant_steps} steps, seed {settings.seeds[0]}: the same initial noise in every panel",
-                 fontsize=9)
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(results, GRIDS), dpi=100)
     plt.close(fig)
     return names
 
 
-def write_all(results: str, *, grids: str | None = None, settings=None, readme: str | None = None,
-              link_prefix: str | None = None) -> str:
-    """table.md (the README section's body), the plot, the grids (when ``grids`` is given) and the README section
-    (when ``readme`` is given); returns the section's body."""
+def write_all(results: str, *, readme: str | None = None, link_prefix: str | None = None) -> str:
+    """table.md (the README section's body), the plot and the README section (when ``readme`` is given); returns the
+    section's body."""
     cells = aggregate(read_csv(os.path.join(results, "evidence.csv")))
     plot(cells, os.path.join(results, PLOT))
-    if grids is not None:
-        write_grids(grids, results, settings)
     if link_prefix is None:
         base = os.path.dirname(os.path.abspath(readme)) if readme else os.getcwd()
         link_prefix = os.path.relpath(os.path.abspath(results), base).replace(os.sep, "/") + "/"

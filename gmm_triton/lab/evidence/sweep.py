@@ -35,6 +35,8 @@ import torch
 
 from ..distill.loop import single_threaded, write_json
 from .data import mnist5k, to_model_space, to_pixels
+from .classifier import train_classifier
+from .train import DEFAULT_ITERATIONS, train_unet
 
 CSV_FIELDS = ("family", "sampler", "steps", "eta", "scale", "seed", "n", "fid", "precision", "recall", "class_tv",
               "images_per_cpu_s", "cpu_seconds")
@@ -48,7 +50,7 @@ class Settings:
 
     n: int = 1000
     seeds: tuple = (0, 1, 2)
-    train_iterations: int = 3000
+    train_iterations: int = DEFAULT_ITERATIONS
     quick: bool = False
     batch: int = 250          # samples per model forward (generate's model batch) and per scheduler step
     steps: tuple = (5, 10, 20)
@@ -82,8 +84,8 @@ class Cell:
 
 
 def samplers() -> dict:
-    """name -> demo.Sampler (the paper's variants mapped to config keys, as the demo defines them)."""
-    from ..demo import ddim_samplers, flow_samplers
+    """name -> demo.Sampler (the paper's variants mapped to config keys, as lab.sampling defines them)."""
+    from ..sampling import ddim_samplers, flow_samplers
 
     return {s.name: s for s in ddim_samplers() + flow_samplers()}
 
@@ -115,8 +117,6 @@ def _pipeline(path: str):
 
 @functools.lru_cache(maxsize=1)
 def _scorer(classifier_dir: str, seed: int, overrides: tuple):
-    from .classifier import train_classifier
-
     net, _ = train_classifier(classifier_dir, seed=seed, progress=False, **dict(overrides))
     xh, yh = mnist5k("held_out")
     fh, _ = net.features_and_labels(xh)
@@ -174,12 +174,8 @@ def run_cell(cell: Cell, seed: int, *, pipeline: str, n: int, batch: int, classi
 def _job(kind: str, kwargs: dict):
     """One job in a worker process (one thread); returns (kind, kwargs, result)."""
     if kind == "train":
-        from .train import train_unet
-
         return kind, kwargs, train_unet(**kwargs)
     if kind == "classifier":
-        from .classifier import train_classifier
-
         _, record = train_classifier(**kwargs)
         return kind, kwargs, record
     cell, seed, path, opts = kwargs["cell"], kwargs["seed"], kwargs["path"], kwargs["opts"]
@@ -290,7 +286,12 @@ def run_evidence(out: str, results: str, settings: Settings = FULL, *, workers: 
     os.makedirs(results, exist_ok=True)
     write_csv(rows, os.path.join(results, "evidence.csv"))
     write_json(record, os.path.join(results, "evidence.json"))
-    report.write_all(results, grids=os.path.join(out, "grids"), settings=settings, readme=readme)
+    seed0 = settings.seeds[0]
+    panels = [(c.key(seed0), f"{c.sampler}\nη={c.eta:g}" + ("" if c.scale is None else f" s={c.scale:g}"))
+              for c in grid(settings) if c.steps == settings.variant_steps and c.scale in (None, settings.variant_scale)]
+    report.write_grids(os.path.join(out, "grids"), results, panels,
+                       f"{settings.variant_steps} steps, seed {seed0}: the same initial noise in every panel")
+    report.write_all(results, readme=readme)
     return record
 
 

@@ -42,6 +42,8 @@ QUICK_UNET = dict(sample_size=SIZE, in_channels=1, out_channels=1, layers_per_bl
 DDIM_CONFIG = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                    clip_sample=True, timestep_spacing="trailing")
 FLOW_CONFIG = dict(num_train_timesteps=1000, shift=1.0)
+CPU_SECONDS_PER_ITERATION = 0.26  # UNET at batch 64, one thread (measured; the module's budget)
+DEFAULT_ITERATIONS = 3000         # the evidence run's (sweep.FULL)
 DEFAULTS = dict(batch=64, lr=1e-3, warmup=200, ema_decay=0.999, grad_clip=1.0)
 
 
@@ -70,9 +72,14 @@ def noisy_batch(objective: str, x0: torch.Tensor, g: torch.Generator, alphas_cum
     return (1 - tv) * x0 + tv * eps, tau * 1000, eps - x0
 
 
+def iterations_for_minutes(minutes: float) -> int:
+    """The iteration budget of ``minutes`` CPU minutes of one thread at the measured rate."""
+    return max(1, round(minutes * 60 / CPU_SECONDS_PER_ITERATION))
+
+
 @single_threaded
-def train_unet(out: str, *, objective: str = "epsilon", iterations: int = 5000, seed: int = 0, quick: bool = False,
-               progress: bool = True, **overrides) -> str:
+def train_unet(out: str, *, objective: str = "epsilon", iterations: int = DEFAULT_ITERATIONS, seed: int = 0,
+               quick: bool = False, progress: bool = True, **overrides) -> str:
     """Trains (or resumes, or finds finished) the MNIST-5k UNet in ``out``; returns the pipeline folder's path.
 
     ``overrides``: any of :data:`DEFAULTS` (batch, lr, warmup, ema_decay, grad_clip).
@@ -124,18 +131,18 @@ def train_unet(out: str, *, objective: str = "epsilon", iterations: int = 5000, 
         return {"loss": loss.item()}
 
     @torch.no_grad()
-    def evaluate():
+    def evaluate():  # the EMA model's loss on a fixed batch: at the start, every max(50, iterations / 20), the end
         xt, t, target = val
         return {"val_loss": float((ema.module(xt, t).sample - target).pow(2).mean())}
 
     state = run_loop(os.path.join(out, "checkpoint.pt"), config=config,
                      objects={"model": net, "ema": ema, "opt": opt, "lr": warmup}, generator=gen,
-                     iterations=iterations, step=step, evaluate=evaluate, eval_every=max(1, iterations // 20),
+                     iterations=iterations, step=step, evaluate=evaluate, eval_every=max(50, iterations // 20),
                      desc=f"train mnist5k {objective} UNet", progress=progress)
     pipe = pipeline_class(objective)(unet=ema.module.eval(), scheduler=sched)
     pipe.save_pretrained(pipe_dir)
-    write_json({"config": config, "iterations": state["iteration"], "parameters": sum(p.numel() for p in net.parameters()),
-                "seconds": round(state["seconds"], 2), "cpu_seconds": round(state["cpu_seconds"], 2),
+    write_json({"config": config, "iterations": state["iteration"],
+                "parameters": sum(p.numel() for p in net.parameters()), "seconds": round(state["seconds"], 2), "cpu_seconds": round(state["cpu_seconds"], 2),
                 "threads": torch.get_num_threads(), "commit": _commit(), "torch": torch.__version__,
                 "log": state["log"]}, record)
     return pipe_dir
