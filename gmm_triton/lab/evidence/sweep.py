@@ -214,6 +214,7 @@ def run_evidence(out: str, results: str, settings: Settings = FULL, *, workers: 
     from . import report
 
     t0 = time.perf_counter()
+    commit = _commit()  # the code that runs (taken now: the tree may change while a long run goes on)
     settings_json = json.loads(json.dumps(asdict(settings)))
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
     os.makedirs(os.path.join(out, "grids"), exist_ok=True)
@@ -278,7 +279,7 @@ def run_evidence(out: str, results: str, settings: Settings = FULL, *, workers: 
                              **{k: r[k] for k in ("n", "fid", "precision", "recall", "class_tv", "images_per_cpu_s",
                                                   "cpu_seconds")}))
     self_usage, child_usage = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    record = dict(commit=_commit(), torch=torch.__version__, settings=settings_json, workers=workers,
+    record = dict(commit=commit, torch=torch.__version__, settings=settings_json, workers=workers,
                   cpu_count=os.cpu_count(), wall_seconds=round(time.perf_counter() - t0, 1),
                   cpu_seconds=round(sum(u.ru_utime + u.ru_stime for u in (self_usage, child_usage)), 1),
                   cell_cpu_seconds=round(sum(r["cpu_seconds"] for r in rows if r["cpu_seconds"] != ""), 1),
