@@ -180,7 +180,8 @@ def _job(kind: str, kwargs: dict):
         return kind, kwargs, record
     cell, seed, path, opts = kwargs["cell"], kwargs["seed"], kwargs["path"], kwargs["opts"]
     result = run_cell(cell, seed, **opts)
-    write_json({"settings": kwargs["settings"], "cell": asdict(cell), "seed": seed, **result}, path)
+    write_json({"settings": kwargs["settings"], "cell": asdict(cell), "seed": seed, "commit": kwargs["commit"],
+                **result}, path)
     return kind, kwargs, result
 
 
@@ -239,7 +240,8 @@ def run_evidence(out: str, results: str, settings: Settings = FULL, *, workers: 
                             classifier=settings.classifier, classifier_seed=0, grid_path=grid_path)
                 if _cached(path, settings_json) and (grid_path is None or os.path.exists(grid_path)):
                     continue
-                jobs.append(("cell", dict(cell=cell, seed=seed, path=path, opts=opts, settings=settings_json)))
+                jobs.append(("cell", dict(cell=cell, seed=seed, path=path, opts=opts, settings=settings_json,
+                                          commit=commit)))
         return jobs
 
     n_cells = len(grid(settings)) * len(settings.seeds)
@@ -270,10 +272,12 @@ def run_evidence(out: str, results: str, settings: Settings = FULL, *, workers: 
                         pending |= {pool.submit(_job, *job) for job in jobs}
     scorer = _scorer(classifier_dir, 0, settings.classifier)
     rows = floor_rows(settings, scorer)
+    cell_commits = set()
     for cell in grid(settings):
         for seed in settings.seeds:
             with open(os.path.join(out, "cells", cell.key(seed) + ".json")) as fh:
                 r = json.load(fh)
+            cell_commits.add(r.get("commit"))
             rows.append(dict(family=cell.family, sampler=cell.sampler, steps=cell.steps, eta=cell.eta,
                              scale="" if cell.scale is None else cell.scale, seed=seed,
                              **{k: r[k] for k in ("n", "fid", "precision", "recall", "class_tv", "images_per_cpu_s",
@@ -283,6 +287,7 @@ def run_evidence(out: str, results: str, settings: Settings = FULL, *, workers: 
                   cpu_count=os.cpu_count(), wall_seconds=round(time.perf_counter() - t0, 1),
                   cpu_seconds=round(sum(u.ru_utime + u.ru_stime for u in (self_usage, child_usage)), 1),
                   cell_cpu_seconds=round(sum(r["cpu_seconds"] for r in rows if r["cpu_seconds"] != ""), 1),
+                  cell_commits=sorted(cell_commits, key=str),  # more than one when a resumed run changed code
                   **records)
     os.makedirs(results, exist_ok=True)
     write_csv(rows, os.path.join(results, "evidence.csv"))
