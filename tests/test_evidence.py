@@ -1,8 +1,8 @@
 """The MNIST-5k evidence (gmm_triton.lab.evidence): the data split, the metrics against brute force, the report's
 statistics, and the whole pipeline in its --quick form (tiny UNets, 30 iterations, 32 samples): training resumes to
-the same weights, the saved pipelines load in diffusers and in `gmm-triton generate`, the sweep's DDIM is diffusers'
-DDIM from the same noise, a rerun reuses every cell and recomputes a deleted one to the same numbers, and the
-README's evidence section is what the generator writes from the committed CSV."""
+the same weights, the saved pipelines load in diffusers, `gmm-triton generate` and `gmm-triton sample`, the sweep's
+DDIM is diffusers' DDIM from the same noise, a rerun reuses every cell and recomputes a deleted one to the same
+numbers, and the README's evidence section is what the generator writes from the committed CSV."""
 import csv
 import json
 import os
@@ -139,7 +139,7 @@ def test_quick_rerun_reuses_cells_and_recomputes_a_deleted_one_identically(quick
     assert strip(rerun) == strip(before)
 
 
-def test_quick_pipelines_load_in_diffusers_and_generate(quick, tmp_path):
+def test_quick_pipelines_load_in_diffusers_generate_and_sample(quick, tmp_path):
     from diffusers import DDIMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
     from gmm_triton.cli import main
@@ -161,6 +161,10 @@ def test_quick_pipelines_load_in_diffusers_and_generate(quick, tmp_path):
                      "--samples", "4", "--steps", "2", "--eta", "0.5", "--model-batch", "4", "--batch-size", "4",
                      "--shard-size", "4", "--out", str(gen_out)]) == 0
         assert np.load(gen_out / "samples.npy").shape == (4, 1, 28, 28)
+        sample_out = tmp_path / f"sample-{sub}"
+        assert main(["sample", "--pipeline", os.path.join(out, sub, "pipeline"), "--steps", "2", "--eta", "0.5",
+                     "--num-images", "2", "--device", "cpu", "--out", str(sample_out)]) == 0
+        assert sorted(os.listdir(sample_out)) == ["sample_000.png", "sample_001.png"]
 
 
 def test_sweep_ddim_is_diffusers_ddim_from_the_same_noise(quick):
