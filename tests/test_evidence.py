@@ -218,3 +218,23 @@ def test_readme_section_is_the_generator_output_on_the_committed_csv():
     assert report.readme_section(os.path.join(ROOT, "README.md")) == report.section(COMMITTED, "docs/evidence/")
     with open(os.path.join(COMMITTED, "table.md")) as f:
         assert f.read().strip("\n") == report.section(COMMITTED, "docs/evidence/")
+
+
+def test_ema_warms_up_and_forgets_the_initialisation(tmp_path):
+    """After one iteration the EMA is (1 − d₀) θ₁ + d₀ θ₀ with d₀ = min(0.999, 1/10): mostly the trained weights, not
+    the random initialisation a fixed decay of 0.999 would keep."""
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    from gmm_triton.lab.evidence.train import QUICK_UNET
+
+    train_unet(str(tmp_path), iterations=1, objective="epsilon", quick=True, progress=False, warmup=1)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        init = UNet2DModel(**QUICK_UNET).state_dict()
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["objects"]["model"]
+    ema = load_file(tmp_path / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    moved = [k for k in ema if not torch.equal(raw[k], init[k])]
+    assert moved  # the step changed weights, so the check below discriminates
+    for k in moved:
+        torch.testing.assert_close(ema[k], 0.1 * init[k] + 0.9 * raw[k], rtol=1e-5, atol=1e-6)
