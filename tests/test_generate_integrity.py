@@ -220,11 +220,22 @@ def test_a_refused_run_touches_nothing(finished, tmp_path, capsys, change, code,
     assert _snapshot(out) == before
 
 
-def test_a_foreign_samples_file_is_not_overwritten(tmp_path, capsys):
-    (tmp_path / "samples.npy").write_bytes(b"the user's")
+def test_a_folder_of_the_users_files_is_left_alone(tmp_path, capsys):
+    """--out holds the user's samples.npy and manifest.json (no run.json) and files named like temporaries: a run
+    the library refuses (K > D) and a valid one both stop with one error line, and no file is removed or changed.
+    (Before, the folder's samples.npy, manifest.json and every *.tmp-* file were deleted first, then K > D ended in
+    a traceback.)"""
+    for name, data in (("samples.npy", b"the user's"), ("manifest.json", b"{}"), ("notes.tmp-1", b"the user's")):
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "mine.tmp-5").write_bytes(b"the user's")
+    before = _snapshot(tmp_path)
+    rc, err = _run(_argv(tmp_path, "--sampler", "ddim-gmm", "--gmm-components", "300"), capsys)
+    assert rc == 2 and "must not exceed the latent size D=64" in _error_line(err)
+    assert _snapshot(tmp_path) == before
     rc, err = _run(_argv(tmp_path), capsys)
     assert rc == 2 and "refusing to overwrite" in _error_line(err)
-    assert (tmp_path / "samples.npy").read_bytes() == b"the user's"
+    assert _snapshot(tmp_path) == before
 
 
 # -- 8: non-finite samples -----------------------------------------------------------------------------------------
