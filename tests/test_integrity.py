@@ -273,6 +273,31 @@ def _files(root):
     return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
 
 
+def test_a_worker_ctrl_c_that_lands_in_a_weakref_callback_still_stops_the_job():
+    """CI failure (stop 23): the SIGINT of a ``distill all`` worker arrived while importlib ran a module lock's
+    weakref callback; Python cannot propagate an exception from there, printed "Exception ignored … Traceback" and
+    the job ran on. The worker now redelivers it: the KeyboardInterrupt surfaces in the job's own frames, silently."""
+    code = textwrap.dedent("""
+        import signal, time, weakref
+        from gmm_triton.lab.distill import cli
+        cli._worker_init()
+        cli._RUNNING = True
+        class A: pass
+        a = A()
+        r = weakref.ref(a, lambda _: (signal.raise_signal(signal.SIGINT), time.sleep(0.01)))
+        try:
+            del a  # the callback runs here and the SIGINT's handler raises inside it
+            for _ in range(2000):
+                time.sleep(0.001)
+            print("ran on")
+        except KeyboardInterrupt:
+            print("stopped")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.stdout.strip() == "stopped" and "Traceback" not in proc.stderr, (proc.stdout, proc.stderr)
+
+
 @pytest.mark.parametrize("to", ["group", "parent"])
 def test_ctrl_c_stops_distill_all_and_keeps_what_finished(tmp_path, to):
     """SIGINT to the process group (Ctrl-C at a terminal) once a first run has finished, or to the parent only

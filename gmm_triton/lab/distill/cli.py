@@ -160,8 +160,23 @@ def _worker_init() -> None:
     checkpoints first) and every later one, and is only recorded between jobs (so that no multiprocessing lock is
     abandoned). Ctrl-C at a terminal reaches the workers directly; the parent also forwards it."""
     import signal
+    import sys
 
     signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGALRM, _on_sigint)
+    default_hook = sys.unraisablehook
+
+    def redeliver(unraisable):
+        # The handler's KeyboardInterrupt can land in code whose exceptions Python cannot propagate (a weakref
+        # callback such as importlib's module-lock cleanup, a __del__): Python would print it as "Exception ignored"
+        # and the job would run on. Deliver it again 10 ms later instead (SIGALRM, same handler), once this
+        # callback has returned to the job's own frames; should it land in such code again, this repeats.
+        if issubclass(unraisable.exc_type, KeyboardInterrupt) and _RUNNING:
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+        else:
+            default_hook(unraisable)
+
+    sys.unraisablehook = redeliver
 
 
 def _job(kind: str, kwargs: dict):
