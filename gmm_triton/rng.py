@@ -25,7 +25,7 @@ def as_seed_tensor(seed, name: str = "seed") -> Tensor:
     sequence of such ints, or an integer tensor of several, gives one seed per sample ([B], the op's per-sample
     seeds)."""
     if isinstance(seed, Tensor):
-        check_seed_tensor(seed, name)
+        check_seed_tensor(seed, name, batch=max(seed.numel(), 1))  # any count: the op checks it against the batch
         return seed.reshape(-1).to(torch.int64)
     if isinstance(seed, (list, tuple)):
         if not seed:
@@ -45,12 +45,13 @@ def _int64_bits(seed, name: str) -> int:
 
 
 def check_seed_tensor(seed: Tensor, name: str = "seed", batch: Optional[int] = None) -> None:
-    """An integer tensor of one seed, or (``batch`` given) of one seed per sample."""
+    """An integer tensor of one seed; with ``batch``, of one seed or one per sample."""
     if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (int64 bits of the Philox key), got {seed.dtype}")
-    if seed.numel() == 0:
-        raise ValueError(f"{name} is empty: it must hold one seed, or one per sample")
-    if batch is not None and seed.numel() not in (1, batch):
+    if batch is None:
+        if seed.numel() != 1:
+            raise ValueError(f"{name} must hold exactly one value, got shape {tuple(seed.shape)}")
+    elif seed.numel() not in (1, batch):
         raise ValueError(f"{name} must hold one seed or one per sample ({batch}), got shape {tuple(seed.shape)}")
 
 

@@ -125,7 +125,7 @@ def test_out_of_table_timestep(backend, table):
     with pytest.raises(ValueError, match="outside the coefficient table"):
         ops.ddim_step(x, m, torch.tensor([5, 1000]), table)
     out, x0 = torch.empty(2, 16), torch.empty(2, 16)
-    backends.RUNNERS[backend](backends.StepArgs(
+    backends.RUNNERS["ddim_step"][backend](backends.StepArgs(
         x=x, m=m, out=out, x0=x0, coef=table, timesteps=torch.tensor([5, 1000]), timestep=0, seed=None,
         sample_offset=None, noise=None, threshold=None, mixture=None, prediction_type="epsilon", eta=0.0, clip=None,
         clipped_eps=False, guidance=None, offset_final=False, write_x0=True, noise_mode=0, layout=None, B=2, D=16))
