@@ -95,6 +95,7 @@ inline void noise_tile(const StepArgs& a, int64_t b, const SampleScalars& s, int
     for (int i = 0; i < n; ++i) z[i] = static_cast<A>(tmp[i]);
     return;
   }
+  // kNoiseTensor: check_codes admits no other source
   const int64_t off = b * a.noise.stride(0) + d0;
   switch (a.noise.scalar_type()) {  // the caller's noise may come in any floating dtype
     case at::kFloat: load_tile(a.noise.data_ptr<float>() + off, n, z); break;
@@ -259,8 +260,11 @@ void step_impl(const StepArgs& a) {
           case kPredVPrediction:
             for (int i = 0; i < n; ++i) { x0v[i] = al * xv[i] - s_t * mv[i]; ev[i] = al * mv[i] + s_t * xv[i]; }
             break;
-          default:
+          case kPredFlow:  // velocity v = x1 - x0
             for (int i = 0; i < n; ++i) { x0v[i] = xv[i] - s_t * mv[i]; ev[i] = xv[i] + al * mv[i]; }
+            break;
+          default:
+            TORCH_CHECK(false, "gmm_triton: unknown prediction code ", a.pred, " (contract.PRED_CODES)");
         }
         if (thr) {
           const A q = thr[b];
@@ -300,7 +304,7 @@ void step_impl(const StepArgs& a) {
               pv[i] += (sub > A(0) ? std::sqrt(std::max(s2 - sub, A(0))) : sigma) * z[i];
             }
             for (int i = head; i < n; ++i) pv[i] += sigma * z[i];
-          } else {  // exact
+          } else if (a.var_mode == kVarExact) {
             std::fill(aux, aux + n, 0.0f);
             for (int64_t j = 0; j < KP; ++j) {
               const float c = static_cast<float>(cj[j]);
@@ -310,6 +314,8 @@ void step_impl(const StepArgs& a) {
             // σz exactly as the Gaussian path computes it, then the span correction (no FMA across the two)
             for (int i = 0; i < n; ++i) pv[i] += sigma * z[i];
             for (int i = 0; i < n; ++i) pv[i] += static_cast<A>(aux[i]);
+          } else {
+            TORCH_CHECK(false, "gmm_triton: unknown variance mode code ", a.var_mode, " (contract.VAR_CODES)");
           }
         }
         store_tile(pv, n, bad, OUT + b * a.D + d0);
@@ -321,7 +327,20 @@ void step_impl(const StepArgs& a) {
 
 }  // namespace
 
+// The codes this file implements, listed here and not taken from the contract's lists: a code the contract gains
+// is an error until its branch is written, never another code's maths.
+void check_codes(const StepArgs& a) {
+  TORCH_CHECK(a.pred == kPredEpsilon || a.pred == kPredSample || a.pred == kPredVPrediction || a.pred == kPredFlow,
+              "gmm_triton: unknown prediction code ", a.pred, " (contract.PRED_CODES)");
+  TORCH_CHECK(a.var_mode == kVarNone || a.var_mode == kVarDiag || a.var_mode == kVarVub || a.var_mode == kVarExact,
+              "gmm_triton: unknown variance mode code ", a.var_mode, " (contract.VAR_CODES)");
+  TORCH_CHECK(a.noise_mode == kNoiseNone || a.noise_mode == kNoisePhilox || a.noise_mode == kNoiseTensor,
+              "gmm_triton: unknown noise code ", a.noise_mode, " (contract.NOISE_CODES)");
+  TORCH_CHECK(a.noise_mode != kNoiseTensor || a.noise.defined(), "the tensor noise source needs a noise tensor");
+}
+
 void ddim_step(const StepArgs& a) {
+  check_codes(a);
   switch (a.x.scalar_type()) {
     case at::kFloat: step_impl<float, float>(a); break;
     case at::kDouble: step_impl<double, double>(a); break;

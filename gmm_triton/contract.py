@@ -3,7 +3,9 @@
 The integer codes that select a kernel's behaviour, the columns of the per-step coefficient table and the
 Philox stream ids live here. The Triton kernels import them (as ``tl.constexpr``), ``reference.py`` and the
 op import them, and ``csrc/contract.h`` is generated from this file (``make contract``); a test regenerates
-the header and fails if the committed one differs.
+the header and fails if the committed one differs, and no kernel or C++ file may hold a literal code
+(tests/test_contract.py). Each implementation lists the codes it implements and rejects any other
+(tests/test_fail_closed.py): a code added here is an error until every implementation has its branch.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 PRED_CODES = {"epsilon": 0, "sample": 1, "v_prediction": 2, "flow": 3}
 # mixture variance modes (mixture.py); "none" is the Gaussian kernel
 VAR_CODES = {"none": 0, "diag": 1, "vub": 2, "exact": 3}
-# where the step's noise comes from
+# where a step's noise comes from (every op family: DDIM / flow, CLD, blur)
 NOISE_CODES = {"none": 0, "philox": 1, "tensor": 2}
 NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = (NOISE_CODES[k] for k in ("none", "philox", "tensor"))
 

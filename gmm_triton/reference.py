@@ -289,6 +289,8 @@ def _mixture_terms(mix, crow, srow, seed, sample_offset, B, D, z, offset_final, 
     delta = mix.delta.double().cpu()[srow, k] * apply[:, None]
     w = mix.component_weight.double().cpu()[k]                       # 1 / (K₊ π_k)
     mode = mix.variance_mode
+    if mode not in ("none", "diag", "vub", "exact"):  # the laws below, listed: a new mode is an error until written
+        raise ValueError(f"unknown mixture variance mode {mode!r} (contract.VAR_CODES)")
 
     def noise_fn(sigma):
         sig = sigma.reshape(B, 1)
@@ -303,7 +305,7 @@ def _mixture_terms(mix, crow, srow, seed, sample_offset, B, D, z, offset_final, 
             ub = torch.zeros(B, D, dtype=torch.float64)
             ub[:, :K] = mix.var_table.double().cpu()[k][:, : min(K, D)]
             std = (sig**2 - ub).clamp(min=0).sqrt()
-        else:  # exact: σ z + Q^T ((√max(σ² − w λ, 0) − σ) ⊙ Q z) on span{δ}
+        elif mode == "exact":  # σ z + Q^T ((√max(σ² − w λ, 0) − σ) ⊙ Q z) on span{δ}
             Q = mix.basis.double().cpu()[srow]                         # [B, K, D]
             lam = mix.eigvals.double().cpu()[srow]                     # [B, K]
             c = (sig**2 - w[:, None] * lam).clamp(min=0).sqrt() - sig

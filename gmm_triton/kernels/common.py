@@ -6,7 +6,23 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import contract
+
 _INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton does when decorating
+
+# the contract's noise sources and Philox streams, as the compile-time constants Triton requires of globals
+NOISE_NONE = tl.constexpr(contract.NOISE_NONE)
+NOISE_PHILOX = tl.constexpr(contract.NOISE_PHILOX)
+NOISE_TENSOR = tl.constexpr(contract.NOISE_TENSOR)
+STREAM_NOISE = tl.constexpr(contract.STREAM_NOISE)
+STREAM_CHOICE = tl.constexpr(contract.STREAM_CHOICE)
+
+
+@triton.jit
+def check_noise_code(NOISE: tl.constexpr):
+    """Fails the compile (and the interpreter) on a noise code the kernels do not implement."""
+    tl.static_assert(NOISE == NOISE_NONE or NOISE == NOISE_PHILOX or NOISE == NOISE_TENSOR,
+                     "unknown noise code (contract.NOISE_CODES)")
 
 
 @triton.jit
