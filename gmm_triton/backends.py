@@ -218,14 +218,14 @@ def run_triton(a: StepArgs, config=None) -> None:
 
 @register("ddim_step", "cpp")
 def run_cpp(a: StepArgs) -> None:
-    mix = a.mixture.op_tensors() if a.mixture is not None else (None,) * 6
     perm = a.layout.sizes + a.layout.lstrides if a.layout is not None else ()
     torch.ops.gmm_triton_cpp.ddim_step(
         a.x, a.m, a.coef, cpp_rows(a.timesteps), int(a.timestep), host_int(a.seed), cpu_seeds(a.seed),
-        host_int(a.sample_offset), a.noise, a.threshold, *mix, a.out, a.x0, PRED_CODES[a.prediction_type],
-        VAR_CODES[a.variance_mode], a.noise_mode, float(a.eta), float(a.clip) if a.clip is not None else 0.0,
-        a.clip is not None, a.clipped_eps, float(a.guidance) if a.guidance is not None else 0.0,
-        a.guidance is not None, a.offset_final, a.write_x0, list(perm),
+        host_int(a.sample_offset), a.noise, a.threshold, a.mixture.op_tensors() if a.mixture is not None else [],
+        a.out, a.x0, PRED_CODES[a.prediction_type], VAR_CODES[a.variance_mode], a.noise_mode, float(a.eta),
+        float(a.clip) if a.clip is not None else 0.0, a.clip is not None, a.clipped_eps,
+        float(a.guidance) if a.guidance is not None else 0.0, a.guidance is not None, a.offset_final, a.write_x0,
+        list(perm),
     )
 
 

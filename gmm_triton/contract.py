@@ -17,6 +17,12 @@ VAR_CODES = {"none": 0, "diag": 1, "vub": 2, "exact": 3}
 NOISE_CODES = {"none": 0, "philox": 1, "tensor": 2}
 NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = (NOISE_CODES[k] for k in ("none", "philox", "tensor"))
 
+# the mixture's tensors as the op takes them, one list in this order (mixture.MixtureTensors.op_tensors; None where a
+# variance mode has no such table): offsets δ [S, K, D], cdf [KP], 1/(K₊π_k) [KP], the variance table ("diag" [S, D],
+# "vub" [K, K]), the basis Q [S, KP, D] and eigenvalues [S, KP] ("exact")
+MIX_TENSORS = ("delta", "cdf", "weight", "var", "basis", "eig")
+MIX_DELTA, MIX_CDF, MIX_WEIGHT, MIX_VAR, MIX_BASIS, MIX_EIG = range(len(MIX_TENSORS))
+
 # Philox streams (the third counter word): noise, the per-sample mixture component, the mixture's offset
 # tables, and the initial latents of a sampling run (gmm_triton.initial_noise)
 STREAM_NOISE, STREAM_CHOICE, STREAM_TABLE, STREAM_LATENT = 0, 1, 2, 3
@@ -62,8 +68,10 @@ def header() -> str:
     lines.append("")
     for name in ("STREAM_NOISE", "STREAM_CHOICE", "STREAM_TABLE", "STREAM_LATENT", "N_COLS", "COL_ALPHA",
                  "COL_S", "COL_ALPHA_PREV", "COL_S_PREV2", "COL_VAR", "COL_FINAL", "COL_STEP",
-                 "CLD_COLS", "CLD_PSI", "CLD_EPS", "CLD_CHOL", "BLUR_PLANES", "MAX_PERMUTED_RANK"):
+                 "CLD_COLS", "CLD_PSI", "CLD_EPS", "CLD_CHOL", "BLUR_PLANES", "MAX_PERMUTED_RANK", "MIX_DELTA",
+                 "MIX_CDF", "MIX_WEIGHT", "MIX_VAR", "MIX_BASIS", "MIX_EIG"):
         lines.append(f"constexpr int k{name.title().replace('_', '')} = {globals()[name]};")
+    lines.append(f"constexpr int kMixTensors = {len(MIX_TENSORS)};")
     lines += ["", "}  // namespace gmm", ""]
     return "\n".join(lines)
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import backends, door
 from .backends import Layout, StepArgs, cpu_backend, use_cpu_backend  # noqa: F401  (the op's public helpers)
-from .contract import COL_ALPHA, COL_S, COL_STEP, MAX_PERMUTED_RANK, N_COLS, NOISE_NONE, NOISE_PHILOX, \
+from .contract import COL_ALPHA, COL_S, COL_STEP, MAX_PERMUTED_RANK, MIX_DELTA, N_COLS, NOISE_NONE, NOISE_PHILOX, \
     NOISE_TENSOR, PREDICTION_TYPES, VARIANCE_MODES
 from .mixture import MixtureTensors
 from .reference import dynamic_threshold_scale
@@ -70,10 +70,10 @@ def _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, th
         raise ValueError(f"variance_mode must be one of {VARIANCE_MODES}, got {variance_mode!r}")
     if not (eta >= 0.0) or eta == float("inf"):
         raise ValueError(f"eta must be finite and >= 0, got {eta}")
-    if mix[0] is not None:
+    if mix:
         MixtureTensors.check_op_tensors(mix, variance_mode, math.prod(sample.shape[1:]), sample.device)
     elif variance_mode != "none":
-        raise ValueError(f"variance_mode {variance_mode!r} needs mixture tensors")
+        raise ValueError(f"variance_mode {variance_mode!r} needs the mixture's tensors")
 
 
 def _host_checks(coef: Tensor, timesteps: Optional[Tensor], timestep: int, mix_delta: Optional[Tensor]) -> None:
@@ -169,14 +169,14 @@ def _layout_of(out: Tensor, inputs):
 def _step_into(
     out: Tensor, x0: Tensor, sample: Tensor, model_output: Tensor, coef: Tensor, timesteps: Optional[Tensor],
     timestep: int, seed: Optional[Tensor], sample_offset: Optional[Tensor], noise: Optional[Tensor],
-    threshold: Optional[Tensor], mix: tuple, prediction_type: str, variance_mode: str, eta: float,
+    threshold: Optional[Tensor], mix: List[Optional[Tensor]], prediction_type: str, variance_mode: str, eta: float,
     clip: Optional[float], use_clipped_model_output: bool, guidance_scale: Optional[float], offset_final: bool,
     write_x0: bool,
 ) -> None:
     """Both ops' body: checks, then one launch writing ``out`` (and ``x0`` if ``write_x0``)."""
     _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold, mix, prediction_type,
            variance_mode, eta, guidance_scale)
-    _host_checks(coef, timesteps, timestep, mix[0])
+    _host_checks(coef, timesteps, timestep, mix[MIX_DELTA] if mix else None)
     B = sample.shape[0]
     D = math.prod(sample.shape[1:])
     if B == 0 or D == 0:
@@ -184,7 +184,7 @@ def _step_into(
     noise_mode = NOISE_TENSOR if noise is not None else (NOISE_PHILOX if eta > 0 else NOISE_NONE)
     # the kernels index the table and the mixture rows as packed arrays (free when they already are)
     coef = coef.contiguous()
-    mixture = MixtureTensors.from_op_tensors(mix, variance_mode) if mix[0] is not None else None
+    mixture = MixtureTensors.from_op_tensors(mix, variance_mode) if mix else None
     if (noise_mode == NOISE_PHILOX or mixture is not None) and seed is None:
         raise ValueError("a seed tensor is needed for in-kernel noise (eta > 0 without noise) or a mixture")
     layout, (x, m, z) = _layout_of(out, (sample, model_output, noise))
@@ -202,16 +202,14 @@ def _step_into(
 def _ddim_step_impl(
     sample: Tensor, model_output: Tensor, coef: Tensor, timesteps: Optional[Tensor], timestep: int,
     seed: Optional[Tensor], sample_offset: Optional[Tensor], noise: Optional[Tensor], threshold: Optional[Tensor],
-    mix_delta: Optional[Tensor], mix_cdf: Optional[Tensor], mix_weight: Optional[Tensor],
-    mix_var: Optional[Tensor], mix_basis: Optional[Tensor], mix_eig: Optional[Tensor],
-    prediction_type: str, variance_mode: str, eta: float, clip: Optional[float],
+    mixture: List[Optional[Tensor]], prediction_type: str, variance_mode: str, eta: float, clip: Optional[float],
     use_clipped_model_output: bool, guidance_scale: Optional[float], offset_final: bool, write_x0: bool,
 ) -> Tuple[Tensor, Tensor]:
     out = _like_sample(sample)
     x0 = _like_sample(sample) if write_x0 else sample.new_empty((0,))
     _step_into(out, x0, sample, model_output, coef, timesteps, timestep, seed, sample_offset, noise, threshold,
-               (mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig), prediction_type, variance_mode, eta,
-               clip, use_clipped_model_output, guidance_scale, offset_final, write_x0)
+               mixture, prediction_type, variance_mode, eta, clip, use_clipped_model_output, guidance_scale,
+               offset_final, write_x0)
     return out, x0
 
 
@@ -228,9 +226,8 @@ def _check_out(name: str, t: Tensor, sample: Tensor) -> None:
 def _ddim_step_out_impl(
     out: Tensor, x0_out: Optional[Tensor], sample: Tensor, model_output: Tensor, coef: Tensor,
     timesteps: Optional[Tensor], timestep: int, seed: Optional[Tensor], sample_offset: Optional[Tensor],
-    noise: Optional[Tensor], threshold: Optional[Tensor], mix_delta: Optional[Tensor], mix_cdf: Optional[Tensor],
-    mix_weight: Optional[Tensor], mix_var: Optional[Tensor], mix_basis: Optional[Tensor], mix_eig: Optional[Tensor],
-    prediction_type: str, variance_mode: str, eta: float, clip: Optional[float], use_clipped_model_output: bool,
+    noise: Optional[Tensor], threshold: Optional[Tensor], mixture: List[Optional[Tensor]], prediction_type: str,
+    variance_mode: str, eta: float, clip: Optional[float], use_clipped_model_output: bool,
     guidance_scale: Optional[float], offset_final: bool,
 ) -> None:
     """The same step written into caller buffers (``out`` may be ``sample`` itself: each element is read before the
@@ -241,9 +238,8 @@ def _ddim_step_out_impl(
         if x0_out.stride() != out.stride():
             raise ValueError(f"pred_original_out must have out's strides {out.stride()}, got {x0_out.stride()}")
     _step_into(out, x0_out if x0_out is not None else out, sample, model_output, coef, timesteps, timestep, seed,
-               sample_offset, noise, threshold, (mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig),
-               prediction_type, variance_mode, eta, clip, use_clipped_model_output, guidance_scale, offset_final,
-               x0_out is not None)
+               sample_offset, noise, threshold, mixture, prediction_type, variance_mode, eta, clip,
+               use_clipped_model_output, guidance_scale, offset_final, x0_out is not None)
 
 
 _ddim_step_op = torch.library.custom_op("gmm_triton::ddim_step", _ddim_step_impl, mutates_args=())
@@ -252,22 +248,18 @@ _ddim_step_out_op = torch.library.custom_op("gmm_triton::ddim_step_out", _ddim_s
 
 
 @_ddim_step_op.register_fake
-def _(sample, model_output, coef, timesteps, timestep, seed, sample_offset, noise, threshold, mix_delta, mix_cdf,
-      mix_weight, mix_var, mix_basis, mix_eig, prediction_type, variance_mode, eta, clip, use_clipped_model_output,
-      guidance_scale, offset_final, write_x0):
-    _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold,
-           (mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig), prediction_type, variance_mode, eta,
-           guidance_scale)
+def _(sample, model_output, coef, timesteps, timestep, seed, sample_offset, noise, threshold, mixture,
+      prediction_type, variance_mode, eta, clip, use_clipped_model_output, guidance_scale, offset_final, write_x0):
+    _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold, mixture, prediction_type,
+           variance_mode, eta, guidance_scale)
     return _like_sample(sample), (_like_sample(sample) if write_x0 else sample.new_empty((0,)))
 
 
 @_ddim_step_out_op.register_fake
-def _(out, x0_out, sample, model_output, coef, timesteps, timestep, seed, sample_offset, noise, threshold, mix_delta,
-      mix_cdf, mix_weight, mix_var, mix_basis, mix_eig, prediction_type, variance_mode, eta, clip,
-      use_clipped_model_output, guidance_scale, offset_final):
-    _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold,
-           (mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig), prediction_type, variance_mode, eta,
-           guidance_scale)
+def _(out, x0_out, sample, model_output, coef, timesteps, timestep, seed, sample_offset, noise, threshold, mixture,
+      prediction_type, variance_mode, eta, clip, use_clipped_model_output, guidance_scale, offset_final):
+    _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold, mixture, prediction_type,
+           variance_mode, eta, guidance_scale)
     _check_out("out", out, sample)
     if x0_out is not None:
         _check_out("pred_original_out", x0_out, sample)
@@ -382,13 +374,13 @@ def ddim_step(
     if thresholding is not None:
         threshold = _threshold_scale(sample, model_output, timesteps, tval, table, prediction_type,
                                      guidance_scale, _check_thresholding(thresholding))
-    mix, var_mode = (None,) * 6, "none"
+    mix, var_mode = [], "none"
     if mixture is not None:
         if mixture.device != dev:
             mixture = mixture.to(dev)
         mix, var_mode = mixture.op_tensors(), mixture.variance_mode
     args = (sample, model_output, table, timesteps, tval, seed, door.as_offset(sample_offset),
-            noise, threshold, *mix, prediction_type, var_mode, eta,
+            noise, threshold, mix, prediction_type, var_mode, eta,
             None if clip_sample_range is None else float(clip_sample_range), bool(use_clipped_model_output),
             None if guidance_scale is None else float(guidance_scale), bool(offset_final))
     if out is not None:

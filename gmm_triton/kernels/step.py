@@ -486,7 +486,7 @@ def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, of
     _ddim_step_kernel[grid](
         x, m, opt(noise), a.out, a.x0 if a.write_x0 else a.out,
         a.coef, a.coef.shape[0], t_ptr, t_value, seed_ptr, seed_value, off_ptr, off_value, opt(a.threshold),
-        *(opt(t) for t in (mix.op_tensors() if mix is not None else (None,) * 6)), part,
+        *(opt(t) for t in (mix.op_tensors() if mix is not None else [None] * len(contract.MIX_TENSORS))), part,
         D, n_blk, n_tables, x.stride(0), m.stride(0), B * m.stride(0), z_bs, n1, n2, l0, l1, l2,
         float(a.eta), float(a.clip) if a.clip is not None else 0.0,
         float(a.guidance) if a.guidance is not None else 0.0,
