@@ -135,6 +135,26 @@ def philox_words(n: int, *, seed: int, stream: int, start: int = 0, device=None)
     return out
 
 
+def box_muller_words(wa: Tensor, wb: Tensor, *, device=None) -> Tensor:
+    """[n, 2] float32: BoxMuller(wa[i], wb[i]) (reference.py's normal transform) of the int32 word pairs, computed by
+    the backend that serves ``device``: the contract's normals at chosen words (adversarial inputs in the tests)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    wa, wb = (w.reshape(-1).to(device=device, dtype=torch.int32).contiguous() for w in (wa, wb))
+    out = torch.empty((wa.numel(), 2), device=device, dtype=torch.float32)
+    backend = backends.backend_for(device)
+    if backend == "triton":
+        from .kernels.philox import box_muller
+
+        return box_muller(wa, wb, out)
+    if backend == "reference":
+        from .reference import box_muller
+
+        pair = box_muller(wa.cpu().numpy().view(np.uint32), wb.cpu().numpy().view(np.uint32))
+        return out.copy_(torch.from_numpy(np.stack(pair, 1)))
+    torch.ops.gmm_triton_cpp.philox_box_muller_(out, wa, wb)
+    return out
+
+
 def initial_noise(shape: Sequence[int], seed: int, *, sample_offset: int = 0, device=None,
                   dtype: torch.dtype = torch.float32) -> Tensor:
     """The initial latents x_T ~ N(0, I) of samples sample_offset … sample_offset + B − 1 of a run (B = shape[0]).
