@@ -276,9 +276,9 @@ def _check_thresholding(thresholding) -> Tuple[float, float]:
                          f"{thresholding!r}") from None
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"thresholding ratio must be in (0, 1], got {ratio}")
-    if not max_value >= 1.0:
-        raise ValueError(f"thresholding sample_max_value must be >= 1 (the quantile is clamped to [1, max]), got "
-                         f"{max_value}")
+    if not (0.0 < max_value < math.inf):  # q = clamp(quantile, 1, max) is max itself when max < 1, as in diffusers
+        raise ValueError(f"thresholding sample_max_value must be finite and > 0 (x̂₀ is divided by the clamped "
+                         f"quantile), got {max_value}")
     return ratio, max_value
 
 
