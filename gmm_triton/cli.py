@@ -102,6 +102,8 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Runs one command. A failure the user can cause ends in one ``gmm-triton CMD: error: …`` line and exit
+    status 2 (usage) or 1 (runtime), Ctrl-C in one line and 130 (``lab/errors.py``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     cmd, missing = _missing_extras(argv)
     if missing:  # in well under a second: gmm_triton's import is lazy and nothing heavy is loaded yet
@@ -110,6 +112,24 @@ def main(argv=None) -> int:
         raise SystemExit(2)
     p = build_parser(argv)
     args = p.parse_args(argv)
+    from .lab.errors import CommandError, os_message
+
+    name = args.cmd + (f" {args.method}" if args.cmd == "distill" else "")
+    try:
+        return _run(args)
+    except CommandError as e:
+        print(f"gmm-triton {name}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # a read-only or full disk, a file where a folder should be, a missing input
+        print(f"gmm-triton {name}: error: {os_message(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"gmm-triton {name}: interrupted{f': {e}' if str(e) else ''} (rerun the command to resume)",
+              file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     if args.cmd == "demo" and args.family != "ddim":
         from .lab.gddim_demo import run_gddim_demo
 

@@ -8,6 +8,7 @@ with the moment-matched Gaussian-mixture reverse kernel of DDIM-GMM (Gabbur, arX
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -114,6 +115,8 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
                              gmm_scale=gmm_scale, gmm_offsets=gmm_offsets, gmm_variance=gmm_variance,
                              gmm_shared=gmm_shared, gmm_priors=gmm_priors, gmm_seed=gmm_seed, gmm_dtype=gmm_dtype,
                              gmm_clip_variance=gmm_clip_variance, gmm_offset_final=gmm_offset_final)
+        if not (math.isfinite(float(clip_sample_range)) and clip_sample_range > 0):
+            raise ValueError(f"clip_sample_range must be finite and > 0, got {clip_sample_range}")
         check_int("steps_offset", steps_offset)
         if not 0 <= steps_offset < num_train_timesteps:
             raise ValueError(f"steps_offset must be in [0, num_train_timesteps={num_train_timesteps}), "

@@ -211,11 +211,11 @@ def run_evidence(out: str, results: str, settings: Settings = FULL, *, workers: 
 
     from tqdm.auto import tqdm
 
-    from ..generate import _commit
+    from ...provenance import commit as package_commit
     from . import report
 
     t0 = time.perf_counter()
-    commit = _commit()  # the code that runs (taken now: the tree may change while a long run goes on)
+    commit = package_commit()  # the code that runs (taken now: the tree may change while a long run goes on)
     settings_json = json.loads(json.dumps(asdict(settings)))
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
     os.makedirs(os.path.join(out, "grids"), exist_ok=True)

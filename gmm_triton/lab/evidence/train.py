@@ -88,7 +88,7 @@ def train_unet(out: str, *, objective: str = "epsilon", iterations: int = DEFAUL
     """
     from diffusers import UNet2DModel
 
-    from ..generate import _commit
+    from ...provenance import commit
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -146,7 +146,7 @@ def train_unet(out: str, *, objective: str = "epsilon", iterations: int = DEFAUL
     pipe.save_pretrained(pipe_dir)
     write_json({"config": config, "iterations": state["iteration"],
                 "parameters": sum(p.numel() for p in net.parameters()), "seconds": round(state["seconds"], 2), "cpu_seconds": round(state["cpu_seconds"], 2),
-                "threads": torch.get_num_threads(), "commit": _commit(), "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "commit": commit(), "torch": torch.__version__,
                 "log": state["log"]}, record)
     return pipe_dir
 
