@@ -27,5 +27,12 @@ constexpr int kCldEps = 4;
 constexpr int kCldChol = 16;
 constexpr int kBlurPlanes = 5;
 constexpr int kMaxPermutedRank = 3;
+constexpr int kMixDelta = 0;
+constexpr int kMixCdf = 1;
+constexpr int kMixWeight = 2;
+constexpr int kMixVar = 3;
+constexpr int kMixBasis = 4;
+constexpr int kMixEig = 5;
+constexpr int kMixTensors = 6;
 
 }  // namespace gmm

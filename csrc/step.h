@@ -2,11 +2,13 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "contract.h"
+
 namespace gmm {
 
 struct StepArgs {
   at::Tensor x, m, coef, rows, noise, threshold;            // x, m: [B(,2B), D] blocks dense; coef [R, 8] f64
-  at::Tensor delta, cdf, weight, var, basis, eig;           // mixture, undefined when off
+  at::Tensor mix[kMixTensors];  // the mixture's tensors in contract.MIX_TENSORS order (undefined: off / unused)
   at::Tensor out, x0;                                       // outputs: block b at b*D, dense
   int64_t B = 0, D = 0, row = 0;                            // row: used when `rows` is undefined
   uint64_t seed = 0, offset = 0;                            // offset: global index of sample 0 (RNG counters)
@@ -23,5 +25,6 @@ struct StepArgs {
 void ddim_step(const StepArgs& a);
 void philox_normal(at::Tensor& out, int64_t seed, int64_t stream, int64_t start);
 void philox_words(at::Tensor& out, int64_t seed, int64_t stream, int64_t start);
+void philox_box_muller(at::Tensor& out, const at::Tensor& wa, const at::Tensor& wb);
 
 }  // namespace gmm

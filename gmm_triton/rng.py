@@ -30,7 +30,7 @@ def as_seed_tensor(seed, name: str = "seed") -> Tensor:
     sequence of such ints, or an integer tensor of several, gives one seed per sample ([B], the op's per-sample
     seeds)."""
     if isinstance(seed, Tensor):
-        check_seed_tensor(seed, name)
+        check_seed_tensor(seed, name, batch=max(seed.numel(), 1))  # any count: the op checks it against the batch
         return seed.reshape(-1).to(torch.int64)
     if isinstance(seed, (list, tuple)):
         if not seed:
@@ -50,12 +50,13 @@ def _int64_bits(seed, name: str) -> int:
 
 
 def check_seed_tensor(seed: Tensor, name: str = "seed", batch: Optional[int] = None) -> None:
-    """An integer tensor of one seed, or (``batch`` given) of one seed per sample."""
+    """An integer tensor of one seed; with ``batch``, of one seed or one per sample."""
     if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (int64 bits of the Philox key), got {seed.dtype}")
-    if seed.numel() == 0:
-        raise ValueError(f"{name} is empty: it must hold one seed, or one per sample")
-    if batch is not None and seed.numel() not in (1, batch):
+    if batch is None:
+        if seed.numel() != 1:
+            raise ValueError(f"{name} must hold exactly one value, got shape {tuple(seed.shape)}")
+    elif seed.numel() not in (1, batch):
         raise ValueError(f"{name} must hold one seed or one per sample ({batch}), got shape {tuple(seed.shape)}")
 
 
@@ -136,6 +137,26 @@ def philox_words(n: int, *, seed: int, stream: int, start: int = 0, device=None)
         w = philox4x32(_key(seed), np.arange(start, start + n, dtype=np.uint64), int(stream))
         return out.copy_(torch.from_numpy(np.stack(w, 1).view(np.int32)))
     torch.ops.gmm_triton_cpp.philox_words_(out, _key(seed), int(stream), int(start))
+    return out
+
+
+def box_muller_words(wa: Tensor, wb: Tensor, *, device=None) -> Tensor:
+    """[n, 2] float32: BoxMuller(wa[i], wb[i]) (reference.py's normal transform) of the int32 word pairs, computed by
+    the backend that serves ``device``: the contract's normals at chosen words (adversarial inputs in the tests)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    wa, wb = (w.reshape(-1).to(device=device, dtype=torch.int32).contiguous() for w in (wa, wb))
+    out = torch.empty((wa.numel(), 2), device=device, dtype=torch.float32)
+    backend = backends.backend_for(device)
+    if backend == "triton":
+        from .kernels.philox import box_muller
+
+        return box_muller(wa, wb, out)
+    if backend == "reference":
+        from .reference import box_muller
+
+        pair = box_muller(wa.cpu().numpy().view(np.uint32), wb.cpu().numpy().view(np.uint32))
+        return out.copy_(torch.from_numpy(np.stack(pair, 1)))
+    torch.ops.gmm_triton_cpp.philox_box_muller_(out, wa, wb)
     return out
 
 

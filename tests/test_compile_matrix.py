@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gmm_triton import contract
 from gmm_triton.tools import aot, inspect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +65,9 @@ def test_cases_cover_every_constexpr_value(matrix):
         for k, v in r["launch"]["constexprs"].items():
             seen.setdefault(k, set()).add(v)
     expected = {
-        "CT": {"fp32", "fp64"}, "PRED": {"0", "1", "2", "3"}, "NOISE": {"0", "1", "2"},
-        "VAR_MODE": {"0", "1", "2", "3"}, "BLOCK": {"1024", "8192"}, "MASK": {"0", "1", "2"}, "FAST": {"True"},
+        "CT": {"fp32", "fp64"}, "PRED": {str(v) for v in contract.PRED_CODES.values()},
+        "NOISE": {str(v) for v in contract.NOISE_CODES.values()}, "VAR_MODE": {str(v) for v in contract.VAR_CODES.values()},
+        "BLOCK": {"1024", "8192"}, "MASK": {"0", "1", "2"}, "FAST": {"1"},  # common.MATH_GPU
         **{flag: {"True", "False"} for flag in ("MIX", "SHARED", "T_FROM_PTR", "T_PER_SAMPLE", "SEED_FROM_PTR",
                                                 "SEED_PER_SAMPLE",
                                                 "CLIP", "THRESH", "CLIPPED_EPS", "CFG", "OFFSET_FINAL", "WRITE_X0",

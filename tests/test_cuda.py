@@ -58,7 +58,7 @@ def test_philox_bit_exact_on_gpu():
     r = np.stack(reference.philox4x32(2**40 + 1, np.arange(2**33 - 7, 2**33 - 7 + (1 << 16), dtype=np.uint64), 1), 1)
     assert np.array_equal(w.view(np.uint32), r)
     z = ops.philox_normal((1 << 16,), seed=9, stream=0, start=3, device=DEV).double().cpu().numpy()
-    assert np.abs(z - reference.philox_normal(9, 1 << 16, 0, 3)).max() < 1e-5
+    assert np.abs(z - reference.philox_normal(9, 1 << 16, 0, 3)).max() <= reference.NORMAL_BOUNDS["gpu"]
 
 
 def test_gpu_stream_equals_cpu_stream(table):
@@ -149,8 +149,7 @@ def test_compile_fullgraph_on_gpu(table):
 def test_opcheck_on_gpu(table):
     x, m = torch.randn(2, 3, 4, 4, device=DEV), torch.randn(2, 3, 4, 4, device=DEV)
     args = (x, m, table, torch.tensor([300, 20], device=DEV), 0, torch.tensor([5], device=DEV),
-            torch.tensor([7], device=DEV), None, None, None, None, None, None, None, None, "epsilon", "none", 1.0, 1.0,
-            False, None, False, True)
+            torch.tensor([7], device=DEV), None, None, [], "epsilon", "none", 1.0, 1.0, False, None, False, True)
     torch.library.opcheck(torch.ops.gmm_triton.ddim_step.default, args)
 
 

@@ -214,7 +214,7 @@ def test_kernels_guard_the_mixture_step_table(tab50, backend):
     rows = torch.tensor([999, 999 - 21 * 20])  # steps 0 (has a table) and 21 (does not)
     out, x0 = torch.empty(2, 64), torch.empty(2, 64)
     with ops.use_cpu_backend(backend):
-        backends.RUNNERS[backend](backends.StepArgs(
+        backends.RUNNERS["ddim_step"][backend](backends.StepArgs(
             x=x, m=x, out=out, x0=x0, coef=tab50, timesteps=rows, timestep=0, seed=torch.tensor([1]),
             sample_offset=None, noise=None, threshold=None,
             mixture=MixtureTensors.from_op_tensors(mix.op_tensors(), "diag"), prediction_type="epsilon", eta=1.0,

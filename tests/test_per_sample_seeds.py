@@ -82,8 +82,8 @@ def test_draw_seed_rejects_bad_lists():
 
 def test_opcheck_with_per_sample_seeds(table):
     x, m = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
-    args = (x, m, table, torch.tensor([300, 20, 5]), 0, torch.tensor([5, 6, 7]), torch.tensor([3]), None, None,
-            None, None, None, None, None, None, "epsilon", "none", 1.0, 1.0, False, None, False, True)
+    args = (x, m, table, torch.tensor([300, 20, 5]), 0, torch.tensor([5, 6, 7]), torch.tensor([3]), None, None, [],
+            "epsilon", "none", 1.0, 1.0, False, None, False, True)
     for backend in ("cpp", "triton"):
         with ops.use_cpu_backend(backend):
             torch.library.opcheck(torch.ops.gmm_triton.ddim_step.default, args)

@@ -15,11 +15,11 @@ import triton.language as tl
 
 from .. import contract
 from .philox import normal_block
-from .common import fast_math, launch_scalar, sample_row
+from .common import NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_NOISE, check_noise_code, fast_math, \
+    launch_scalar, sample_row
 
 _PLANES = tl.constexpr(contract.BLUR_PLANES)  # A, B_0..B_2, S per step (contract.py)
 
-NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
 MAX_SIZE = 64  # largest N: four [64, 64] tiles in registers per program
 
 
@@ -47,6 +47,7 @@ def _blur_step_kernel(
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, NP: tl.constexpr,
     DOT: tl.constexpr, FAST: tl.constexpr,
 ):
+    check_noise_code(NOISE)
     pid = tl.program_id(0)
     b = (pid // C).to(tl.int64)
     c = (pid % C).to(tl.int64)
@@ -70,12 +71,12 @@ def _blur_step_kernel(
     if NEPS > 2:
         y += tl.load(cp + 3 * plane, mask=m2, other=0.0).to(CT) * _freq(e2_ptr, e2_bs, b, c, ii, jj, m2, N, v, vt,
                                                                           CT, DOT)
-    if NOISE != 0:
-        if NOISE == 1:  # N == NP: the plane's flat indices fill the tile row by row
+    if NOISE != NOISE_NONE:
+        if NOISE == NOISE_PHILOX:  # N == NP: the plane's flat indices fill the tile row by row
             seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
-            n = -tl.reshape(normal_block(seed, pid.to(tl.int64) * plane, NP * NP, 0, ALIGNED4, FAST),
+            n = -tl.reshape(normal_block(seed, pid.to(tl.int64) * plane, NP * NP, STREAM_NOISE, ALIGNED4, FAST),
                             (NP, NP)).to(CT)  # normal_block's normals are negated
-        else:
+        elif NOISE == NOISE_TENSOR:
             n = tl.load(z_ptr + b * z_bs + (c * N + ii) * N + jj, mask=m2, other=0.0).to(CT)
         y += tl.load(cp + (_PLANES - 1) * plane, mask=m2, other=0.0).to(CT) * n
 
@@ -89,7 +90,7 @@ def _noise_fill_kernel(z_ptr, n, seed_ptr, seed_value, SEED_FROM_PTR: tl.constex
                        BLOCK: tl.constexpr):
     """z[k] = normal k of Philox stream 0, k < n (the seed from a pointer or a value)."""
     start = tl.program_id(0).to(tl.int64) * BLOCK
-    z = -normal_block(launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR), start, BLOCK, 0, True, FAST)
+    z = -normal_block(launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR), start, BLOCK, STREAM_NOISE, True, FAST)
     offs = start + tl.arange(0, BLOCK)
     tl.store(z_ptr + offs, z, mask=offs < n)
 

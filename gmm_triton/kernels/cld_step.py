@@ -14,14 +14,13 @@ import triton.language as tl
 
 from .. import contract
 from .philox import normal_block
-from .common import fast_math, launch_scalar, sample_row
+from .common import NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_NOISE, check_noise_code, fast_math, \
+    launch_scalar, sample_row
 
 _COLS = tl.constexpr(contract.CLD_COLS)  # the table layout (contract.py)
 _PSI = tl.constexpr(contract.CLD_PSI)
 _EPS = tl.constexpr(contract.CLD_EPS)
 _CHOL = tl.constexpr(contract.CLD_CHOL)
-
-NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
 
 
 @triton.jit
@@ -45,6 +44,7 @@ def _cld_step_kernel(
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    check_noise_code(NOISE)
     pid = tl.program_id(0)
     b = (pid // n_blk).to(tl.int64)
     blk = pid % n_blk
@@ -75,13 +75,14 @@ def _cld_step_kernel(
         ox += tx
         ov += tv
 
-    if NOISE != 0:
-        if NOISE == 1:
+    if NOISE != NOISE_NONE:
+        if NOISE == NOISE_PHILOX:
             seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
             start = b * 2 * D + blk.to(tl.int64) * BLOCK
-            nx = -normal_block(seed, start, BLOCK, 0, ALIGNED4, FAST).to(CT)  # normal_block's normals are negated
-            nv = -normal_block(seed, start + D, BLOCK, 0, ALIGNED4, FAST).to(CT)
-        else:
+            # normal_block's normals are negated
+            nx = -normal_block(seed, start, BLOCK, STREAM_NOISE, ALIGNED4, FAST).to(CT)
+            nv = -normal_block(seed, start + D, BLOCK, STREAM_NOISE, ALIGNED4, FAST).to(CT)
+        elif NOISE == NOISE_TENSOR:
             nx = tl.load(z_ptr + b * z_bs + d, mask=mask, other=0.0).to(CT)
             nv = tl.load(z_ptr + b * z_bs + D + d, mask=mask, other=0.0).to(CT)
         l00 = tl.load(cp + _CHOL).to(CT)

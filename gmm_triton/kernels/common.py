@@ -1,12 +1,29 @@
-"""Helpers shared by the fused kernels (step, CLD, blur): per-sample table rows, per-launch scalars, and the choice
-between the GPU's hardware approximations and the interpreter's accurate functions."""
+"""Helpers shared by the fused kernels (step, CLD, blur): per-sample table rows, per-launch scalars, the contract's
+codes as constexprs, and the math mode of the RNG's float leaves (kernels/philox.py)."""
+import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import contract
+
 _INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton does when decorating
+
+# the contract's noise sources and Philox streams, as the compile-time constants Triton requires of globals
+NOISE_NONE = tl.constexpr(contract.NOISE_NONE)
+NOISE_PHILOX = tl.constexpr(contract.NOISE_PHILOX)
+NOISE_TENSOR = tl.constexpr(contract.NOISE_TENSOR)
+STREAM_NOISE = tl.constexpr(contract.STREAM_NOISE)
+STREAM_CHOICE = tl.constexpr(contract.STREAM_CHOICE)
+
+
+@triton.jit
+def check_noise_code(NOISE: tl.constexpr):
+    """Fails the compile (and the interpreter) on a noise code the kernels do not implement."""
+    tl.static_assert(NOISE == NOISE_NONE or NOISE == NOISE_PHILOX or NOISE == NOISE_TENSOR,
+                     "unknown noise code (contract.NOISE_CODES)")
 
 
 @triton.jit
@@ -46,7 +63,29 @@ def sample_key(seed_ptr, seed_value, off_ptr, off_value, b, SEED_FROM_PTR: tl.co
         return launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR), b + off
 
 
-def fast_math(device: torch.device) -> bool:
-    """Hardware approximations of sin / cos / sqrt on a GPU (kernels/philox.py states their error); the interpreter
-    has no PTX, so it evaluates the same formulas with accurate functions."""
-    return device.type == "cuda" and not _INTERPRETING
+# The math mode of the RNG's leaf functions (the kernels' FAST constexpr; kernels/philox.py): the GPU and the
+# interpreter run the same control flow and differ only in these leaves.
+MATH_ACCURATE = tl.constexpr(0)  # the interpreter: correctly rounded float32 (the angle's cos / sin from float64)
+MATH_GPU = tl.constexpr(1)       # a GPU: PTX mul.wide, rcp / sin / cos / sqrt.approx (inline asm, MUFU)
+MATH_EMULATED = tl.constexpr(2)  # the interpreter running the GPU branch: each PTX leaf emulated at its stated error
+_emulate_gpu_math = False
+
+
+@contextlib.contextmanager
+def emulated_gpu_math():
+    """Run the Triton kernels under the interpreter with the GPU's math leaves emulated (MATH_EMULATED): what a GPU
+    computes, up to the documented error of each hardware instruction, on the CPU (tests use it)."""
+    global _emulate_gpu_math
+    old, _emulate_gpu_math = _emulate_gpu_math, True
+    try:
+        yield
+    finally:
+        _emulate_gpu_math = old
+
+
+def fast_math(device: torch.device) -> int:
+    """The math mode of a launch on ``device``: MATH_GPU on a GPU; under the interpreter MATH_ACCURATE, or
+    MATH_EMULATED inside :func:`emulated_gpu_math`."""
+    if device.type == "cuda" and not _INTERPRETING:
+        return MATH_GPU.value
+    return (MATH_EMULATED if _emulate_gpu_math else MATH_ACCURATE).value

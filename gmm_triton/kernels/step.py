@@ -25,20 +25,19 @@ import triton
 import triton.language as tl
 
 from .. import contract
-from .common import fast_math, sample_key, sample_row
+from .common import NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_CHOICE, STREAM_NOISE, check_noise_code, \
+    fast_math, sample_key, sample_row
 from .philox import normal_at, normal_block, uniform_at
 
 # the contract's codes, as the compile-time constants Triton requires of globals
 _EPS = tl.constexpr(contract.PRED_CODES["epsilon"])
 _SAMPLE = tl.constexpr(contract.PRED_CODES["sample"])
 _V = tl.constexpr(contract.PRED_CODES["v_prediction"])
+_FLOW = tl.constexpr(contract.PRED_CODES["flow"])
+_VAR_NONE = tl.constexpr(contract.VAR_CODES["none"])
 _VAR_DIAG = tl.constexpr(contract.VAR_CODES["diag"])
 _VAR_VUB = tl.constexpr(contract.VAR_CODES["vub"])
 _VAR_EXACT = tl.constexpr(contract.VAR_CODES["exact"])
-_NOISE_NONE = tl.constexpr(contract.NOISE_NONE)
-_NOISE_PHILOX = tl.constexpr(contract.NOISE_PHILOX)
-_STREAM_NOISE = tl.constexpr(contract.STREAM_NOISE)
-_STREAM_CHOICE = tl.constexpr(contract.STREAM_CHOICE)
 _NC = tl.constexpr(contract.N_COLS)
 _C_AL = tl.constexpr(contract.COL_ALPHA)
 _C_S = tl.constexpr(contract.COL_S)
@@ -129,16 +128,29 @@ def _noise(z_ptr, z_off, seed, scale, rho2, base, start, dl, mask, NOISE: tl.con
     Box–Muller sign into its multiply-add): Philox normals at flat indices base + logical index (base + start +
     [0, BLOCK) unless permuted; scale and rho2 then ride on the Box–Muller radius), or the caller's tensor at the
     tile's memory positions."""
-    if NOISE == _NOISE_PHILOX:
+    check_noise_code(NOISE)
+    tl.static_assert(NOISE != NOISE_NONE, "_noise draws no noise for NOISE_NONE")
+    if NOISE == NOISE_PHILOX:
         if PERMUTED:
-            return normal_at(seed, base + dl, _STREAM_NOISE, FAST, scale, rho2, RHO)
+            return normal_at(seed, base + dl, STREAM_NOISE, FAST, scale, rho2, RHO)
         else:
-            return normal_block(seed, base + start, BLOCK, _STREAM_NOISE, ALIGNED4, FAST, ALIGN, scale, rho2, RHO)
-    else:
+            return normal_block(seed, base + start, BLOCK, STREAM_NOISE, ALIGNED4, FAST, ALIGN, scale, rho2, RHO)
+    elif NOISE == NOISE_TENSOR:
         z = _ld(z_ptr, z_off, start, mask, VEC, ALIGN, MASKED, BLOCK) * -scale  # fp64 stays fp64
         if RHO:  # √1 taken as 1 exactly, so that K = 1 or s = 0 stays DDIM bit for bit
             z = z * tl.where(rho2 < 1.0, tl.sqrt(rho2), 1.0)
         return z
+
+
+@triton.jit
+def _check_codes(S: tl.constexpr):
+    """Fails the compile (and the interpreter) on a code this kernel does not implement: every branch below is
+    explicit, so an unknown code can never fall through to another code's maths."""
+    tl.static_assert(S.PRED == _EPS or S.PRED == _SAMPLE or S.PRED == _V or S.PRED == _FLOW,
+                     "unknown prediction code (contract.PRED_CODES)")
+    tl.static_assert(S.VAR_MODE == _VAR_NONE or S.VAR_MODE == _VAR_DIAG or S.VAR_MODE == _VAR_VUB
+                     or S.VAR_MODE == _VAR_EXACT, "unknown variance mode code (contract.VAR_CODES)")
+    check_noise_code(S.NOISE)
 
 
 @triton.jit(do_not_specialize=["t_value", "seed_value", "off_value", "eta"])
@@ -162,7 +174,7 @@ def _project_kernel(
                          S.OFF_FROM_PTR)
     zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, g * D, start, dl, mask, S.NOISE, S.ALIGNED4, S.PERMUTED, S.FAST,
                   S.VEC, S.ALIGN, MASKED, False, S.BLOCK).to(tl.float32)  # −σz
-    if S.NOISE == _NOISE_PHILOX:
+    if S.NOISE == NOISE_PHILOX:
         _st(zout_ptr, b * D, start, zneg, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
     zneg = tl.where(mask, zneg, 0.0)
     KP: tl.constexpr = S.KP  # (an attribute of a constexpr is a plain value: static_range wants a constexpr)
@@ -203,7 +215,7 @@ def _tile_step(ptrs, geo, scal, S: tl.constexpr, MASKED: tl.constexpr):
         al = al + poison
         x0 = al * x - s_t * m
         eps = al * m + s_t * x
-    else:            # flow velocity v = x1 - x0
+    elif S.PRED == _FLOW:  # flow velocity v = x1 - x0
         s_t = s_t + poison
         x0 = x - s_t * m
         eps = x + al * m
@@ -226,7 +238,7 @@ def _tile_step(ptrs, geo, scal, S: tl.constexpr, MASKED: tl.constexpr):
         prev += delta * apply.to(CT)
 
     # ---- noise: z = −σ × the normals (negated: subtracting it folds the Box–Muller sign into one multiply-add) ----
-    if S.NOISE != _NOISE_NONE:
+    if S.NOISE != NOISE_NONE:
         # diag / vub: component k's std is σ ρ_d, ρ_d² = max(1 − sub_d/σ², 0), applied inside the Box–Muller square
         # root; ρ² = 1 exactly where nothing is subtracted, so K = 1 or s = 0 gives DDIM bit for bit
         RHO: tl.constexpr = S.MIX and (S.VAR_MODE == _VAR_DIAG or S.VAR_MODE == _VAR_VUB)
@@ -237,7 +249,7 @@ def _tile_step(ptrs, geo, scal, S: tl.constexpr, MASKED: tl.constexpr):
             if S.VAR_MODE == _VAR_DIAG:  # diag: sub_d = w_k diag(C)_d
                 c = c * tl.load(wk_ptr + k).to(CT)
                 u = _table(var_ptr, srow * D, start, dl, mask, S.TVEC, MASKED, BLOCK).to(CT)
-            else:  # vub: sub_d = ub[k, d] on the first K coordinates
+            elif S.VAR_MODE == _VAR_VUB:  # vub: sub_d = ub[k, d] on the first K coordinates
                 u = tl.load(var_ptr + k * S.K + dl, mask=mask & (dl < S.K), other=0.0).to(CT)
             rho2 = tl.maximum(1.0 - c * u, 0.0).to(tl.float32)  # it rides on the (float32) Box–Muller radius
         if S.ZNEG:  # the exact mode's projection pass drew −σz already (float32)
@@ -276,6 +288,7 @@ def _ddim_step_kernel(
     eta: tl.float64, clip: tl.float64, guidance: tl.float64,  # fp64 scalars: an fp64 step keeps them exact
     S: tl.constexpr,  # the launch's StepSpec: every compile-time switch, derived once by launch_spec
 ):
+    _check_codes(S)
     # A 2-D grid (sample, tile): no division of the program id.
     b = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
@@ -294,7 +307,7 @@ def _ddim_step_kernel(
         apply = (tl.load(cp + _C_FINAL) == 0) | S.OFFSET_FINAL
         jk = tl.arange(0, S.KP)
         cdf = tl.load(cdf_ptr + jk)
-        k = tl.minimum(tl.sum((cdf <= uniform_at(seed, g, _STREAM_CHOICE, S.FAST)).to(tl.int32), axis=0), S.K - 1)
+        k = tl.minimum(tl.sum((cdf <= uniform_at(seed, g, STREAM_CHOICE, S.FAST)).to(tl.int32), axis=0), S.K - 1)
         k = k.to(tl.int64)
         srow, table_ok = _table_row(coef_ptr, row, n_tables, S.SHARED)
         valid = valid & table_ok  # a step beyond the mixture's tables poisons its sample, never reads past them
@@ -358,7 +371,7 @@ class ProjectSpec:
     OFF_FROM_PTR: bool    # the sample offset is read from a device tensor (else passed by value)
     ALIGNED4: bool        # every tile starts on a whole Philox group (flat counter ≡ 0 mod 4)
     PERMUTED: bool        # a permuted dense layout (backends.Layout): logical indices for the RNG and tables
-    FAST: bool            # the GPU's hardware approximations (kernels/common.fast_math)
+    FAST: int             # the math mode of the RNG leaves: common.MATH_GPU on a GPU (kernels/philox.py)
     VEC: bool             # 16-byte vector accesses of the element streams
     ALIGN: int            # elements of a 16-byte vector (≥ 4): the tiles' alignment
     MASK: int             # how tile edges are masked: _NO_MASK, _MASKED, or _SPLIT (full tiles unmasked)
@@ -473,7 +486,7 @@ def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, of
     _ddim_step_kernel[grid](
         x, m, opt(noise), a.out, a.x0 if a.write_x0 else a.out,
         a.coef, a.coef.shape[0], t_ptr, t_value, seed_ptr, seed_value, off_ptr, off_value, opt(a.threshold),
-        *(opt(t) for t in (mix.op_tensors() if mix is not None else (None,) * 6)), part,
+        *(opt(t) for t in (mix.op_tensors() if mix is not None else [None] * len(contract.MIX_TENSORS))), part,
         D, n_blk, n_tables, x.stride(0), m.stride(0), B * m.stride(0), z_bs, n1, n2, l0, l1, l2,
         float(a.eta), float(a.clip) if a.clip is not None else 0.0,
         float(a.guidance) if a.guidance is not None else 0.0,

@@ -99,15 +99,15 @@ def all_cases() -> list[Case]:
 def host():
     """The package's CUDA host path as the cases drive it: the one place to update when these move.
 
-    ``dispatch`` is the (module, name) of the op's dispatcher shortcut ``_call(impl, op, x, m, *args)``, which
+    ``dispatch`` is the (module, name) of every op's dispatcher shortcut ``call(impl, op, x, m, *args)``, which
     capture replaces by ``impl(*args)`` so that the op's real CUDA branch runs instead of its fake kernel.
     """
     from types import SimpleNamespace
 
-    from .. import ops, rng
+    from .. import door, ops, rng
 
     return SimpleNamespace(ddim_step=ops.ddim_step, philox_normal=rng.philox_normal, philox_words=rng.philox_words,
-                           dispatch=(ops, "_call"))
+                           dispatch=(door, "call"))
 
 
 class FakeCuda:

@@ -11,11 +11,13 @@ A new kernel family adds a function decorated with :func:`aot.register_cases` (h
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from ..mixture import VARIANCES
 from . import aot
 
 MAIN_SHAPE = (4, 128, 128)
@@ -70,8 +72,8 @@ class Step:
         if kernel == "_project_kernel":
             return z + basis
         b = e * (3 + self.cfg + self.x0) + z
-        if self.mixture:
-            b += mix + {"diag": 4 / self.batch, "vub": 0.0, "exact": basis}[self.mixture]
+        if self.mixture:  # the drawn component's offsets, and the mode's tables of the step, read once per batch
+            b += mix + _mixture(self).variance_bytes_per_step() / (self.batch * self.D)
         return b
 
 
@@ -84,6 +86,7 @@ def _table(rows_for_flow: bool):
     return ddim_table(acp, 1.0, 1000, torch.arange(999, -1, -100))
 
 
+@functools.lru_cache(maxsize=None)
 def _mixture(s: Step):
     from ..mixture import build_mixture
 
@@ -139,7 +142,7 @@ def ddim_step_cases() -> list[aot.Case]:
             cases.append(_step_case(f"main-{_LABEL[dt]}-eps-philox{'-x0' if x0 else ''}", Step(dt, x0=x0)))
     h, b, f, d = torch.float16, torch.bfloat16, torch.float32, torch.float64
     mix_shape = (4, 64, 64)
-    cases += [_step_case(n, s) for n, s in [
+    steps = [
         ("eta0-fp16-eps-x0", Step(h, eta=0.0)),
         ("eta0-fp32-eps-x0", Step(f, eta=0.0)),
         ("fp64-vpred-philox-clip-pertimestep-x0", Step(d, pred="v_prediction", eta=0.5, clip=True,
@@ -170,8 +173,12 @@ def ddim_step_cases() -> list[aot.Case]:
         ("fp16-eps-philox-perseed-x0", Step(h, seed="per_sample")),
         ("gmm-exact-bf16-eps-philox-perseed", Step(b, shape=mix_shape, mixture="exact", seed="per_sample")),
         ("fp16-eps-philox-perseed-d1001", Step(h, shape=(7, 11, 13), seed="per_sample", x0=False)),
-    ]]
-    return cases
+    ]
+    # every variance mode the mixture builder offers is compiled: one case for each mode no case above launches
+    launched = {s.mixture for _, s in steps}
+    steps += [(f"gmm-{mode}-fp16-eps-philox-x0", Step(h, shape=mix_shape, mixture=mode))
+              for mode in VARIANCES if mode not in launched]
+    return cases + [_step_case(n, s) for n, s in steps]
 
 
 @aot.register_cases

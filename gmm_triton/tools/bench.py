@@ -112,16 +112,9 @@ def mixture_bytes(mix: MixtureTensors, batch: int) -> int:
     """Bytes of the mixture tables one launch needs: the offsets of the drawn components (at most
     min(B, K) rows of D: every sample reads its own component's row), the cdf and 1/(Kπ) weights, and the
     variance data of the mode (diag: one row of D; vub: K×K bounds; exact: the step's basis and eigenvalues)."""
-    D = mix.dim
-    n = min(batch, mix.k) * D * mix.delta.element_size()
+    n = min(batch, mix.k) * mix.dim * mix.delta.element_size()
     n += mix.cdf.numel() * mix.cdf.element_size() + mix.component_weight.numel() * mix.component_weight.element_size()
-    if mix.variance_mode == "diag":
-        n += D * mix.var_table.element_size()
-    elif mix.variance_mode == "vub":
-        n += mix.var_table.numel() * mix.var_table.element_size()
-    else:
-        n += mix.kp * (D * mix.basis.element_size() + mix.eigvals.element_size())
-    return n
+    return n + mix.variance_bytes_per_step()
 
 
 def floor_bytes(variant: Variant, shape, dtype: str, mixture: Optional[MixtureTensors] = None) -> int:
