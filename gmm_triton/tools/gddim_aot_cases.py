@@ -8,6 +8,8 @@ and without ``tl.dot`` and N not a power of two (blur).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -36,6 +38,14 @@ class Gddim:
             return 4.0
         z = e if self.noise == "tensor" else (4 if self._scratch else 0)
         return e * (2 + self.order + 1) + z   # u, the ε buffers, out (+ noise)
+
+    def work(self, kernel: str, cx: dict, grid: tuple) -> aot.Work:
+        """Every element of the [B, ...] sample (CLD: both halves of each pair; blur: the N² pixels of each plane,
+        not its NP² tile) over the launch's programs."""
+        n = self.batch
+        for s in self.shape:
+            n *= s
+        return aot.Work(n, {"any": math.prod(grid)})
 
     @property
     def _scratch(self) -> bool:  # blur with N not a power of two draws its noise into a buffer first
@@ -79,10 +89,17 @@ def gddim_cases() -> list[aot.Case]:
         "blur-bf16-n28-philox-devseed": Gddim("blur", b, (3, 28, 28), seed="device"),
         "blur-fp64-n16-none-pertimestep": Gddim("blur", d, (1, 16, 16), noise="none", timestep="per_sample"),
     }
-    return [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, _elements_per_program)
-            for name, c in cases.items()]
+    covering = [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work) for name, c in cases.items()]
+    sweep = {}
+    for dt in (h, b):  # issue 19: CLD at ≥ 90 % of copy for fp16 / bf16, orders 0–2 (fp16 order 0: above)
+        for order in (0, 1, 2) if dt == b else (1, 2):
+            sweep[f"cld-{_LABEL[dt]}-order{order}-philox"] = Gddim("cld", dt, (2, 4, 32, 32), order=order)
+    for n in BLUR_SIZES:  # every specialisation of the blur step a size N ≤ MAX_SIZE can launch
+        sweep[f"blur-fp32-n{n}-philox"] = Gddim("blur", f, (3, n, n))
+    return covering + [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work, targets=("sm_90a",))
+                       for name, c in sweep.items() if name not in cases]
 
 
-def _elements_per_program(kernel: str, cx: dict) -> int:
-    """The blur step's program is one NP×NP plane (N² of it real); the others run BLOCK elements."""
-    return int(cx["NP"]) ** 2 if kernel == "_blur_step_kernel" else int(cx["BLOCK"])
+# One N for each distinct specialisation of the blur kernels over 1 ≤ N ≤ MAX_SIZE (tests/test_compile_matrix.py
+# checks that this set covers them all)
+BLUR_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 16, 17, 18, 20, 32, 33, 34, 36, 48, 64)
