@@ -65,7 +65,8 @@ def test_every_launch_compiles_for_every_target(matrix):
     # every kernel is compiled for every target by some case
     assert {k for _, k in per_case} == {r["kernel"] for r in _all_targets(matrix)}
     assert {k for _, k in per_case} == {"_ddim_step_kernel", "_project_kernel", "_normal_fill_kernel", "_words_kernel",
-                                        "_cld_step_kernel", "_blur_step_kernel", "_noise_fill_kernel"}
+                                        "_cld_step_kernel", "_blur_step_kernel", "_blur_kron_kernel",
+                                        "_noise_fill_kernel"}
 
 
 def test_cases_cover_every_constexpr_value(matrix):
@@ -135,6 +136,28 @@ def test_fused_step_is_memory_bound_on_paper(matrix):
     assert ragged["launch"]["constexprs"]["ALIGNED4"] == "True"  # one Philox group per 4 elements, as if aligned
 
 
+_BLUR_SWEEP = """
+import json, sys
+import torch
+from gmm_triton.tools import aot, gddim_aot_cases as g
+from gmm_triton.kernels.blur_step import MAX_SIZE
+key = lambda n: sorted(json.dumps(l.describe(), sort_keys=True) for l in aot.capture(g.blur_case(n), "sm_90a"))
+every = {json.dumps(key(n)) for n in range(1, MAX_SIZE + 1)}
+swept = {json.dumps(key(n)) for n in g.BLUR_SIZES}
+print(json.dumps([len(every), len(swept), sorted(every - swept)]))
+"""
+
+
+def test_blur_sweep_covers_every_size_the_op_allows():
+    """The matrix's blur sizes hold one N per specialisation of N = 1 … MAX_SIZE (every N the CUDA op takes), so
+    the static limits hold for each of them."""
+    proc = subprocess.run([sys.executable, "-c", _BLUR_SWEEP], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    every, swept, missing = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not missing and every == swept, f"{every} specialisations, {swept} swept; missing: {missing}"
+
+
 def test_static_limits_hold(matrix):
     import triton
 
@@ -156,11 +179,12 @@ def test_inspect_json_rows(tmp_path):
     (rw,) = json.loads(out.read_text())
     assert list(rw) == ["kernel", "case", "dtype", "target", "ok", "error", "registers", "spill_bytes", "shared_bytes",
                         "load_bits", "store_bits", "sass_per_element", "bytes_per_element", "predicted_pct_copy",
-                        "pipe_pct_copy", "bound", "pipes", "edge_share"]
+                        "pipe_pct_copy", "bound", "pipes", "edge_share", "roofline_pct_copy"]
     assert (rw["kernel"], rw["target"], rw["ok"], rw["error"]) == ("_words_kernel", "sm_90a", True, None)
     assert rw["store_bits"] == 32 and rw["load_bits"] is None  # four strided int32 words per counter, no loads
     assert rw["bytes_per_element"] == 4.0 and set(rw["predicted_pct_copy"]) == {"H100", "H200"}
     assert set(rw["pipe_pct_copy"]) == {"H100", "H200"} and rw["edge_share"] == 0.0
+    assert rw["roofline_pct_copy"] is None  # no tensor-core instructions
     # Philox: two IMAD.WIDE per round (each two fmaheavy slots) for 4 words, 10 rounds: ≥ 10 per element
     assert rw["pipes"]["imad"] >= 10 and rw["pipes"]["issue"] == pytest.approx(rw["sass_per_element"], abs=0.01)
     assert "_words_kernel" in proc.stdout and "philox-words" in proc.stdout

@@ -41,6 +41,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 from . import aot
 
@@ -88,10 +89,24 @@ def predicted_pct_copy_pipes(pipes_per_element: dict, bytes_per_element: float) 
     return out, bound
 
 
+def roofline_pct_copy(pipes_per_element: dict, bytes_per_element: float) -> Optional[dict]:
+    """For a kernel on tensor cores: {device: % of copy} at the roofline max(memory time, tensor-core time of the
+    multiply-accumulates its SASS issues), the bound its other instructions would have to stay under; None
+    without tensor-core instructions."""
+    if not any(k.startswith("tensor:") for k in pipes_per_element):
+        return None
+    out = {}
+    for name, (sms, _, ghz, tbs) in DEVICES.items():
+        times = pipe_times({k: v for k, v in pipes_per_element.items() if k.startswith("tensor:")}, ghz, sms)
+        out[name] = round(100 * min(1.0, bytes_per_element / (tbs * 1e12) / sum(times.values())), 1)
+    return out
+
+
 def row(r: aot.Result) -> dict:
     """The JSON row of one result: ``predicted_pct_copy`` is {device: %} of the issue model, ``pipe_pct_copy``
-    of the per-pipe model (``bound``: its slowest pipe), ``pipes``: instructions per element per pipe, and
-    ``edge_share``: the share of programs on an edge path."""
+    of the per-pipe model (``bound``: its slowest pipe), ``pipes``: instructions per element per pipe,
+    ``edge_share``: the share of programs on an edge path, ``roofline_pct_copy``: the tensor-core roofline
+    (kernels on tensor cores only)."""
     s = r.stats if r.ok else {}
     spe = round(r.sass_per_element, 2) if r.ok else None
     bpe = round(r.case.bytes_per_element(r.kernel), 3)
@@ -105,6 +120,7 @@ def row(r: aot.Result) -> dict:
         "predicted_pct_copy": predicted_pct_copy(spe, bpe) if r.ok else None,
         "pipe_pct_copy": pipe_pct, "bound": bound, "pipes": pipes,
         "edge_share": round(r.edge_share, 4) if r.ok else None,
+        "roofline_pct_copy": roofline_pct_copy(r.pipes_per_element, bpe) if r.ok else None,
     }
 
 
