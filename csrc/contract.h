@@ -15,9 +15,9 @@ constexpr int kStreamTable = 2;
 constexpr int kStreamLatent = 3;
 constexpr int kNCols = 8;
 constexpr int kColAlpha = 0;
-constexpr int kColSigma = 1;
+constexpr int kColS = 1;
 constexpr int kColAlphaPrev = 2;
-constexpr int kColSigmaPrev2 = 3;
+constexpr int kColSPrev2 = 3;
 constexpr int kColVar = 4;
 constexpr int kColFinal = 5;
 constexpr int kColStep = 6;
@@ -27,5 +27,12 @@ constexpr int kCldEps = 4;
 constexpr int kCldChol = 16;
 constexpr int kBlurPlanes = 5;
 constexpr int kMaxPermutedRank = 3;
+constexpr int kMixDelta = 0;
+constexpr int kMixCdf = 1;
+constexpr int kMixWeight = 2;
+constexpr int kMixVar = 3;
+constexpr int kMixBasis = 4;
+constexpr int kMixEig = 5;
+constexpr int kMixTensors = 6;
 
 }  // namespace gmm

@@ -21,7 +21,12 @@ namespace {
 
 constexpr int64_t kChunk = 16384;  // pairs per task
 constexpr int kLane = 1024;        // pairs per stage tile
-enum NoiseMode { kNoNoise = 0, kPhilox = 1, kTensor = 2 };
+
+// The noise sources this file implements (contract.NOISE_CODES): any other code is an error, never another source.
+void check_noise_code(int noise_mode) {
+  TORCH_CHECK(noise_mode == kNoiseNone || noise_mode == kNoisePhilox || noise_mode == kNoiseTensor,
+              "gmm_triton: unknown noise code ", noise_mode, " (contract.NOISE_CODES)");
+}
 
 template <typename T, typename A>
 inline void load(const T* __restrict p, int64_t n, A* __restrict o) {
@@ -84,14 +89,14 @@ void cld_impl(const at::Tensor& u, at::TensorList eps, const at::Tensor& coef, c
           load(E + D + d0, n, ev);
           for (int i = 0; i < n; ++i) { ox[i] += c00 * ex[i] + c01 * ev[i]; ov[i] += c10 * ex[i] + c11 * ev[i]; }
         }
-        if (noise_mode != kNoNoise) {
+        if (noise_mode != kNoiseNone) {
           const A l00 = static_cast<A>(c[kCldChol]), l10 = static_cast<A>(c[kCldChol + 1]), l11 = static_cast<A>(c[kCldChol + 2]);
-          if (noise_mode == kPhilox) {  // counters: the flat index over [B, 2, D]
-            normals(seed, 0, b * 2 * D + d0, n, nz[0]);
-            normals(seed, 0, b * 2 * D + D + d0, n, nz[1]);
+          if (noise_mode == kNoisePhilox) {  // counters: the flat index over [B, 2, D]
+            normals(seed, kStreamNoise, b * 2 * D + d0, n, nz[0]);
+            normals(seed, kStreamNoise, b * 2 * D + D + d0, n, nz[1]);
             load(nz[0], n, ex);
             load(nz[1], n, ev);
-          } else {
+          } else {  // kNoiseTensor (check_noise_code)
             const int64_t off = b * noise->stride(0) + d0;
             load_any(*noise, off, n, ex);
             load_any(*noise, off + D, n, ev);
@@ -127,7 +132,7 @@ void blur_impl(const at::Tensor& x, at::TensorList eps, const at::Tensor& coef, 
   const int64_t ne = static_cast<int64_t>(eps.size());
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> p(P), t(P), f(P), y(P);
-    std::vector<float> nz(noise_mode == kPhilox ? P : 0);
+    std::vector<float> nz(noise_mode == kNoisePhilox ? P : 0);
     // f = V p Vᵀ
     auto to_freq = [&]() { matmul(v.data(), p.data(), N, t.data()); matmul(t.data(), vt.data(), N, f.data()); };
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -143,11 +148,11 @@ void blur_impl(const at::Tensor& x, at::TensorList eps, const at::Tensor& coef, 
         const double* cj = r.c + (1 + j) * P;
         for (int64_t k = 0; k < P; ++k) y[k] += static_cast<A>(cj[k]) * f[k];
       }
-      if (noise_mode != kNoNoise) {  // counters: the flat index over [B, C, N, N]
-        if (noise_mode == kPhilox) {
-          normals(seed, 0, plane * P, P, nz.data());
+      if (noise_mode != kNoiseNone) {  // counters: the flat index over [B, C, N, N]
+        if (noise_mode == kNoisePhilox) {
+          normals(seed, kStreamNoise, plane * P, P, nz.data());
           load(nz.data(), P, p.data());
-        } else {
+        } else {  // kNoiseTensor (check_noise_code)
           load_any(*noise, b * noise->stride(0) + ch * P, P, p.data());
         }
         const double* s = r.c + (kBlurPlanes - 1) * P;  // the noise std plane, last
@@ -162,7 +167,9 @@ void blur_impl(const at::Tensor& x, at::TensorList eps, const at::Tensor& coef, 
 }
 
 void check_common(const at::Tensor& s, at::TensorList eps, const at::Tensor& coef, const std::optional<at::Tensor>& rows,
-                  const std::optional<at::Tensor>& noise, const at::Tensor& out) {
+                  const std::optional<at::Tensor>& noise, const at::Tensor& out, int64_t noise_mode) {
+  check_noise_code(static_cast<int>(noise_mode));
+  TORCH_CHECK(noise_mode != kNoiseTensor || noise.has_value(), "the tensor noise source needs a noise tensor");
   TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.is_contiguous(), "coef must be contiguous float64");
   TORCH_CHECK(out.is_contiguous() && out.sizes() == s.sizes() && out.scalar_type() == s.scalar_type(), "out must match the sample");
   TORCH_CHECK(s.size(0) <= 1 || s[0].is_contiguous(), "sample rows must be contiguous");
@@ -186,7 +193,7 @@ void check_common(const at::Tensor& s, at::TensorList eps, const at::Tensor& coe
 
 void cld_step_cpu(const at::Tensor& u, at::TensorList eps, const at::Tensor& coef, const std::optional<at::Tensor>& rows,
                   int64_t row, int64_t seed, const std::optional<at::Tensor>& noise, at::Tensor& out, int64_t noise_mode) {
-  check_common(u, eps, coef, rows, noise, out);
+  check_common(u, eps, coef, rows, noise, out, noise_mode);
   TORCH_CHECK(u.dim() >= 2 && u.size(1) == 2 && coef.dim() == 2 && coef.size(1) == kCldCols, "cld_step: u [B, 2, ...], coef [R, 24]");
   if (out.numel() == 0) return;
   GMM_DISPATCH(u.scalar_type(), (cld_impl<T, A>(u, eps, coef, rows, row, static_cast<uint64_t>(seed), noise, out,
@@ -196,7 +203,7 @@ void cld_step_cpu(const at::Tensor& u, at::TensorList eps, const at::Tensor& coe
 void blur_step_cpu(const at::Tensor& x, at::TensorList eps, const at::Tensor& coef, const at::Tensor& basis,
                    const std::optional<at::Tensor>& rows, int64_t row, int64_t seed, const std::optional<at::Tensor>& noise,
                    at::Tensor& out, int64_t noise_mode) {
-  check_common(x, eps, coef, rows, noise, out);
+  check_common(x, eps, coef, rows, noise, out, noise_mode);
   TORCH_CHECK(x.dim() == 4 && x.size(2) == x.size(3), "blur_step: x [B, C, N, N]");
   const int64_t N = x.size(2);
   TORCH_CHECK(basis.scalar_type() == at::kDouble && basis.is_contiguous() && basis.dim() == 2 && basis.size(0) == N &&

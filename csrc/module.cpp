@@ -8,11 +8,10 @@
 namespace {
 
 void ddim_step_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& coef,
-                   const std::optional<at::Tensor>& rows, int64_t row, int64_t seed, int64_t offset,
+                   const std::optional<at::Tensor>& rows, int64_t row, int64_t seed,
+                   const std::optional<at::Tensor>& seeds, int64_t offset,
                    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold,
-                   const std::optional<at::Tensor>& delta, const std::optional<at::Tensor>& cdf,
-                   const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& var,
-                   const std::optional<at::Tensor>& basis, const std::optional<at::Tensor>& eig, at::Tensor& out,
+                   const c10::List<std::optional<at::Tensor>>& mix, at::Tensor& out,
                    at::Tensor& x0, int64_t pred, int64_t var_mode, int64_t noise_mode, double eta, double clip,
                    bool clip_on, bool clipped_eps, double guidance, bool cfg, bool offset_final, bool write_x0,
                    at::IntArrayRef perm) {
@@ -36,23 +35,29 @@ void ddim_step_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& c
     TORCH_CHECK(a.permuted || noise->size(0) == 1 || (*noise)[0].is_contiguous(), "noise rows must be contiguous");
   }
   if (threshold) a.threshold = threshold->contiguous();
-  a.mixed = delta.has_value();
+  // mix: empty (no mixture) or the mixture's tensors in contract.MIX_TENSORS order, None where a mode has none
+  TORCH_CHECK(mix.size() == 0 || mix.size() == gmm::kMixTensors, "mix must be empty or hold ", gmm::kMixTensors,
+              " tensors (contract.MIX_TENSORS)");
+  a.mixed = mix.size() > 0;
+  for (size_t i = 0; i < mix.size(); ++i) {
+    const std::optional<at::Tensor> t = mix.get(i);
+    if (t) a.mix[i] = t->contiguous();
+  }
   if (a.mixed) {
-    a.delta = delta->contiguous(); a.cdf = cdf->contiguous(); a.weight = weight->contiguous();
-    for (auto* t : {&a.cdf, &a.weight})
-      TORCH_CHECK(t->scalar_type() == at::kFloat, "mixture cdf and weights must be float32");
-    TORCH_CHECK(a.delta.scalar_type() == at::kFloat || a.delta.scalar_type() == at::kBFloat16,
-                "mixture offsets must be float32 or bfloat16");
-    if (var) a.var = var->contiguous();
-    if (basis) {
-      a.basis = basis->contiguous();
-      TORCH_CHECK(a.basis.scalar_type() == at::kFloat || a.basis.scalar_type() == at::kBFloat16,
-                  "mixture basis must be float32 or bfloat16");
-    }
-    if (eig) a.eig = eig->contiguous();
+    for (int i : {gmm::kMixDelta, gmm::kMixCdf, gmm::kMixWeight})
+      TORCH_CHECK(a.mix[i].defined(), "a mixture needs its offsets, cdf and component weights");
+    for (int i : {gmm::kMixCdf, gmm::kMixWeight})
+      TORCH_CHECK(a.mix[i].scalar_type() == at::kFloat, "mixture cdf and weights must be float32");
+    for (int i : {gmm::kMixDelta, gmm::kMixBasis})
+      TORCH_CHECK(!a.mix[i].defined() || a.mix[i].scalar_type() == at::kFloat || a.mix[i].scalar_type() == at::kBFloat16,
+                  "mixture offsets and basis must be float32 or bfloat16");
   }
   a.out = out; a.x0 = x0;
   a.seed = static_cast<uint64_t>(seed);
+  if (seeds) {
+    a.seeds = seeds->contiguous();
+    TORCH_CHECK(a.seeds.scalar_type() == at::kLong && a.seeds.numel() == a.B, "seeds must be int64 [B]");
+  }
   a.offset = static_cast<uint64_t>(offset);
   a.pred = static_cast<int>(pred); a.var_mode = static_cast<int>(var_mode); a.noise_mode = static_cast<int>(noise_mode);
   a.eta = eta; a.clip = clip; a.guidance = guidance;
@@ -67,10 +72,10 @@ void philox_normal_cpu(at::Tensor& out, int64_t seed, int64_t stream, int64_t st
 }  // namespace
 
 TORCH_LIBRARY(gmm_triton_cpp, m) {
-  m.def("ddim_step(Tensor x, Tensor m, Tensor coef, Tensor? rows, int row, int seed, int offset, Tensor? noise, "
-        "Tensor? threshold, Tensor? delta, Tensor? cdf, Tensor? weight, Tensor? var, Tensor? basis, Tensor? eig, "
-        "Tensor(a!) out, Tensor(b!) x0, int pred, int var_mode, int noise_mode, float eta, float clip, bool clip_on, "
-        "bool clipped_eps, float guidance, bool cfg, bool offset_final, bool write_x0, int[] perm) -> ()");
+  m.def("ddim_step(Tensor x, Tensor m, Tensor coef, Tensor? rows, int row, int seed, Tensor? seeds, int offset, "
+        "Tensor? noise, Tensor? threshold, Tensor?[] mix, Tensor(a!) out, Tensor(b!) x0, int pred, int var_mode, "
+        "int noise_mode, float eta, float clip, bool clip_on, bool clipped_eps, float guidance, bool cfg, "
+        "bool offset_final, bool write_x0, int[] perm) -> ()");
   m.def("philox_normal_(Tensor(a!) out, int seed, int stream, int start) -> ()");
   m.def("philox_words_(Tensor(a!) out, int seed, int stream, int start) -> ()");
 }

@@ -27,8 +27,9 @@ constexpr int kLane = 1024;        // elements per stage tile
 
 struct SampleScalars {
   bool valid;    // the timestep row (and the mixture step table) exist: otherwise the sample is NaN
-  double al, sg, alp, sp2, sigma, c_eps;
-  uint64_t base;  // the RNG counter of the sample's element 0: (offset + b) * D
+  double al, s_t, alp, s_prev2, sigma, c_eps;
+  uint64_t seed;  // the sample's Philox key: the launch's seed, or its own (per-sample seeds)
+  uint64_t base;  // the RNG counter of the sample's element 0: g * D, g its global index
   bool apply;    // mixture applies at this step
   int64_t srow;  // mixture table row
   int64_t k;     // component
@@ -79,21 +80,22 @@ inline void store_tile(const float* __restrict v, int n, float bad, c10::Half* _
 }
 #endif
 
-// Noise of sample b at memory positions [d0, d0 + n) (logical indices idx): Philox stream 0 at flat index
-// base + idx, or the caller's tensor (stored in the same layout as the sample).
+// Noise of sample b (scalars s) at memory positions [d0, d0 + n) (logical indices idx): Philox stream 0 under its
+// key at flat index s.base + idx, or the caller's tensor (stored in the same layout as the sample).
 template <typename A>
-inline void noise_tile(const StepArgs& a, int64_t b, uint64_t base, int64_t d0, const int64_t* idx, int n,
+inline void noise_tile(const StepArgs& a, int64_t b, const SampleScalars& s, int64_t d0, const int64_t* idx, int n,
                        A* __restrict z) {
   if (a.noise_mode == kNoisePhilox) {
     alignas(64) float tmp[kLane];
     if (a.permuted) {
-      normals_at(a.seed, kStreamNoise, base, idx, n, tmp);
+      normals_at(s.seed, kStreamNoise, s.base, idx, n, tmp);
     } else {
-      normals(a.seed, kStreamNoise, static_cast<int64_t>(base) + d0, n, tmp);
+      normals(s.seed, kStreamNoise, static_cast<int64_t>(s.base) + d0, n, tmp);
     }
     for (int i = 0; i < n; ++i) z[i] = static_cast<A>(tmp[i]);
     return;
   }
+  // kNoiseTensor: check_codes admits no other source
   const int64_t off = b * a.noise.stride(0) + d0;
   switch (a.noise.scalar_type()) {  // the caller's noise may come in any floating dtype
     case at::kFloat: load_tile(a.noise.data_ptr<float>() + off, n, z); break;
@@ -131,33 +133,37 @@ SampleScalars sample_scalars(const StepArgs& a, int64_t b) {
   if (!s.valid) row = 0;
   const double* c = a.coef.data_ptr<double>() + row * kNCols;
   s.al = c[kColAlpha];
-  s.sg = c[kColSigma];
+  s.s_t = c[kColS];
   s.alp = c[kColAlphaPrev];
-  s.sp2 = c[kColSigmaPrev2];
+  s.s_prev2 = c[kColSPrev2];
   s.sigma = a.eta * std::sqrt(c[kColVar]);
-  s.c_eps = std::sqrt(std::max(s.sp2 - s.sigma * s.sigma, 0.0));
-  const uint64_t g = a.offset + static_cast<uint64_t>(b);  // the sample's global index
+  s.c_eps = std::sqrt(std::max(s.s_prev2 - s.sigma * s.sigma, 0.0));
+  // the sample's key and global index: the launch's seed at offset + b, or its own seed at offset (as if it were
+  // sample 0 of its own run)
+  const bool own = a.seeds.defined();
+  s.seed = own ? static_cast<uint64_t>(a.seeds.data_ptr<int64_t>()[b]) : a.seed;
+  const uint64_t g = a.offset + (own ? 0 : static_cast<uint64_t>(b));
   s.base = g * static_cast<uint64_t>(a.D);
   if (a.mixed) {
     s.apply = c[kColFinal] == 0.0 || a.offset_final;
-    const int64_t S = a.delta.size(0);
+    const int64_t S = a.mix[kMixDelta].size(0);
     s.srow = S == 1 ? 0 : static_cast<int64_t>(c[kColStep]);
     if (s.srow < 0 || s.srow >= S) {  // a step beyond the mixture's tables: NaN, never a read past them
       s.valid = false;
       s.srow = 0;
     }
-    const float u = uniform_at(a.seed, kStreamChoice, g);
-    const float* cdf = a.cdf.data_ptr<float>();
+    const float u = uniform_at(s.seed, kStreamChoice, g);
+    const float* cdf = a.mix[kMixCdf].data_ptr<float>();
     int64_t k = 0;
-    for (int64_t j = 0; j < a.cdf.numel(); ++j) k += cdf[j] <= u;
-    s.k = std::min<int64_t>(k, a.delta.size(1) - 1);
+    for (int64_t j = 0; j < a.mix[kMixCdf].numel(); ++j) k += cdf[j] <= u;
+    s.k = std::min<int64_t>(k, a.mix[kMixDelta].size(1) - 1);
   }
   return s;
 }
 
 // part[b, chunk, j] = sum over the chunk of Q[srow, j, d] z[b, d]  (the "exact" mode's projection)
 void project(const StepArgs& a, int64_t n_chunks, std::vector<double>& part) {
-  const int64_t KP = a.cdf.numel();
+  const int64_t KP = a.mix[kMixCdf].numel();
   at::parallel_for(0, a.B * n_chunks, 1, [&](int64_t begin, int64_t end) {
     alignas(64) double z[kLane];
     alignas(64) float q[kLane];
@@ -171,9 +177,9 @@ void project(const StepArgs& a, int64_t n_chunks, std::vector<double>& part) {
       for (int64_t d0 = ch * kChunk; d0 < std::min(a.D, (ch + 1) * kChunk); d0 += kLane) {
         const int n = static_cast<int>(std::min<int64_t>(kLane, a.D - d0));
         logical_tile(a, d0, n, idx);
-        noise_tile(a, b, s.base, d0, idx, n, z);
+        noise_tile(a, b, s, d0, idx, n, z);
         for (int64_t j = 0; j < KP; ++j) {
-          table_tile(a, a.basis, q0 + j * a.D, d0, idx, n, q);
+          table_tile(a, a.mix[kMixBasis], q0 + j * a.D, d0, idx, n, q);
           double acc = 0.0;
           for (int i = 0; i < n; ++i) acc += static_cast<double>(q[i]) * z[i];
           out[j] += acc;
@@ -186,7 +192,7 @@ void project(const StepArgs& a, int64_t n_chunks, std::vector<double>& part) {
 template <typename T, typename A>
 void step_impl(const StepArgs& a) {
   const int64_t n_chunks = (a.D + kChunk - 1) / kChunk;
-  const int64_t KP = a.mixed ? a.cdf.numel() : 1;
+  const int64_t KP = a.mixed ? a.mix[kMixCdf].numel() : 1;
   std::vector<double> part;
   if (a.mixed && a.var_mode == kVarExact && a.noise_mode != kNoiseNone) {
     part.resize(a.B * n_chunks * KP);
@@ -215,19 +221,19 @@ void step_impl(const StepArgs& a) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_chunks, ch = task % n_chunks;
       const SampleScalars s = sample_scalars(a, b);
-      const A al = static_cast<A>(s.al), sg = static_cast<A>(s.sg), alp = static_cast<A>(s.alp);
+      const A al = static_cast<A>(s.al), s_t = static_cast<A>(s.s_t), alp = static_cast<A>(s.alp);
       const A c_eps = static_cast<A>(s.c_eps), sigma = static_cast<A>(s.sigma);
       const A bad = s.valid ? A(0) : std::numeric_limits<A>::quiet_NaN();
       int64_t delta0 = 0, q0 = 0;  // offsets of this sample's offset row and basis rows
       if (a.mixed) {
-        delta0 = (s.srow * a.delta.size(1) + s.k) * a.D;
+        delta0 = (s.srow * a.mix[kMixDelta].size(1) + s.k) * a.D;
         if (a.var_mode == kVarExact && a.noise_mode != kNoiseNone) {
           // Σ over this sample's chunks in a fixed order: deterministic for any thread count.
           std::fill(proj.begin(), proj.end(), 0.0);
           for (int64_t c = 0; c < n_chunks; ++c)
             for (int64_t j = 0; j < KP; ++j) proj[j] += part[(b * n_chunks + c) * KP + j];
-          const float* lam = a.eig.data_ptr<float>() + s.srow * KP;
-          const double wk = a.weight.data_ptr<float>()[s.k];
+          const float* lam = a.mix[kMixEig].data_ptr<float>() + s.srow * KP;
+          const double wk = a.mix[kMixWeight].data_ptr<float>()[s.k];
           for (int64_t j = 0; j < KP; ++j) {
             const double sub = wk * lam[j];  // no-op directions keep σ exactly (K = 1, s = 0 is DDIM bit for bit)
             cj[j] = sub > 0 ? (std::sqrt(std::max(s.sigma * s.sigma - sub, 0.0)) - s.sigma) * proj[j] : 0.0;
@@ -246,16 +252,19 @@ void step_impl(const StepArgs& a) {
         }
         switch (a.pred) {
           case kPredEpsilon:
-            for (int i = 0; i < n; ++i) { x0v[i] = (xv[i] - sg * mv[i]) / al; ev[i] = mv[i]; }
+            for (int i = 0; i < n; ++i) { x0v[i] = (xv[i] - s_t * mv[i]) / al; ev[i] = mv[i]; }
             break;
           case kPredSample:
-            for (int i = 0; i < n; ++i) { x0v[i] = mv[i]; ev[i] = (xv[i] - al * mv[i]) / sg; }
+            for (int i = 0; i < n; ++i) { x0v[i] = mv[i]; ev[i] = (xv[i] - al * mv[i]) / s_t; }
             break;
           case kPredVPrediction:
-            for (int i = 0; i < n; ++i) { x0v[i] = al * xv[i] - sg * mv[i]; ev[i] = al * mv[i] + sg * xv[i]; }
+            for (int i = 0; i < n; ++i) { x0v[i] = al * xv[i] - s_t * mv[i]; ev[i] = al * mv[i] + s_t * xv[i]; }
+            break;
+          case kPredFlow:  // velocity v = x1 - x0
+            for (int i = 0; i < n; ++i) { x0v[i] = xv[i] - s_t * mv[i]; ev[i] = xv[i] + al * mv[i]; }
             break;
           default:
-            for (int i = 0; i < n; ++i) { x0v[i] = xv[i] - sg * mv[i]; ev[i] = xv[i] + al * mv[i]; }
+            TORCH_CHECK(false, "gmm_triton: unknown prediction code ", a.pred, " (contract.PRED_CODES)");
         }
         if (thr) {
           const A q = thr[b];
@@ -264,28 +273,28 @@ void step_impl(const StepArgs& a) {
           for (int i = 0; i < n; ++i) x0v[i] = std::min(std::max(x0v[i], -clip), clip);
         }
         if (a.clipped_eps)
-          for (int i = 0; i < n; ++i) ev[i] = (xv[i] - al * x0v[i]) / sg;
+          for (int i = 0; i < n; ++i) ev[i] = (xv[i] - al * x0v[i]) / s_t;
         for (int i = 0; i < n; ++i) pv[i] = alp * x0v[i] + c_eps * ev[i];
         if (a.mixed && s.apply) {
-          table_tile(a, a.delta, delta0, d0, idx, n, tab);
+          table_tile(a, a.mix[kMixDelta], delta0, d0, idx, n, tab);
           for (int i = 0; i < n; ++i) pv[i] += static_cast<A>(tab[i]);
         }
         if (a.noise_mode != kNoiseNone) {
-          noise_tile(a, b, s.base, d0, idx, n, z);
+          noise_tile(a, b, s, d0, idx, n, z);
           const bool mix_var = a.mixed && s.apply && a.var_mode != kVarNone;
           if (!mix_var) {
             for (int i = 0; i < n; ++i) pv[i] += sigma * z[i];
           } else if (a.var_mode == kVarDiag) {
-            table_tile(a, a.var, s.srow * a.D, d0, idx, n, tab);
-            const A wk = static_cast<A>(a.weight.data_ptr<float>()[s.k]), s2 = sigma * sigma;
+            table_tile(a, a.mix[kMixVar], s.srow * a.D, d0, idx, n, tab);
+            const A wk = static_cast<A>(a.mix[kMixWeight].data_ptr<float>()[s.k]), s2 = sigma * sigma;
             for (int i = 0; i < n; ++i) {  // root computed unconditionally, then selected: vectorises
               const A sub = wk * static_cast<A>(tab[i]);
               const A root = std::sqrt(std::max(s2 - sub, A(0)));
               pv[i] += (sub > A(0) ? root : sigma) * z[i];
             }
           } else if (a.var_mode == kVarVub) {
-            const int64_t K = a.delta.size(1);
-            const float* ub = a.var.data_ptr<float>() + s.k * K;
+            const int64_t K = a.mix[kMixDelta].size(1);
+            const float* ub = a.mix[kMixVar].data_ptr<float>() + s.k * K;
             const A s2 = sigma * sigma;
             // the bounds live on the first K (logical) coordinates only: a head of the tile unless permuted
             const int head = a.permuted ? n : static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(K - d0, n)));
@@ -295,16 +304,18 @@ void step_impl(const StepArgs& a) {
               pv[i] += (sub > A(0) ? std::sqrt(std::max(s2 - sub, A(0))) : sigma) * z[i];
             }
             for (int i = head; i < n; ++i) pv[i] += sigma * z[i];
-          } else {  // exact
+          } else if (a.var_mode == kVarExact) {
             std::fill(aux, aux + n, 0.0f);
             for (int64_t j = 0; j < KP; ++j) {
               const float c = static_cast<float>(cj[j]);
-              table_tile(a, a.basis, q0 + j * a.D, d0, idx, n, tab);
+              table_tile(a, a.mix[kMixBasis], q0 + j * a.D, d0, idx, n, tab);
               for (int i = 0; i < n; ++i) aux[i] += tab[i] * c;
             }
             // σz exactly as the Gaussian path computes it, then the span correction (no FMA across the two)
             for (int i = 0; i < n; ++i) pv[i] += sigma * z[i];
             for (int i = 0; i < n; ++i) pv[i] += static_cast<A>(aux[i]);
+          } else {
+            TORCH_CHECK(false, "gmm_triton: unknown variance mode code ", a.var_mode, " (contract.VAR_CODES)");
           }
         }
         store_tile(pv, n, bad, OUT + b * a.D + d0);
@@ -316,7 +327,20 @@ void step_impl(const StepArgs& a) {
 
 }  // namespace
 
+// The codes this file implements, listed here and not taken from the contract's lists: a code the contract gains
+// is an error until its branch is written, never another code's maths.
+void check_codes(const StepArgs& a) {
+  TORCH_CHECK(a.pred == kPredEpsilon || a.pred == kPredSample || a.pred == kPredVPrediction || a.pred == kPredFlow,
+              "gmm_triton: unknown prediction code ", a.pred, " (contract.PRED_CODES)");
+  TORCH_CHECK(a.var_mode == kVarNone || a.var_mode == kVarDiag || a.var_mode == kVarVub || a.var_mode == kVarExact,
+              "gmm_triton: unknown variance mode code ", a.var_mode, " (contract.VAR_CODES)");
+  TORCH_CHECK(a.noise_mode == kNoiseNone || a.noise_mode == kNoisePhilox || a.noise_mode == kNoiseTensor,
+              "gmm_triton: unknown noise code ", a.noise_mode, " (contract.NOISE_CODES)");
+  TORCH_CHECK(a.noise_mode != kNoiseTensor || a.noise.defined(), "the tensor noise source needs a noise tensor");
+}
+
 void ddim_step(const StepArgs& a) {
+  check_codes(a);
   switch (a.x.scalar_type()) {
     case at::kFloat: step_impl<float, float>(a); break;
     case at::kDouble: step_impl<double, double>(a); break;

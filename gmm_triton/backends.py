@@ -109,7 +109,7 @@ class StepArgs:
     coef: Tensor
     timesteps: Optional[Tensor]   # int64 rows, one or one per sample (None: ``timestep``)
     timestep: int
-    seed: Optional[Tensor]        # int64 [1]; None when nothing random is drawn
+    seed: Optional[Tensor]        # int64 [1], or [B] (one per sample: per_sample_seeds); None when nothing is drawn
     sample_offset: Optional[Tensor]  # int64 [1]: global index of sample 0 (None: 0)
     noise: Optional[Tensor]
     threshold: Optional[Tensor]   # float32 [B]
@@ -130,50 +130,106 @@ class StepArgs:
     def variance_mode(self) -> str:
         return self.mixture.variance_mode if self.mixture is not None else "none"
 
+    @property
+    def per_sample_seeds(self) -> bool:
+        """One seed per sample: sample b draws under seed[b] at global index sample_offset (the RNG contract,
+        reference.sample_keys), as if it were sample 0 of its own run. (With B = 1 both readings agree.)"""
+        return self.seed is not None and self.seed.numel() > 1
 
+
+# ------------------------------------------------------------------------------------------------
+# the registry: every op family's implementations, and the one dispatch
+# ------------------------------------------------------------------------------------------------
+RUNNERS: dict = {}
+"""{op family: {backend: runner}}: a runner takes the op's resolved argument object and writes its outputs."""
+
+
+def register(family: str, backend: str):
+    """Decorator: ``fn`` implements op ``family`` on ``backend`` ("triton", or a CPU backend)."""
+    if backend not in ("triton",) + CPU_BACKENDS:
+        raise ValueError(f"backend must be 'triton' or one of {CPU_BACKENDS}, got {backend!r}")
+
+    def deco(fn):
+        RUNNERS.setdefault(family, {})[backend] = fn
+        return fn
+
+    return deco
+
+
+def run(family: str, args, device: torch.device) -> None:
+    """Runs op ``family`` on the backend that serves ``device`` (backend_for)."""
+    RUNNERS[family][backend_for(device)](args)
+
+
+# ------------------------------------------------------------------------------------------------
+# what every runner needs: the launch scalars (timestep row, seed, sample offset) on the host or the device
+# ------------------------------------------------------------------------------------------------
 def host_int(t: Optional[Tensor]) -> int:
     """The value of an int64 scalar tensor (seed, sample offset) on the host, 0 for None (reads any device)."""
     return 0 if t is None else int(t.reshape(-1)[0].item())
 
 
+def host_seeds(seed: Optional[Tensor]):
+    """The seed on the host (reads any device: CPU backends only): None, an int, or a list of per-sample ints."""
+    if seed is None:
+        return None
+    return [int(v) for v in seed.reshape(-1).tolist()] if seed.numel() > 1 else host_int(seed)
+
+
+def cpu_seeds(seed: Optional[Tensor]) -> Optional[Tensor]:
+    """Per-sample seeds as the C++ twin takes them (a contiguous CPU int64 tensor), None for one seed."""
+    return seed.reshape(-1).to("cpu", torch.int64).contiguous() if seed is not None and seed.numel() > 1 else None
+
+
 def on_device_or_host(t: Optional[Tensor], device: torch.device):
     """(device tensor or None, host int): a CPU scalar is read on the host (no device sync), a device one by the
-    kernel."""
+    kernel; several values (per-sample seeds or rows) are always the kernel's to read (a CPU tensor is copied to
+    the device, host to device: no sync)."""
     if t is None:
         return None, 0
-    if t.device.type == "cpu":
+    if t.device.type == "cpu" and t.numel() == 1:
         return None, host_int(t)
-    return t.reshape(-1).to(device), 0
+    return t.reshape(-1).to(device, non_blocking=True).contiguous(), 0
 
 
+def device_rows(timesteps: Optional[Tensor], timestep: int, device: torch.device):
+    """(device tensor or None, host int) of the table rows for a Triton launch."""
+    return (None, int(timestep)) if timesteps is None else on_device_or_host(timesteps, device)
+
+
+def cpp_rows(timesteps: Optional[Tensor]) -> Optional[Tensor]:
+    """The table rows as the C++ twin takes them (contiguous int64), None for an int timestep."""
+    return timesteps.reshape(-1).to(torch.int64).contiguous() if timesteps is not None else None
+
+
+# ------------------------------------------------------------------------------------------------
+# the DDIM / flow step
+# ------------------------------------------------------------------------------------------------
+@register("ddim_step", "triton")
 def run_triton(a: StepArgs, config=None) -> None:
     from .kernels.step import launch_step
 
-    t_tensor, t_value = None, int(a.timestep)
-    if a.timesteps is not None:
-        if a.timesteps.numel() == 1 and a.timesteps.device.type == "cpu":
-            t_value = int(a.timesteps.reshape(-1)[0])
-        else:
-            t_tensor = a.timesteps.reshape(-1).to(a.x.device).contiguous()
+    t_tensor, t_value = device_rows(a.timesteps, a.timestep, a.x.device)
     seed_tensor, seed_value = on_device_or_host(a.seed, a.x.device)
     off_tensor, off_value = on_device_or_host(a.sample_offset, a.x.device)
     launch_step(a, t_tensor=t_tensor, t_value=t_value, seed_tensor=seed_tensor, seed_value=seed_value,
                 off_tensor=off_tensor, off_value=off_value, config=config)
 
 
+@register("ddim_step", "cpp")
 def run_cpp(a: StepArgs) -> None:
-    rows = a.timesteps.reshape(-1).to(torch.int64).contiguous() if a.timesteps is not None else None
-    mix = a.mixture.op_tensors() if a.mixture is not None else (None,) * 6
     perm = a.layout.sizes + a.layout.lstrides if a.layout is not None else ()
     torch.ops.gmm_triton_cpp.ddim_step(
-        a.x, a.m, a.coef, rows, int(a.timestep), host_int(a.seed), host_int(a.sample_offset), a.noise,
-        a.threshold, *mix, a.out, a.x0, PRED_CODES[a.prediction_type], VAR_CODES[a.variance_mode], a.noise_mode,
-        float(a.eta), float(a.clip) if a.clip is not None else 0.0, a.clip is not None, a.clipped_eps,
+        a.x, a.m, a.coef, cpp_rows(a.timesteps), int(a.timestep), host_int(a.seed), cpu_seeds(a.seed),
+        host_int(a.sample_offset), a.noise, a.threshold, a.mixture.op_tensors() if a.mixture is not None else [],
+        a.out, a.x0, PRED_CODES[a.prediction_type], VAR_CODES[a.variance_mode], a.noise_mode, float(a.eta),
+        float(a.clip) if a.clip is not None else 0.0, a.clip is not None, a.clipped_eps,
         float(a.guidance) if a.guidance is not None else 0.0, a.guidance is not None, a.offset_final, a.write_x0,
         list(perm),
     )
 
 
+@register("ddim_step", "reference")
 def run_reference(a: StepArgs) -> None:
     """The float64 reference on the logical tensors; the outputs take whatever layout ``out`` has."""
     from . import reference
@@ -182,12 +238,9 @@ def run_reference(a: StepArgs) -> None:
     prev, x0 = reference.fused_step(
         a.x, a.m, rows, a.coef, prediction_type=a.prediction_type, eta=a.eta, clip_sample_range=a.clip,
         threshold_scale=a.threshold, use_clipped_model_output=a.clipped_eps, guidance_scale=a.guidance,
-        seed=host_int(a.seed) if a.seed is not None else None, sample_offset=host_int(a.sample_offset),
+        seed=host_seeds(a.seed), sample_offset=host_int(a.sample_offset),
         noise=a.noise if a.noise_mode != NOISE_NONE else None, mixture=a.mixture, offset_final=a.offset_final,
     )
     a.out.copy_(prev)
     if a.write_x0:
         a.x0.copy_(x0)
-
-
-RUNNERS = {"triton": run_triton, "cpp": run_cpp, "reference": run_reference}

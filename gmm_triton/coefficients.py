@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .contract import COL_ALPHA, COL_ALPHA_PREV, COL_FINAL, COL_SIGMA, COL_SIGMA_PREV2, COL_STEP, COL_VAR, N_COLS
+from .contract import COL_ALPHA, COL_ALPHA_PREV, COL_FINAL, COL_S, COL_S_PREV2, COL_STEP, COL_VAR, N_COLS
 
 PREV_RULES = ("diffusers", "grid")
 
@@ -78,9 +78,9 @@ def ddim_table(
         var = np.where(a < 1.0, (1.0 - ap) / (1.0 - a) * (1.0 - a / ap), 0.0)
     table = np.zeros((R, N_COLS), dtype=np.float64)
     table[:, COL_ALPHA] = np.sqrt(a)
-    table[:, COL_SIGMA] = np.sqrt(1.0 - a)
+    table[:, COL_S] = np.sqrt(1.0 - a)
     table[:, COL_ALPHA_PREV] = np.sqrt(ap)
-    table[:, COL_SIGMA_PREV2] = 1.0 - ap
+    table[:, COL_S_PREV2] = 1.0 - ap
     table[:, COL_VAR] = np.maximum(var, 0.0)
     table[:, COL_FINAL] = prev < 0
     table[:, COL_STEP] = step_index_of(R, ts)
@@ -98,9 +98,9 @@ def flow_table(sigmas) -> torch.Tensor:
     n = len(t)
     table = np.zeros((n, N_COLS), dtype=np.float64)
     table[:, COL_ALPHA] = 1.0 - t
-    table[:, COL_SIGMA] = t
+    table[:, COL_S] = t
     table[:, COL_ALPHA_PREV] = 1.0 - s
-    table[:, COL_SIGMA_PREV2] = s * s
+    table[:, COL_S_PREV2] = s * s
     table[:, COL_VAR] = s * s
     table[:, COL_FINAL] = np.arange(n) == n - 1
     table[:, COL_STEP] = np.arange(n)

@@ -38,15 +38,22 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 
-from .contract import STREAM_TABLE
+from .contract import MIX_BASIS, MIX_CDF, MIX_DELTA, MIX_EIG, MIX_TENSORS, MIX_VAR, MIX_WEIGHT, STREAM_TABLE
 from .rng import philox_normal
 
 OFFSETS = ("rand", "ortho")
-VARIANCES = ("diag", "vub", "exact")
+VarianceMode = Literal["diag", "vub", "exact"]  # the schedulers' gmm_variance; the modes themselves: build_mixture
+VARIANCES = get_args(VarianceMode)
 PRIORS = ("uniform", "random")
+
+
+# the MixtureTensors field of each of the op's mixture tensors (contract.MIX_TENSORS)
+_FIELDS = {"delta": "delta", "cdf": "cdf", "weight": "component_weight", "var": "var_table", "basis": "basis",
+           "eig": "eigvals"}
 
 
 @dataclass
@@ -111,22 +118,28 @@ class MixtureTensors:
                               self.variance_mode, self.scale, mv(self.var_table), mv(self.basis),
                               mv(self.eigvals), self.clip_variance, self.max_offset_variance)
 
-    # The op's schema takes tensors, not objects: these three are the mixture's only crossing of that border.
-    def op_tensors(self) -> tuple:
-        """The six tensors the op takes (unused ones None), in its argument order."""
-        return self.delta, self.cdf, self.component_weight, self.var_table, self.basis, self.eigvals
+    # The op's schema takes tensors, not objects: these three are the mixture's only crossing of that border, as one
+    # list in contract.MIX_TENSORS order (a new table is a new entry there and here, not a new op argument).
+    def op_tensors(self) -> list:
+        """The mixture's tensors as the op takes them: one list in contract.MIX_TENSORS order (unused ones None)."""
+        return [getattr(self, _FIELDS[name]) for name in MIX_TENSORS]
 
     @classmethod
     def from_op_tensors(cls, tensors, variance_mode: str) -> "MixtureTensors":
         """The op side's view of :meth:`op_tensors` (priors and scale are not needed to sample)."""
-        delta, cdf, weight, var, basis, eig = (None if t is None else t.contiguous() for t in tensors)
-        return cls(delta=delta, cdf=cdf, component_weight=weight, priors=None, variance_mode=variance_mode,
-                   scale=float("nan"), var_table=var, basis=basis, eigvals=eig)
+        fields = {_FIELDS[name]: None if t is None else t.contiguous() for name, t in zip(MIX_TENSORS, tensors)}
+        return cls(**fields, priors=None, variance_mode=variance_mode, scale=float("nan"))
 
     @staticmethod
     def check_op_tensors(tensors, variance_mode: str, D: int, device: torch.device) -> None:
         """Shapes, dtypes and devices of :meth:`op_tensors` (what the kernels index; no data is read)."""
-        delta, cdf, weight, var, basis, eig = tensors
+        if len(tensors) != len(MIX_TENSORS):
+            raise ValueError(f"the mixture must be the {len(MIX_TENSORS)} tensors {MIX_TENSORS} (None where unused), "
+                             f"got {len(tensors)}")
+        delta, cdf, weight, var, basis, eig = (tensors[i] for i in (MIX_DELTA, MIX_CDF, MIX_WEIGHT, MIX_VAR,
+                                                                     MIX_BASIS, MIX_EIG))
+        if delta is None:
+            raise ValueError("a mixture needs its offsets")
         if delta.dim() != 3 or delta.shape[2] != D:
             raise ValueError(f"mixture offsets must be [S, K, D] with D={D} (the latent size), got "
                              f"{tuple(delta.shape)}")
@@ -151,6 +164,20 @@ class MixtureTensors:
                 raise ValueError(f"variance_mode 'exact' needs the basis [{S}, {kp}, {D}] and eigenvalues [{S}, {kp}]")
             if basis.dtype not in (torch.float32, torch.bfloat16) or eig.dtype != torch.float32:
                 raise TypeError("mixture basis must be float32 or bfloat16, eigenvalues float32")
+
+    def variance_bytes_per_step(self) -> int:
+        """Bytes of the variance mode's own tables that one step reads (a benchmark floor's share): "diag" its
+        diag(C) row, "vub" the K×K bounds, "exact" the step's basis and eigenvalues."""
+        def step_slice(t):  # one step's [..] of an [S, ..] table
+            return t[0].numel() * t.element_size()
+
+        if self.variance_mode == "diag":
+            return step_slice(self.var_table)
+        if self.variance_mode == "vub":
+            return self.var_table.numel() * self.var_table.element_size()
+        if self.variance_mode == "exact":
+            return step_slice(self.basis) + step_slice(self.eigvals)
+        raise ValueError(f"unknown mixture variance mode {self.variance_mode!r}")
 
     def check_variance(self, sigma2: torch.Tensor, applies: torch.Tensor, steps=None) -> None:
         """Raises if a component needs more variance than σ_t² at a step where the mixture applies.
@@ -281,7 +308,7 @@ def build_mixture(
             ub.zero_()  # one component: δ = 0 and Δ = 0 exactly; Golub's bound (s²) is loose there
         var_table = ub.float()
         need = torch.full((S,), float(ub.max()), dtype=torch.float64)
-    else:
+    elif variance == "exact":
         A = (delta.double() * pri64.sqrt()[None, :, None])             # C = Σ_k A_k A_kᵀ
         G = A @ A.transpose(1, 2)                                                  # [S, K, K] Gram
         lam, V = torch.linalg.eigh(G)
@@ -293,6 +320,8 @@ def build_mixture(
         eig = torch.zeros(S, kp, dtype=torch.float32)
         eig[:, :K] = torch.where(keep, lam, torch.zeros_like(lam)).float()
         need = lam.amax(dim=1) * wmax
+    else:  # a mode in VarianceMode whose tables are not written here yet: an error, never another mode's tables
+        raise NotImplementedError(f"build_mixture builds no tables for variance {variance!r}")
 
     return MixtureTensors(
         delta=delta.to(dtype).contiguous(), cdf=cdf, component_weight=w.float(), priors=pri64,

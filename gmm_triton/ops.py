@@ -2,52 +2,40 @@
 
 ``torch.ops.gmm_triton.ddim_step`` (and ``ddim_step_out``, which writes caller buffers) is a
 ``torch.library.custom_op`` with a fake (meta) kernel, so it works under ``torch.compile(fullgraph=True)``,
-``opcheck`` and CUDA-graph capture. Its implementations are in backends.py (Triton on CUDA, the C++ twin on
-CPU); the RNG's host side is rng.py. Most callers want :func:`ddim_step`, the Python wrapper that resolves
+``opcheck`` and CUDA-graph capture. Its implementations are registered in backends.py (Triton on CUDA, the C++
+twin on CPU; one registry for every op family); the checks and argument resolution every family shares are in
+door.py; the RNG's host side is rng.py. Most callers want :func:`ddim_step`, the Python wrapper that resolves
 timesteps, seeds, thresholds and the mixture into the op's flat arguments.
 """
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import backends
+from . import backends, door
 from .backends import Layout, StepArgs, cpu_backend, use_cpu_backend  # noqa: F401  (the op's public helpers)
-from .contract import COL_ALPHA, COL_SIGMA, COL_STEP, MAX_PERMUTED_RANK, N_COLS, NOISE_NONE, NOISE_PHILOX, \
+from .contract import COL_ALPHA, COL_S, COL_STEP, MAX_PERMUTED_RANK, MIX_DELTA, N_COLS, NOISE_NONE, NOISE_PHILOX, \
     NOISE_TENSOR, PREDICTION_TYPES, VARIANCE_MODES
 from .mixture import MixtureTensors
 from .reference import dynamic_threshold_scale
-from .rng import as_seed_tensor, check_seed_tensor, draw_seed, philox_normal, philox_words  # noqa: F401
+from .rng import draw_seed, philox_normal, philox_words  # noqa: F401  (the op's public helpers)
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_OP = "ddim_step"
 
 
 # ------------------------------------------------------------------------------------------------
 # argument checks, shared by the real and the fake kernels (nothing here reads tensor data)
 # ------------------------------------------------------------------------------------------------
-def _check_int_scalar(name: str, t: Optional[Tensor], B: int, device: torch.device, per_sample_ok: bool) -> None:
-    if t is None:
-        return
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
-    if t.numel() != 1 and not (per_sample_ok and t.numel() == B):
-        raise ValueError(f"{name} must be a scalar" + (f" or hold one value per sample ({B})" if per_sample_ok else "")
-                         + f", got shape {tuple(t.shape)}")
-    if t.device != device and t.device.type != "cpu":
-        raise ValueError(f"{name} is on {t.device} but sample is on {device}")
-
-
 def _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold, mix, prediction_type,
            variance_mode, eta, guidance_scale):
-    if not isinstance(sample, Tensor) or sample.dtype not in _FLOATS:
+    if not isinstance(sample, Tensor) or sample.dtype not in door.FLOATS:
         raise TypeError(f"sample must be a floating-point tensor (fp16/bf16/fp32/fp64), got "
                         f"{getattr(sample, 'dtype', type(sample))}")
-    if not isinstance(model_output, Tensor) or model_output.dtype not in _FLOATS:
+    if not isinstance(model_output, Tensor) or model_output.dtype not in door.FLOATS:
         raise TypeError(f"model_output must be a floating-point tensor (fp16/bf16/fp32/fp64), got "
                         f"{getattr(model_output, 'dtype', type(model_output))}")
     if sample.dim() < 1:
@@ -70,19 +58,10 @@ def _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, th
                          f"{coef.dtype} {tuple(coef.shape)}")
     if coef.device != sample.device:
         raise ValueError(f"coefficient table is on {coef.device} but sample is on {sample.device}")
-    _check_int_scalar("timestep", timesteps, B, sample.device, per_sample_ok=True)
-    if seed is not None:
-        check_seed_tensor(seed)
-        if seed.device != sample.device and seed.device.type != "cpu":
-            raise ValueError(f"seed is on {seed.device} but sample is on {sample.device}")
-    _check_int_scalar("sample_offset", sample_offset, B, sample.device, per_sample_ok=False)
-    if noise is not None:
-        if noise.shape != sample.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} does not match sample shape {tuple(sample.shape)}")
-        if noise.dtype not in _FLOATS:
-            raise TypeError(f"noise must be a floating-point tensor, got {noise.dtype}")
-        if noise.device != sample.device:
-            raise ValueError(f"noise is on {noise.device} but sample is on {sample.device}")
+    door.check_index(_OP, "timestep", timesteps, B, sample.device, per_sample_ok=True)
+    door.check_seed(_OP, seed, B, sample.device, per_sample_ok=True)
+    door.check_index(_OP, "sample_offset", sample_offset, B, sample.device, per_sample_ok=False)
+    door.check_noise(_OP, noise, sample)
     if threshold is not None and (threshold.numel() != B or threshold.device != sample.device):
         raise ValueError(f"threshold must hold one value per sample ({B}) on {sample.device}")
     if prediction_type not in PREDICTION_TYPES:
@@ -91,26 +70,17 @@ def _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, th
         raise ValueError(f"variance_mode must be one of {VARIANCE_MODES}, got {variance_mode!r}")
     if not (eta >= 0.0) or eta == float("inf"):
         raise ValueError(f"eta must be finite and >= 0, got {eta}")
-    if mix[0] is not None:
+    if mix:
         MixtureTensors.check_op_tensors(mix, variance_mode, math.prod(sample.shape[1:]), sample.device)
     elif variance_mode != "none":
-        raise ValueError(f"variance_mode {variance_mode!r} needs mixture tensors")
+        raise ValueError(f"variance_mode {variance_mode!r} needs the mixture's tensors")
 
 
 def _host_checks(coef: Tensor, timesteps: Optional[Tensor], timestep: int, mix_delta: Optional[Tensor]) -> None:
     """Checks of values the host can see without a device read; device values are guarded in the kernels (an
     out-of-table row poisons its sample with NaN instead of reading out of bounds)."""
     R = coef.shape[0]
-    if timesteps is None:
-        vals = (timestep,)
-    elif timesteps.device.type == "cpu":
-        vals = (int(timesteps.min()), int(timesteps.max())) if timesteps.numel() else ()
-    else:
-        vals = ()
-    for v in vals:
-        if not 0 <= v < R:
-            raise ValueError(f"timestep {v} is outside the coefficient table [0, {R}) "
-                             f"(the scheduler's training timesteps)")
+    door.check_rows_on_host(_OP, R, timesteps, timestep)
     if mix_delta is not None and coef.device.type == "cpu" and mix_delta.shape[0] != 1 and R:
         lo, hi = torch.aminmax(coef[:, COL_STEP])  # one pass over the step column
         steps = int(hi) + 1
@@ -124,16 +94,6 @@ def _host_checks(coef: Tensor, timesteps: Optional[Tensor], timestep: int, mix_d
 # ------------------------------------------------------------------------------------------------
 # layouts: any dense layout is read and written in place, outputs are allocated like the sample
 # ------------------------------------------------------------------------------------------------
-def _rowwise(t: Tensor) -> bool:
-    """Each sample's block is contiguous in logical order (any batch stride, even 0)."""
-    expected = 1
-    for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
-        if size != 1 and stride != expected:
-            return False
-        expected *= size
-    return True
-
-
 def _permuted_layout(t: Tensor) -> Optional[Layout]:
     """The Layout of a tensor whose per-sample blocks are dense in a permuted order and follow each other (batch
     stride D, as the kernels write block b at b·D), or None if it has none the kernels index (overlapping or gapped,
@@ -173,7 +133,7 @@ def _same_inner(a: Tensor, b: Tensor) -> bool:
 
 
 def _dense_kernel_layout(t: Tensor) -> bool:
-    return (_rowwise(t) and t.stride(0) == math.prod(t.shape[1:])) or _permuted_layout(t) is not None
+    return (door.rowwise(t) and t.stride(0) == math.prod(t.shape[1:])) or _permuted_layout(t) is not None
 
 
 def _like_sample(sample: Tensor) -> Tensor:
@@ -194,8 +154,8 @@ def _layout_of(out: Tensor, inputs):
 
     Inputs already in it are read in place; any other is copied once into it (e.g. a channels_last model output
     for a contiguous sample)."""
-    if _rowwise(out) and out.stride(0) == math.prod(out.shape[1:]):
-        return None, [t if t is None or _rowwise(t) else t.contiguous() for t in inputs]
+    if door.rowwise(out) and out.stride(0) == math.prod(out.shape[1:]):
+        return None, [door.rowwise_blocks(t) for t in inputs]
     layout = _permuted_layout(out)
     if layout is None:
         raise ValueError(f"out must be dense (no gaps or overlaps, samples one after another, at most "
@@ -209,14 +169,14 @@ def _layout_of(out: Tensor, inputs):
 def _step_into(
     out: Tensor, x0: Tensor, sample: Tensor, model_output: Tensor, coef: Tensor, timesteps: Optional[Tensor],
     timestep: int, seed: Optional[Tensor], sample_offset: Optional[Tensor], noise: Optional[Tensor],
-    threshold: Optional[Tensor], mix: tuple, prediction_type: str, variance_mode: str, eta: float,
+    threshold: Optional[Tensor], mix: List[Optional[Tensor]], prediction_type: str, variance_mode: str, eta: float,
     clip: Optional[float], use_clipped_model_output: bool, guidance_scale: Optional[float], offset_final: bool,
     write_x0: bool,
 ) -> None:
     """Both ops' body: checks, then one launch writing ``out`` (and ``x0`` if ``write_x0``)."""
     _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold, mix, prediction_type,
            variance_mode, eta, guidance_scale)
-    _host_checks(coef, timesteps, timestep, mix[0])
+    _host_checks(coef, timesteps, timestep, mix[MIX_DELTA] if mix else None)
     B = sample.shape[0]
     D = math.prod(sample.shape[1:])
     if B == 0 or D == 0:
@@ -224,7 +184,7 @@ def _step_into(
     noise_mode = NOISE_TENSOR if noise is not None else (NOISE_PHILOX if eta > 0 else NOISE_NONE)
     # the kernels index the table and the mixture rows as packed arrays (free when they already are)
     coef = coef.contiguous()
-    mixture = MixtureTensors.from_op_tensors(mix, variance_mode) if mix[0] is not None else None
+    mixture = MixtureTensors.from_op_tensors(mix, variance_mode) if mix else None
     if (noise_mode == NOISE_PHILOX or mixture is not None) and seed is None:
         raise ValueError("a seed tensor is needed for in-kernel noise (eta > 0 without noise) or a mixture")
     layout, (x, m, z) = _layout_of(out, (sample, model_output, noise))
@@ -236,22 +196,20 @@ def _step_into(
         guidance=guidance_scale, offset_final=offset_final, write_x0=write_x0, noise_mode=noise_mode,
         layout=layout, B=B, D=D,
     )
-    backends.RUNNERS[backends.backend_for(sample.device)](args)
+    backends.run(_OP, args, sample.device)
 
 
 def _ddim_step_impl(
     sample: Tensor, model_output: Tensor, coef: Tensor, timesteps: Optional[Tensor], timestep: int,
     seed: Optional[Tensor], sample_offset: Optional[Tensor], noise: Optional[Tensor], threshold: Optional[Tensor],
-    mix_delta: Optional[Tensor], mix_cdf: Optional[Tensor], mix_weight: Optional[Tensor],
-    mix_var: Optional[Tensor], mix_basis: Optional[Tensor], mix_eig: Optional[Tensor],
-    prediction_type: str, variance_mode: str, eta: float, clip: Optional[float],
+    mixture: List[Optional[Tensor]], prediction_type: str, variance_mode: str, eta: float, clip: Optional[float],
     use_clipped_model_output: bool, guidance_scale: Optional[float], offset_final: bool, write_x0: bool,
 ) -> Tuple[Tensor, Tensor]:
     out = _like_sample(sample)
     x0 = _like_sample(sample) if write_x0 else sample.new_empty((0,))
     _step_into(out, x0, sample, model_output, coef, timesteps, timestep, seed, sample_offset, noise, threshold,
-               (mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig), prediction_type, variance_mode, eta,
-               clip, use_clipped_model_output, guidance_scale, offset_final, write_x0)
+               mixture, prediction_type, variance_mode, eta, clip, use_clipped_model_output, guidance_scale,
+               offset_final, write_x0)
     return out, x0
 
 
@@ -268,9 +226,8 @@ def _check_out(name: str, t: Tensor, sample: Tensor) -> None:
 def _ddim_step_out_impl(
     out: Tensor, x0_out: Optional[Tensor], sample: Tensor, model_output: Tensor, coef: Tensor,
     timesteps: Optional[Tensor], timestep: int, seed: Optional[Tensor], sample_offset: Optional[Tensor],
-    noise: Optional[Tensor], threshold: Optional[Tensor], mix_delta: Optional[Tensor], mix_cdf: Optional[Tensor],
-    mix_weight: Optional[Tensor], mix_var: Optional[Tensor], mix_basis: Optional[Tensor], mix_eig: Optional[Tensor],
-    prediction_type: str, variance_mode: str, eta: float, clip: Optional[float], use_clipped_model_output: bool,
+    noise: Optional[Tensor], threshold: Optional[Tensor], mixture: List[Optional[Tensor]], prediction_type: str,
+    variance_mode: str, eta: float, clip: Optional[float], use_clipped_model_output: bool,
     guidance_scale: Optional[float], offset_final: bool,
 ) -> None:
     """The same step written into caller buffers (``out`` may be ``sample`` itself: each element is read before the
@@ -281,9 +238,8 @@ def _ddim_step_out_impl(
         if x0_out.stride() != out.stride():
             raise ValueError(f"pred_original_out must have out's strides {out.stride()}, got {x0_out.stride()}")
     _step_into(out, x0_out if x0_out is not None else out, sample, model_output, coef, timesteps, timestep, seed,
-               sample_offset, noise, threshold, (mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig),
-               prediction_type, variance_mode, eta, clip, use_clipped_model_output, guidance_scale, offset_final,
-               x0_out is not None)
+               sample_offset, noise, threshold, mixture, prediction_type, variance_mode, eta, clip,
+               use_clipped_model_output, guidance_scale, offset_final, x0_out is not None)
 
 
 _ddim_step_op = torch.library.custom_op("gmm_triton::ddim_step", _ddim_step_impl, mutates_args=())
@@ -291,36 +247,19 @@ _ddim_step_out_op = torch.library.custom_op("gmm_triton::ddim_step_out", _ddim_s
                                             mutates_args=("out", "x0_out"))
 
 
-def _call(impl, op, x: Tensor, m: Tensor, *args):
-    """``op(*args)`` minus the dispatcher's Python hop (~100 µs) in plain eager use.
-
-    The implementation is the op's own; the dispatcher is needed only when something must see the op: torch.compile
-    tracing, a dispatch mode (FakeTensor, opcheck), tensor subclasses, or autograd.
-    """
-    if (type(x) is Tensor and type(m) is Tensor and not torch.compiler.is_compiling()
-            and torch._C._len_torch_dispatch_stack() == 0
-            and not (torch.is_grad_enabled() and (x.requires_grad or m.requires_grad))):
-        return impl(*args)
-    return op(*args)
-
-
 @_ddim_step_op.register_fake
-def _(sample, model_output, coef, timesteps, timestep, seed, sample_offset, noise, threshold, mix_delta, mix_cdf,
-      mix_weight, mix_var, mix_basis, mix_eig, prediction_type, variance_mode, eta, clip, use_clipped_model_output,
-      guidance_scale, offset_final, write_x0):
-    _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold,
-           (mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig), prediction_type, variance_mode, eta,
-           guidance_scale)
+def _(sample, model_output, coef, timesteps, timestep, seed, sample_offset, noise, threshold, mixture,
+      prediction_type, variance_mode, eta, clip, use_clipped_model_output, guidance_scale, offset_final, write_x0):
+    _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold, mixture, prediction_type,
+           variance_mode, eta, guidance_scale)
     return _like_sample(sample), (_like_sample(sample) if write_x0 else sample.new_empty((0,)))
 
 
 @_ddim_step_out_op.register_fake
-def _(out, x0_out, sample, model_output, coef, timesteps, timestep, seed, sample_offset, noise, threshold, mix_delta,
-      mix_cdf, mix_weight, mix_var, mix_basis, mix_eig, prediction_type, variance_mode, eta, clip,
-      use_clipped_model_output, guidance_scale, offset_final):
-    _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold,
-           (mix_delta, mix_cdf, mix_weight, mix_var, mix_basis, mix_eig), prediction_type, variance_mode, eta,
-           guidance_scale)
+def _(out, x0_out, sample, model_output, coef, timesteps, timestep, seed, sample_offset, noise, threshold, mixture,
+      prediction_type, variance_mode, eta, clip, use_clipped_model_output, guidance_scale, offset_final):
+    _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, threshold, mixture, prediction_type,
+           variance_mode, eta, guidance_scale)
     _check_out("out", out, sample)
     if x0_out is not None:
         _check_out("pred_original_out", x0_out, sample)
@@ -329,31 +268,6 @@ def _(out, x0_out, sample, model_output, coef, timesteps, timestep, seed, sample
 # ------------------------------------------------------------------------------------------------
 # the Python door
 # ------------------------------------------------------------------------------------------------
-def _as_timestep(timestep) -> Tuple[Optional[Tensor], int]:
-    """(tensor, 0) or (None, int): integer timesteps only; an integral float (diffusers' float grids) is taken."""
-    if isinstance(timestep, Tensor):
-        return timestep, 0
-    if isinstance(timestep, numbers.Integral) and not isinstance(timestep, bool):
-        return None, int(timestep)
-    if isinstance(timestep, numbers.Real) and not isinstance(timestep, bool) and float(timestep).is_integer():
-        return None, int(timestep)
-    raise TypeError(f"timestep must be an int or an integer tensor (a coefficient-table row), got {timestep!r}")
-
-
-def _as_offset(sample_offset) -> Optional[Tensor]:
-    """None, a device tensor (read by the kernel), or a CPU int64 [1] in [0, 2⁶³) (checked: it is read anyway)."""
-    if sample_offset is None:
-        return None
-    if isinstance(sample_offset, Tensor):
-        if sample_offset.device.type != "cpu" or sample_offset.dtype.is_floating_point or sample_offset.numel() != 1:
-            return sample_offset  # the op's checks name what is wrong; a device value is the kernel's to read
-        sample_offset = int(sample_offset.reshape(-1)[0])
-    if isinstance(sample_offset, bool) or not isinstance(sample_offset, numbers.Integral) or \
-            not 0 <= sample_offset < 2**63:
-        raise ValueError(f"sample_offset must be an int in [0, 2**63) or an integer tensor, got {sample_offset!r}")
-    return None if sample_offset == 0 else torch.tensor([int(sample_offset)], dtype=torch.int64)
-
-
 def _check_thresholding(thresholding) -> Tuple[float, float]:
     try:
         ratio, max_value = (float(v) for v in thresholding)
@@ -414,10 +328,14 @@ def ddim_step(
             step around the op (a sort cannot be fused into one elementwise pass); precedes clipping.
         noise: the caller's standard-normal tensor (diffusers' ``variance_noise``); otherwise Philox noise
             from ``seed`` (int in [0, 2⁶⁴) or an int64 tensor) or, if None, a seed drawn from ``generator``.
+            Per-sample seeds: ``seed`` a list of B ints or an int64 tensor of B values, or ``generator`` a list of
+            B generators (one seed drawn from each, rng.draw_seed); sample b then draws under its own seed as if
+            it were sample 0 of its own run (at global index ``sample_offset``), so the batch equals B single
+            runs with those seeds or generators.
         sample_offset: the global index of sample 0 (an int or an int64 tensor; a CUDA tensor is read by the
             kernel): sample b's noise is drawn at Philox counters from (sample_offset + b)·D and its mixture
             component at sample_offset + b, so a sample's randomness depends on its global index, not on the batch
-            it sits in (sharded sampling; 0 by default).
+            it sits in (sharded sampling; 0 by default). With per-sample seeds every sample is at sample_offset.
         mixture: a :class:`~gmm_triton.mixture.MixtureTensors` (:func:`~gmm_triton.build_mixture`) for the
             Gaussian-mixture kernel.
         offset_final: apply the mixture on the step that lands on the end of the chain (default off: there
@@ -438,8 +356,11 @@ def ddim_step(
     if mixture is not None and not isinstance(mixture, MixtureTensors):
         raise TypeError(f"mixture must be a MixtureTensors (gmm_triton.build_mixture) or None, got "
                         f"{type(mixture).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None and not isinstance(generator, (torch.Generator, list, tuple)):
+        raise TypeError(f"generator must be a torch.Generator or a list of them (one per sample), got "
+                        f"{type(generator).__name__}")
+    if isinstance(generator, (list, tuple)) and len(generator) != sample.shape[0]:
+        raise ValueError(f"a list of generators needs one per sample ({sample.shape[0]}), got {len(generator)}")
     eta = float(eta)
     if eta > 1.0:
         warnings.warn(f"eta={eta} > 1: σ exceeds √(1 − ᾱ_prev), so the ε̂ term is clipped at 0 (diffusers' "
@@ -447,30 +368,26 @@ def ddim_step(
     dev = sample.device
     if table.device != dev:
         table = table.to(dev)
-    timesteps, tval = _as_timestep(timestep)
-    needs_seed = mixture is not None or (noise is None and eta > 0)
-    if needs_seed and seed is None:
-        seed = draw_seed(generator, dev)
-    elif seed is not None:
-        seed = as_seed_tensor(seed)
+    timesteps, tval = door.as_timestep(timestep)
+    seed = door.resolve_seed(seed, generator, dev, needed=mixture is not None or (noise is None and eta > 0))
     threshold = None
     if thresholding is not None:
         threshold = _threshold_scale(sample, model_output, timesteps, tval, table, prediction_type,
                                      guidance_scale, _check_thresholding(thresholding))
-    mix, var_mode = (None,) * 6, "none"
+    mix, var_mode = [], "none"
     if mixture is not None:
         if mixture.device != dev:
             mixture = mixture.to(dev)
         mix, var_mode = mixture.op_tensors(), mixture.variance_mode
-    args = (sample, model_output, table, timesteps, tval, seed if needs_seed else None, _as_offset(sample_offset),
-            noise, threshold, *mix, prediction_type, var_mode, eta,
+    args = (sample, model_output, table, timesteps, tval, seed, door.as_offset(sample_offset),
+            noise, threshold, mix, prediction_type, var_mode, eta,
             None if clip_sample_range is None else float(clip_sample_range), bool(use_clipped_model_output),
             None if guidance_scale is None else float(guidance_scale), bool(offset_final))
     if out is not None:
-        _call(_ddim_step_out_impl, torch.ops.gmm_triton.ddim_step_out, sample, model_output, out, pred_original_out,
-              *args)
+        door.call(_ddim_step_out_impl, torch.ops.gmm_triton.ddim_step_out, sample, model_output, out,
+                  pred_original_out, *args)
         return out, pred_original_out
-    prev, x0 = _call(_ddim_step_impl, torch.ops.gmm_triton.ddim_step, sample, model_output, *args,
+    prev, x0 = door.call(_ddim_step_impl, torch.ops.gmm_triton.ddim_step, sample, model_output, *args,
                      bool(return_pred_original))
     return prev, (x0 if return_pred_original else None)
 
@@ -481,11 +398,11 @@ def _threshold_scale(sample, model_output, timesteps, tval, table, prediction_ty
     rows = timesteps.reshape(-1).to(table.device) if timesteps is not None else torch.tensor([tval], device=table.device)
     c = table.index_select(0, rows.long()).float().expand(B, N_COLS)
     shape = (B,) + (1,) * (sample.dim() - 1)
-    al, sg = c.select(1, COL_ALPHA).reshape(shape), c.select(1, COL_SIGMA).reshape(shape)  # select: traceable on fakes
+    al, s_t = c.select(1, COL_ALPHA).reshape(shape), c.select(1, COL_S).reshape(shape)  # select: traceable on fakes
     x, m = sample.float(), model_output.float()
     if guidance_scale is not None:
         u, cond = m.chunk(2)
         m = u + guidance_scale * (cond - u)
-    x0 = {"epsilon": lambda: (x - sg * m) / al, "sample": lambda: m, "v_prediction": lambda: al * x - sg * m,
-          "flow": lambda: x - sg * m}[prediction_type]()
+    x0 = {"epsilon": lambda: (x - s_t * m) / al, "sample": lambda: m, "v_prediction": lambda: al * x - s_t * m,
+          "flow": lambda: x - s_t * m}[prediction_type]()
     return dynamic_threshold_scale(x0, *thresholding)

@@ -149,8 +149,7 @@ def test_compile_fullgraph_on_gpu(table):
 def test_opcheck_on_gpu(table):
     x, m = torch.randn(2, 3, 4, 4, device=DEV), torch.randn(2, 3, 4, 4, device=DEV)
     args = (x, m, table, torch.tensor([300, 20], device=DEV), 0, torch.tensor([5], device=DEV),
-            torch.tensor([7], device=DEV), None, None, None, None, None, None, None, None, "epsilon", "none", 1.0, 1.0,
-            False, None, False, True)
+            torch.tensor([7], device=DEV), None, None, [], "epsilon", "none", 1.0, 1.0, False, None, False, True)
     torch.library.opcheck(torch.ops.gmm_triton.ddim_step.default, args)
 
 

@@ -133,7 +133,9 @@ def test_timestep_values(tab50, t, err, match):
 @pytest.mark.parametrize("seed, err, match", [
     (torch.tensor([5.0]), TypeError, "seed must be an integer tensor"),
     (torch.tensor([True]), TypeError, "seed must be an integer tensor"),
-    (torch.tensor([1, 2]), ValueError, "exactly one value"),
+    (torch.tensor([1, 2, 3]), ValueError, r"one seed or one per sample \(2\)"),
+    ([1, 2, 3], ValueError, r"one seed or one per sample \(2\)"), ([], ValueError, "seed is an empty sequence"),
+    ([1, 2.5], TypeError, r"seed\[1\] must be an int"),
     (2**64, ValueError, r"seed must be in \[0, 2\*\*64\)"), (-1, ValueError, r"seed must be in \[0, 2\*\*64\)"),
     (1.5, TypeError, "seed must be an int"), (torch.tensor([5], device="meta"), ValueError, "seed is on meta"),
 ])
@@ -170,6 +172,8 @@ def test_seed_read_properly_from_any_device(tab50, monkeypatch):
     (dict(thresholding=(0.9, 0.5)), ValueError, "sample_max_value must be >= 1"),
     (dict(mixture="gmm"), TypeError, "mixture must be a MixtureTensors"),
     (dict(generator=42, eta=1.0), TypeError, "generator must be a torch.Generator"),
+    (dict(generator=[torch.Generator()] * 3, eta=1.0), ValueError, r"one per sample \(2\), got 3"),
+    (dict(generator=[torch.Generator(), 1, 2], eta=1.0), ValueError, r"one per sample \(2\), got 3"),
     (dict(sample_offset=-3), ValueError, r"sample_offset must be an int in \[0, 2\*\*63\)"),
     (dict(sample_offset=torch.tensor([1.0])), TypeError, "sample_offset must be an integer tensor"),
 ])
@@ -211,7 +215,7 @@ def test_kernels_guard_the_mixture_step_table(tab50, backend):
     rows = torch.tensor([999, 999 - 21 * 20])  # steps 0 (has a table) and 21 (does not)
     out, x0 = torch.empty(2, 64), torch.empty(2, 64)
     with ops.use_cpu_backend(backend):
-        backends.RUNNERS[backend](backends.StepArgs(
+        backends.RUNNERS["ddim_step"][backend](backends.StepArgs(
             x=x, m=x, out=out, x0=x0, coef=tab50, timesteps=rows, timestep=0, seed=torch.tensor([1]),
             sample_offset=None, noise=None, threshold=None,
             mixture=MixtureTensors.from_op_tensors(mix.op_tensors(), "diag"), prediction_type="epsilon", eta=1.0,

@@ -118,15 +118,28 @@ def test_mode_metrics_digits():
 def test_sliced_wasserstein_exact_cases():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(300, 5, generator=g, dtype=torch.float64)
-    assert sliced_wasserstein(x, x) == 0.0
-    assert sliced_wasserstein(x, x.repeat(3, 1)) == pytest.approx(0, abs=1e-12)      # unequal counts, same law
+    assert sliced_wasserstein(x, x, g) == 0.0
+    assert sliced_wasserstein(x, x.repeat(3, 1), g) == pytest.approx(0, abs=1e-12)   # unequal counts, same law
     # one dimension: a shift by c moves every quantile by c
     y = torch.randn(300, 1, generator=g, dtype=torch.float64)
-    assert sliced_wasserstein(y, y + 0.7) == pytest.approx(0.7, rel=1e-12)
+    assert sliced_wasserstein(y, y + 0.7, g) == pytest.approx(0.7, rel=1e-12)
     # unequal counts n = 6, m = 4 against the equal-weight expansion (each x repeated 4×, each y 6×)
     a, b = torch.randn(6, 1, generator=g, dtype=torch.float64), torch.randn(4, 1, generator=g, dtype=torch.float64)
     expected = ((a.repeat(4, 1).sort(0).values - b.repeat(6, 1).sort(0).values) ** 2).mean().sqrt()
-    assert sliced_wasserstein(a, b) == pytest.approx(float(expected), rel=1e-12)
+    assert sliced_wasserstein(a, b, g) == pytest.approx(float(expected), rel=1e-12)
+    with pytest.raises(TypeError, match="generator"):
+        sliced_wasserstein(a, b, None)
+
+
+def test_evaluate_uses_the_same_projections_for_every_row(data, exact):
+    """Two evaluations of the same samples give the same sw2, whatever the global RNG did in between (the ORTHO and
+    ORTHO-VUB rows at η = 0 are the same samples and must score the same); another projection seed moves it."""
+    x, _ = exact
+    reference = data.sample(N, generator=torch.Generator().manual_seed(5))
+    first = evaluate(x, data, reference=reference)["sw2"]
+    torch.randn(1000)
+    assert evaluate(x, data, reference=reference)["sw2"] == first
+    assert evaluate(x, data, reference=reference, projection_seed=1)["sw2"] != first
 
 
 def test_sliced_wasserstein_on_samples(data, exact):
@@ -136,10 +149,10 @@ def test_sliced_wasserstein_on_samples(data, exact):
     # 10 · Var · log(n)/n with Var = tr Σ / D the mean projected variance (≈ 10× the observed W2²).
     tol = math.sqrt(10 * float(data.covariance().trace()) / D * math.log(N) / N)
     gen = torch.Generator().manual_seed(6)
-    assert sliced_wasserstein(x, reference, generator=gen) <= tol
-    assert sliced_wasserstein(x[: N // 2], reference, generator=gen) <= tol               # unequal counts
+    assert sliced_wasserstein(x, reference, gen) <= tol
+    assert sliced_wasserstein(x[: N // 2], reference, gen) <= tol               # unequal counts
     # a shift δ adds E_θ (θ·δ)² = ‖δ‖²/D to every projected W2²: sw2 ≈ 0.5
-    assert sliced_wasserstein(x + 0.5, reference, generator=gen) > 0.45 > 5 * tol
+    assert sliced_wasserstein(x + 0.5, reference, gen) > 0.45 > 5 * tol
 
 
 def test_nll(data, exact):

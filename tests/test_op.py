@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import gmm_triton.kernels.step as kstep
-from gmm_triton import backends, ops, reference
+from gmm_triton import backends, build_mixture, ops, reference
 from gmm_triton.kernels.step import LaunchConfig
 
 BACKENDS = ["cpp", "triton"]
@@ -20,14 +20,14 @@ def backend(request):
 def lowp_error(x, m, row, table, dtype, pred, eta, noise):
     """The error of the same DDIM maths done in torch at ``dtype`` (every op rounded), vs float64."""
     c = table[row]
-    al, sg, alp, sp2, var = (torch.tensor(float(v), dtype=dtype) for v in c[:5])
+    al, s_t, alp, s_prev2, var = (torch.tensor(float(v), dtype=dtype) for v in c[:5])
     xl, ml, zl = x.to(dtype), m.to(dtype), noise.to(dtype)
     if pred == "epsilon":
-        x0, e = (xl - sg * ml) / al, ml
+        x0, e = (xl - s_t * ml) / al, ml
     else:
-        x0, e = al * xl - sg * ml, al * ml + sg * xl
+        x0, e = al * xl - s_t * ml, al * ml + s_t * xl
     sigma = eta * var.sqrt()
-    prev = alp * x0 + (sp2 - sigma**2).clamp(min=0).sqrt() * e + sigma * zl
+    prev = alp * x0 + (s_prev2 - sigma**2).clamp(min=0).sqrt() * e + sigma * zl
     truth, _ = reference.fused_step(x.to(dtype), m.to(dtype), row, table, prediction_type=pred, eta=eta,
                                     noise=zl)
     return (prev.double() - truth).abs().max().item()
@@ -125,7 +125,7 @@ def test_out_of_table_timestep(backend, table):
     with pytest.raises(ValueError, match="outside the coefficient table"):
         ops.ddim_step(x, m, torch.tensor([5, 1000]), table)
     out, x0 = torch.empty(2, 16), torch.empty(2, 16)
-    backends.RUNNERS[backend](backends.StepArgs(
+    backends.RUNNERS["ddim_step"][backend](backends.StepArgs(
         x=x, m=m, out=out, x0=x0, coef=table, timesteps=torch.tensor([5, 1000]), timestep=0, seed=None,
         sample_offset=None, noise=None, threshold=None, mixture=None, prediction_type="epsilon", eta=0.0, clip=None,
         clipped_eps=False, guidance=None, offset_final=False, write_x0=True, noise_mode=0, layout=None, B=2, D=16))
@@ -210,8 +210,13 @@ def test_step_noise_is_the_contract_stream(backend, table):
 def test_opcheck(backend, table):
     x, m = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     seed = torch.tensor([5])
-    args = (x, m, table, torch.tensor([300, 20]), 0, seed, torch.tensor([3]), None, None, None, None, None, None,
-            None, None, "epsilon", "none", 1.0, 1.0, False, None, False, True)
+    args = (x, m, table, torch.tensor([300, 20]), 0, seed, torch.tensor([3]), None, None, [], "epsilon", "none", 1.0,
+            1.0, False, None, False, True)
+    torch.library.opcheck(torch.ops.gmm_triton.ddim_step.default, args)
+    # the mixture: one list of tensors in contract.MIX_TENSORS order, None where the mode has none
+    mix = build_mixture(48, 10, components=4, scale=0.05, variance="diag", seed=1)
+    args = (x, m, table, torch.tensor([300, 20]), 0, seed, None, None, None, mix.op_tensors(), "epsilon", "diag", 1.0,
+            None, False, None, False, True)
     torch.library.opcheck(torch.ops.gmm_triton.ddim_step.default, args)
 
 
@@ -282,6 +287,6 @@ def test_out_buffers_and_in_place(backend, table):
     tr = torch.empty(2, 3, 8, 8).transpose(2, 3)  # a permuted dense buffer is written in its own layout
     ops.ddim_step(x, m, 500, table, eta=1.0, seed=2, out=tr)
     assert tr.stride() == (192, 64, 1, 8) and torch.equal(tr, ref)
-    args = (torch.empty_like(x), None, x, m, table, None, 500, torch.tensor([5]), None, None, None, None, None,
-            None, None, None, None, "epsilon", "none", 1.0, None, False, None, False)
+    args = (torch.empty_like(x), None, x, m, table, None, 500, torch.tensor([5]), None, None, None, [], "epsilon",
+            "none", 1.0, None, False, None, False)
     torch.library.opcheck(torch.ops.gmm_triton.ddim_step_out.default, args)

@@ -1,9 +1,11 @@
 """The gDDIM ops: ``torch.ops.gmm_triton.cld_step`` and ``torch.ops.gmm_triton.blur_step``.
 
 The same conventions as ``gmm_triton.ops.ddim_step``: ``torch.library.custom_op`` with a fake kernel (so
-``opcheck``, ``torch.compile(fullgraph=True)`` and FakeTensor tracing see them), CUDA → the Triton kernel
-(``kernels/cld_step.py``, ``kernels/blur_step.py``), CPU → the C++ twin (``csrc/gddim.cpp``) or, by the shared
-backend switch, the Triton kernel under ``TRITON_INTERPRET=1`` or the float64 reference (``reference.py``).
+``opcheck``, ``torch.compile(fullgraph=True)`` and FakeTensor tracing see them), the same checks and argument
+resolution (``gmm_triton/door.py``), and backends registered in the same registry (``backends.RUNNERS``): CUDA →
+the Triton kernel (``kernels/cld_step.py``, ``kernels/blur_step.py``), CPU → the C++ twin (``csrc/gddim.cpp``) or,
+by the shared backend switch, the Triton kernel under ``TRITON_INTERPRET=1`` or the float64 reference
+(``reference.py``).
 Per-step coefficients come from float64 device tables (``tables.py``) indexed by an int or a device tensor of
 step indices (one, or one per sample); inputs are never modified; outputs take the sample's dtype (fp16/bf16
 compute in fp32, fp64 in fp64). The maths and the noise's counter layout are in ``reference.py``.
@@ -14,23 +16,19 @@ arguments (the schedulers do this).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-# the package's backend switch, seed helpers and eager fast path: the same door as the DDIM step's
-from ..backends import backend_for as _backend
-from ..backends import host_int, on_device_or_host
-from .. import ops as _ops  # _ops._call: looked up at call time, as the compile matrix patches it
-from ..ops import _rowwise as _is_rowwise
-from ..rng import as_seed_tensor, draw_seed
+from .. import backends, door
+from ..backends import cpp_rows, device_rows, host_int, host_seeds, on_device_or_host
+from ..contract import NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR
 from ..kernels.blur_step import MAX_SIZE as BLUR_MAX_SIZE
 from . import reference as ref
 from .tables import BLUR_PLANES, CLD_COLS
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
 MAX_EPS = 3
 
 
@@ -38,7 +36,7 @@ MAX_EPS = 3
 # checks, shared by the real and the fake kernels
 # ------------------------------------------------------------------------------------------------
 def _check_common(op, sample, eps, coef, timesteps, seed, noise):
-    if not isinstance(sample, Tensor) or sample.dtype not in _FLOATS:
+    if not isinstance(sample, Tensor) or sample.dtype not in door.FLOATS:
         raise TypeError(f"{op}: sample must be a floating-point tensor (fp16/bf16/fp32/fp64), got "
                         f"{getattr(sample, 'dtype', type(sample))}")
     if not 1 <= len(eps) <= MAX_EPS:
@@ -53,20 +51,9 @@ def _check_common(op, sample, eps, coef, timesteps, seed, noise):
         raise ValueError(f"{op}: the coefficient table must be float64 on {sample.device}, got {coef.dtype} on "
                          f"{coef.device}")
     B = sample.shape[0]
-    if timesteps is not None:
-        if timesteps.dtype.is_floating_point or timesteps.dtype.is_complex or timesteps.dtype == torch.bool:
-            raise TypeError(f"{op}: the step index must be an integer tensor, got {timesteps.dtype}")
-        if timesteps.numel() not in (1, B):
-            raise ValueError(f"{op}: the step index must be a scalar or hold one value per sample ({B}), got shape "
-                             f"{tuple(timesteps.shape)}")
-        if timesteps.device != sample.device and timesteps.device.type != "cpu":
-            raise ValueError(f"{op}: the step index is on {timesteps.device} but sample is on {sample.device}")
-    if seed is not None and (seed.dtype != torch.int64 or seed.numel() != 1):
-        raise ValueError(f"{op}: seed must be an int64 tensor with one value, got {seed.dtype} {tuple(seed.shape)}")
-    if noise is not None:
-        if noise.shape != sample.shape or noise.dtype not in _FLOATS or noise.device != sample.device:
-            raise ValueError(f"{op}: noise must be a floating tensor of the sample's shape {tuple(sample.shape)} on "
-                             f"{sample.device}, got {noise.dtype} {tuple(noise.shape)} on {noise.device}")
+    door.check_index(op, "timestep", timesteps, B, sample.device, per_sample_ok=True)
+    door.check_seed(op, seed, B, sample.device, per_sample_ok=False)
+    door.check_noise(op, noise, sample)
 
 
 def _check_cld(sample, eps, coef, timesteps, seed, noise):
@@ -94,72 +81,92 @@ def _check_blur(sample, eps, coef, basis, timesteps, seed, noise):
         raise ValueError(f"blur_step: the Triton kernel holds a plane in registers: N <= {BLUR_MAX_SIZE}, got {N}")
 
 
-def _host_rows(op, timesteps, timestep, R):
-    """Validates step indices known on the host; device ones poison their sample (NaN) in the kernel."""
-    if timesteps is None:
-        vals = (timestep,)
-    elif timesteps.device.type == "cpu":
-        vals = (int(timesteps.min()), int(timesteps.max())) if timesteps.numel() else ()
-    else:
-        return
-    for v in vals:
-        if not 0 <= v < R:
-            raise ValueError(f"{op}: step index {v} is outside the coefficient table [0, {R})")
+# ------------------------------------------------------------------------------------------------
+# the resolved arguments and the backends (registered in backends.RUNNERS)
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class GddimArgs:
+    """A gDDIM op's resolved arguments: per-sample blocks contiguous (any batch stride), ``out`` contiguous."""
+
+    sample: Tensor
+    eps: list
+    coef: Tensor
+    basis: Optional[Tensor]   # blur only: the DCT matrix V
+    timesteps: Optional[Tensor]
+    timestep: int
+    seed: Optional[Tensor]    # int64 [1], None without Philox noise
+    noise: Optional[Tensor]
+    noise_mode: int
+    out: Tensor
 
 
-def _mode(seed, noise):
-    return NOISE_TENSOR if noise is not None else (NOISE_PHILOX if seed is not None else NOISE_NONE)
+def _resolve(op, sample, eps, coef, basis, timesteps, timestep, seed, noise) -> GddimArgs:
+    """Both ops' body between their checks and the backend: the host-visible rows, the output, the noise source."""
+    door.check_rows_on_host(op, coef.shape[0], timesteps, timestep)
+    out = torch.empty(sample.shape, dtype=sample.dtype, device=sample.device)
+    mode = NOISE_TENSOR if noise is not None else (NOISE_PHILOX if seed is not None else NOISE_NONE)
+    return GddimArgs(door.rowwise_blocks(sample), [door.rowwise_blocks(e) for e in eps], coef.contiguous(),
+                     None if basis is None else basis.contiguous(), timesteps, timestep, seed,
+                     door.rowwise_blocks(noise), mode, out)
 
 
-def _device_rows(timesteps, timestep, device):
-    """(device tensor or None, host int) for the Triton launchers: a CPU scalar index is read on the host."""
-    if timesteps is None:
-        return None, int(timestep)
-    if timesteps.numel() == 1 and timesteps.device.type == "cpu":
-        return None, int(timesteps.reshape(-1)[0])
-    return timesteps.reshape(-1).to(device).contiguous(), 0
+@backends.register("cld_step", "triton")
+def _cld_triton(a: GddimArgs) -> None:
+    from ..kernels.cld_step import launch_cld_step
+
+    t_tensor, t_value = device_rows(a.timesteps, a.timestep, a.sample.device)
+    seed_tensor, seed_value = on_device_or_host(a.seed, a.sample.device)
+    launch_cld_step(u=a.sample, eps=a.eps, out=a.out, coef=a.coef, t_tensor=t_tensor, t_value=t_value,
+                    seed_tensor=seed_tensor, seed_value=seed_value, noise=a.noise, noise_mode=a.noise_mode,
+                    B=a.sample.shape[0], D=math.prod(a.sample.shape[2:]))
 
 
-def _cpp_rows(timesteps):
-    return timesteps.reshape(-1).to(torch.int64).contiguous() if timesteps is not None else None
+@backends.register("cld_step", "cpp")
+def _cld_cpp(a: GddimArgs) -> None:
+    torch.ops.gmm_triton_cpp.cld_step(a.sample, a.eps, a.coef, cpp_rows(a.timesteps), int(a.timestep),
+                                      host_int(a.seed), a.noise, a.out, a.noise_mode)
+
+
+@backends.register("cld_step", "reference")
+def _cld_reference(a: GddimArgs) -> None:
+    a.out.copy_(ref.cld_step(a.sample, a.eps, a.coef, a.timesteps if a.timesteps is not None else a.timestep,
+                             seed=host_seeds(a.seed), noise=a.noise))
+
+
+@backends.register("blur_step", "triton")
+def _blur_triton(a: GddimArgs) -> None:
+    from ..kernels.blur_step import launch_blur_step
+
+    t_tensor, t_value = device_rows(a.timesteps, a.timestep, a.sample.device)
+    seed_tensor, seed_value = on_device_or_host(a.seed, a.sample.device)
+    B, C, N = a.sample.shape[0], a.sample.shape[1], a.sample.shape[-1]
+    launch_blur_step(x=a.sample, eps=a.eps, out=a.out, coef=a.coef, basis=a.basis, t_tensor=t_tensor,
+                     t_value=t_value, seed_tensor=seed_tensor, seed_value=seed_value, noise=a.noise,
+                     noise_mode=a.noise_mode, B=B, C=C, N=N)
+
+
+@backends.register("blur_step", "cpp")
+def _blur_cpp(a: GddimArgs) -> None:
+    torch.ops.gmm_triton_cpp.blur_step(a.sample, a.eps, a.coef, a.basis, cpp_rows(a.timesteps), int(a.timestep),
+                                       host_int(a.seed), a.noise, a.out, a.noise_mode)
+
+
+@backends.register("blur_step", "reference")
+def _blur_reference(a: GddimArgs) -> None:
+    a.out.copy_(ref.blur_step(a.sample, a.eps, a.coef, a.basis, a.timesteps if a.timesteps is not None else a.timestep,
+                              seed=host_seeds(a.seed), noise=a.noise))
 
 
 # ------------------------------------------------------------------------------------------------
-# cld_step
+# the ops
 # ------------------------------------------------------------------------------------------------
-def _rowwise(t: Tensor) -> Tensor:
-    """t itself if each sample's block is contiguous (any batch stride), else a contiguous copy."""
-    return t if _is_rowwise(t) else t.contiguous()
-
-
 def _cld_step_impl(sample: Tensor, eps: List[Tensor], coef: Tensor, timesteps: Optional[Tensor], timestep: int,
                    seed: Optional[Tensor], noise: Optional[Tensor]) -> Tensor:
     _check_cld(sample, eps, coef, timesteps, seed, noise)
-    _host_rows("cld_step", timesteps, timestep, coef.shape[0])
-    out = torch.empty(sample.shape, dtype=sample.dtype, device=sample.device)
-    B = sample.shape[0]
-    D = math.prod(sample.shape[2:])
-    if B == 0 or D == 0:
-        return out
-    u, es = _rowwise(sample), [_rowwise(e) for e in eps]
-    z = _rowwise(noise) if noise is not None else None
-    mode = _mode(seed, noise)
-    backend = _backend(sample.device)
-    if backend == "triton":
-        from ..kernels.cld_step import launch_cld_step
-
-        t_tensor, t_value = _device_rows(timesteps, timestep, sample.device)
-        seed_tensor, seed_value = on_device_or_host(seed, sample.device)
-        launch_cld_step(u=u, eps=es, out=out, coef=coef, t_tensor=t_tensor, t_value=t_value,
-                        seed_tensor=seed_tensor,
-                        seed_value=seed_value, noise=z, noise_mode=mode, B=B, D=D)
-    elif backend == "cpp":
-        torch.ops.gmm_triton_cpp.cld_step(u, es, coef.contiguous(), _cpp_rows(timesteps), int(timestep),
-                                          host_int(seed), z, out, mode)
-    else:
-        out.copy_(ref.cld_step(u, es, coef, timesteps if timesteps is not None else timestep,
-                               seed=host_int(seed) if seed is not None else None, noise=z))
-    return out
+    a = _resolve("cld_step", sample, eps, coef, None, timesteps, timestep, seed, noise)
+    if a.out.numel():
+        backends.run("cld_step", a, sample.device)
+    return a.out
 
 
 _cld_step_op = torch.library.custom_op("gmm_triton::cld_step", _cld_step_impl, mutates_args=())
@@ -171,36 +178,13 @@ def _(sample, eps, coef, timesteps, timestep, seed, noise):
     return sample.new_empty(sample.shape)
 
 
-# ------------------------------------------------------------------------------------------------
-# blur_step
-# ------------------------------------------------------------------------------------------------
 def _blur_step_impl(sample: Tensor, eps: List[Tensor], coef: Tensor, basis: Tensor, timesteps: Optional[Tensor],
                     timestep: int, seed: Optional[Tensor], noise: Optional[Tensor]) -> Tensor:
     _check_blur(sample, eps, coef, basis, timesteps, seed, noise)
-    _host_rows("blur_step", timesteps, timestep, coef.shape[0])
-    out = torch.empty(sample.shape, dtype=sample.dtype, device=sample.device)
-    B, C, N = sample.shape[0], sample.shape[1], sample.shape[-1]
-    if out.numel() == 0:
-        return out
-    x, es = _rowwise(sample), [_rowwise(e) for e in eps]
-    z = _rowwise(noise) if noise is not None else None
-    mode = _mode(seed, noise)
-    backend = _backend(sample.device)
-    if backend == "triton":
-        from ..kernels.blur_step import launch_blur_step
-
-        t_tensor, t_value = _device_rows(timesteps, timestep, sample.device)
-        seed_tensor, seed_value = on_device_or_host(seed, sample.device)
-        launch_blur_step(x=x, eps=es, out=out, coef=coef.contiguous(), basis=basis.contiguous(), t_tensor=t_tensor,
-                         t_value=t_value, seed_tensor=seed_tensor,
-                         seed_value=seed_value, noise=z, noise_mode=mode, B=B, C=C, N=N)
-    elif backend == "cpp":
-        torch.ops.gmm_triton_cpp.blur_step(x, es, coef.contiguous(), basis.contiguous(), _cpp_rows(timesteps),
-                                           int(timestep), host_int(seed), z, out, mode)
-    else:
-        out.copy_(ref.blur_step(x, es, coef, basis, timesteps if timesteps is not None else timestep,
-                                seed=host_int(seed) if seed is not None else None, noise=z))
-    return out
+    a = _resolve("blur_step", sample, eps, coef, basis, timesteps, timestep, seed, noise)
+    if a.out.numel():
+        backends.run("blur_step", a, sample.device)
+    return a.out
 
 
 _blur_step_op = torch.library.custom_op("gmm_triton::blur_step", _blur_step_impl, mutates_args=())
@@ -215,18 +199,14 @@ def _(sample, eps, coef, basis, timesteps, timestep, seed, noise):
 # ------------------------------------------------------------------------------------------------
 # the Python doors
 # ------------------------------------------------------------------------------------------------
-def _resolve(sample, timestep, table, generator, seed, noise, stochastic):
-    dev = sample.device
-    if table.device != dev:
-        table = table.to(dev)
-    timesteps, tval = (timestep, 0) if isinstance(timestep, Tensor) else (None, int(timestep))
-    if noise is not None:
-        seed = None
-    elif seed is not None:
-        seed = as_seed_tensor(seed)
-    elif stochastic:
-        seed = draw_seed(generator, dev)
-    return table, timesteps, tval, seed
+def _door(sample, timestep, table, generator, seed, noise, stochastic):
+    """The wrappers' shared resolution: the table on the sample's device, the timestep, and the seed (drawn only
+    when Philox noise is drawn)."""
+    if table.device != sample.device:
+        table = table.to(sample.device)
+    timesteps, tval = door.as_timestep(timestep)
+    seed = door.resolve_seed(seed, generator, sample.device, needed=stochastic and noise is None)
+    return table, timesteps, tval, seed, noise if stochastic else None
 
 
 def cld_step(sample: Tensor, model_outputs: Sequence[Tensor], timestep, table: Tensor, *, stochastic: bool = False,
@@ -245,12 +225,10 @@ def cld_step(sample: Tensor, model_outputs: Sequence[Tensor], timestep, table: T
         stochastic: add the noise Λ n; n from ``noise`` (a standard-normal tensor like ``sample``), else Philox
             stream 0 under ``seed`` (int or int64 tensor), else under a seed drawn from ``generator``.
     """
-    table, timesteps, tval, seed = _resolve(sample, timestep, table, generator, seed, noise, stochastic)
+    table, timesteps, tval, seed, noise = _door(sample, timestep, table, generator, seed, noise, stochastic)
     eps = list(model_outputs)
-    if not stochastic:
-        seed = noise = None
-    return _ops._call(_cld_step_impl, torch.ops.gmm_triton.cld_step, sample, eps[0] if eps else sample, sample, eps, table,
-                 timesteps, tval, seed, noise)
+    return door.call(_cld_step_impl, torch.ops.gmm_triton.cld_step, sample, eps[0] if eps else sample, sample, eps,
+                     table, timesteps, tval, seed, noise)
 
 
 def blur_step(sample: Tensor, model_outputs: Sequence[Tensor], timestep, table: Tensor, basis: Tensor, *,
@@ -268,11 +246,9 @@ def blur_step(sample: Tensor, model_outputs: Sequence[Tensor], timestep, table: 
         stochastic: add S ⊙ n with n in frequency space: ``noise`` (standard normal, like ``sample``), else
             Philox stream 0 under ``seed``, else under a seed drawn from ``generator``.
     """
-    table, timesteps, tval, seed = _resolve(sample, timestep, table, generator, seed, noise, stochastic)
+    table, timesteps, tval, seed, noise = _door(sample, timestep, table, generator, seed, noise, stochastic)
     if basis.device != sample.device:
         basis = basis.to(sample.device)
     eps = list(model_outputs)
-    if not stochastic:
-        seed = noise = None
-    return _ops._call(_blur_step_impl, torch.ops.gmm_triton.blur_step, sample, eps[0] if eps else sample, sample, eps,
-                 table, basis, timesteps, tval, seed, noise)
+    return door.call(_blur_step_impl, torch.ops.gmm_triton.blur_step, sample, eps[0] if eps else sample, sample, eps,
+                     table, basis, timesteps, tval, seed, noise)

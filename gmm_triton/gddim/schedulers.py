@@ -76,7 +76,15 @@ class _GDDIMScheduler(SchedulerMixin, ConfigMixin):
                                   cfg.solver)
 
     def index_for_timestep(self, timestep) -> int:
-        """The grid index i with t_i == timestep (a host read of a device tensor)."""
+        """The grid index i of the step at ``timestep``.
+
+        A host value (a number or a CPU tensor) is looked up on the grid (t_i == timestep). A device tensor is not
+        read (that would synchronise with the device on every step): it is taken to be the next step of the
+        schedule — step 0 after ``set_timesteps`` or after the last step, else the step after the previous one —
+        which is what a sampling loop ``for t in scheduler.timesteps`` passes."""
+        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+            last = self._step_index
+            return 0 if last is None or last + 1 >= len(self.grid) - 1 else last + 1
         t = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
         hits = np.nonzero(np.isclose(self.grid[:-1], t, rtol=1e-12, atol=0.0))[0]
         if len(hits) == 0:

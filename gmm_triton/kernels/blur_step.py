@@ -29,13 +29,13 @@ import triton.language as tl
 
 from .. import contract
 from .philox import normal_block, normal_rows
-from .common import fast_math, launch_scalar, sample_row
+from .common import NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_NOISE, check_noise_code, fast_math, \
+    launch_scalar, sample_row
 
 _PLANES = tl.constexpr(contract.BLUR_PLANES)  # A, B_0..B_2, S per step (contract.py)
 _TF32_HALF = tl.constexpr(0x1000)   # half a unit of the 13 bits below a tf32 mantissa
 _TF32_MASK = tl.constexpr(0xFFFFE000)
 
-NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
 MAX_SIZE = 64  # largest N: one [64, 64] plane per program
 KRON_MAX = 8   # N ≤ 8: planes as rows of one Kronecker product
 KRON_ROWS = 64  # rows of a Kronecker tile: [64, 64], one warpgroup's wgmma tile
@@ -137,11 +137,11 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
         y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, KRON, TF32X3, T, CT)
     if NEPS > 2:
         y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, KRON, TF32X3, T, CT)
-    if NOISE != 0:
+    if NOISE != NOISE_NONE:
         tl.debug_barrier()  # keeps the noise and its plane below the products above (registers, as in _term)
-        if NOISE == 1:  # normal_rows's normals come negated
-            n = -normal_rows(seed, flat, ld.shape[1], 0, ALIGNED4, FAST).to(CT)
-        else:
+        if NOISE == NOISE_PHILOX:  # normal_rows's normals come negated
+            n = -normal_rows(seed, flat, ld.shape[1], STREAM_NOISE, ALIGNED4, FAST).to(CT)
+        elif NOISE == NOISE_TENSOR:
             n = _load(z_ptr + z_off + ld, m2, LMASK).to(CT)
         y += _load(cp + (_PLANES - 1) * cstride + cld, m2, LMASK).to(CT) * n
     tl.store(out_ptr + out_off + pos, _inv(y, bp, KRON, TF32X3, T).to(out_ptr.dtype.element_ty), mask=m2)
@@ -160,6 +160,7 @@ def _blur_kron_kernel(
     columns g·N² + i·N + j; padded to T). Every buffer is contiguous (the launcher sees to it), so one row offset
     r·G·N² serves them all (per-buffer row offsets, replicated over a thread's rows, spilled). N is a compile-time
     constant here (eight values): the plane of a column, q // N², is then a multiply and a shift."""
+    check_noise_code(NOISE)
     plane: tl.constexpr = N * N
     run: tl.constexpr = G * plane
     r = tl.program_id(0).to(tl.int64) * PB + tl.arange(0, PB)[:, None]      # the tile's rows [PB, 1]
@@ -174,8 +175,8 @@ def _blur_kron_kernel(
     off = r * run
     # rows are runs of the contiguous buffers: masked loads, unless every row is whole (EVEN)
     _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, 0, 0, 0, 0, 0, off, off + q, q,
-          coef_ptr + row * _PLANES * plane, q - g * plane, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4, FAST,
-          2 if N == 1 else 1, TF32X3, T, CT)
+          coef_ptr + row * _PLANES * plane, q - g * plane, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4,
+          FAST, 2 if N == 1 else 1, TF32X3, T, CT)
 
 
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
@@ -189,6 +190,7 @@ def _blur_step_kernel(
 ):
     """N > KRON_MAX: one plane (b, c) per program (grid (B, C)) on a [T, T] tile; masked loads (LMASK) where N is a
     multiple of 16, clamped addresses otherwise (_step)."""
+    check_noise_code(NOISE)
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
     plane = N * N
@@ -214,7 +216,7 @@ def _noise_fill_kernel(z_ptr, n, seed_ptr, seed_value, SEED_FROM_PTR: tl.constex
                        BLOCK: tl.constexpr):
     """z[k] = normal k of Philox stream 0, k < n (the seed from a pointer or a value)."""
     start = tl.program_id(0).to(tl.int64) * BLOCK
-    z = -normal_block(launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR), start, BLOCK, 0, True, FAST)
+    z = -normal_block(launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR), start, BLOCK, STREAM_NOISE, True, FAST)
     offs = start + tl.arange(0, BLOCK)
     tl.store(z_ptr + offs, z, mask=offs < n)
 

@@ -15,14 +15,13 @@ import triton.language as tl
 
 from .. import contract
 from .philox import normal_block
-from .common import fast_math, launch_scalar, load_run, sample_row, store_run, vector_align
+from .common import NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_NOISE, check_noise_code, fast_math, \
+    launch_scalar, load_run, sample_row, store_run, vector_align
 
 _COLS = tl.constexpr(contract.CLD_COLS)  # the table layout (contract.py)
 _PSI = tl.constexpr(contract.CLD_PSI)
 _EPS = tl.constexpr(contract.CLD_EPS)
 _CHOL = tl.constexpr(contract.CLD_CHOL)
-
-NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
 
 
 @triton.jit
@@ -50,6 +49,7 @@ def _cld_step_kernel(
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    check_noise_code(NOISE)
     b = tl.program_id(0).to(tl.int64)
     start = tl.program_id(1).to(tl.int64) * BLOCK
     mask = start + tl.arange(0, BLOCK) < D
@@ -70,15 +70,15 @@ def _cld_step_kernel(
     if NEPS > 2:
         ox, ov = _add_term(ox, ov, e2_ptr, b * e2_bs, D, start, mask, cp + _EPS + 8, CT, VEC, ALIGN, MASKED, BLOCK)
 
-    if NOISE != 0:
+    if NOISE != NOISE_NONE:
         l00 = tl.load(cp + _CHOL).to(CT)
         l10 = tl.load(cp + _CHOL + 1).to(CT)
         l11 = tl.load(cp + _CHOL + 2).to(CT)
-        if NOISE == 1:  # normal_block's normals come negated: subtracting them folds the sign into the FMAs
+        if NOISE == NOISE_PHILOX:  # normal_block's normals come negated: subtracting them folds the sign into FMAs
             seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
-            nx = normal_block(seed, b * 2 * D + start, BLOCK, 0, ALIGNED4, FAST, ALIGN).to(CT)
-            nv = normal_block(seed, b * 2 * D + D + start, BLOCK, 0, ALIGNED4, FAST, ALIGN).to(CT)
-        else:
+            nx = normal_block(seed, b * 2 * D + start, BLOCK, STREAM_NOISE, ALIGNED4, FAST, ALIGN).to(CT)
+            nv = normal_block(seed, b * 2 * D + D + start, BLOCK, STREAM_NOISE, ALIGNED4, FAST, ALIGN).to(CT)
+        elif NOISE == NOISE_TENSOR:
             nx = -load_run(z_ptr, b * z_bs, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
             nv = -load_run(z_ptr, b * z_bs + D, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
         ox -= l00 * nx

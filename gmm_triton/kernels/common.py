@@ -6,7 +6,23 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import contract
+
 _INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton does when decorating
+
+# the contract's noise sources and Philox streams, as the compile-time constants Triton requires of globals
+NOISE_NONE = tl.constexpr(contract.NOISE_NONE)
+NOISE_PHILOX = tl.constexpr(contract.NOISE_PHILOX)
+NOISE_TENSOR = tl.constexpr(contract.NOISE_TENSOR)
+STREAM_NOISE = tl.constexpr(contract.STREAM_NOISE)
+STREAM_CHOICE = tl.constexpr(contract.STREAM_CHOICE)
+
+
+@triton.jit
+def check_noise_code(NOISE: tl.constexpr):
+    """Fails the compile (and the interpreter) on a noise code the kernels do not implement."""
+    tl.static_assert(NOISE == NOISE_NONE or NOISE == NOISE_PHILOX or NOISE == NOISE_TENSOR,
+                     "unknown noise code (contract.NOISE_CODES)")
 
 
 @triton.jit
@@ -30,6 +46,20 @@ def launch_scalar(ptr, value, FROM_PTR: tl.constexpr):
         return tl.load(ptr)
     else:
         return value
+
+
+@triton.jit
+def sample_key(seed_ptr, seed_value, off_ptr, off_value, b, SEED_FROM_PTR: tl.constexpr,
+               SEED_PER_SAMPLE: tl.constexpr, OFF_FROM_PTR: tl.constexpr):
+    """(Philox key, global index g) of sample b; g keys its RNG counters (noise from g·D, its mixture component at g).
+
+    One seed per launch: the launch's seed at g = offset + b. Per-sample seeds (``seed_ptr[b]``, one per sample):
+    sample b is sample 0 of its own run, g = offset, so a batch built from B seeds equals B single-sample runs."""
+    off = launch_scalar(off_ptr, off_value, OFF_FROM_PTR)
+    if SEED_PER_SAMPLE:
+        return tl.load(seed_ptr + b), off + b * 0  # (+ b·0: int64 even when the offset is a small host int)
+    else:
+        return launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR), b + off
 
 
 @triton.jit

@@ -92,13 +92,17 @@ def mode_metrics(samples, data, quantile=0.99):
     }
 
 
-def sliced_wasserstein(samples, reference, n_projections=128, generator=None):
+def sliced_wasserstein(samples, reference, generator: torch.Generator, n_projections=128):
     """Sliced Wasserstein-2 distance (E_θ W2²(θᵀX, θᵀY))^½ over ``n_projections`` random unit directions θ.
 
     Each 1-D W2² is exact between the two empirical distributions, also for unequal sample counts n ≠ m: both
     quantile functions are step functions, constant between the merged breakpoints {i/n} ∪ {j/m}, so the
-    integral ∫₀¹ (F⁻¹(u) − G⁻¹(u))² du is a finite weighted sum. ``generator`` must live on the samples' device.
+    integral ∫₀¹ (F⁻¹(u) − G⁻¹(u))² du is a finite weighted sum. The directions come from ``generator`` (required,
+    on the samples' device): rows compared in one table must share their projections, which the global RNG would
+    not give them.
     """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (the projections' source), got {type(generator).__name__}")
     x = _flat64(samples)
     y = _flat64(reference, x.device)
     if x.shape[1] != y.shape[1]:
@@ -123,17 +127,21 @@ def nll(samples, data):
     return float(-data.log_prob(x).mean() / x.shape[1])
 
 
-def evaluate(samples, data, reference=None, generator=None, n_projections=128):
+def evaluate(samples, data, reference=None, generator=None, n_projections=128, projection_seed=0):
     """All metrics as one table row: fd, coverage, tv, precision, sw2, nll.
 
     reference: samples for sw2; by default ``len(samples)`` fresh exact samples from ``data`` drawn with
-    ``generator`` (which then must live on the mixture's device, as must the samples for the projections).
+    ``generator`` (which then must live on the mixture's device). sw2's directions are drawn from
+    ``projection_seed`` on the samples' device, so every row evaluated with one seed uses the same projections
+    (identical samples give identical sw2).
     """
     if reference is None:
         reference = data.sample(samples.shape[0], generator=generator)
+    dev = _flat64(samples).device
+    projections = torch.Generator(dev).manual_seed(projection_seed)
     return {
         "fd": frechet_distance(samples, data.mean(), data.covariance()),
         **mode_metrics(samples, data),
-        "sw2": sliced_wasserstein(samples, reference, n_projections, generator),
+        "sw2": sliced_wasserstein(samples, reference, projections, n_projections),
         "nll": nll(samples, data),
     }

@@ -19,6 +19,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..coefficients import TableCache, flow_table
+from ..mixture import VarianceMode
 from ..ops import ddim_step
 from .common import MixtureCache, SampleOffsetMixin, check_kernel_options, check_number, op_generator
 
@@ -99,7 +100,7 @@ class GMMFlowMatchScheduler(SampleOffsetMixin, FlowMatchEulerDiscreteScheduler):
         gmm_components: int = 8,
         gmm_scale: float = 0.3,
         gmm_offsets: Literal["ortho", "rand"] = "ortho",
-        gmm_variance: Literal["diag", "vub", "exact"] = "vub",
+        gmm_variance: VarianceMode = "vub",
         gmm_shared: bool = False,
         gmm_priors: str | list[float] = "uniform",
         gmm_seed: int = 0,

@@ -56,6 +56,7 @@ Per-program scalars (the table row, the seed) are excluded: their addresses do n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -135,15 +136,15 @@ def all_cases() -> list[Case]:
 def host():
     """The package's CUDA host path as the cases drive it: the one place to update when these move.
 
-    ``dispatch`` is the (module, name) of the op's dispatcher shortcut ``_call(impl, op, x, m, *args)``, which
+    ``dispatch`` is the (module, name) of every op's dispatcher shortcut ``call(impl, op, x, m, *args)``, which
     capture replaces by ``impl(*args)`` so that the op's real CUDA branch runs instead of its fake kernel.
     """
     from types import SimpleNamespace
 
-    from .. import ops, rng
+    from .. import door, ops, rng
 
     return SimpleNamespace(ddim_step=ops.ddim_step, philox_normal=rng.philox_normal, philox_words=rng.philox_words,
-                           dispatch=(ops, "_call"))
+                           dispatch=(door, "call"))
 
 
 class FakeCuda:
@@ -188,8 +189,17 @@ class Launch:
 
     @property
     def named(self) -> dict:
-        """{parameter: value} of the top-level constexprs (including ``==1`` specialised integers)."""
-        return {self.arg_names[p[0]]: v for p, v in self.constexprs.items() if len(p) == 1}
+        """{parameter: value} of the top-level constexprs (including ``==1`` specialised integers); a launch spec
+        (a dataclass constexpr, e.g. kernels.step.StepSpec) contributes its fields."""
+        out = {}
+        for p, v in self.constexprs.items():
+            if len(p) != 1:
+                continue
+            if dataclasses.is_dataclass(v):
+                out.update((f.name, getattr(v, f.name)) for f in dataclasses.fields(v))
+            else:
+                out[self.arg_names[p[0]]] = v
+        return out
 
     def describe(self) -> dict:
         """The specialisation as JSON: parameter types, constexpr values, parameters hinted divisible by 16."""

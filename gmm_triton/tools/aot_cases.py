@@ -2,16 +2,16 @@
 
 A covering design, not the full product: every constexpr value the launcher can produce appears at least once
 (dtypes, prediction types, noise sources, mixture variances, shared tables, CFG, clip, threshold, clipped ε,
-device / per-sample timesteps, device / host seeds of both integer widths, x̂₀ on and off, aligned, D % 16 ≠ 0
-and D % 4 ≠ 0 sizes, one-block samples, sample offsets, permuted (channels_last) and strided-row layouts), and
-``tests/test_compile_matrix.py`` checks that it does. The
-``main-*`` cases (D = 4·128·128) are the ones RESULTS.md tracks across commits.
+device / per-sample timesteps, device / host seeds of both integer widths, per-sample seeds, x̂₀ on and off,
+aligned, D % 16 ≠ 0 and D % 4 ≠ 0 sizes, one-block samples, sample offsets, permuted (channels_last) and strided-row
+layouts), and ``tests/test_compile_matrix.py`` checks that it does. The ``main-*`` cases (D = 4·128·128) are the ones RESULTS.md tracks across commits.
 
 A new kernel family adds a function decorated with :func:`aot.register_cases` (here or in a module listed in
 ``aot.CASE_MODULES``) that returns its cases.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from ..mixture import VARIANCES
 from . import aot
 
 MAIN_SHAPE = (4, 128, 128)
@@ -39,7 +40,7 @@ class Step:
     eta: float = 1.0
     noise: Optional[torch.dtype] = None      # a caller's noise tensor of this dtype
     x0: bool = True
-    seed: str = "host"                       # "host" (i64), "host32", "device"
+    seed: str = "host"                       # "host" (i64), "host32", "device", "per_sample" (a device [B])
     timestep: str = "int"                    # "int", "device" (one value), "per_sample"
     clip: bool = False
     clipped_eps: bool = False
@@ -74,8 +75,8 @@ class Step:
         if kernel == "_project_kernel":
             return z + basis
         b = e * (3 + self.cfg + self.x0) + z
-        if self.mixture:
-            b += mix + {"diag": 4 / self.batch, "vub": 0.0, "exact": basis}[self.mixture]
+        if self.mixture:  # the drawn component's offsets, and the mode's tables of the step, read once per batch
+            b += mix + _mixture(self).variance_bytes_per_step() / (self.batch * self.D)
         return b
 
 
@@ -98,6 +99,7 @@ def _table(rows_for_flow: bool):
     return ddim_table(acp, 1.0, 1000, torch.arange(999, -1, -100))
 
 
+@functools.lru_cache(maxsize=None)
 def _mixture(s: Step):
     from ..mixture import build_mixture
 
@@ -124,7 +126,8 @@ def _drive_step(s: Step):
         elif s.layout == "row_view":  # each sample's block contiguous, batch stride D + 3
             x, m = (fx.like(torch.empty((t.shape[0], s.D + 3), dtype=s.dtype, device="meta")[:, :s.D]) for t in (x, m))
         t = {"int": 7, "device": fx.tensor((1,), torch.int64), "per_sample": fx.tensor((s.batch,), torch.int64)}
-        seed = {"host": SEED64, "host32": SEED32, "device": fx.tensor((1,), torch.int64)}[s.seed]
+        seed = {"host": SEED64, "host32": SEED32, "device": fx.tensor((1,), torch.int64),
+                "per_sample": fx.tensor((s.batch,), torch.int64)}[s.seed]
         mixture = None
         if mix is not None:
             mixture = type(mix)(**{**mix.__dict__, **{k: fx.like(v) for k, v in mix.__dict__.items()
@@ -153,7 +156,7 @@ def ddim_step_cases() -> list[aot.Case]:
             cases.append(_step_case(f"main-{_LABEL[dt]}-eps-philox{'-x0' if x0 else ''}", Step(dt, x0=x0)))
     h, b, f, d = torch.float16, torch.bfloat16, torch.float32, torch.float64
     mix_shape = (4, 64, 64)
-    cases += [_step_case(n, s) for n, s in [
+    steps = [
         ("eta0-fp16-eps-x0", Step(h, eta=0.0)),
         ("eta0-fp32-eps-x0", Step(f, eta=0.0)),
         ("fp64-vpred-philox-clip-pertimestep-x0", Step(d, pred="v_prediction", eta=0.5, clip=True,
@@ -179,8 +182,17 @@ def ddim_step_cases() -> list[aot.Case]:
         ("gmm-exact-fp16-eps-noise-shared", Step(h, shape=mix_shape, noise=h, mixture="exact", shared=True,
                                                  x0=False)),
         ("gmm-exact-bf16-eps-philox-k16-x0", Step(b, shape=mix_shape, mixture="exact", components=16)),
-    ]]
-    return cases + cliff_cases()
+        # per-sample seeds (one generator per sample); with D % 4 != 0 each sample's counters start off its tiles'
+        # Philox groups (every sample at offset·D), so the ragged case draws one group per element (ALIGNED4 off)
+        ("fp16-eps-philox-perseed-x0", Step(h, seed="per_sample")),
+        ("gmm-exact-bf16-eps-philox-perseed", Step(b, shape=mix_shape, mixture="exact", seed="per_sample")),
+        ("fp16-eps-philox-perseed-d1001", Step(h, shape=(7, 11, 13), seed="per_sample", x0=False)),
+    ]
+    # every variance mode the mixture builder offers is compiled: one case for each mode no case above launches
+    launched = {s.mixture for _, s in steps}
+    steps += [(f"gmm-{mode}-fp16-eps-philox-x0", Step(h, shape=mix_shape, mixture=mode))
+              for mode in VARIANCES if mode not in launched]
+    return cases + [_step_case(n, s) for n, s in steps] + cliff_cases()
 
 
 def cliff_cases() -> list[aot.Case]:

@@ -42,7 +42,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import ops
-from ..coefficients import COL_ALPHA, COL_ALPHA_PREV, COL_SIGMA, COL_SIGMA_PREV2, COL_VAR, ddim_table, flow_table
+from ..coefficients import COL_ALPHA, COL_ALPHA_PREV, COL_S, COL_S_PREV2, COL_VAR, ddim_table, flow_table
 from ..mixture import MixtureTensors, build_mixture
 
 SIZES = ((1, 4, 64, 64), (1, 4, 128, 128), (2, 4, 128, 128), (16, 3, 256, 256), (64, 4, 128, 128), (64, 3, 256, 256))
@@ -113,16 +113,9 @@ def mixture_bytes(mix: MixtureTensors, batch: int) -> int:
     """Bytes of the mixture tables one launch needs: the offsets of the drawn components (at most
     min(B, K) rows of D: every sample reads its own component's row), the cdf and 1/(Kπ) weights, and the
     variance data of the mode (diag: one row of D; vub: K×K bounds; exact: the step's basis and eigenvalues)."""
-    D = mix.dim
-    n = min(batch, mix.k) * D * mix.delta.element_size()
+    n = min(batch, mix.k) * mix.dim * mix.delta.element_size()
     n += mix.cdf.numel() * mix.cdf.element_size() + mix.component_weight.numel() * mix.component_weight.element_size()
-    if mix.variance_mode == "diag":
-        n += D * mix.var_table.element_size()
-    elif mix.variance_mode == "vub":
-        n += mix.var_table.numel() * mix.var_table.element_size()
-    else:
-        n += mix.kp * (D * mix.basis.element_size() + mix.eigvals.element_size())
-    return n
+    return n + mix.variance_bytes_per_step()
 
 
 def floor_bytes(variant: Variant, shape, dtype: str, mixture: Optional[MixtureTensors] = None) -> int:
@@ -209,7 +202,7 @@ def make_case(shape, dtype: str, variant: Variant, device, *, tables: Optional[d
     if with_compile and variant.compiled:
         c = host[row].tolist()
         sigma = variant.eta * math.sqrt(c[COL_VAR])
-        coef = (c[COL_ALPHA], c[COL_SIGMA], c[COL_ALPHA_PREV], math.sqrt(max(c[COL_SIGMA_PREV2] - sigma * sigma, 0.0)),
+        coef = (c[COL_ALPHA], c[COL_S], c[COL_ALPHA_PREV], math.sqrt(max(c[COL_S_PREV2] - sigma * sigma, 0.0)),
                 sigma)
         baseline = functools.partial(compiled_ddim(), x, m, *coef)
 
