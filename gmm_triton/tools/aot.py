@@ -21,7 +21,8 @@ The compile matrix behind ``gmm-triton inspect`` and ``tests/test_compile_matrix
 
 **Instructions per element on the hot path** (:func:`hot_paths`): one thread's walk from the entry to an
 unpredicated ``EXIT``, in program order. Every instruction on the walk counts, predicated ones too (they take
-an issue slot whether or not their predicate holds). An unconditional ``BRA`` is followed. A conditional
+an issue slot whether or not their predicate holds). A runtime loop (a conditional branch back to an instruction on
+the walk) is walked once; its body counts as often as the case's :class:`Work` says it runs. An unconditional ``BRA`` is followed. A conditional
 branch (``@P BRA``, a uniform-predicate or ``.DIV`` branch) is taken only when it skips a slow path: its
 target is the ``BSYNC`` that closes a ``BSSY`` region, or it jumps forward over a ``CALL``. That is how ptxas
 guards the paths that a kernel with in-range inputs never runs (libdevice's Payne–Hanek reduction in
@@ -86,6 +87,7 @@ class Work:
 
     elements: int
     programs: dict
+    loops: tuple = ()  # the trip counts of the kernel's runtime loops, in program order (walked once, run this often)
 
 
 def _block_work(kernel: str, cx: dict, grid: tuple) -> Work:
@@ -407,7 +409,9 @@ def compile_and_analyse(job: dict) -> dict:
         for kind, p in paths:
             ld, st = access_widths(p)
             stats["paths"].append(dict(kind=kind, hot_path=len(p), load_bits=ld, store_bits=st,
-                                       calls=sum(i.base == "CALL" for i in p), pipes=pipe_counts(p)))
+                                       calls=sum(i.base == "CALL" for i in p), pipes=pipe_counts(p),
+                                       loops=[dict(hot_path=len(body), pipes=pipe_counts(body))
+                                              for body in loop_bodies(ins, labels, p)]))
         stats.update(shared_bytes=int(k.metadata.shared), sass_total=len(ins))
         return stats
     except Exception as e:  # noqa: BLE001 - every failure is a result row
@@ -542,6 +546,23 @@ def hot_paths(ins: list, labels: dict, max_forks: int = 4) -> list:
         out.append((kind, [ins[j] for j in idx]))
 
     explore(0, [], "any", set(), 0)
+    return out
+
+
+def loop_bodies(ins: list, labels: dict, path: list) -> list:
+    """The bodies of the runtime loops on ``path`` (walked once), in program order: for each conditional branch
+    back to an instruction on the path, the instructions from its target to the branch. A barrier's polling loop
+    (an mbarrier phase check, ``SYNCS.*``, branching back to itself) is a wait, not work: not a loop here."""
+    where = {id(i): k for k, i in enumerate(ins)}
+    pos = {id(i): n for n, i in enumerate(path)}
+    out = []
+    for n, i in enumerate(path):
+        if i.base == "BRA" and _conditional(i):
+            t = _branch_target(i, labels)
+            if t < where[id(i)] and id(ins[t]) in pos:
+                body = path[pos[id(ins[t])]:n + 1]
+                if not any(j.base == "SYNCS" for j in body):
+                    out.append(body)
     return out
 
 
@@ -702,10 +723,17 @@ class Result:
         return out
 
     def per_element(self, count) -> float:
-        """``count(path stats)`` issued per thread, summed over the launch's programs and threads, per real
-        element."""
-        threads = 32 * self.launch.options["num_warps"]
-        return sum(n * count(p) for n, p in self._per_path_kind()) * threads / self.work.elements
+        """``count(path stats)`` issued per thread (its loops' bodies as often as the case says they run),
+        summed over the launch's programs and threads, per real element."""
+        threads, work = 32 * self.launch.options["num_warps"], self.work
+
+        def issued(p):
+            if len(p["loops"]) != len(work.loops):
+                raise ValueError(f"{self.case.name} {self.kernel}: {len(p['loops'])} runtime loops on a path, the case "
+                                 f"gives {len(work.loops)} trip counts (Work.loops)")
+            return count(p) + sum((trips - 1) * count(body) for trips, body in zip(work.loops, p["loops"]))
+
+        return sum(n * issued(p) for n, p in self._per_path_kind()) * threads / work.elements
 
     @property
     def sass_per_element(self) -> Optional[float]:

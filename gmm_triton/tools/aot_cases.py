@@ -82,12 +82,21 @@ class Step:
 
     def work(self, kernel: str, cx: dict, grid: tuple) -> aot.Work:
         """The launch's tiles as kernels/step.py's ``_tile`` lays them out: grid (B, n_blk), tile blk of sample b at
-        start = blk·BLOCK − (b·D mod ALIGN); a full tile lies inside [0, D), an edge tile does not."""
+        start = blk·BLOCK − (b·D mod ALIGN); a full tile lies inside [0, D), an edge tile does not. FLAT: grid
+        (n_blk, 1) over the flat [B·D] array, one sample of extent B·D."""
+        if cx.get("FLAT"):
+            return Step(self.dtype, shape=(self.batch * self.D,), batch=1).work(kernel, {**cx, "FLAT": False},
+                                                                               (1, grid[0]))
         B, n_blk = grid[0], grid[1]
         block, align, D = int(cx["BLOCK"]), int(cx["ALIGN"]), self.D
         full = sum(1 for b in range(B) for blk in range(n_blk)
                    if 0 <= blk * block - (b * D) % align and blk * block - (b * D) % align + block <= D)
-        return aot.Work(B * D, {"full": full, "edge": B * n_blk - full})
+        # the exact mode's loop over the basis rows (projection pass; the step where it draws noise)
+        from ..contract import NOISE_NONE, VAR_CODES
+
+        exact = kernel == "_project_kernel" or (cx.get("MIX") and cx.get("VAR_MODE") == VAR_CODES["exact"]
+                                                 and cx.get("NOISE") != NOISE_NONE)
+        return aot.Work(B * D, {"full": full, "edge": B * n_blk - full}, (int(cx["KP"]),) if exact else ())
 
 
 def _table(rows_for_flow: bool):
@@ -170,6 +179,8 @@ def ddim_step_cases() -> list[aot.Case]:
         ("fp16-eps-philox-d13467-x0", Step(h, shape=(3, 67, 67))),  # ragged, with full (vector) tiles
         ("fp16-eps-philox-d1001-devoffset", Step(h, shape=(7, 11, 13), sample_offset="device", x0=False)),
         ("fp16-eps-philox-d4800-hostoffset-x0", Step(h, shape=(3, 40, 40), sample_offset="host")),
+        # a per-sample row keeps per-sample tiles (not FLAT): D % 16 == 0, so its masks are whole vectors (MASKED)
+        ("fp16-eps-philox-d4800-pertimestep-x0", Step(h, shape=(3, 40, 40), timestep="per_sample")),
         ("bf16-eps-philox-channelslast-x0", Step(b, shape=(4, 32, 32), layout="channels_last")),
         ("fp32-eps-philox-rowview", Step(f, shape=(1000,), layout="row_view", x0=False)),
         ("gmm-diag-fp16-eps-philox-x0", Step(h, shape=mix_shape, mixture="diag")),
