@@ -3,11 +3,31 @@
 Build against the torch you run with (no build isolation):  pip install --no-build-isolation -e .
 Set GMM_TRITON_SKIP_CPP=1 to install without the extension (the CPU op then tells you how to build it),
 and GMM_TRITON_PORTABLE=1 to build without -march=native (for a wheel that runs on other x86-64 CPUs).
+Built from a git checkout, it records the commit in gmm_triton/_build_info.py (gmm_triton/provenance.py).
 """
 import os
 import sys
 
 from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _write_build_info():
+    """gmm_triton/_build_info.py: the commit this build comes from, read from this checkout's own .git files
+    (provenance.head_commit; no git process, so no enclosing repository or hook is involved)."""
+    sys.path.insert(0, HERE)
+    try:
+        from gmm_triton.provenance import head_commit  # stdlib only: importing it loads neither torch nor triton
+    finally:
+        sys.path.pop(0)
+    sha = head_commit(HERE)
+    if sha is not None:
+        with open(os.path.join(HERE, "gmm_triton", "_build_info.py"), "w") as f:
+            f.write(f'"""Written by setup.py at build time (gmm_triton/provenance.py reads it)."""\nCOMMIT = "{sha}"\n')
+
+
+_write_build_info()
 
 ext_modules, cmdclass = [], {}
 if os.environ.get("GMM_TRITON_SKIP_CPP") != "1":

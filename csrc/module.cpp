@@ -78,12 +78,14 @@ TORCH_LIBRARY(gmm_triton_cpp, m) {
         "bool offset_final, bool write_x0, int[] perm) -> ()");
   m.def("philox_normal_(Tensor(a!) out, int seed, int stream, int start) -> ()");
   m.def("philox_words_(Tensor(a!) out, int seed, int stream, int start) -> ()");
+  m.def("philox_box_muller_(Tensor(a!) out, Tensor wa, Tensor wb) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(gmm_triton_cpp, CPU, m) {
   m.impl("ddim_step", &ddim_step_cpu);
   m.impl("philox_normal_", &philox_normal_cpu);
   m.impl("philox_words_", &gmm::philox_words);
+  m.impl("philox_box_muller_", &gmm::philox_box_muller);
 }
 
 // An importable module with no Python API: importing gmm_triton._C runs the registrations above.

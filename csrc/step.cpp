@@ -362,6 +362,23 @@ void philox_normal(at::Tensor& out, int64_t seed, int64_t stream, int64_t start)
   });
 }
 
+void philox_box_muller(at::Tensor& out, const at::Tensor& wa, const at::Tensor& wb) {
+  TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(1) == 2 &&
+                  wa.is_contiguous() && wb.is_contiguous() && wa.scalar_type() == at::kInt &&
+                  wb.scalar_type() == at::kInt && wa.numel() == out.size(0) && wb.numel() == out.size(0),
+              "philox_box_muller_: out float32 [n, 2], words contiguous int32 [n]");
+  const uint32_t* a = reinterpret_cast<const uint32_t*>(wa.data_ptr<int32_t>());
+  const uint32_t* b = reinterpret_cast<const uint32_t*>(wb.data_ptr<int32_t>());
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < out.size(0); ++i) {  // the same functions as normals(): bm_radius, sincos_2pi
+    float s, c;
+    sincos_2pi(uniform24(b[i]), s, c);
+    const float r = bm_radius(a[i]);
+    o[2 * i] = r * c;
+    o[2 * i + 1] = r * s;
+  }
+}
+
 void philox_words(at::Tensor& out, int64_t seed, int64_t stream, int64_t start) {
   TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kInt && out.dim() == 2 && out.size(1) == 4,
               "philox_words_: out must be contiguous int32 [n, 4]");

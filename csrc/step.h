@@ -25,5 +25,6 @@ struct StepArgs {
 void ddim_step(const StepArgs& a);
 void philox_normal(at::Tensor& out, int64_t seed, int64_t stream, int64_t start);
 void philox_words(at::Tensor& out, int64_t seed, int64_t stream, int64_t start);
+void philox_box_muller(at::Tensor& out, const at::Tensor& wa, const at::Tensor& wb);
 
 }  // namespace gmm

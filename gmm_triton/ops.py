@@ -22,7 +22,7 @@ from .contract import COL_ALPHA, COL_S, COL_STEP, MAX_PERMUTED_RANK, MIX_DELTA, 
     NOISE_TENSOR, PREDICTION_TYPES, VARIANCE_MODES
 from .mixture import MixtureTensors
 from .reference import dynamic_threshold_scale
-from .rng import draw_seed, philox_normal, philox_words  # noqa: F401  (the op's public helpers)
+from .rng import check_index_range, draw_seed, philox_normal, philox_words  # noqa: F401  (the op's public helpers)
 
 _OP = "ddim_step"
 
@@ -276,9 +276,9 @@ def _check_thresholding(thresholding) -> Tuple[float, float]:
                          f"{thresholding!r}") from None
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"thresholding ratio must be in (0, 1], got {ratio}")
-    if not max_value >= 1.0:
-        raise ValueError(f"thresholding sample_max_value must be >= 1 (the quantile is clamped to [1, max]), got "
-                         f"{max_value}")
+    if not (0.0 < max_value < math.inf):  # q = clamp(quantile, 1, max) is max itself when max < 1, as in diffusers
+        raise ValueError(f"thresholding sample_max_value must be finite and > 0 (x̂₀ is divided by the clamped "
+                         f"quantile), got {max_value}")
     return ratio, max_value
 
 
@@ -336,6 +336,8 @@ def ddim_step(
             kernel): sample b's noise is drawn at Philox counters from (sample_offset + b)·D and its mixture
             component at sample_offset + b, so a sample's randomness depends on its global index, not on the batch
             it sits in (sharded sampling; 0 by default). With per-sample seeds every sample is at sample_offset.
+            A host value must keep the call's flat Philox indices below 2⁶² ((sample_offset + B)·D <= 2⁶², or
+            (sample_offset + 1)·D with per-sample seeds; ``rng.INDEX_LIMIT``): beyond, the counters would wrap.
         mixture: a :class:`~gmm_triton.mixture.MixtureTensors` (:func:`~gmm_triton.build_mixture`) for the
             Gaussian-mixture kernel.
         offset_final: apply the mixture on the step that lands on the end of the chain (default off: there
@@ -361,6 +363,8 @@ def ddim_step(
                         f"{type(generator).__name__}")
     if isinstance(generator, (list, tuple)) and len(generator) != sample.shape[0]:
         raise ValueError(f"a list of generators needs one per sample ({sample.shape[0]}), got {len(generator)}")
+    if clip_sample_range is not None and not (math.isfinite(float(clip_sample_range)) and clip_sample_range > 0):
+        raise ValueError(f"clip_sample_range must be finite and > 0 (or None: no clipping), got {clip_sample_range}")
     eta = float(eta)
     if eta > 1.0:
         warnings.warn(f"eta={eta} > 1: σ exceeds √(1 − ᾱ_prev), so the ε̂ term is clipped at 0 (diffusers' "
@@ -370,6 +374,11 @@ def ddim_step(
         table = table.to(dev)
     timesteps, tval = door.as_timestep(timestep)
     seed = door.resolve_seed(seed, generator, dev, needed=mixture is not None or (noise is None and eta > 0))
+    offset = door.as_offset(sample_offset)
+    if offset is None or offset.device.type == "cpu":  # a device offset is the kernel's to read (no host sync)
+        per_sample = seed is not None and seed.numel() > 1  # every sample then draws at sample_offset
+        check_index_range(0 if offset is None else int(offset), 1 if per_sample else sample.shape[0],
+                          math.prod(sample.shape[1:]))
     threshold = None
     if thresholding is not None:
         threshold = _threshold_scale(sample, model_output, timesteps, tval, table, prediction_type,
@@ -379,7 +388,7 @@ def ddim_step(
         if mixture.device != dev:
             mixture = mixture.to(dev)
         mix, var_mode = mixture.op_tensors(), mixture.variance_mode
-    args = (sample, model_output, table, timesteps, tval, seed, door.as_offset(sample_offset),
+    args = (sample, model_output, table, timesteps, tval, seed, offset,
             noise, threshold, mix, prediction_type, var_mode, eta,
             None if clip_sample_range is None else float(clip_sample_range), bool(use_clipped_model_output),
             None if guidance_scale is None else float(guidance_scale), bool(offset_final))

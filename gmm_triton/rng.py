@@ -18,6 +18,11 @@ from . import backends
 from .contract import STREAM_LATENT
 
 _U64 = 1 << 64
+# Every drawn element has the flat Philox index i = g·D + d (g = sample_offset + b, the sample's global index);
+# the kernels compute it in int64 (and the C++ twin reads up to a 4-element group past the last one), so a call
+# must keep (sample_offset + B)·D <= 2⁶²: past 2⁶³ the index wraps onto other samples' counters (sample_offset 3 and
+# 3 + 2⁵⁶ drew the same noise at D = 256). 2⁶² leaves the C++ twin's group rounding room.
+INDEX_LIMIT = 1 << 62
 
 
 def as_seed_tensor(seed, name: str = "seed") -> Tensor:
@@ -135,6 +140,35 @@ def philox_words(n: int, *, seed: int, stream: int, start: int = 0, device=None)
     return out
 
 
+def box_muller_words(wa: Tensor, wb: Tensor, *, device=None) -> Tensor:
+    """[n, 2] float32: BoxMuller(wa[i], wb[i]) (reference.py's normal transform) of the int32 word pairs, computed by
+    the backend that serves ``device``: the contract's normals at chosen words (adversarial inputs in the tests)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    wa, wb = (w.reshape(-1).to(device=device, dtype=torch.int32).contiguous() for w in (wa, wb))
+    out = torch.empty((wa.numel(), 2), device=device, dtype=torch.float32)
+    backend = backends.backend_for(device)
+    if backend == "triton":
+        from .kernels.philox import box_muller
+
+        return box_muller(wa, wb, out)
+    if backend == "reference":
+        from .reference import box_muller
+
+        pair = box_muller(wa.cpu().numpy().view(np.uint32), wb.cpu().numpy().view(np.uint32))
+        return out.copy_(torch.from_numpy(np.stack(pair, 1)))
+    torch.ops.gmm_triton_cpp.philox_box_muller_(out, wa, wb)
+    return out
+
+
+def check_index_range(sample_offset: int, batch: int, dim: int) -> None:
+    """Refuses a call whose Philox indices would pass ``INDEX_LIMIT``: (sample_offset + batch)·dim <= 2⁶²."""
+    end = (int(sample_offset) + int(batch)) * int(dim)
+    if end > INDEX_LIMIT:
+        raise ValueError(f"sample_offset={sample_offset} with {batch} samples of {dim} elements reaches Philox index "
+                         f"(sample_offset + B)·D = {end} > 2**62, where the counters would wrap onto other samples'; "
+                         "keep (sample_offset + B)·D <= 2**62")
+
+
 def initial_noise(shape: Sequence[int], seed: int, *, sample_offset: int = 0, device=None,
                   dtype: torch.dtype = torch.float32) -> Tensor:
     """The initial latents x_T ~ N(0, I) of samples sample_offset … sample_offset + B − 1 of a run (B = shape[0]).
@@ -150,5 +184,6 @@ def initial_noise(shape: Sequence[int], seed: int, *, sample_offset: int = 0, de
     if not shape:
         raise ValueError("shape must have a batch dimension: [B, ...]")
     D = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    check_index_range(sample_offset, shape[0], D)
     z = philox_normal(shape, seed=int(seed), stream=STREAM_LATENT, start=int(sample_offset) * D)
     return z.to(device=device or "cpu", dtype=dtype)

@@ -1,10 +1,10 @@
 """Runs several ``gmm-triton generate`` commands in one torchrun launch (a launch costs seconds of imports).
 
 Usage: python -m torch.distributed.run --nproc-per-node P tests/generate_worker.py JOBS.json
-JOBS.json: a list of {"argv": [...], "env": {...}}. The process group is set up once, by generate's own
-``distributed()`` (gloo on the CPU), and each command runs in it (tearing a group down and setting it up again in
-one process can read the previous group's addresses from the rendezvous store); the launch stops at the first
-failing command.
+JOBS.json: a list of {"argv": [...], "env": {...}, "expect": exit status (default 0)}. The process group is set up
+once, by generate's own ``distributed()`` (gloo on the CPU), and each command runs in it (tearing a group down and
+setting it up again in one process can read the previous group's addresses from the rendezvous store); the launch
+stops at the first command whose exit status is not the expected one.
 """
 import json
 import os
@@ -20,5 +20,5 @@ if __name__ == "__main__":
         for job in jobs:
             os.environ.update(job.get("env", {}))
             rc = main(job["argv"])
-            if rc:
-                sys.exit(rc)
+            if rc != job.get("expect", 0):
+                sys.exit(rc or 99)

@@ -80,7 +80,7 @@ def test_cases_cover_every_constexpr_value(matrix):
     expected = {
         "CT": {"fp32", "fp64"}, "PRED": {str(v) for v in contract.PRED_CODES.values()},
         "NOISE": {str(v) for v in contract.NOISE_CODES.values()}, "VAR_MODE": {str(v) for v in contract.VAR_CODES.values()},
-        "BLOCK": {"1024", "8192"}, "MASK": {"0", "1", "2"}, "FAST": {"True"},
+        "BLOCK": {"1024", "8192"}, "MASK": {"0", "1", "2"}, "FAST": {"1"},  # common.MATH_GPU
         **{flag: {"True", "False"} for flag in ("MIX", "SHARED", "T_FROM_PTR", "T_PER_SAMPLE", "SEED_FROM_PTR",
                                                 "SEED_PER_SAMPLE",
                                                 "CLIP", "THRESH", "CLIPPED_EPS", "CFG", "OFFSET_FINAL", "WRITE_X0",

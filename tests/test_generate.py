@@ -48,6 +48,17 @@ def _generate(argv):
         assert main(argv) == 0
 
 
+def _snapshot(root):
+    """{relative path: (size, mtime_ns, sha256)} of every file under ``root``: what a refused run must not touch."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(d, name)
+            st = os.stat(p)
+            out[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns, hashlib.sha256(open(p, "rb").read()).digest())
+    return out
+
+
 def _bytes(out):
     with open(os.path.join(out, "samples.npy"), "rb") as f:
         return f.read()
@@ -80,6 +91,8 @@ def two_processes(tmp_path_factory):
     processes SIGKILL themselves after their first shard. Returns (root, the launch's result)."""
     root = tmp_path_factory.mktemp("ddp2")
     jobs = [{"argv": _argv(root / f"{s}-{eta}", s, eta, 8)} for s, eta in CONFIGS]
+    # every rank's shards are non-finite: each rank reports, none waits at the barrier for the others
+    jobs.append({"argv": _argv(root / "nan", "ddim", "1e300", 8), "expect": 1})
     jobs.append({"argv": _argv(root / "killed", "ddim-gmm", "1", 4), "env": {KILL_AFTER_ENV: "1"}})
     return root, _torchrun(2, jobs, str(root))
 
@@ -95,6 +108,13 @@ def test_two_processes_and_two_batch_sizes_give_the_same_bytes(reference, two_pr
         assert _bytes(tmp_path / f"{s}-{eta}") == reference[(s, eta)], (s, eta)
     # the configurations differ from each other: the comparisons above are not between identical outputs
     assert len(set(reference.values())) == len(CONFIGS)
+
+
+def test_a_failing_rank_stops_every_rank(two_processes):
+    root, proc = two_processes
+    assert "rank 0: shard 0 (samples 0…7)" in proc.stderr and "rank 1: shard 1 (samples 8…15)" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert os.listdir(root / "nan" / "shards") == [] and not os.path.exists(root / "nan" / "samples.npy")
 
 
 def test_killed_run_resumes_to_the_same_bytes(reference, two_processes):
@@ -179,12 +199,18 @@ def test_resume_with_another_configuration_is_refused(tmp_path, capsys):
         assert main(_argv(tmp_path, "rfim", "0", 4)) == 2
     err = capsys.readouterr().err
     assert "refusing to resume" in err and "sampler.name: 'ddim' (then) vs 'rfim' (now)" in err
-    # a folder without finished shards (a run that failed before its first) takes a new configuration
+    # a configuration the library refuses fails before the folder is touched (it samples sample 0 first)
+    before = _snapshot(tmp_path)
+    with _threads(1):
+        assert main(_argv(tmp_path, "rfim-gmm", "0", 4, "--gmm-variance", "exact")) == 2
+    err = capsys.readouterr().err
+    assert "fails at its first sample" in err and "gmm_scale" in err and "Traceback" not in err
+    assert _snapshot(tmp_path) == before
+    # a folder whose results were removed (only run.json left) takes a new configuration
     for p in os.listdir(tmp_path / "shards"):
         os.remove(tmp_path / "shards" / p)
-    with _threads(1), pytest.raises(ValueError, match="gmm_scale"):  # fails at its first step: nothing finished
-        main(_argv(tmp_path, "rfim-gmm", "0", 4, "--gmm-variance", "exact"))
-    assert not os.path.exists(tmp_path / "samples.npy")  # the old configuration's output went with its shards
+    os.remove(tmp_path / "samples.npy")
+    os.remove(tmp_path / "manifest.json")
     _generate(_argv(tmp_path, "rfim", "0", 4))
     with open(tmp_path / "run.json") as f:
         assert json.load(f)["sampler"]["name"] == "rfim"
@@ -198,8 +224,8 @@ def test_a_corrupt_shard_is_detected_at_the_merge(tmp_path, capsys):
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
     with _threads(1):
-        assert main(_argv(tmp_path, "ddim", "0", 4)) == 2
-    assert "shard_000001.npy does not match the sha256 in its record" in capsys.readouterr().err
+        assert main(_argv(tmp_path, "ddim", "0", 4)) == 1  # a damaged file: a runtime failure, not a usage error
+    assert "shard_000001.npy does not match its record" in capsys.readouterr().err
     assert not any("samples.npy" in p for p in os.listdir(tmp_path))  # nor its temporary file
 
 

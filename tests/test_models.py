@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gmm_triton.lab.distill.teacher import learned_model, train_teacher
+from gmm_triton.lab.errors import UsageError
 from gmm_triton.lab.models import DiffusionMLP, ResidualMLP, load_network, noise_coefficients
 
 TINY = dict(width=32, depth=1, time_dim=16)
@@ -54,7 +55,7 @@ def test_bad_arguments_are_named():
         ResidualMLP(4, **TINY)(torch.zeros(1, 4), 0.5, head="v_prediction")
     with pytest.raises(ValueError, match="prediction_type"):
         DiffusionMLP(ResidualMLP(4, **TINY), prediction_type="flow")
-    with pytest.raises(FileNotFoundError, match="gmm-triton train"):
+    with pytest.raises(UsageError, match="gmm-triton train"):
         load_network("/nonexistent/model.pt")
     with pytest.raises(ValueError, match="minutes"):
         train_teacher("/nonexistent", minutes=-1)

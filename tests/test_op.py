@@ -173,7 +173,7 @@ def test_philox_integers_bit_exact(backend, seed, stream, start):
 def test_philox_normals_within_contract(backend, start):
     z = ops.philox_normal((5000,), seed=1234, stream=0, start=start).double().numpy()
     r = reference.philox_normal(1234, 5000, 0, start)
-    assert np.abs(z - r).max() < 1e-5
+    assert np.abs(z - r).max() <= reference.NORMAL_BOUNDS["cpp" if backend == "cpp" else "interpreter"]
 
 
 def test_noise_is_standard_normal():

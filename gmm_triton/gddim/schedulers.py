@@ -10,6 +10,8 @@ attribute ``order = 1`` is diffusers' number of model evaluations per step, whic
 """
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +24,7 @@ from diffusers.utils import BaseOutput
 from ..coefficients import TableCache
 from .blur import BlurProcess
 from .cld import CLD
-from .engine import MAX_ORDER, check_solver, gddim_coefficients, time_grid
+from .engine import MAX_ORDER, SPACINGS, check_solver, gddim_coefficients, time_grid
 from .ops import blur_step, cld_step
 from .tables import blur_table, cld_table
 
@@ -54,6 +56,10 @@ class _GDDIMScheduler(SchedulerMixin, ConfigMixin):
     def _check_common(self):
         cfg = self.config
         check_solver(cfg.order, float(cfg.lam), getattr(cfg, "parameterization", "R"), cfg.solver)
+        if cfg.timestep_spacing not in SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {cfg.timestep_spacing!r}")
+        if not (math.isfinite(self._t_max()) and self._t_max() > 0):
+            raise ValueError(f"t_max must be finite and > 0, got {self._t_max()}")
         if not 0 < cfg.sampling_eps < self._t_max():
             raise ValueError(f"sampling_eps must lie in (0, t_max={self._t_max()}), got {cfg.sampling_eps}")
 
@@ -169,6 +175,12 @@ class GDDIMCLDScheduler(_GDDIMScheduler):
     ):
         self.process = CLD(m_inv=m_inv, beta=beta, gamma=gamma, numerical_eps=numerical_eps)
         self._check_common()
+        # Σ_t holds e^{−4βt/Γ}·(e^{4βt/Γ} − 1): e^{4βt/Γ} overflows float64 from t = ln(max float)·Γ/(4β)
+        # (44.36 for the defaults), where the tables would be NaN
+        limit = math.log(sys.float_info.max) * self.process.Gamma / (4 * self.process.beta)
+        if not self._t_max() < limit:
+            raise ValueError(f"t_max must be below ln(max float64)·Γ/(4β) = {limit:.6g} for this process (Σ_t "
+                             f"overflows float64 beyond it), got {self._t_max()}")
         self.init_noise_sigma = 1.0
         self._init_state()
 

@@ -1,5 +1,6 @@
-"""Helpers shared by the fused kernels (step, CLD, blur): per-sample table rows, per-launch scalars, and the choice
-between the GPU's hardware approximations and the interpreter's accurate functions."""
+"""Helpers shared by the fused kernels (step, CLD, blur): per-sample table rows, per-launch scalars, the contract's
+codes as constexprs, and the math mode of the RNG's float leaves (kernels/philox.py)."""
+import contextlib
 import os
 
 import torch
@@ -97,7 +98,29 @@ def vector_align(t: torch.Tensor) -> int:
     return max(4, 16 // t.element_size())
 
 
-def fast_math(device: torch.device) -> bool:
-    """Hardware approximations of sin / cos / sqrt on a GPU (kernels/philox.py states their error); the interpreter
-    has no PTX, so it evaluates the same formulas with accurate functions."""
-    return device.type == "cuda" and not _INTERPRETING
+# The math mode of the RNG's leaf functions (the kernels' FAST constexpr; kernels/philox.py): the GPU and the
+# interpreter run the same control flow and differ only in these leaves.
+MATH_ACCURATE = tl.constexpr(0)  # the interpreter: correctly rounded float32 (the angle's cos / sin from float64)
+MATH_GPU = tl.constexpr(1)       # a GPU: PTX mul.wide, rcp / sin / cos / sqrt.approx (inline asm, MUFU)
+MATH_EMULATED = tl.constexpr(2)  # the interpreter running the GPU branch: each PTX leaf emulated at its stated error
+_emulate_gpu_math = False
+
+
+@contextlib.contextmanager
+def emulated_gpu_math():
+    """Run the Triton kernels under the interpreter with the GPU's math leaves emulated (MATH_EMULATED): what a GPU
+    computes, up to the documented error of each hardware instruction, on the CPU (tests use it)."""
+    global _emulate_gpu_math
+    old, _emulate_gpu_math = _emulate_gpu_math, True
+    try:
+        yield
+    finally:
+        _emulate_gpu_math = old
+
+
+def fast_math(device: torch.device) -> int:
+    """The math mode of a launch on ``device``: MATH_GPU on a GPU; under the interpreter MATH_ACCURATE, or
+    MATH_EMULATED inside :func:`emulated_gpu_math`."""
+    if device.type == "cuda" and not _INTERPRETING:
+        return MATH_GPU.value
+    return (MATH_EMULATED if _emulate_gpu_math else MATH_ACCURATE).value

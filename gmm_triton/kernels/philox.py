@@ -1,28 +1,55 @@
 """Philox helpers shared by the fused kernels (the RNG contract is stated in reference.py).
 
-The rounds are triton's ``tl.philox`` (standard Philox4x32-10; the tests check it bit-exactly against
-``reference.philox4x32``). The integer → normal conversion is ours, so the stream does not move if triton's
-``tl.rand``/``tl.randn`` formulas change, and the C++ twin computes the same function:
+The rounds are Philox4x32-10 (tested bit-exactly against ``reference.philox4x32``). The integer → normal conversion
+is ours, so the stream does not move if triton's ``tl.rand``/``tl.randn`` formulas change, and the C++ twin computes
+the same function:
 
     z₀, z₁ = r cos θ, r sin θ,   r = √(−2 ln U°(a)),   θ = 2π U(b)          (Box–Muller)
 
-evaluated as cheaply as the accuracy of the contract allows:
-- ln U° from the float's exponent and a series in t = (f − 1)/(f + 1), f ∈ [√½, √2): relative error < 2e-7 for
-  every U° ∈ (0, 1] — including U° → 1, where r → 0 and a hardware log2 (absolute error ~1e-7) would not be
-  relatively accurate (the same algorithm as csrc/philox.h's ``log_unit``);
-- θ = φ + π with φ = 2π (U − ½) ∈ [−π, π), so cos θ = −cos φ and sin θ = −sin φ need no range reduction: on the
-  GPU (``FAST``) one hardware approximation each (MUFU.COS / MUFU.SIN, absolute error ≤ 2⁻²⁰·⁵ on [−π, π]), and
-  r from the hardware square root (relative error ≤ 2⁻²³). Together |z_GPU − z| ≤ 5e-6 absolute (|z| ≤ 5.8).
-  The interpreter (and ``FAST=False``) uses accurate cos / sin / sqrt instead.
+**One control flow, three sets of leaves.** The GPU and the interpreter run the same code (the Philox rounds, the lane
+order, the radius series, θ = φ + π with φ = k·2π·2⁻²⁴ ∈ [−π, π), k = (b >> 8) − 2²³, the sign folding, the
+joins into rows) and differ only in four leaf functions, chosen by the math mode ``FAST`` (kernels/common.py):
+
+| leaf | MATH_GPU (PTX) | MATH_ACCURATE (interpreter) | MATH_EMULATED (interpreter) |
+|---|---|---|---|
+| ``_mul_wide`` 32×32 → 64 | ``mul.wide.u32`` (exact) | the 64-bit product (exact) | the same (exact) |
+| ``_rcp`` | ``rcp.approx.ftz.f32``: ≤ 1 ulp | 1/y, correctly rounded | 1/y rounded up: < 1 ulp |
+| ``_sqrt`` | ``sqrt.approx.ftz.f32``: ≤ 2⁻²³ relative | ``sqrt_rn`` | √x rounded up: < 1 ulp ≤ 2⁻²³ rel. |
+| ``_cos_sin`` of k | φ = fl(k · fl(2π·2⁻²⁴)), then ``cos/sin.approx.ftz.f32``: ≤ 2⁻²⁰·⁹ absolute on [−π, π] (PTX ISA) | cos, sin of the exact angle (float64), rounded | the GPU's float32 φ, then cos, sin of it + (2⁻²⁰·⁹ − 2⁻²⁵), rounded: ≤ 2⁻²⁰·⁹ |
+
+So the CPU suite runs the GPU branch (MATH_EMULATED, tests/test_philox_math.py) with every hardware leaf at its
+documented worst error, and the GPU's lane order and range reduction are executed, not only compiled.
+
+**Error bounds** (|z − z_exact| over every pair of 24-bit words; z_exact the float64 reference). Write
+z = fl(r̃ c̃), r̃ = r + Δr, c̃ = c + Δc (c for cos or sin). Then |z − r c| ≤ |Δr| + r |Δc| + ½ ulp(z), and
+r ≤ √(48 ln 2) = 5.768. The radius leaves (``_radius2``'s series, ``_rcp``, ``_sqrt``) are the same function of the
+24-bit word a for every pair, so |Δr(a)| is computed for all 2²⁴ words (``python -m gmm_triton.tools.normal_bounds``,
+a float32 model of this file): ≤ 4.61e-7 with accurate leaves, ≤ 7.0e-7 with the PTX leaves at their worst (rounded
+up). The angle:
+- accurate: |Δc| ≤ 2⁻²⁵ = 2.98e-8 (one rounding of the exact value);
+- GPU: φ's float32 error |k|·|fl(C) − C| + ½ ulp(φ) ≤ 2²³ · 1.04e-14 + 1.19e-7 = 2.07e-7 (max over all 2²⁴ k:
+  2.066e-7 at b = 113), plus the instruction's 2⁻²⁰·⁹ = 5.11e-7: |Δc| ≤ 7.18e-7.
+Maximising |Δr(a)| + r(a)·|Δc| + ½ ulp(z) over all a: **8.24e-7 (interpreter, at a = 2789) ≤ 1e-6** and
+**4.74e-6 (GPU, at a = 8) ≤ 5e-6**. (The interpreter once evaluated cos / sin at the GPU's float32 φ: 2.1e-7 × 5.77
+≈ 1.2e-6 from the angle alone, and 1.42e-6 at a = 1, b = 14622219 — over its stated 1e-6; its angle leaf now takes
+the exact angle. An earlier comment here cited 2⁻²⁰·⁵ for the PTX sin/cos, which would give 5.46e-6 > 5e-6; the
+PTX ISA states 2⁻²⁰·⁹.) The C++ twin reduces the angle to a quadrant exactly (csrc/philox.h) and meets 1e-6 as well.
+Every implementation is tested at the adversarial words and over a structured sample of 10⁶ pairs
+(tests/test_philox_math.py: at most 7.9e-7 for the interpreter and the C++ twin, 3.97e-6 for the emulated GPU).
+
+ln U° comes from the float's exponent and a series in t = (f − 1)/(f + 1), f ∈ [√½, √2): relative error < 2e-7 for
+every U° ∈ (0, 1], including U° → 1, where r → 0 and a hardware log2 (absolute error ~1e-7) would not be relatively
+accurate (the same algorithm as csrc/philox.h's ``log_unit``).
 """
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .common import fast_math
+from .common import MATH_ACCURATE, MATH_EMULATED, MATH_GPU, fast_math
 
 _INV_2_24 = tl.constexpr(5.9604644775390625e-08)  # 2**-24
-_TWO_PI_2_24 = tl.constexpr(6.283185307179586 * 5.9604644775390625e-08)  # 2π · 2⁻²⁴
+_TWO_PI_2_24 = tl.constexpr(6.283185307179586 * 5.9604644775390625e-08)  # 2π · 2⁻²⁴ (rounded to float32 on the GPU)
+_TRIG_ERR = tl.constexpr(2.0**-20.9 - 2.0**-25)  # cos/sin.approx's stated error, less the emulation's final rounding
 _M2LN2 = tl.constexpr(-2.0 * 0.6931471805599453)
 _SQRT_HALF_BITS = tl.constexpr(0x3F3504F3)  # √½ as float32 bits
 _ONE_BITS = tl.constexpr(0x3F800000)
@@ -34,8 +61,79 @@ _MUL_A_ASM = tl.constexpr(f"{{ .reg .u64 t; mul.wide.u32 t, $2, {_ROUND_A.value}
 _MUL_B_ASM = tl.constexpr(f"{{ .reg .u64 t; mul.wide.u32 t, $2, {_ROUND_B.value}; mov.b64 {{$0, $1}}, t; }}")
 
 
+# ------------------------------------------------------------------------------------------------
+# the leaves: the only code that differs between the GPU and the interpreter
+# ------------------------------------------------------------------------------------------------
 @triton.jit
-def _words(seed, counter, STREAM: tl.constexpr, FAST: tl.constexpr = False):
+def _mul_wide(a, M: tl.constexpr, ASM: tl.constexpr, FAST: tl.constexpr):
+    """(low, high) 32-bit words of the 64-bit product a·M (a uint32): exact in every mode.
+
+    On the GPU one ``mul.wide.u32`` (IMAD.WIDE.U32), opaque to LLVM: written as a 64-bit multiply, LLVM merges a
+    round's 32-bit XORs into 64-bit ones and then multiplies 64×64 (several IMADs per product)."""
+    if FAST == MATH_GPU:
+        return tl.inline_asm_elementwise(ASM, "=r,=r,r", [a], dtype=(tl.uint32, tl.uint32), is_pure=True, pack=1)
+    else:
+        p = a.to(tl.uint64) * M
+        return p.to(tl.uint32), (p >> 32).to(tl.uint32)
+
+
+@triton.jit
+def _round_up(v):
+    """v (float64, > 0) rounded up to float32: below 1 ulp above v, the worst a ≤ 1-ulp instruction may return."""
+    r = v.to(tl.float32)
+    return tl.where(r.to(tl.float64) < v, (r.to(tl.int32, bitcast=True) + 1).to(tl.float32, bitcast=True), r)
+
+
+@triton.jit
+def _rcp(y, FAST: tl.constexpr):
+    """1/y, y ∈ [1.7, 2.5] (never denormal): MUFU.RCP alone on the GPU (rcp.approx.ftz: ≤ 1 ulp)."""
+    if FAST == MATH_GPU:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [y], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    elif FAST == MATH_EMULATED:
+        return _round_up(1.0 / y.to(tl.float64))
+    else:
+        return 1.0 / y
+
+
+@triton.jit
+def _sqrt(x, FAST: tl.constexpr):
+    """√x, x ≥ 0: MUFU.SQRT on the GPU (sqrt.approx.ftz: ≤ 2⁻²³ relative)."""
+    if FAST == MATH_GPU:
+        return tl.sqrt(x)
+    elif FAST == MATH_EMULATED:
+        return _round_up(tl.sqrt(x.to(tl.float64)))
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def _cos_sin(k, FAST: tl.constexpr):
+    """(cos φ, sin φ), φ = k·2π·2⁻²⁴ ∈ [−π, π) for the int32 angle index k ∈ [−2²³, 2²³): on the GPU φ in float32 and
+    one MUFU.COS / MUFU.SIN each (no range reduction needed on [−π, π]); the interpreter evaluates the exact angle."""
+    if FAST == MATH_ACCURATE:
+        phi = k.to(tl.float64) * _TWO_PI_2_24
+        return tl.cos(phi).to(tl.float32), tl.sin(phi).to(tl.float32)
+    else:
+        phi = k.to(tl.float32) * _TWO_PI_2_24
+        if FAST == MATH_GPU:
+            return libdevice.fast_cosf(phi), libdevice.fast_sinf(phi)
+        else:
+            p = phi.to(tl.float64)
+            return (tl.cos(p) + _TRIG_ERR).to(tl.float32), (tl.sin(p) + _TRIG_ERR).to(tl.float32)
+
+
+@triton.jit
+def _check_math(FAST: tl.constexpr):
+    tl.static_assert(FAST == MATH_ACCURATE or FAST == MATH_GPU or FAST == MATH_EMULATED,
+                     "unknown math mode (kernels/common.py MATH_*)")
+
+
+# ------------------------------------------------------------------------------------------------
+# the control flow every mode runs
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _words(seed, counter, STREAM: tl.constexpr, FAST: tl.constexpr = MATH_ACCURATE):
     """Philox4x32-10 of the counters (lo32(counter), hi32(counter), STREAM, 0) under the key (lo32(seed),
     hi32(seed)): the contract's integers."""
     c = counter.to(tl.int64).to(tl.uint64, bitcast=True)
@@ -47,19 +145,6 @@ def _words_from(seed, g0, j, STREAM: tl.constexpr, FAST: tl.constexpr):
     """_words of the counters g0 + j (g0 an int64 scalar, j a small int32 tensor)."""
     g = (g0 + j).to(tl.uint64, bitcast=True)
     return _philox(seed, (g & 0xFFFFFFFF).to(tl.uint32), (g >> 32).to(tl.uint32), STREAM, FAST)
-
-
-@triton.jit
-def _mul_wide(a, M: tl.constexpr, ASM: tl.constexpr, FAST: tl.constexpr):
-    """(low, high) 32-bit words of the 64-bit product a·M (a uint32).
-
-    On the GPU one ``mul.wide.u32`` (IMAD.WIDE.U32), opaque to LLVM: written as a 64-bit multiply, LLVM merges a
-    round's 32-bit XORs into 64-bit ones and then multiplies 64×64 (several IMADs per product)."""
-    if FAST:
-        return tl.inline_asm_elementwise(ASM, "=r,=r,r", [a], dtype=(tl.uint32, tl.uint32), is_pure=True, pack=1)
-    else:
-        p = a.to(tl.uint64) * M
-        return p.to(tl.uint32), (p >> 32).to(tl.uint32)
 
 
 @triton.jit
@@ -84,15 +169,6 @@ def _philox(seed, c0, c1, STREAM: tl.constexpr, FAST: tl.constexpr):
 def _uniform(w):
     """U(w) = (w >> 8)·2⁻²⁴ ∈ [0, 1), exact in float32."""
     return (w >> 8).to(tl.int32).to(tl.float32) * _INV_2_24
-
-
-@triton.jit
-def _rcp(y, FAST: tl.constexpr):
-    if FAST:  # MUFU.RCP alone (rcp.approx.ftz: ≤ 1 ulp): its inputs here are in [1.7, 2.5], never denormal
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [y], dtype=tl.float32, is_pure=True,
-                                         pack=1)
-    else:
-        return 1.0 / y
 
 
 @triton.jit
@@ -123,27 +199,14 @@ def _box_muller(wa, wb, scale, rho2_c, rho2_s, RHO: tl.constexpr, FAST: tl.const
     the sign into their multiply-add. ``scale`` (≥ 0) rides on r² (_radius2). With RHO, each of the two normals
     is further scaled by √rho2 (≥ 0), inside its own square root: √(rho2·r²) is one MUFU.SQRT, where √rho2 · r
     would be two, and rho2 = 1 leaves the normal bit for bit as without it."""
+    _check_math(FAST)
     r2 = _radius2(wa, scale, FAST)
-    phi = ((wb >> 8).to(tl.int32) - (1 << 23)).to(tl.float32) * _TWO_PI_2_24
-    if FAST:
-        c = libdevice.fast_cosf(phi)
-        s = libdevice.fast_sinf(phi)
-    else:
-        c = tl.cos(phi)
-        s = tl.sin(phi)
+    c, s = _cos_sin((wb >> 8).to(tl.int32) - (1 << 23), FAST)  # φ = θ − π
     if RHO:
         return _sqrt(r2 * rho2_c, FAST) * c, _sqrt(r2 * rho2_s, FAST) * s
     else:
         r = _sqrt(r2, FAST)
         return r * c, r * s
-
-
-@triton.jit
-def _sqrt(x, FAST: tl.constexpr):
-    if FAST:
-        return tl.sqrt(x)  # MUFU.SQRT
-    else:
-        return tl.sqrt_rn(x)
 
 
 @triton.jit
@@ -216,7 +279,7 @@ def normal_at(seed, i, STREAM: tl.constexpr, FAST: tl.constexpr, scale=1.0, rho2
 
 
 @triton.jit
-def uniform_at(seed, index, STREAM: tl.constexpr, FAST: tl.constexpr = False):
+def uniform_at(seed, index, STREAM: tl.constexpr, FAST: tl.constexpr = MATH_ACCURATE):
     """One uniform for ``index`` of ``STREAM`` (word 0 of its Philox block)."""
     w0, _, _, _ = _words(seed, index, STREAM, FAST)
     return _uniform(w0)
@@ -242,9 +305,9 @@ def normal_fill(out, seed: int, stream: int, start: int = 0, block: int = 4096):
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _words_kernel(out_ptr, n, seed, start, STREAM: tl.constexpr, BLOCK: tl.constexpr):
+def _words_kernel(out_ptr, n, seed, start, STREAM: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    w0, w1, w2, w3 = _words(seed, start + offs, STREAM)
+    w0, w1, w2, w3 = _words(seed, start + offs, STREAM, FAST)
     m = offs < n
     tl.store(out_ptr + offs * 4 + 0, w0.to(tl.int32, bitcast=True), mask=m)
     tl.store(out_ptr + offs * 4 + 1, w1.to(tl.int32, bitcast=True), mask=m)
@@ -255,7 +318,26 @@ def _words_kernel(out_ptr, n, seed, start, STREAM: tl.constexpr, BLOCK: tl.const
 def philox_words(out, seed: int, stream: int, start: int = 0, block: int = 1024):
     """out [n, 4] int32 ← the Philox words of counters start..start+n-1 (the integers of the RNG contract)."""
     n = out.shape[0]
-    _words_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream, block)
+    _words_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream, block, fast_math(out.device))
+    return out
+
+
+@triton.jit
+def _box_muller_kernel(wa_ptr, wb_ptr, out_ptr, n, FAST: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    wa = tl.load(wa_ptr + offs, mask=m, other=0).to(tl.uint32, bitcast=True)
+    wb = tl.load(wb_ptr + offs, mask=m, other=0).to(tl.uint32, bitcast=True)
+    n_cos, n_sin = _box_muller(wa, wb, 1.0, 1.0, 1.0, False, FAST)
+    tl.store(out_ptr + 2 * offs, -n_cos, mask=m)  # _box_muller's normals are negated
+    tl.store(out_ptr + 2 * offs + 1, -n_sin, mask=m)
+
+
+def box_muller(wa, wb, out, block: int = 4096):
+    """out [n, 2] float32 ← BoxMuller(wa[i], wb[i]) of the int32 word pairs: the contract's normal transform at
+    chosen words (how tests/test_philox_math.py evaluates it at adversarial inputs)."""
+    n = wa.numel()
+    _box_muller_kernel[(triton.cdiv(n, block),)](wa, wb, out, n, fast_math(out.device), block)
     return out
 
 

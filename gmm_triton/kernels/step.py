@@ -377,7 +377,7 @@ class ProjectSpec:
     OFF_FROM_PTR: bool    # the sample offset is read from a device tensor (else passed by value)
     ALIGNED4: bool        # every tile starts on a whole Philox group (flat counter ≡ 0 mod 4)
     PERMUTED: bool        # a permuted dense layout (backends.Layout): logical indices for the RNG and tables
-    FAST: bool            # the GPU's hardware approximations (kernels/common.fast_math)
+    FAST: int             # the math mode of the RNG leaves: common.MATH_GPU on a GPU (kernels/philox.py)
     VEC: bool             # 16-byte vector accesses of the element streams
     ALIGN: int            # elements of a 16-byte vector (≥ 4): the tiles' alignment
     MASK: int             # how tile edges are masked: _NO_MASK, _MASKED, or _SPLIT (full tiles unmasked)

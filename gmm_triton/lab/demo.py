@@ -11,26 +11,52 @@ a rerun resumes, plus plots.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
+import time
 
 import torch
 
+from ..provenance import commit
+from .errors import UsageError
+from .files import atomic_write, savefig, write_json
 from .metrics import frechet_distance
 from .oracle import digits_mixture
 from .sampling import METRICS, ddim_samplers, exact_scale_limit, flow_samplers, metrics_row, sample
 
-def _fmt_table(rows, title):
-    cols = ["sampler", "eta", "scale", "fd", "fd_std", "coverage", "tv", "precision", "sw2", "nll", "samples_per_s"]
-    head = ["sampler", "η", "s", "FD↓", "±", "cover↑", "TV↓", "prec↑", "SW2↓", "NLL↓", "samples/s"]
-    lines = [title, " | ".join(head), " | ".join("---" for _ in head)]
+_TABLE = (("sampler", "sampler"), ("eta", "η"), ("scale", "s"), ("fd", "FD↓"), ("fd_std", "±"),
+          ("coverage", "cover↑"), ("tv", "TV↓"), ("precision", "prec↑"), ("sw2", "SW2↓"), ("nll", "NLL↓"),
+          ("samples_per_s", "samples/s"))
+
+
+def _fmt_table(rows, title=None):
+    lines = ([title] if title else []) + ["| " + " | ".join(h for _, h in _TABLE) + " |",
+                                          "| " + " | ".join("---" for _ in _TABLE) + " |"]
     for r in rows:
         cells = []
-        for c in cols:
+        for c, _ in _TABLE:
             v = r.get(c, "")
             cells.append(v if isinstance(v, str) else (f"{v:.0f}" if c == "samples_per_s" else f"{v:.4g}"))
-        lines.append(" | ".join(cells))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def render_results(results: dict) -> str:
+    """The demo's table in Markdown from its ``results.json`` (what ``make demo`` prints, and the README's table)."""
+    st = results["settings"]
+    rows = [r for r in results["rows"] if "note" not in r]
+    text = (f"{st['steps']} sampling steps, n = {st['n']} samples per sampler and seed, seeds {st['seeds']} (± is "
+            f"the spread of FD over seeds), the digits oracle (16×16, 1797 components, std 0.1), mixture samplers at "
+            f"K = 8, s = {st['scale']:g}; device {st['device']}, torch {results['torch']}, commit "
+            f"{results['commit'] or 'unknown'}; the table took {results['wall_s']:.0f} s wall, "
+            f"{results.get('cpu_s', float('nan')):.0f} CPU s (samples/s is wall time and includes the oracle model's "
+            f"time, so it drops on a busy machine). Exact data samples score FD {results['exact_fd']:.3g} at this n "
+            f"(the floor).\n\n")
+    text += _fmt_table(rows)
+    skipped = [f"{r['sampler']} (η={r['eta']}): {r['note']}" for r in results["rows"] if "note" in r]
+    if skipped:
+        text += "\n\nNot run: " + "; ".join(skipped)
+    return text + "\n"
 
 
 def run_demo(out_dir: str = "gmm_triton_out/demo", *, device: str = "auto", n: int = 2000, steps: int = 10,
@@ -41,10 +67,16 @@ def run_demo(out_dir: str = "gmm_triton_out/demo", *, device: str = "auto", n: i
     not train one: `gmm-triton train` or `make distill` does, in ~5 CPU minutes)."""
     from tqdm.auto import tqdm
 
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if quick:
         n, seeds, step_grid = min(n, 300), tuple(seeds)[:1], (5, 10)
     os.makedirs(out_dir, exist_ok=True)
+    net = None
+    if learned_model and os.path.exists(learned_model):  # loaded first (without unpickling code): fails fast
+        from .models import load_network
+
+        net = load_network(learned_model)
     data = digits_mixture(16, std=0.1, device=device)
     reference = data.sample(n, generator=_gen(device, 12345))
     exact_fd = frechet_distance(data.sample(n, generator=_gen(device, 54321)), data.mean(), data.covariance())
@@ -63,46 +95,53 @@ def run_demo(out_dir: str = "gmm_triton_out/demo", *, device: str = "auto", n: i
         rows.append({"sampler": sampler.name, "eta": f"{eta:g}", "scale": f"{s_used:.3g}" if sampler.is_mixture else "—",
                      **row})
         images[(sampler.name, eta)] = x[:10].cpu()
-    if learned_model and not os.path.exists(learned_model):
+    if net is None and learned_model:
         print(f"(no learned model at {learned_model}: `gmm-triton train` adds its rows to this table)")
-    elif learned_model:
+    elif net is not None:
         from .distill.teacher import learned_demo_rows
 
-        rows += learned_demo_rows(learned_model, data, reference, steps=steps, n=n, seeds=seeds, scale=scale,
-                                  device=device)
-    table = _fmt_table([r for r in rows if "note" not in r], f"{steps} steps, n={n} × {len(seeds)} seeds, device={device}; "
-                       f"exact data samples: FD {exact_fd:.4g} (the floor at this n)")
-    skipped = [f"{r['sampler']} (η={r['eta']}): {r['note']}" for r in rows if "note" in r]
-    if skipped:
-        table += "\nnot run: " + "; ".join(skipped)
+        rows += learned_demo_rows(net, data, reference, steps=steps, n=n, seeds=seeds, scale=scale, device=device)
+    results = {"command": "gmm-triton demo", "commit": commit(), "torch": torch.__version__,
+               "settings": {"device": device, "n": n, "seeds": list(seeds), "steps": steps, "scale": scale,
+                            "quick": quick, "learned_model": net is not None},
+               "exact_fd": exact_fd, "wall_s": time.perf_counter() - t_start,
+               "cpu_s": time.process_time() - cpu_start, "rows": rows}
+    table = render_results(results)
     print(table)
     curve = _quality_vs_steps(data, reference, step_grid, n, seeds[0], scale, device)
     paths = {"table": os.path.join(out_dir, "demo_table.md"), "csv": os.path.join(out_dir, "demo.csv"),
-             "grid": os.path.join(out_dir, "samples_grid.png"), "steps": os.path.join(out_dir, "quality_vs_steps.png")}
-    with open(paths["table"], "w") as f:
-        f.write(table + "\n")
+             "results": os.path.join(out_dir, "results.json"), "grid": os.path.join(out_dir, "samples_grid.png"),
+             "steps": os.path.join(out_dir, "quality_vs_steps.png")}
+    atomic_write(paths["table"], lambda f: f.write(table.encode()))
     _write_csv(paths["csv"], rows)
+    write_json(results, paths["results"])  # the README's table is generated from a committed copy (make tables)
     _plot_grid(images, data, paths["grid"], device)
     _plot_steps(curve, exact_fd, paths["steps"])
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump({"device": device, "n": n, "seeds": list(seeds), "steps": steps, "scale": scale,
-                   "torch": torch.__version__, "exact_fd": exact_fd}, f, indent=1)
     print("wrote", ", ".join(paths.values()))
     return {"rows": rows, "paths": paths, "exact_fd": exact_fd}
 
 
+# an eval row is keyed by every setting that changes its numbers, all recorded in the CSV
+EVAL_KEY = ("sampler", "steps", "eta", "scale", "n", "seeds", "model", "device", "commit")
+EVAL_FIELDS = (*EVAL_KEY, *METRICS, "fd_std", "samples_per_s", "note")
+EVAL_MODEL = "oracle:digits:16x16:std=0.1"  # the model every eval row samples (digits_mixture(16, std=0.1))
+
+
 def run_eval(out_dir: str = "gmm_triton_out/eval", *, device: str = "auto", steps=(5, 10, 20, 50), etas=(0.0, 0.5, 1.0),
              scales=(0.1, 0.3, 1.0, 3.0), n: int = 2000, seeds=(0, 1), families=("ddim",)) -> str:
-    """The full sweep steps × η × sampler × scale; one CSV row per configuration, resumed if the CSV exists."""
+    """The full sweep steps × η × sampler × scale; one CSV row per configuration, resumed if the CSV exists.
+
+    A row is reused only if it was made with the same sampler, steps, η, scale, n, seeds, model, device type and
+    commit (``EVAL_KEY``, all columns of the CSV); the CSV is rewritten atomically after every row."""
     from tqdm.auto import tqdm
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "eval.csv")
-    done = set()
-    if os.path.exists(path):
-        with open(path) as f:
-            done = {(r["sampler"], r["steps"], r["eta"], r["scale"]) for r in csv.DictReader(f)}
+    rows = _read_eval_csv(path)
+    setting = {"n": str(n), "seeds": "+".join(map(str, seeds)), "model": EVAL_MODEL,
+               "device": torch.device(device).type, "commit": commit() or ""}
+    done = {tuple(r[k] for k in EVAL_KEY) for r in rows}
     data = digits_mixture(16, std=0.1, device=device)
     reference = data.sample(n, generator=_gen(device, 12345))
     samplers = (ddim_samplers() if "ddim" in families else []) + (flow_samplers() if "flow" in families else [])
@@ -111,24 +150,45 @@ def run_eval(out_dir: str = "gmm_triton_out/eval", *, device: str = "auto", step
         for st in steps:
             for eta in etas:
                 for sc in (scales if sampler.is_mixture else (0.0,)):
-                    key = (sampler.name, str(st), f"{eta:g}", f"{sc:g}")
-                    if key not in done and not (sampler.family == "flow" and eta > 0.5):
+                    key = {"sampler": sampler.name, "steps": str(st), "eta": f"{eta:g}", "scale": f"{sc:g}", **setting}
+                    if tuple(key[k] for k in EVAL_KEY) not in done and not (sampler.family == "flow" and eta > 0.5):
                         jobs.append((sampler, st, eta, sc, key))
-    for sampler, st, eta, sc, key in tqdm(jobs, desc=f"eval sweep ({len(done)} rows done)"):
+    for sampler, st, eta, sc, key in tqdm(jobs, desc=f"eval sweep ({len(done)} rows in the CSV)"):
         try:
             row, _ = metrics_row(data, sampler, st, eta, n, seeds, sc, device, reference)
             note = ""
         except ValueError as e:  # e.g. the exact variance at η = 0: recorded, not fatal
             row, note = {k: float("nan") for k in (*METRICS, "fd_std", "samples_per_s")}, str(e).split(";")[0]
-        new = not os.path.exists(path)
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["sampler", "steps", "eta", "scale", *METRICS, "fd_std", "samples_per_s", "note"])
-            if new:
-                w.writeheader()
-            w.writerow({"sampler": key[0], "steps": key[1], "eta": key[2], "scale": key[3], **row, "note": note})
-    _plot_eval(path, os.path.join(out_dir, "eval_fd.png"))
+        rows.append({**key, **row, "note": note})
+        _write_eval_csv(path, rows)
+    current = [r for r in rows if all(r[k] == v for k, v in setting.items()) and str(r["fd"]) not in ("", "nan")]
+    if not current:  # e.g. only flow samplers at η > 0.5, which the sweep skips
+        print(f"nothing to evaluate for these settings: {path} {'unchanged' if rows else 'not written'}")
+        return path
+    _plot_eval(current, os.path.join(out_dir, "eval_fd.png"))
     print("wrote", path, "and", os.path.join(out_dir, "eval_fd.png"))
     return path
+
+
+def _read_eval_csv(path) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != EVAL_FIELDS:
+            raise UsageError(f"{path} has the columns {reader.fieldnames}, not those of this version "
+                             f"({', '.join(EVAL_FIELDS)}): its rows do not say how they were made; move it away or "
+                             "use another --out")
+        return list(reader)
+
+
+def _write_eval_csv(path, rows) -> None:
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=EVAL_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    data = text.getvalue().encode()
+    atomic_write(path, lambda f: f.write(data))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -149,12 +209,13 @@ def _quality_vs_steps(data, reference, step_grid, n, seed, scale, device):
 
 
 def _write_csv(path, rows):
-    keys = ["sampler", "eta", "scale", *METRICS, "fd_std", "samples_per_s", "note"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=["sampler", "eta", "scale", *METRICS, "fd_std", "samples_per_s", "note"],
+                       extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    data = text.getvalue().encode()
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _plt():
@@ -181,7 +242,7 @@ def _plot_grid(images, data, path, device):
         axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     fig.suptitle("Samples (same initial noise across samplers)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -202,14 +263,13 @@ def _plot_steps(curve, exact_fd, path):
     ax.legend(fontsize=7)
     ax.set_title("Oracle digits: sample quality vs steps", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
-def _plot_eval(csv_path, png_path):
+def _plot_eval(rows, png_path):
+    """FD against steps per η (best scale per point) for the eval rows of one setting."""
     plt = _plt()
-    with open(csv_path) as f:
-        rows = [r for r in csv.DictReader(f) if r["fd"] not in ("", "nan")]
     etas = sorted({r["eta"] for r in rows}, key=float)
     steps = sorted({int(r["steps"]) for r in rows})
     fig, axes = plt.subplots(1, len(etas), figsize=(4.6 * len(etas), 3.8), squeeze=False)
@@ -235,5 +295,5 @@ def _plot_eval(csv_path, png_path):
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("FD to the data moments (↓)")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    savefig(fig, png_path, dpi=110)
     plt.close(fig)

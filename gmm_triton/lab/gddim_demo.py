@@ -30,6 +30,8 @@ import time
 import numpy as np
 import torch
 
+from ..provenance import commit
+from .files import atomic_write, savefig
 from .metrics import frechet_distance
 from .oracle import BlurMixtureDenoiser, CLDMixtureDenoiser, digits_mixture
 from ..gddim.schedulers import GDDIMBlurScheduler, GDDIMCLDScheduler
@@ -318,7 +320,7 @@ def _plot(cld, blur, path):
                title=f"BDM, digits oracle (n={blur['n']})")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -345,10 +347,10 @@ def run_gddim_demo(out_dir="gmm_triton_out/gddim", *, family="gddim", n=None, qu
     print(text)
     paths = {"table": os.path.join(out_dir, "gddim_table.md"), "json": os.path.join(out_dir, "gddim.json"),
              "plot": os.path.join(out_dir, "gddim.png")}
-    with open(paths["table"], "w") as f:
-        f.write(text + "\n")
-    with open(paths["json"], "w") as f:
-        json.dump({"cld": cld, "blur": blur, "cost": cost, "seconds": secs}, f, indent=1, default=str)
+    atomic_write(paths["table"], lambda f: f.write((text + "\n").encode()))
+    data = json.dumps({"cld": cld, "blur": blur, "cost": cost, "seconds": secs, "commit": commit()}, indent=1,
+                      default=str).encode()
+    atomic_write(paths["json"], lambda f: f.write(data))
     _plot(cld, blur, paths["plot"])
     print("wrote", ", ".join(paths.values()))
     return {"cld": cld, "blur": blur, "cost": cost, "paths": paths, "seconds": secs}

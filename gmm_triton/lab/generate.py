@@ -8,20 +8,32 @@ What it guarantees:
   the model sees it in a forward of exactly ``--model-batch`` rows, at row i mod model_batch, the other rows being
   its aligned neighbours or zeros. The last point matters: a BLAS picks its kernel (and so its rounding) by the
   matrix shape, so a model's output for one sample can change with the batch it shares (with MKL the digits
-  oracle gives other bits in batches of 1, 3 or 7 rows than in batches of 16 or more). With a fixed forward shape, the number of processes, the batch size, the
-  shard layout of a resumed run and the order of work change no byte of ``samples.npy``, on one device type.
+  oracle gives other bits in batches of 1, 3 or 7 rows than in batches of 16 or more). On the CPU it also splits a
+  product's reduction by thread count (MKL on an AVX-512/AMX Xeon: 2.4e-7 apart at 1 and 2 threads), so the run
+  sets torch's intra-op threads to ``--threads`` (default 1, part of the configuration). With a fixed forward
+  shape and thread count, the number of processes, the batch size, the shard layout of a resumed run and the
+  order of work change no byte of ``samples.npy``, on one device type.
 - **Layout.** Global indices are cut into shards of ``--shard-size`` (fixed at the first run). The shards still
   to do are split among the ranks in contiguous runs; a rank writes each finished shard as
-  ``shards/shard_NNNNNN.npy`` (written to a temporary name, fsynced, renamed) and then its record
-  ``shard_NNNNNN.json`` (sha256, rank, world size, batch size, seconds): a shard is finished once its record
-  exists, and is never written again. After a barrier rank 0 checks every shard against its checksum and merges
-  them in global index order into ``samples.npy`` [N, *sample_shape] float32 and ``manifest.json`` (the run
-  configuration, seed, N, world and batch size, commit, per-shard checksums, timings), both written atomically.
-- **Resume.** Rerun the same command (with any number of processes or batch size): the finished shards are kept
-  and the others are computed. ``run.json``, written at the first run, holds everything that determines the
-  bytes; once a shard is finished, a rerun whose configuration differs (sampler, η, steps, mixture, seed, N,
-  shard size, model batch, model, device type) is refused, naming the differences. One job per output folder at
-  a time.
+  ``shards/shard_NNNNNN.npy`` (written to a temporary name with its space reserved, fsynced, renamed) and then its
+  record ``shard_NNNNNN.json`` (the configuration's fingerprint, the data's sha256, rank, world size, batch size,
+  seconds): a shard is finished once its record exists, and is never written again. After a barrier rank 0 checks
+  every shard against its record and writes them in global index order, sequentially, into a temporary file whose
+  space it reserved first; that file is read back and its sha256 compared with the bytes written, then renamed to
+  ``samples.npy`` [N, *sample_shape] float32; ``manifest.json`` (the configuration and its fingerprint, seed, N,
+  world and batch size, commit, per-shard records, the sha256 of samples.npy, timings) follows, atomically.
+- **A transaction.** Rank 0 holds an exclusive lock on ``--out`` (``OUT/generate.lock``, naming its holder) for
+  the whole run: a second run into the same folder fails at once, naming the first. Nothing is written before
+  the arguments are checked, which includes sampling sample 0 once (so that a configuration the library refuses
+  fails before the folder is touched); results of another configuration are never overwritten, and the only
+  files ever removed are the temporary files of this module's own names. Non-finite samples stop the run with an
+  error naming the shard; a full disk is an error naming the space needed.
+- **Resume.** Rerun the same command (with any number of processes or batch size): the finished shards whose data
+  match their records are kept and the others are computed. ``run.json`` holds everything that determines the
+  bytes; a rerun whose configuration differs (sampler, η, steps, mixture, seed, N, shard size, model batch,
+  threads, model, device type) is refused, naming the differences, and so is any shard record or manifest of
+  another configuration (by fingerprint), with or without ``run.json``. A rerun of a finished run checks
+  ``samples.npy`` against the sha256 in ``manifest.json`` (and merges it again from the shards if it differs).
 - **Processes.** RANK / WORLD_SIZE / LOCAL_RANK come from the launcher (torchrun or accelerate launch); with
   more than one process ``torch.distributed`` is initialised with NCCL when sampling on CUDA (device
   ``cuda:LOCAL_RANK``) and gloo on the CPU. A plain single process needs no launcher.
@@ -29,35 +41,46 @@ What it guarantees:
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
+import fcntl
 import hashlib
+import io
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .cli_args import add_mixture_arguments, nonneg_float, positive_int, seed
+from .errors import CommandError, UsageError, os_message
+from .files import atomic_write, read_json, write_json
 from .sampling import Sampler, scheduler_for
+from ..provenance import commit
 from ..rng import initial_noise
 
-FORMAT = 1
+FORMAT = 2  # 2: shard records and the manifest carry the configuration's fingerprint
 SAMPLERS = ("ddim", "ddim-gmm", "rfim", "rfim-gmm")
-RUN_CONFIG, MANIFEST, SAMPLES, SHARDS = "run.json", "manifest.json", "samples.npy", "shards"
-TMP_MARK = ".tmp-"
+RUN_CONFIG, MANIFEST, SAMPLES, SHARDS, LOCK = "run.json", "manifest.json", "samples.npy", "shards", "generate.lock"
+RECORD_KEYS = ("shard", "start", "stop", "sha256", "config_sha256", "world_size", "batch_size", "commit")
+_RECORD = re.compile(r"^shard_(\d{6})\.json$")
+# the temporary names this module writes (files.temporary_name): the only files it ever removes
+_TMP_TOP = re.compile(r"^(samples\.npy|manifest\.json|run\.json)\.tmp-\d+$")
+_TMP_SHARD = re.compile(r"^shard_\d{6}\.(npy|json)\.tmp-\d+$")
 # Test hook: the process SIGKILLs itself after writing this many shards (an interruption at a known point).
 KILL_AFTER_ENV = "GMM_TRITON_TEST_KILL_AFTER_SHARDS"
 
 
-class GenerateError(ValueError):
+class GenerateError(UsageError):
     """A bad argument or an output folder that cannot be resumed; the message says which and why."""
 
 
@@ -88,6 +111,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: cuda:LOCAL_RANK if CUDA is available, else cpu")
     p.add_argument("--timeout-min", type=positive_int, default=120,
                    help="torch.distributed timeout: how long a rank that finished waits for the others")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch intra-op threads per process when sampling on the CPU: a BLAS's rounding depends "
+                        "on it, so it is part of the configuration (default 1; run one process per core instead)")
     add_mixture_arguments(p)
 
 
@@ -179,7 +205,11 @@ def build(args, device):
 
     if not os.path.isdir(args.pipeline):
         raise GenerateError(f"--pipeline {args.pipeline}: not a folder (a saved diffusers pipeline is expected)")
-    pipe = DiffusionPipeline.from_pretrained(args.pipeline)
+    try:  # diffusers reads weights with safetensors or torch.load(weights_only=True)
+        pipe = DiffusionPipeline.from_pretrained(args.pipeline)
+    except (OSError, ValueError, TypeError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GenerateError(f"--pipeline {args.pipeline}: cannot be loaded as a diffusers pipeline ({first})") from None
     model = getattr(pipe, "unet", None)
     if not isinstance(model, UNet2DModel) or model.config.num_class_embeds is not None:
         raise GenerateError(f"--pipeline {args.pipeline}: generate needs an unconditional UNet2DModel as `unet`, "
@@ -214,7 +244,7 @@ def run_config(args, sched, shape, ident, device) -> dict:
     return {
         "format": FORMAT, "seed": args.seed, "samples": args.samples, "shard_size": args.shard_size,
         "model_batch": args.model_batch, "sample_shape": list(shape), "dtype": "float32",
-        "device_type": device.type,
+        "device_type": device.type, **({"cpu_threads": args.threads} if device.type == "cpu" else {}),
         "sampler": {"name": args.sampler, "steps": args.steps, "eta": args.eta,
                     **({k: getattr(args, k) for k in ("gmm_scale", "gmm_components", "gmm_offsets", "gmm_variance",
                                                       "gmm_shared", "gmm_clip_variance")}
@@ -262,27 +292,29 @@ def sample_range(model, sched, family: str, *, first: int, n: int, shape, seed: 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
+def _checked_build(args, device):
+    """``build`` and then sample 0's whole trajectory on a copy of the scheduler, before any file is touched: a
+    configuration the library refuses (K > D, an exact-variance scale past its limit, …) is a usage error here, not
+    a traceback after the output folder was prepared. Returns what ``build`` does."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        model, sched, shape, ident = build(args, device)
+    except GenerateError:
+        raise
+    except ValueError as e:  # a scheduler option the library refuses
+        raise GenerateError(f"this configuration is refused: {e}") from None
+    try:
+        sample_range(model, copy.deepcopy(sched), _sampler(args).family, first=0, n=1, shape=shape, seed=args.seed,
+                     steps=args.steps, eta=args.eta, model_batch=args.model_batch, device=device)
+    except ValueError as e:
+        raise GenerateError(f"this configuration fails at its first sample: {e}") from None
+    return model, sched, shape, ident
 
 
-def _atomic_write(path, write):
-    """write(f) into a temporary file beside ``path``, fsync, rename over ``path``, fsync the folder."""
-    tmp = f"{path}{TMP_MARK}{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def _write_json(path, obj):
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+# ---------------------------------------------------------------------------------------------------------------
+def fingerprint(cfg: dict) -> str:
+    """sha256 of the configuration's canonical JSON: stamped into every shard record and the manifest, and
+    compared before any of them is reused."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _sha256_file(path) -> str:
@@ -301,32 +333,8 @@ def shard_bounds(i: int, shard_size: int, n: int) -> tuple[int, int]:
     return i * shard_size, min((i + 1) * shard_size, n)
 
 
-def finished_shards(out, cfg) -> set[int]:
-    """The shards whose record exists and matches the layout (a record is written after its data)."""
-    done = set()
-    num = -(-cfg["samples"] // cfg["shard_size"])
-    for i in range(num):
-        rec = _shard_path(out, i, "json")
-        if os.path.exists(rec) and os.path.exists(_shard_path(out, i, "npy")):
-            with open(rec) as f:
-                r = json.load(f)
-            if (r["start"], r["stop"]) == shard_bounds(i, cfg["shard_size"], cfg["samples"]):
-                done.add(i)
-    return done
-
-
-def _commit():
-    """The git commit of this package's source (suffixed "+dirty" with uncommitted changes), or None."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        head = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode:
-            return None
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+def _num_shards(cfg) -> int:
+    return -(-cfg["samples"] // cfg["shard_size"])
 
 
 def _differences(old: dict, new: dict, prefix="") -> list[str]:
@@ -340,29 +348,120 @@ def _differences(old: dict, new: dict, prefix="") -> list[str]:
     return diffs
 
 
-def prepare(out, cfg) -> list[int]:
-    """Rank 0, before any rank writes: records the configuration, or checks it against the recorded one if any
-    shard is finished; removes temporary files left by an interrupted run; returns the shards still to do."""
-    os.makedirs(os.path.join(out, SHARDS), exist_ok=True)
-    path = os.path.join(out, RUN_CONFIG)
-    diffs = []
-    if os.path.exists(path):
-        with open(path) as f:
-            diffs = _differences(json.load(f), json.loads(json.dumps(cfg)))
-        if diffs and any(name.endswith(".json") for name in os.listdir(os.path.join(out, SHARDS))):
+class OutputLock:
+    """An exclusive lock on an output folder, held by rank 0 for the whole run: ``flock`` on ``OUT/generate.lock``
+    (released by the kernel when the process ends, however it ends; on NFS, Linux maps it to a POSIX lock the
+    server arbitrates). The file names its holder (pid, host, start, command) for whoever finds it held; it stays
+    in place after the run (removing it would let two runs lock two different files)."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, LOCK)
+        self.fd = None
+
+    def __enter__(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown holder"
+            os.close(fd)
+            raise CommandError(f"{os.path.dirname(self.path)} is in use by another `gmm-triton generate` ({holder}): "
+                               "wait for it to finish, or use another --out") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        holder = (f"pid {os.getpid()} on {socket.gethostname()} since "
+                  f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: "
+                  + " ".join(sys.argv))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode() + b"\n", 0)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # releases the lock
+        return False
+
+
+def _remove_temporaries(out) -> None:
+    """Removes the temporary files an interrupted run of this folder left (only names this module writes:
+    ``samples.npy.tmp-PID``, ``shards/shard_NNNNNN.npy.tmp-PID``, …); called with the folder's lock held."""
+    for d, pattern in ((out, _TMP_TOP), (os.path.join(out, SHARDS), _TMP_SHARD)):
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                if pattern.match(name):
+                    os.remove(os.path.join(d, name))
+
+
+def _read_record(out, i) -> dict:
+    path = _shard_path(out, i, "json")
+    rec = read_json(path, "a shard record")
+    missing = [k for k in RECORD_KEYS if k not in rec]
+    if missing:
+        raise CommandError(f"{path} is damaged (it lacks {', '.join(missing)}): delete it and its .npy, and rerun "
+                           "to compute the shard again")
+    return rec
+
+
+def prepare(out, cfg) -> dict:
+    """Rank 0, with the folder locked and before any rank writes: checks what the folder holds against the
+    configuration and returns ``{"pending": shards still to do, "complete": manifest or None}``.
+
+    - ``run.json`` (if any) and every shard record and manifest must carry this configuration (its fingerprint);
+      a folder holding another configuration's results is refused (usage error) and nothing in it is touched.
+      ``run.json`` is (re)written only while the folder holds no results.
+    - A finished shard (record and data present) is reused only if its data match the sha256 in its record.
+    - A finished run is complete only if ``samples.npy`` matches the sha256 in ``manifest.json``; if it does not,
+      it is merged again from the (verified) shards.
+    - Temporary files of an interrupted run of this folder are removed (only names this module writes).
+    """
+    fp = fingerprint(cfg)
+    shards = os.path.join(out, SHARDS)
+    os.makedirs(shards, exist_ok=True)
+    run_json, samples, manifest_path = (os.path.join(out, f) for f in (RUN_CONFIG, SAMPLES, MANIFEST))
+    records = {}
+    for name in sorted(os.listdir(shards)):
+        m = _RECORD.match(name)
+        if m:
+            records[int(m.group(1))] = _read_record(out, int(m.group(1)))
+    manifest = read_json(manifest_path, "the manifest") if os.path.exists(manifest_path) else None
+    recorded = read_json(run_json, "the run's configuration") if os.path.exists(run_json) else None
+    if recorded is not None and recorded != json.loads(json.dumps(cfg)):
+        if records or manifest is not None or os.path.exists(samples):
             raise GenerateError(f"refusing to resume {out}: it was started with another configuration ("
-                                + "; ".join(diffs) + "). Rerun with the original arguments or use another --out")
-    if diffs or not os.path.exists(path):  # a new run, or one that failed before finishing any shard
-        for stale in (SAMPLES, MANIFEST):  # of an older configuration whose shards were deleted
-            if os.path.exists(os.path.join(out, stale)):
-                os.remove(os.path.join(out, stale))
-        _write_json(path, cfg)
-    for d in (out, os.path.join(out, SHARDS)):
-        for name in os.listdir(d):
-            if TMP_MARK in name:
-                os.remove(os.path.join(d, name))
-    done = finished_shards(out, cfg)
-    return [i for i in range(-(-cfg["samples"] // cfg["shard_size"])) if i not in done]
+                                + "; ".join(_differences(recorded, json.loads(json.dumps(cfg))))
+                                + "). Rerun with the original arguments or use another --out")
+        recorded = None  # a run that failed before its first shard: nothing of it to keep
+    for i, rec in records.items():
+        if rec["config_sha256"] != fp:
+            raise GenerateError(f"refusing to use {_shard_path(out, i, 'json')}: it was made with another "
+                                f"configuration (fingerprint {rec['config_sha256'][:12]}…, this one {fp[:12]}…). "
+                                "Rerun with the original arguments or use another --out")
+    if manifest is not None and manifest.get("config_sha256") != fp:
+        raise GenerateError(f"refusing to overwrite {manifest_path}: it belongs to another configuration. "
+                            "Use another --out")
+    if os.path.exists(samples) and manifest is None and recorded is None:
+        raise GenerateError(f"refusing to overwrite {samples}: this run did not write it (the folder holds no "
+                            f"{RUN_CONFIG} or {MANIFEST} of this configuration). Use another --out")
+    if recorded is None:
+        write_json(cfg, run_json)
+    _remove_temporaries(out)
+    if manifest is not None and os.path.exists(samples):
+        if _sha256_file(samples) == manifest.get("sha256"):
+            return {"pending": [], "complete": manifest}
+        print(f"{samples} does not match the sha256 in {MANIFEST} (damaged): merging it again from the shards",
+              file=sys.stderr)
+    pending = []
+    for i in range(_num_shards(cfg)):
+        npy = _shard_path(out, i, "npy")
+        rec = records.get(i)
+        if rec is None or not os.path.exists(npy):
+            pending.append(i)  # not finished (a record without data is computed again, its record rewritten)
+        elif (rec["start"], rec["stop"]) != shard_bounds(i, cfg["shard_size"], cfg["samples"]) or \
+                _sha256_file(npy) != rec["sha256"]:
+            raise CommandError(f"{npy} does not match its record (sha256 or bounds): delete it and its .json and "
+                               "rerun to compute it again")
+    return {"pending": pending, "complete": None}
 
 
 def _my_runs(pending: list[int], r: Rank) -> list[list[int]]:
@@ -381,7 +480,7 @@ def _device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def _sample_my_shards(args, cfg, model, sched, family, runs, r: Rank, commit) -> dict:
+def _sample_my_shards(args, cfg, model, sched, family, runs, r: Rank) -> dict:
     """Computes and writes this rank's shards; returns its timing."""
     from tqdm.auto import tqdm
 
@@ -405,7 +504,7 @@ def _sample_my_shards(args, cfg, model, sched, family, runs, r: Rank, commit) ->
                 i = pending.pop(0)
                 s0, s1 = shard_bounds(i, S, N)
                 _write_shard(args.out, i, have[s0 - carry_lo:s1 - carry_lo], s0, s1, r, args.batch_size,
-                             time.perf_counter() - t_shard, commit)
+                             time.perf_counter() - t_shard, cfg)
                 t_shard = time.perf_counter()
                 written += 1
                 if written == kill_after:
@@ -418,49 +517,99 @@ def _sample_my_shards(args, cfg, model, sched, family, runs, r: Rank, commit) ->
             "host": socket.gethostname(), "device": _device_name(r.device)}
 
 
-def _write_shard(out, i, arr, s0, s1, r: Rank, batch_size, seconds, commit):
-    path = _shard_path(out, i, "npy")
-    _atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(arr, dtype=np.float32)))
-    _write_json(_shard_path(out, i, "json"), {
-        "shard": i, "start": s0, "stop": s1, "sha256": _sha256_file(path), "rank": r.rank, "world_size": r.world,
-        "batch_size": batch_size, "seconds": seconds, "host": socket.gethostname(),
-        "device": _device_name(r.device), "commit": commit,
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+def _write_shard(out, i, arr, s0, s1, r: Rank, batch_size, seconds, cfg):
+    """Shard i's data, then its record (the configuration's fingerprint and the data's sha256). Non-finite
+    samples stop the run: nothing is written for the shard, so a rerun computes it again."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+    if bad.any():
+        first = s0 + int(np.argmax(bad))
+        raise CommandError(f"shard {i} (samples {s0}…{s1 - 1}): {int(bad.sum())} of its samples are not finite "
+                           f"(NaN or ±inf; the first is sample {first}): this configuration diverges (e.g. --eta "
+                           "too large). Nothing was written for this shard")
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    data = buf.getvalue()
+    atomic_write(_shard_path(out, i, "npy"), lambda f: f.write(data), size=len(data))
+    write_json({
+        "format": FORMAT, "shard": i, "start": s0, "stop": s1, "sha256": hashlib.sha256(data).hexdigest(),
+        "config_sha256": fingerprint(cfg), "rank": r.rank, "world_size": r.world, "batch_size": batch_size,
+        "seconds": seconds, "host": socket.gethostname(), "device": _device_name(r.device), "commit": commit(),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()}, _shard_path(out, i, "json"))
 
 
-def merge(out, cfg) -> dict:
-    """Rank 0: checks each shard against its recorded sha256 and writes samples.npy in global index order;
-    returns the shard records."""
-    N, S = cfg["samples"], cfg["shard_size"]
-    records = []
+def merge(out, cfg) -> tuple[list[dict], str, int]:
+    """Rank 0: writes samples.npy [N, *sample_shape] float32 in global index order from the shards, each checked
+    against its record, as one sequential write into a temporary file whose space is reserved first; the file is
+    read back and its sha256 compared with that of the bytes written before it is renamed into place.
+    Returns (the shard records, the sha256, the size in bytes)."""
+    N, S, shape = cfg["samples"], cfg["shard_size"], tuple(cfg["sample_shape"])
     path = os.path.join(out, SAMPLES)
-    tmp = f"{path}{TMP_MARK}{os.getpid()}"
-    merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(N, *cfg["sample_shape"]))
-    try:
-        for i in range(-(-N // S)):
-            npy = _shard_path(out, i, "npy")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                                                  "fortran_order": False, "shape": (N, *shape)})
+    header = header.getvalue()
+    size = len(header) + N * math.prod(shape) * 4
+    free = shutil.disk_usage(out).free
+    if free < size:
+        raise CommandError(f"not enough space in {out} for {SAMPLES}: it needs {size:,} bytes, {free:,} are free; "
+                           "free some space and rerun (the shards are kept)")
+    records, h = [], hashlib.sha256()
+
+    def write(f):
+        f.write(header)
+        h.update(header)
+        for i in range(_num_shards(cfg)):
+            npy, s0_s1 = _shard_path(out, i, "npy"), shard_bounds(i, S, N)
             if not (os.path.exists(npy) and os.path.exists(_shard_path(out, i, "json"))):
-                raise GenerateError(f"{npy} or its record is missing after every rank finished: --out must be a "
-                                    "folder that every rank sees (a shared filesystem across nodes)")
-            with open(_shard_path(out, i, "json")) as f:
-                rec = json.load(f)
-            if _sha256_file(npy) != rec["sha256"]:
-                raise GenerateError(f"{npy} does not match the sha256 in its record: delete it and its .json and "
-                                    "rerun to compute it again")
-            s0, s1 = shard_bounds(i, S, N)
-            merged[s0:s1] = np.load(npy)
+                raise CommandError(f"{npy} or its record is missing after every rank finished: --out must be a "
+                                   "folder that every rank sees (a shared filesystem across nodes)")
+            rec = _read_record(out, i)
+            with open(npy, "rb") as g:
+                raw = g.read()
+            arr = np.load(io.BytesIO(raw)) if hashlib.sha256(raw).hexdigest() == rec["sha256"] else None
+            if arr is None or arr.dtype != np.float32 or arr.shape != (s0_s1[1] - s0_s1[0], *shape):
+                raise CommandError(f"{npy} does not match its record: delete it and its .json and rerun to compute "
+                                   "it again")
+            data = np.ascontiguousarray(arr).tobytes()
+            f.write(data)
+            h.update(data)
             records.append(rec)
-        merged.flush()
-    except BaseException:
-        del merged
-        os.remove(tmp)
-        raise
-    del merged
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(out)
-    return records
+
+    def verify(tmp):
+        if os.path.getsize(tmp) != size or _sha256_file(tmp) != h.hexdigest():
+            raise CommandError(f"{tmp} does not read back as written (size or sha256 differ): the storage of {out} "
+                               "corrupts writes; nothing was renamed into place")
+
+    atomic_write(path, write, size=size, verify=verify)
+    return records, h.hexdigest(), size
+
+
+@contextmanager
+def _cpu_threads(n: int, device: torch.device):
+    """torch's intra-op threads set to ``n`` for the run (restored afterwards) when sampling on the CPU."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _rank0(r: Rank, fn):
+    """``fn()`` on rank 0, its result (or its failure) on every rank."""
+    state = None
+    if r.rank == 0:
+        try:
+            state = {"value": fn()}
+        except (CommandError, OSError) as e:
+            state = {"error": str(e) if isinstance(e, CommandError) else os_message(e),
+                     "usage": isinstance(e, UsageError)}
+    state = _broadcast(state, r)
+    if "error" in state:
+        raise (GenerateError if state["usage"] else CommandError)(state["error"])
+    return state["value"]
 
 
 def run(args) -> dict:
@@ -468,53 +617,57 @@ def run(args) -> dict:
     if args.batch_size % args.model_batch or args.shard_size % args.model_batch:
         raise GenerateError(f"--batch-size ({args.batch_size}) and --shard-size ({args.shard_size}) must be "
                             f"multiples of --model-batch ({args.model_batch})")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise GenerateError(f"--out {args.out} is a file: give a folder (new or of this run)")
     t0 = time.perf_counter()
-    with distributed(args.device, args.timeout_min) as r:
-        model, sched, shape, ident = build(args, r.device)
+    with distributed(args.device, args.timeout_min) as r, _cpu_threads(args.threads, r.device), ExitStack() as stack:
+        model, sched, shape, ident = _checked_build(args, r.device)
         cfg = run_config(args, sched, shape, ident, r.device)
-        commit = _commit()
-        try:
-            state = {"pending": prepare(args.out, cfg)} if r.rank == 0 else None
-        except GenerateError as e:
-            state = {"error": str(e)}
-        state = _broadcast(state, r)
-        if "error" in state:
-            raise GenerateError(state["error"])
-        runs = _my_runs(state["pending"], r)
         family = _sampler(args).family
-        timing = _sample_my_shards(args, cfg, model, sched, family, runs, r, commit)
+
+        def start():
+            os.makedirs(args.out, exist_ok=True)
+            stack.enter_context(OutputLock(args.out))
+            return prepare(args.out, cfg)
+
+        state = _rank0(r, start)
+        if state["complete"] is not None:
+            if r.rank == 0:
+                print(f"{args.out} is complete: nothing to do ({SAMPLES} matches the sha256 in {MANIFEST})")
+            return state["complete"]
+        runs = _my_runs(state["pending"], r)
+        try:
+            timing = _sample_my_shards(args, cfg, model, sched, family, runs, r)
+        except (CommandError, OSError) as e:
+            timing = {"rank": r.rank, "error": str(e) if isinstance(e, CommandError) else os_message(e)}
         timings = _gather(timing, r)
+        errors = [t for t in timings if "error" in t]
+        if errors:
+            raise CommandError("; ".join((f"rank {t['rank']}: " if r.distributed else "") + t["error"]
+                                         for t in errors))
         if r.rank != 0:
             return {}
-        if not state["pending"] and all(os.path.exists(os.path.join(args.out, f)) for f in (SAMPLES, MANIFEST)):
-            print(f"{args.out} is complete: nothing to do")
-            with open(os.path.join(args.out, MANIFEST)) as f:
-                return json.load(f)
         t_merge = time.perf_counter()
-        records = merge(args.out, cfg)
+        records, sha, size = merge(args.out, cfg)
         samples = os.path.join(args.out, SAMPLES)
         manifest = {
-            "format": FORMAT, "config": cfg, "samples_file": SAMPLES, "sha256": _sha256_file(samples),
-            "shape": [cfg["samples"], *cfg["sample_shape"]], "seed": args.seed, "samples": args.samples,
-            "world_size": r.world, "batch_size": args.batch_size, "commit": commit,
+            "format": FORMAT, "config": cfg, "config_sha256": fingerprint(cfg), "samples_file": SAMPLES,
+            "sha256": sha, "bytes": size, "shape": [cfg["samples"], *cfg["sample_shape"]], "seed": args.seed,
+            "samples": args.samples, "world_size": r.world, "batch_size": args.batch_size, "commit": commit(),
             "sessions": sorted({(rec["world_size"], rec["batch_size"], rec["commit"] or "") for rec in records}),
             "shards": records,
             "timings": {"ranks": timings, "merge_seconds": time.perf_counter() - t_merge,
                         "wall_seconds": time.perf_counter() - t0},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         }
-        _write_json(os.path.join(args.out, MANIFEST), manifest)
+        write_json(manifest, os.path.join(args.out, MANIFEST))
         done = sum(t["samples"] for t in timings)
         print(f"wrote {samples} [{', '.join(map(str, manifest['shape']))}] and {MANIFEST}: {done} samples computed "
-              f"now by {r.world} process(es), {len(records)} shards, sha256 {manifest['sha256'][:16]}…")
+              f"now by {r.world} process(es), {len(records)} shards, sha256 {sha[:16]}…")
         return manifest
 
 
 def main(args) -> int:
-    """``gmm-triton generate``: a user's mistake ends in one error line (exit 2), not a traceback."""
-    try:
-        run(args)
-    except GenerateError as e:
-        print(f"gmm-triton generate: error: {e}", file=sys.stderr)
-        return 2
+    """``gmm-triton generate`` (``cli.main`` turns its failures into one error line and an exit status)."""
+    run(args)
     return 0

@@ -30,6 +30,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from .errors import UsageError
+from .files import load_torch
 from .oracle import DenoiserOutput, default_alphas_cumprod
 
 HEADS = ("epsilon", "sample")
@@ -148,29 +150,24 @@ class DiffusionMLP(nn.Module):
 
 
 # -- files ------------------------------------------------------------------------------------------------------
-def atomic_save(obj, path: str) -> None:
-    """torch.save to ``path`` through a temporary file and an atomic rename: an interrupted save leaves the
-    previous file intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+MODEL_KEYS = ("config", "network_config", "model", "ema", "iterations")
 
 
 def trained_with(path: str) -> dict:
     """What the model file at ``path`` was trained with (its training configuration and iterations): part of the
     configuration of every run that uses it, so a cached result never outlives a retrained model."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_torch(path, "model file of `gmm-triton train`", MODEL_KEYS)
     return {**state["config"], "iterations": state["iterations"]}
 
 
 def load_network(path: str, weights: str = "ema") -> ResidualMLP:
-    """The network saved by ``gmm-triton train`` (``weights``: "ema", the default, or "raw"), in eval mode."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no trained model at {path!r}: run `gmm-triton train --out {os.path.dirname(path)}`")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """The network saved by ``gmm-triton train`` (``weights``: "ema", the default, or "raw"), in eval mode. The
+    file is loaded without unpickling code (``files.load_torch``)."""
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    if not os.path.exists(path):
+        raise UsageError(f"no trained model at {path!r}: run `gmm-triton train --out {os.path.dirname(path)}`")
+    state = load_torch(path, "model file of `gmm-triton train`", MODEL_KEYS)
     net = ResidualMLP(**state["network_config"])
     net.load_state_dict(state["ema" if weights == "ema" else "model"])
     return net.eval().requires_grad_(False)

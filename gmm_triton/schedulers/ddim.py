@@ -8,6 +8,7 @@ with the moment-matched Gaussian-mixture reverse kernel of DDIM-GMM (Gabbur, arX
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -20,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..coefficients import COL_ALPHA, PREV_RULES, TableCache, ddim_table
 from ..mixture import VarianceMode
 from ..ops import ddim_step
-from .common import MixtureCache, SampleOffsetMixin, check_int, check_kernel_options, one_of, op_generator
+from .common import MixtureCache, SampleOffsetMixin, check_int, check_kernel_options, one_of
 
 _SPACINGS = ("leading", "trailing", "linspace")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
@@ -114,6 +115,8 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
                              gmm_scale=gmm_scale, gmm_offsets=gmm_offsets, gmm_variance=gmm_variance,
                              gmm_shared=gmm_shared, gmm_priors=gmm_priors, gmm_seed=gmm_seed, gmm_dtype=gmm_dtype,
                              gmm_clip_variance=gmm_clip_variance, gmm_offset_final=gmm_offset_final)
+        if not (math.isfinite(float(clip_sample_range)) and clip_sample_range > 0):
+            raise ValueError(f"clip_sample_range must be finite and > 0, got {clip_sample_range}")
         check_int("steps_offset", steps_offset)
         if not 0 <= steps_offset < num_train_timesteps:
             raise ValueError(f"steps_offset must be in [0, num_train_timesteps={num_train_timesteps}), "
@@ -178,12 +181,15 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             model_output: the network's prediction (ε, x̂₀ or v per ``prediction_type``).
             timestep: the current timestep: an int, or an integer tensor (0-d, or one per sample) on any
                 device; a CUDA tensor is read by the kernel, never on the host.
-            sample: x_t, with the same shape, dtype and device as ``model_output``.
+            sample: x_t, with the same shape and device as ``model_output`` (mixed floating dtypes are promoted, as
+                diffusers' arithmetic does: the outputs come in the promoted dtype of sample, model_output and the
+                step's noise).
             eta: the weight η of the DDIM noise (0: deterministic DDIM; 1: DDPM-like).
             use_clipped_model_output: re-derive ε̂ from the clipped x̂₀.
             generator: source of the step's randomness (the Philox seed, or diffusers' noise). A list (one per
-                sample) draws each sample's noise from its own generator, as diffusers does, and the mixture's
-                component seed from the first generator of the list.
+                sample) gives each sample its own: with Philox noise a seed drawn from its generator (its noise and
+                mixture component, at its own counter origin), with ``noise_source="torch"`` diffusers' noise from
+                its generator and a seed from it for the component; so a batch equals its samples run singly.
             variance_noise: explicit standard-normal noise, as in diffusers (exclusive with ``generator``).
             return_dict: return a ``DDIMSchedulerOutput`` rather than a tuple.
         """
@@ -201,9 +207,17 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
                                  "`generator` or `variance_noise` stays `None`.")
             if variance_noise is not None:
                 noise = variance_noise
-            elif cfg.noise_source == "torch" or isinstance(generator, list):
+            elif cfg.noise_source == "torch":
                 noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                      dtype=model_output.dtype)
+        # diffusers' arithmetic promotes mixed dtypes (e.g. fp32 ε̂ on a bf16 sample, or fp32 noise): so does the step
+        if sample.is_floating_point() and model_output.is_floating_point():  # others: the op names the bad one
+            x0_dtype = dtype = torch.promote_types(sample.dtype, model_output.dtype)  # x̂₀ never sees the noise
+            if noise is not None and noise.is_floating_point():
+                dtype = torch.promote_types(dtype, noise.dtype)
+            sample, model_output = sample.to(dtype), model_output.to(dtype)
+        else:
+            x0_dtype = sample.dtype
         mixture = self._mixture(sample, eta) if gmm else None
         prev, x0 = ddim_step(
             sample, model_output, timestep, self._table.on(sample.device),
@@ -211,9 +225,10 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             clip_sample_range=cfg.clip_sample_range if (cfg.clip_sample and not cfg.thresholding) else None,
             thresholding=(cfg.dynamic_thresholding_ratio, cfg.sample_max_value) if cfg.thresholding else None,
             use_clipped_model_output=bool(use_clipped_model_output), noise=noise,
-            generator=op_generator(generator), mixture=mixture, offset_final=cfg.gmm_offset_final,
+            generator=generator, mixture=mixture, offset_final=cfg.gmm_offset_final,
             sample_offset=self._sample_offset,
         )
+        x0 = x0.to(x0_dtype)
         if not return_dict:
             return prev, x0
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -248,9 +263,15 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             if not 0 <= t < self._num_rows:
                 raise ValueError(f"timestep {t} is outside the training table [0, {self._num_rows}): "
                                  f"num_train_timesteps={self.config.num_train_timesteps}")
-            if t in self._alpha_zero_rows and self.config.prediction_type == "epsilon":
-                raise ValueError(f"ᾱ_t = 0 at timestep {t} (zero terminal SNR): x̂₀ is undefined for "
-                                 "prediction_type='epsilon'; use 'v_prediction' with rescale_betas_zero_snr")
+            cfg = self.config
+            if t in self._alpha_zero_rows and cfg.prediction_type == "epsilon" and (cfg.thresholding
+                                                                                   or not cfg.clip_sample):
+                # x̂₀ = (x − ε̂)/0 is infinite: clip_sample bounds it (diffusers is finite there); thresholding's quantile
+                # of infinities is NaN, and without either the step is inf/NaN in diffusers too
+                raise ValueError(f"ᾱ_t = 0 at timestep {t} (zero terminal SNR): x̂₀ = (x − ε̂)/0 is infinite for "
+                                 "prediction_type='epsilon', and only clip_sample (without thresholding) keeps the "
+                                 "step finite (diffusers returns inf/NaN otherwise); use 'v_prediction' with "
+                                 "rescale_betas_zero_snr, or clip_sample=True")
 
     def _mixture(self, sample, eta):
         return self._mixture_cache.get(self.config, sample, len(self._timesteps_host), eta,

@@ -32,7 +32,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import ops
+from .. import ops, provenance
 from ..coefficients import COL_ALPHA, COL_ALPHA_PREV, COL_S, COL_S_PREV2, COL_VAR, ddim_table, flow_table
 from ..mixture import MixtureTensors, build_mixture
 
@@ -484,15 +483,6 @@ def plot_throughput(rows, copy_gbps: float, path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _git(*args) -> Optional[str]:
-    try:
-        r = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-                           timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
 def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
@@ -509,11 +499,9 @@ def environment(dev: torch.device, copy_gbps: float) -> dict:
     import diffusers
     import triton
 
-    commit = _git("rev-parse", "--short", "HEAD") or os.environ.get("GMM_TRITON_COMMIT")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    sha = provenance.commit()  # the package's own (gmm_triton/provenance.py): never an enclosing repository's
     return dict(device=dev.type, device_name=device_name(dev), torch=torch.__version__, triton=triton.__version__,
-                diffusers=diffusers.__version__, python=platform.python_version(), commit=commit,
-                tracked_changes=None if status is None else bool(status),
+                diffusers=diffusers.__version__, python=platform.python_version(), commit=sha and sha[:7],
                 cpu_backend=ops.cpu_backend() if dev.type == "cpu" else None,
                 cuda=torch.version.cuda if dev.type == "cuda" else None, copy_gbps=copy_gbps,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -39,12 +39,15 @@ from torch import nn
 
 from ..metrics import frechet_distance
 from ..models import ResidualMLP, noise_coefficients
-from .loop import cached_result, iterations_for, pyplot, run_loop, single_threaded, write_json
+from ..files import savefig
+from ...provenance import commit
+from .loop import budget, cached_result, iterations_for, pyplot, run_loop, single_threaded, write_json
 from .testbeds import DATASETS, ExactDenoiser, dataset, mode_report
 
 METHODS = ("emd", "vsd")
 # iterations per CPU second of one thread on the reference 2-core machine, per (dataset, method) (batch 256, K = 8
-# Langevin steps for EMD; measured in acceptance runs with other load; 20–32 % more without)
+# Langevin steps for EMD; measured in acceptance runs with other load; 20–32 % more without): spaces the
+# evaluations of a --minutes run (loop.py)
 ITERATIONS_PER_SECOND = {("2d4", "emd"): 33.0, ("2d4", "vsd"): 73.0, ("8d8", "emd"): 28.0, ("8d8", "vsd"): 62.0}
 TV_TARGET = 0.05
 
@@ -91,7 +94,8 @@ def distill_emd(out: str, *, dataset_name: str = "2d4", method: str = "emd", min
                 eval_every: int | None = None, eval_samples: int = 5000, progress: bool = True) -> dict:
     """Trains (or resumes) a one-step generator by EMD or VSD in ``out``; writes and returns ``result.json``.
 
-    Budget: ``iterations`` (generator updates), else ``minutes`` at the calibrated rate of (dataset, method).
+    Budget: ``iterations`` (generator updates), else ``minutes`` of wall clock (``loop.py``; the iterations that
+    ran are recorded as ``iterations``).
     ``method="vsd"`` overrides langevin_steps = 1 and gamma_z = 0.
     """
     if dataset_name not in DATASETS:
@@ -100,14 +104,14 @@ def distill_emd(out: str, *, dataset_name: str = "2d4", method: str = "emd", min
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "vsd":
         langevin_steps, gamma_z = 1, 0.0
-    if iterations is None:
-        iterations = iterations_for(minutes, ITERATIONS_PER_SECOND[(dataset_name, method)])
-    eval_every = eval_every or max(1, iterations // 80)
+    limit = budget(iterations, minutes)
+    expected = limit.get("iterations") or iterations_for(minutes, ITERATIONS_PER_SECOND[(dataset_name, method)])
+    eval_every = eval_every or max(1, expected // 80)
     config = dict(method=method, dataset=dataset_name, seed=seed, batch=batch, lr_generator=lr_generator,
                   lr_fake=lr_fake, langevin_steps=langevin_steps, gamma_eps=gamma_eps, gamma_z=gamma_z,
                   fake_updates=fake_updates, init_iterations=init_iterations, u_range=list(u_range),
                   log_snr_init=log_snr_init, eval_samples=eval_samples)
-    cached = cached_result(os.path.join(out, "result.json"), {**config, "iterations": iterations})
+    cached = cached_result(os.path.join(out, "result.json"), {**config, "budget": limit})
     if cached:
         return cached
     os.makedirs(out, exist_ok=True)
@@ -174,8 +178,8 @@ def distill_emd(out: str, *, dataset_name: str = "2d4", method: str = "emd", min
                 "recall": rep["recall"]}
 
     state = run_loop(ckpt, config=config, objects={"generator": gen_net, "fake": fake, "opt_g": opt_g, "opt_f": opt_f},
-                     generator=rng, iterations=iterations, step=step, evaluate=evaluate, eval_every=eval_every,
-                     desc=f"distill {method} {dataset_name} seed={seed}", progress=progress)
+                     generator=rng, step=step, evaluate=evaluate, eval_every=eval_every,
+                     desc=f"distill {method} {dataset_name} seed={seed}", progress=progress, **limit)
     with torch.no_grad():
         x = gen_net(z_eval)
     final = mode_report(x, data)
@@ -184,9 +188,9 @@ def distill_emd(out: str, *, dataset_name: str = "2d4", method: str = "emd", min
               "iterations_to_tv": hit["iteration"] if hit else None, "seconds_to_tv": hit["seconds"] if hit else None,
               "cpu_seconds_to_tv": hit["cpu_seconds"] if hit else None, "tv_target": TV_TARGET,
               "seconds": round(state["seconds"], 2), "cpu_seconds": round(state["cpu_seconds"], 2),
+              "loop_seconds": round(state["loop_seconds"], 2),
               "iterations": state["iteration"],
-              "config": {**config, "iterations": iterations},
-              "calibration_iterations_per_second": ITERATIONS_PER_SECOND[(dataset_name, method)],
+              "config": {**config, "budget": limit}, "commit": commit(),
               "true_weights": [round(float(w), 4) for w in data.weights], "log": state["log"]}
     write_json(result, os.path.join(out, "result.json"))
     plot_run(result, os.path.join(out, "modes.png"))
@@ -228,5 +232,5 @@ def plot_run(result: dict, path: str) -> None:
     cfg = result["config"]
     fig.suptitle(f"{cfg['method']} on {cfg['dataset']}, seed {cfg['seed']}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    savefig(fig, path, dpi=80)
     plt.close(fig)

@@ -40,13 +40,14 @@ from ..metrics import frechet_distance
 from ..models import ResidualMLP, load_network, trained_with
 from ...ops import ddim_step
 from ...schedulers import GMMDDIMScheduler
-from .loop import EMA, cached_result, iterations_for, pyplot, run_loop, single_threaded, write_json
+from ..files import savefig
+from ...provenance import commit
+from .loop import EMA, budget, cached_result, iterations_for, pyplot, run_loop, single_threaded, write_json
 from .testbeds import ExactDenoiser, dataset, digits_metrics
 
 TEACHERS = ("oracle", "learned")
 # iterations per CPU second of one thread on the reference 2-core machine (batch 256; measured 22.7–28.5, k = 8
-# and 4, either teacher, with and without other load: the lower end, so that M minutes take at most about M CPU
-# minutes)
+# and 4, either teacher, with and without other load): spaces the evaluations of a --minutes run (loop.py)
 ITERATIONS_PER_SECOND = 23.0
 SCHEDULE = dict(timestep_spacing="trailing", prev_timestep_rule="grid", clip_sample=False)
 
@@ -134,7 +135,8 @@ def many_step_baseline(out: str, *, teacher: str, model_path: str, steps: int = 
     data = dataset("digits")
     teach = Teacher(teacher, scheduler(steps).alphas_cumprod, model_path)
     rows = [digits_metrics(sample(teach.x0, steps, n, data.dim, eta=0.0, seed=seed), data) for seed in seeds]
-    result = {"config": config, "per_seed": rows, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}}
+    result = {"config": config, "per_seed": rows, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0]},
+              "commit": commit()}
     write_json(result, path)
     return result
 
@@ -147,19 +149,19 @@ def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: st
     """Trains (or resumes) a k-step moment-matching student in ``out``; writes and returns ``result.json``.
 
     model_path: the learned model (``gmm-triton train``) that initialises student and auxiliary denoiser and,
-    for ``teacher="learned"``, is the teacher. Budget: ``iterations``, else ``minutes`` at the calibrated rate.
+    for ``teacher="learned"``, is the teacher. Budget: ``iterations``, else ``minutes`` of wall clock (``loop.py``;
+    the iterations that ran are recorded as ``iterations``).
     Every evaluation (the FD curve and the final metrics) uses ``eval_samples`` samples drawn with sampling seed
     ``seed``, as do the teacher's baselines: common initial noise and step noise, so the comparisons are paired.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
         raise ValueError(f"steps must be an int in [1, 1000], got {steps!r}")
-    if iterations is None:
-        iterations = iterations_for(minutes, ITERATIONS_PER_SECOND)
-    eval_every = eval_every or max(1, iterations // 8)
+    limit = budget(iterations, minutes)
+    eval_every = eval_every or max(1, (limit.get("iterations") or iterations_for(minutes, ITERATIONS_PER_SECOND)) // 8)
     config = dict(method="mm", steps=steps, teacher=teacher, seed=seed, batch=batch, lr=lr, ema_decay=ema_decay,
                   weight_cap=weight_cap, model=os.path.abspath(model_path), model_trained=trained_with(model_path),
                   eval_samples=eval_samples)
-    cached = cached_result(os.path.join(out, "result.json"), {**config, "iterations": iterations})
+    cached = cached_result(os.path.join(out, "result.json"), {**config, "budget": limit})
     if cached:
         return cached
     os.makedirs(out, exist_ok=True)
@@ -214,17 +216,17 @@ def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: st
     state = run_loop(os.path.join(out, "checkpoint.pt"), config=config,
                      objects={"student": student, "aux": aux, "ema": ema, "opt_student": opt_student,
                               "opt_aux": opt_aux},
-                     generator=gen, iterations=iterations, step=step, evaluate=evaluate, eval_every=eval_every,
-                     desc=f"distill mm k={steps} teacher={teacher} seed={seed}", progress=progress)
+                     generator=gen, step=step, evaluate=evaluate, eval_every=eval_every,
+                     desc=f"distill mm k={steps} teacher={teacher} seed={seed}", progress=progress, **limit)
     t0 = time.perf_counter()
     final = digits_metrics(sample(predict_ema, steps, eval_samples, D, eta=1.0, seed=seed), data)
     base = baselines(teach, steps, eval_samples, seed, data)
     result = {**final, "teacher_ddim_fd": base["teacher_ddim_fd"], "teacher_ancestral_fd": base["teacher_ancestral_fd"],
               "baselines": base, "seconds": round(state["seconds"], 2),
-              "cpu_seconds": round(state["cpu_seconds"], 2), "iterations": state["iteration"],
-              "eval_seconds": round(time.perf_counter() - t0, 2), "config": {**config, "iterations": iterations},
-              "calibration_iterations_per_second": ITERATIONS_PER_SECOND,
-              "log": state["log"]}
+              "cpu_seconds": round(state["cpu_seconds"], 2),
+              "loop_seconds": round(state["loop_seconds"], 2), "iterations": state["iteration"],
+              "eval_seconds": round(time.perf_counter() - t0, 2), "config": {**config, "budget": limit},
+              "commit": commit(), "log": state["log"]}
     write_json(result, os.path.join(out, "result.json"))
     plot_fd_curve(result, os.path.join(out, "fd_vs_time.png"))
     return result
@@ -275,5 +277,5 @@ def plot_fd_curve(result: dict, path: str) -> None:
     ax.set_title(f"moment matching, k={cfg['steps']}, teacher={cfg['teacher']}, seed={cfg['seed']}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    savefig(fig, path, dpi=90)
     plt.close(fig)

@@ -9,18 +9,17 @@ a run that never gets there counts as not reached (∞).
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 
+from ..files import atomic_write, read_json, savefig
 from .loop import pyplot, write_json
 
 
 def _load(pattern):
     runs = []
     for path in sorted(glob.glob(pattern)):
-        with open(path) as f:
-            runs.append(json.load(f))
+        runs.append(read_json(path, "a distillation result"))
     return runs
 
 
@@ -145,7 +144,7 @@ def plot_mm(runs, path):
         ax.set_title(f"moment matching, {teacher} teacher (one line per seed)", fontsize=9)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    savefig(fig, path, dpi=80)
     plt.close(fig)
 
 
@@ -173,7 +172,7 @@ def plot_emd(runs, path):
             ax.set_yscale("log")
             ax.axhline(0.05, color="gray", linestyle=":")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    savefig(fig, path, dpi=80)
     plt.close(fig)
 
 
@@ -184,8 +183,7 @@ def write_report(out: str) -> dict:
     tables = "## Moment matching (digits, D = 256)\n\n" + mm_table + "\n\n## EMD vs VSD\n\n" + emd_table + "\n"
     targets = {**mm_targets, **emd_targets}
     tables += "\n## Targets\n\n" + "\n".join(f"- {k}: {'met' if v else 'NOT met'}" for k, v in targets.items()) + "\n"
-    with open(os.path.join(out, "tables.md"), "w") as f:
-        f.write(tables)
+    atomic_write(os.path.join(out, "tables.md"), lambda f: f.write(tables.encode()))
     if mm_runs:
         plot_mm(mm_runs, os.path.join(out, "distill_mm_fd.png"))
     if emd_runs:

@@ -11,6 +11,7 @@ resampled from a finite training set: the only error left is the network's (capa
 
 Output folder: ``checkpoint.pt`` (resumable state), ``model.pt`` (the finished model; a rerun with the same
 configuration and budget returns it at once: the cache ``make distill`` relies on) and ``train.json`` (the log).
+Both ``.pt`` files hold only tensors and plain values, loaded with ``weights_only=True`` (``files.load_torch``).
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import os
 
 import torch
 
-from ..models import DiffusionMLP, ResidualMLP, atomic_save, load_network
+from ..files import load_torch, save_torch
+from ..models import MODEL_KEYS, DiffusionMLP, ResidualMLP, load_network
 from ..oracle import default_alphas_cumprod
-from .loop import EMA, iterations_for, run_loop, single_threaded, write_json
+from ...provenance import commit
+from .loop import EMA, budget, iterations_for, run_loop, single_threaded, write_json
 from .testbeds import dataset
 
 # iterations per CPU second of one thread on the reference 2-core machine (batch 256, width 384, depth 2; measured
@@ -37,17 +40,16 @@ def train_teacher(out: str, *, minutes: float | None = None, iterations: int | N
                   **network) -> str:
     """Trains (or resumes, or finds finished) the learned digits denoiser in ``out``; returns the model's path.
 
-    The budget is ``iterations`` if given, else ``minutes`` at the calibrated rate ``ITERATIONS_PER_SECOND``, else
-    ``DEFAULT_ITERATIONS``.
+    The budget is ``iterations`` if given, else ``minutes`` of wall clock (``loop.py``; the iterations that ran are
+    recorded in ``model.pt`` and ``train.json``), else ``DEFAULT_ITERATIONS``.
     """
-    if iterations is None:
-        iterations = DEFAULT_ITERATIONS if minutes is None else iterations_for(minutes, ITERATIONS_PER_SECOND)
+    limit = budget(DEFAULT_ITERATIONS if iterations is None and minutes is None else iterations, minutes)
     net_cfg = {**NETWORK, **network}
     config = dict(dataset="digits", seed=seed, batch=batch, lr=lr, ema_decay=ema_decay, **net_cfg)
     model_path = os.path.join(out, "model.pt")
     if os.path.exists(model_path):
-        saved = torch.load(model_path, map_location="cpu", weights_only=False)
-        if saved["config"] == config and saved["iterations"] == iterations:
+        saved = load_torch(model_path, "model file of `gmm-triton train`", MODEL_KEYS)
+        if saved["config"] == config and saved.get("budget", {"iterations": saved["iterations"]}) == limit:
             return model_path
     os.makedirs(out, exist_ok=True)
     data = dataset("digits")
@@ -85,13 +87,16 @@ def train_teacher(out: str, *, minutes: float | None = None, iterations: int | N
         o = ema.module(xt, t.float() / T)
         return {"val_eps": float((o["epsilon"] - eps).pow(2).mean()), "val_x0": float((o["sample"] - x0).pow(2).mean())}
 
+    expected = limit.get("iterations") or iterations_for(limit["minutes"], ITERATIONS_PER_SECOND)
     state = run_loop(os.path.join(out, "checkpoint.pt"), config=config, objects={"model": net, "ema": ema, "opt": opt},
-                     generator=gen, iterations=iterations, step=step, evaluate=evaluate,
-                     eval_every=max(1, iterations // 20), desc="train: learned digits denoiser", progress=progress)
-    atomic_save({"config": config, "network_config": net.config, "model": net.state_dict(), "ema": ema.state_dict(),
-                 "iterations": state["iteration"], "seconds": state["seconds"]}, model_path)
-    write_json({"config": config, "iterations": state["iteration"], "seconds": round(state["seconds"], 2),
-                "log": state["log"]}, os.path.join(out, "train.json"))
+                     generator=gen, step=step, evaluate=evaluate, eval_every=max(1, expected // 20),
+                     desc="train: learned digits denoiser", progress=progress, **limit)
+    save_torch({"config": config, "network_config": net.config, "model": net.state_dict(), "ema": ema.state_dict(),
+                "iterations": state["iteration"], "budget": limit, "seconds": state["seconds"]}, model_path)
+    write_json({"config": config, "budget": limit, "iterations": state["iteration"],
+                "seconds": round(state["seconds"], 2), "loop_seconds": round(state["loop_seconds"], 2),
+                "commit": commit(), "log": state["log"]},
+               os.path.join(out, "train.json"))
     return model_path
 
 
@@ -100,13 +105,13 @@ def learned_model(path: str, prediction_type: str = "sample") -> DiffusionMLP:
     return DiffusionMLP(load_network(path), prediction_type=prediction_type)
 
 
-def learned_demo_rows(model_path: str, data, reference, *, steps: int, n: int, seeds, scale: float,
+def learned_demo_rows(net: ResidualMLP, data, reference, *, steps: int, n: int, seeds, scale: float,
                       device: str = "cpu") -> list[dict]:
-    """The demo table's rows for the learned model at ``model_path`` (its ε head): DDIM and DDIM-GMM-ORTHO-VUB at
-    η = 0 and 1, as the oracle's rows but with model error."""
+    """The demo table's rows for the learned network ``net`` (``models.load_network``; its ε head): DDIM and
+    DDIM-GMM-ORTHO-VUB at η = 0 and 1, as the oracle's rows but with model error."""
     from ..sampling import ddim_samplers, metrics_row
 
-    model = DiffusionMLP(load_network(model_path), prediction_type="epsilon").to(device)
+    model = DiffusionMLP(net, prediction_type="epsilon").to(device)
     rows = []
     for eta in (0.0, 1.0):
         for sampler in (s for s in ddim_samplers() if s.name in ("DDIM", "DDIM-GMM-ORTHO-VUB")):
