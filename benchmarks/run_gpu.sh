@@ -7,18 +7,20 @@
 #
 # An offline machine without diffusers needs its wheel in .whl/ of the copy (README, "Running on a GPU").
 # COMMIT (or $GMM_TRITON_COMMIT) names the commit in meta.json when the copy on the machine has no .git.
-# Budget, in the expected case: build ~1 min, GPU tests ~2 min, table ~3-4 min: under 8 minutes in all; each
-# stage has its own timeout (build 150 s, GPU tests 180 s, table 300 s and no later than 450 s in) so the call
-# ends inside the device's 10-minute limit with whatever was measured.
+# Budget, in the expected case: build ~1 min, GPU tests ~2 min (among them the GPU-vs-C++-twin noise check on the
+# issue-19 launches: layouts, ragged D, device offsets), issue 19's launches timed ~1 min (benchmarks/cliffs_gpu.py:
+# channels_last, mixed layouts, ragged D, mixtures, CLD, blur), table ~3 min: under 8.5 minutes in all; each stage
+# has its own timeout (build 150 s, GPU tests 180 s, cliffs 90 s, table 240 s and no later than 480 s in) so the
+# call ends inside the device's 10-minute limit with whatever was measured.
 set -uo pipefail
 OUT=${1:?usage: benchmarks/run_gpu.sh OUTDIR [COMMIT]}
-mkdir -p "$OUT/bench"
+mkdir -p "$OUT/bench" "$OUT/cliffs"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export GMM_TRITON_COMMIT=${2:-${GMM_TRITON_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}}
 PY=${PYTHON:-python3}
-END=${GMM_RUN_GPU_SECONDS:-480}   # seconds: the table must end 30 s before, the CPU suite starts only with 60 s left
+END=${GMM_RUN_GPU_SECONDS:-510}   # seconds: the table must end 30 s before, the CPU suite starts only with 60 s left
 LOG="$OUT/setup.log"
 say() { echo "[run_gpu +${SECONDS}s] $*" | tee -a "$LOG"; }
 
@@ -61,13 +63,17 @@ $PY -c "import gmm_triton.ops as o; print('CPU backend:', o.cpu_backend())" >>"$
 tail -n 1 "$LOG"
 
 say "GPU tests and benchmarks: pytest -m cuda tests benchmarks"
-timeout 180 $PY -m pytest -m cuda tests benchmarks -q -ra -p no:cacheprovider \
+timeout 180 $PY -m pytest -m cuda tests benchmarks -q -raP -p no:cacheprovider \
   --benchmark-columns=median,iqr,rounds --benchmark-sort=name >"$OUT/pytest_cuda.log" 2>&1
 rc=$?
 say "pytest -m cuda: rc=$rc | $(tail -n 1 "$OUT/pytest_cuda.log")"
 
+say "issue 19's launches: python benchmarks/cliffs_gpu.py"
+timeout 90 $PY benchmarks/cliffs_gpu.py "$OUT/cliffs" >"$OUT/cliffs.log" 2>&1
+say "cliffs: rc=$?"
+
 say "benchmark table: python -m gmm_triton.tools.bench --device cuda"
-limit=$((END - 30 - SECONDS)); [ "$limit" -gt 300 ] && limit=300; [ "$limit" -lt 60 ] && limit=60
+limit=$((END - 30 - SECONDS)); [ "$limit" -gt 240 ] && limit=240; [ "$limit" -lt 60 ] && limit=60
 timeout "$limit" $PY -m gmm_triton.tools.bench --device cuda --out "$OUT/bench" >"$OUT/bench.log" 2>&1
 rc=$?
 say "bench: rc=$rc (0: all measured; 1: some cells failed, see bench.log; 124: timed out, bench.csv has the rows so far)"
@@ -83,9 +89,11 @@ else
   echo "not run: ${SECONDS}s used, too little time left" >"$OUT/pytest_cpu.log"
 fi
 
-say "done in ${SECONDS}s: $OUT/{setup.log,pytest_cuda.log,bench.log,pytest_cpu.log,bench/}"
+say "done in ${SECONDS}s: $OUT/{setup.log,pytest_cuda.log,cliffs.log,bench.log,pytest_cpu.log,bench/,cliffs/}"
 echo
 grep -E "^(FAILED|ERROR)" "$OUT/pytest_cuda.log" | head -n 20
+grep -E "max \|z_gpu - z_cpp\|" "$OUT/pytest_cuda.log" | head -n 12   # the noise check (-raP keeps passed tests' output)
+sed -n '/^copy bandwidth/,$p' "$OUT/cliffs.log"
 grep -E "^error in " "$OUT/bench.log" | head -n 10
 head -n 1 "$OUT/bench.log"
 # the table last, compact (the full one is in bench.log and bench/bench.csv)

@@ -171,3 +171,21 @@ def test_sample_offset_values(table):
     for bad in (torch.tensor([-1]), -1, 2**63):
         with pytest.raises(ValueError, match="sample_offset must be"):
             ops.ddim_step(x, x, 500, table, eta=1.0, seed=1, sample_offset=bad)
+
+
+@pytest.mark.parametrize("offset", [0, 7, "device"])
+def test_flat_tiles_of_a_ragged_batch_draw_what_per_sample_tiles_draw(table, offset):
+    """A ragged D with one timestep and one seed runs on tiles of the flat [B·D] array (kernels/step.py FLAT: a tile
+    crosses samples); a per-sample timestep tensor (same rows) keeps per-sample tiles. Both must give every element
+    the noise of its logical counter (offset + b)·D + d: bit-identical outputs, and the numpy Philox's numbers."""
+    B, D = 5, 1001  # D % 4 != 0: tiles cross samples mid-group; offset 7: 7·D ≢ 0 (mod 4)
+    x, m = torch.randn(B, D), torch.randn(B, D)
+    off = torch.tensor([3]) if offset == "device" else offset
+    with ops.use_cpu_backend("triton"):
+        flat, x0f = ops.ddim_step(x, m, 501, table, eta=1.0, seed=11, sample_offset=off)
+        per, x0p = ops.ddim_step(x, m, torch.full((B,), 501), table, eta=1.0, seed=11, sample_offset=off)
+    assert torch.equal(flat, per) and torch.equal(x0f, x0p)
+    o = 3 if offset == "device" else offset
+    z = torch.from_numpy(reference.philox_normal(11, B * D, start=o * D)).reshape(B, D)
+    ref, _ = reference.fused_step(x, m, 501, table, eta=1.0, noise=z)
+    assert (flat.double() - ref).abs().max() < 2e-6

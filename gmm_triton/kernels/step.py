@@ -177,8 +177,8 @@ def _project_kernel(
     if S.NOISE == NOISE_PHILOX:
         _st(zout_ptr, b * D, start, zneg, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
     zneg = tl.where(mask, zneg, 0.0)
-    KP: tl.constexpr = S.KP  # (an attribute of a constexpr is a plain value: static_range wants a constexpr)
-    for j in tl.static_range(KP):
+    # a loop, not unrolled: unrolled, the K basis rows' loads were all issued ahead and spilled at K ≥ 32
+    for j in tl.range(0, S.KP, loop_unroll_factor=1):
         q = _table(basis_ptr, (srow * S.KP + j) * D, start, dl, mask, S.TVEC, MASKED, S.BLOCK).to(tl.float32)
         tl.store(part_ptr + (b * n_blk + blk) * S.KP + j, -tl.sum(q * zneg, axis=0))
 
@@ -189,7 +189,7 @@ def _tile_step(ptrs, geo, scal, S: tl.constexpr, MASKED: tl.constexpr):
     and the per-sample scalars come in as three tuples, the launch's constexprs as its StepSpec S; MASKED: this
     tile's loads and stores are masked."""
     x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr = ptrs
-    b, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2 = geo
+    b, start, d, mask, D, D_rng, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2 = geo
     clip, guidance, seed, g, sigma, al, s_t, alp, c_eps, poison, apply, k, srow = scal
     CT: tl.constexpr = S.CT
     VEC: tl.constexpr = S.VEC
@@ -253,22 +253,22 @@ def _tile_step(ptrs, geo, scal, S: tl.constexpr, MASKED: tl.constexpr):
                 u = tl.load(var_ptr + k * S.K + dl, mask=mask & (dl < S.K), other=0.0).to(CT)
             rho2 = tl.maximum(1.0 - c * u, 0.0).to(tl.float32)  # it rides on the (float32) Box–Muller radius
         if S.ZNEG:  # the exact mode's projection pass drew −σz already (float32)
-            z = _noise(z_ptr, b * z_bs, seed, -1.0, 1.0, g * D, start, dl, mask, S.NOISE, S.ALIGNED4, S.PERMUTED,
+            z = _noise(z_ptr, b * z_bs, seed, -1.0, 1.0, g * D_rng, start, dl, mask, S.NOISE, S.ALIGNED4, S.PERMUTED,
                        S.FAST, VEC, ALIGN, MASKED, False, BLOCK).to(CT)
         elif CT == tl.float64:  # σ applied in fp64
-            z = sigma * _noise(z_ptr, b * z_bs, seed, 1.0, rho2, g * D, start, dl, mask, S.NOISE, S.ALIGNED4,
+            z = sigma * _noise(z_ptr, b * z_bs, seed, 1.0, rho2, g * D_rng, start, dl, mask, S.NOISE, S.ALIGNED4,
                                S.PERMUTED, S.FAST, VEC, ALIGN, MASKED, RHO, BLOCK).to(CT)
         else:  # σ rides on the Box–Muller radius: one multiply per pair of normals
-            z = _noise(z_ptr, b * z_bs, seed, sigma, rho2, g * D, start, dl, mask, S.NOISE, S.ALIGNED4, S.PERMUTED,
-                       S.FAST, VEC, ALIGN, MASKED, RHO, BLOCK)
+            z = _noise(z_ptr, b * z_bs, seed, sigma, rho2, g * D_rng, start, dl, mask, S.NOISE, S.ALIGNED4,
+                       S.PERMUTED, S.FAST, VEC, ALIGN, MASKED, RHO, BLOCK)
         prev -= z
         if S.MIX and S.VAR_MODE == _VAR_EXACT:
             # exact: σz + Qᵀ((√(1 − w_k λ/σ²) − 1) ⊙ Q σz) on span{δ}, one basis row at a time; the projections of
             # σz come from the first pass. Where the offsets do not apply (or σ = 0), every coefficient is 0.
             c = tl.where((sigma > 0) & apply, tl.load(wk_ptr + k).to(CT) / tl.maximum(sigma * sigma, 1e-30), 0.0)
             p = tl.arange(0, S.NPART)
-            KP: tl.constexpr = S.KP  # (an attribute of a constexpr is a plain value: static_range wants a constexpr)
-            for j in tl.static_range(KP):
+            # a loop, not unrolled: unrolled, the K basis rows' loads were all issued ahead (20 KB of spill at K = 64)
+            for j in tl.range(0, S.KP, loop_unroll_factor=1):
                 proj = tl.sum(tl.load(part_ptr + (b * n_blk + p) * S.KP + j, mask=p < n_blk, other=0.0), axis=0)
                 u = c * tl.load(eig_ptr + srow * S.KP + j).to(CT)
                 cj = tl.where(u > 0, tl.sqrt(tl.maximum(1.0 - u, 0.0)) - 1.0, 0.0) * proj.to(CT)
@@ -284,14 +284,20 @@ def _ddim_step_kernel(
     x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr,
     coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value, off_ptr, off_value, thr_ptr,
     delta_ptr, cdf_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr,
-    D, n_blk, n_tables, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2,
+    D, D_rng, n_blk, n_tables, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2,
     eta: tl.float64, clip: tl.float64, guidance: tl.float64,  # fp64 scalars: an fp64 step keeps them exact
     S: tl.constexpr,  # the launch's StepSpec: every compile-time switch, derived once by launch_spec
 ):
+    """D: the extent a program's tiles cover (a sample's D, or B·D with FLAT); D_rng: a sample's D (its counters
+    start at g·D_rng)."""
     _check_codes(S)
-    # A 2-D grid (sample, tile): no division of the program id.
-    b = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
+    # A 2-D grid (sample, tile): no division of the program id. FLAT: a 1-D grid of tiles of the flat array, b = 0.
+    if S.FLAT:
+        b = tl.program_id(1).to(tl.int64)  # (0)
+        blk = tl.program_id(0)
+    else:
+        b = tl.program_id(0).to(tl.int64)
+        blk = tl.program_id(1)
     start, d, mask = _tile(b, blk.to(tl.int64), D, S.BLOCK, S.ALIGN)
     CT: tl.constexpr = S.CT
 
@@ -323,7 +329,7 @@ def _ddim_step_kernel(
 
     # ---- the element work: full tiles without masks; with a ragged D, edge tiles masked in their own copy -------
     ptrs = (x_ptr, m_ptr, z_ptr, out_ptr, x0_ptr, thr_ptr, delta_ptr, wk_ptr, var_ptr, basis_ptr, eig_ptr, part_ptr)
-    geo = (b, start, d, mask, D, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2)
+    geo = (b, start, d, mask, D, D_rng, n_blk, x_bs, m_bs, m_half, z_bs, n1, n2, l0, l1, l2)
     scal = (clip, guidance, seed, g, sigma, al, s_t, alp, c_eps, poison, apply, k, srow)
     if S.MASK == _SPLIT:
         if (start >= 0) & (start + S.BLOCK <= D):
@@ -397,6 +403,8 @@ class StepSpec(ProjectSpec):
     OFFSET_FINAL: bool    # the mixture's offsets apply on the chain's last step too
     WRITE_X0: bool        # also store x̂₀
     ZNEG: bool            # the noise tensor holds the projection pass's −σz (float32), not standard normals
+    FLAT: bool            # tiles of the flat [B·D] array (a grid of tiles, b = 0): every per-sample value is the
+                          # same and every stream contiguous, so a ragged D needs no per-sample edge tiles
 
     @property
     def projected(self) -> bool:
@@ -414,13 +422,29 @@ def _n_tiles(D: int, block: int, align: int) -> int:
     return triton.cdiv(D + (align - 1 if D % align else 0), block)
 
 
-def launch_spec(a, *, t_tensor, seed_tensor, off_tensor, off_value: int, config: LaunchConfig) -> StepSpec:
+def flat_tiles(a, t_tensor, config: LaunchConfig | None) -> bool:
+    """Whether the launch tiles the flat [B·D] array (StepSpec.FLAT): a ragged D (per-sample tiles would have edges),
+    every per-sample value the same (one timestep row, one seed, no mixture component, no per-sample threshold) and
+    every stream contiguous in the logical order (batch strides D), so that a tile may run across samples: its
+    element f is sample f // D's, with counter offset·D + f."""
+    D, per_sample_t = a.D, t_tensor is not None and t_tensor.numel() > 1
+    block = (config or default_config(D, a.x.device)).block
+    ragged = _mask_mode(D, block, max(4, 16 // a.x.element_size())) != _NO_MASK.value
+    strides = [a.x.stride(0), a.m.stride(0)] + ([a.noise.stride(0)] if a.noise is not None else [])
+    return (ragged and a.layout is None and a.mixture is None and a.threshold is None and not per_sample_t
+            and not a.per_sample_seeds and all(st == D for st in strides) and a.B > 1)
+
+
+def launch_spec(a, *, t_tensor, seed_tensor, off_tensor, off_value: int, config: LaunchConfig,
+                flat: bool = False) -> StepSpec:
     """The one place where the step's compile-time switches are derived from the op's resolved ``a``
-    (backends.StepArgs) and the launch's device scalars (None: passed by value)."""
+    (backends.StepArgs), the launch's device scalars (None: passed by value) and its tiling (``flat``:
+    :func:`flat_tiles`, with ``config`` chosen for the flat extent)."""
     x, mix, D = a.x, a.mixture, a.D
     BLOCK = config.block
     # The tiles of a sample start at -(b·D mod ALIGN): 16-byte vectors (ALIGN elements) and whole Philox groups.
     align = max(4, 16 // x.element_size())
+    extent = a.B * D if flat else D  # what the tiles cover
     # flat counter of a tile's start = g·D + start, start ≡ −b·D (mod 4): with g = offset + b that is ≡ offset·D, a
     # multiple of 4 gives whole groups; with per-sample seeds (g = offset) only D ≡ 0 (mod 4) does for every sample
     per_sample = a.per_sample_seeds
@@ -437,7 +461,9 @@ def launch_spec(a, *, t_tensor, seed_tensor, off_tensor, off_value: int, config:
         SHARED=mix.shared if mix is not None else True, T_FROM_PTR=t_tensor is not None,
         T_PER_SAMPLE=t_tensor is not None and t_tensor.numel() > 1, SEED_FROM_PTR=seed_tensor is not None,
         SEED_PER_SAMPLE=per_sample, OFF_FROM_PTR=off_tensor is not None, ALIGNED4=aligned4, PERMUTED=a.layout is not None,
-        FAST=fast_math(x.device), VEC=vec, ALIGN=align, MASK=_mask_mode(D, BLOCK, align),
+        FAST=fast_math(x.device), VEC=vec, ALIGN=align, FLAT=flat,
+        # flat tiles: only the last is ragged (_SPLIT keeps the others unmasked)
+        MASK=(_NO_MASK.value if extent % BLOCK == 0 else _SPLIT.value) if flat else _mask_mode(D, BLOCK, align),
         TVEC=a.layout is None and D % align == 0 and D % 8 == 0,  # mixture table rows as whole vectors
         BLOCK=BLOCK, CT=tl.float64 if x.dtype == torch.float64 else tl.float32,
         PRED=contract.PRED_CODES[a.prediction_type], VAR_MODE=var_code, MIX=mix is not None,
@@ -454,15 +480,17 @@ def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, of
     (backends.StepArgs). All checks are the op's (ops.py)."""
     x, m, noise, mix = a.x, a.m, a.noise, a.mixture
     D, B = a.D, a.B
-    cfgl = config or default_config(D, x.device)
+    flat = flat_tiles(a, t_tensor, config)
+    extent = B * D if flat else D
+    cfgl = config or default_config(extent, x.device)
     off_host = 0 if off_tensor is not None else off_value
     S = launch_spec(a, t_tensor=t_tensor, seed_tensor=seed_tensor, off_tensor=off_tensor, off_value=off_host,
-                    config=cfgl)
-    n_blk = _n_tiles(D, S.BLOCK, S.ALIGN)
-    if n_blk > 65535:  # the grid's y axis
+                    config=cfgl, flat=flat)
+    n_blk = _n_tiles(extent, S.BLOCK, S.ALIGN)
+    if n_blk > 65535 and not flat:  # the grid's y axis
         raise ValueError(f"a sample of {D} elements needs {n_blk} tiles of {S.BLOCK}: more than the 65535 a CUDA grid "
                          f"allows; pass a larger LaunchConfig block")
-    grid = (B, n_blk)
+    grid = (n_blk, 1) if flat else (B, n_blk)
     z_bs = noise.stride(0) if noise is not None else 0
     dummy = a.coef  # any valid pointer for arguments a constexpr switch leaves unread
     lay = a.layout
@@ -487,7 +515,7 @@ def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, of
         x, m, opt(noise), a.out, a.x0 if a.write_x0 else a.out,
         a.coef, a.coef.shape[0], t_ptr, t_value, seed_ptr, seed_value, off_ptr, off_value, opt(a.threshold),
         *(opt(t) for t in (mix.op_tensors() if mix is not None else [None] * len(contract.MIX_TENSORS))), part,
-        D, n_blk, n_tables, x.stride(0), m.stride(0), B * m.stride(0), z_bs, n1, n2, l0, l1, l2,
+        extent, D, n_blk, n_tables, x.stride(0), m.stride(0), B * m.stride(0), z_bs, n1, n2, l0, l1, l2,
         float(a.eta), float(a.clip) if a.clip is not None else 0.0,
         float(a.guidance) if a.guidance is not None else 0.0,
         S=S, num_warps=cfgl.num_warps,
