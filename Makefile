@@ -6,7 +6,7 @@ STAMP := $(VENV)/.gmm-triton-stamp
 HAS_CUDA = $(shell $(PY) -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null)
 TEST_ENV = HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.cache/inductor
 
-.PHONY: demo test test-slow bench distill clean contract
+.PHONY: demo test test-slow bench distill clean contract tables
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt tools/bootstrap.sh $(wildcard csrc/*.cpp csrc/*.h)
 	./tools/bootstrap.sh
@@ -28,6 +28,11 @@ distill: $(STAMP)
 
 bench: $(STAMP)
 	$(TEST_ENV) $(PY) -m gmm_triton.cli bench $(if $(filter 1,$(HAS_CUDA)),,--device cpu)
+
+# the result tables of README.md and benchmarks/RESULTS.md, from the committed run outputs in docs/results/
+# (tests/test_tables.py fails when a document differs from them)
+tables: $(STAMP)
+	$(PY) -m gmm_triton.tools.tables
 
 # csrc/contract.h is generated from gmm_triton/contract.py (tests/test_contract.py checks they agree)
 contract: $(STAMP)

@@ -13,24 +13,48 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 
 import torch
 
+from .generate import _commit
 from .metrics import frechet_distance
 from .oracle import digits_mixture
 from .sampling import METRICS, ddim_samplers, exact_scale_limit, flow_samplers, metrics_row, sample
 
-def _fmt_table(rows, title):
-    cols = ["sampler", "eta", "scale", "fd", "fd_std", "coverage", "tv", "precision", "sw2", "nll", "samples_per_s"]
-    head = ["sampler", "η", "s", "FD↓", "±", "cover↑", "TV↓", "prec↑", "SW2↓", "NLL↓", "samples/s"]
-    lines = [title, " | ".join(head), " | ".join("---" for _ in head)]
+_TABLE = (("sampler", "sampler"), ("eta", "η"), ("scale", "s"), ("fd", "FD↓"), ("fd_std", "±"),
+          ("coverage", "cover↑"), ("tv", "TV↓"), ("precision", "prec↑"), ("sw2", "SW2↓"), ("nll", "NLL↓"),
+          ("samples_per_s", "samples/s"))
+
+
+def _fmt_table(rows, title=None):
+    lines = ([title] if title else []) + ["| " + " | ".join(h for _, h in _TABLE) + " |",
+                                          "| " + " | ".join("---" for _ in _TABLE) + " |"]
     for r in rows:
         cells = []
-        for c in cols:
+        for c, _ in _TABLE:
             v = r.get(c, "")
             cells.append(v if isinstance(v, str) else (f"{v:.0f}" if c == "samples_per_s" else f"{v:.4g}"))
-        lines.append(" | ".join(cells))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def render_results(results: dict) -> str:
+    """The demo's table in Markdown from its ``results.json`` (what ``make demo`` prints, and the README's table)."""
+    st = results["settings"]
+    rows = [r for r in results["rows"] if "note" not in r]
+    text = (f"{st['steps']} sampling steps, n = {st['n']} samples per sampler and seed, seeds {st['seeds']} (± is "
+            f"the spread of FD over seeds), the digits oracle (16×16, 1797 components, std 0.1), mixture samplers at "
+            f"K = 8, s = {st['scale']:g}; device {st['device']}, torch {results['torch']}, commit "
+            f"{results['commit'] or 'unknown'}; the table took {results['wall_s']:.0f} s wall, "
+            f"{results.get('cpu_s', float('nan')):.0f} CPU s (samples/s is wall time and includes the oracle model's "
+            f"time, so it drops on a busy machine). Exact data samples score FD {results['exact_fd']:.3g} at this n "
+            f"(the floor).\n\n")
+    text += _fmt_table(rows)
+    skipped = [f"{r['sampler']} (η={r['eta']}): {r['note']}" for r in results["rows"] if "note" in r]
+    if skipped:
+        text += "\n\nNot run: " + "; ".join(skipped)
+    return text + "\n"
 
 
 def run_demo(out_dir: str = "gmm_triton_out/demo", *, device: str = "auto", n: int = 2000, steps: int = 10,
@@ -41,6 +65,7 @@ def run_demo(out_dir: str = "gmm_triton_out/demo", *, device: str = "auto", n: i
     not train one: `gmm-triton train` or `make distill` does, in ~5 CPU minutes)."""
     from tqdm.auto import tqdm
 
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if quick:
         n, seeds, step_grid = min(n, 300), tuple(seeds)[:1], (5, 10)
@@ -70,23 +95,25 @@ def run_demo(out_dir: str = "gmm_triton_out/demo", *, device: str = "auto", n: i
 
         rows += learned_demo_rows(learned_model, data, reference, steps=steps, n=n, seeds=seeds, scale=scale,
                                   device=device)
-    table = _fmt_table([r for r in rows if "note" not in r], f"{steps} steps, n={n} × {len(seeds)} seeds, device={device}; "
-                       f"exact data samples: FD {exact_fd:.4g} (the floor at this n)")
-    skipped = [f"{r['sampler']} (η={r['eta']}): {r['note']}" for r in rows if "note" in r]
-    if skipped:
-        table += "\nnot run: " + "; ".join(skipped)
+    results = {"command": "gmm-triton demo", "commit": _commit(), "torch": torch.__version__,
+               "settings": {"device": device, "n": n, "seeds": list(seeds), "steps": steps, "scale": scale,
+                            "quick": quick, "learned_model": bool(learned_model and os.path.exists(learned_model))},
+               "exact_fd": exact_fd, "wall_s": time.perf_counter() - t_start,
+               "cpu_s": time.process_time() - cpu_start, "rows": rows}
+    table = render_results(results)
     print(table)
     curve = _quality_vs_steps(data, reference, step_grid, n, seeds[0], scale, device)
     paths = {"table": os.path.join(out_dir, "demo_table.md"), "csv": os.path.join(out_dir, "demo.csv"),
-             "grid": os.path.join(out_dir, "samples_grid.png"), "steps": os.path.join(out_dir, "quality_vs_steps.png")}
+             "results": os.path.join(out_dir, "results.json"), "grid": os.path.join(out_dir, "samples_grid.png"),
+             "steps": os.path.join(out_dir, "quality_vs_steps.png")}
     with open(paths["table"], "w") as f:
-        f.write(table + "\n")
+        f.write(table)
     _write_csv(paths["csv"], rows)
+    with open(paths["results"], "w") as f:  # the README's table is generated from a committed copy (make tables)
+        json.dump(results, f, indent=1)
+        f.write("\n")
     _plot_grid(images, data, paths["grid"], device)
     _plot_steps(curve, exact_fd, paths["steps"])
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump({"device": device, "n": n, "seeds": list(seeds), "steps": steps, "scale": scale,
-                   "torch": torch.__version__, "exact_fd": exact_fd}, f, indent=1)
     print("wrote", ", ".join(paths.values()))
     return {"rows": rows, "paths": paths, "exact_fd": exact_fd}
 
