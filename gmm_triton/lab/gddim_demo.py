@@ -37,6 +37,7 @@ import time
 import numpy as np
 import torch
 
+from .generate import _commit
 from .metrics import frechet_distance
 from .oracle import BlurMixtureDenoiser, CLDMixtureDenoiser, digits_mixture
 from ..gddim.schedulers import GDDIMBlurScheduler, GDDIMCLDScheduler
@@ -377,6 +378,48 @@ def blur_markdown(res) -> str:
     return "\n".join(out)
 
 
+def _int_keys(d: dict) -> dict:
+    """{nfe: metrics} with the integer keys JSON turned into strings restored."""
+    return {int(k): v for k, v in d.items()}
+
+
+def render_cld(results: dict) -> str:
+    """The README's CLD tables from the demo's ``gddim.json``: the deterministic samplers against the ODE solve
+    (RMSE / mode agreement), the stochastic ones against the SDE solve on the same Brownian path."""
+    res = results["cld"]
+    rows = {name: _int_keys(by) for name, by in res["rows"].items()}
+    nfes = sorted(next(iter(rows.values())))
+    stochastic = {name for name, _ in CLD_STOCHASTIC}
+    head = " | ".join(f"NFE {k}" for k in nfes)
+    out = [f"| RMSE to the ODE ↓ / mode agreement ↑ | {head} |", "| --- |" + " --- |" * len(nfes)]
+    out += [f"| {name} | " + " | ".join(f"{_cell(by[k]['rmse'])} / {_cell(by[k]['mode'], '{:.2f}')}" for k in nfes)
+            + " |" for name, by in rows.items() if name not in stochastic and "rmse" in by[nfes[0]]]
+    out += ["", f"| λ = {CLD_LAMBDA}: median per-sample RMSE to the SDE ↓ / mode agreement ↑ / FD ↓ | {head} |",
+            "| --- |" + " --- |" * len(nfes)]
+    out += [f"| {name} | " + " | ".join(f"{_cell(by[k]['median'])} / {_cell(by[k]['mode'], '{:.2f}')} / "
+                                          f"{_cell(by[k]['fd'])}" for k in nfes) + " |"
+            for name, by in rows.items() if name in stochastic]
+    fd = [f"{name} {', '.join(_cell(by[k]['fd']) for k in nfes)}" for name, by in rows.items()
+          if name not in stochastic and "rmse" not in by[nfes[0]]]
+    out += ["", f"n = {res['n']}; reference ODE: {res['ref_nfe']} evaluations; FD of exact data samples "
+            f"{res['data_fd']:.3g}, of the ODE reference endpoint {res['ref_fd']:.3g}; FD at NFE "
+            f"{', '.join(map(str, nfes))}: " + "; ".join(fd) + f" (commit {results['commit']})."]
+    return "\n".join(out) + "\n"
+
+
+def render_blur(results: dict) -> str:
+    """The README's BDM table from the demo's ``gddim.json``: the NFE each sampler needs to reach an FD level."""
+    res = results["blur"]
+    labels = [f"FD ≤ {t:.3g}" for t in res["thresholds"][:-1]] + [f"FD ≤ {res['thresholds'][-1]:.3g} (floor)"]
+    out = ["| NFE to reach | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
+    base = res["reach"][ANCESTRAL]
+    for name, r in res["reach"].items():
+        cells = [f"{q} {k:.0f}".replace("= ", "") + ("" if name == ANCESTRAL else speed_up(b, (q, k)))
+                 for (q, k), b in zip(r, base)]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + f"\n\nn = {res['n']} (commit {results['commit']}).\n"
+
+
 def cost_markdown(rows) -> str:
     out = [f"| step (C++ twin, fp32, {rows[0]['shape']}) | ms | GB/s | vs DDIM η=0 |", "| --- | --- | --- | --- |"]
     out += [f"| {r['step']} | {r['ms']:.2f} | {r['GB/s']:.1f} | {r['vs DDIM η=0']:.2f} |" for r in rows]
@@ -446,8 +489,11 @@ def run_gddim_demo(out_dir="gmm_triton_out/gddim", *, family="gddim", n=None, qu
              "plot": os.path.join(out_dir, "gddim.png")}
     with open(paths["table"], "w") as f:
         f.write(text + "\n")
-    with open(paths["json"], "w") as f:
-        json.dump({"cld": cld, "blur": blur, "cost": cost, "seconds": secs}, f, indent=1, default=str)
+    settings = {"family": family, "quick": quick, "n_cld": cld and cld["n"], "n_blur": blur and blur["n"],
+                "threads": torch.get_num_threads(), "torch": torch.__version__}
+    with open(paths["json"], "w") as f:  # the README's tables are generated from a committed copy (make tables)
+        json.dump({"command": "gmm-triton demo --family " + family, "commit": _commit(), "settings": settings,
+                   "cld": cld, "blur": blur, "cost": cost, "seconds": secs}, f, indent=1, default=str)
     _plot(cld, blur, paths["plot"])
     print("wrote", ", ".join(paths.values()))
     return {"cld": cld, "blur": blur, "cost": cost, "paths": paths, "seconds": secs}

@@ -8,8 +8,9 @@ k and for both variants, reported as the seeds on which they hold (``summary.jso
 EMD, an iteration count to mode TV ≤ 0.05 is the first evaluation at or below it (evaluations every 1/80 of the
 budget); a run that never gets there counts as not reached (∞).
 
-``python -m gmm_triton.lab.distill.report DIR`` rewrites the tables from the results under DIR (the README's come
-from the committed ``docs/results/distill``).
+``python -m gmm_triton.lab.distill.report DIR`` rewrites the tables from the results under DIR. The README's come
+from a committed copy of ``summary.json`` (``docs/results/distill.json``) through :func:`render_mm` and
+:func:`render_emd` (``make tables``).
 """
 from __future__ import annotations
 
@@ -60,16 +61,15 @@ def _beats(rs, key):
     return sum(r["fd"] < r[key] for r in rs)
 
 
-def mm_section(out: str):
+def mm_section(runs: list, many: dict):
     """The moment-matching table (one row per teacher, variant and k, then the teachers' 50-step DDIM), the
-    required targets, the claims of the paper checked at every k, and the rows for summary.json."""
-    runs = _load(os.path.join(out, "mm", "*", "result.json"))
+    required targets, the claims of the paper checked at every k, and the rows for summary.json, from the runs'
+    results and ``many`` = {teacher: its 50-step baseline's result or None}."""
     groups = {}
     for r in runs:
         c = r["config"]
         groups.setdefault((c["teacher"], c["variant"], c["steps"]), []).append(r)
-    many = {t: _load(os.path.join(out, "baselines", f"{t}_ddim50.json")) for t in MM_TEACHERS}
-    many_by_seed = {t: {s: row["fd"] for s, row in zip(m[0]["config"]["seeds"], m[0]["per_seed"])} if m else {}
+    many_by_seed = {t: {s: row["fd"] for s, row in zip(m["config"]["seeds"], m["per_seed"])} if m else {}
                     for t, m in many.items()}
     lines = ["| teacher | variant | k | student FD | teacher DDIM FD | teacher ancestral FD | student mode TV "
              "| student NLL | seeds beating DDIM | seeds beating ancestral | iterations | CPU s | wall s |",
@@ -105,10 +105,10 @@ def mm_section(out: str):
             targets[f"{name}_beats_teacher_ancestral"] = beat_anc == len(rs)
     for teacher, m in many.items():
         if m:
-            per_seed = m[0]["per_seed"]
+            per_seed = m["per_seed"]
             lines.append(f"| {teacher} | 50-step teacher DDIM | 50 | — | {_ms([r['fd'] for r in per_seed])} | — | "
                          f"{_ms([r['mode_tv'] for r in per_seed])} | {_ms([r['nll'] for r in per_seed])} | | | | | |")
-    return "\n".join(lines), targets, claims, rows, runs
+    return "\n".join(lines), targets, claims, rows
 
 
 CLAIMS = (("beats_teacher_ddim", "beats the teacher's DDIM at the same k"),
@@ -134,8 +134,8 @@ def claims_table(claims: dict) -> str:
     return "\n".join(lines)
 
 
-def emd_section(out: str):
-    runs = _load(os.path.join(out, "emd", "*", "result.json"))
+def emd_section(runs: list):
+    """The EMD-vs-VSD table, its targets and rows, from the runs' results."""
     groups = {}
     for r in runs:
         groups.setdefault((r["config"]["dataset"], r["config"]["method"]), []).append(r)
@@ -171,7 +171,7 @@ def emd_section(out: str):
     if ("8d8", "emd") in by and ("8d8", "vsd") in by:
         targets["emd_8d8_covers_more_modes_than_vsd"] = (
             _mean(by[("8d8", "emd")]["modes_covered"]) > _mean(by[("8d8", "vsd")]["modes_covered"]))
-    return "\n".join(lines), targets, rows, runs
+    return "\n".join(lines), targets, rows
 
 
 def plot_mm(runs, path):
@@ -237,23 +237,54 @@ def plot_emd(runs, path):
     plt.close(fig)
 
 
+def _bundle(out: str) -> dict:
+    """Every result the tables come from, as one JSON-able dict (the runs' ``result.json`` without their logs, the
+    50-step baselines), with the commits the runs were made at and their settings: the file the README's tables
+    are generated from (``docs/results/distill.json``, ``make tables``)."""
+    strip = lambda r: {k: v for k, v in r.items() if k != "log"}  # noqa: E731
+    mm = [strip(r) for r in _load(os.path.join(out, "mm", "*", "result.json"))]
+    emd = [strip(r) for r in _load(os.path.join(out, "emd", "*", "result.json"))]
+    many = {t: (_load(os.path.join(out, "baselines", f"{t}_ddim50.json")) or [None])[0] for t in MM_TEACHERS}
+    commits = sorted({str(r.get("commit")) for r in mm + emd + [m for m in many.values() if m]})
+    settings = {"mm_iterations": {v: sorted({r["iterations"] for r in mm if r["config"]["variant"] == v})
+                                  for v in MM_VARIANTS},
+                "mm_steps": sorted({r["config"]["steps"] for r in mm}, reverse=True),
+                "seeds": sorted({r["config"]["seed"] for r in mm + emd}),
+                "eval_samples": sorted({r["config"]["eval_samples"] for r in mm}),
+                "emd_iterations": {f"{r['config']['dataset']}": r["iterations"] for r in emd}}
+    return {"command": "gmm-triton distill all", "commit": ", ".join(commits), "settings": settings,
+            "mm_runs": mm, "baselines": many, "emd_runs": emd}
+
+
+def render_mm(bundle: dict) -> str:
+    """The moment-matching table and the claims table (Markdown) from a results bundle (:func:`_bundle`)."""
+    table, _, claims, _ = mm_section(bundle["mm_runs"], bundle["baselines"])
+    return table + ("\n\n" + claims_table(claims) if claims else "") + "\n"
+
+
+def render_emd(bundle: dict) -> str:
+    """The EMD-vs-VSD table (Markdown) from a results bundle."""
+    return emd_section(bundle["emd_runs"])[0] + "\n"
+
+
 def write_report(out: str) -> dict:
-    """Tables (``OUT/tables.md``), ``OUT/summary.json`` with the target checks, and the two summary plots."""
-    mm_table, mm_targets, mm_claims, mm_rows, mm_runs = mm_section(out)
-    emd_table, emd_targets, emd_rows, emd_runs = emd_section(out)
-    tables = "## Moment matching (digits, D = 256)\n\n" + mm_table + "\n"
-    if mm_claims:
-        tables += "\n### The paper's claims, per seed\n\n" + claims_table(mm_claims) + "\n"
-    tables += "\n## EMD vs VSD\n\n" + emd_table + "\n"
+    """Tables (``OUT/tables.md``), ``OUT/summary.json`` (the target checks, the claims, and the results bundle the
+    README's tables are generated from) and the two summary plots."""
+    bundle = _bundle(out)
+    _, mm_targets, mm_claims, mm_rows = mm_section(bundle["mm_runs"], bundle["baselines"])
+    _, emd_targets, emd_rows = emd_section(bundle["emd_runs"])
+    tables = "## Moment matching (digits, D = 256)\n\n" + render_mm(bundle) + "\n## EMD vs VSD\n\n" + render_emd(bundle)
     targets = {**mm_targets, **emd_targets}
     tables += "\n## Targets\n\n" + "\n".join(f"- {k}: {'met' if v else 'NOT met'}" for k, v in targets.items()) + "\n"
     with open(os.path.join(out, "tables.md"), "w") as f:
         f.write(tables)
+    mm_runs = _load(os.path.join(out, "mm", "*", "result.json"))
+    emd_runs = _load(os.path.join(out, "emd", "*", "result.json"))
     if mm_runs:
         plot_mm(mm_runs, os.path.join(out, "distill_mm_fd.png"))
     if emd_runs:
         plot_emd(emd_runs, os.path.join(out, "distill_emd_modes.png"))
-    summary = {"targets": targets, "claims": mm_claims, "mm": mm_rows, "emd": emd_rows, "tables": tables}
+    summary = {"targets": targets, "claims": mm_claims, "mm": mm_rows, "emd": emd_rows, "tables": tables, **bundle}
     write_json(summary, os.path.join(out, "summary.json"))
     return summary
 
