@@ -8,7 +8,8 @@
 namespace {
 
 void ddim_step_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& coef,
-                   const std::optional<at::Tensor>& rows, int64_t row, int64_t seed, int64_t offset,
+                   const std::optional<at::Tensor>& rows, int64_t row, int64_t seed,
+                   const std::optional<at::Tensor>& seeds, int64_t offset,
                    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold,
                    const std::optional<at::Tensor>& delta, const std::optional<at::Tensor>& cdf,
                    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& var,
@@ -53,6 +54,10 @@ void ddim_step_cpu(const at::Tensor& x, const at::Tensor& m, const at::Tensor& c
   }
   a.out = out; a.x0 = x0;
   a.seed = static_cast<uint64_t>(seed);
+  if (seeds) {
+    a.seeds = seeds->contiguous();
+    TORCH_CHECK(a.seeds.scalar_type() == at::kLong && a.seeds.numel() == a.B, "seeds must be int64 [B]");
+  }
   a.offset = static_cast<uint64_t>(offset);
   a.pred = static_cast<int>(pred); a.var_mode = static_cast<int>(var_mode); a.noise_mode = static_cast<int>(noise_mode);
   a.eta = eta; a.clip = clip; a.guidance = guidance;
@@ -67,10 +72,10 @@ void philox_normal_cpu(at::Tensor& out, int64_t seed, int64_t stream, int64_t st
 }  // namespace
 
 TORCH_LIBRARY(gmm_triton_cpp, m) {
-  m.def("ddim_step(Tensor x, Tensor m, Tensor coef, Tensor? rows, int row, int seed, int offset, Tensor? noise, "
-        "Tensor? threshold, Tensor? delta, Tensor? cdf, Tensor? weight, Tensor? var, Tensor? basis, Tensor? eig, "
-        "Tensor(a!) out, Tensor(b!) x0, int pred, int var_mode, int noise_mode, float eta, float clip, bool clip_on, "
-        "bool clipped_eps, float guidance, bool cfg, bool offset_final, bool write_x0, int[] perm) -> ()");
+  m.def("ddim_step(Tensor x, Tensor m, Tensor coef, Tensor? rows, int row, int seed, Tensor? seeds, int offset, "
+        "Tensor? noise, Tensor? threshold, Tensor? delta, Tensor? cdf, Tensor? weight, Tensor? var, Tensor? basis, "
+        "Tensor? eig, Tensor(a!) out, Tensor(b!) x0, int pred, int var_mode, int noise_mode, float eta, float clip, "
+        "bool clip_on, bool clipped_eps, float guidance, bool cfg, bool offset_final, bool write_x0, int[] perm) -> ()");
   m.def("philox_normal_(Tensor(a!) out, int seed, int stream, int start) -> ()");
   m.def("philox_words_(Tensor(a!) out, int seed, int stream, int start) -> ()");
 }

@@ -27,8 +27,9 @@ constexpr int kLane = 1024;        // elements per stage tile
 
 struct SampleScalars {
   bool valid;    // the timestep row (and the mixture step table) exist: otherwise the sample is NaN
-  double al, sg, alp, sp2, sigma, c_eps;
-  uint64_t base;  // the RNG counter of the sample's element 0: (offset + b) * D
+  double al, s_t, alp, s_prev2, sigma, c_eps;
+  uint64_t seed;  // the sample's Philox key: the launch's seed, or its own (per-sample seeds)
+  uint64_t base;  // the RNG counter of the sample's element 0: g * D, g its global index
   bool apply;    // mixture applies at this step
   int64_t srow;  // mixture table row
   int64_t k;     // component
@@ -79,17 +80,17 @@ inline void store_tile(const float* __restrict v, int n, float bad, c10::Half* _
 }
 #endif
 
-// Noise of sample b at memory positions [d0, d0 + n) (logical indices idx): Philox stream 0 at flat index
-// base + idx, or the caller's tensor (stored in the same layout as the sample).
+// Noise of sample b (scalars s) at memory positions [d0, d0 + n) (logical indices idx): Philox stream 0 under its
+// key at flat index s.base + idx, or the caller's tensor (stored in the same layout as the sample).
 template <typename A>
-inline void noise_tile(const StepArgs& a, int64_t b, uint64_t base, int64_t d0, const int64_t* idx, int n,
+inline void noise_tile(const StepArgs& a, int64_t b, const SampleScalars& s, int64_t d0, const int64_t* idx, int n,
                        A* __restrict z) {
   if (a.noise_mode == kNoisePhilox) {
     alignas(64) float tmp[kLane];
     if (a.permuted) {
-      normals_at(a.seed, kStreamNoise, base, idx, n, tmp);
+      normals_at(s.seed, kStreamNoise, s.base, idx, n, tmp);
     } else {
-      normals(a.seed, kStreamNoise, static_cast<int64_t>(base) + d0, n, tmp);
+      normals(s.seed, kStreamNoise, static_cast<int64_t>(s.base) + d0, n, tmp);
     }
     for (int i = 0; i < n; ++i) z[i] = static_cast<A>(tmp[i]);
     return;
@@ -131,12 +132,16 @@ SampleScalars sample_scalars(const StepArgs& a, int64_t b) {
   if (!s.valid) row = 0;
   const double* c = a.coef.data_ptr<double>() + row * kNCols;
   s.al = c[kColAlpha];
-  s.sg = c[kColSigma];
+  s.s_t = c[kColS];
   s.alp = c[kColAlphaPrev];
-  s.sp2 = c[kColSigmaPrev2];
+  s.s_prev2 = c[kColSPrev2];
   s.sigma = a.eta * std::sqrt(c[kColVar]);
-  s.c_eps = std::sqrt(std::max(s.sp2 - s.sigma * s.sigma, 0.0));
-  const uint64_t g = a.offset + static_cast<uint64_t>(b);  // the sample's global index
+  s.c_eps = std::sqrt(std::max(s.s_prev2 - s.sigma * s.sigma, 0.0));
+  // the sample's key and global index: the launch's seed at offset + b, or its own seed at offset (as if it were
+  // sample 0 of its own run)
+  const bool own = a.seeds.defined();
+  s.seed = own ? static_cast<uint64_t>(a.seeds.data_ptr<int64_t>()[b]) : a.seed;
+  const uint64_t g = a.offset + (own ? 0 : static_cast<uint64_t>(b));
   s.base = g * static_cast<uint64_t>(a.D);
   if (a.mixed) {
     s.apply = c[kColFinal] == 0.0 || a.offset_final;
@@ -146,7 +151,7 @@ SampleScalars sample_scalars(const StepArgs& a, int64_t b) {
       s.valid = false;
       s.srow = 0;
     }
-    const float u = uniform_at(a.seed, kStreamChoice, g);
+    const float u = uniform_at(s.seed, kStreamChoice, g);
     const float* cdf = a.cdf.data_ptr<float>();
     int64_t k = 0;
     for (int64_t j = 0; j < a.cdf.numel(); ++j) k += cdf[j] <= u;
@@ -171,7 +176,7 @@ void project(const StepArgs& a, int64_t n_chunks, std::vector<double>& part) {
       for (int64_t d0 = ch * kChunk; d0 < std::min(a.D, (ch + 1) * kChunk); d0 += kLane) {
         const int n = static_cast<int>(std::min<int64_t>(kLane, a.D - d0));
         logical_tile(a, d0, n, idx);
-        noise_tile(a, b, s.base, d0, idx, n, z);
+        noise_tile(a, b, s, d0, idx, n, z);
         for (int64_t j = 0; j < KP; ++j) {
           table_tile(a, a.basis, q0 + j * a.D, d0, idx, n, q);
           double acc = 0.0;
@@ -215,7 +220,7 @@ void step_impl(const StepArgs& a) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_chunks, ch = task % n_chunks;
       const SampleScalars s = sample_scalars(a, b);
-      const A al = static_cast<A>(s.al), sg = static_cast<A>(s.sg), alp = static_cast<A>(s.alp);
+      const A al = static_cast<A>(s.al), s_t = static_cast<A>(s.s_t), alp = static_cast<A>(s.alp);
       const A c_eps = static_cast<A>(s.c_eps), sigma = static_cast<A>(s.sigma);
       const A bad = s.valid ? A(0) : std::numeric_limits<A>::quiet_NaN();
       int64_t delta0 = 0, q0 = 0;  // offsets of this sample's offset row and basis rows
@@ -246,16 +251,16 @@ void step_impl(const StepArgs& a) {
         }
         switch (a.pred) {
           case kPredEpsilon:
-            for (int i = 0; i < n; ++i) { x0v[i] = (xv[i] - sg * mv[i]) / al; ev[i] = mv[i]; }
+            for (int i = 0; i < n; ++i) { x0v[i] = (xv[i] - s_t * mv[i]) / al; ev[i] = mv[i]; }
             break;
           case kPredSample:
-            for (int i = 0; i < n; ++i) { x0v[i] = mv[i]; ev[i] = (xv[i] - al * mv[i]) / sg; }
+            for (int i = 0; i < n; ++i) { x0v[i] = mv[i]; ev[i] = (xv[i] - al * mv[i]) / s_t; }
             break;
           case kPredVPrediction:
-            for (int i = 0; i < n; ++i) { x0v[i] = al * xv[i] - sg * mv[i]; ev[i] = al * mv[i] + sg * xv[i]; }
+            for (int i = 0; i < n; ++i) { x0v[i] = al * xv[i] - s_t * mv[i]; ev[i] = al * mv[i] + s_t * xv[i]; }
             break;
           default:
-            for (int i = 0; i < n; ++i) { x0v[i] = xv[i] - sg * mv[i]; ev[i] = xv[i] + al * mv[i]; }
+            for (int i = 0; i < n; ++i) { x0v[i] = xv[i] - s_t * mv[i]; ev[i] = xv[i] + al * mv[i]; }
         }
         if (thr) {
           const A q = thr[b];
@@ -264,14 +269,14 @@ void step_impl(const StepArgs& a) {
           for (int i = 0; i < n; ++i) x0v[i] = std::min(std::max(x0v[i], -clip), clip);
         }
         if (a.clipped_eps)
-          for (int i = 0; i < n; ++i) ev[i] = (xv[i] - al * x0v[i]) / sg;
+          for (int i = 0; i < n; ++i) ev[i] = (xv[i] - al * x0v[i]) / s_t;
         for (int i = 0; i < n; ++i) pv[i] = alp * x0v[i] + c_eps * ev[i];
         if (a.mixed && s.apply) {
           table_tile(a, a.delta, delta0, d0, idx, n, tab);
           for (int i = 0; i < n; ++i) pv[i] += static_cast<A>(tab[i]);
         }
         if (a.noise_mode != kNoiseNone) {
-          noise_tile(a, b, s.base, d0, idx, n, z);
+          noise_tile(a, b, s, d0, idx, n, z);
           const bool mix_var = a.mixed && s.apply && a.var_mode != kVarNone;
           if (!mix_var) {
             for (int i = 0; i < n; ++i) pv[i] += sigma * z[i];

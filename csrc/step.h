@@ -10,6 +10,7 @@ struct StepArgs {
   at::Tensor out, x0;                                       // outputs: block b at b*D, dense
   int64_t B = 0, D = 0, row = 0;                            // row: used when `rows` is undefined
   uint64_t seed = 0, offset = 0;                            // offset: global index of sample 0 (RNG counters)
+  at::Tensor seeds;  // int64 [B]: one Philox key per sample, each sample at global index `offset` (undefined: seed)
   // permuted dense layout (gmm_triton/backends.py Layout): memory position j of a block holds logical element
   // ((j / n2) / n1) * l0 + ((j / n2) % n1) * l1 + (j % n2) * l2; the RNG and mixture tables use logical indices
   bool permuted = false;

@@ -7,6 +7,8 @@
 The op, for custom pipelines: :func:`ddim_step` (``torch.ops.gmm_triton.ddim_step`` underneath).
 gDDIM for critically-damped Langevin and blurring diffusions: :class:`CLD`, :class:`GDDIMCLDScheduler`,
 :class:`BlurProcess`, :class:`GDDIMBlurScheduler` (``gmm_triton.gddim``).
+k-diffusion-convention samplers (ComfyUI, A1111, Forge): :func:`sample_ddim`, :func:`sample_ddim_gmm`,
+:func:`sample_rfim`, :func:`sample_rfim_gmm` (``gmm_triton.samplers``).
 
 The names below load on first use (PEP 562), so ``import gmm_triton`` and the command line's argument checks do
 not pay for torch, triton and diffusers until something needs them.
@@ -23,6 +25,7 @@ _EXPORTS = {
     "ddim_step": "ops",
     "draw_seed": "rng", "initial_noise": "rng", "philox_normal": "rng",
     "GMMDDIMScheduler": "schedulers", "GMMFlowMatchScheduler": "schedulers",
+    "sample_ddim": "samplers", "sample_ddim_gmm": "samplers", "sample_rfim": "samplers", "sample_rfim_gmm": "samplers",
     "CLD": "gddim", "BlurProcess": "gddim", "GDDIMCLDScheduler": "gddim", "GDDIMBlurScheduler": "gddim",
 }
 

@@ -109,7 +109,7 @@ class StepArgs:
     coef: Tensor
     timesteps: Optional[Tensor]   # int64 rows, one or one per sample (None: ``timestep``)
     timestep: int
-    seed: Optional[Tensor]        # int64 [1]; None when nothing random is drawn
+    seed: Optional[Tensor]        # int64 [1], or [B] (one per sample: per_sample_seeds); None when nothing is drawn
     sample_offset: Optional[Tensor]  # int64 [1]: global index of sample 0 (None: 0)
     noise: Optional[Tensor]
     threshold: Optional[Tensor]   # float32 [B]
@@ -130,20 +130,32 @@ class StepArgs:
     def variance_mode(self) -> str:
         return self.mixture.variance_mode if self.mixture is not None else "none"
 
+    @property
+    def per_sample_seeds(self) -> bool:
+        """One seed per sample: sample b draws under seed[b] at global index sample_offset (the RNG contract,
+        reference.sample_keys), as if it were sample 0 of its own run. (With B = 1 both readings agree.)"""
+        return self.seed is not None and self.seed.numel() > 1
+
 
 def host_int(t: Optional[Tensor]) -> int:
     """The value of an int64 scalar tensor (seed, sample offset) on the host, 0 for None (reads any device)."""
     return 0 if t is None else int(t.reshape(-1)[0].item())
 
 
+def host_ints(t: Tensor) -> list:
+    """The values of an int64 tensor (per-sample seeds) on the host (reads any device: CPU backends only)."""
+    return [int(v) for v in t.reshape(-1).tolist()]
+
+
 def on_device_or_host(t: Optional[Tensor], device: torch.device):
     """(device tensor or None, host int): a CPU scalar is read on the host (no device sync), a device one by the
-    kernel."""
+    kernel; several values (per-sample seeds) are always the kernel's to read (a CPU tensor is copied to the
+    device, host to device: no sync)."""
     if t is None:
         return None, 0
-    if t.device.type == "cpu":
+    if t.device.type == "cpu" and t.numel() == 1:
         return None, host_int(t)
-    return t.reshape(-1).to(device), 0
+    return t.reshape(-1).to(device, non_blocking=True), 0
 
 
 def run_triton(a: StepArgs, config=None) -> None:
@@ -166,7 +178,9 @@ def run_cpp(a: StepArgs) -> None:
     mix = a.mixture.op_tensors() if a.mixture is not None else (None,) * 6
     perm = a.layout.sizes + a.layout.lstrides if a.layout is not None else ()
     torch.ops.gmm_triton_cpp.ddim_step(
-        a.x, a.m, a.coef, rows, int(a.timestep), host_int(a.seed), host_int(a.sample_offset), a.noise,
+        a.x, a.m, a.coef, rows, int(a.timestep), host_int(a.seed),
+        a.seed.reshape(-1).to("cpu", torch.int64).contiguous() if a.per_sample_seeds else None,
+        host_int(a.sample_offset), a.noise,
         a.threshold, *mix, a.out, a.x0, PRED_CODES[a.prediction_type], VAR_CODES[a.variance_mode], a.noise_mode,
         float(a.eta), float(a.clip) if a.clip is not None else 0.0, a.clip is not None, a.clipped_eps,
         float(a.guidance) if a.guidance is not None else 0.0, a.guidance is not None, a.offset_final, a.write_x0,
@@ -182,7 +196,8 @@ def run_reference(a: StepArgs) -> None:
     prev, x0 = reference.fused_step(
         a.x, a.m, rows, a.coef, prediction_type=a.prediction_type, eta=a.eta, clip_sample_range=a.clip,
         threshold_scale=a.threshold, use_clipped_model_output=a.clipped_eps, guidance_scale=a.guidance,
-        seed=host_int(a.seed) if a.seed is not None else None, sample_offset=host_int(a.sample_offset),
+        seed=(host_ints(a.seed) if a.per_sample_seeds else host_int(a.seed)) if a.seed is not None else None,
+        sample_offset=host_int(a.sample_offset),
         noise=a.noise if a.noise_mode != NOISE_NONE else None, mixture=a.mixture, offset_final=a.offset_final,
     )
     a.out.copy_(prev)

@@ -1,4 +1,4 @@
-"""``gmm-triton demo | eval | sample | generate | bench | inspect | train | distill``.
+"""``gmm-triton demo | eval | sample | generate | bench | inspect | train | distill | evidence``.
 
 The commands live in the two layers above the runtime library: the lab (``gmm_triton.lab``: demo, eval, generate,
 train, distill) and the tools (``gmm_triton.tools``: bench, inspect). Only the module of the command that runs is
@@ -21,7 +21,7 @@ DEMO_EXTRAS = {"matplotlib": "matplotlib", "sklearn": "scikit-learn"}
 def _missing_extras(argv) -> tuple:
     """(command, missing packages) for the command in ``argv``: a lookup, no import, before torch is imported."""
     cmd = _command(argv)
-    if cmd not in ("demo", "eval", "bench", "train", "distill") or "-h" in argv or "--help" in argv:
+    if cmd not in ("demo", "eval", "bench", "train", "distill", "evidence") or "-h" in argv or "--help" in argv:
         return cmd, []
     modules = ("matplotlib",) if cmd == "bench" and "--no-e2e" in argv else DEMO_EXTRAS
     return cmd, [DEMO_EXTRAS[m] for m in modules if importlib.util.find_spec(m) is None]
@@ -32,6 +32,8 @@ _MODULE_COMMANDS = {
     "generate": (".lab.generate", "N samples of the oracle or a pipeline, sharded over torchrun processes, resumable, "
                                   "the same bytes for any process count and batch size"),
     "bench": (".tools.bench", "kernel throughput and step latency vs diffusers and torch.compile"),
+    "evidence": (".lab.evidence.cli", "DDIM vs DDIM-GMM on real digits (MNIST-5k) with trained diffusers UNets: "
+                                      "train, sweep, CSV, plot, README table (make evidence)"),
     "inspect": (".tools.inspect", "compile every kernel specialisation for sm_80/sm_90a/sm_100a (no GPU needed): "
                                   "registers, spills, access widths, SASS per element, predicted bandwidth"),
 }

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .contract import COL_ALPHA, COL_ALPHA_PREV, COL_FINAL, COL_SIGMA, COL_SIGMA_PREV2, COL_STEP, COL_VAR, N_COLS
+from .contract import COL_ALPHA, COL_ALPHA_PREV, COL_FINAL, COL_S, COL_S_PREV2, COL_STEP, COL_VAR, N_COLS
 
 PREV_RULES = ("diffusers", "grid")
 
@@ -78,9 +78,9 @@ def ddim_table(
         var = np.where(a < 1.0, (1.0 - ap) / (1.0 - a) * (1.0 - a / ap), 0.0)
     table = np.zeros((R, N_COLS), dtype=np.float64)
     table[:, COL_ALPHA] = np.sqrt(a)
-    table[:, COL_SIGMA] = np.sqrt(1.0 - a)
+    table[:, COL_S] = np.sqrt(1.0 - a)
     table[:, COL_ALPHA_PREV] = np.sqrt(ap)
-    table[:, COL_SIGMA_PREV2] = 1.0 - ap
+    table[:, COL_S_PREV2] = 1.0 - ap
     table[:, COL_VAR] = np.maximum(var, 0.0)
     table[:, COL_FINAL] = prev < 0
     table[:, COL_STEP] = step_index_of(R, ts)
@@ -98,11 +98,54 @@ def flow_table(sigmas) -> torch.Tensor:
     n = len(t)
     table = np.zeros((n, N_COLS), dtype=np.float64)
     table[:, COL_ALPHA] = 1.0 - t
-    table[:, COL_SIGMA] = t
+    table[:, COL_S] = t
     table[:, COL_ALPHA_PREV] = 1.0 - s
-    table[:, COL_SIGMA_PREV2] = s * s
+    table[:, COL_S_PREV2] = s * s
     table[:, COL_VAR] = s * s
     table[:, COL_FINAL] = np.arange(n) == n - 1
+    table[:, COL_STEP] = np.arange(n)
+    return torch.from_numpy(table)
+
+
+def sigma_table(sigmas, *, eta=1.0, s_noise: float = 1.0, flow: bool = False) -> torch.Tensor:
+    """The [n, 8] float64 table of a k-diffusion σ grid σ_0, …, σ_n (row i: step σ_i → σ_{i+1}), η and s_noise built in.
+
+    The op then runs with ``eta=1`` (or 0 on a row without noise): the var column is the step's noise variance
+    itself, and s_prev² − var is the squared coefficient of ε̂ = (x − α x̂₀) / s (the model predicts x̂₀).
+
+    ``flow=False``: k-diffusion's variance-exploding coordinates x = x₀ + σ ε (x = x_VP / √ᾱ, σ² = (1 − ᾱ)/ᾱ), where
+    DDIM(η) is ``sample_euler_ancestral``'s step: with σ = σ_i, σ' = σ_{i+1},
+
+        σ_up = min(σ', η √(σ'² (σ² − σ'²) / σ²)),   σ_down = √(σ'² − σ_up²),
+        x' = x̂₀ + σ_down ε̂ + s_noise σ_up z                       (α = α' = 1, s = σ)
+
+    (the min clamp is k-diffusion's for η > 1; a step up, σ' ≥ σ, adds no noise).
+    ``flow=True``: rectified-flow coordinates x = (1 − σ) x₀ + σ ε (ComfyUI's ``CONST``), RFIM's step with σ_up = η σ':
+
+        x' = (1 − σ') x̂₀ + √(σ'² − σ_up²) ε̂ + s_noise σ_up z       (α = 1 − σ, s = σ)
+
+    ``eta``: a number or one value per step (RFIM: each in [0, 1]). Column 5 (final) marks a step onto σ' = 0, where the
+    mixture is off by default; column 6 is the step index (the mixture's per-step table).
+    """
+    sig = np.asarray(torch.as_tensor(sigmas).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
+    t, s = sig[:-1], sig[1:]
+    n = len(t)
+    e = np.broadcast_to(np.asarray(torch.as_tensor(eta, dtype=torch.float64).cpu().numpy(), dtype=np.float64), (n,))
+    if flow:
+        up = e * s
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            up = np.minimum(s, e * np.sqrt(np.maximum(s * s * (t * t - s * s), 0.0)) / t)
+        up = np.where((e > 0) & (t > 0), up, 0.0)
+    down2 = np.maximum(s * s - up * up, 0.0)
+    var = (float(s_noise) * up) ** 2
+    table = np.zeros((n, N_COLS), dtype=np.float64)
+    table[:, COL_ALPHA] = 1.0 - t if flow else 1.0
+    table[:, COL_S] = t
+    table[:, COL_ALPHA_PREV] = 1.0 - s if flow else 1.0
+    table[:, COL_S_PREV2] = s * s if float(s_noise) == 1.0 else down2 + var  # equal at s_noise = 1
+    table[:, COL_VAR] = var
+    table[:, COL_FINAL] = s == 0
     table[:, COL_STEP] = np.arange(n)
     return torch.from_numpy(table)
 

@@ -19,9 +19,11 @@ NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = (NOISE_CODES[k] for k in ("none", "phil
 # tables, and the initial latents of a sampling run (gmm_triton.initial_noise)
 STREAM_NOISE, STREAM_CHOICE, STREAM_TABLE, STREAM_LATENT = 0, 1, 2, 3
 
-# the coefficient table (coefficients.py): one float64 row of N_COLS per timestep (DDIM) or step (flow)
+# the coefficient table (coefficients.py): one float64 row of N_COLS per timestep (DDIM) or step (flow), for
+# x_t = α x₀ + s ε: α, s (VP: √(1 − ᾱ_t); flow: t), α_prev, s_prev², var (σ² at η = 1), final, step.
+# σ means one thing everywhere: the step's η-scaled noise std σ = η √var; s is the noise coefficient of x_t.
 N_COLS = 8
-COL_ALPHA, COL_SIGMA, COL_ALPHA_PREV, COL_SIGMA_PREV2, COL_VAR, COL_FINAL, COL_STEP = range(7)
+COL_ALPHA, COL_S, COL_ALPHA_PREV, COL_S_PREV2, COL_VAR, COL_FINAL, COL_STEP = range(7)
 
 # gDDIM tables (gddim/tables.py). CLD: one row of CLD_COLS float64 per step: Ψ (row-major 2×2) at CLD_PSI, the
 # ε-coefficient blocks C_0..C_2 at CLD_EPS + 4j, the noise factor Λ = [[l00, 0], [l10, l11]] at CLD_CHOL..+2.
@@ -57,7 +59,7 @@ def header() -> str:
     enum("Noise", "kNoise", NOISE_CODES)
     lines.append("")
     for name in ("STREAM_NOISE", "STREAM_CHOICE", "STREAM_TABLE", "STREAM_LATENT", "N_COLS", "COL_ALPHA",
-                 "COL_SIGMA", "COL_ALPHA_PREV", "COL_SIGMA_PREV2", "COL_VAR", "COL_FINAL", "COL_STEP",
+                 "COL_S", "COL_ALPHA_PREV", "COL_S_PREV2", "COL_VAR", "COL_FINAL", "COL_STEP",
                  "CLD_COLS", "CLD_PSI", "CLD_EPS", "CLD_CHOL", "BLUR_PLANES", "MAX_PERMUTED_RANK"):
         lines.append(f"constexpr int k{name.title().replace('_', '')} = {globals()[name]};")
     lines += ["", "}  // namespace gmm", ""]

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import backends
 from .backends import Layout, StepArgs, cpu_backend, use_cpu_backend  # noqa: F401  (the op's public helpers)
-from .contract import COL_ALPHA, COL_SIGMA, COL_STEP, MAX_PERMUTED_RANK, N_COLS, NOISE_NONE, NOISE_PHILOX, \
+from .contract import COL_ALPHA, COL_S, COL_STEP, MAX_PERMUTED_RANK, N_COLS, NOISE_NONE, NOISE_PHILOX, \
     NOISE_TENSOR, PREDICTION_TYPES, VARIANCE_MODES
 from .mixture import MixtureTensors
 from .reference import dynamic_threshold_scale
@@ -72,7 +72,7 @@ def _check(sample, model_output, coef, timesteps, seed, sample_offset, noise, th
         raise ValueError(f"coefficient table is on {coef.device} but sample is on {sample.device}")
     _check_int_scalar("timestep", timesteps, B, sample.device, per_sample_ok=True)
     if seed is not None:
-        check_seed_tensor(seed)
+        check_seed_tensor(seed, batch=B)
         if seed.device != sample.device and seed.device.type != "cpu":
             raise ValueError(f"seed is on {seed.device} but sample is on {sample.device}")
     _check_int_scalar("sample_offset", sample_offset, B, sample.device, per_sample_ok=False)
@@ -362,9 +362,9 @@ def _check_thresholding(thresholding) -> Tuple[float, float]:
                          f"{thresholding!r}") from None
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"thresholding ratio must be in (0, 1], got {ratio}")
-    if not max_value >= 1.0:
-        raise ValueError(f"thresholding sample_max_value must be >= 1 (the quantile is clamped to [1, max]), got "
-                         f"{max_value}")
+    if not (0.0 < max_value < math.inf):  # q = clamp(quantile, 1, max) is max itself when max < 1, as in diffusers
+        raise ValueError(f"thresholding sample_max_value must be finite and > 0 (x̂₀ is divided by the clamped "
+                         f"quantile), got {max_value}")
     return ratio, max_value
 
 
@@ -414,10 +414,14 @@ def ddim_step(
             step around the op (a sort cannot be fused into one elementwise pass); precedes clipping.
         noise: the caller's standard-normal tensor (diffusers' ``variance_noise``); otherwise Philox noise
             from ``seed`` (int in [0, 2⁶⁴) or an int64 tensor) or, if None, a seed drawn from ``generator``.
+            Per-sample seeds: ``seed`` a list of B ints or an int64 tensor of B values, or ``generator`` a list of
+            B generators (one seed drawn from each, rng.draw_seed); sample b then draws under its own seed as if
+            it were sample 0 of its own run (at global index ``sample_offset``), so the batch equals B single
+            runs with those seeds or generators.
         sample_offset: the global index of sample 0 (an int or an int64 tensor; a CUDA tensor is read by the
             kernel): sample b's noise is drawn at Philox counters from (sample_offset + b)·D and its mixture
             component at sample_offset + b, so a sample's randomness depends on its global index, not on the batch
-            it sits in (sharded sampling; 0 by default).
+            it sits in (sharded sampling; 0 by default). With per-sample seeds every sample is at sample_offset.
         mixture: a :class:`~gmm_triton.mixture.MixtureTensors` (:func:`~gmm_triton.build_mixture`) for the
             Gaussian-mixture kernel.
         offset_final: apply the mixture on the step that lands on the end of the chain (default off: there
@@ -438,8 +442,11 @@ def ddim_step(
     if mixture is not None and not isinstance(mixture, MixtureTensors):
         raise TypeError(f"mixture must be a MixtureTensors (gmm_triton.build_mixture) or None, got "
                         f"{type(mixture).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None and not isinstance(generator, (torch.Generator, list, tuple)):
+        raise TypeError(f"generator must be a torch.Generator or a list of them (one per sample), got "
+                        f"{type(generator).__name__}")
+    if isinstance(generator, (list, tuple)) and len(generator) != sample.shape[0]:
+        raise ValueError(f"a list of generators needs one per sample ({sample.shape[0]}), got {len(generator)}")
     eta = float(eta)
     if eta > 1.0:
         warnings.warn(f"eta={eta} > 1: σ exceeds √(1 − ᾱ_prev), so the ε̂ term is clipped at 0 (diffusers' "
@@ -481,11 +488,11 @@ def _threshold_scale(sample, model_output, timesteps, tval, table, prediction_ty
     rows = timesteps.reshape(-1).to(table.device) if timesteps is not None else torch.tensor([tval], device=table.device)
     c = table.index_select(0, rows.long()).float().expand(B, N_COLS)
     shape = (B,) + (1,) * (sample.dim() - 1)
-    al, sg = c.select(1, COL_ALPHA).reshape(shape), c.select(1, COL_SIGMA).reshape(shape)  # select: traceable on fakes
+    al, s_t = c.select(1, COL_ALPHA).reshape(shape), c.select(1, COL_S).reshape(shape)  # select: traceable on fakes
     x, m = sample.float(), model_output.float()
     if guidance_scale is not None:
         u, cond = m.chunk(2)
         m = u + guidance_scale * (cond - u)
-    x0 = {"epsilon": lambda: (x - sg * m) / al, "sample": lambda: m, "v_prediction": lambda: al * x - sg * m,
-          "flow": lambda: x - sg * m}[prediction_type]()
+    x0 = {"epsilon": lambda: (x - s_t * m) / al, "sample": lambda: m, "v_prediction": lambda: al * x - s_t * m,
+          "flow": lambda: x - s_t * m}[prediction_type]()
     return dynamic_threshold_scale(x0, *thresholding)

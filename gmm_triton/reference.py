@@ -22,9 +22,10 @@ with noise = σ z for the Gaussian kernel and the mixture's own per-dimension la
 
 RNG contract (shared with ``kernels/philox.py`` and ``csrc/philox.h``; stream ids in ``contract.py``):
     Philox4x32-10, key = (lo32(seed), hi32(seed)), counter = (lo32(c), hi32(c), stream, 0).
-    Sample b of a call has the global index g = sample_offset + b (sample_offset = 0 unless the caller shards
-    a run); its element d (logical row-major index within the sample, whatever the memory layout) has the flat
-    index i = g·D + d.
+    Sample b of a call has the key ``seed`` and the global index g = sample_offset + b (sample_offset = 0 unless
+    the caller shards a run); with per-sample seeds (one per sample) it has the key seed[b] and g = sample_offset,
+    as if it were sample 0 of its own run (sample_keys). Its element d (logical row-major index within the sample,
+    whatever the memory layout) has the flat index i = g·D + d.
     stream 0, noise:   c = i // 4; element i takes normal i % 4 of its group:
                        (n0, n1) = BoxMuller(w0, w1), (n2, n3) = BoxMuller(w2, w3).
     stream 1, choice:  c = g; u = U(w0); k = #{j : cdf_j <= u}, capped at K-1.
@@ -110,11 +111,24 @@ def philox_uniform(seed: int, numel: int, stream: int = STREAM_CHOICE, start: in
     return uniform(philox4x32(seed, np.arange(start, start + numel, dtype=np.uint64), stream)[0])
 
 
-def choose_components(seed: int, batch: int, cdf, sample_offset: int = 0, K: int | None = None) -> np.ndarray:
+def sample_keys(seed, batch: int, sample_offset: int = 0) -> list:
+    """[(key_b, g_b)]: the Philox key and global index of each sample. One seed (an int): (seed, sample_offset + b);
+    per-sample seeds (a sequence of ``batch`` ints): (seed[b], sample_offset)."""
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        if len(seed) != batch:
+            raise ValueError(f"per-sample seeds must hold one seed per sample ({batch}), got {len(seed)}")
+        return [(int(k), sample_offset) for k in seed]
+    return [(int(seed), sample_offset + b) for b in range(batch)]
+
+
+def choose_components(seed, batch: int, cdf, sample_offset: int = 0, K: int | None = None) -> np.ndarray:
     """k_b = #{j : cdf_j <= u_b}, capped at K-1: inverse-CDF draw of one component per sample, u_b drawn at the
-    sample's global index sample_offset + b."""
+    sample's global index (sample_keys: one seed, or one per sample)."""
     cdf = np.asarray(cdf, dtype=np.float32).astype(np.float64)
-    u = philox_uniform(seed, batch, STREAM_CHOICE, sample_offset)
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        u = np.array([philox_uniform(k, 1, STREAM_CHOICE, g)[0] for k, g in sample_keys(seed, batch, sample_offset)])
+    else:  # one draw over the consecutive indices
+        u = philox_uniform(seed, batch, STREAM_CHOICE, sample_offset)
     k = (cdf[None, :] <= u[:, None]).sum(1)
     return np.minimum(k, (len(cdf) if K is None else K) - 1)
 
@@ -161,17 +175,17 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _step_core(x, m, coef, eta, prediction_type, clip, thresholding, clipped_eps, noise,
                threshold_scale=None, offset=None, noise_fn=None):
-    """The shared float64 maths. coef[b] = (α, s, α_prev, s_prev², var). Returns (prev, x̂₀, ε̂ coefficient σ)."""
-    al, sg, alp, sp2, var = (_bcast(coef[:, i], x) for i in range(5))
+    """The shared float64 maths. coef[b] = (α, s, α_prev, s_prev², var). Returns (prev, x̂₀)."""
+    al, s_t, alp, s_prev2, var = (_bcast(coef[:, i], x) for i in range(5))
     if prediction_type == "epsilon":
-        x0, eps = (x - sg * m) / al, m
+        x0, eps = (x - s_t * m) / al, m
     elif prediction_type == "sample":
         x0 = m
-        eps = (x - al * x0) / sg
+        eps = (x - al * x0) / s_t
     elif prediction_type == "v_prediction":
-        x0, eps = al * x - sg * m, al * m + sg * x
+        x0, eps = al * x - s_t * m, al * m + s_t * x
     elif prediction_type == "flow":
-        x0, eps = x - sg * m, x + al * m
+        x0, eps = x - s_t * m, x + al * m
     else:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     if thresholding is not None or threshold_scale is not None:
@@ -181,9 +195,9 @@ def _step_core(x, m, coef, eta, prediction_type, clip, thresholding, clipped_eps
     elif clip is not None:
         x0 = x0.clamp(-clip, clip)
     if clipped_eps:
-        eps = (x - al * x0) / sg
+        eps = (x - al * x0) / s_t
     sigma = eta * var.sqrt()
-    prev = alp * x0 + (sp2 - sigma**2).clamp(min=0).sqrt() * eps
+    prev = alp * x0 + (s_prev2 - sigma**2).clamp(min=0).sqrt() * eps
     if offset is not None:
         prev = prev + offset
     if noise_fn is not None:
@@ -218,7 +232,8 @@ def fused_step(
 
     rows: the coefficient-table row per sample (int or [B]); coef: the [R, 8] table (coefficients.py);
     guidance_scale: model_output holds [uncond; cond] halves, m = u + g (c - u);
-    seed: Philox seed for noise (stream 0) and the component choice (stream 1);
+    seed: Philox seed for noise (stream 0) and the component choice (stream 1): an int, or a sequence of one seed
+        per sample (sample b then at global index sample_offset; sample_keys);
     sample_offset: the global index of sample 0 (the RNG counters of sample b start at (sample_offset + b)·D);
     mixture: a ``MixtureTensors`` (mixture.py) or None for the Gaussian kernel.
     Rows outside the table, and mixture step tables outside the mixture, give NaN for their sample.
@@ -240,6 +255,9 @@ def fused_step(
     z = None
     if noise is not None:
         z = noise.double().cpu().reshape(B, D)
+    elif isinstance(seed, (list, tuple)):
+        keys = sample_keys(seed, B, sample_offset)
+        z = torch.from_numpy(np.stack([philox_normal(k, D, start=g * D) for k, g in keys]))
     elif seed is not None:
         z = torch.from_numpy(philox_normal(seed, B * D, start=sample_offset * D)).reshape(B, D)
 

@@ -21,23 +21,37 @@ _U64 = 1 << 64
 
 
 def as_seed_tensor(seed, name: str = "seed") -> Tensor:
-    """``seed`` (a Python int in [0, 2⁶⁴) or an integer tensor of one element) as an int64 [1] tensor."""
+    """``seed`` as an int64 tensor: a Python int in [0, 2⁶⁴) or an integer tensor of one element gives [1]; a
+    sequence of such ints, or an integer tensor of several, gives one seed per sample ([B], the op's per-sample
+    seeds)."""
     if isinstance(seed, Tensor):
         check_seed_tensor(seed, name)
-        return seed.reshape(1).to(torch.int64)
+        return seed.reshape(-1).to(torch.int64)
+    if isinstance(seed, (list, tuple)):
+        if not seed:
+            raise ValueError(f"{name} is an empty sequence; pass one seed per sample, or one for the batch")
+        return torch.tensor([_int64_bits(s, f"{name}[{i}]") for i, s in enumerate(seed)], dtype=torch.int64)
+    return torch.tensor([_int64_bits(seed, name)], dtype=torch.int64)
+
+
+def _int64_bits(seed, name: str) -> int:
+    """A seed in [0, 2⁶⁴) as the int64 with its bits (values ≥ 2⁶³ become their two's complement)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**64) or an integer tensor, got {type(seed).__name__}")
     s = int(seed)
     if not 0 <= s < _U64:
         raise ValueError(f"{name} must be in [0, 2**64), got {s}")
-    return torch.tensor([s - _U64 if s >= 1 << 63 else s], dtype=torch.int64)
+    return s - _U64 if s >= 1 << 63 else s
 
 
-def check_seed_tensor(seed: Tensor, name: str = "seed") -> None:
+def check_seed_tensor(seed: Tensor, name: str = "seed", batch: Optional[int] = None) -> None:
+    """An integer tensor of one seed, or (``batch`` given) of one seed per sample."""
     if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (int64 bits of the Philox key), got {seed.dtype}")
-    if seed.numel() != 1:
-        raise ValueError(f"{name} must hold exactly one value, got shape {tuple(seed.shape)}")
+    if seed.numel() == 0:
+        raise ValueError(f"{name} is empty: it must hold one seed, or one per sample")
+    if batch is not None and seed.numel() not in (1, batch):
+        raise ValueError(f"{name} must hold one seed or one per sample ({batch}), got shape {tuple(seed.shape)}")
 
 
 def host_seed(seed: Tensor) -> int:
@@ -45,17 +59,33 @@ def host_seed(seed: Tensor) -> int:
     return backends.host_int(seed)
 
 
-def draw_seed(generator: Optional[torch.Generator] = None, device=None) -> Tensor:
-    """A fresh int64 [1] Philox seed from ``generator`` (or torch's global RNG on ``device``).
+def draw_seed(generator=None, device=None) -> Tensor:
+    """A fresh Philox seed from ``generator`` (or torch's global RNG on ``device``): int64 [1]; or, for a list of
+    generators (one per sample, as diffusers pipelines pass them), one seed per generator, int64 [len(list)] — the
+    op's per-sample seeds, so that a batch drawn with [g0, g1, …] equals the single runs drawn with g0, g1, ….
 
-    Drawn on the generator's own device, so nothing waits on the GPU: a CPU generator gives a CPU seed that the
-    op reads on the host; a CUDA generator (or the default one for CUDA latents) gives a device seed that the
-    kernel reads.
+    Each seed is drawn on its generator's own device, so nothing waits on the GPU: CPU generators give a CPU seed
+    that the op reads on the host (per-sample seeds are copied to the device, host to device); CUDA generators (or
+    the default one for CUDA latents) give a device seed that the kernel reads. The generators of a list must
+    share one device.
     """
+    if isinstance(generator, (list, tuple)):
+        if not generator:
+            raise ValueError("generator is an empty list; pass one torch.Generator per sample, or one for the batch")
+        for i, g in enumerate(generator):
+            if not isinstance(g, torch.Generator):
+                raise TypeError(f"generator[{i}] must be a torch.Generator, got {type(g).__name__}")
+        devices = {g.device for g in generator}
+        if len(devices) > 1:
+            raise ValueError(f"the generators of a list must share one device, got {sorted(map(str, devices))}")
+        return torch.cat([_draw(g, g.device) for g in generator])
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    dev = generator.device if generator is not None else torch.device(device or "cpu")
-    return torch.randint(0, 2**62, (1,), generator=generator, device=dev, dtype=torch.int64)
+        raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+    return _draw(generator, generator.device if generator is not None else torch.device(device or "cpu"))
+
+
+def _draw(generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+    return torch.randint(0, 2**62, (1,), generator=generator, device=device, dtype=torch.int64)
 
 
 def _key(seed) -> int:

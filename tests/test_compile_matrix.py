@@ -67,6 +67,7 @@ def test_cases_cover_every_constexpr_value(matrix):
         "CT": {"fp32", "fp64"}, "PRED": {"0", "1", "2", "3"}, "NOISE": {"0", "1", "2"},
         "VAR_MODE": {"0", "1", "2", "3"}, "BLOCK": {"1024", "8192"}, "MASK": {"0", "1", "2"}, "FAST": {"True"},
         **{flag: {"True", "False"} for flag in ("MIX", "SHARED", "T_FROM_PTR", "T_PER_SAMPLE", "SEED_FROM_PTR",
+                                                "SEED_PER_SAMPLE",
                                                 "CLIP", "THRESH", "CLIPPED_EPS", "CFG", "OFFSET_FINAL", "WRITE_X0",
                                                 "ALIGNED4", "OFF_FROM_PTR", "PERMUTED", "VEC", "TVEC", "ZNEG")},
     }
@@ -79,6 +80,7 @@ def test_cases_cover_every_constexpr_value(matrix):
     assert {"*fp16", "*bf16", "*fp64"} <= {s["z_ptr"] for s in sig}  # caller noise of several dtypes
     project = [r["launch"]["constexprs"] for r in matrix if r["kernel"] == "_project_kernel"]
     assert {c["NOISE"] for c in project} == {"1", "2"} and {c["SHARED"] for c in project} == {"True", "False"}
+    assert {c["SEED_PER_SAMPLE"] for c in project} == {"True", "False"}
     fill = [r["launch"]["constexprs"] for r in matrix if r["kernel"] == "_normal_fill_kernel"]
     assert {c["ALIGNED4"] for c in fill} == {"True", "False"}
 

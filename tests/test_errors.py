@@ -40,8 +40,7 @@ def test_shape_dtype_device_mismatch(sched):
     x = torch.randn(2, 3, 4, 4)
     with pytest.raises(ValueError, match="model_output shape"):
         sched.step(torch.randn(2, 3, 4, 5), 500, x)
-    with pytest.raises(TypeError, match="model_output dtype torch.float16 does not match sample dtype torch.float32"):
-        sched.step(x.half(), 500, x)
+    assert sched.step(x.half(), 500, x).prev_sample.dtype == torch.float32  # promoted, as diffusers does
     with pytest.raises(TypeError, match="sample must be a floating-point tensor"):
         sched.step(x, 500, x.long())
     with pytest.raises(TypeError, match="model_output must be a floating-point tensor"):
@@ -133,7 +132,9 @@ def test_timestep_values(tab50, t, err, match):
 @pytest.mark.parametrize("seed, err, match", [
     (torch.tensor([5.0]), TypeError, "seed must be an integer tensor"),
     (torch.tensor([True]), TypeError, "seed must be an integer tensor"),
-    (torch.tensor([1, 2]), ValueError, "exactly one value"),
+    (torch.tensor([1, 2, 3]), ValueError, r"one seed or one per sample \(2\)"),
+    ([1, 2, 3], ValueError, r"one seed or one per sample \(2\)"), ([], ValueError, "seed is an empty sequence"),
+    ([1, 2.5], TypeError, r"seed\[1\] must be an int"),
     (2**64, ValueError, r"seed must be in \[0, 2\*\*64\)"), (-1, ValueError, r"seed must be in \[0, 2\*\*64\)"),
     (1.5, TypeError, "seed must be an int"), (torch.tensor([5], device="meta"), ValueError, "seed is on meta"),
 ])
@@ -167,9 +168,11 @@ def test_seed_read_properly_from_any_device(tab50, monkeypatch):
 @pytest.mark.parametrize("kwargs, err, match", [
     (dict(thresholding=(0.9,)), ValueError, "thresholding must be"),
     (dict(thresholding=(1.5, 2.0)), ValueError, "ratio must be in"),
-    (dict(thresholding=(0.9, 0.5)), ValueError, "sample_max_value must be >= 1"),
+    (dict(thresholding=(0.9, 0.0)), ValueError, "sample_max_value must be finite and > 0"),
     (dict(mixture="gmm"), TypeError, "mixture must be a MixtureTensors"),
     (dict(generator=42, eta=1.0), TypeError, "generator must be a torch.Generator"),
+    (dict(generator=[torch.Generator()] * 3, eta=1.0), ValueError, r"one per sample \(2\), got 3"),
+    (dict(generator=[torch.Generator(), 1, 2], eta=1.0), ValueError, r"one per sample \(2\), got 3"),
     (dict(sample_offset=-3), ValueError, r"sample_offset must be an int in \[0, 2\*\*63\)"),
     (dict(sample_offset=torch.tensor([1.0])), TypeError, "sample_offset must be an integer tensor"),
 ])

@@ -268,8 +268,8 @@ def test_scheduler_variants_run(variance, offsets):
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_generator_list_seeds_the_mixture(eta):
-    """A per-sample generator list reproduces the mixture's samples whatever torch's global RNG holds: the component
-    seed comes from the list's first generator (the noise at η > 0 from each sample's own generator)."""
+    """A per-sample generator list reproduces the mixture's samples whatever torch's global RNG holds: each sample's
+    component and noise seed comes from its own generator (tests/test_generator_lists.py: batch = single runs)."""
     s = GMMDDIMScheduler(kernel="gmm", gmm_scale=0.5, clip_sample=False)
     s.set_timesteps(5)
 

@@ -20,14 +20,14 @@ def backend(request):
 def lowp_error(x, m, row, table, dtype, pred, eta, noise):
     """The error of the same DDIM maths done in torch at ``dtype`` (every op rounded), vs float64."""
     c = table[row]
-    al, sg, alp, sp2, var = (torch.tensor(float(v), dtype=dtype) for v in c[:5])
+    al, s_t, alp, s_prev2, var = (torch.tensor(float(v), dtype=dtype) for v in c[:5])
     xl, ml, zl = x.to(dtype), m.to(dtype), noise.to(dtype)
     if pred == "epsilon":
-        x0, e = (xl - sg * ml) / al, ml
+        x0, e = (xl - s_t * ml) / al, ml
     else:
-        x0, e = al * xl - sg * ml, al * ml + sg * xl
+        x0, e = al * xl - s_t * ml, al * ml + s_t * xl
     sigma = eta * var.sqrt()
-    prev = alp * x0 + (sp2 - sigma**2).clamp(min=0).sqrt() * e + sigma * zl
+    prev = alp * x0 + (s_prev2 - sigma**2).clamp(min=0).sqrt() * e + sigma * zl
     truth, _ = reference.fused_step(x.to(dtype), m.to(dtype), row, table, prediction_type=pred, eta=eta,
                                     noise=zl)
     return (prev.double() - truth).abs().max().item()

@@ -98,10 +98,12 @@ class _Recorder:
         return lambda *args, **kwargs: self.launches.append((grid, args, kwargs))
 
 
+@pytest.mark.parametrize("seeds", ["device", "per_sample_device", "per_sample_host"])
 @pytest.mark.parametrize("variance", [None, "diag", "exact"])
-def test_the_ops_cuda_branch_reads_nothing_back(monkeypatch, variance):
+def test_the_ops_cuda_branch_reads_nothing_back(monkeypatch, variance, seeds):
     """The op's real CUDA branch (checks, layout, the launcher's argument preparation), not its fake kernel, with
-    device timesteps, a device seed and a device sample offset: the kernels are replaced by recorders."""
+    device timesteps, a device seed (or per-sample seeds: a device tensor, or host seeds copied host to device) and a
+    device sample offset: the kernels are replaced by recorders."""
     from diffusers import DDIMScheduler
 
     step, proj = _Recorder(), _Recorder()
@@ -114,7 +116,9 @@ def test_the_ops_cuda_branch_reads_nothing_back(monkeypatch, variance):
     h = FakeCuda()
     with h:
         x, m = h.cuda(torch.randn(SHAPE)), h.cuda(torch.randn(SHAPE))
-        rows, seed = h.cuda(torch.tensor([901, 501])), h.cuda(torch.tensor([7]))
+        rows = h.cuda(torch.tensor([901, 501]))
+        seed = {"device": h.cuda(torch.tensor([7])), "per_sample_device": h.cuda(torch.tensor([7, 8])),
+                "per_sample_host": torch.tensor([7, 8])}[seeds]
         off = h.cuda(torch.tensor([40]))
         mix_dev = mix.to(DEVICE) if mix is not None else None
         table = host_table.to(DEVICE)
@@ -126,7 +130,9 @@ def test_the_ops_cuda_branch_reads_nothing_back(monkeypatch, variance):
     _on_fake_cuda(x0)
     assert len(step.launches) == 1 and len(proj.launches) == (variance == "exact")
     _, _, kw = step.launches[0]
-    assert kw["T_FROM_PTR"] and kw["T_PER_SAMPLE"] and kw["SEED_FROM_PTR"] and kw["OFF_FROM_PTR"]
+    spec = kw["S"]
+    assert spec.T_FROM_PTR and spec.T_PER_SAMPLE and spec.SEED_FROM_PTR and spec.OFF_FROM_PTR
+    assert spec.SEED_PER_SAMPLE == (seeds != "device")
 
 
 def test_ddim_thresholding_loop():

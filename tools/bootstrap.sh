@@ -30,5 +30,11 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   "$PY" -m pip install -q "${PIP_EXTRA[@]}" $missing
 fi
+# these go in without their dependencies (see the file), so they can never move the pinned torch
+missing=$("$PY" tools/missing_requirements.py requirements-nodeps.txt)
+if [ -n "$missing" ]; then
+  # shellcheck disable=SC2086
+  "$PY" -m pip install -q --no-deps "${PIP_EXTRA[@]}" $missing
+fi
 "$PY" -m pip install -q --no-build-isolation --no-deps -e .
 "$PY" -c 'import gmm_triton, gmm_triton.ops as o; print("bootstrap: gmm_triton", gmm_triton.__version__, "| CPU backend:", o.cpu_backend())'

@@ -32,6 +32,20 @@ def launch_scalar(ptr, value, FROM_PTR: tl.constexpr):
         return value
 
 
+@triton.jit
+def sample_key(seed_ptr, seed_value, off_ptr, off_value, b, SEED_FROM_PTR: tl.constexpr,
+               SEED_PER_SAMPLE: tl.constexpr, OFF_FROM_PTR: tl.constexpr):
+    """(Philox key, global index g) of sample b; g keys its RNG counters (noise from g·D, its mixture component at g).
+
+    One seed per launch: the launch's seed at g = offset + b. Per-sample seeds (``seed_ptr[b]``, one per sample):
+    sample b is sample 0 of its own run, g = offset, so a batch built from B seeds equals B single-sample runs."""
+    off = launch_scalar(off_ptr, off_value, OFF_FROM_PTR)
+    if SEED_PER_SAMPLE:
+        return tl.load(seed_ptr + b), off + b * 0  # (+ b·0: int64 even when the offset is a small host int)
+    else:
+        return launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR), b + off
+
+
 def fast_math(device: torch.device) -> bool:
     """Hardware approximations of sin / cos / sqrt on a GPU (kernels/philox.py states their error); the interpreter
     has no PTX, so it evaluates the same formulas with accurate functions."""

@@ -35,12 +35,18 @@ def check_flag(name, value):
         raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
-def check_kernel_options(*, kernel, noise_source, gmm_components, gmm_scale, gmm_offsets, gmm_variance, gmm_shared,
-                         gmm_priors, gmm_seed, gmm_clip_variance, gmm_offset_final, gmm_dtype):
+def check_kernel_options(*, kernel, noise_source, **mixture_options):
     """Validates the config keys both schedulers add to diffusers' at construction (each error names its key),
     so that a bad mixture setting fails there rather than at the first ``step``."""
     one_of("kernel", kernel, KERNELS)
     one_of("noise_source", noise_source, NOISE_SOURCES)
+    check_mixture_options(**mixture_options)
+
+
+def check_mixture_options(*, gmm_components, gmm_scale, gmm_offsets, gmm_variance, gmm_shared, gmm_priors, gmm_seed,
+                          gmm_clip_variance, gmm_offset_final, gmm_dtype):
+    """The mixture's options (the schedulers' config keys and the k-diffusion samplers' arguments), each error
+    naming its key."""
     one_of("gmm_offsets", gmm_offsets, OFFSETS)
     one_of("gmm_variance", gmm_variance, VARIANCES)
     one_of("gmm_dtype", gmm_dtype, GMM_DTYPES)
@@ -65,19 +71,6 @@ def check_kernel_options(*, kernel, noise_source, gmm_components, gmm_scale, gmm
             raise TypeError(f"gmm_priors must be one of {PRIORS} or a list of gmm_components probabilities, "
                             f"got {gmm_priors!r}") from None
         resolve_priors(values, gmm_components, gmm_seed)  # length K, finite, non-negative, sum 1
-
-
-def op_generator(generator):
-    """The generator the op draws its Philox seed from (the mixture's component draw, and the noise when no list).
-
-    A list (one generator per sample, as diffusers pipelines pass it) gives its per-sample noise through
-    ``randn_tensor``; the op takes one seed per launch, so the seed comes from the list's first generator, never
-    from torch's global RNG: the same list reproduces the same samples."""
-    if not isinstance(generator, list):
-        return generator
-    if not generator:
-        raise ValueError("generator is an empty list; pass one torch.Generator per sample, or one for the batch")
-    return generator[0]
 
 
 class SampleOffsetMixin:
@@ -126,15 +119,24 @@ class MixtureCache:
         key = (D, sample.device, sample.dtype)
         mix = self.mixtures.get(key)
         if mix is None:
-            mix = build_mixture(
-                D, num_tables, components=config.gmm_components, scale=config.gmm_scale, offsets=config.gmm_offsets,
-                variance=config.gmm_variance, shared=config.gmm_shared, priors=config.gmm_priors,
-                seed=config.gmm_seed, device=sample.device, clip_variance=config.gmm_clip_variance,
-                dtype=torch.bfloat16 if config.gmm_dtype == "bfloat16" else torch.float32,
-            )
-            self.mixtures[key] = mix
+            mix = self.mixtures[key] = mixture_of(config, D, num_tables, sample.device)
         if (key, eta) not in self._checked and not torch.compiler.is_compiling():
-            applies = (rows[:, COL_FINAL] == 0) | bool(config.gmm_offset_final)
-            mix.check_variance(eta**2 * rows[:, COL_VAR], applies, steps=steps)
+            check_mixture_variance(mix, config, eta, rows, steps)
             self._checked.add((key, eta))
         return mix
+
+
+def mixture_of(options, D: int, num_tables: int, device) -> MixtureTensors:
+    """The mixture that the ``gmm_*`` options (attributes of ``options``: a scheduler's config) describe."""
+    return build_mixture(
+        D, num_tables, components=options.gmm_components, scale=options.gmm_scale, offsets=options.gmm_offsets,
+        variance=options.gmm_variance, shared=options.gmm_shared, priors=options.gmm_priors, seed=options.gmm_seed,
+        device=device, clip_variance=options.gmm_clip_variance,
+        dtype=torch.bfloat16 if options.gmm_dtype == "bfloat16" else torch.float32,
+    )
+
+
+def check_mixture_variance(mix: MixtureTensors, options, eta: float, rows: torch.Tensor, steps) -> None:
+    """Raises where a component needs more variance than a step has (σ² = η² var of the host table ``rows``)."""
+    applies = (rows[:, COL_FINAL] == 0) | bool(options.gmm_offset_final)
+    mix.check_variance(eta**2 * rows[:, COL_VAR], applies, steps=steps)

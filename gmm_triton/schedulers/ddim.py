@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..coefficients import COL_ALPHA, PREV_RULES, TableCache, ddim_table
 from ..ops import ddim_step
-from .common import MixtureCache, SampleOffsetMixin, check_int, check_kernel_options, one_of, op_generator
+from .common import MixtureCache, SampleOffsetMixin, check_int, check_kernel_options, one_of
 
 _SPACINGS = ("leading", "trailing", "linspace")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
@@ -177,12 +177,15 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             model_output: the network's prediction (ε, x̂₀ or v per ``prediction_type``).
             timestep: the current timestep: an int, or an integer tensor (0-d, or one per sample) on any
                 device; a CUDA tensor is read by the kernel, never on the host.
-            sample: x_t, with the same shape, dtype and device as ``model_output``.
+            sample: x_t, with the same shape and device as ``model_output`` (mixed floating dtypes are promoted, as
+                diffusers' arithmetic does: the outputs come in the promoted dtype of sample, model_output and the
+                step's noise).
             eta: the weight η of the DDIM noise (0: deterministic DDIM; 1: DDPM-like).
             use_clipped_model_output: re-derive ε̂ from the clipped x̂₀.
             generator: source of the step's randomness (the Philox seed, or diffusers' noise). A list (one per
-                sample) draws each sample's noise from its own generator, as diffusers does, and the mixture's
-                component seed from the first generator of the list.
+                sample) gives each sample its own: with Philox noise a seed drawn from its generator (its noise and
+                mixture component, at its own counter origin), with ``noise_source="torch"`` diffusers' noise from
+                its generator and a seed from it for the component; so a batch equals its samples run singly.
             variance_noise: explicit standard-normal noise, as in diffusers (exclusive with ``generator``).
             return_dict: return a ``DDIMSchedulerOutput`` rather than a tuple.
         """
@@ -200,9 +203,17 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
                                  "`generator` or `variance_noise` stays `None`.")
             if variance_noise is not None:
                 noise = variance_noise
-            elif cfg.noise_source == "torch" or isinstance(generator, list):
+            elif cfg.noise_source == "torch":
                 noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                      dtype=model_output.dtype)
+        # diffusers' arithmetic promotes mixed dtypes (e.g. fp32 ε̂ on a bf16 sample, or fp32 noise): so does the step
+        if sample.is_floating_point() and model_output.is_floating_point():  # others: the op names the bad one
+            x0_dtype = dtype = torch.promote_types(sample.dtype, model_output.dtype)  # x̂₀ never sees the noise
+            if noise is not None and noise.is_floating_point():
+                dtype = torch.promote_types(dtype, noise.dtype)
+            sample, model_output = sample.to(dtype), model_output.to(dtype)
+        else:
+            x0_dtype = sample.dtype
         mixture = self._mixture(sample, eta) if gmm else None
         prev, x0 = ddim_step(
             sample, model_output, timestep, self._table.on(sample.device),
@@ -210,9 +221,10 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             clip_sample_range=cfg.clip_sample_range if (cfg.clip_sample and not cfg.thresholding) else None,
             thresholding=(cfg.dynamic_thresholding_ratio, cfg.sample_max_value) if cfg.thresholding else None,
             use_clipped_model_output=bool(use_clipped_model_output), noise=noise,
-            generator=op_generator(generator), mixture=mixture, offset_final=cfg.gmm_offset_final,
+            generator=generator, mixture=mixture, offset_final=cfg.gmm_offset_final,
             sample_offset=self._sample_offset,
         )
+        x0 = x0.to(x0_dtype)
         if not return_dict:
             return prev, x0
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -247,9 +259,15 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
             if not 0 <= t < self._num_rows:
                 raise ValueError(f"timestep {t} is outside the training table [0, {self._num_rows}): "
                                  f"num_train_timesteps={self.config.num_train_timesteps}")
-            if t in self._alpha_zero_rows and self.config.prediction_type == "epsilon":
-                raise ValueError(f"ᾱ_t = 0 at timestep {t} (zero terminal SNR): x̂₀ is undefined for "
-                                 "prediction_type='epsilon'; use 'v_prediction' with rescale_betas_zero_snr")
+            cfg = self.config
+            if t in self._alpha_zero_rows and cfg.prediction_type == "epsilon" and (cfg.thresholding
+                                                                                   or not cfg.clip_sample):
+                # x̂₀ = (x − ε̂)/0 is infinite: clip_sample bounds it (diffusers is finite there); thresholding's quantile
+                # of infinities is NaN, and without either the step is inf/NaN in diffusers too
+                raise ValueError(f"ᾱ_t = 0 at timestep {t} (zero terminal SNR): x̂₀ = (x − ε̂)/0 is infinite for "
+                                 "prediction_type='epsilon', and only clip_sample (without thresholding) keeps the "
+                                 "step finite (diffusers returns inf/NaN otherwise); use 'v_prediction' with "
+                                 "rescale_betas_zero_snr, or clip_sample=True")
 
     def _mixture(self, sample, eta):
         return self._mixture_cache.get(self.config, sample, len(self._timesteps_host), eta,

@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..coefficients import TableCache, flow_table
 from ..ops import ddim_step
-from .common import MixtureCache, SampleOffsetMixin, check_kernel_options, check_number, op_generator
+from .common import MixtureCache, SampleOffsetMixin, check_kernel_options, check_number
 
 
 class GMMFlowMatchScheduler(SampleOffsetMixin, FlowMatchEulerDiscreteScheduler):
@@ -186,8 +186,10 @@ class GMMFlowMatchScheduler(SampleOffsetMixin, FlowMatchEulerDiscreteScheduler):
                 the wider one for the step).
             s_churn, s_tmin, s_tmax, s_noise: accepted for diffusers compatibility and ignored (as diffusers does).
             generator: source of the step's randomness (the Philox seed, diffusers' noise, the component draw). A
-                list (one per sample) draws each sample's noise from its own generator, as diffusers does, and the
-                mixture's component seed from the first generator of the list.
+                list (one per sample) gives each sample its own: with Philox noise a seed drawn from its generator
+                (its noise and mixture component, at its own counter origin), with ``noise_source="torch"``
+                diffusers' noise from its generator and a seed from it for the component; so a batch equals its
+                samples run singly.
             per_token_timesteps: per-token timesteps; only with ``kernel="gaussian"`` and ``eta=0``, through
                 diffusers' own step (its output is then float32, as diffusers returns it).
             return_dict: return a ``FlowMatchEulerDiscreteSchedulerOutput`` rather than a tuple.
@@ -202,9 +204,9 @@ class GMMFlowMatchScheduler(SampleOffsetMixin, FlowMatchEulerDiscreteScheduler):
                 "`GMMFlowMatchScheduler.step()` is not supported. Make sure to pass one of the "
                 "`scheduler.timesteps` as a timestep."
             )
-        if self._table is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
-                             "the scheduler")
+        if self._table is None:  # no set_timesteps: diffusers steps through the training schedule built at __init__
+            self._table = TableCache(flow_table(self.sigmas))
+            self._timesteps_host = self.timesteps
         cfg = self.config
         if per_token_timesteps is not None or cfg.invert_sigmas:
             if cfg.kernel != "gaussian" or not (cfg.eta == 0 or cfg.stochastic_sampling):
@@ -224,12 +226,12 @@ class GMMFlowMatchScheduler(SampleOffsetMixin, FlowMatchEulerDiscreteScheduler):
         x, v = sample.to(dtype), model_output.to(dtype)
         eta = self.effective_eta
         noise = None
-        if eta > 0 and (cfg.noise_source == "torch" or isinstance(generator, list)):
+        if eta > 0 and cfg.noise_source == "torch":
             noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32)
         mixture = self._mixture(x, eta) if cfg.kernel == "gmm" else None
         prev, _ = ddim_step(
             x, v, row, self._table.on(x.device), prediction_type="flow", eta=eta, noise=noise,
-            generator=op_generator(generator), mixture=mixture,
+            generator=generator, mixture=mixture,
             offset_final=cfg.gmm_offset_final, return_pred_original=False, sample_offset=self._sample_offset,
         )
         self._step_index += 1

@@ -38,6 +38,7 @@ Per-program scalars (the table row, the seed) are excluded: their addresses do n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -150,8 +151,17 @@ class Launch:
 
     @property
     def named(self) -> dict:
-        """{parameter: value} of the top-level constexprs (including ``==1`` specialised integers)."""
-        return {self.arg_names[p[0]]: v for p, v in self.constexprs.items() if len(p) == 1}
+        """{parameter: value} of the top-level constexprs (including ``==1`` specialised integers); a launch spec
+        (a dataclass constexpr, e.g. kernels.step.StepSpec) contributes its fields."""
+        out = {}
+        for p, v in self.constexprs.items():
+            if len(p) != 1:
+                continue
+            if dataclasses.is_dataclass(v):
+                out.update((f.name, getattr(v, f.name)) for f in dataclasses.fields(v))
+            else:
+                out[self.arg_names[p[0]]] = v
+        return out
 
     def describe(self) -> dict:
         """The specialisation as JSON: parameter types, constexpr values, parameters hinted divisible by 16."""

@@ -2,10 +2,9 @@
 
 A covering design, not the full product: every constexpr value the launcher can produce appears at least once
 (dtypes, prediction types, noise sources, mixture variances, shared tables, CFG, clip, threshold, clipped ε,
-device / per-sample timesteps, device / host seeds of both integer widths, x̂₀ on and off, aligned, D % 16 ≠ 0
-and D % 4 ≠ 0 sizes, one-block samples, sample offsets, permuted (channels_last) and strided-row layouts), and
-``tests/test_compile_matrix.py`` checks that it does. The
-``main-*`` cases (D = 4·128·128) are the ones RESULTS.md tracks across commits.
+device / per-sample timesteps, device / host seeds of both integer widths, per-sample seeds, x̂₀ on and off,
+aligned, D % 16 ≠ 0 and D % 4 ≠ 0 sizes, one-block samples, sample offsets, permuted (channels_last) and strided-row
+layouts), and ``tests/test_compile_matrix.py`` checks that it does. The ``main-*`` cases (D = 4·128·128) are the ones RESULTS.md tracks across commits.
 
 A new kernel family adds a function decorated with :func:`aot.register_cases` (here or in a module listed in
 ``aot.CASE_MODULES``) that returns its cases.
@@ -37,7 +36,7 @@ class Step:
     eta: float = 1.0
     noise: Optional[torch.dtype] = None      # a caller's noise tensor of this dtype
     x0: bool = True
-    seed: str = "host"                       # "host" (i64), "host32", "device"
+    seed: str = "host"                       # "host" (i64), "host32", "device", "per_sample" (a device [B])
     timestep: str = "int"                    # "int", "device" (one value), "per_sample"
     clip: bool = False
     clipped_eps: bool = False
@@ -110,7 +109,8 @@ def _drive_step(s: Step):
         elif s.layout == "row_view":  # each sample's block contiguous, batch stride D + 3
             x, m = (fx.like(torch.empty((t.shape[0], s.D + 3), dtype=s.dtype, device="meta")[:, :s.D]) for t in (x, m))
         t = {"int": 7, "device": fx.tensor((1,), torch.int64), "per_sample": fx.tensor((s.batch,), torch.int64)}
-        seed = {"host": SEED64, "host32": SEED32, "device": fx.tensor((1,), torch.int64)}[s.seed]
+        seed = {"host": SEED64, "host32": SEED32, "device": fx.tensor((1,), torch.int64),
+                "per_sample": fx.tensor((s.batch,), torch.int64)}[s.seed]
         mixture = None
         if mix is not None:
             mixture = type(mix)(**{**mix.__dict__, **{k: fx.like(v) for k, v in mix.__dict__.items()
@@ -165,6 +165,11 @@ def ddim_step_cases() -> list[aot.Case]:
         ("gmm-exact-fp16-eps-noise-shared", Step(h, shape=mix_shape, noise=h, mixture="exact", shared=True,
                                                  x0=False)),
         ("gmm-exact-bf16-eps-philox-k16-x0", Step(b, shape=mix_shape, mixture="exact", components=16)),
+        # per-sample seeds (one generator per sample); with D % 4 != 0 each sample's counters start off its tiles'
+        # Philox groups (every sample at offset·D), so the ragged case draws one group per element (ALIGNED4 off)
+        ("fp16-eps-philox-perseed-x0", Step(h, seed="per_sample")),
+        ("gmm-exact-bf16-eps-philox-perseed", Step(b, shape=mix_shape, mixture="exact", seed="per_sample")),
+        ("fp16-eps-philox-perseed-d1001", Step(h, shape=(7, 11, 13), seed="per_sample", x0=False)),
     ]]
     return cases
 

@@ -42,7 +42,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import ops
-from ..coefficients import COL_ALPHA, COL_ALPHA_PREV, COL_SIGMA, COL_SIGMA_PREV2, COL_VAR, ddim_table, flow_table
+from ..coefficients import COL_ALPHA, COL_ALPHA_PREV, COL_S, COL_S_PREV2, COL_VAR, ddim_table, flow_table
 from ..mixture import MixtureTensors, build_mixture
 
 SIZES = ((1, 4, 64, 64), (1, 4, 128, 128), (2, 4, 128, 128), (16, 3, 256, 256), (64, 4, 128, 128), (64, 3, 256, 256))
@@ -209,7 +209,7 @@ def make_case(shape, dtype: str, variant: Variant, device, *, tables: Optional[d
     if with_compile and variant.compiled:
         c = host[row].tolist()
         sigma = variant.eta * math.sqrt(c[COL_VAR])
-        coef = (c[COL_ALPHA], c[COL_SIGMA], c[COL_ALPHA_PREV], math.sqrt(max(c[COL_SIGMA_PREV2] - sigma * sigma, 0.0)),
+        coef = (c[COL_ALPHA], c[COL_S], c[COL_ALPHA_PREV], math.sqrt(max(c[COL_S_PREV2] - sigma * sigma, 0.0)),
                 sigma)
         baseline = functools.partial(compiled_ddim(), x, m, *coef)
 

@@ -39,8 +39,15 @@ def _budget(p, minutes):
 
 def add_commands(sub) -> None:
     """Adds ``train`` and ``distill`` to the main parser's subcommands."""
-    t = sub.add_parser("train", help="train the learned digits denoiser (residual MLP, ε and x̂₀ heads); resumable")
-    t.add_argument("--out", default=DEFAULT_MODEL_DIR)
+    t = sub.add_parser("train", help="train the learned digits denoiser (residual MLP, ε and x̂₀ heads), or with "
+                                     "--dataset mnist5k a diffusers UNet saved as a pipeline; resumable")
+    t.add_argument("--out", default=None, help=f"default {DEFAULT_MODEL_DIR}; mnist5k: gmm_triton_out/mnist5k_OBJECTIVE")
+    t.add_argument("--dataset", choices=["digits", "mnist5k"], default="digits",
+                   help="digits: the oracle's mixture (MLP); mnist5k: 4000 real MNIST digits (UNet2DModel, "
+                        "gmm_triton.lab.evidence)")
+    t.add_argument("--objective", choices=["epsilon", "flow"], default="epsilon",
+                   help="mnist5k: ε-prediction (a DDIM pipeline) or rectified flow (a flow-matching pipeline)")
+    t.add_argument("--quick", action="store_true", help="mnist5k: the tiny UNet of the tests")
     _budget(t, None)
     t.set_defaults(func=_train)
 
@@ -78,10 +85,19 @@ def add_commands(sub) -> None:
 
 
 def _train(args) -> int:
+    if args.dataset == "mnist5k":
+        from ..evidence.train import train_unet, iterations_for_minutes
+
+        iterations = args.iterations or (iterations_for_minutes(args.minutes) if args.minutes else None)
+        path = train_unet(args.out or f"gmm_triton_out/mnist5k_{args.objective}", objective=args.objective,
+                          seed=args.seed, quick=args.quick, progress=not args.quiet,
+                          **({"iterations": iterations} if iterations else {}))
+        print("pipeline:", path)
+        return 0
     from .teacher import train_teacher
 
-    path = train_teacher(args.out, minutes=args.minutes, iterations=args.iterations, seed=args.seed,
-                         progress=not args.quiet)
+    path = train_teacher(args.out or DEFAULT_MODEL_DIR, minutes=args.minutes, iterations=args.iterations,
+                         seed=args.seed, progress=not args.quiet)
     print("model:", path)
     return 0
 
