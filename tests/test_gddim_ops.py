@@ -177,7 +177,9 @@ def test_compile_fullgraph_traces_both_ops(cld_tables):
 # ---------------------------------------------------------------------------------------------------
 # Blur
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("N", [8, 6, 16], ids=["N8-broadcast", "N6-padded", "N16-dot"])
+@pytest.mark.parametrize("N", [8, 6, 5, 3, 1, 16, 12, 10],
+                         ids=["N8-kron", "N6-kron-padded", "N5-kron-odd", "N3-kron-4-planes-a-row",
+                              "N1-kron-64-planes-a-row", "N16-planes", "N12-planes-padded", "N10-planes-unaligned-noise"])
 def test_blur_fp32_matches_reference(backend, N):
     bt, bt_lam, basis = blur_tables(N)
     x = torch.randn(2, 3, N, N)

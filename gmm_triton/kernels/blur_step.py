@@ -1,87 +1,212 @@
-"""The fused gDDIM step for blurring diffusion: one program per N×N image plane, transforms in registers.
+"""The fused gDDIM step for blurring diffusion: image planes through the DCT and back on tensor cores, one pass
+over memory.
 
-Per program: plane p = (b, c). It reads the plane of ``sample`` and of each of the NEPS ε buffers once, takes
-each to frequency space (V P Vᵀ, V the orthonormal DCT-II matrix), combines them with the row's per-frequency
-planes, adds the frequency-space noise (Philox stream 0 at the flat index of [B, C, N, N], or a caller's
-tensor), returns to pixel space (Vᵀ Y V) and writes the plane once: one pass over memory. The matrix
-products run on tiles padded to NP = next_pow2(N): by ``tl.dot`` (IEEE fp32 or fp64, no TF32) for NP ≥ 16, by
-a broadcast-and-reduce below that (tl.dot's smallest tile). In-kernel noise needs N = NP (the plane's indices
-then fill the tile in order); for other N ``_noise_fill_kernel`` first draws the same normals (same counters)
-into a scratch buffer, which the step reads as a noise tensor. The maths is stated in ``gddim/reference.py``.
+Per plane (b, c) of an N×N image: Y = A ⊙ (V X Vᵀ) + Σ_j B_j ⊙ (V E_j Vᵀ) + S ⊙ n, out = Vᵀ Y V (V the orthonormal
+DCT-II matrix; A, B_j, S the per-frequency planes of the sample's table row; n standard normal in frequency space:
+Philox stream 0 at the flat index of [B, C, N, N], or a caller's tensor). Each buffer is read once and ``out``
+written once. The maths is stated in ``gddim/reference.py``. Two layouts of the same products, all ``tl.dot``:
+
+- N ≤ KRON_MAX (N² ≤ 64; N ≠ 7, :func:`kron_form`): a program holds KRON_ROWS rows of G consecutive planes each
+  (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
+  matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
+  ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
+- otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products.
+
+Precision. fp64 runs on the fp64 tensor cores (DMMA). Every other dtype computes in fp32 with three tf32
+products per fp32 product (tf32x3): each operand is split into a high and a low part, each rounded to tf32 (11
+significant bits) by integer rounding, and a·b ≈ a_lo·b_hi + a_hi·b_lo + a_hi·b_hi (the products of tf32 values are
+exact in the fp32 accumulator; the dropped a_lo·b_lo and the parts' rounding are ≤ 2⁻²² relative, against the fp32
+bound of the tests: benchmarks/RESULTS.md). The parts of the
+transform matrices are built once per basis tensor on the host (:func:`basis_parts`) and read by each product from
+L2; the data's are split in registers. The interpreter runs the same code: there a product of tf32-exact parts is
+computed exactly as on the tensor cores, so the CPU tests check the split arithmetic too.
 """
+import weakref
+
 import torch
 import triton
 import triton.language as tl
 
 from .. import contract
-from .philox import normal_block
+from .philox import normal_block, normal_rows
 from .common import fast_math, launch_scalar, sample_row
 
 _PLANES = tl.constexpr(contract.BLUR_PLANES)  # A, B_0..B_2, S per step (contract.py)
+_TF32_HALF = tl.constexpr(0x1000)   # half a unit of the 13 bits below a tf32 mantissa
+_TF32_MASK = tl.constexpr(0xFFFFE000)
 
 NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR = 0, 1, 2
-MAX_SIZE = 64  # largest N: four [64, 64] tiles in registers per program
+MAX_SIZE = 64  # largest N: one [64, 64] plane per program
+KRON_MAX = 8   # N ≤ 8: planes as rows of one Kronecker product
+KRON_ROWS = 64  # rows of a Kronecker tile: [64, 64], one warpgroup's wgmma tile
 
 
 @triton.jit
-def _mm(a, b, DOT: tl.constexpr):
-    if DOT:
-        return tl.dot(a, b, input_precision="ieee")
+def _tf32(t):
+    """t rounded to tf32 (11 significant bits; ties away from zero), as fp32: exact on the tensor cores."""
+    return ((t.to(tl.uint32, bitcast=True) + _TF32_HALF) & _TF32_MASK).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _basis_part(bp, part, which, T: tl.constexpr):
+    """Part ``part`` of matrix ``which`` (0: V or W, 1: its transpose) of the [PARTS, 2, T, T] basis parts."""
+    i = tl.arange(0, T)[:, None]
+    j = tl.arange(0, T)[None, :]
+    return tl.load(bp + ((part * 2 + which) * T + i) * T + j)
+
+
+@triton.jit
+def _mm(t, bp, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr):
+    """basis[which] @ t (LEFT) or t @ basis[which]: tf32x3 on fp32 tiles (module docstring), one product in the
+    tile's type (fp64) otherwise."""
+    if TF32X3:  # the small cross products first
+        hi = _tf32(t)
+        lo = _tf32(t - hi)
+        b_hi = _basis_part(bp, 0, which, T)
+        b_lo = _basis_part(bp, 1, which, T)
+        if LEFT:
+            acc = tl.dot(b_hi, lo, input_precision="tf32")
+            acc = tl.dot(b_lo, hi, acc, input_precision="tf32")
+            return tl.dot(b_hi, hi, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(lo, b_hi, input_precision="tf32")
+            acc = tl.dot(hi, b_lo, acc, input_precision="tf32")
+            return tl.dot(hi, b_hi, acc, input_precision="tf32")
     else:
-        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+        b = _basis_part(bp, 0, which, T)
+        if LEFT:
+            return tl.dot(b, t, input_precision="ieee")
+        else:
+            return tl.dot(t, b, input_precision="ieee")
 
 
 @triton.jit
-def _freq(p_ptr, p_bs, b, c, ii, jj, m2, N, v, vt, CT: tl.constexpr, DOT: tl.constexpr):
-    """V P Vᵀ of the plane (b, c) of the buffer at p_ptr."""
-    p = tl.load(p_ptr + b * p_bs + (c * N + ii) * N + jj, mask=m2, other=0.0).to(CT)
-    return _mm(_mm(v, p, DOT), vt, DOT)
+def _fwd(t, bp, KRON: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr):
+    """The DCT of a tile: planes-as-rows X W (KRON), or V X Vᵀ of one plane. KRON == 2 is N = 1, whose 1×1 DCT is the
+    identity (V = [1]): no product at all."""
+    if KRON == 2:
+        return t
+    elif KRON:
+        return _mm(t, bp, 0, False, TF32X3, T)
+    else:
+        return _mm(_mm(t, bp, 0, True, TF32X3, T), bp, 1, False, TF32X3, T)
+
+
+@triton.jit
+def _inv(y, bp, KRON: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr):
+    """The inverse DCT: Y Wᵀ (KRON), or Vᵀ Y V (the identity for KRON == 2, N = 1)."""
+    if KRON == 2:
+        return y
+    elif KRON:
+        return _mm(y, bp, 1, False, TF32X3, T)
+    else:
+        return _mm(_mm(y, bp, 1, True, TF32X3, T), bp, 0, False, TF32X3, T)
+
+
+@triton.jit
+def _load(p, m2, LMASK: tl.constexpr):
+    if LMASK:
+        return tl.load(p, mask=m2, other=0.0)
+    else:
+        return tl.load(p)
+
+
+@triton.jit
+def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, KRON: tl.constexpr, TF32X3: tl.constexpr,
+          T: tl.constexpr, CT: tl.constexpr):
+    """(the table plane at cp + cld) ⊙ DCT(the buffer's tile at ptr + off + ld). The plane is loaded after the
+    products (whose barriers keep it there): loaded ahead of them it would hold registers through them."""
+    f = _fwd(_load(ptr + off + ld, m2, LMASK).to(CT), bp, KRON, TF32X3, T)
+    return _load(cp + cld, m2, LMASK).to(CT) * f
+
+
+@triton.jit
+def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off, e1_off, e2_off, z_off, out_off,
+          ld, pos, cp, cld, cstride, flat, m2, poison, LMASK: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr,
+          ALIGNED4: tl.constexpr, FAST: tl.constexpr, KRON: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr):
+    """out = inverse DCT of Y = A ⊙ F(x) + Σ_j B_j ⊙ F(ε_j) + S ⊙ n on a tile. Loads at ``*_off + ld`` and
+    ``cp + k·cstride + cld`` (the table's plane k; offsets, not a tile of pointers, which would hold two registers
+    per element throughout) are masked by ``m2`` with LMASK; without it every tile position addresses a real
+    element (a tile without padding, or padding positions clamped onto the plane: what they hold is multiplied by
+    the zero rows and columns of the padded transform matrices). The store (``out_off + pos``) is masked by m2.
+    ``flat``: the tile rows' first flat index (the noise's counters). ``poison`` (NaN for an invalid row) rides
+    through every product."""
+    y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, KRON, TF32X3, T, CT) + poison
+    y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, KRON, TF32X3, T, CT)
+    if NEPS > 1:
+        y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, KRON, TF32X3, T, CT)
+    if NEPS > 2:
+        y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, KRON, TF32X3, T, CT)
+    if NOISE != 0:
+        tl.debug_barrier()  # keeps the noise and its plane below the products above (registers, as in _term)
+        if NOISE == 1:  # normal_rows's normals come negated
+            n = -normal_rows(seed, flat, ld.shape[1], 0, ALIGNED4, FAST).to(CT)
+        else:
+            n = _load(z_ptr + z_off + ld, m2, LMASK).to(CT)
+        y += _load(cp + (_PLANES - 1) * cstride + cld, m2, LMASK).to(CT) * n
+    tl.store(out_ptr + out_off + pos, _inv(y, bp, KRON, TF32X3, T).to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t_value", "seed_value"])
+def _blur_kron_kernel(
+    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp,
+    coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value,
+    C, n_planes,
+    CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
+    T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
+    TF32X3: tl.constexpr, T: tl.constexpr, N: tl.constexpr, G: tl.constexpr, PB: tl.constexpr, EVEN: tl.constexpr,
+):
+    """N ≤ KRON_MAX: PB rows per program, each G consecutive planes of N² pixels / frequencies (plane g of row r at
+    columns g·N² + i·N + j; padded to T). Every buffer is contiguous (the launcher sees to it), so one row offset
+    r·G·N² serves them all (per-buffer row offsets, replicated over a thread's rows, spilled). N is a compile-time
+    constant here (eight values): the plane of a column, q // N², is then a multiply and a shift."""
+    plane: tl.constexpr = N * N
+    run: tl.constexpr = G * plane
+    r = tl.program_id(0).to(tl.int64) * PB + tl.arange(0, PB)[:, None]      # the tile's rows [PB, 1]
+    q = tl.arange(0, T)[None, :]
+    g = q // plane                                                           # plane of the row [1, T]
+    m2 = (q < run) & (g < n_planes - r * G)                                  # (no [PB, T] int64 plane index)
+    # each element's sample (used only by per-sample steps)
+    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, tl.minimum(r * G + g, n_planes - 1) // C, T_FROM_PTR,
+                            T_PER_SAMPLE)
+    poison = tl.where(valid, 0.0, float("nan")).to(CT)
+    seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    off = r * run
+    # rows are runs of the contiguous buffers: masked loads, unless every row is whole (EVEN)
+    _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, 0, 0, 0, 0, 0, off, off + q, q,
+          coef_ptr + row * _PLANES * plane, q - g * plane, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4, FAST,
+          2 if N == 1 else 1, TF32X3, T, CT)
 
 
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
 def _blur_step_kernel(
-    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, basis_ptr,
+    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp,
     coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value,
     C, N, x_bs, e0_bs, e1_bs, e2_bs, z_bs,
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
-    T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, NP: tl.constexpr,
-    DOT: tl.constexpr, FAST: tl.constexpr,
+    T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
+    TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = (pid // C).to(tl.int64)
-    c = (pid % C).to(tl.int64)
-    ii = tl.arange(0, NP)[:, None]
-    jj = tl.arange(0, NP)[None, :]
-    m2 = (ii < N) & (jj < N)
-
-    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
-    nan_if_bad = tl.where(valid, 0.0, float("nan")).to(CT)
+    """N > KRON_MAX: one plane (b, c) per program (grid (B, C)) on a [T, T] tile; masked loads (LMASK) where N is a
+    multiple of 16, clamped addresses otherwise (_step)."""
+    b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
     plane = N * N
-    cp = coef_ptr + row * _PLANES * plane + ii * N + jj
-
-    v = tl.load(basis_ptr + ii * N + jj, mask=m2, other=0.0).to(CT)
-    vt = tl.load(basis_ptr + jj * N + ii, mask=m2, other=0.0).to(CT)
-
-    y = tl.load(cp, mask=m2, other=0.0).to(CT) * _freq(x_ptr, x_bs, b, c, ii, jj, m2, N, v, vt, CT, DOT)
-    y += tl.load(cp + plane, mask=m2, other=0.0).to(CT) * _freq(e0_ptr, e0_bs, b, c, ii, jj, m2, N, v, vt, CT, DOT)
-    if NEPS > 1:
-        y += tl.load(cp + 2 * plane, mask=m2, other=0.0).to(CT) * _freq(e1_ptr, e1_bs, b, c, ii, jj, m2, N, v, vt,
-                                                                          CT, DOT)
-    if NEPS > 2:
-        y += tl.load(cp + 3 * plane, mask=m2, other=0.0).to(CT) * _freq(e2_ptr, e2_bs, b, c, ii, jj, m2, N, v, vt,
-                                                                          CT, DOT)
-    if NOISE != 0:
-        if NOISE == 1:  # N == NP: the plane's flat indices fill the tile row by row
-            seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
-            n = -tl.reshape(normal_block(seed, pid.to(tl.int64) * plane, NP * NP, 0, ALIGNED4, FAST),
-                            (NP, NP)).to(CT)  # normal_block's normals are negated
-        else:
-            n = tl.load(z_ptr + b * z_bs + (c * N + ii) * N + jj, mask=m2, other=0.0).to(CT)
-        y += tl.load(cp + (_PLANES - 1) * plane, mask=m2, other=0.0).to(CT) * n
-
-    out = _mm(_mm(vt, y, DOT), v, DOT)
-    tl.store(out_ptr + (pid.to(tl.int64) * N + ii) * N + jj, (out + nan_if_bad).to(out_ptr.dtype.element_ty),
-             mask=m2)
+    ii = tl.arange(0, T)[:, None]
+    jj = tl.arange(0, T)[None, :]
+    m2 = (ii < N) & (jj < N)
+    if LMASK:  # N a multiple of 16: masks constant over whole vectors
+        ld = ii * N + jj
+    else:  # padding positions clamped onto the plane (_step): no load masks
+        ld = tl.minimum(ii, N - 1) * N + tl.minimum(jj, N - 1)
+    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+    poison = tl.where(valid, 0.0, float("nan")).to(CT)
+    seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    p = b * C + c
+    _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, b * x_bs + c * plane, b * e0_bs + c * plane,
+          b * e1_bs + c * plane, b * e2_bs + c * plane, b * z_bs + c * plane, p * plane, ld, ii * N + jj,
+          coef_ptr + row * _PLANES * plane, ld, plane, p * plane + ii * N, m2, poison, LMASK, NEPS, NOISE, ALIGNED4,
+          FAST, False, TF32X3, T, CT)
 
 
 @triton.jit(do_not_specialize=["seed_value"])
@@ -94,27 +219,111 @@ def _noise_fill_kernel(z_ptr, n, seed_ptr, seed_value, SEED_FROM_PTR: tl.constex
     tl.store(z_ptr + offs, z, mask=offs < n)
 
 
+def kron_form(N: int) -> bool:
+    """The Kronecker form for N ≤ KRON_MAX, except N = 7: one plane of 49 a row and its noise from a buffer (49 is
+    odd), where ptxas spills (16 B at sm_90a); it takes the per-plane form instead."""
+    return N <= KRON_MAX and N != 7
+
+
+def tile_size(N: int) -> int:
+    """T: the side of the Kronecker form's rows (64 = KRON_MAX², rows of G planes) or of a plane."""
+    return KRON_MAX * KRON_MAX if kron_form(N) else max(16, triton.next_power_of_2(N))
+
+
+def kron_planes(N: int) -> int:
+    """G: the planes of a Kronecker row, as many as fit in T, preferring a row of whole Philox groups (G·N² a
+    multiple of 4, so that the noise is drawn in-kernel); 1 (a plane) in the per-plane form."""
+    if not kron_form(N):
+        return 1
+    fit = tile_size(N) // (N * N)
+    return next((g for g in range(fit, 0, -1) if g * N * N % 4 == 0), fit)
+
+
+def _tf32_round(m: torch.Tensor) -> torch.Tensor:
+    """Host twin of the kernels' ``_tf32`` (fp32 → fp32 with 11 significant bits)."""
+    bits = m.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+_DERIVED: dict = {}  # (what, id(tensor), version) -> (weakref to the tensor, derived tensor)
+
+
+def _derived(what: str, t: torch.Tensor, build):
+    """build(t), computed once per tensor (keyed by identity and version) and kept while t lives: the schedulers
+    pass the same table and DCT matrix on every step."""
+    key = (what, id(t), t._version)
+    hit = _DERIVED.get(key)
+    if hit is not None and hit[0]() is t:
+        return hit[1]
+    for k in [k for k, (ref, _) in _DERIVED.items() if ref() is None]:  # forget the dead
+        del _DERIVED[k]
+    out = build(t)
+    _DERIVED[key] = (weakref.ref(t), out)
+    return out
+
+
+def basis_parts(basis: torch.Tensor, tf32x3: bool) -> torch.Tensor:
+    """The transform matrices the kernels multiply by, [PARTS, 2, T, T]: [:, 0] V (or W = the Kronecker matrix for
+    N ≤ KRON_MAX, module docstring), [:, 1] its transpose, zero-padded to T; as tf32 (high, low) parts in fp32 with
+    ``tf32x3``, else fp64 as is. Built once per basis tensor (:func:`_derived`)."""
+    def build(basis):
+        N = basis.shape[0]
+        T = tile_size(N)
+        v = basis.double()
+        # W[(i, j), (u, v)] = V[u, i] V[v, j], once per plane of a Kronecker row
+        m = torch.block_diag(*[torch.kron(v, v).T] * kron_planes(N)) if kron_form(N) else v
+        pad = torch.nn.functional.pad(torch.stack([m, m.T]), (0, T - m.shape[1], 0, T - m.shape[0]))
+        if not tf32x3:
+            return pad.unsqueeze(0)
+        hi = _tf32_round(pad.float())
+        return torch.stack([hi, _tf32_round(pad.float() - hi)])
+
+    return _derived(f"basis-tf32x3={tf32x3}", basis, build)
+
+
 def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor, seed_value, noise, noise_mode,
                      B, C, N):
-    """One launch over the B·C planes (two when the noise goes through a scratch buffer). ``x``, ``eps``,
-    ``noise``: [B, C, N, N] with contiguous per-sample blocks (any batch stride); ``out`` contiguous. All checks
-    are the op's (gddim/ops.py)."""
-    NP = triton.next_power_of_2(N)
-    if noise_mode == NOISE_PHILOX and NP != N:
+    """One launch: ceil(B·C / (G·KRON_ROWS)) programs of G·KRON_ROWS planes in the Kronecker form (kron_form), else
+    (B, C) programs of one plane; after a noise pass for sizes whose tile rows are not whole Philox groups. ``x``,
+    ``eps``, ``noise``: [B, C, N, N] with contiguous per-sample blocks (any batch stride; copied to contiguous for
+    the Kronecker form); ``out`` contiguous. All checks are the op's (gddim/ops.py)."""
+    tf32x3 = x.dtype != torch.float64
+    T = tile_size(N)
+    kron = kron_form(N)
+    # rows of the tile that are whole Philox groups (the plane's rows, or whole planes as rows) draw in-kernel; other
+    # sizes would draw a group per element (4x the Philox work, and the registers spill): they draw the same normals
+    # (same counters) into a buffer first, read as a noise tensor
+    G = kron_planes(N) if kron else 1
+    aligned4 = (G * N * N if kron else N) % 4 == 0
+    if noise_mode == NOISE_PHILOX and not aligned4:
         n = B * C * N * N
         noise = torch.empty((B, C, N, N), device=x.device, dtype=torch.float32)
         _noise_fill_kernel[(triton.cdiv(n, 1024),)](noise, n, seed_tensor if seed_tensor is not None else coef,
                                                     seed_value, SEED_FROM_PTR=seed_tensor is not None,
                                                     FAST=fast_math(x.device), BLOCK=1024)
         noise_mode = NOISE_TENSOR
+    # tiles of T² elements over 32·warps threads: up to one warpgroup (wgmma; more warps duplicate its work)
+    warps = max(1, min(4, T // 16))
+    if kron:  # one row offset for every buffer (_blur_kron_kernel); the op's buffers are contiguous already
+        x, eps, noise = x.contiguous(), [t.contiguous() for t in eps], None if noise is None else noise.contiguous()
     e = list(eps) + [eps[0]] * (3 - len(eps))
-    _blur_step_kernel[(B * C,)](
-        x, e[0], e[1], e[2], noise if noise is not None else coef, out, basis,
-        coef, coef.shape[0], t_tensor if t_tensor is not None else coef, t_value,
-        seed_tensor if seed_tensor is not None else coef, seed_value,
-        C, N, x.stride(0), e[0].stride(0), e[1].stride(0), e[2].stride(0), noise.stride(0) if noise is not None else 0,
+    common = dict(
         CT=tl.float64 if x.dtype == torch.float64 else tl.float32, NEPS=len(eps), NOISE=noise_mode,
         T_FROM_PTR=t_tensor is not None, T_PER_SAMPLE=t_tensor is not None and t_tensor.numel() > 1,
-        SEED_FROM_PTR=seed_tensor is not None, ALIGNED4=N % 2 == 0, NP=NP, DOT=NP >= 16, FAST=fast_math(x.device),
-        num_warps=4 if NP <= 32 else 8,
-    )
+        SEED_FROM_PTR=seed_tensor is not None, FAST=fast_math(x.device), TF32X3=tf32x3, T=T)
+    ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, basis_parts(basis, tf32x3),
+            # fp32 compute reads an fp32 copy of the table, made once per table (_derived): fp64 planes take twice
+            # the registers, and the large or padded tiles spilled
+            _derived("float32", coef, lambda t: t.float()) if tf32x3 else coef, coef.shape[0],
+            t_tensor if t_tensor is not None else coef, t_value,
+            seed_tensor if seed_tensor is not None else coef, seed_value)
+    strides = (x.stride(0), e[0].stride(0), e[1].stride(0), e[2].stride(0), noise.stride(0) if noise is not None else 0)
+    if kron:
+        _blur_kron_kernel[(triton.cdiv(B * C, G * KRON_ROWS),)](
+            *ptrs, C, B * C, ALIGNED4=aligned4, N=N, G=G, PB=KRON_ROWS, num_warps=warps,
+            EVEN=G * N * N == T and B * C % (G * KRON_ROWS) == 0, **common)
+    else:
+        if C > 65535:
+            raise ValueError(f"blur_step: {C} channels: more than the 65535 programs a CUDA grid's y axis allows")
+        _blur_step_kernel[(B, C)](*ptrs, C, N, *strides, ALIGNED4=aligned4, num_warps=warps,
+                                  LMASK=N % 16 == 0, **common)

@@ -46,6 +46,41 @@ def sample_key(seed_ptr, seed_value, off_ptr, off_value, b, SEED_FROM_PTR: tl.co
         return launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR), b + off
 
 
+@triton.jit
+def load_run(ptr, off, start, mask, VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr,
+             BLOCK: tl.constexpr):
+    """ptr[off + start + (0 .. BLOCK-1)]: 16-byte vectors when VEC (the launcher checked that off + start is a
+    multiple of ALIGN elements, which Triton cannot see through a runtime offset), masked only when MASKED."""
+    o = off + start
+    if VEC:
+        o = tl.multiple_of(o, ALIGN)
+    p = ptr + o + tl.arange(0, BLOCK)
+    if MASKED:
+        return tl.load(p, mask=mask, other=0.0)
+    else:
+        return tl.load(p)
+
+
+@triton.jit
+def store_run(ptr, off, start, v, mask, VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr,
+              BLOCK: tl.constexpr):
+    """ptr[off + start + (0 .. BLOCK-1)] = v in ptr's dtype (see load_run)."""
+    o = off + start
+    if VEC:
+        o = tl.multiple_of(o, ALIGN)
+    p = ptr + o + tl.arange(0, BLOCK)
+    v = v.to(ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(p, v, mask=mask)
+    else:
+        tl.store(p, v)
+
+
+def vector_align(t: torch.Tensor) -> int:
+    """Elements per 16-byte vector, at least 4 (a Philox group): the alignment unit of a tile's start."""
+    return max(4, 16 // t.element_size())
+
+
 def fast_math(device: torch.device) -> bool:
     """Hardware approximations of sin / cos / sqrt on a GPU (kernels/philox.py states their error); the interpreter
     has no PTX, so it evaluates the same formulas with accurate functions."""

@@ -257,3 +257,18 @@ def philox_words(out, seed: int, stream: int, start: int = 0, block: int = 1024)
     n = out.shape[0]
     _words_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream, block)
     return out
+
+
+@triton.jit
+def normal_rows(seed, row_start, COLS: tl.constexpr, STREAM: tl.constexpr, ALIGNED4: tl.constexpr,
+                FAST: tl.constexpr):
+    """−1 times the normals of flat element indices row_start + [0, COLS) for each row (row_start: an [R, 1] int64
+    tensor), as an [R, COLS] tensor: a tile whose rows are runs of the flat index (an image plane's rows, a stack of
+    planes). With ALIGNED4 (every row_start % 4 == 0) one Philox call serves four elements of a row, joined in
+    registers as normal_block's ROW = 4 layout; otherwise each element draws its own group."""
+    if ALIGNED4:
+        g = (row_start >> 2) + tl.arange(0, COLS // 4)[None, :]
+        n0, n1, n2, n3 = _group(seed, g, 0, 1.0, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
+        return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (row_start.shape[0], COLS))
+    else:
+        return normal_at(seed, row_start + tl.arange(0, COLS)[None, :], STREAM, FAST)

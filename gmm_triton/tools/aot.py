@@ -19,16 +19,34 @@ The compile matrix behind ``gmm-triton inspect`` and ``tests/test_compile_matrix
    checked to hold the same code as triton's), ``metadata.shared`` (shared memory the launch requests), and
    the SASS from ``nvdisasm``.
 
-**Instructions per element on the hot path** (:func:`hot_path`): one thread's walk from the entry to the
+**Instructions per element on the hot path** (:func:`hot_paths`): one thread's walk from the entry to an
 unpredicated ``EXIT``, in program order. Every instruction on the walk counts, predicated ones too (they take
 an issue slot whether or not their predicate holds). An unconditional ``BRA`` is followed. A conditional
 branch (``@P BRA``, a uniform-predicate or ``.DIV`` branch) is taken only when it skips a slow path: its
 target is the ``BSYNC`` that closes a ``BSSY`` region, or it jumps forward over a ``CALL``. That is how ptxas
 guards the paths that a kernel with in-range inputs never runs (libdevice's Payne–Hanek reduction in
-sinf/cosf, IEEE division fix-ups, fp64 square root's out-of-line medium path); every other conditional branch
-falls through, so a loop body is walked once. A ``CALL`` still on the walk counts as one instruction and is not
-followed (reported as ``calls``). The count divided by the elements one thread handles
-(elements per program / (32 · num_warps); BLOCK / 256 = 16 for 4096 / 8 warps) is ``sass_per_element``.
+sinf/cosf, IEEE division fix-ups, fp64 square root's out-of-line medium path). A forward conditional branch
+whose two continuations never meet again before their ``EXIT`` is a **fork** (a kernel's ``if``/``else`` over
+whole copies of its body, e.g. the step's unmasked full tiles and masked edge tiles): both sides are walked,
+giving one path per side; the side with more predicated thread-indexed global accesses is the ``edge`` side,
+the other the ``full`` side. Every other conditional branch falls through, so a loop body is walked once. A
+``CALL`` still on a walk counts as one instruction and is not followed (reported as ``calls``).
+
+**Per element** (:meth:`Result.sass_per_element`): the instructions the launch issues over the elements it
+really produces. The case says how many programs take each kind of tile (:class:`Work`: full and edge tiles
+for the step, from its tiling of the launch's D), a program issues its path's count on each of its
+32 · num_warps threads, and the sum is divided by the launch's real elements (B · D, not the padded tiles):
+so a ragged D is charged for its masked copy and for the lanes its edge tiles leave idle.
+
+**Pipes** (:func:`pipe_counts`): each walked instruction is also charged to the sm_80–sm_100 execution pipe
+that runs it (the pipe names of Nsight Compute): ``fma`` (FP32 FFMA/FADD/FMUL, FP16x2; shared by the
+fmaheavy and fmalite halves), ``imad`` (IMAD/IMUL/IDP: fmaheavy only; a 64-bit result, ``IMAD.WIDE`` /
+``IMAD.HI``, counts two), ``alu`` (integer and logic, compares, selects, min/max, moves, ``I2FP``,
+``F2FP`` packs), ``xu`` (MUFU, the other conversions ``F2F``/``I2F``/``F2I``, ``POPC``/``FLO``/``BREV``),
+``fp64`` (DADD/DMUL/DFMA...), ``lsu`` (global/shared/local memory and shuffles, in 32-bit lane slots: a
+128-bit access counts 4) and ``tensor`` (multiply-accumulates of HMMA/HGMMA/DMMA per thread, by input type).
+Uniform-datapath, control and constant-cache instructions only take an issue slot (``issue`` counts all).
+The rates of each pipe are the model's (tools/inspect.py).
 
 **Access widths**: ``load_bits`` / ``store_bits`` are the width of most global loads / stores on the hot path
 whose address depends on the thread index (ties go to the narrower): the width of the element streams.
@@ -43,6 +61,7 @@ import functools
 import hashlib
 import importlib
 import json
+import math
 import os
 import re
 import struct
@@ -61,19 +80,37 @@ CASE_MODULES = ("gmm_triton.tools.aot_cases", "gmm_triton.tools.gddim_aot_cases"
 # cases
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Work:
+    """What one launch does: the real ``elements`` it produces and its ``programs`` by tile kind
+    (``"full"`` / ``"edge"``: the sides of the kernel's fork, see :func:`hot_paths`; ``"any"``: one path)."""
+
+    elements: int
+    programs: dict
+
+
+def _block_work(kernel: str, cx: dict, grid: tuple) -> Work:
+    """Default: every program produces BLOCK elements on one path."""
+    n = math.prod(grid)
+    return Work(n * int(cx["BLOCK"]), {"any": n})
+
+
+@dataclass(frozen=True)
 class Case:
     """One call of the host path. ``drive(fx)`` makes the call with :class:`FakeCuda` tensors.
 
     ``bytes_per_element(kernel)``: DRAM bytes a launch of ``kernel`` moves per element it produces (the floor of
-    benchmarks/RESULTS.md). ``elements_per_program(kernel, constexprs)``: elements one program produces
-    (default: its BLOCK).
+    benchmarks/RESULTS.md). ``work(kernel, constexprs, grid)``: the :class:`Work` of one launch (default: BLOCK
+    elements per program, one kind of tile). ``targets``: the targets it is compiled for (default all; a sweep
+    whose specialisations the covering cases already compile everywhere may stay on sm_90a, the one the
+    predictions are for).
     """
 
     name: str
     dtype: str
     drive: Callable[["FakeCuda"], None]
     bytes_per_element: Callable[[str], float]
-    elements_per_program: Callable[[str, dict], int] = lambda kernel, cx: cx["BLOCK"]
+    work: Callable[[str, dict, tuple], Work] = _block_work
+    targets: tuple = TARGETS
 
 
 _BUILDERS: list[Callable[[], list[Case]]] = []
@@ -144,6 +181,7 @@ class Launch:
     options: dict
     source_key: str           # the JITFunction's cache_key: its source and its dependencies'
     arg_names: list
+    grid: tuple = ()          # the launch's grid (programs along x, y, z)
 
     @property
     def kernel(self) -> str:
@@ -237,12 +275,14 @@ def _capturing(target, launches: list):
     from triton.runtime.jit import JITFunction
 
     run, do_compile, active = JITFunction.run, JITFunction._do_compile, driver._active
+    grids = []
     hooks = host()
     patches = {hooks.dispatch: lambda impl, op, x, m, *args: impl(*args)}
     saved = {k: getattr(*k) for k in patches}
 
     def fake_run(self, *args, grid, warmup, **kwargs):
         si = lambda a: _StandIn(a) if isinstance(a, torch.Tensor) else a  # noqa: E731
+        grids.append(tuple(int(g) for g in (grid if isinstance(grid, tuple) else (grid,))))
         try:
             return run(self, *map(si, args), grid=grid, warmup=True, **{k: si(v) for k, v in kwargs.items()})
         except Exception as e:
@@ -250,7 +290,7 @@ def _capturing(target, launches: list):
 
     def record(self, key, signature, device, constexprs, options, attrs, warmup):
         launches.append(Launch(self.fn.__module__, self.fn.__qualname__, dict(signature), dict(constexprs),
-                               dict(attrs), dict(options.__dict__), self.cache_key, list(self.arg_names)))
+                               dict(attrs), dict(options.__dict__), self.cache_key, list(self.arg_names), grids[-1]))
         return None  # JITFunction.run returns without launching
 
     JITFunction.run, JITFunction._do_compile = fake_run, record
@@ -358,12 +398,17 @@ def compile_and_analyse(job: dict) -> dict:
                 stem.with_suffix(".sass").write_text(subprocess.run(
                     [_tool("nvdisasm"), "-c", "-gi", f.name], check=True, capture_output=True, text=True).stdout)
         ins, labels = parse_sass(sass)
-        path = hot_path(ins, labels)
+        paths = hot_paths(ins, labels)
         if job.get("dump"):
-            Path(job["dump"]).with_suffix(".hot.sass").write_text("".join(i.text + "\n" for i in path))
-        ld, st = access_widths(path)
-        stats.update(shared_bytes=int(k.metadata.shared), load_bits=ld, store_bits=st, hot_path=len(path),
-                     calls=sum(i.base == "CALL" for i in path), sass_total=len(ins))
+            Path(job["dump"]).with_suffix(".hot.sass").write_text("".join(
+                f"// path {n}: {kind}, {len(p)} instructions\n" + "".join(i.text + "\n" for i in p)
+                for n, (kind, p) in enumerate(paths)))
+        stats["paths"] = []
+        for kind, p in paths:
+            ld, st = access_widths(p)
+            stats["paths"].append(dict(kind=kind, hot_path=len(p), load_bits=ld, store_bits=st,
+                                       calls=sum(i.base == "CALL" for i in p), pipes=pipe_counts(p)))
+        stats.update(shared_bytes=int(k.metadata.shared), sass_total=len(ins))
         return stats
     except Exception as e:  # noqa: BLE001 - every failure is a result row
         return {"error": _describe_error(e)}
@@ -381,7 +426,7 @@ def _describe_error(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------
 # SASS: parse, walk the hot path, access widths
 # ------------------------------------------------------------------------------------------------
-_INS = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:(@!?U?P[0-9T])\s+)?([A-Z][A-Z0-9_.]*)\s*(.*?)\s*;")
+_INS = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:(@!?U?P[0-9T])\s+)?([A-Z][A-Za-z0-9_.]*)\s*(.*?)\s*;")
 _LABEL = re.compile(r"^\s*([.$\w]+):\s*$")
 _REG = re.compile(r"\bR(\d+)\b")
 _PRED_OPERAND = re.compile(r"^!?U?P[0-9T]$")
@@ -421,24 +466,134 @@ def _branch_target(i: Ins, labels) -> int:
     return labels[m.group(1)]
 
 
-def hot_path(ins: list, labels: dict) -> list:
-    """One thread's straight-line walk (the rule is in the module docstring)."""
-    path, seen, k = [], set(), 0
+def _conditional(i: Ins) -> bool:
+    return bool(i.pred) or ".DIV" in i.op or any(_PRED_OPERAND.match(o) for o in i.operands)
+
+
+def _skips_slow_path(ins: list, k: int, t: int) -> bool:
+    return t < len(ins) and ins[t].base == "BSYNC" or any(j.base == "CALL" for j in ins[k + 1:t])
+
+
+def _walk(ins: list, labels: dict, k: int, seen: frozenset = frozenset()) -> list:
+    """The indices one thread walks from ``k`` (forks fall through: the rule of :func:`hot_path`)."""
+    out, seen = [], set(seen)
     while k < len(ins) and k not in seen:
         seen.add(k)
+        out.append(k)
         i = ins[k]
-        path.append(i)
         if i.base == "EXIT" and not i.pred:
             break
         if i.base == "BRA":
             t = _branch_target(i, labels)
-            conditional = bool(i.pred) or ".DIV" in i.op or any(_PRED_OPERAND.match(o) for o in i.operands)
-            skips_slow_path = t < len(ins) and ins[t].base == "BSYNC" or any(j.base == "CALL" for j in ins[k + 1:t])
-            if not conditional or skips_slow_path:
+            if not _conditional(i) or _skips_slow_path(ins, k, t):
                 k = t
                 continue
         k += 1
-    return path
+    return out
+
+
+def hot_path(ins: list, labels: dict) -> list:
+    """One thread's straight-line walk, falling through every fork (the rule is in the module docstring)."""
+    return [ins[k] for k in _walk(ins, labels, 0)]
+
+
+def _edge_weight(ins: list, idx: list) -> int:
+    """Predicated thread-indexed global accesses on a walk from the entry (the masked copy of a kernel has
+    many)."""
+    path = [ins[k] for k in idx]
+    return sum(1 for i in _thread_indexed(path) if i.pred)
+
+
+def _kind(kind: str, mine: int, other: int) -> str:
+    """The kind of a fork's side with ``mine`` predicated accesses against ``other`` on the other side."""
+    if kind == "edge" or mine > other:
+        return "edge"
+    return "full" if mine < other or kind == "full" else "any"
+
+
+def hot_paths(ins: list, labels: dict, max_forks: int = 4) -> list:
+    """Every path through the kernel's forks (module docstring; at most ``max_forks`` forks deep, beyond which
+    they fall through), as ``[(kind, [Ins])]``: ``kind`` is "edge" if the path took the edge side of a fork,
+    "full" if it took a full side and no edge side, else "any" (no fork, or sides with as many predicated
+    accesses as each other)."""
+    out = []
+
+    def explore(k: int, prefix: list, kind: str, seen: set, forks: int):
+        idx = list(prefix)
+        while k < len(ins) and k not in seen:
+            seen.add(k)
+            idx.append(k)
+            i = ins[k]
+            if i.base == "EXIT" and not i.pred:
+                break
+            if i.base == "BRA":
+                t = _branch_target(i, labels)
+                if not _conditional(i) or _skips_slow_path(ins, k, t):
+                    k = t
+                    continue
+                if t > k and forks < max_forks:
+                    fall, taken = _walk(ins, labels, k + 1, frozenset(seen)), _walk(ins, labels, t, frozenset(seen))
+                    if fall and taken and not set(fall) & set(taken):  # a fork: both sides, never rejoining
+                        wf, wt = _edge_weight(ins, idx + fall), _edge_weight(ins, idx + taken)
+                        explore(k + 1, idx, _kind(kind, wf, wt), set(seen), forks + 1)
+                        explore(t, idx, _kind(kind, wt, wf), set(seen), forks + 1)
+                        return
+            k += 1
+        out.append((kind, [ins[j] for j in idx]))
+
+    explore(0, [], "any", set(), 0)
+    return out
+
+
+# (base opcode -> pipe) on sm_80..sm_100; see the module docstring. Unlisted opcodes only take an issue slot.
+_PIPES = {
+    **dict.fromkeys(("FFMA", "FADD", "FMUL", "FFMA32I", "FADD32I", "FMUL32I", "FSWZADD", "HFMA2", "HADD2", "HMUL2"), "fma"),
+    **dict.fromkeys(("IMAD", "IMUL", "IDP", "IMAD32I", "IMUL32I", "IMADSP"), "imad"),
+    **dict.fromkeys(("IADD3", "IADD", "IADD32I", "VIADD", "LOP3", "LOP", "LOP32I", "SHF", "SHL", "SHR", "ISETP",
+                     "FSETP", "DSETP", "HSETP2", "ISCADD", "LEA", "SEL", "FSEL", "IMNMX", "VIMNMX", "FMNMX", "HMNMX2",
+                     "IABS", "PRMT", "MOV", "MOV32I", "P2R", "R2P", "PLOP3", "BMSK", "SGXT", "I2FP", "F2FP", "FSET",
+                     "ISET", "CSET", "CSETP", "BFE", "BFI", "FCHK", "VOTE"), "alu"),
+    **dict.fromkeys(("MUFU", "F2F", "F2I", "I2F", "FRND", "POPC", "FLO", "BREV", "I2I"), "xu"),
+    **dict.fromkeys(("DADD", "DMUL", "DFMA", "DMNMX"), "fp64"),
+    **dict.fromkeys(("LDG", "STG", "LDS", "STS", "LDL", "STL", "LD", "ST", "ATOM", "ATOMS", "ATOMG", "RED", "SHFL",
+                     "LDSM", "STSM", "LDGSTS"), "lsu"),
+}
+_MMA_SHAPE = re.compile(r"^(16|8)(8)(\d+)$|^(\d+)x(\d+)x(\d+)$")  # 16816 = m16n8k16, 884, 64x64x16
+
+
+def _mma(i: Ins):
+    """(kind, multiply-accumulates per thread) of a tensor-core instruction, or None. HMMA / DMMA are warp-wide
+    (m·n·k over 32 threads); HGMMA is warpgroup-wide (m·n·k over 128)."""
+    if i.base not in ("HMMA", "HGMMA", "DMMA", "IMMA"):
+        return None
+    mods = i.op.split(".")[1:]
+    shape = next((_MMA_SHAPE.match(m) for m in mods if _MMA_SHAPE.match(m)), None)
+    if shape is None:
+        raise ValueError(f"tensor-core instruction without a shape: {i.text}")
+    g = shape.groups()
+    m, n, k = (int(x) for x in (g[:3] if g[0] else g[3:]))
+    threads = 128 if i.base == "HGMMA" else 32
+    typ = "f64" if i.base == "DMMA" else "int8" if i.base == "IMMA" else "tf32" if "TF32" in mods else "f16"
+    return ("wgmma_" if i.base == "HGMMA" else "mma_") + typ, m * n * k / threads
+
+
+def pipe_counts(path: list) -> dict:
+    """Instructions of ``path`` per pipe (module docstring); ``tensor:<kind>`` holds multiply-accumulates."""
+    c = Counter()
+    for i in path:
+        c["issue"] += 1
+        mma = _mma(i)
+        if mma:
+            c["tensor:" + mma[0]] += mma[1]
+            continue
+        pipe = _PIPES.get(i.base)
+        if pipe == "imad":
+            c[pipe] += 2 if any(m in ("WIDE", "HI") for m in i.op.split(".")[1:]) else 1
+        elif pipe == "lsu":
+            c[pipe] += max(32, _width(i.op)) / 32
+        elif pipe:
+            c[pipe] += 1
+    return dict(c)
 
 
 _NO_DEST = {"STG", "STS", "STL", "ST", "RED", "BRA", "BAR", "BSSY", "BSYNC", "EXIT", "CALL", "RET", "NOP",
@@ -477,13 +632,14 @@ def _width(op: str) -> int:
     return 32
 
 
-def access_widths(path: list):
-    """(load_bits, store_bits) of the thread-indexed global accesses on ``path`` (module docstring)."""
+def _thread_indexed(path: list) -> list:
+    """The global loads and stores on ``path`` whose address depends on the thread index (a forward taint of
+    the registers derived from ``SR_TID`` / ``SR_LANEID`` along the walk)."""
     tainted: set = set()
-    widths = {"LDG": [], "STG": []}
+    out = []
     for i in path:
-        if i.base in widths and _address_regs(i) & tainted:
-            widths[i.base].append(_width(i.op))
+        if i.base in ("LDG", "STG") and _address_regs(i) & tainted:
+            out.append(i)
         if i.base in _NO_DEST or not i.operands:
             continue
         dest = _REG.fullmatch(i.operands[0].split(".")[0])
@@ -495,6 +651,14 @@ def access_widths(path: list):
                 tainted.update(regs)
             elif not i.pred:
                 tainted.difference_update(regs)
+    return out
+
+
+def access_widths(path: list):
+    """(load_bits, store_bits) of the thread-indexed global accesses on ``path`` (module docstring)."""
+    widths = {"LDG": [], "STG": []}
+    for i in _thread_indexed(path):
+        widths[i.base].append(_width(i.op))
 
     def mode(ws):
         if not ws:
@@ -524,13 +688,56 @@ class Result:
         return self.launch.kernel if self.launch else self.rejected_kernel
 
     @property
-    def elements_per_thread(self) -> float:
-        per_program = self.case.elements_per_program(self.kernel, self.launch.named)
-        return per_program / (32 * self.launch.options["num_warps"])
+    def work(self) -> Work:
+        return self.case.work(self.kernel, self.launch.named, self.launch.grid)
+
+    def _per_path_kind(self) -> list:
+        """[(programs, path stats)]: each tile kind of the launch's work on the worst path of that kind (any path
+        where the kernel has no fork)."""
+        paths, out = self.stats["paths"], []
+        for kind, n in self.work.programs.items():
+            if n:
+                same = [p for p in paths if p["kind"] == kind] or paths
+                out.append((n, max(same, key=lambda p: p["hot_path"])))
+        return out
+
+    def per_element(self, count) -> float:
+        """``count(path stats)`` issued per thread, summed over the launch's programs and threads, per real
+        element."""
+        threads = 32 * self.launch.options["num_warps"]
+        return sum(n * count(p) for n, p in self._per_path_kind()) * threads / self.work.elements
 
     @property
     def sass_per_element(self) -> Optional[float]:
-        return self.stats["hot_path"] / self.elements_per_thread if "hot_path" in self.stats else None
+        return self.per_element(lambda p: p["hot_path"]) if self.ok else None
+
+    @property
+    def pipes_per_element(self) -> Optional[dict]:
+        if not self.ok:
+            return None
+        names = {k for _, p in self._per_path_kind() for k in p["pipes"]}
+        return {k: self.per_element(lambda p, k=k: p["pipes"].get(k, 0.0)) for k in sorted(names)}
+
+    def _width(self, key: str) -> Optional[int]:
+        ws = [p[key] for _, p in self._per_path_kind() if p[key] is not None]
+        return min(ws) if ws else None
+
+    @property
+    def load_bits(self) -> Optional[int]:
+        """The narrowest element-stream load width over the paths the launch runs."""
+        return self._width("load_bits") if self.ok else None
+
+    @property
+    def store_bits(self) -> Optional[int]:
+        return self._width("store_bits") if self.ok else None
+
+    @property
+    def edge_share(self) -> Optional[float]:
+        """The share of the launch's programs that take an edge path (0 where the kernel has no fork)."""
+        if not self.ok or not any(p["kind"] == "edge" for p in self.stats["paths"]):
+            return 0.0 if self.ok else None
+        progs = self.work.programs
+        return progs.get("edge", 0) / max(1, sum(progs.values()))
 
     @property
     def ok(self) -> bool:
@@ -565,7 +772,7 @@ def run_matrix(targets=TARGETS, *, cases: Optional[list[Case]] = None, jobs: int
     cache.mkdir(parents=True, exist_ok=True)
     results, todo = [], {}
     for case in cases:
-        for target in targets:
+        for target in (t for t in targets if t in case.targets):
             try:
                 launches = capture(case, target)
             except LaunchError as e:  # e.g. a launcher keyword clash: a row of that kernel

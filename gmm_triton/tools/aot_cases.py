@@ -11,6 +11,8 @@ A new kernel family adds a function decorated with :func:`aot.register_cases` (h
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -49,7 +51,8 @@ class Step:
     offset_final: bool = False
     sample_offset: str = "none"              # "none", "host" (an int), "device" (an int64 tensor)
     components: int = 8                      # the mixture's K
-    layout: str = "contiguous"               # "channels_last"; "row_view": rows of a wider [B, D + 3] buffer
+    layout: str = "contiguous"               # "channels_last" (both); "x_cl" / "m_cl": only the sample / only the
+                                             # model output channels_last; "row_view": rows of a [B, D + 3] buffer
 
     @property
     def D(self) -> int:
@@ -73,6 +76,16 @@ class Step:
         if self.mixture:
             b += mix + {"diag": 4 / self.batch, "vub": 0.0, "exact": basis}[self.mixture]
         return b
+
+
+    def work(self, kernel: str, cx: dict, grid: tuple) -> aot.Work:
+        """The launch's tiles as kernels/step.py's ``_tile`` lays them out: grid (B, n_blk), tile blk of sample b at
+        start = blk·BLOCK − (b·D mod ALIGN); a full tile lies inside [0, D), an edge tile does not."""
+        B, n_blk = grid[0], grid[1]
+        block, align, D = int(cx["BLOCK"]), int(cx["ALIGN"]), self.D
+        full = sum(1 for b in range(B) for blk in range(n_blk)
+                   if 0 <= blk * block - (b * D) % align and blk * block - (b * D) % align + block <= D)
+        return aot.Work(B * D, {"full": full, "edge": B * n_blk - full})
 
 
 def _table(rows_for_flow: bool):
@@ -102,10 +115,11 @@ def _drive_step(s: Step):
         m = fx.tensor(((2 if s.cfg else 1) * shape[0], *s.shape), s.dtype)
         if s.expand:
             x, m = x.expand(s.batch, *s.shape), m.expand(s.batch, *s.shape)
-        if s.layout == "channels_last":
+        if s.layout in ("channels_last", "x_cl", "m_cl"):
             cl = lambda t: fx.like(torch.empty(t.shape, dtype=t.dtype, device="meta").to(  # noqa: E731
                 memory_format=torch.channels_last))
-            x, m = cl(x), cl(m)
+            x = cl(x) if s.layout != "m_cl" else x
+            m = cl(m) if s.layout != "x_cl" else m
         elif s.layout == "row_view":  # each sample's block contiguous, batch stride D + 3
             x, m = (fx.like(torch.empty((t.shape[0], s.D + 3), dtype=s.dtype, device="meta")[:, :s.D]) for t in (x, m))
         t = {"int": 7, "device": fx.tensor((1,), torch.int64), "per_sample": fx.tensor((s.batch,), torch.int64)}
@@ -127,8 +141,8 @@ def _drive_step(s: Step):
     return drive
 
 
-def _step_case(name: str, s: Step) -> aot.Case:
-    return aot.Case(name, _LABEL[s.dtype], _drive_step(s), s.bytes_per_element)
+def _step_case(name: str, s: Step, targets=aot.TARGETS) -> aot.Case:
+    return aot.Case(name, _LABEL[s.dtype], _drive_step(s), s.bytes_per_element, s.work, targets)
 
 
 @aot.register_cases
@@ -171,7 +185,32 @@ def ddim_step_cases() -> list[aot.Case]:
         ("gmm-exact-bf16-eps-philox-perseed", Step(b, shape=mix_shape, mixture="exact", seed="per_sample")),
         ("fp16-eps-philox-perseed-d1001", Step(h, shape=(7, 11, 13), seed="per_sample", x0=False)),
     ]]
-    return cases
+    return cases + cliff_cases()
+
+
+def cliff_cases() -> list[aot.Case]:
+    """Issue 19's launches that fell off the roofline, each beside the contiguous, aligned case it is held to:
+    ragged D at B = 64, channels_last and mixed layouts (Gaussian and every mixture mode), the exact mode up to
+    K = 64 (channels_last too), a device sample offset with a ragged D. On sm_90a, the target of the predictions:
+    the covering cases compile every constexpr value these use for all three targets."""
+    h, b = torch.float16, torch.bfloat16
+    mix_shape = (4, 64, 64)
+    cases = []
+    for D, shape in ((1000, (10, 10, 10)), (1001, (7, 11, 13)), (13467, (3, 67, 67))):
+        cases.append((f"ragged-fp16-d{D}-b64-x0", Step(h, shape=shape, batch=64)))
+    cases.append(("ragged-fp16-d1001-b64-devoffset-x0", Step(h, shape=(7, 11, 13), batch=64, sample_offset="device")))
+    for dt in (h, b):
+        cases.append((f"cl-{_LABEL[dt]}-eps-philox-x0", Step(dt, layout="channels_last")))
+    for var in ("diag", "vub", "exact"):
+        if var != "diag":  # gmm-diag-fp16-eps-philox-x0 is the contiguous diag case
+            cases.append((f"gmm-{var}-fp16-eps-philox-x0", Step(h, shape=mix_shape, mixture=var)))
+        cases.append((f"cl-gmm-{var}-fp16-eps-philox-x0", Step(h, shape=mix_shape, mixture=var,
+                                                              layout="channels_last")))
+    for k in (32, 64):
+        cases.append((f"gmm-exact-fp16-eps-philox-k{k}-x0", Step(h, shape=mix_shape, mixture="exact", components=k)))
+    cases.append(("cl-gmm-exact-fp16-eps-philox-k64-x0", Step(h, shape=mix_shape, mixture="exact", components=64,
+                                                              layout="channels_last")))
+    return [_step_case(n, s, ("sm_90a",)) for n, s in cases]
 
 
 @aot.register_cases
@@ -185,9 +224,12 @@ def philox_cases() -> list[aot.Case]:
     def words(fx):
         aot.host().philox_words(1 << 16, seed=SEED64, stream=1, start=2**33 - 7, device="cuda")
 
+    def elements(n):  # n real elements over the launch's programs
+        return lambda kernel, cx, grid: aot.Work(n, {"any": math.prod(grid)})
+
     return [
-        aot.Case("philox-normal-stream2", "fp32", mixture_offsets, lambda k: 4.0),
-        aot.Case("philox-normal-start3", "fp32", offset_normals, lambda k: 4.0),
+        aot.Case("philox-normal-stream2", "fp32", mixture_offsets, lambda k: 4.0, elements(4 * 8 * 4 * 64 * 64)),
+        aot.Case("philox-normal-start3", "fp32", offset_normals, lambda k: 4.0, elements(1 << 16)),
         # each counter writes 4 int32 words: an element is a word
-        aot.Case("philox-words", "int32", words, lambda k: 4.0, lambda k, cx: 4 * cx["BLOCK"]),
+        aot.Case("philox-words", "int32", words, lambda k: 4.0, elements(4 << 16)),
     ]

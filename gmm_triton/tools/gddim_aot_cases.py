@@ -1,12 +1,15 @@
 """The compile matrix's cases for the gDDIM kernels (see gmm_triton/tools/aot.py): the CLD step over (x, v) pairs and
-the blur step per image plane (with its noise pre-pass when N is not a power of two), driven through the public
-ops ``gddim.ops.cld_step`` / ``blur_step`` with CUDA-like fake tensors.
+the blur step (planes as rows of a Kronecker product for N ≤ 8, one plane per program above), driven through the
+public ops ``gddim.ops.cld_step`` / ``blur_step`` with CUDA-like fake tensors.
 
 A covering design: storage dtypes fp16 / bf16 / fp32 / fp64, orders 0–2 (1–3 ε buffers), Philox / caller / no
-noise, host / device / per-sample timesteps, host / device seeds, D % 4 = 0 and ≠ 0 (CLD), N a power of two with
-and without ``tl.dot`` and N not a power of two (blur).
+noise, host / device / per-sample timesteps, host / device seeds, D % 4 = 0 and ≠ 0 (CLD), both blur kernels with
+N a power of two and not (blur); and sweeps on sm_90a: CLD fp16 / bf16 at orders 0–2, the blur step at every
+specialisation N = 1 … MAX_SIZE launches.
 """
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass
 from typing import Optional
@@ -31,16 +34,27 @@ class Gddim:
     seed: str = "host"                        # "host", "device"
 
     def bytes_per_element(self, kernel: str) -> float:
-        e = torch.empty((), dtype=self.dtype).element_size()
         if kernel == "_noise_fill_kernel":
             return 4.0
-        z = e if self.noise == "tensor" else (4 if self._scratch else 0)
+        e = torch.empty((), dtype=self.dtype).element_size()
+        z = e if self.noise == "tensor" else (4 if self._noise_pass else 0)
         return e * (2 + self.order + 1) + z   # u, the ε buffers, out (+ noise)
 
     @property
-    def _scratch(self) -> bool:  # blur with N not a power of two draws its noise into a buffer first
+    def _noise_pass(self) -> bool:  # blur sizes whose tile rows are not whole Philox groups draw into a buffer first
+        from ..kernels.blur_step import kron_form, kron_planes
+
         n = self.shape[-1]
-        return self.kind == "blur" and self.noise == "philox" and n & (n - 1) != 0
+        rows = kron_planes(n) * n * n if kron_form(n) else n
+        return self.kind == "blur" and self.noise == "philox" and rows % 4 != 0
+
+    def work(self, kernel: str, cx: dict, grid: tuple) -> aot.Work:
+        """Every element of the [B, ...] sample (CLD: both halves of each pair; blur: the N² pixels of each plane,
+        not its NP² tile) over the launch's programs."""
+        n = self.batch
+        for s in self.shape:
+            n *= s
+        return aot.Work(n, {"any": math.prod(grid)})
 
 
 def _drive(c: Gddim):
@@ -64,6 +78,17 @@ def _drive(c: Gddim):
     return drive
 
 
+def blur_case(n: int, dtype=torch.float32) -> aot.Case:
+    """The blur step on [B, 3, n, n] planes with Philox noise: B = 64, or enough for four full programs of the
+    Kronecker form (KRON_ROWS rows of G planes each)."""
+    from ..kernels.blur_step import KRON_ROWS, kron_form, kron_planes
+
+    batch = max(64, -(-4 * KRON_ROWS * kron_planes(n) // 3)) if kron_form(n) else 64
+    c = Gddim("blur", dtype, (3, n, n), batch=batch)
+    return aot.Case(f"blur-{_LABEL[dtype]}-n{n}-philox", _LABEL[dtype], _drive(c), c.bytes_per_element, c.work,
+                    targets=("sm_90a",))
+
+
 @aot.register_cases
 def gddim_cases() -> list[aot.Case]:
     h, b, f, d = torch.float16, torch.bfloat16, torch.float32, torch.float64
@@ -78,11 +103,18 @@ def gddim_cases() -> list[aot.Case]:
         "blur-fp16-n8-order2-tensor": Gddim("blur", h, (3, 8, 8), order=2, noise="tensor"),
         "blur-bf16-n28-philox-devseed": Gddim("blur", b, (3, 28, 28), seed="device"),
         "blur-fp64-n16-none-pertimestep": Gddim("blur", d, (1, 16, 16), noise="none", timestep="per_sample"),
+        "blur-fp32-n9-philox-devtimestep": Gddim("blur", f, (3, 9, 9), timestep="device"),  # noise pass, T = 16
     }
-    return [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, _elements_per_program)
-            for name, c in cases.items()]
+    covering = [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work) for name, c in cases.items()]
+    sweep = {}
+    for dt in (h, b):  # issue 19: CLD at ≥ 90 % of copy for fp16 / bf16, orders 0–2 (fp16 order 0: above)
+        for order in (0, 1, 2) if dt == b else (1, 2):
+            sweep[f"cld-{_LABEL[dt]}-order{order}-philox"] = Gddim("cld", dt, (2, 4, 32, 32), order=order)
+    return covering + [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work, targets=("sm_90a",))
+                       for name, c in sweep.items()] + [blur_case(n) for n in BLUR_SIZES if f"blur-fp32-n{n}-philox"
+                                                        not in cases]
 
 
-def _elements_per_program(kernel: str, cx: dict) -> int:
-    """The blur step's program is one NP×NP plane (N² of it real); the others run BLOCK elements."""
-    return int(cx["NP"]) ** 2 if kernel == "_blur_step_kernel" else int(cx["BLOCK"])
+# One N for each distinct specialisation of the blur kernels over 1 ≤ N ≤ MAX_SIZE (tests/test_compile_matrix.py
+# captures every N and checks that this set covers them all)
+BLUR_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 20, 28, 32, 33, 36, 48, 64)

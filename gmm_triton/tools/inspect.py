@@ -16,6 +16,21 @@ assumption to be replaced by the first measured run of benchmarks/run_gpu.sh. Th
 
     predicted % of copy = 100 × min(1, (bytes_per_element / copy_bandwidth) / (sass_per_element / issue_rate)).
 
+Per-pipe model (the second prediction): the same memory time against the busiest of the SM's pipes, each at
+its sm_90 rate per SM per clock (CUDA C++ Programming Guide, arithmetic instruction throughput, compute
+capability 9.0; the pipe split of GH100: FP32 on the fmaheavy and fmalite halves, IMAD on fmaheavy only):
+
+    issue 128 × 0.8 (the issue model's dispatch, so the per-pipe prediction is never the more optimistic one),
+    fma 128 (FP32 and IMAD together), imad 64 (IMAD.WIDE / IMAD.HI count two), alu 64, xu 16 (MUFU and
+    conversions), fp64 64, lsu 32 lane slots of 32 bits (128 B/clock of L1/shared data),
+    tensor cores in multiply-accumulates: wgmma 2048 (f16/bf16) and 1024 (tf32), mma.sync assumed half of
+    that (1024 / 512: the A100 rate per SM; Hopper's full rate needs wgmma), DMMA (fp64) 128,
+
+    time(pipe) = Σ_elements count(pipe) / (rate × SMs × clock),
+    predicted % of copy = 100 × min(1, memory time / max over pipes of time(pipe)).
+
+The counts come from the SASS of the paths the launch runs, weighted by the programs on each path (aot.py).
+
 Static limits: ``--limits FILE`` checks every row against a JSON table (``tests/static_limits.json``, enforced by
 ``tests/test_compile_matrix.py``); ``--write-limits FILE`` writes today's numbers plus a small margin into it.
 """
@@ -26,6 +41,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 from . import aot
 
@@ -34,12 +50,17 @@ DEVICES = {  # name: (SMs, schedulers per SM, clock GHz, copy bandwidth TB/s)
     "H200": (132, 4, 1.755, 4.8),
 }
 ISSUE_EFFICIENCY = 0.8
+# thread-instructions (tensor: multiply-accumulates) per SM per clock on sm_90 (module docstring)
+PIPE_RATES = {"issue": 128 * ISSUE_EFFICIENCY, "fma": 128, "imad": 64, "alu": 64, "xu": 16, "fp64": 64, "lsu": 32,
+              "tensor:wgmma_f16": 2048, "tensor:wgmma_tf32": 1024, "tensor:mma_f16": 1024, "tensor:mma_tf32": 512,
+              "tensor:mma_f64": 128, "tensor:mma_int8": 2048}
 # row key -> direction of its limit: "max": the row may not exceed it, "min": may not fall below it
 LIMIT_KEYS = {"registers": "max", "spill_bytes": "max", "shared_bytes": "max", "sass_per_element": "max",
               "load_bits": "min", "store_bits": "min"}
 
 
 def predicted_pct_copy(sass_per_element: float, bytes_per_element: float) -> dict:
+    """The issue model: {device: predicted % of copy bandwidth}."""
     out = {}
     for name, (sms, sched, ghz, tbs) in DEVICES.items():
         issue_rate = sms * sched * 32 * ghz * 1e9 * ISSUE_EFFICIENCY
@@ -48,17 +69,58 @@ def predicted_pct_copy(sass_per_element: float, bytes_per_element: float) -> dic
     return out
 
 
+def pipe_times(pipes_per_element: dict, ghz: float, sms: int) -> dict:
+    """{pipe: seconds per element} of the per-pipe model; ``fma`` carries the IMADs it shares with FP32."""
+    per = dict(pipes_per_element)
+    per["fma"] = per.get("fma", 0.0) + per.get("imad", 0.0)
+    return {k: v / (PIPE_RATES[k] * sms * ghz * 1e9) for k, v in per.items() if k in PIPE_RATES}
+
+
+def predicted_pct_copy_pipes(pipes_per_element: dict, bytes_per_element: float) -> tuple:
+    """The per-pipe model: ({device: predicted % of copy}, the slowest pipe). Raises on a pipe without a rate."""
+    unknown = [k for k in pipes_per_element if k not in PIPE_RATES]
+    if unknown:
+        raise ValueError(f"no sm_90 rate for pipes {unknown}: add them to PIPE_RATES")
+    out, bound = {}, None
+    for name, (sms, _, ghz, tbs) in DEVICES.items():
+        times = pipe_times(pipes_per_element, ghz, sms)
+        bound = max(times, key=times.get)
+        out[name] = round(100 * min(1.0, bytes_per_element / (tbs * 1e12) / times[bound]), 1)
+    return out, bound
+
+
+def roofline_pct_copy(pipes_per_element: dict, bytes_per_element: float) -> Optional[dict]:
+    """For a kernel on tensor cores: {device: % of copy} at the roofline max(memory time, tensor-core time of the
+    multiply-accumulates its SASS issues), the bound its other instructions would have to stay under; None
+    without tensor-core instructions."""
+    if not any(k.startswith("tensor:") for k in pipes_per_element):
+        return None
+    out = {}
+    for name, (sms, _, ghz, tbs) in DEVICES.items():
+        times = pipe_times({k: v for k, v in pipes_per_element.items() if k.startswith("tensor:")}, ghz, sms)
+        out[name] = round(100 * min(1.0, bytes_per_element / (tbs * 1e12) / sum(times.values())), 1)
+    return out
+
+
 def row(r: aot.Result) -> dict:
-    """The JSON row of one result: ``predicted_pct_copy`` is {device: %} (see DEVICES)."""
+    """The JSON row of one result: ``predicted_pct_copy`` is {device: %} of the issue model, ``pipe_pct_copy``
+    of the per-pipe model (``bound``: its slowest pipe), ``pipes``: instructions per element per pipe,
+    ``edge_share``: the share of programs on an edge path, ``roofline_pct_copy``: the tensor-core roofline
+    (kernels on tensor cores only)."""
     s = r.stats if r.ok else {}
     spe = round(r.sass_per_element, 2) if r.ok else None
     bpe = round(r.case.bytes_per_element(r.kernel), 3)
+    pipes = {k: round(v, 3) for k, v in r.pipes_per_element.items()} if r.ok else None
+    pipe_pct, bound = predicted_pct_copy_pipes(r.pipes_per_element, bpe) if r.ok else (None, None)
     return {
         "kernel": r.kernel, "case": r.case.name, "dtype": r.case.dtype, "target": r.target, "ok": r.ok,
         "error": r.error, "registers": s.get("registers"), "spill_bytes": s.get("spill_bytes"),
-        "shared_bytes": s.get("shared_bytes"), "load_bits": s.get("load_bits"), "store_bits": s.get("store_bits"),
-        "sass_per_element": spe, "bytes_per_element": bpe,
+        "shared_bytes": s.get("shared_bytes"), "load_bits": r.load_bits if r.ok else None,
+        "store_bits": r.store_bits if r.ok else None, "sass_per_element": spe, "bytes_per_element": bpe,
         "predicted_pct_copy": predicted_pct_copy(spe, bpe) if r.ok else None,
+        "pipe_pct_copy": pipe_pct, "bound": bound, "pipes": pipes,
+        "edge_share": round(r.edge_share, 4) if r.ok else None,
+        "roofline_pct_copy": roofline_pct_copy(r.pipes_per_element, bpe) if r.ok else None,
     }
 
 
@@ -115,16 +177,20 @@ def _fmt(v, spec=""):
 
 def print_table(rows: list, file=sys.stdout) -> None:
     hdr = (f"{'kernel':<18} {'case':<46} {'target':<7} {'ok':<3} {'regs':>4} {'spill':>5} {'smem':>6} {'ld':>4} "
-           f"{'st':>4} {'sass/el':>7} {'B/el':>6} {'H100%':>5} {'H200%':>5}")
+           f"{'st':>4} {'edge':>4} {'sass/el':>7} {'B/el':>6} {'H100%':>5} {'H200%':>5} {'bound':>12} {'pH100':>5} "
+           f"{'pH200':>5}")
     print(hdr, file=file)
     print("-" * len(hdr), file=file)
     for rw in rows:
         p = rw["predicted_pct_copy"] or {}
+        q = rw["pipe_pct_copy"] or {}
+        edge = None if rw["edge_share"] is None else round(100 * rw["edge_share"])
         print(f"{rw['kernel']:<18} {rw['case']:<46} {rw['target']:<7} {'ok' if rw['ok'] else 'ERR':<3} "
               f"{_fmt(rw['registers']):>4} {_fmt(rw['spill_bytes']):>5} {_fmt(rw['shared_bytes']):>6} "
-              f"{_fmt(rw['load_bits']):>4} {_fmt(rw['store_bits']):>4} {_fmt(rw['sass_per_element'], '.1f'):>7} "
-              f"{_fmt(rw['bytes_per_element'], '.2f'):>6} {_fmt(p.get('H100'), '.0f'):>5} "
-              f"{_fmt(p.get('H200'), '.0f'):>5}", file=file)
+              f"{_fmt(rw['load_bits']):>4} {_fmt(rw['store_bits']):>4} {_fmt(edge):>4} "
+              f"{_fmt(rw['sass_per_element'], '.1f'):>7} {_fmt(rw['bytes_per_element'], '.2f'):>6} "
+              f"{_fmt(p.get('H100'), '.0f'):>5} {_fmt(p.get('H200'), '.0f'):>5} {_fmt(rw['bound']):>12} "
+              f"{_fmt(q.get('H100'), '.0f'):>5} {_fmt(q.get('H200'), '.0f'):>5}", file=file)
     for rw in rows:
         if not rw["ok"]:
             last = [ln for ln in rw["error"].splitlines() if ln.strip()]
@@ -171,7 +237,9 @@ def main(args) -> int:
     model = "; ".join(f"{k}: {v[0]} SMs × {v[1]} schedulers × 32 @ {v[2]} GHz, copy {v[3]} TB/s"
                       for k, v in DEVICES.items())
     print(f"\n{sum(r['ok'] for r in rows)}/{len(rows)} ok ({len(cases)} cases × {len(targets)} targets, "
-          f"{time.time() - t0:.0f} s). Issue model: {model}; issue efficiency {ISSUE_EFFICIENCY}.")
+          f"{time.time() - t0:.0f} s). Issue model: {model}; issue efficiency {ISSUE_EFFICIENCY}. Per-pipe model "
+          f"(pH100, pH200; bound = the slowest pipe): rates per SM per clock {PIPE_RATES}. edge = % of programs on "
+          f"an edge path.")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
