@@ -405,22 +405,20 @@ def _compute(process, grid, order, lam, parameterization, solver, history) -> St
         eps[:, 0] = (psi_hat - psi) @ k_from
         p = r_to @ (np.eye(n) - phi @ _t(phi)) @ _t(r_to)
         chol = cholesky_small(0.5 * (p + _t(p)))
-        psi = psi.copy()
+        total, psi = psi_hat - psi, psi.copy()                   # Σ_j D_ij = Ψ̂ − Ψ per step
         for i in range(1, S):
             r = min(order, i)
             if r == 0:
                 continue
             orders[i] = r
-            d = stochastic_weights(process, t_to[i], t_from[i], g[i - r: i + 1][::-1], lam,
-                                   psi_hat[i] - process._psi(t_to[i:i + 1], t_from[i:i + 1])[0])
+            d = stochastic_weights(process, t_to[i], t_from[i], g[i - r: i + 1][::-1], lam, total[i])
             eps[i, 0] = d[0] @ k_from[i]
             if history == "eps":                 # the official sampler: D_ij K_{t_i} on the raw ε_{i-j}
                 eps[i, 1:r + 1] = d[1:] @ k_from[i]
             else:                                # on h_{i-j} = Ψ(t_{i-j}, 0) x̂₀, mapped to t_i
                 psi[i] = psi[i] + d[1:].sum(0)
                 eps[i, 1:r + 1] = -d[1:] @ process._psi(np.full(r, t_from[i]), g[i - r: i][::-1])
-        hist = k_from if history == "data" and order > 0 else None
-        return StepCoefficients(g, psi, eps, chol, orders, hist)
+        return StepCoefficients(g, psi, eps, chol, orders, k_from if history == "data" else None)
 
     for i in range(S):
         r = min(order, i)
