@@ -146,6 +146,112 @@ def test_noise_covariance_solves_its_ode(lam):
         assert np.allclose(psi_hat @ Ss @ psi_hat.T + P, St, atol=1e-9)
 
 
+# ---------------------------------------------------------------------------------------------------
+# stochastic multistep (λ > 0, order r > 0)
+# ---------------------------------------------------------------------------------------------------
+def _step(c, i, u, eps_i, past):
+    """psi u + eps[0] ε_i + Σ_j eps[j] h_{i-j} for one step of StepCoefficients (one class, 2-vectors)."""
+    out = c.psi[i, 0] @ u + c.eps[i, 0, 0] @ eps_i
+    return out + sum(c.eps[i, j, 0] @ h for j, h in enumerate(past, start=1))
+
+
+@pytest.mark.parametrize("lam", [0.5, 1.0])
+@pytest.mark.parametrize("order", [1, 2])
+def test_stochastic_weights_integrate_a_polynomial_data_prediction_exactly(order, lam):
+    """With x̂₀(τ) = Σ_k a_k τ^k of degree ≤ r (the augmented (x₀, v₀) per pair), the mean of a data-history step is the
+    exact solution at t_{i+1} of u' = F̂ u − (1+λ²)/2 GGᵀ Σ⁻¹ Ψ(τ, 0) x̂₀(τ), F̂ = F + (1+λ²)/2 GGᵀ Σ⁻¹, from u(t_i)
+    (scipy LSODA, independent of the engine's Φ, R and quadrature). The official raw-ε coefficients are the same
+    weights D_ij times K_{t_i}: D_ij = −eps_data[i, j] Ψ(t_{i−j}, t_i) = eps_official[i, j] K_{t_i}⁻¹."""
+    p = CLD()
+    F, GG = p.beta * F_bar(p), np.diag([0.0, 2 * p.Gamma * p.beta])
+    rng = np.random.default_rng(order)
+    coef = rng.normal(size=(order + 1, 2))
+    x0 = lambda tau: sum(c * tau**k for k, c in enumerate(coef))  # noqa: E731
+    mean = lambda tau: p._psi(a([tau]), a([0.0]))[0, 0] @ x0(tau)  # noqa: E731
+    k = 0.5 * (1 + lam**2)
+    Fh = lambda t: F + k * GG @ np.linalg.inv(p._sigma(t)[0])  # noqa: E731
+    grid = E.time_grid(8, 1.0, 1e-3)
+    data = E.gddim_coefficients(p, grid, order, lam, "R", history="data")
+    official = E.gddim_coefficients(p, grid, order, lam, "R", history="eps")
+    assert np.all(data.orders == np.minimum(np.arange(8), order)) and official.history is None
+    assert np.allclose(data.history[:, 0], p.R(grid[:-1]).numpy(), rtol=1e-12, atol=0)
+    for i in (order, 4, 7):
+        t_i, t_to = grid[i], grid[i + 1]
+        u = rng.normal(size=2) * np.sqrt(np.diag(p._sigma(t_i)[0])) + mean(t_i)
+        eps_i = np.linalg.solve(p._R(a([t_i]))[0, 0], u - mean(t_i))
+        got = _step(data, i, u, eps_i, [mean(grid[i - j]) for j in range(1, order + 1)])
+        sol = solve_ivp(lambda t, y: Fh(t) @ y - k * GG @ np.linalg.solve(p._sigma(t)[0], mean(t)), (t_i, t_to), u,
+                        method="LSODA", jac=lambda t, y: Fh(t), rtol=1e-12, atol=1e-14)
+        assert np.allclose(got, sol.y[:, -1], rtol=1e-7, atol=1e-9), (i, got, sol.y[:, -1])
+        k_inv = np.linalg.inv(p._R(a([t_i]))[0, 0])
+        for j in range(1, order + 1):
+            d_j = -data.eps[i, j, 0] @ p._psi(a([grid[i - j]]), a([t_i]))[0, 0]
+            assert np.allclose(d_j, official.eps[i, j, 0] @ k_inv, rtol=1e-9, atol=1e-12)
+        assert np.allclose(official.psi[i], p._psi(a([t_to]), a([t_i]))[0], rtol=1e-14)
+
+
+def _dirac_moments(p, c, m0, eps_of):
+    """Exact mean and covariance, per class, of u_{i+1} along the whole chain of StepCoefficients ``c`` started at
+    the marginal N(m_0, Σ_{t_0}) of Dirac data (data at m0, so p_t = N(Ψ(t, 0) m0, Σ_t) and the exact
+    ε = K_t⁻¹(u − m_t)): the state and its history are jointly Gaussian and every map is affine. ``eps_of`` maps
+    (u, t) moments to the K⁻¹ used by the model (K = R). Returns per step (mean error, covariance error) relative
+    to (Ψ(t, 0) m0, Σ_t)."""
+    n, C = p.n, p.classes
+    grid, r_max = c.grid, c.eps.shape[1] - 1
+    width = n * (r_max + 1)                               # (u_i, u_{i-1}, …, u_{i-r}) per class
+    mean = np.zeros((C, width))
+    cov = np.zeros((C, width, width))
+    m_t = lambda t: (p._psi(a([t]), a([0.0]))[0] @ m0[..., None])[..., 0]  # noqa: E731
+    mean[:, :n] = m_t(grid[0])
+    cov[:, :n, :n] = p._sigma(a([grid[0]]))[0]
+    errors = []
+    for i in range(len(grid) - 1):
+        # u_{i+1} = A (u_i, …) + b + Λ n, with ε_k = K_k⁻¹(u_k − m_k) and h_k = u_k − H_k ε_k (or ε_k)
+        A = np.zeros((C, n, width))
+        b = np.zeros((C, n))
+        kinv = eps_of(grid[i])
+        A[:, :, :n] = c.psi[i] + c.eps[i, 0] @ kinv
+        b -= (c.eps[i, 0] @ kinv @ m_t(grid[i])[..., None])[..., 0]
+        for j in range(1, c.orders[i] + 1):
+            kj = eps_of(grid[i - j])
+            hu = np.eye(n) - c.history[i - j] @ kj if c.history is not None else kj    # h = hu u + hb
+            hb = (c.history[i - j] @ kj @ m_t(grid[i - j])[..., None])[..., 0] if c.history is not None else \
+                -(kj @ m_t(grid[i - j])[..., None])[..., 0]
+            A[:, :, n * j:n * (j + 1)] += c.eps[i, j] @ hu
+            b += (c.eps[i, j] @ hb[..., None])[..., 0]
+        new_mean = (A @ mean[..., None])[..., 0] + b
+        new_cov = A @ cov @ np.swapaxes(A, -1, -2) + c.chol[i] @ np.swapaxes(c.chol[i], -1, -2)
+        cross = A @ cov                                                       # cov(u_{i+1}, state)
+        shifted_mean, shifted = np.zeros_like(mean), np.zeros_like(cov)
+        shifted_mean[:, :n], shifted_mean[:, n:] = new_mean, mean[:, :width - n]
+        shifted[:, :n, :n], shifted[:, n:, n:] = new_cov, cov[:, :width - n, :width - n]
+        shifted[:, :n, n:] = cross[:, :, :width - n]
+        shifted[:, n:, :n] = np.swapaxes(shifted[:, :n, n:], -1, -2)
+        mean, cov = shifted_mean, shifted
+        sig = p._sigma(a([grid[i + 1]]))[0]
+        errors.append((np.abs(new_mean - m_t(grid[i + 1])).max(), (np.abs(new_cov - sig) / np.abs(sig).max()).max()))
+    return errors
+
+
+@pytest.mark.parametrize("lam", [0.5, 1.0])
+@pytest.mark.parametrize("family", ["cld", "blur"])
+def test_stochastic_multistep_keeps_gaussian_marginals_exactly(family, lam):
+    """Dirac data (exact ε): the data-history chain of order 2 keeps mean Ψ(t, 0) m0 and covariance Σ_t at every step
+    to rounding (computed exactly, not sampled). The official raw-ε history (same weights) keeps the mean but not
+    the covariance, which grows by orders of magnitude."""
+    if family == "cld":
+        p, m0, grid = CLD(), np.array([[1.3, 0.0]]), E.time_grid(20, 1.0, 1e-3)
+    else:
+        p = BlurProcess(4)
+        m0, grid = np.random.default_rng(0).normal(size=(16, 1)), E.time_grid(20, p.rho2t(80), 1e-5)
+    kinv = lambda t: E.inv_small(p._R(a([t]))[0])  # noqa: E731
+    data = _dirac_moments(p, E.gddim_coefficients(p, grid, 2, lam, "R", history="data"), m0, kinv)
+    assert max(e for e, _ in data) < 1e-9 and max(e for _, e in data) < 1e-9, data
+    official = _dirac_moments(p, E.gddim_coefficients(p, grid, 2, lam, "R", history="eps"), m0, kinv)
+    assert max(e for e, _ in official) < 1e-9                                  # the mean is kept
+    assert official[-1][1] > 1e3, official       # measured: 8e12 (CLD, λ = 0.5) to 1e4 (blur, λ = 0.5) × max Σ_t
+
+
 def test_blur_drift_and_diffusion_are_consistent():
     """F_f = d/dt log(α d_f), G_f² = dσ²/dt − 2 F_f σ² ≥ 0 (central differences), Ψ the ratio of signal scales."""
     p = BlurProcess(6)
@@ -188,7 +294,7 @@ def test_quadratic_grid_is_the_official_one():
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    (dict(order=3), "order"), (dict(lam=-0.1), "lam"), (dict(lam=0.5, order=1), "order=0 only"),
+    (dict(order=3), "order"), (dict(lam=-0.1), "lam"), (dict(lam=0.5, order=1, history="x0"), "history"),
     (dict(parameterization="Q"), "parameterization"), (dict(solver="heun"), "solver"),
     (dict(solver="euler", order=2), "one-step"),
 ])

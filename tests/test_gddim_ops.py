@@ -26,14 +26,15 @@ def backend(request):
 def cld_tables():
     g = E.time_grid(6, 1.0, 1e-3)
     return {r: cld_table(E.gddim_coefficients(CLD(), g, r, 0.0, "R")) for r in (0, 1, 2)} | {
-        "lam": cld_table(E.gddim_coefficients(CLD(), g, 0, 0.7, "R"))}
+        "lam": cld_table(E.gddim_coefficients(CLD(), g, 0, 0.7, "R")),
+        "lam2": cld_table(E.gddim_coefficients(CLD(), g, 2, 0.7, "R"))}
 
 
-def blur_tables(N):
+def blur_tables(N, lam_order=0):
     p = BlurProcess(N)
     g = E.time_grid(5, p.rho2t(80), 1e-5)
-    return (blur_table(E.gddim_coefficients(p, g, 2, 0.0), N), blur_table(E.gddim_coefficients(p, g, 0, 1.0), N),
-            p.dct())
+    return (blur_table(E.gddim_coefficients(p, g, 2, 0.0), N),
+            blur_table(E.gddim_coefficients(p, g, lam_order, 1.0 if lam_order == 0 else 0.5), N), p.dct())
 
 
 def magnitude(fn, state, eps, table, *args, noise):
@@ -72,6 +73,19 @@ def test_cld_philox_noise_matches_reference(backend, cld_tables):
     # the counter layout: x noise at b·2D + d, v noise at b·2D + D + d (the flat index over [B, 2, D])
     out_z = gops.cld_step(u, eps, 2, cld_tables["lam"], stochastic=True, noise=philox(31, u.shape).float())
     assert (out - out_z).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 5, 7), (2, 2, 4, 16)], ids=["D35-unaligned", "D64"])
+def test_cld_stochastic_multistep_matches_reference(backend, cld_tables, shape):
+    """λ > 0 with order 2 (stochastic multistep): three buffers and in-kernel noise in one launch, per-sample rows."""
+    u = torch.randn(shape)
+    eps = [torch.randn(shape) for _ in range(3)]
+    rows = torch.tensor([4, 5, 3][: shape[0]])
+    out = gops.cld_step(u, eps, rows, cld_tables["lam2"], stochastic=True, seed=11)
+    ref = gref.cld_step(u, eps, cld_tables["lam2"], rows, seed=11)
+    bound = magnitude(gref.cld_step, u, eps, cld_tables["lam2"], rows, noise=philox(11, u.shape))
+    assert ((out.double() - ref).abs() <= 2e-6 * (1 + bound)).all()
+    assert (ref - gref.cld_step(u, eps, cld_tables["lam2"], rows)).abs().max() > 1e-3   # the noise is there
 
 
 def test_cld_fp64_computes_in_fp64(backend, cld_tables):
@@ -180,6 +194,20 @@ def test_blur_fp32_matches_reference(backend, N):
     ref = gref.blur_step(x, eps[:1], bt_lam, basis, 3, seed=17)
     bound = magnitude(gref.blur_step, x, eps[:1], bt_lam, basis.abs(), 3, noise=philox(17, x.shape))
     assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
+
+
+@pytest.mark.parametrize("N", [8, 6, 16], ids=["N8-broadcast", "N6-padded", "N16-dot"])
+def test_blur_stochastic_multistep_matches_reference(backend, N):
+    """λ = 0.5 with order 2: three ε/history planes and in-kernel noise (N = 6: through the noise pre-pass)."""
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(2, 3, N, N)
+    eps = [torch.randn_like(x) for _ in range(3)]
+    rows = torch.tensor([2, 4])
+    out = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=5)
+    ref = gref.blur_step(x, eps, bt, basis, rows, seed=5)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(5, x.shape))
+    assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
+    assert (ref - gref.blur_step(x, eps, bt, basis, rows)).abs().max() > 1e-3
 
 
 def test_blur_fp64_and_noise_tensor(backend):

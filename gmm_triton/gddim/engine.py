@@ -22,16 +22,40 @@ for four solvers:
   steps): C_ij = ∫_{t_i}^{t_{i+1}} Ψ(t_{i+1}, τ) ½ G_τG_τᵀ K_τ⁻ᵀ ℓ_j(τ) dτ by Gauss–Legendre on panels geometric
   in τ. For K = R and r = 0 this is exactly C_i0 = R_{t_{i+1}} − Ψ R_{t_i} (gDDIM's order-0 step; on VP it is
   DDIM with η = 0), and that closed form is used.
-* **stochastic gDDIM** (λ > 0, order 0): the λ-family du = [F u + (1+λ²)/2 GGᵀ ∇log p] dt + λ G dw̄ with the
-  data prediction frozen over the step (∇log p_τ ≈ −Σ_τ⁻¹(u − Ψ(τ, 0) x̂₀)), integrated exactly:
+* **stochastic gDDIM** (λ > 0): the λ-family du = [F u + (1+λ²)/2 GGᵀ ∇log p] dt + λ G dw̄. With the data
+  prediction x̂₀ defined by ∇log p_τ = −Σ_τ⁻¹(u − Ψ(τ, 0) x̂₀) (i.e. u − Ψ(τ, 0) x̂₀ = K_τ ε), the drift is
+  F̂ u − (1+λ²)/2 GGᵀΣ⁻¹ Ψ(τ, 0) x̂₀ with F̂ = F + (1+λ²)/2 GGᵀΣ⁻¹, so with Ψ̂ the transition of F̂
 
-      u_t = Ψ(t,s) u_s + (Ψ̂(t,s) − Ψ(t,s)) K_s ε + P^½ n,
+      u_t = Ψ̂(t,s) u_s − ∫_s^t Ψ̂(t,τ) (1+λ²)/2 G_τG_τᵀ Σ_τ⁻¹ Ψ(τ, 0) x̂₀(τ) dτ + P^½ n,
 
-  with Ψ̂ the transition of F̂ = F + (1+λ²)/2 GGᵀΣ⁻¹ and P = Σ_t − Ψ̂ Σ_s Ψ̂ᵀ (the covariance the reverse SDE
-  adds, so Gaussian data keep their marginals). Writing Ψ̂(t, s) = R_t Φ R_s⁻¹, Φ solves the well-conditioned
-  ∂_τ Φ = ½λ² H_τ Φ, H = R⁻¹ GGᵀ R⁻ᵀ ⪰ 0, Φ(s, s) = I (F̂ − F̂|_{λ=0} = ½λ² GGᵀΣ⁻¹ and R solves the λ = 0
-  flow), integrated backwards from s to t by 4th-order Magnus steps; then P = R_t (I − ΦΦᵀ) R_tᵀ ⪰ 0. At λ = 1
-  Ψ̂ = Σ_t Ψ(s,t)ᵀ Σ_s⁻¹ (the forward process's posterior: DDPM's ancestral step on VP).
+  P = Σ_t − Ψ̂ Σ_s Ψ̂ᵀ (the covariance the reverse SDE adds: Gaussian data keep their marginals). Writing
+  Ψ̂(t, s) = R_t Φ R_s⁻¹, Φ solves the well-conditioned ∂_τ Φ = ½λ² H_τ Φ, H = R⁻¹ GGᵀ R⁻ᵀ ⪰ 0, Φ(s, s) = I
+  (F̂ − F̂|_{λ=0} = ½λ² GGᵀΣ⁻¹ and R solves the λ = 0 flow), integrated backwards from s to t by 4th-order
+  Magnus steps; then P = R_t (I − ΦΦᵀ) R_tᵀ ⪰ 0. At λ = 1 Ψ̂ = Σ_t Ψ(s,t)ᵀ Σ_s⁻¹ (the forward process's
+  posterior: DDPM's ancestral step on VP).
+
+  *Order 0* freezes x̂₀ = x̂₀(s) = Ψ(0, s)(u_s − K_s ε): u_t = Ψ(t,s) u_s + (Ψ̂(t,s) − Ψ(t,s)) K_s ε + P^½ n.
+
+  *Order r* (the official code's ``LambdaSDE.get_poly_eps_coef``) puts the Lagrange extrapolation through
+  t_i, …, t_{i-r} inside the same integral. Its weights, in a form that inverts no small Σ (Ψ̂(t,τ) Σ_τ⁻¹ =
+  R_t Φ(t,τ) R_τ⁻¹ R_τ⁻ᵀ, and d/dτ[Φ(t,τ) R_τ⁻¹ Ψ(τ,s)] = −Φ ½(1+λ²) H R_τ⁻¹ Ψ(τ,s) gives their sum in closed form),
+
+      D_ij = R_{t_{i+1}} ∫_{t_i}^{t_{i+1}} Φ(t_{i+1},τ) ½(1+λ²) H_τ R_τ⁻¹ Ψ(τ, t_i) ℓ_j(τ) dτ,   Σ_j D_ij = Ψ̂ − Ψ
+
+  (Gauss–Legendre on panels geometric in τ; D_i0 is set from the closed-form sum, so the weights of a constant
+  are exact). The official sampler multiplies D_ij K_{t_i} with the *raw* past ε_{i-j} (``history="eps"``):
+  u_{i+1} = Ψ u_i + Σ_j D_ij K_{t_i} ε_{i-j}, which reads ε_{i-j} as if it belonged to the current state. Along a
+  stochastic path ε_{i-j} − ε_i carries the noise added since, and the extrapolation amplifies it: on Gaussian data
+  the covariance blows up (20 steps, λ = 0.5, order 2: 8·10¹² × Σ_t on CLD, 10⁴ on blur; computed exactly in the
+  tests). The default (``history="data"``) extrapolates what the integral holds, the data prediction: the buffer
+  of a past step is h_j = u_j − K_{t_j} ε_j = Ψ(t_j, 0) x̂₀(t_j), mapped to t_i by Ψ(t_i, t_j), and the same
+  weights give
+
+      u_{i+1} = (Ψ + Σ_{j≥1} D_ij) u_i + D_i0 K_{t_i} ε_i − Σ_{j≥1} D_ij Ψ(t_i, t_{i-j}) h_{i-j} + P^½ n,
+
+  the official step with ε_{i-j} replaced by K_{t_i}⁻¹(u_i − Ψ(t_i, 0) x̂₀(t_{i-j})), the ε the current state would
+  have under the past prediction. On Gaussian data (x̂₀ constant) it is the order-0 step, so the marginals are
+  kept exactly at every order.
 * **Euler** (the baselines): u_{i+1} = (I + hF) u_i + h (1+λ²)/2 GGᵀ K⁻ᵀ ε_i + λ √|h| G n with h = t_{i+1} − t_i;
   λ = 0 is probability-flow Euler, λ = 1 Euler–Maruyama on the reverse SDE (the official baseline's
   ``(1+λ)/2`` factor, which keeps the marginals only for λ ∈ {0, 1}, is deliberately not copied).
@@ -49,6 +73,7 @@ import torch
 
 PARAMETERIZATIONS = ("R", "L")
 SOLVERS = ("gddim", "euler")
+HISTORIES = ("data", "eps")
 SPACINGS = ("quadratic", "uniform")
 MAX_ORDER = 2
 
@@ -273,24 +298,30 @@ def phi_lambda(process: LinearProcess, t: np.ndarray, s: np.ndarray, lam: float,
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepCoefficients:
-    """u_{i+1} = psi[i] u_i + Σ_j eps[i, j] ε_{i-j} + chol[i] n for the steps i of ``grid`` (float64 numpy).
+    """u_{i+1} = psi[i] u_i + eps[i, 0] ε_i + Σ_{j≥1} eps[i, j] h_{i-j} + chol[i] n for the steps i of ``grid``
+    (float64 numpy), with the buffer h_k of a past step k: ε_k, or, when ``history`` is set (stochastic multistep
+    with ``history="data"``), h_k = u_k − history[k] ε_k (history[k] = K_{t_k}: h_k = Ψ(t_k, 0) x̂₀(t_k)).
 
     psi [S, C, n, n]; eps [S, MAX_ORDER+1, C, n, n] (zero beyond ``orders[i]``); chol [S, C, n, n] lower
-    triangular (zero for deterministic steps); orders [S]: the number of past ε each step uses, minus one."""
+    triangular (zero for deterministic steps); orders [S]: the number of past buffers each step uses;
+    history [S, C, n, n] or None."""
 
     grid: np.ndarray
     psi: np.ndarray
     eps: np.ndarray
     chol: np.ndarray
     orders: np.ndarray
+    history: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:
         return len(self.grid) - 1
 
 
-def check_solver(order: int, lam: float, parameterization: str, solver: str) -> None:
+def check_solver(order: int, lam: float, parameterization: str, solver: str, history: str = "data") -> None:
     """Validates a solver choice; each error names its argument."""
+    if history not in HISTORIES:
+        raise ValueError(f"history must be one of {HISTORIES}, got {history!r}")
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
     if solver not in SOLVERS:
@@ -299,32 +330,58 @@ def check_solver(order: int, lam: float, parameterization: str, solver: str) -> 
         raise ValueError(f"order must be 0, 1 or 2, got {order!r}")
     if not (math.isfinite(lam) and lam >= 0):
         raise ValueError(f"lam must be finite and >= 0, got {lam}")
-    if solver == "gddim" and lam > 0 and order > 0:
-        raise ValueError(f"lam > 0 (stochastic gDDIM) supports order=0 only, got order={order}: the stochastic "
-                         "multistep variant is not implemented")
     if solver == "euler" and order > 0:
         raise ValueError(f"solver='euler' is a one-step method: order must be 0, got {order}")
 
 
 def gddim_coefficients(process: LinearProcess, grid, order: int = 0, lam: float = 0.0,
-                       parameterization: str = "R", solver: str = "gddim") -> StepCoefficients:
-    """The step coefficients of ``solver`` on ``grid`` (descending times), cached per (process, grid, options)."""
-    check_solver(order, float(lam), parameterization, solver)
+                       parameterization: str = "R", solver: str = "gddim", history: str = "data") -> StepCoefficients:
+    """The step coefficients of ``solver`` on ``grid`` (descending times), cached per (process, grid, options).
+    ``history`` ("data" or "eps", see the module docstring) matters only for stochastic multistep (λ > 0, r > 0)."""
+    check_solver(order, float(lam), parameterization, solver, history)
     grid = tuple(float(v) for v in np.asarray(grid, dtype=np.float64).reshape(-1))
     if len(grid) < 2 or any(not (a > b > 0) for a, b in zip(grid, grid[1:])):
         raise ValueError("grid must hold at least two strictly decreasing positive times")
-    return _coefficients(process, grid, int(order), float(lam), parameterization, solver)
+    if not (solver == "gddim" and lam > 0 and order > 0):
+        history = "eps"  # every other solver extrapolates ε itself (or nothing): one cache entry
+    return _coefficients(process, grid, int(order), float(lam), parameterization, solver, history)
 
 
 @lru_cache(maxsize=64)
-def _coefficients(process, grid, order, lam, parameterization, solver) -> StepCoefficients:
-    c = _compute(process, grid, order, lam, parameterization, solver)
-    for a in (c.grid, c.psi, c.eps, c.chol, c.orders):
+def _coefficients(process, grid, order, lam, parameterization, solver, history) -> StepCoefficients:
+    c = _compute(process, grid, order, lam, parameterization, solver, history)
+    for a in (c.grid, c.psi, c.eps, c.chol, c.orders) + (() if c.history is None else (c.history,)):
         a.setflags(write=False)  # shared through the cache
     return c
 
 
-def _compute(process, grid, order, lam, parameterization, solver) -> StepCoefficients:
+def stochastic_weights(process: LinearProcess, t_to: float, t_from: float, nodes, lam: float,
+                       total: np.ndarray) -> np.ndarray:
+    """D_j = R_{t_to} ∫_{t_from}^{t_to} Φ(t_to, τ) ½(1+λ²) H_τ R_τ⁻¹ Ψ(τ, t_from) ℓ_j(τ) dτ for the Lagrange basis
+    through ``nodes`` (nodes[0] = t_from), with D_0 set so that Σ_j D_j = ``total`` (= Ψ̂ − Ψ of the step, [C, n, n])
+    exactly: [len(nodes), C, n, n]. The weights of the stochastic extrapolation (module docstring).
+
+    Φ(t_to, τ) at the quadrature nodes τ_1 < … < τ_q comes from one march up from τ_0 = t_to, Φ(t_to, τ_k) =
+    Φ(t_to, τ_{k-1}) Φ(τ_{k-1}, τ_k), the short factors by :func:`phi_lambda` (vectorised over k)."""
+    tau, w = log_panels_gl(t_from, t_to, _GL_QUAD)
+    order = np.argsort(tau)
+    tau, w = tau[order], w[order]
+    factors = phi_lambda(process, np.concatenate([[t_to], tau[:-1]]), tau, lam)   # Φ(τ_{k-1}, τ_k)
+    phi = np.empty_like(factors)
+    acc = np.broadcast_to(np.eye(process.n), factors.shape[1:])
+    for k in range(len(tau)):
+        acc = acc @ factors[k]
+        phi[k] = acc
+    r_inv = inv_small(process._R(tau))
+    h = r_inv @ process._GG(tau) @ _t(r_inv)
+    integrand = phi @ ((0.5 * (1 + lam * lam)) * h) @ r_inv @ process._psi(tau, np.full_like(tau, t_from))
+    ell = lagrange_basis(np.asarray(nodes, dtype=np.float64), tau)
+    d = process._R(np.array([t_to]))[0] @ np.einsum("jq,q,qcab->jcab", ell, w, integrand)
+    d[0] = total - d[1:].sum(0)
+    return d
+
+
+def _compute(process, grid, order, lam, parameterization, solver, history) -> StepCoefficients:
     g = np.asarray(grid)
     S, C, n = len(g) - 1, process.classes, process.n
     t_from, t_to = g[:-1], g[1:]
@@ -343,11 +400,25 @@ def _compute(process, grid, order, lam, parameterization, solver) -> StepCoeffic
     if lam > 0:
         phi = phi_lambda(process, t_to, t_from, lam)
         r_to = process._R(t_to)
+        k_from = process._K(t_from, parameterization)
         psi_hat = r_to @ phi @ inv_small(process._R(t_from))
-        eps[:, 0] = (psi_hat - psi) @ process._K(t_from, parameterization)
+        eps[:, 0] = (psi_hat - psi) @ k_from
         p = r_to @ (np.eye(n) - phi @ _t(phi)) @ _t(r_to)
         chol = cholesky_small(0.5 * (p + _t(p)))
-        return StepCoefficients(g, psi, eps, chol, orders)
+        total, psi = psi_hat - psi, psi.copy()                   # Σ_j D_ij = Ψ̂ − Ψ per step
+        for i in range(1, S):
+            r = min(order, i)
+            if r == 0:
+                continue
+            orders[i] = r
+            d = stochastic_weights(process, t_to[i], t_from[i], g[i - r: i + 1][::-1], lam, total[i])
+            eps[i, 0] = d[0] @ k_from[i]
+            if history == "eps":                 # the official sampler: D_ij K_{t_i} on the raw ε_{i-j}
+                eps[i, 1:r + 1] = d[1:] @ k_from[i]
+            else:                                # on h_{i-j} = Ψ(t_{i-j}, 0) x̂₀, mapped to t_i
+                psi[i] = psi[i] + d[1:].sum(0)
+                eps[i, 1:r + 1] = -d[1:] @ process._psi(np.full(r, t_from[i]), g[i - r: i][::-1])
+        return StepCoefficients(g, psi, eps, chol, orders, k_from if history == "data" else None)
 
     for i in range(S):
         r = min(order, i)

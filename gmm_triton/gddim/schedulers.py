@@ -5,8 +5,8 @@ Both keep diffusers' contract (``SchedulerMixin``/``ConfigMixin``, ``register_to
 output with ``.prev_sample``) and take each step through one fused op. Timesteps are continuous times in (0, 1],
 descending, on a quadratic grid by default (the official code's); the model predicts ε under K (score = −K⁻ᵀ ε).
 
-The config key ``order`` is gDDIM's extrapolation order (0–2: the number of past ε a step uses); the class
-attribute ``order = 1`` is diffusers' number of model evaluations per step, which pipelines read.
+The config key ``order`` is gDDIM's extrapolation order (0–2: the number of past model outputs a step uses); the
+class attribute ``order = 1`` is diffusers' number of model evaluations per step, which pipelines read.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ class _GDDIMScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = None
         self.grid = None
         self._history: list[torch.Tensor] = []
+        self._gains = None  # per step K_{t_i} when the history holds data predictions (engine.StepCoefficients)
         self._step_index = None
 
     @property
@@ -55,7 +56,7 @@ class _GDDIMScheduler(SchedulerMixin, ConfigMixin):
 
     def _check_common(self):
         cfg = self.config
-        check_solver(cfg.order, float(cfg.lam), getattr(cfg, "parameterization", "R"), cfg.solver)
+        check_solver(cfg.order, float(cfg.lam), getattr(cfg, "parameterization", "R"), cfg.solver, self._history_kind())
         if cfg.timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {cfg.timestep_spacing!r}")
         if not (math.isfinite(self._t_max()) and self._t_max() > 0):
@@ -76,10 +77,13 @@ class _GDDIMScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.from_numpy(self.grid[:-1].copy()).to(device)
         self._history, self._step_index = [], None
 
+    def _history_kind(self) -> str:
+        return getattr(self.config, "history", "data")  # configs saved before the key existed
+
     def _coefficients(self, process):
         cfg = self.config
         return gddim_coefficients(process, self.grid, cfg.order, cfg.lam, getattr(cfg, "parameterization", "R"),
-                                  cfg.solver)
+                                  cfg.solver, self._history_kind())
 
     def index_for_timestep(self, timestep) -> int:
         """The grid index i of the step at ``timestep``.
@@ -106,7 +110,7 @@ class _GDDIMScheduler(SchedulerMixin, ConfigMixin):
         Args:
             model_output: ε-prediction at (sample, t_i), like ``sample``.
             timestep: t_i, an entry of ``timesteps``. Multistep orders need the steps in order: the history of
-                past ε restarts at t_0.
+                past model outputs (or, for stochastic multistep, of past data predictions) restarts at t_0.
             sample: the state at t_i.
             generator: source of the Philox seed of the step's noise (λ > 0).
             variance_noise: explicit standard-normal noise like ``sample`` instead (for blur: in DCT space).
@@ -124,7 +128,10 @@ class _GDDIMScheduler(SchedulerMixin, ConfigMixin):
         r = int(self._orders[i])
         eps = [model_output] + self._history[:r]
         prev = self._apply(sample, eps, i, table, generator, variance_noise)
-        self._history = ([model_output] + self._history)[:MAX_ORDER]
+        if self.config.order > 0:
+            gain = None if self._gains is None else self._gains[i]
+            entry = model_output if gain is None else self._data_buffer(sample, model_output, gain)
+            self._history = ([entry] + self._history)[:MAX_ORDER]
         self._step_index = i
         if not return_dict:
             return (prev,)
@@ -144,14 +151,20 @@ class GDDIMCLDScheduler(_GDDIMScheduler):
 
         u_{i+1} = Ψ(t_{i+1}, t_i) u_i + Σ_{j ≤ r} C_ij ε_{i−j}                                 (λ = 0, order r)
         u_{i+1} = Ψ u_i + (Ψ̂ − Ψ) K_{t_i} ε_i + P^½ n                                          (λ > 0, order 0)
+        u_{i+1} = Ψ'_i u_i + C_i0 ε_i + Σ_{1 ≤ j ≤ r} C_ij h_{i−j} + P^½ n                       (λ > 0, order r)
+
+    where the stochastic multistep step extrapolates the data prediction: h_k = u_k − K_{t_k} ε_k (= Ψ(t_k, 0) x̂₀),
+    kept by the scheduler (one extra elementwise pass per step), with ``history="data"``; ``history="eps"`` is
+    the official code's raw-ε history, which diverges on CLD (``engine.py``).
 
     Args:
         m_inv, beta, gamma, numerical_eps: the CLD process (:class:`~gmm_triton.gddim.cld.CLD`; official defaults).
         order: gDDIM's extrapolation order r ∈ {0, 1, 2} (the first r steps use lower orders).
-        lam: λ ≥ 0 of the reverse family (0: probability flow, deterministic; 1: the reverse SDE); λ > 0 needs
-            order 0.
+        lam: λ ≥ 0 of the reverse family (0: probability flow, deterministic; 1: the reverse SDE).
         parameterization: ``"R"`` (gDDIM's K = R_t) or ``"L"`` (K = L_t, the Cholesky factor, the DDPM-style
             choice): what the model's ε means, score = −K⁻ᵀ ε.
+        history: what a stochastic multistep step (λ > 0, order > 0) extrapolates: ``"data"`` (the data
+            prediction; exact on Gaussian data) or ``"eps"`` (the official sampler's raw ε; diverges on CLD).
         sampling_eps: the last time of the grid (1e-3); t_max: the first (1).
         solver: ``"gddim"`` (exponential integrator) or ``"euler"`` (probability-flow Euler at λ = 0,
             Euler–Maruyama at λ = 1: the baselines, through the same fused step).
@@ -172,6 +185,7 @@ class GDDIMCLDScheduler(_GDDIMScheduler):
         t_max: float = 1.0,
         solver: Literal["gddim", "euler"] = "gddim",
         timestep_spacing: Literal["quadratic", "uniform"] = "quadratic",
+        history: Literal["data", "eps"] = "data",
     ):
         self.process = CLD(m_inv=m_inv, beta=beta, gamma=gamma, numerical_eps=numerical_eps)
         self._check_common()
@@ -190,7 +204,7 @@ class GDDIMCLDScheduler(_GDDIMScheduler):
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device = None):
         super().set_timesteps(num_inference_steps, device)
         coefs = self._coefficients(self.process)
-        self._orders = coefs.orders
+        self._orders, self._gains = coefs.orders, (None if coefs.history is None else coefs.history[:, 0].tolist())
         self._table = TableCache(cld_table(coefs))
         if device is not None:
             self._table.on(torch.device(device))
@@ -200,6 +214,15 @@ class GDDIMCLDScheduler(_GDDIMScheduler):
 
     def _apply(self, sample, eps, i, table, generator, noise):
         return cld_step(sample, eps, i, table, stochastic=self.stochastic, generator=generator, noise=noise)
+
+    @staticmethod
+    def _data_buffer(sample, eps, gain):
+        """h = u − K ε per (x, v) pair, K = ``gain`` (2×2 nested list); fp16/bf16 computed in fp32."""
+        ct = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        u, e = sample.to(ct), eps.to(ct)
+        (k00, k01), (k10, k11) = gain
+        h = torch.stack([u[:, 0] - k00 * e[:, 0] - k01 * e[:, 1], u[:, 1] - k10 * e[:, 0] - k11 * e[:, 1]], 1)
+        return h.to(sample.dtype)
 
     def prior_sample(self, shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
         """u ~ N(0, diag(1, M)) per pair, ``shape`` = (B, 2, *dims): the t = 1 prior."""
@@ -214,12 +237,15 @@ class GDDIMBlurScheduler(_GDDIMScheduler):
         y_{i+1} = Ψ_f y_i + Σ_{j ≤ r} C_ijf ε_y,{i−j}                   (λ = 0: DDIM per frequency at order 0)
         y_{i+1} = Ψ_f y_i + (Ψ̂_f − Ψ_f) σ_{t_i} ε_y + √P_f n             (λ > 0; λ = 1 is BDM's ancestral sampler)
 
+    and, for λ > 0 with order r > 0, the data-prediction extrapolation of ``engine.py`` on the buffers
+    h_k = x_k − σ_{t_k} ε_k (pixel space: K = σ_t for every frequency);
+
     and the step returns to pixel space; the model predicts ε in pixel space (R = L = σ_t: no parameterization
     choice). One fused op per step (DCTs in registers).
 
     Args:
         sigma_blur_max, min_scale: the blur schedule (:class:`~gmm_triton.gddim.blur.BlurProcess`; official defaults).
-        order, lam, solver, timestep_spacing: as for :class:`GDDIMCLDScheduler`.
+        order, lam, solver, timestep_spacing, history: as for :class:`GDDIMCLDScheduler`.
         sampling_eps: the last time of the grid (1e-5); t_max: the first (None: the official ``rho2t(80)``, where
             the noise-to-signal ratio is 80).
     """
@@ -235,6 +261,7 @@ class GDDIMBlurScheduler(_GDDIMScheduler):
         t_max: float | None = None,
         solver: Literal["gddim", "euler"] = "gddim",
         timestep_spacing: Literal["quadratic", "uniform"] = "quadratic",
+        history: Literal["data", "eps"] = "data",
     ):
         self._check_common()
         self.init_noise_sigma = float(self.process_for(1).sigma(self._t_max()))  # σ at t_max (validates the schedule)
@@ -245,7 +272,7 @@ class GDDIMBlurScheduler(_GDDIMScheduler):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device = None):
         super().set_timesteps(num_inference_steps, device)
-        self._tables: dict = {}  # per image size N: (table, DCT matrix, step orders), built at its first step
+        self._tables: dict = {}  # per image size N: (table, DCT matrix, step orders, gains), built at its first step
 
     def process_for(self, image_size: int) -> BlurProcess:
         """The blur process of N×N images under this config."""
@@ -259,9 +286,16 @@ class GDDIMBlurScheduler(_GDDIMScheduler):
         if N not in self._tables:
             proc = self.process_for(N)
             coefs = self._coefficients(proc)
-            self._tables[N] = (TableCache(blur_table(coefs, N)), TableCache(proc.dct()), coefs.orders)
-        table, basis, self._orders = self._tables[N]
+            gains = None if coefs.history is None else coefs.history[:, 0, 0, 0].tolist()  # σ_{t_i}, every f
+            self._tables[N] = (TableCache(blur_table(coefs, N)), TableCache(proc.dct()), coefs.orders, gains)
+        table, basis, self._orders, self._gains = self._tables[N]
         return table.on(sample.device), basis.on(sample.device)
+
+    @staticmethod
+    def _data_buffer(sample, eps, gain):
+        """h = x − σ ε (σ = ``gain``, the same for every frequency, so in pixel space); fp16/bf16 in fp32."""
+        ct = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        return (sample.to(ct) - gain * eps.to(ct)).to(sample.dtype)
 
     def _apply(self, sample, eps, i, table, generator, noise):
         coef, basis = table

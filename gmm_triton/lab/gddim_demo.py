@@ -11,6 +11,13 @@ likely component) agrees with the reference endpoint's, and the Fréchet distanc
 The claim under test (gDDIM, §A.3 of the reference note): the R parameterisation is what makes the DDIM-type step
 work on CLD, and higher orders pay once NFE ≳ 20.
 
+Stochastic gDDIM-R (λ = 0.5) at orders 0–2 (the data-prediction history) and at order 2 with the official code's
+raw-ε history, against a tight solve of the same SDE on the same Brownian path (order-0 λ-gDDIM with
+``SDE_SUBSTEPS`` steps per step; the coarse noises are its noises aggregated, :func:`brownian_maps`): the median
+per-sample RMSE of x (samples that end in another digit than the reference, error 0.2–0.5, dominate a mean), the
+mode agreement with the reference and the FD. The question: does the error fall with the order at fixed NFE, as
+for the deterministic orders?
+
 **BDM.** BDM's own sampler, ancestral (λ = 1: per frequency the forward posterior q(y_t | y_s, ŷ₀)) on its uniform
 time grid, at 10–500 steps, against deterministic gDDIM (orders 0–2) at 5–50 NFE on the quadratic grid, from
 rho2t(80) to 1e-5; the ancestral sampler on the quadratic grid is the control that separates the grid from the
@@ -47,6 +54,14 @@ CLD_SAMPLERS = (
     ("gDDIM-R o1", dict(order=1)),
     ("gDDIM-R o2", dict(order=2)),
 )
+CLD_LAMBDA = 0.5
+CLD_STOCHASTIC = (
+    ("gDDIM-R λ=0.5 o0", dict(order=0)),
+    ("gDDIM-R λ=0.5 o1", dict(order=1)),
+    ("gDDIM-R λ=0.5 o2", dict(order=2)),
+    ("gDDIM-R λ=0.5 o2, raw-ε history (official)", dict(order=2, history="eps")),
+)
+SDE_SUBSTEPS = 16
 BLUR_ANCESTRAL_STEPS = (10, 20, 50, 100, 200, 500)
 BLUR_CONTROL_STEPS = (10, 20, 50, 100)
 BLUR_GDDIM_NFES = (5, 10, 20, 50)
@@ -57,15 +72,20 @@ BLUR_SAMPLERS = (
     ("gDDIM o0", dict(order=0), BLUR_GDDIM_NFES),
     ("gDDIM o1", dict(order=1), BLUR_GDDIM_NFES),
     ("gDDIM o2", dict(order=2), BLUR_GDDIM_NFES),
+    ("gDDIM λ=0.5 o0", dict(lam=0.5), BLUR_GDDIM_NFES),
+    ("gDDIM λ=0.5 o1", dict(lam=0.5, order=1), BLUR_GDDIM_NFES),
+    ("gDDIM λ=0.5 o2", dict(lam=0.5, order=2), BLUR_GDDIM_NFES),
 )
 FAMILIES = ("cld", "blur", "gddim")
 
 
-def _run(scheduler, model, x, seed):
-    """Samples from x (the state at the scheduler's t_max) through every step, with the model's ε."""
+def _run(scheduler, model, x, seed, noises=None):
+    """Samples from x (the state at the scheduler's t_max) through every step, with the model's ε (and the step
+    noises ``noises`` if given, else Philox noise seeded from ``seed``)."""
     g = torch.Generator().manual_seed(seed)
-    for t in scheduler.timesteps:
-        x = scheduler.step(model(x, t), t, x, generator=g).prev_sample
+    for i, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(model(x, t), t, x, generator=g,
+                           variance_noise=None if noises is None else noises[i]).prev_sample
     return x
 
 
@@ -123,6 +143,18 @@ def run_cld(n=400, nfes=CLD_NFES, seed=0):
         sched.set_timesteps(nfe)
         u = _run(sched, models[opts.get("parameterization", "R")], u0, seed + 1)
         rows.setdefault(name, {})[nfe] = _metrics(u[:, 0], ref[:, 0], data, not sched.stochastic)
+    for nfe in tqdm(nfes, desc=f"CLD λ={CLD_LAMBDA} vs the SDE"):
+        fine = GDDIMCLDScheduler(lam=CLD_LAMBDA)
+        fine.set_timesteps(nfe * SDE_SUBSTEPS)
+        sde_ref, noises = sde_reference(fine, models["R"], u0, SDE_SUBSTEPS, cld_map, seed + 3)
+        for name, opts in CLD_STOCHASTIC:
+            sched = GDDIMCLDScheduler(lam=CLD_LAMBDA, **opts)
+            sched.set_timesteps(nfe)
+            u = _run(sched, models["R"], u0, seed, noises)
+            row = _metrics(u[:, 0], sde_ref[:, 0], data, True)
+            per = (u[:, 0] - sde_ref[:, 0]).reshape(n, -1).pow(2).mean(1).sqrt()
+            row["median"] = float(per.median()) if torch.isfinite(per).all() else float("inf")
+            rows.setdefault(name, {})[nfe] = row
     floor = frechet_distance(data.sample(n, generator=torch.Generator().manual_seed(seed + 2)), data.mean(),
                              data.covariance())
     return {"rows": rows, "ref_fd": _metrics(ref[:, 0], ref[:, 0], data, False)["fd"], "ref_nfe": ref_nfe,
@@ -166,6 +198,59 @@ def run_blur(n=500, samplers=BLUR_SAMPLERS, seed=0):
     reach = {name: [nfe_to_reach(c, thr) for thr in thresholds] for name, c in curves.items()}
     return {"curves": curves, "thresholds": thresholds, "reach": reach, "floor_fds": floors,
             "ref_fd": _metrics(ref, ref, data, False)["fd"], "ref_nfe": ref_nfe, "n": n}
+
+
+def brownian_maps(process, fine_grid, substeps: int, lam: float) -> np.ndarray:
+    """The linear maps from a fine λ-chain's step noises to the noises of the coarse chain on the same Brownian
+    path, for stochastic gDDIM on ``fine_grid`` whose every ``substeps``-th node is the coarse grid: [N, M, C, n, n].
+
+    A step's noise Λ n is ∫ Ψ̂(t, τ) λ G dw̄ over the step (covariance P). Over a coarse step t_i → t_{i+1} made of
+    fine steps τ_k → τ_{k+1}, the same integral is Σ_k Ψ̂(t_{i+1}, τ_{k+1}) Λ_k z_k (Ψ̂ is a transition: it composes),
+    whose covariance is the coarse P by the same composition; so the coarse standard normal is
+    n_i = Σ_k G_ik z_k with G_ik = Λ_i⁻¹ Ψ̂(t_{i+1}, τ_{k+1}) Λ_k, Ψ̂(t, τ) = R_t Φ(t, τ) R_τ⁻¹."""
+    from ..gddim.engine import gddim_coefficients, inv_small, phi_lambda
+
+    fine = np.asarray(fine_grid, dtype=np.float64)
+    N = (len(fine) - 1) // substeps
+    if N * substeps != len(fine) - 1:
+        raise ValueError(f"the fine grid's {len(fine) - 1} steps are not {substeps} per coarse step")
+    lam_f = gddim_coefficients(process, fine, 0, lam).chol                          # Λ_k [NM, C, n, n]
+    lam_c = gddim_coefficients(process, fine[::substeps], 0, lam).chol              # Λ_i [N, C, n, n]
+    maps = np.empty((N, substeps) + lam_f.shape[1:])
+    for i in range(N):
+        t_end = fine[(i + 1) * substeps]
+        inner = fine[i * substeps + 1:(i + 1) * substeps]                           # τ_{k+1} before t_end
+        psi_hat = np.broadcast_to(np.eye(process.n), (substeps,) + lam_f.shape[1:]).copy()
+        if len(inner):
+            phi = phi_lambda(process, np.full(len(inner), t_end), inner, lam)
+            psi_hat[:-1] = process._R(np.array([t_end]))[0] @ phi @ inv_small(process._R(inner))
+        maps[i] = inv_small(lam_c[i]) @ psi_hat @ lam_f[i * substeps:(i + 1) * substeps]
+    return maps
+
+
+def sde_reference(fine, model, x0, substeps: int, apply_map, seed: int):
+    """A tight solve of the λ-SDE from x0: ``fine`` (a stochastic order-0 gDDIM scheduler whose grid has
+    ``substeps`` steps per coarse step) driven by fresh float64 normals, and the coarse chain's noises on the same
+    Brownian path (:func:`brownian_maps`, applied by ``apply_map(map [C, n, n], z)``). Returns (x at the end,
+    [coarse noise per coarse step])."""
+    maps = brownian_maps(fine.process if hasattr(fine, "process") else fine.process_for(x0.shape[-1]), fine.grid,
+                         substeps, fine.config.lam)
+    g = torch.Generator().manual_seed(seed)
+    x, noises, acc = x0, [], 0.0
+    for k, t in enumerate(fine.timesteps):
+        z = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        x = fine.step(model(x, t), t, x, variance_noise=z).prev_sample
+        i, j = divmod(k, substeps)
+        acc = acc + apply_map(maps[i, j], z)
+        if j == substeps - 1:
+            noises.append(acc)
+            acc = 0.0
+    return x, noises
+
+
+def cld_map(m, z):
+    """A [1, 2, 2] noise map applied to every (x, v) pair of z [B, 2, ...]."""
+    return torch.einsum("ij,bj...->bi...", torch.from_numpy(m[0]), z)
 
 
 def nfe_to_reach(curve: dict, threshold: float) -> tuple[str, float]:
@@ -234,6 +319,7 @@ def _cell(v, fmt="{:.3g}"):
 
 def cld_markdown(res) -> str:
     nfes = sorted(next(iter(res["rows"].values())))
+    stochastic = {name for name, _ in CLD_STOCHASTIC}
     out = [f"CLD on the digits oracle (8×8, n = {res['n']}): x at t = 1e-3 against a DOP853 probability-flow solve "
            f"({res['ref_nfe']} evaluations); FD of the reference endpoint {res['ref_fd']:.3g}, of exact data samples "
            f"{res['data_fd']:.3g}."]
@@ -241,7 +327,17 @@ def cld_markdown(res) -> str:
         out += ["", f"| {title} | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
                 "| --- |" + " --- |" * len(nfes)]
         for name, by in res["rows"].items():
-            out.append(f"| {name} | " + " | ".join(_cell(by[k].get(key)) for k in nfes) + " |")
+            if name not in stochastic:
+                out.append(f"| {name} | " + " | ".join(_cell(by[k].get(key)) for k in nfes) + " |")
+    out += ["", f"Stochastic, λ = {CLD_LAMBDA}: against a solve of the same SDE on the same Brownian path "
+            f"({SDE_SUBSTEPS} order-0 steps per step).", "",
+            "| median per-sample RMSE ↓ / mode agreement ↑ / FD ↓ | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+            "| --- |" + " --- |" * len(nfes)]
+    for name, by in res["rows"].items():
+        if name in stochastic:
+            out.append(f"| {name} | " + " | ".join(
+                f"{_cell(by[k]['median'])} / {_cell(by[k]['mode'], '{:.2f}')} / {_cell(by[k]['fd'])}" for k in nfes)
+                + " |")
     return "\n".join(out)
 
 
@@ -283,6 +379,48 @@ def blur_markdown(res) -> str:
     return "\n".join(out)
 
 
+def _int_keys(d: dict) -> dict:
+    """{nfe: metrics} with the integer keys JSON turned into strings restored."""
+    return {int(k): v for k, v in d.items()}
+
+
+def render_cld(results: dict) -> str:
+    """The README's CLD tables from the demo's ``gddim.json``: the deterministic samplers against the ODE solve
+    (RMSE / mode agreement), the stochastic ones against the SDE solve on the same Brownian path."""
+    res = results["cld"]
+    rows = {name: _int_keys(by) for name, by in res["rows"].items()}
+    nfes = sorted(next(iter(rows.values())))
+    stochastic = {name for name, _ in CLD_STOCHASTIC}
+    head = " | ".join(f"NFE {k}" for k in nfes)
+    out = [f"| RMSE to the ODE ↓ / mode agreement ↑ | {head} |", "| --- |" + " --- |" * len(nfes)]
+    out += [f"| {name} | " + " | ".join(f"{_cell(by[k]['rmse'])} / {_cell(by[k]['mode'], '{:.2f}')}" for k in nfes)
+            + " |" for name, by in rows.items() if name not in stochastic and "rmse" in by[nfes[0]]]
+    out += ["", f"| λ = {CLD_LAMBDA}: median per-sample RMSE to the SDE ↓ / mode agreement ↑ / FD ↓ | {head} |",
+            "| --- |" + " --- |" * len(nfes)]
+    out += [f"| {name} | " + " | ".join(f"{_cell(by[k]['median'])} / {_cell(by[k]['mode'], '{:.2f}')} / "
+                                          f"{_cell(by[k]['fd'])}" for k in nfes) + " |"
+            for name, by in rows.items() if name in stochastic]
+    fd = [f"{name} {', '.join(_cell(by[k]['fd']) for k in nfes)}" for name, by in rows.items()
+          if name not in stochastic and "rmse" not in by[nfes[0]]]
+    out += ["", f"n = {res['n']}; reference ODE: {res['ref_nfe']} evaluations; FD of exact data samples "
+            f"{res['data_fd']:.3g}, of the ODE reference endpoint {res['ref_fd']:.3g}; FD at NFE "
+            f"{', '.join(map(str, nfes))}: " + "; ".join(fd) + f" (commit {results['commit']})."]
+    return "\n".join(out) + "\n"
+
+
+def render_blur(results: dict) -> str:
+    """The README's BDM table from the demo's ``gddim.json``: the NFE each sampler needs to reach an FD level."""
+    res = results["blur"]
+    labels = [f"FD ≤ {t:.3g}" for t in res["thresholds"][:-1]] + [f"FD ≤ {res['thresholds'][-1]:.3g} (floor)"]
+    out = ["| NFE to reach | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
+    base = res["reach"][ANCESTRAL]
+    for name, r in res["reach"].items():
+        cells = [f"{q} {k:.0f}".replace("= ", "") + ("" if name == ANCESTRAL else speed_up(b, (q, k)))
+                 for (q, k), b in zip(r, base)]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + f"\n\nn = {res['n']} (commit {results['commit']}).\n"
+
+
 def cost_markdown(rows) -> str:
     out = [f"| step (C++ twin, fp32, {rows[0]['shape']}) | ms | GB/s | vs DDIM η=0 |", "| --- | --- | --- | --- |"]
     out += [f"| {r['step']} | {r['ms']:.2f} | {r['GB/s']:.1f} | {r['vs DDIM η=0']:.2f} |" for r in rows]
@@ -299,7 +437,10 @@ def _plot(cld, blur, path):
     if cld is not None:
         ax = axes[0, ax_i]
         ax_i += 1
+        stochastic = {name for name, _ in CLD_STOCHASTIC}  # measured against another reference: the table only
         for name, by in cld["rows"].items():
+            if name in stochastic:
+                continue
             pts = [(k, r["rmse"]) for k, r in sorted(by.items()) if "rmse" in r and math.isfinite(r["rmse"])]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=name, linestyle="-" if "R" in name else "--")
@@ -348,8 +489,11 @@ def run_gddim_demo(out_dir="gmm_triton_out/gddim", *, family="gddim", n=None, qu
     paths = {"table": os.path.join(out_dir, "gddim_table.md"), "json": os.path.join(out_dir, "gddim.json"),
              "plot": os.path.join(out_dir, "gddim.png")}
     atomic_write(paths["table"], lambda f: f.write((text + "\n").encode()))
-    data = json.dumps({"cld": cld, "blur": blur, "cost": cost, "seconds": secs, "commit": commit()}, indent=1,
-                      default=str).encode()
+    settings = {"family": family, "quick": quick, "n_cld": cld and cld["n"], "n_blur": blur and blur["n"],
+                "threads": torch.get_num_threads(), "torch": torch.__version__}
+    # the README's tables are generated from a committed copy of this file (make tables)
+    data = json.dumps({"command": "gmm-triton demo --family " + family, "commit": commit(), "settings": settings,
+                       "cld": cld, "blur": blur, "cost": cost, "seconds": secs}, indent=1, default=str).encode()
     atomic_write(paths["json"], lambda f: f.write(data))
     _plot(cld, blur, paths["plot"])
     print("wrote", ", ".join(paths.values()))

@@ -3,9 +3,9 @@ the blur step (planes as rows of a Kronecker product for N ≤ 8, one plane per 
 public ops ``gddim.ops.cld_step`` / ``blur_step`` with CUDA-like fake tensors.
 
 A covering design: storage dtypes fp16 / bf16 / fp32 / fp64, orders 0–2 (1–3 ε buffers), Philox / caller / no
-noise, host / device / per-sample timesteps, host / device seeds, D % 4 = 0 and ≠ 0 (CLD), both blur kernels with
-N a power of two and not (blur); and sweeps on sm_90a: CLD fp16 / bf16 at orders 0–2, the blur step at every
-specialisation N = 1 … MAX_SIZE launches.
+noise (Philox with three buffers: the stochastic multistep step, λ > 0 with order 2), host / device / per-sample
+timesteps, host / device seeds, D % 4 = 0 and ≠ 0 (CLD), both blur kernels with N a power of two and not (blur); and
+sweeps on sm_90a: CLD fp16 / bf16 at orders 0–2, the blur step at every specialisation N = 1 … MAX_SIZE launches.
 """
 from __future__ import annotations
 
@@ -104,6 +104,10 @@ def gddim_cases() -> list[aot.Case]:
         "blur-bf16-n28-philox-devseed": Gddim("blur", b, (3, 28, 28), seed="device"),
         "blur-fp64-n16-none-pertimestep": Gddim("blur", d, (1, 16, 16), noise="none", timestep="per_sample"),
         "blur-fp32-n9-philox-devtimestep": Gddim("blur", f, (3, 9, 9), timestep="device"),  # noise pass, T = 16
+        # stochastic multistep (λ > 0, order 2): three buffers and in-kernel noise in one launch, on every target
+        "cld-fp32-order2-philox-stochastic": Gddim("cld", f, (2, 4, 32, 32), order=2),
+        "blur-fp32-n8-order2-philox-stochastic": Gddim("blur", f, (3, 8, 8), order=2),
+        "blur-fp32-n16-order2-philox-stochastic": Gddim("blur", f, (3, 16, 16), order=2),
     }
     covering = [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work) for name, c in cases.items()]
     sweep = {}

@@ -29,6 +29,9 @@ DOCUMENTS = ("README.md", "benchmarks/RESULTS.md")
 # whose run writes the file)
 TABLES = {
     "demo": ("docs/results/demo.json", "gmm_triton.lab.demo:render_results", "make demo"),
+    "gddim-cld": ("docs/results/gddim.json", "gmm_triton.lab.gddim_demo:render_cld", "gmm-triton demo --family gddim"),
+    "gddim-blur": ("docs/results/gddim.json", "gmm_triton.lab.gddim_demo:render_blur",
+                   "gmm-triton demo --family gddim"),
 }
 
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) [^\n]*-->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)

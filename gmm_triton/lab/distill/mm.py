@@ -1,5 +1,6 @@
-"""Multistep moment-matching distillation (Salimans et al., arXiv 2406.04103), alternating variant with an
-auxiliary denoiser (seeds note B.3), on the digits mixture; ``gmm-triton distill mm``.
+"""Multistep moment-matching distillation (Salimans et al., arXiv 2406.04103) on the digits mixture, in both of the
+paper's variants: ``alternating`` (an auxiliary denoiser, seeds note B.3) and ``instant`` (moment matching in the
+teacher's parameter space, no auxiliary network, B.4); ``gmm-triton distill mm --variant alternating|instant``.
 
 Process: diffusers' default linear 1000-step VP schedule, z_t = a_t x + s_t ε with (a_t, s_t) = (√ᾱ_t, √(1−ᾱ_t)).
 Student grid: k *trailing* timesteps t_1 > … > t_k (k = 8: 999, 874, …, 124; k = 1: 999).
@@ -27,6 +28,26 @@ x̃ given z_s toward the teacher's: the moment-matching condition E_g[x̃ | z_s]
 trajectory. Both networks start from the learned digits model (``gmm-triton train``); Adam β = (0, 0.99),
 lr 1e-4, batch 256; the student is evaluated with an EMA of its weights (decay 0.99). The teacher is either
 the exact oracle (``oracle``) or the learned model itself (``learned``, frozen).
+
+**Instant variant** (every iteration updates the student; the same draws of x, t, s, z_t, x̃, z_s): the teacher's
+own denoising loss on the student's pairs, ℓ(θ; x̃, z_s) = w(s) ‖x̃ − x̂_θ(z_s, s)‖² / D, has a gradient in the
+teacher's parameters θ whose expectation vanishes at θ = θ_T when the student's conditional mean matches the
+teacher's (in the directions the teacher's parametrisation can express): E_g[x̃ | z_s] = x̂_θ(z_s). The student
+minimises its squared norm under a diagonal preconditioner, estimated without bias from the two halves of the
+batch, A and B (independent draws):
+
+    L(η) = Σ_p g_A,p g_B,p / (√v̂_p + 1e-8),   g_X = ∇_θ mean_{b ∈ X} ℓ(θ; x̃_b, z_s,b) at θ = θ_T,
+
+v̂ = the bias-corrected exponential average (decay 0.99) of (g_A² + g_B²)/2 (Adam's second moment, not
+differentiated). E[g_A · g_B] = ‖E g‖² because the halves are independent; ‖g_A‖² would add the gradient's
+variance. ∇_η L is a double backward: g_X is built with ``create_graph=True``, and the gradient reaches η through
+x̃ only (z_s is drawn without gradient, as in the alternating variant). This is the alternating scheme with the
+auxiliary denoiser replaced by one infinitesimal preconditioned step of the teacher from θ_T on ℓ. θ of the
+learned teacher: its network's parameters (those the x̂₀ head depends on, 1.06 M). θ of the exact oracle: the
+mixture's own parameters, means μ_k (centred at the data mean; 1797 × 256), log-variances log c_k² and
+log-weights log π_k — the oracle is the teacher family's member at the true values, where E_data ∇_θ ℓ = 0 exactly
+(the posterior mean minimises the denoising loss), so the instant condition is exact moment matching projected
+on the mixture's parameter directions.
 """
 from __future__ import annotations
 
@@ -43,12 +64,15 @@ from ...schedulers import GMMDDIMScheduler
 from ..files import savefig
 from ...provenance import commit
 from .loop import EMA, budget, cached_result, iterations_for, pyplot, run_loop, single_threaded, write_json
-from .testbeds import ExactDenoiser, dataset, digits_metrics
+from .testbeds import ExactDenoiser, dataset, digits_metrics, mixture_posterior
 
 TEACHERS = ("oracle", "learned")
-# iterations per CPU second of one thread on the reference 2-core machine (batch 256; measured 22.7–28.5, k = 8
-# and 4, either teacher, with and without other load): spaces the evaluations of a --minutes run (loop.py)
-ITERATIONS_PER_SECOND = 23.0
+VARIANTS = ("alternating", "instant")
+# iterations per CPU second of one thread on the reference 2-core machine (batch 256), the lower end of what was
+# measured: spaces the evaluations of a --minutes run (loop.py). alternating: 22.7–28.5 (k = 8 and 4, either
+# teacher, with and without other load); instant (a double backward through the teacher every iteration): 9.5 with
+# the oracle teacher (its 460 k mixture parameters), 13.8 with the learned one (k = 8, under load)
+ITERATIONS_PER_SECOND = {"alternating": 23.0, "instant": 9.0}
 SCHEDULE = dict(timestep_spacing="trailing", prev_timestep_rule="grid", clip_sample=False)
 
 
@@ -90,24 +114,45 @@ def posterior_table(sched: GMMDDIMScheduler) -> torch.Tensor:
 
 
 class Teacher:
-    """x̂₀ of the oracle (exact) or of the learned model at per-sample integer timesteps."""
+    """x̂₀ of the oracle (exact) or of the learned model at per-sample integer timesteps; with ``parametric``, also
+    as a function of the teacher's parameters θ (:attr:`parameters`, :meth:`x0_of_parameters`; the instant
+    variant's module docstring says what θ is for each teacher)."""
 
-    def __init__(self, kind: str, alphas_cumprod: torch.Tensor, model_path: str | None = None):
+    def __init__(self, kind: str, alphas_cumprod: torch.Tensor, model_path: str | None = None,
+                 parametric: bool = False):
         if kind not in TEACHERS:
             raise ValueError(f"teacher must be one of {TEACHERS}, got {kind!r}")
         self.kind, self.T = kind, alphas_cumprod.numel()
         self.sqrt_ac = alphas_cumprod.double().sqrt().float()
         self.sqrt_1m = (1 - alphas_cumprod.double()).sqrt().float()
+        self.parameters: list[torch.Tensor] = []
         if kind == "oracle":
             self.exact = ExactDenoiser(dataset("digits"))
+            if parametric:  # θ = (centred means, log c², log π) at their true values
+                e = self.exact
+                self.parameters = [e.means.clone().requires_grad_(True), e.var.log().requires_grad_(True),
+                                   e.log_weights.clone().requires_grad_(True)]
         else:
             self.net = load_network(model_path)
+            if parametric:
+                self.parameters = [p.requires_grad_(True) for p in _trainable(self.net)]
 
     @torch.no_grad()
     def x0(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.reshape(-1).long().expand(x.shape[0])
         if self.kind == "oracle":
             return self.exact(x, self.sqrt_ac[t], self.sqrt_1m[t])[0]
+        return self.net(x, t.float() / self.T, head="sample")
+
+    def x0_of_parameters(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x̂₀ [B, D] as a differentiable function of :attr:`parameters` (:meth:`x0` up to float rounding)."""
+        if not self.parameters:
+            raise ValueError("x0_of_parameters needs a Teacher built with parametric=True")
+        t = t.reshape(-1).long().expand(x.shape[0])
+        if self.kind == "oracle":
+            means, log_var, log_weights = self.parameters
+            return mixture_posterior(x, self.sqrt_ac[t], self.sqrt_1m[t], self.exact.mean, means, log_var.exp(),
+                                     log_weights)[0]
         return self.net(x, t.float() / self.T, head="sample")
 
 
@@ -142,25 +187,32 @@ def many_step_baseline(out: str, *, teacher: str, model_path: str, steps: int = 
 
 
 @single_threaded
-def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: str, minutes: float | None = 2.0,
-               iterations: int | None = None, seed: int = 0, batch: int = 256, lr: float = 1e-4,
-               ema_decay: float = 0.99, weight_cap: float = 10.0, eval_every: int | None = None,
+def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: str, variant: str = "alternating",
+               minutes: float | None = 2.0, iterations: int | None = None, seed: int = 0, batch: int = 256,
+               lr: float = 1e-4, ema_decay: float = 0.99, weight_cap: float = 10.0, eval_every: int | None = None,
                eval_samples: int = 4000, progress: bool = True) -> dict:
     """Trains (or resumes) a k-step moment-matching student in ``out``; writes and returns ``result.json``.
 
-    model_path: the learned model (``gmm-triton train``) that initialises student and auxiliary denoiser and,
-    for ``teacher="learned"``, is the teacher. Budget: ``iterations``, else ``minutes`` of wall clock (``loop.py``;
-    the iterations that ran are recorded as ``iterations``).
+    model_path: the learned model (``gmm-triton train``) that initialises the student (and the alternating
+    variant's auxiliary denoiser) and, for ``teacher="learned"``, is the teacher. variant: "alternating" or
+    "instant" (the module docstring). Budget: ``iterations``, else ``minutes`` of wall clock (``loop.py``; the
+    iterations that ran are recorded as ``iterations``).
     Every evaluation (the FD curve and the final metrics) uses ``eval_samples`` samples drawn with sampling seed
     ``seed``, as do the teacher's baselines: common initial noise and step noise, so the comparisons are paired.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
         raise ValueError(f"steps must be an int in [1, 1000], got {steps!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant == "instant" and (isinstance(batch, bool) or batch < 2 or batch % 2):
+        raise ValueError(f"the instant variant splits the batch in two halves: batch must be even and >= 2, "
+                         f"got {batch!r}")
     limit = budget(iterations, minutes)
-    eval_every = eval_every or max(1, (limit.get("iterations") or iterations_for(minutes, ITERATIONS_PER_SECOND)) // 8)
-    config = dict(method="mm", steps=steps, teacher=teacher, seed=seed, batch=batch, lr=lr, ema_decay=ema_decay,
-                  weight_cap=weight_cap, model=os.path.abspath(model_path), model_trained=trained_with(model_path),
-                  eval_samples=eval_samples)
+    eval_every = eval_every or max(
+        1, (limit.get("iterations") or iterations_for(minutes, ITERATIONS_PER_SECOND[variant])) // 8)
+    config = dict(method="mm", variant=variant, steps=steps, teacher=teacher, seed=seed, batch=batch, lr=lr,
+                  ema_decay=ema_decay, weight_cap=weight_cap, model=os.path.abspath(model_path),
+                  model_trained=trained_with(model_path), eval_samples=eval_samples)
     cached = cached_result(os.path.join(out, "result.json"), {**config, "budget": limit})
     if cached:
         return cached
@@ -171,27 +223,37 @@ def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: st
     T = acp.numel()
     grid = sched.timesteps.clone()
     table = posterior_table(sched)
-    teach = Teacher(teacher, acp, model_path)
+    teach = Teacher(teacher, acp, model_path, parametric=variant == "instant")
     sqrt_ac, sqrt_1m = teach.sqrt_ac, teach.sqrt_1m
     student = load_network(model_path).train().requires_grad_(True)
-    aux = load_network(model_path).train().requires_grad_(True)
     ema = EMA(student, ema_decay)
     opt_student = torch.optim.Adam(_trainable(student), lr=lr, betas=(0.0, 0.99))
-    opt_aux = torch.optim.Adam(_trainable(aux), lr=lr, betas=(0.0, 0.99))
+    objects = {"student": student, "ema": ema, "opt_student": opt_student}
+    if variant == "alternating":
+        aux = load_network(model_path).train().requires_grad_(True)
+        opt_aux = torch.optim.Adam(_trainable(aux), lr=lr, betas=(0.0, 0.99))
+        objects |= {"aux": aux, "opt_aux": opt_aux}
+    else:
+        precond = DiagonalPreconditioner(teach.parameters)
+        objects["precond"] = precond
     gen = torch.Generator().manual_seed(seed)
     D = data.dim
 
-    def step(it):
+    def student_pairs():
+        """Fresh data, (t, s), z_t, x̃ = g_η(z_t, t) (with gradient), z_s ~ q(z_s | z_t, x̃) (without), w(s)."""
         x = data.sample(batch, generator=gen).reshape(batch, D)
         t, s = draw_times(grid, batch, gen)
         eps = torch.randn(batch, D, generator=gen)
         z_t = sqrt_ac[t, None] * x + sqrt_1m[t, None] * eps
-        w = loss_weight(acp, s, weight_cap)
-        train_student = it % 2 == 1
-        with torch.set_grad_enabled(train_student):
-            x_tilde = student(z_t, t.float() / T, head="sample")
+        x_tilde = student(z_t, t.float() / T, head="sample")
         z_s = ddim_step(z_t, x_tilde.detach(), s, table, prediction_type="sample", eta=1.0, generator=gen,
                         return_pred_original=False)[0]
+        return x_tilde, z_s, s, loss_weight(acp, s, weight_cap)
+
+    def alternating_step(it):
+        train_student = it % 2 == 1
+        with torch.set_grad_enabled(train_student):
+            x_tilde, z_s, s, w = student_pairs()
         x_teacher = teach.x0(z_s, s)
         with torch.set_grad_enabled(not train_student):
             g = aux(z_s, s.float() / T, head="sample")
@@ -206,6 +268,21 @@ def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: st
             ema.update(student)
         return {"loss_student" if train_student else "loss_aux": loss.item()}
 
+    def instant_step(it):
+        x_tilde, z_s, s, w = student_pairs()
+        half = batch // 2
+        grads = [teacher_gradient(teach, x_tilde[h], z_s[h], s[h], w[h])
+                 for h in (slice(0, half), slice(half, batch))]
+        precond.update(*grads)
+        loss = instant_loss(*grads, precond.scale())
+        opt_student.zero_grad(set_to_none=True)
+        params = _trainable(student)
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            p.grad = g
+        opt_student.step()
+        ema.update(student)
+        return {"loss_instant": loss.item()}
+
     def predict_ema(x, t):
         return ema.module(x, t.float() / T, head="sample")
 
@@ -213,11 +290,10 @@ def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: st
         x = sample(predict_ema, steps, eval_samples, D, eta=1.0, seed=seed)
         return {"fd": frechet_distance(x, data.mean(), data.covariance())}
 
-    state = run_loop(os.path.join(out, "checkpoint.pt"), config=config,
-                     objects={"student": student, "aux": aux, "ema": ema, "opt_student": opt_student,
-                              "opt_aux": opt_aux},
-                     generator=gen, step=step, evaluate=evaluate, eval_every=eval_every,
-                     desc=f"distill mm k={steps} teacher={teacher} seed={seed}", progress=progress, **limit)
+    state = run_loop(os.path.join(out, "checkpoint.pt"), config=config, objects=objects, generator=gen,
+                     step=alternating_step if variant == "alternating" else instant_step,
+                     evaluate=evaluate, eval_every=eval_every,
+                     desc=f"distill mm {variant} k={steps} teacher={teacher} seed={seed}", progress=progress, **limit)
     t0 = time.perf_counter()
     final = digits_metrics(sample(predict_ema, steps, eval_samples, D, eta=1.0, seed=seed), data)
     base = baselines(teach, steps, eval_samples, seed, data)
@@ -226,10 +302,53 @@ def distill_mm(out: str, *, steps: int, teacher: str = "learned", model_path: st
               "cpu_seconds": round(state["cpu_seconds"], 2),
               "loop_seconds": round(state["loop_seconds"], 2), "iterations": state["iteration"],
               "eval_seconds": round(time.perf_counter() - t0, 2), "config": {**config, "budget": limit},
-              "commit": commit(), "log": state["log"]}
+              "calibration_iterations_per_second": ITERATIONS_PER_SECOND[variant], "commit": commit(),
+              "log": state["log"]}
     write_json(result, os.path.join(out, "result.json"))
     plot_fd_curve(result, os.path.join(out, "fd_vs_time.png"))
     return result
+
+
+def teacher_gradient(teacher: Teacher, x_tilde, z_s, s, w) -> tuple:
+    """g = ∇_θ mean_b w_b ‖x̃_b − x̂_θ(z_s,b, s_b)‖² / D at the teacher's θ, as a differentiable function of x̃
+    (``create_graph``): the instant variant's per-minibatch gradient."""
+    x_hat = teacher.x0_of_parameters(z_s, s)
+    loss = (w * (x_tilde - x_hat).pow(2).sum(1)).mean() / x_tilde.shape[1]
+    return torch.autograd.grad(loss, teacher.parameters, create_graph=True)
+
+
+def instant_loss(grads_a, grads_b, scale) -> torch.Tensor:
+    """Σ_p g_A,p g_B,p scale_p over the parameter tensors: an unbiased estimate of ‖E g‖² under the preconditioner
+    ``scale`` when the two gradients come from independent minibatches."""
+    return sum((a * b * c).sum() for a, b, c in zip(grads_a, grads_b, scale))
+
+
+class DiagonalPreconditioner:
+    """Adam's second moment of the teacher gradients: v ← β v + (1 − β)(g_A² + g_B²)/2 (β = 0.99), and
+    scale = 1/(√(v / (1 − β^k)) + eps) after k updates. Checkpointable (state_dict / load_state_dict)."""
+
+    def __init__(self, parameters, beta: float = 0.99, eps: float = 1e-8):
+        self.v = [torch.zeros_like(p, requires_grad=False) for p in parameters]
+        self.beta, self.eps, self.count = beta, eps, 0
+
+    @torch.no_grad()
+    def update(self, grads_a, grads_b) -> None:
+        self.count += 1
+        for v, a, b in zip(self.v, grads_a, grads_b):
+            v.mul_(self.beta).add_(0.5 * (a * a + b * b), alpha=1 - self.beta)
+
+    @torch.no_grad()
+    def scale(self) -> list[torch.Tensor]:
+        if self.count == 0:
+            raise ValueError("the preconditioner has no second moments yet: call update first")
+        corr = 1 - self.beta ** self.count
+        return [1.0 / ((v / corr).sqrt() + self.eps) for v in self.v]
+
+    def state_dict(self) -> dict:
+        return {"v": self.v, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.v, self.count = [v.clone() for v in state["v"]], int(state["count"])
 
 
 def draw_times(grid: torch.Tensor, n: int, rng: torch.Generator):

@@ -2,9 +2,15 @@
 
 Spreads are sample standard deviations over the training seeds. A target comparison is *paired*: a student and
 its teacher's baseline share the sampling seed (the same initial and step noise), and "beats" counts the seeds
-whose student FD is below the baseline's; a target is met when it holds for every seed. For EMD, an
-iteration count to mode TV ≤ 0.05 is the first evaluation at or below it (evaluations every 1/80 of the budget);
-a run that never gets there counts as not reached (∞).
+whose student FD is below the baseline's; a target is met when it holds for every seed. Targets are what the
+acceptance requires (the alternating students at k = 8 and 4); claims are the paper's statements checked at every
+k and for both variants, reported as the seeds on which they hold (``summary.json["claims"]``: [seeds, of]). For
+EMD, an iteration count to mode TV ≤ 0.05 is the first evaluation at or below it (evaluations every 1/80 of the
+budget); a run that never gets there counts as not reached (∞).
+
+``python -m gmm_triton.lab.distill.report DIR`` rewrites the tables from the results under DIR. The README's come
+from a committed copy of ``summary.json`` (``docs/results/distill.json``) through :func:`render_mm` and
+:func:`render_emd` (``make tables``).
 """
 from __future__ import annotations
 
@@ -43,46 +49,92 @@ def _mean(values):
     return sum(values) / len(values)
 
 
-def mm_section(out: str):
-    runs = _load(os.path.join(out, "mm", "*", "result.json"))
+MM_TEACHERS = ("learned", "oracle")
+MM_VARIANTS = ("alternating", "instant")
+# the acceptance's required targets (the issue that introduced the runs): alternating students at k = 8 and 4
+REQUIRED_MM_STEPS = (8, 4)
+
+
+def _beats(rs, key):
+    """Seeds (paired: same sampling seed) whose student FD is below the run's ``key`` baseline."""
+    return sum(r["fd"] < r[key] for r in rs)
+
+
+def mm_section(runs: list, many: dict):
+    """The moment-matching table (one row per teacher, variant and k, then the teachers' 50-step DDIM), the
+    required targets, the claims of the paper checked at every k, and the rows for summary.json, from the runs'
+    results and ``many`` = {teacher: its 50-step baseline's result or None}."""
     groups = {}
     for r in runs:
-        groups.setdefault((r["config"]["teacher"], r["config"]["steps"]), []).append(r)
-    many = {t: _load(os.path.join(out, "baselines", f"{t}_ddim50.json")) for t in ("learned", "oracle")}
-    lines = ["| teacher | k | student FD | teacher DDIM FD | teacher ancestral FD | student mode TV | student NLL "
-             "| seeds beating DDIM | seeds beating ancestral | iterations | CPU s | wall s |",
-             "|" + " --- |" * 12]
-    targets, rows = {}, []
-    for (teacher, k), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        c = r["config"]
+        groups.setdefault((c["teacher"], c["variant"], c["steps"]), []).append(r)
+    many_by_seed = {t: {s: row["fd"] for s, row in zip(m["config"]["seeds"], m["per_seed"])} if m else {}
+                    for t, m in many.items()}
+    lines = ["| teacher | variant | k | student FD | teacher DDIM FD | teacher ancestral FD | student mode TV "
+             "| student NLL | seeds beating DDIM | seeds beating ancestral | iterations | CPU s | wall s |",
+             "|" + " --- |" * 13]
+    targets, claims, rows = {}, {}, []
+    order = lambda kv: (MM_TEACHERS.index(kv[0][0]), MM_VARIANTS.index(kv[0][1]), -kv[0][2])  # noqa: E731
+    for (teacher, variant, k), rs in sorted(groups.items(), key=order):
         rs.sort(key=lambda r: r["config"]["seed"])
-        beat_ddim = sum(r["fd"] < r["teacher_ddim_fd"] for r in rs)
-        beat_anc = sum(r["fd"] < r["teacher_ancestral_fd"] for r in rs)
-        lines.append(f"| {teacher} | {k} | {_ms([r['fd'] for r in rs])} | {_ms([r['teacher_ddim_fd'] for r in rs])} | "
-                     f"{_ms([r['teacher_ancestral_fd'] for r in rs])} | {_ms([r['mode_tv'] for r in rs])} | "
-                     f"{_ms([r['nll'] for r in rs])} | {beat_ddim}/{len(rs)} | {beat_anc}/{len(rs)} | "
-                     f"{rs[0]['iterations']} | {_ms([r['cpu_seconds'] for r in rs], '{:.0f}')} | "
-                     f"{_ms([r['seconds'] for r in rs], '{:.0f}')} |")
-        rows.append({"teacher": teacher, "steps": k, "seeds": [r["config"]["seed"] for r in rs],
+        beat_ddim, beat_anc = _beats(rs, "teacher_ddim_fd"), _beats(rs, "teacher_ancestral_fd")
+        lines.append(f"| {teacher} | {variant} | {k} | {_ms([r['fd'] for r in rs])} | "
+                     f"{_ms([r['teacher_ddim_fd'] for r in rs])} | {_ms([r['teacher_ancestral_fd'] for r in rs])} | "
+                     f"{_ms([r['mode_tv'] for r in rs])} | {_ms([r['nll'] for r in rs])} | {beat_ddim}/{len(rs)} | "
+                     f"{beat_anc}/{len(rs)} | {rs[0]['iterations']} | "
+                     f"{_ms([r['cpu_seconds'] for r in rs], '{:.0f}')} | {_ms([r['seconds'] for r in rs], '{:.0f}')} |")
+        rows.append({"teacher": teacher, "variant": variant, "steps": k, "seeds": [r["config"]["seed"] for r in rs],
                      "fd": [r["fd"] for r in rs], "teacher_ddim_fd": [r["teacher_ddim_fd"] for r in rs],
                      "teacher_ancestral_fd": [r["teacher_ancestral_fd"] for r in rs],
                      "iterations": rs[0]["iterations"], "cpu_seconds": [r["cpu_seconds"] for r in rs],
                      "seconds": [r["seconds"] for r in rs]})
-        if teacher == "learned":
-            targets[f"mm_k{k}_learned_beats_teacher_ddim"] = beat_ddim == len(rs)
-        targets[f"mm_k{k}_{teacher}_beats_teacher_ancestral"] = beat_anc == len(rs)
-        if many[teacher]:
-            targets[f"mm_k{k}_{teacher}_beats_teacher_ddim50 (paper claim)"] = (
-                _mean([r["fd"] for r in rs]) < many[teacher][0]["fd"])
+        name = f"mm_{variant}_k{k}_{teacher}"
+        claims[f"{name}_beats_teacher_ddim"] = [beat_ddim, len(rs)]
+        claims[f"{name}_beats_teacher_ancestral"] = [beat_anc, len(rs)]
+        seeds50 = many_by_seed[teacher]
+        if all(r["config"]["seed"] in seeds50 for r in rs):
+            claims[f"{name}_beats_teacher_ddim50"] = [sum(r["fd"] < seeds50[r["config"]["seed"]] for r in rs), len(rs)]
+        one = {r["config"]["seed"]: r["fd"] for r in groups.get((teacher, variant, 1), [])}
+        if k > 1 and all(r["config"]["seed"] in one for r in rs):
+            claims[f"{name}_beats_its_one_step_student"] = [sum(r["fd"] < one[r["config"]["seed"]] for r in rs),
+                                                             len(rs)]
+        if variant == "alternating" and k in REQUIRED_MM_STEPS:
+            if teacher == "learned":
+                targets[f"{name}_beats_teacher_ddim"] = beat_ddim == len(rs)
+            targets[f"{name}_beats_teacher_ancestral"] = beat_anc == len(rs)
     for teacher, m in many.items():
         if m:
-            per_seed = m[0]["per_seed"]
-            lines.append(f"| {teacher} | 50 (teacher DDIM) | — | {_ms([r['fd'] for r in per_seed])} | — | "
+            per_seed = m["per_seed"]
+            lines.append(f"| {teacher} | 50-step teacher DDIM | 50 | — | {_ms([r['fd'] for r in per_seed])} | — | "
                          f"{_ms([r['mode_tv'] for r in per_seed])} | {_ms([r['nll'] for r in per_seed])} | | | | | |")
-    return "\n".join(lines), targets, rows, runs
+    return "\n".join(lines), targets, claims, rows
 
 
-def emd_section(out: str):
-    runs = _load(os.path.join(out, "emd", "*", "result.json"))
+CLAIMS = (("beats_teacher_ddim", "beats the teacher's DDIM at the same k"),
+          ("beats_teacher_ancestral", "beats the teacher's ancestral sampler at the same k"),
+          ("beats_its_one_step_student", "beats the same variant's 1-step student (multistep vs one-step)"),
+          ("beats_teacher_ddim50", "beats the teacher's 50-step DDIM (the paper's headline)"))
+
+
+def claims_table(claims: dict) -> str:
+    """Seeds on which each claim holds (paired per seed), per teacher and variant, at every k: "3/3" is a claim
+    reproduced at that k; "—" where it does not apply (the 1-step student against itself)."""
+    ks = sorted({int(k.split("_k")[1].split("_")[0]) for k in claims}, reverse=True)
+    head = " | ".join(f"{v} k = {', '.join(map(str, ks))}" for v in MM_VARIANTS)
+    lines = [f"| claim (seeds where it holds) | teacher | {head} |", "| --- | --- |" + " --- |" * len(MM_VARIANTS)]
+    for key, text in CLAIMS:
+        for teacher in MM_TEACHERS:
+            cells = []
+            for variant in MM_VARIANTS:
+                got = [claims.get(f"mm_{variant}_k{k}_{teacher}_{key}") for k in ks]
+                cells.append(", ".join("—" if g is None else f"{g[0]}/{g[1]}" for g in got))
+            if any(c.replace("—", "").replace(",", "").strip() for c in cells):
+                lines.append(f"| {text} | {teacher} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def emd_section(runs: list):
+    """The EMD-vs-VSD table, its targets and rows, from the runs' results."""
     groups = {}
     for r in runs:
         groups.setdefault((r["config"]["dataset"], r["config"]["method"]), []).append(r)
@@ -118,31 +170,39 @@ def emd_section(out: str):
     if ("8d8", "emd") in by and ("8d8", "vsd") in by:
         targets["emd_8d8_covers_more_modes_than_vsd"] = (
             _mean(by[("8d8", "emd")]["modes_covered"]) > _mean(by[("8d8", "vsd")]["modes_covered"]))
-    return "\n".join(lines), targets, rows, runs
+    return "\n".join(lines), targets, rows
 
 
 def plot_mm(runs, path):
+    """FD against training CPU seconds, one panel per (variant, teacher), one line per run, the teacher's
+    same-step samplers as horizontal lines."""
     plt = pyplot()
-    teachers = sorted({r["config"]["teacher"] for r in runs})
-    fig, axes = plt.subplots(1, len(teachers), figsize=(5.2 * len(teachers), 3.8), squeeze=False)
+    teachers = [t for t in MM_TEACHERS if any(r["config"]["teacher"] == t for r in runs)]
+    variants = [v for v in MM_VARIANTS if any(r["config"]["variant"] == v for r in runs)]
+    fig, axes = plt.subplots(len(variants), len(teachers), figsize=(5.2 * len(teachers), 3.8 * len(variants)),
+                             squeeze=False)
     colors = {8: "tab:blue", 4: "tab:orange", 2: "tab:green", 1: "tab:red"}
-    for ax, teacher in zip(axes[0], teachers):
-        rs = [r for r in runs if r["config"]["teacher"] == teacher]
-        for k in sorted({r["config"]["steps"] for r in rs}, reverse=True):
-            c = colors.get(k, "k")
-            group = [r for r in rs if r["config"]["steps"] == k]
-            for i, r in enumerate(group):
-                ax.plot([e["cpu_seconds"] for e in r["log"]], [e["fd"] for e in r["log"]], color=c, alpha=0.7,
-                        label=f"student k={k}" if i == 0 else None)
-            ax.axhline(_mean([r["teacher_ddim_fd"] for r in group]), color=c, linestyle="--", linewidth=1,
-                       label=f"teacher DDIM k={k}")
-            ax.axhline(_mean([r["teacher_ancestral_fd"] for r in group]), color=c, linestyle=":", linewidth=1,
-                       label=f"teacher ancestral k={k}")
-        ax.set_yscale("log")
-        ax.set_xlabel("training CPU seconds (one thread)")
-        ax.set_ylabel(f"FD to the data moments (n={rs[0]['config']['eval_samples']})")
-        ax.set_title(f"moment matching, {teacher} teacher (one line per seed)", fontsize=9)
-        ax.legend(fontsize=6)
+    for row, variant in zip(axes, variants):
+        for ax, teacher in zip(row, teachers):
+            rs = [r for r in runs if r["config"]["teacher"] == teacher and r["config"]["variant"] == variant]
+            if not rs:
+                ax.axis("off")
+                continue
+            for k in sorted({r["config"]["steps"] for r in rs}, reverse=True):
+                c = colors.get(k, "k")
+                group = [r for r in rs if r["config"]["steps"] == k]
+                for i, r in enumerate(group):
+                    ax.plot([e["cpu_seconds"] for e in r["log"]], [e["fd"] for e in r["log"]], color=c, alpha=0.7,
+                            label=f"student k={k}" if i == 0 else None)
+                ax.axhline(_mean([r["teacher_ddim_fd"] for r in group]), color=c, linestyle="--", linewidth=1,
+                           label=f"teacher DDIM k={k}")
+                ax.axhline(_mean([r["teacher_ancestral_fd"] for r in group]), color=c, linestyle=":", linewidth=1,
+                           label=f"teacher ancestral k={k}")
+            ax.set_yscale("log")
+            ax.set_xlabel("training CPU seconds (one thread)")
+            ax.set_ylabel(f"FD to the data moments (n={rs[0]['config']['eval_samples']})")
+            ax.set_title(f"moment matching ({variant}), {teacher} teacher (one line per seed)", fontsize=9)
+            ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     savefig(fig, path, dpi=80)
     plt.close(fig)
@@ -176,18 +236,60 @@ def plot_emd(runs, path):
     plt.close(fig)
 
 
+def _bundle(out: str) -> dict:
+    """Every result the tables come from, as one JSON-able dict (the runs' ``result.json`` without their logs, the
+    50-step baselines), with the commits the runs were made at and their settings: the file the README's tables
+    are generated from (``docs/results/distill.json``, ``make tables``)."""
+    strip = lambda r: {k: v for k, v in r.items() if k != "log"}  # noqa: E731
+    mm = [strip(r) for r in _load(os.path.join(out, "mm", "*", "result.json"))]
+    emd = [strip(r) for r in _load(os.path.join(out, "emd", "*", "result.json"))]
+    many = {t: (_load(os.path.join(out, "baselines", f"{t}_ddim50.json")) or [None])[0] for t in MM_TEACHERS}
+    commits = sorted({str(r.get("commit")) for r in mm + emd + [m for m in many.values() if m]})
+    settings = {"mm_iterations": {v: sorted({r["iterations"] for r in mm if r["config"]["variant"] == v})
+                                  for v in MM_VARIANTS},
+                "mm_steps": sorted({r["config"]["steps"] for r in mm}, reverse=True),
+                "seeds": sorted({r["config"]["seed"] for r in mm + emd}),
+                "eval_samples": sorted({r["config"]["eval_samples"] for r in mm}),
+                "emd_iterations": {f"{r['config']['dataset']}": r["iterations"] for r in emd}}
+    return {"command": "gmm-triton distill all", "commit": ", ".join(commits), "settings": settings,
+            "mm_runs": mm, "baselines": many, "emd_runs": emd}
+
+
+def render_mm(bundle: dict) -> str:
+    """The moment-matching table and the claims table (Markdown) from a results bundle (:func:`_bundle`)."""
+    table, _, claims, _ = mm_section(bundle["mm_runs"], bundle["baselines"])
+    return table + ("\n\n" + claims_table(claims) if claims else "") + "\n"
+
+
+def render_emd(bundle: dict) -> str:
+    """The EMD-vs-VSD table (Markdown) from a results bundle."""
+    return emd_section(bundle["emd_runs"])[0] + "\n"
+
+
 def write_report(out: str) -> dict:
-    """Tables (``OUT/tables.md``), ``OUT/summary.json`` with the target checks, and the two summary plots."""
-    mm_table, mm_targets, mm_rows, mm_runs = mm_section(out)
-    emd_table, emd_targets, emd_rows, emd_runs = emd_section(out)
-    tables = "## Moment matching (digits, D = 256)\n\n" + mm_table + "\n\n## EMD vs VSD\n\n" + emd_table + "\n"
+    """Tables (``OUT/tables.md``), ``OUT/summary.json`` (the target checks, the claims, and the results bundle the
+    README's tables are generated from) and the two summary plots."""
+    bundle = _bundle(out)
+    _, mm_targets, mm_claims, mm_rows = mm_section(bundle["mm_runs"], bundle["baselines"])
+    _, emd_targets, emd_rows = emd_section(bundle["emd_runs"])
+    tables = "## Moment matching (digits, D = 256)\n\n" + render_mm(bundle) + "\n## EMD vs VSD\n\n" + render_emd(bundle)
     targets = {**mm_targets, **emd_targets}
     tables += "\n## Targets\n\n" + "\n".join(f"- {k}: {'met' if v else 'NOT met'}" for k, v in targets.items()) + "\n"
     atomic_write(os.path.join(out, "tables.md"), lambda f: f.write(tables.encode()))
+    mm_runs = _load(os.path.join(out, "mm", "*", "result.json"))
+    emd_runs = _load(os.path.join(out, "emd", "*", "result.json"))
     if mm_runs:
         plot_mm(mm_runs, os.path.join(out, "distill_mm_fd.png"))
     if emd_runs:
         plot_emd(emd_runs, os.path.join(out, "distill_emd_modes.png"))
-    summary = {"targets": targets, "mm": mm_rows, "emd": emd_rows, "tables": tables}
+    summary = {"targets": targets, "claims": mm_claims, "mm": mm_rows, "emd": emd_rows, "tables": tables, **bundle}
     write_json(summary, os.path.join(out, "summary.json"))
     return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m gmm_triton.lab.distill.report DIR (the folder `gmm-triton distill all` wrote)")
+    print(write_report(sys.argv[1])["tables"], end="")

@@ -68,17 +68,27 @@ class ExactDenoiser:
 
     def __call__(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor):
         """(x̂0, ε̂), each [B, D], for x [B, D] and a, s of shape [B] (or scalars)."""
-        a = torch.as_tensor(a, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1)
-        s = torch.as_tensor(s, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1)
-        xc = x - a * self.mean
-        v = a * a * self.var + s * s                                            # [B, K]
-        sq = (xc * xc).sum(1, keepdim=True) - 2 * a * (xc @ self.means.T) + a * a * self.means_sq
-        logits = self.log_weights - 0.5 * (sq.clamp_min(0) / v + self.dim * torch.log(2 * math.pi * v))
-        w_iv = torch.softmax(logits, dim=1) / v                                  # w_bk / v_bk
-        w_mu = w_iv @ self.means                                                 # Σ_k w μ_k / v
-        x0 = self.mean + s * s * w_mu + a * xc * (w_iv @ self.var)[:, None]
-        eps = s * (xc * w_iv.sum(1, keepdim=True) - a * w_mu)
-        return x0, eps
+        return mixture_posterior(x, a, s, self.mean, self.means, self.var, self.log_weights, self.means_sq)
+
+
+def mixture_posterior(x, a, s, mean, means, var, log_weights, means_sq=None):
+    """(x̂0, ε̂) [B, D] of the isotropic mixture (data mean ``mean`` [D], centred means ``means`` [K, D], variances
+    ``var`` [K], log-weights ``log_weights`` [K], ``means_sq`` = ‖means‖² [K] or None to compute it) at per-sample
+    (a [B], s [B]) (the module docstring's formulas). Differentiable in every mixture argument: the instant moment
+    matching variant (``mm.py``) takes the oracle's gradient with respect to its parameters."""
+    a = torch.as_tensor(a, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1)
+    s = torch.as_tensor(s, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1)
+    if means_sq is None:
+        means_sq = (means * means).sum(1)
+    xc = x - a * mean
+    v = a * a * var + s * s                                                      # [B, K]
+    sq = (xc * xc).sum(1, keepdim=True) - 2 * a * (xc @ means.T) + a * a * means_sq
+    logits = log_weights - 0.5 * (sq.clamp_min(0) / v + x.shape[1] * torch.log(2 * math.pi * v))
+    w_iv = torch.softmax(logits, dim=1) / v                                      # w_bk / v_bk
+    w_mu = w_iv @ means                                                          # Σ_k w μ_k / v
+    x0 = mean + s * s * w_mu + a * xc * (w_iv @ var)[:, None]
+    eps = s * (xc * w_iv.sum(1, keepdim=True) - a * w_mu)
+    return x0, eps
 
 
 # -- metrics -----------------------------------------------------------------------------------------------
