@@ -2,6 +2,7 @@
 in (swap.py), offline; writes the pass counts to results.json and the README's table from them.
 
     python integrations/diffusers/run.py          every selection in every mode; writes results.json and README's table
+                                                  (hours on 2 cores: the flow selection's stock run alone ~1 h)
     ... --quick --check                           the quick selections (make test-integrations), then fail if ours
                                                   fails a test that stock passes (except, in Philox mode, the listed
                                                   value tests that compare against diffusers' own noise), or
@@ -12,11 +13,19 @@ The snapshot's tests are diffusers' at 0.40.0.dev0, run against the installed 0.
 stock on the same selection, and only tests that pass with stock count. Modes: "stock"; "torch" (ours,
 noise_source="torch": diffusers' noise); "philox" (ours, in-kernel Philox noise: the default). Variants: the tests
 as written ("default"), and with the stochastic paths forced on ("stochastic": every DDIM step at η = 1, flows with
-stochastic_sampling=True), where the noise source matters.
+stochastic_sampling=True, which ours runs as RFIM with η = 1), where the noise source matters.
+
+Every entry also says how many of stock's passes step through the swapped scheduler (a test that passes without
+calling ``step`` checks nothing of ours), and why each stock failure fails (swap.py's log): the hub repositories a test
+asked for offline, else its exception. The flow selection is every fast pipeline test file of the snapshot whose
+components build a FlowMatchEulerDiscreteScheduler; offline, most of their tests stop at a hub tokenizer or text
+encoder with stock diffusers, so ours runs only the tests stock passes (the rest cannot count), and a file none of
+whose stock passes steps the scheduler is listed as excluded, with the causes of its failures.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import pathlib
@@ -25,6 +34,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from typing import NamedTuple
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -34,10 +44,8 @@ from integrations.vendor import unpack  # noqa: E402
 SNAPSHOT = "diffusers-tests-58eb52c0.tar.gz"
 MODES = ("stock", "torch", "philox")
 SCHEDULER_FILES = ["tests/schedulers/test_scheduler_ddim.py"]
-# fast pipeline tests whose dummy components build a DDIMScheduler and that run offline. Offline, the fast tests of the
-# FlowMatchEulerDiscreteScheduler pipelines (SD3, Flux, AuraFlow, Lumina 2, CogVideoX, PixArt's T5 ...) fail at
-# their tokenizers' from_pretrained with stock diffusers as well (tried: aura_flow 4 of 34 pass, all hub-free), so the
-# flow scheduler is checked by tests/test_flow.py, tests/test_diffusers_accepts.py and the bf16/ComfyUI runs instead
+# fast pipeline tests whose dummy components build a DDIMScheduler and that run offline (the FlowMatchEulerDiscrete-
+# Scheduler pipelines are the flow selection: flow_files())
 PIPELINE_FILES = [
     "tests/pipelines/ddim/test_ddim.py",
     "tests/pipelines/kandinsky2_2/test_kandinsky.py",
@@ -46,12 +54,23 @@ PIPELINE_FILES = [
     "tests/pipelines/stable_diffusion/test_stable_diffusion.py",
 ]
 QUICK_FILES = ["tests/pipelines/ddim/test_ddim.py"]  # offline, the flow pipelines' tests need hub tokenizers
-# (selection name, files, stochastic paths forced on, in the quick run)
+FLOW = "flow"  # the files are found in the snapshot: flow_files()
+
+
+class Selection(NamedTuple):
+    name: str
+    files: list  # test files (relative to the snapshot's root); FLOW: flow_files()
+    stochastic: bool  # stochastic paths forced on
+    quick: bool  # in the quick run (make test-integrations)
+    ours_on_stock_passes: bool = False  # ours runs only the tests that stock passes
+
+
 SELECTIONS = [
-    ("schedulers", SCHEDULER_FILES, False, True),
-    ("pipelines-quick", QUICK_FILES, True, True),
-    ("pipelines", PIPELINE_FILES, True, False),
-    ("pipelines-bf16", ["test_gmm_bf16_pipelines.py"], True, True),  # bf16_pipelines.py, copied into the snapshot
+    Selection("schedulers", SCHEDULER_FILES, False, True),
+    Selection("pipelines-quick", QUICK_FILES, True, True),
+    Selection("pipelines", PIPELINE_FILES, True, False),
+    Selection("pipelines-bf16", ["test_gmm_bf16_pipelines.py"], True, True),  # bf16_pipelines.py, in the snapshot
+    Selection(FLOW, FLOW, True, False, ours_on_stock_passes=True),
 ]
 # value tests that compare a stochastic run against numbers diffusers' own torch noise produced: in Philox mode the
 # noise is other (equally distributed) numbers, so these may differ there, and only there
@@ -61,6 +80,12 @@ OPEN_BREAKS: dict = {}
 RESULTS = HERE / "results.json"
 README = REPO / "README.md"
 BEGIN, END = "<!-- diffusers-suite:begin (integrations/diffusers/run.py --readme) -->", "<!-- diffusers-suite:end -->"
+
+
+def flow_files(root: pathlib.Path) -> list:
+    """Every fast pipeline test file (tests/pipelines/**/test_*.py) that builds a FlowMatchEulerDiscreteScheduler."""
+    return sorted(str(f.relative_to(root)) for f in (root / "tests" / "pipelines").rglob("test_*.py")
+                  if "FlowMatchEulerDiscreteScheduler(" in f.read_text())
 
 
 def _outcomes(junit: pathlib.Path) -> dict:
@@ -73,40 +98,104 @@ def _outcomes(junit: pathlib.Path) -> dict:
     return out
 
 
-def _pytest(files, mode: str, stochastic: bool, root: pathlib.Path, junit: pathlib.Path) -> subprocess.Popen:
+def _pytest(tests, mode: str, stochastic: bool, root: pathlib.Path, out: pathlib.Path) -> subprocess.Popen:
+    """pytest on ``tests`` (files or node ids) in ``mode``, writing ``out``.xml (junit) and ``out``.json (swap.py's
+    log); node ids go through a file (``@args``), there can be thousands."""
     env = dict(os.environ, GMM_SWAP=mode, GMM_STOCHASTIC=str(int(stochastic)), HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
-               PYTHONWARNINGS="ignore")
+               PYTHONWARNINGS="ignore", GMM_SWAP_LOG=str(out.with_suffix(".json")))
+    args = out.with_suffix(".args")
+    args.write_text("\n".join(tests) + "\n")
     return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "swap", "-p", "no:cacheprovider",
-                             "-W", "ignore", f"--junitxml={junit}", *files], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-W", "ignore", f"--junitxml={out.with_suffix('.xml')}", f"@{args}"], cwd=root,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _counts(outcomes: dict) -> dict:
     return {k: sum(v == k for v in outcomes.values()) for k in ("passed", "failed", "skipped")}
 
 
-def run_selection(name, files, stochastic, root: pathlib.Path, jobs: int) -> dict:
-    """The selection in every mode (``jobs`` modes at a time, one thread each); its entry of results.json."""
-    per_mode, seconds = {}, {}
+def _run_modes(modes, tests, sel: Selection, root: pathlib.Path, tmp: pathlib.Path, jobs: int, per_mode, logs,
+               seconds) -> None:
+    """Runs ``tests`` in each of ``modes`` into the three dicts: ``jobs`` pytest processes at a time (one thread
+    each); with more jobs than modes, each mode's tests are split into shards (round robin) run side by side."""
+    shards = max(1, jobs // len(modes))
+    tasks = [(m, i, tests[i::shards]) for m in modes for i in range(shards) if tests[i::shards]]
+    for m in modes:
+        per_mode[m], logs[m] = {}, {"nodeids": {}, "stepped": [], "failed": {}}
+    start: dict = {}
+    while tasks:
+        batch, tasks = tasks[:jobs], tasks[jobs:]
+        t0 = time.monotonic()
+        procs = [(m, i, _pytest(part, m, sel.stochastic, root, tmp / f"{m}-{i}")) for m, i, part in batch]
+        for m, i, p in procs:
+            if p.wait() not in (0, 1) or not (tmp / f"{m}-{i}.xml").exists():  # 1: some tests failed
+                raise SystemExit(f"{sel.name} [{m}] shard {i}: pytest exited with {p.returncode} (a crash, or no "
+                                 f"tests collected)")
+            start[m] = min(start.get(m, t0), t0)
+            seconds[m] = time.monotonic() - start[m]  # wall time, first shard's start to last shard's end
+            outcomes = _outcomes(tmp / f"{m}-{i}.xml")
+            per_mode[m].update(outcomes)
+            part = json.loads((tmp / f"{m}-{i}.json").read_text())
+            logs[m]["nodeids"].update(part["nodeids"])
+            logs[m]["stepped"] += part["stepped"]
+            logs[m]["failed"].update(part["failed"])
+            print(f"{sel.name:22s} {m:7s} shard {i}: {_counts(outcomes)} in {time.monotonic() - t0:.0f} s",
+                  flush=True)
+
+
+def _file_of(tid: str, nodeids: dict) -> str:
+    return nodeids.get(tid, tid).split("::")[0]
+
+
+def stock_failures(outcomes: dict, log: dict) -> dict:
+    """file -> the causes of its stock failures: {"hub": {repo: tests}, "errors": {exception: tests}}."""
+    out: dict = {}
+    for tid, o in outcomes.items():
+        if o != "failed":
+            continue
+        causes = out.setdefault(_file_of(tid, log["nodeids"]), {"hub": collections.Counter(),
+                                                                  "errors": collections.Counter()})
+        cause = log["failed"].get(tid, {"error": "no cause recorded"})
+        for repo in cause.get("hub", []):
+            causes["hub"][repo] += 1
+        if "error" in cause:
+            causes["errors"][cause["error"]] += 1
+    return {f: {k: dict(sorted(v.items())) for k, v in c.items() if v} for f, c in sorted(out.items())}
+
+
+def run_selection(sel: Selection, root: pathlib.Path, jobs: int) -> dict:
+    """The selection in every mode; its entry of results.json."""
+    files = flow_files(root) if sel.files == FLOW else sel.files
+    per_mode, logs, seconds = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        pending = list(MODES)
-        while pending:
-            batch, pending = pending[:jobs], pending[jobs:]
-            t0 = time.monotonic()
-            procs = {m: _pytest(files, m, stochastic, root, pathlib.Path(tmp) / f"{m}.xml") for m in batch}
-            for m, p in procs.items():
-                p.wait()
-                seconds[m] = time.monotonic() - t0
-                per_mode[m] = _outcomes(pathlib.Path(tmp) / f"{m}.xml")
-                print(f"{name:22s} {m:7s} {_counts(per_mode[m])} in {seconds[m]:.0f} s", flush=True)
+        tmp = pathlib.Path(tmp)
+        if sel.ours_on_stock_passes:
+            _run_modes(["stock"], files, sel, root, tmp, jobs, per_mode, logs, seconds)
+            passed = [logs["stock"]["nodeids"][t] for t, o in per_mode["stock"].items() if o == "passed"]
+            _run_modes([m for m in MODES if m != "stock"], passed, sel, root, tmp, jobs, per_mode, logs, seconds)
+        else:
+            _run_modes(MODES, files, sel, root, tmp, jobs, per_mode, logs, seconds)
     stock_pass = {t for t, o in per_mode["stock"].items() if o == "passed"}
-    entry = {"files": files, "stochastic": stochastic, "seconds": {m: round(s) for m, s in seconds.items()}}
+    entry = {"files": files, "stochastic": sel.stochastic, "seconds": {m: round(s) for m, s in seconds.items()},
+             "ours_on_stock_passes": sel.ours_on_stock_passes}
     for mode in MODES:
         entry[mode] = _counts(per_mode[mode])
         if mode != "stock":
             entry[mode]["passed_of_stock_passed"] = sum(per_mode[mode].get(t) == "passed" for t in stock_pass)
             entry[mode]["regressions"] = sorted(t for t in stock_pass if per_mode[mode].get(t) != "passed")
+            stepped = set(logs[mode]["stepped"])
+            entry[mode]["stepped_of_stock_passed"] = sum(per_mode[mode].get(t) == "passed" and t in stepped
+                                                         for t in stock_pass)
+    entry["stock_failures"] = stock_failures(per_mode["stock"], logs["stock"])
+    stepping = collections.Counter(_file_of(t, logs["torch"]["nodeids"]) for t in logs["torch"]["stepped"]
+                                   if t in stock_pass)
+    by_file = {f: collections.Counter() for f in files}
+    for t, o in per_mode["stock"].items():
+        by_file.setdefault(_file_of(t, logs["stock"]["nodeids"]), collections.Counter())[o] += 1
+    entry["stock_by_file"] = {f: {"passed": c["passed"], "failed": c["failed"], "skipped": c["skipped"],
+                                  "stepping": stepping[f]} for f, c in by_file.items()}
+    entry["excluded"] = {f: entry["stock_failures"].get(f, {}) for f in files if not stepping[f]}
     ddim = {t for t in per_mode["stock"] if ".DDIMSchedulerTest::" in t}
     if ddim:
         entry["DDIMSchedulerTest"] = {m: f"{sum(per_mode[m].get(t) == 'passed' for t in ddim)}/{len(ddim)}"
@@ -134,15 +223,20 @@ def _ordered(results: dict) -> list:
 
 def table(results: dict) -> str:
     """The README table: per selection and mode, tests passed (of those stock passes) and the Philox-only breaks."""
-    lines = ["| selection | tests | stock passes | ours, `noise_source=\"torch\"` | ours, Philox noise |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| selection | tests | stock passes | of them, stepping the scheduler | ours, `noise_source=\"torch\"` "
+             "| ours, Philox noise |", "| --- | --- | --- | --- | --- | --- |"]
     for name, e in _ordered(results):
         total = sum(e["stock"][k] for k in ("passed", "failed", "skipped"))
         cells = [f"{e[m]['passed_of_stock_passed']} / {e['stock']['passed']}" for m in ("torch", "philox")]
         lines.append(f"| {name} ({len(e['files'])} files{', forced η = 1 / stochastic' if e['stochastic'] else ''})"
-                     f" | {total} | {e['stock']['passed']} | {cells[0]} | {cells[1]} |")
+                     f" | {total} | {e['stock']['passed']} | {e['torch'].get('stepped_of_stock_passed', '—')} "
+                     f"| {cells[0]} | {cells[1]} |")
     notes = []
     for name, e in _ordered(results):
+        if e.get("ours_on_stock_passes"):
+            notes.append(f"{name}: ours ran only the {e['stock']['passed']} tests that stock passes.")
+        if e.get("excluded"):
+            notes.append(f"{name}: {excluded_summary(e)}")
         if "DDIMSchedulerTest" in e:
             notes.append(f"DDIMSchedulerTest: {e['DDIMSchedulerTest']['torch']} (torch), "
                          f"{e['DDIMSchedulerTest']['philox']} (Philox), {e['DDIMSchedulerTest']['stock']} (stock).")
@@ -151,6 +245,21 @@ def table(results: dict) -> str:
                    PHILOX_VALUE_TESTS else f"open: {OPEN_BREAKS[t]}" if t in OPEN_BREAKS else "unexplained")
             notes.append(f"Philox mode, {name}: `{t}` fails ({why}).")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
+def excluded_summary(entry: dict) -> str:
+    """One line on the files none of whose stock passes steps the scheduler, by what their failures asked for."""
+    by_repo, by_error = collections.Counter(), collections.Counter()
+    for causes in entry["excluded"].values():
+        by_repo.update(causes.get("hub", {}).keys())
+        if not causes.get("hub"):
+            by_error[max(causes["errors"], key=causes["errors"].get) if causes.get("errors")
+                     else "no failure (its tests pass without calling step)"] += 1
+    parts = [f"`{r}` {n}" for r, n in sorted(by_repo.items(), key=lambda kv: (-kv[1], kv[0]))]
+    parts += [f"{err} {n}" for err, n in sorted(by_error.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return (f"{len(entry['excluded'])} of {len(entry['files'])} files have no stock pass that steps the scheduler "
+            f"(excluded; results.json lists every file's failure causes); files per hub repository their tests stop "
+            f"at offline (or, with none, their commonest error): {'; '.join(parts)}.")
 
 
 def write_readme(results: dict) -> None:
@@ -181,9 +290,9 @@ def main(argv=None) -> int:
     results = {"snapshot": SNAPSHOT, "selections": {}}
     if args.only and RESULTS.exists():
         results = json.loads(RESULTS.read_text())
-    for name, files, stochastic, quick in SELECTIONS:
-        if (args.only and name in args.only) or (not args.only and (quick or not args.quick)):
-            results["selections"][name] = run_selection(name, files, stochastic, root, args.jobs)
+    for sel in SELECTIONS:
+        if (args.only and sel.name in args.only) or (not args.only and (sel.quick or not args.quick)):
+            results["selections"][sel.name] = run_selection(sel, root, args.jobs)
     if not args.quick:
         order = [n for n, *_ in SELECTIONS]
         results["selections"] = dict(sorted(results["selections"].items(), key=lambda kv: order.index(kv[0])))
