@@ -225,8 +225,9 @@ def test_inspect_json_rows(tmp_path):
     assert rw["bytes_per_element"] == 4.0 and set(rw["predicted_pct_copy"]) == {"H100", "H200"}
     assert set(rw["pipe_pct_copy"]) == {"H100", "H200"} and rw["edge_share"] == 0.0
     assert rw["roofline_pct_copy"] is None  # no tensor-core instructions
-    # Philox: two IMAD.WIDE per round (each two fmaheavy slots) for 4 words, 10 rounds: ≥ 10 per element
-    assert rw["pipes"]["imad"] >= 10 and rw["pipes"]["issue"] == pytest.approx(rw["sass_per_element"], abs=0.01)
+    # Philox: two IMAD.WIDE per round (each two fmaheavy slots) for 4 words, 10 rounds: 10 per element; with the
+    # PTX mul.wide leaf (op, c6a3c25) ptxas counts 9.81 (it folds part of one product): the bound allows 5 %
+    assert rw["pipes"]["imad"] >= 9.5 and rw["pipes"]["issue"] == pytest.approx(rw["sass_per_element"], abs=0.01)
     assert "_words_kernel" in proc.stdout and "philox-words" in proc.stdout
 
 

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-import transformers
 from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -14,6 +13,10 @@ sys.path.insert(0, str(REPO / "integrations" / "diffusers"))
 sys.path.insert(0, str(REPO))
 import run  # noqa: E402
 import swap  # noqa: E402
+
+# transformers is installed by `make test-integrations` (requirements-integrations.txt), not by `make test`
+pytestmark = pytest.mark.integrations
+transformers = pytest.importorskip("transformers", reason="installed by make test-integrations")
 
 
 def _raised(fn):
