@@ -6,7 +6,7 @@ DCT-II matrix; A, B_j, S the per-frequency planes of the sample's table row; n s
 Philox stream 0 at the flat index of [B, C, N, N], or a caller's tensor). Each buffer is read once and ``out``
 written once. The maths is stated in ``gddim/reference.py``. Two layouts of the same products, all ``tl.dot``:
 
-- N ≤ KRON_MAX (N² ≤ 64; N ≠ 7, :func:`kron_form`): a program holds KRON_ROWS rows of G consecutive planes each
+- N ≤ KRON_MAX (N² ≤ 64; N ≠ 7, :func:`kron_form`): a program holds PB (:func:`kron_rows`) rows of G planes each
   (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
   matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
