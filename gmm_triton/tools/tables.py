@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import inspect
 import json
 import re
 import sys
@@ -25,13 +26,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = ("README.md", "benchmarks/RESULTS.md")
 
-# name -> (results file relative to the repository root, "module:renderer" taking the loaded JSON, the command
-# whose run writes the file)
+# name -> (results file relative to the repository root, "module:renderer" taking the loaded JSON (and the file's
+# path when it has a ``path`` parameter: results that span several files, like the evidence's CSV beside its JSON),
+# the command whose run writes the file)
 TABLES = {
     "demo": ("docs/results/demo.json", "gmm_triton.lab.demo:render_results", "make demo"),
     "gddim-cld": ("docs/results/gddim.json", "gmm_triton.lab.gddim_demo:render_cld", "gmm-triton demo --family gddim"),
     "gddim-blur": ("docs/results/gddim.json", "gmm_triton.lab.gddim_demo:render_blur",
                    "gmm-triton demo --family gddim"),
+    "evidence": ("docs/evidence/evidence.json", "gmm_triton.lab.evidence.report:render_readme", "make evidence"),
 }
 
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) [^\n]*-->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
@@ -42,7 +45,8 @@ def render(name: str, root: Path = ROOT) -> str:
     module, func = renderer.split(":")
     with open(root / path, encoding="utf-8") as f:
         results = json.load(f)
-    return getattr(importlib.import_module(module), func)(results)
+    fn = getattr(importlib.import_module(module), func)
+    return fn(results, path=root / path) if "path" in inspect.signature(fn).parameters else fn(results)
 
 
 def regenerate(text: str, root: Path = ROOT) -> str:
