@@ -198,14 +198,15 @@ def plot(cells: list[dict], path: str) -> None:
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, linestyle="-" if len(es) > 1 else "none")
         ax.axhline(floor, color="k", linestyle="--", linewidth=1, label="floor (real images)")
         ax.set_xscale("log")
+        ax.minorticks_off()  # the log axis' minor labels (6×10⁰ …) would crowd the step counts
         steps = sorted({e["steps"] for e in cells if e["family"] == family})
         ax.set_xticks(steps, [str(s) for s in steps])
         ax.set_xlabel("steps")
         ax.set_ylabel("FID (classifier features)")
         ax.set_title(f"{'ε model' if family == 'ddim' else 'flow model'}, η = {eta:g}")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)  # below: no curve hidden
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
