@@ -48,8 +48,10 @@ def render_results(results: dict) -> str:
     text = (f"{st['steps']} sampling steps, n = {st['n']} samples per sampler and seed, seeds {st['seeds']} (± is "
             f"the spread of FD over seeds), the digits oracle (16×16, 1797 components, std 0.1), mixture samplers at "
             f"K = 8, s = {st['scale']:g}; device {st['device']}, torch {results['torch']}, commit "
-            f"{results['commit'] or 'unknown'}; the table took {results['wall_s']:.0f} s wall, "
-            f"{results.get('cpu_s', float('nan')):.0f} CPU s (samples/s is wall time and includes the oracle model's "
+            f"{results['commit'] or 'unknown'}; the table took {results['wall_s']:.0f} s wall"
+            # a results file written before the CPU time was recorded has none: say so rather than print "nan"
+            f"{', %.0f CPU s' % results['cpu_s'] if 'cpu_s' in results else ' (CPU time not recorded)'} "
+            f"(samples/s is wall time and includes the oracle model's "
             f"time, so it drops on a busy machine). Exact data samples score FD {results['exact_fd']:.3g} at this n "
             f"(the floor).\n\n")
     text += _fmt_table(rows)
