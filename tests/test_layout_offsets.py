@@ -34,9 +34,21 @@ def test_channels_last_in_place_same_numbers(backend, table, variance):
 def test_channels_last_inputs_are_not_copied(table):
     xc = torch.randn(2, 4, 6, 5).to(memory_format=torch.channels_last)
     mc = torch.randn(2, 4, 6, 5).to(memory_format=torch.channels_last)
-    layout, (x, m, z) = ops._layout_of(ops._like_sample(xc), (xc, mc, None))
+    layout, (x, m, z), pixels, cl = ops._layout_of(ops._like_sample(xc), (xc, mc, None))
     assert x is xc and m is mc and z is None
     assert layout.sizes == (1, 30, 4) and layout.lstrides == (0, 1, 30)  # (h·w, c) in memory; d = c·30 + hw
+    assert pixels == 4 and cl == (True, True, False)  # the step's pixel tiles, 4 channels
+
+
+def test_mixed_layouts_are_not_copied(table):
+    """Pixel tiles read a channels_last stream and a contiguous one alike: neither is copied into the other's
+    layout, whichever of them the sample (and so out) has."""
+    x, m = torch.randn(2, 4, 6, 5), torch.randn(2, 4, 6, 5)
+    xc, mc = x.to(memory_format=torch.channels_last), m.to(memory_format=torch.channels_last)
+    for xs, ms, cl in ((x, mc, (False, True, False)), (xc, m, (True, False, False))):
+        layout, (x_in, m_in, _), pixels, stream_cl = ops._layout_of(ops._like_sample(xs), (xs, ms, None))
+        assert x_in is xs and m_in is ms and pixels == 4 and stream_cl == cl
+        assert (layout is None) == (xs is x)
 
 
 def test_mixed_layouts_and_cfg(backend, table):
