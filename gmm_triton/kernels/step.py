@@ -73,9 +73,10 @@ def _px_tile(blk, D, S: tl.constexpr):
     """A pixel tile (S.CH > 0): its first pixel p0, its logical indices c·HW + p0 + j as a [CH, PB] tensor, and
     their mask (pixels beyond HW)."""
     PB: tl.constexpr = S.BLOCK // S.CH
+    ALIGN: tl.constexpr = S.ALIGN
     HW = D // S.CH
     if S.VEC:  # (the launcher checked HW % ALIGN == 0: vector loads of the mixture rows)
-        HW = tl.multiple_of(HW, S.ALIGN)
+        HW = tl.multiple_of(HW, ALIGN)
     p0 = tl.multiple_of(blk * PB, PB)
     j = tl.arange(0, PB)[None, :]
     dl = tl.arange(0, S.CH)[:, None] * HW + p0 + j
