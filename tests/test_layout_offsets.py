@@ -51,6 +51,27 @@ def test_mixed_layouts_are_not_copied(table):
         assert (layout is None) == (xs is x)
 
 
+@pytest.mark.parametrize("variance", [None, "diag", "vub", "exact"])
+@pytest.mark.parametrize("dtype, shape", [(torch.float16, (2, 4, 8, 8)),    # whole Philox groups, rows of 8
+                                          (torch.float32, (2, 8, 4, 6)),    # rows of 4, 16-byte vectors
+                                          (torch.float32, (2, 16, 3, 3))])  # ragged pixels: one group per element
+def test_pixel_tiles_draw_what_contiguous_tiles_draw(backend, table, variance, dtype, shape):
+    """channels_last and both mixed layouts (kernels/step.py's pixel tiles on the Triton backend; the C++ twin
+    conforms a mixed input to out's layout): the same numbers, bit for bit, as the contiguous launch — the noise and
+    the mixture rows follow the logical index whatever order the streams are stored in."""
+    D = shape[1] * shape[2] * shape[3]
+    mix = build_mixture(D, 10, components=4, scale=0.01, variance=variance, seed=3) if variance else None
+    x, m = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+    ref, ref_x0 = ops.ddim_step(x, m, ROWS[:2], table, eta=1.0, seed=7, mixture=mix)
+    cl = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    for xs, ms in ((cl(x), cl(m)), (x, cl(m)), (cl(x), m)):
+        out, x0 = ops.ddim_step(xs, ms, ROWS[:2], table, eta=1.0, seed=7, mixture=mix)
+        assert out.stride() == xs.stride() and x0.stride() == xs.stride()
+        # the exact mode's projection sums in another order (float32 partial sums of the basis rows)
+        tol = 2 * float(ref.abs().max()) * torch.finfo(dtype).eps if variance == "exact" else 0.0
+        assert (out.double() - ref.double()).abs().max() <= tol and torch.equal(x0, ref_x0)
+
+
 def test_mixed_layouts_and_cfg(backend, table):
     """A channels_last sample with a contiguous [uncond; cond] model output (one is copied into the other's layout)
     and a 3-D permutation that merges to two dimensions."""
