@@ -667,7 +667,8 @@ def launch_spec(a, *, t_tensor, seed_tensor, off_tensor, off_value: int, config:
         PERMUTED=a.layout is not None and not ch, FAST=fast_math(x.device), VEC=vec, ALIGN=align, FLAT=flat,
         MASK=mask,  # flat tiles: only the last is ragged (_SPLIT keeps the others unmasked)
         TVEC=a.layout is None and not ch and D % align == 0 and D % 8 == 0,  # mixture table rows as whole vectors
-        BLOCK=BLOCK, CH=ch, Z_CL=z_cl, CL=bool(ch) and a.layout is not None, X_CL=x_cl, M_CL=m_cl, CT=tl.float64 if x.dtype == torch.float64 else tl.float32,
+        BLOCK=BLOCK, CH=ch, Z_CL=z_cl, CL=bool(ch) and a.layout is not None, X_CL=x_cl, M_CL=m_cl,
+        CT=tl.float64 if x.dtype == torch.float64 else tl.float32,
         PRED=contract.PRED_CODES[a.prediction_type], VAR_MODE=var_code, MIX=mix is not None,
         K=mix.k if mix is not None else 1,
         NPART=triton.next_power_of_2(_n_tiles(D, BLOCK, align, ch)) if projected else 1,
