@@ -189,6 +189,8 @@ def ddim_step_cases() -> list[aot.Case]:
         # mixed layouts on pixel tiles: a channels_last model output for a contiguous sample (logical compute order),
         # and a channels_last sample and noise for a contiguous model output
         ("fp16-eps-philox-mcl-x0", Step(h, shape=(4, 32, 32), layout="m_cl")),
+        # three channels (not a power of two): no pixel tiles, the permuted layout's per-element gather (PERMUTED)
+        ("fp32-eps-philox-channelslast-c3-x0", Step(f, shape=(3, 32, 32), layout="channels_last")),
         ("bf16-sample-noise-xcl", Step(b, shape=(4, 32, 32), pred="sample", noise=b, layout="x_cl", x0=False)),
         ("fp32-eps-philox-rowview", Step(f, shape=(1000,), layout="row_view", x0=False)),
         ("gmm-diag-fp16-eps-philox-x0", Step(h, shape=mix_shape, mixture="diag")),
