@@ -210,6 +210,25 @@ def test_blur_stochastic_multistep_matches_reference(backend, N):
     assert (ref - gref.blur_step(x, eps, bt, basis, rows)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("N", [8, 3, 1])
+def test_blur_kron_rows_move_no_number(monkeypatch, N):
+    """The Kronecker tile's height (kron_rows: 64 rows, or 16 where 64 spill) is a launch choice over independent
+    planes: both give the same bits, at order 0 and at the stochastic order 2 (the unmasked tile of 64 whole rows
+    with B·C = 64·G, and masked tails)."""
+    from gmm_triton.kernels import blur_step as K
+
+    _, bt, basis = blur_tables(N, lam_order=2)
+    for batch in (2, -(-64 * K.kron_planes(N) // 3)):
+        x = torch.randn(batch, 3, N, N)
+        eps = [torch.randn_like(x) for _ in range(3)]
+        outs = {}
+        for rows in (K.KRON_ROWS, K.KRON_ROWS_SMALL):
+            monkeypatch.setattr(K, "kron_rows", lambda neps, arch, rows=rows: rows)
+            with ops.use_cpu_backend("triton"):
+                outs[rows] = [gops.blur_step(x, eps[:k], 3, bt, basis, stochastic=True, seed=9) for k in (1, 3)]
+        assert all(torch.equal(a, b) for a, b in zip(*outs.values()))
+
+
 def test_blur_fp64_and_noise_tensor(backend):
     bt, bt_lam, basis = blur_tables(8)
     x = torch.randn(3, 2, 8, 8, dtype=torch.float64)

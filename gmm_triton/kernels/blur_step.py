@@ -6,7 +6,7 @@ DCT-II matrix; A, B_j, S the per-frequency planes of the sample's table row; n s
 Philox stream 0 at the flat index of [B, C, N, N], or a caller's tensor). Each buffer is read once and ``out``
 written once. The maths is stated in ``gddim/reference.py``. Two layouts of the same products, all ``tl.dot``:
 
-- N ≤ KRON_MAX (N² ≤ 64; N ≠ 7, :func:`kron_form`): a program holds KRON_ROWS rows of G consecutive planes each
+- N ≤ KRON_MAX (N² ≤ 64; N ≠ 7, :func:`kron_form`): a program holds PB (:func:`kron_rows`) rows of G planes each
   (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
   matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
@@ -29,8 +29,8 @@ import triton.language as tl
 
 from .. import contract
 from .philox import normal_block, normal_rows
-from .common import NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_NOISE, check_noise_code, fast_math, \
-    launch_scalar, sample_row
+from .common import _INTERPRETING, NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_NOISE, check_noise_code, \
+    fast_math, launch_scalar, sample_row
 
 _PLANES = tl.constexpr(contract.BLUR_PLANES)  # A, B_0..B_2, S per step (contract.py)
 _TF32_HALF = tl.constexpr(0x1000)   # half a unit of the 13 bits below a tf32 mantissa
@@ -39,6 +39,7 @@ _TF32_MASK = tl.constexpr(0xFFFFE000)
 MAX_SIZE = 64  # largest N: one [64, 64] plane per program
 KRON_MAX = 8   # N ≤ 8: planes as rows of one Kronecker product
 KRON_ROWS = 64  # rows of a Kronecker tile: [64, 64], one warpgroup's wgmma tile
+KRON_ROWS_SMALL = 16  # ... where that tile spills (kron_rows)
 
 
 @triton.jit
@@ -241,6 +242,26 @@ def kron_planes(N: int) -> int:
     return next((g for g in range(fit, 0, -1) if g * N * N % 4 == 0), fit)
 
 
+def kron_rows(neps: int, arch: int) -> int:
+    """PB: the rows of a Kronecker tile for ``neps`` ε buffers on a GPU of compute capability ``arch`` (90 for
+    9.0). KRON_ROWS (64, one warpgroup's wgmma tile) for up to two buffers on sm_90 and sm_100; KRON_ROWS_SMALL
+    otherwise: on sm_80 mma.sync holds the operands of each [64, 64] product in registers (ptxas spilled 760 B at
+    N = 8 with one buffer), and with three buffers (stochastic or deterministic order 2) the transform's tf32 parts,
+    the running Y and the next buffer's tile do not fit 255 registers on any target (80 B at sm_100a to 3.4 KB at
+    sm_80); at 16 rows none spills (benchmarks/RESULTS.md, issue 22's launches). The rows of a tile are independent planes, so the choice moves no
+    number."""
+    return KRON_ROWS if neps <= 2 and arch // 10 in (9, 10) else KRON_ROWS_SMALL
+
+
+def _arch(device: torch.device) -> int:
+    """The compute capability kron_rows sees: the launching GPU's, as triton's driver reports it (the compile
+    matrix's stub driver reports its target); 90 under the interpreter, the target the predictions are for, so that
+    the CPU tests run both tile heights (orders 0–1: 64 rows, order 2: 16)."""
+    if device.type != "cuda" or _INTERPRETING:
+        return 90
+    return triton.runtime.driver.active.get_current_target().arch
+
+
 def _tf32_round(m: torch.Tensor) -> torch.Tensor:
     """Host twin of the kernels' ``_tf32`` (fp32 → fp32 with 11 significant bits)."""
     bits = m.contiguous().view(torch.int32)
@@ -285,7 +306,7 @@ def basis_parts(basis: torch.Tensor, tf32x3: bool) -> torch.Tensor:
 
 def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor, seed_value, noise, noise_mode,
                      B, C, N):
-    """One launch: ceil(B·C / (G·KRON_ROWS)) programs of G·KRON_ROWS planes in the Kronecker form (kron_form), else
+    """One launch: ceil(B·C / (G·PB)) programs of G·PB planes in the Kronecker form (kron_form; PB: kron_rows), else
     (B, C) programs of one plane; after a noise pass for sizes whose tile rows are not whole Philox groups. ``x``,
     ``eps``, ``noise``: [B, C, N, N] with contiguous per-sample blocks (any batch stride; copied to contiguous for
     the Kronecker form); ``out`` contiguous. All checks are the op's (gddim/ops.py)."""
@@ -321,9 +342,10 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
             seed_tensor if seed_tensor is not None else coef, seed_value)
     strides = (x.stride(0), e[0].stride(0), e[1].stride(0), e[2].stride(0), noise.stride(0) if noise is not None else 0)
     if kron:
-        _blur_kron_kernel[(triton.cdiv(B * C, G * KRON_ROWS),)](
-            *ptrs, C, B * C, ALIGNED4=aligned4, N=N, G=G, PB=KRON_ROWS, num_warps=warps,
-            EVEN=G * N * N == T and B * C % (G * KRON_ROWS) == 0, **common)
+        PB = kron_rows(len(eps), _arch(x.device))
+        _blur_kron_kernel[(triton.cdiv(B * C, G * PB),)](
+            *ptrs, C, B * C, ALIGNED4=aligned4, N=N, G=G, PB=PB, num_warps=warps,
+            EVEN=G * N * N == T and B * C % (G * PB) == 0, **common)
     else:
         if C > 65535:
             raise ValueError(f"blur_step: {C} channels: more than the 65535 programs a CUDA grid's y axis allows")
