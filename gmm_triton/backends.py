@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -75,6 +76,14 @@ def backend_for(device: torch.device) -> str:
     return name
 
 
+def empty_in_layout(t: Tensor, like: Tensor) -> Tensor:
+    """An empty tensor of t's shape and dtype whose inner dimensions are laid out in like's memory order (batch
+    stride: t's inner size)."""
+    perm = [0] + sorted(range(1, like.dim()), key=lambda i: -like.stride(i))
+    inv = sorted(range(len(perm)), key=lambda i: perm[i])
+    return torch.empty([t.shape[p] for p in perm], dtype=t.dtype, device=t.device).permute(inv)
+
+
 @dataclass(frozen=True)
 class Layout:
     """A dense layout whose inner (non-batch) dimensions are permuted: each sample is one contiguous block, but
@@ -125,6 +134,22 @@ class StepArgs:
     layout: Optional[Layout]
     B: int
     D: int
+    # Pixel tiles (kernels/step.py): C > 0 when out or an input is channels_last-like ([C, HW] samples stored
+    # [HW, C], C a power of two) and the op left the other layout's inputs in place; stream_cl says which of
+    # (x, m, noise) are stored that way (out: ``layout is not None``). Implementations without pixel tiles take
+    # :meth:`conformed`.
+    pixels: int = 0
+    stream_cl: tuple = (False, False, False)
+
+    def conformed(self) -> "StepArgs":
+        """These arguments with every input in out's layout (an input in the other one copied once) and no pixel
+        tiles: what an implementation that indexes all streams alike takes."""
+        if not self.pixels:
+            return self
+        cl_out = self.layout is not None
+        x, m, z = (t if t is None or cl == cl_out else empty_in_layout(t, self.out).copy_(t)
+                   for t, cl in zip((self.x, self.m, self.noise), self.stream_cl))
+        return dataclasses.replace(self, x=x, m=m, noise=z, pixels=0, stream_cl=(cl_out,) * 3)
 
     @property
     def variance_mode(self) -> str:
@@ -218,6 +243,7 @@ def run_triton(a: StepArgs, config=None) -> None:
 
 @register("ddim_step", "cpp")
 def run_cpp(a: StepArgs) -> None:
+    a = a.conformed()
     perm = a.layout.sizes + a.layout.lstrides if a.layout is not None else ()
     torch.ops.gmm_triton_cpp.ddim_step(
         a.x, a.m, a.coef, cpp_rows(a.timesteps), int(a.timestep), host_int(a.seed), cpu_seeds(a.seed),

@@ -142,25 +142,49 @@ def _like_sample(sample: Tensor) -> Tensor:
     return t if _dense_kernel_layout(t) else torch.empty(sample.shape, dtype=sample.dtype, device=sample.device)
 
 
-def _empty_in_layout(t: Tensor, like: Tensor) -> Tensor:
-    """An empty tensor of t's shape and dtype whose inner dimensions are laid out in like's memory order."""
-    perm = [0] + sorted(range(1, like.dim()), key=lambda i: -like.stride(i))
-    inv = sorted(range(len(perm)), key=lambda i: perm[i])
-    return torch.empty([t.shape[p] for p in perm], dtype=t.dtype, device=t.device).permute(inv)
+MAX_PIXEL_CHANNELS = 64  # the pixel tiles' largest C (kernels/step.py: a tile holds BLOCK / C ≥ 4 whole pixels)
+
+
+def _pixel_channels(t: Tensor) -> int:
+    """C when t's samples are [C, HW] logical blocks stored pixel by pixel, [HW, C] in memory (channels_last and
+    its kin), with C a power of two the step's pixel tiles take; else 0."""
+    lay = _permuted_layout(t)
+    if lay is None:
+        return 0
+    (n0, hw, c), (_, l1, l2) = lay.sizes, lay.lstrides
+    return c if n0 == 1 and l1 == 1 and l2 == hw and 2 <= c <= MAX_PIXEL_CHANNELS and c & (c - 1) == 0 else 0
 
 
 def _layout_of(out: Tensor, inputs):
-    """(layout, inputs): the layout the kernels run in, which is ``out``'s, and the inputs in it.
+    """(layout, inputs, pixels, stream_cl): the layout the kernels run in, which is ``out``'s, the inputs, and
+    backends.StepArgs' pixel-tile fields.
 
-    Inputs already in it are read in place; any other is copied once into it (e.g. a channels_last model output
-    for a contiguous sample)."""
-    if door.rowwise(out) and out.stride(0) == math.prod(out.shape[1:]):
-        return None, [door.rowwise_blocks(t) for t in inputs]
-    layout = _permuted_layout(out)
-    if layout is None:
+    Inputs in out's layout are read in place. With pixel tiles (out, or with a contiguous out an input, stored
+    channels_last-like: ``_pixel_channels``) an input in the other of the two layouts is read in place too (the
+    kernel transposes it in registers); any other input is copied once into out's layout."""
+    rowwise_out = door.rowwise(out) and out.stride(0) == math.prod(out.shape[1:])
+    layout = None if rowwise_out else _permuted_layout(out)
+    if not rowwise_out and layout is None:
         raise ValueError(f"out must be dense (no gaps or overlaps, samples one after another, at most "
                          f"{MAX_PERMUTED_RANK} permuted dimensions after merging), got strides {out.stride()}")
-    return layout, [t if t is None or _same_inner(t, out) else _empty_in_layout(t, out).copy_(t) for t in inputs]
+    if rowwise_out:
+        pixels = max((_pixel_channels(t) for t in inputs if t is not None), default=0)
+    else:
+        pixels = _pixel_channels(out)
+
+    def place(t):  # (the input as the kernel reads it, whether it is stored pixel by pixel)
+        if t is None:
+            return None, False
+        if rowwise_out:
+            return (t, True) if pixels and _pixel_channels(t) == pixels else (door.rowwise_blocks(t), False)
+        if _same_inner(t, out):
+            return t, bool(pixels)
+        if pixels and door.rowwise(t):
+            return t, False
+        return backends.empty_in_layout(t, out).copy_(t), bool(pixels)
+
+    placed = [place(t) for t in inputs]
+    return layout, [t for t, _ in placed], pixels, tuple(cl for _, cl in placed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,14 +211,14 @@ def _step_into(
     mixture = MixtureTensors.from_op_tensors(mix, variance_mode) if mix else None
     if (noise_mode == NOISE_PHILOX or mixture is not None) and seed is None:
         raise ValueError("a seed tensor is needed for in-kernel noise (eta > 0 without noise) or a mixture")
-    layout, (x, m, z) = _layout_of(out, (sample, model_output, noise))
+    layout, (x, m, z), pixels, stream_cl = _layout_of(out, (sample, model_output, noise))
     args = StepArgs(
         x=x, m=m, out=out, x0=x0, coef=coef, timesteps=timesteps, timestep=timestep, seed=seed,
         sample_offset=sample_offset, noise=z,
         threshold=None if threshold is None else threshold.float().contiguous(), mixture=mixture,
         prediction_type=prediction_type, eta=eta, clip=clip, clipped_eps=use_clipped_model_output,
         guidance=guidance_scale, offset_final=offset_final, write_x0=write_x0, noise_mode=noise_mode,
-        layout=layout, B=B, D=D,
+        layout=layout, B=B, D=D, pixels=pixels, stream_cl=stream_cl,
     )
     backends.run(_OP, args, sample.device)
 

@@ -34,9 +34,42 @@ def test_channels_last_in_place_same_numbers(backend, table, variance):
 def test_channels_last_inputs_are_not_copied(table):
     xc = torch.randn(2, 4, 6, 5).to(memory_format=torch.channels_last)
     mc = torch.randn(2, 4, 6, 5).to(memory_format=torch.channels_last)
-    layout, (x, m, z) = ops._layout_of(ops._like_sample(xc), (xc, mc, None))
+    layout, (x, m, z), pixels, cl = ops._layout_of(ops._like_sample(xc), (xc, mc, None))
     assert x is xc and m is mc and z is None
     assert layout.sizes == (1, 30, 4) and layout.lstrides == (0, 1, 30)  # (h·w, c) in memory; d = c·30 + hw
+    assert pixels == 4 and cl == (True, True, False)  # the step's pixel tiles, 4 channels
+
+
+def test_mixed_layouts_are_not_copied(table):
+    """Pixel tiles read a channels_last stream and a contiguous one alike: neither is copied into the other's
+    layout, whichever of them the sample (and so out) has."""
+    x, m = torch.randn(2, 4, 6, 5), torch.randn(2, 4, 6, 5)
+    xc, mc = x.to(memory_format=torch.channels_last), m.to(memory_format=torch.channels_last)
+    for xs, ms, cl in ((x, mc, (False, True, False)), (xc, m, (True, False, False))):
+        layout, (x_in, m_in, _), pixels, stream_cl = ops._layout_of(ops._like_sample(xs), (xs, ms, None))
+        assert x_in is xs and m_in is ms and pixels == 4 and stream_cl == cl
+        assert (layout is None) == (xs is x)
+
+
+@pytest.mark.parametrize("variance", [None, "diag", "vub", "exact"])
+@pytest.mark.parametrize("dtype, shape", [(torch.float16, (2, 4, 8, 8)),    # whole Philox groups, rows of 8
+                                          (torch.float32, (2, 8, 4, 6)),    # rows of 4, 16-byte vectors
+                                          (torch.float32, (2, 16, 3, 3))])  # ragged pixels: one group per element
+def test_pixel_tiles_draw_what_contiguous_tiles_draw(backend, table, variance, dtype, shape):
+    """channels_last and both mixed layouts (kernels/step.py's pixel tiles on the Triton backend; the C++ twin
+    conforms a mixed input to out's layout): the same numbers, bit for bit, as the contiguous launch — the noise and
+    the mixture rows follow the logical index whatever order the streams are stored in."""
+    D = shape[1] * shape[2] * shape[3]
+    mix = build_mixture(D, 10, components=4, scale=0.01, variance=variance, seed=3) if variance else None
+    x, m = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+    ref, ref_x0 = ops.ddim_step(x, m, ROWS[:2], table, eta=1.0, seed=7, mixture=mix)
+    cl = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    for xs, ms in ((cl(x), cl(m)), (x, cl(m)), (cl(x), m)):
+        out, x0 = ops.ddim_step(xs, ms, ROWS[:2], table, eta=1.0, seed=7, mixture=mix)
+        assert out.stride() == xs.stride() and x0.stride() == xs.stride()
+        # the exact mode's projection sums in another order (float32 partial sums of the basis rows)
+        tol = 2 * float(ref.abs().max()) * torch.finfo(dtype).eps if variance == "exact" else 0.0
+        assert (out.double() - ref.double()).abs().max() <= tol and torch.equal(x0, ref_x0)
 
 
 def test_mixed_layouts_and_cfg(backend, table):

@@ -116,18 +116,22 @@ def test_each_normal_lands_on_its_element(start):
 def _step_noise(dtype, layout, offset, impl, table):
     """The step's noise σz (x = m = 0 makes prev = σ z) as fp32, in logical order."""
     shape = (3, 4, 12, 12)
-    x = torch.zeros(shape, dtype=dtype)
+    x = m = torch.zeros(shape, dtype=dtype)
     if layout == "channels_last":
-        x = x.to(memory_format=torch.channels_last)
+        x = m = x.to(memory_format=torch.channels_last)
+    elif layout == "m_cl":  # a mixed launch: pixel tiles in logical order
+        m = m.to(memory_format=torch.channels_last)
     sigma = 1.0 * float(table[500, 4]) ** 0.5
-    prev, _ = _run(impl, lambda: ops.ddim_step(x, x, 500, table, eta=1.0, seed=123, sample_offset=offset))
+    prev, _ = _run(impl, lambda: ops.ddim_step(x, m, 500, table, eta=1.0, seed=123, sample_offset=offset))
     return prev.float().contiguous().reshape(-1) / sigma
 
 
 @pytest.mark.parametrize("dtype, layout, offset", [
     (torch.float16, "contiguous", 0),       # normal_block, rows of 8 (two Philox groups joined per thread)
     (torch.float32, "contiguous", 1),       # rows of 4; offset·D ≡ 0 (mod 4)
-    (torch.float16, "channels_last", 0),    # normal_at: each element its own group and lane
+    (torch.float16, "channels_last", 0),    # pixel tiles: rows of 8 in logical order, transposed to channels_last
+    (torch.float32, "channels_last", 3),    # pixel tiles: rows of 4; counters from 3·D
+    (torch.float32, "m_cl", 0),             # pixel tiles in logical order (a channels_last model output)
 ])
 def test_the_steps_noise_lands_on_its_elements(dtype, layout, offset, table):
     """The fused step's own noise paths under every implementation: element i of the batch takes lane i % 4 of

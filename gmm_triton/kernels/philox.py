@@ -343,14 +343,43 @@ def box_muller(wa, wb, out, block: int = 4096):
 
 @triton.jit
 def normal_rows(seed, row_start, COLS: tl.constexpr, STREAM: tl.constexpr, ALIGNED4: tl.constexpr,
-                FAST: tl.constexpr):
-    """−1 times the normals of flat element indices row_start + [0, COLS) for each row (row_start: an [R, 1] int64
-    tensor), as an [R, COLS] tensor: a tile whose rows are runs of the flat index (an image plane's rows, a stack of
-    planes). With ALIGNED4 (every row_start % 4 == 0) one Philox call serves four elements of a row, joined in
-    registers as normal_block's ROW = 4 layout; otherwise each element draws its own group."""
+                FAST: tl.constexpr, ROW: tl.constexpr = 4, scale=1.0, rho2=1.0, RHO: tl.constexpr = False):
+    """−scale (·√rho2 with RHO, an [R, COLS] tensor ≥ 0) times the normals of flat element indices row_start +
+    [0, COLS) for each row (row_start: an [R, 1] int64 tensor), as an [R, COLS] tensor: a tile whose rows are runs
+    of the flat index (an image plane's rows, a stack of planes, the channels of a channels_last pixel tile). With
+    ALIGNED4 (every row_start % 4 == 0) one Philox call serves four elements of a row, joined in registers into
+    runs of ROW (4 or 8) elements per thread exactly as normal_block joins them; otherwise each element draws its
+    own group."""
+    R: tl.constexpr = row_start.shape[0]
     if ALIGNED4:
-        g = (row_start >> 2) + tl.arange(0, COLS // 4)[None, :]
-        n0, n1, n2, n3 = _group(seed, g, 0, 1.0, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
-        return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (row_start.shape[0], COLS))
+        g0 = row_start >> 2
+        if ROW == 8:
+            j = 2 * tl.arange(0, COLS // 8)[None, :]
+            if RHO:  # [row, run, group h, pair j, cos/sin k] ← element 4h + 2j + k of the run (normal_block)
+                rc, rs = tl.split(tl.reshape(rho2, (R, COLS // 8, 2, 2, 2)))
+                rc0, rc1 = tl.split(rc)
+                rs0, rs1 = tl.split(rs)
+                pa0, pb0 = tl.split(rc0)
+                pa2, pb2 = tl.split(rc1)
+                pa1, pb1 = tl.split(rs0)
+                pa3, pb3 = tl.split(rs1)
+                a0, a1, a2, a3 = _group(seed, g0, j, scale, pa0, pa1, pa2, pa3, RHO, STREAM, FAST)
+                b0, b1, b2, b3 = _group(seed, g0, j + 1, scale, pb0, pb1, pb2, pb3, RHO, STREAM, FAST)
+            else:
+                a0, a1, a2, a3 = _group(seed, g0, j, scale, 1.0, 1.0, 1.0, 1.0, RHO, STREAM, FAST)
+                b0, b1, b2, b3 = _group(seed, g0, j + 1, scale, 1.0, 1.0, 1.0, 1.0, RHO, STREAM, FAST)
+            cos = tl.join(tl.join(a0, b0), tl.join(a2, b2))
+            sin = tl.join(tl.join(a1, b1), tl.join(a3, b3))
+            return tl.reshape(tl.join(cos, sin), (R, COLS))
+        else:
+            j = tl.arange(0, COLS // 4)[None, :]
+            if RHO:  # [row, group, pair j, cos/sin k] ← lane 2j + k
+                rc, rs = tl.split(tl.reshape(rho2, (R, COLS // 4, 2, 2)))
+                p0, p2 = tl.split(rc)
+                p1, p3 = tl.split(rs)
+                n0, n1, n2, n3 = _group(seed, g0, j, scale, p0, p1, p2, p3, RHO, STREAM, FAST)
+            else:
+                n0, n1, n2, n3 = _group(seed, g0, j, scale, 1.0, 1.0, 1.0, 1.0, RHO, STREAM, FAST)
+            return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (R, COLS))
     else:
-        return normal_at(seed, row_start + tl.arange(0, COLS)[None, :], STREAM, FAST)
+        return normal_at(seed, row_start + tl.arange(0, COLS)[None, :], STREAM, FAST, scale, rho2, RHO)

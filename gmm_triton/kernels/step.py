@@ -17,6 +17,14 @@ Layouts: a program's elements are positions j of its sample's block in memory. W
 layout such as channels_last, backends.Layout) position j holds logical element d(j); the loads and stores stay
 coalesced at j and only the RNG counter and the mixture tables, which the contract defines on logical indices,
 use d(j) (one Philox group per element there instead of one per four).
+
+Pixel tiles (``CH`` = C > 0: channels_last and mixed channels_last / contiguous launches, backends.StepArgs.pixels):
+a sample is a [C, HW] logical block and a program takes pixels p0 + [0, PB) of every channel (PB = BLOCK / C). A
+channels_last stream holds that tile as one run [PB, C] in memory, a contiguous one as C rows of PB; each is read
+coalesced in its own order and transposed in registers (through shared memory: ``tl.trans``) into the compute
+order, which is ``out``'s (``CL``). The noise and the mixture rows are produced in logical order as [C, PB] rows —
+contiguous Philox counters (one group per four elements, as for contiguous tiles) and vector table loads — and
+transposed once into the compute order; the exact mode's basis sums run in logical order (one transpose each way).
 """
 from dataclasses import dataclass, fields
 
@@ -27,7 +35,7 @@ import triton.language as tl
 from .. import contract
 from .common import NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_CHOICE, STREAM_NOISE, check_noise_code, \
     fast_math, sample_key, sample_row
-from .philox import normal_at, normal_block, uniform_at
+from .philox import normal_at, normal_block, normal_rows, uniform_at
 
 # the contract's codes, as the compile-time constants Triton requires of globals
 _EPS = tl.constexpr(contract.PRED_CODES["epsilon"])
@@ -58,6 +66,140 @@ def _logical(d, n1, n2, l0, l1, l2, PERMUTED: tl.constexpr):
         return (t // n1) * l0 + (t % n1) * l1 + c2 * l2
     else:
         return d
+
+
+@triton.jit
+def _px_tile(blk, D, S: tl.constexpr):
+    """A pixel tile (S.CH > 0): its first pixel p0, its logical indices c·HW + p0 + j as a [CH, PB] tensor, and
+    their mask (pixels beyond HW)."""
+    PB: tl.constexpr = S.BLOCK // S.CH
+    ALIGN: tl.constexpr = S.ALIGN
+    HW = D // S.CH
+    if S.VEC:  # (the launcher checked HW % ALIGN == 0: vector loads of the mixture rows)
+        HW = tl.multiple_of(HW, ALIGN)
+    p0 = tl.multiple_of(blk * PB, PB)
+    j = tl.arange(0, PB)[None, :]
+    dl = tl.arange(0, S.CH)[:, None] * HW + p0 + j
+    return p0, dl, tl.broadcast_to(p0 + j < HW, (S.CH, PB))
+
+
+@triton.jit
+def _ld_px(ptr, off, p0, D, SCL: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr,
+           CH: tl.constexpr, PB: tl.constexpr):
+    """A stream's pixel tile in its own order: SCL (channels_last) the run ptr[off + p0·CH + [0, PB·CH)], else the
+    CH rows ptr[off + c·HW + p0 + [0, PB)] as [CH, PB] (16-byte vectors when VEC: HW and PB multiples of ALIGN)."""
+    HW = D // CH
+    if SCL:
+        o = off + p0 * CH
+        if VEC:
+            o = tl.multiple_of(o, ALIGN)
+        i = tl.arange(0, PB * CH)
+        if MASKED:
+            return tl.load(ptr + o + i, mask=p0 * CH + i < D, other=0.0)
+        else:
+            return tl.load(ptr + o + i)
+    else:
+        o = off + p0
+        if VEC:
+            o = tl.multiple_of(o, ALIGN)
+            HW = tl.multiple_of(HW, ALIGN)
+        j = tl.arange(0, PB)[None, :]
+        p = ptr + o + tl.arange(0, CH)[:, None] * HW + j
+        if MASKED:
+            return tl.load(p, mask=tl.broadcast_to(p0 + j < HW, (CH, PB)), other=0.0)
+        else:
+            return tl.load(p)
+
+
+@triton.jit
+def _st_px(ptr, off, p0, v, D, SCL: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr,
+           CH: tl.constexpr, PB: tl.constexpr):
+    """Stores v (a run with SCL, else [CH, PB] rows: _ld_px's shapes) into the pixel tile of ptr."""
+    HW = D // CH
+    v = v.to(ptr.dtype.element_ty)
+    if SCL:
+        o = off + p0 * CH
+        if VEC:
+            o = tl.multiple_of(o, ALIGN)
+        i = tl.arange(0, PB * CH)
+        if MASKED:
+            tl.store(ptr + o + i, v, mask=p0 * CH + i < D)
+        else:
+            tl.store(ptr + o + i, v)
+    else:
+        o = off + p0
+        if VEC:
+            o = tl.multiple_of(o, ALIGN)
+            HW = tl.multiple_of(HW, ALIGN)
+        j = tl.arange(0, PB)[None, :]
+        p = ptr + o + tl.arange(0, CH)[:, None] * HW + j
+        if MASKED:
+            tl.store(p, v, mask=tl.broadcast_to(p0 + j < HW, (CH, PB)))
+        else:
+            tl.store(p, v)
+
+
+@triton.jit
+def _from_logical(v, S: tl.constexpr):
+    """A [CH, PB] logical-order pixel tile in the compute order (a [BLOCK] vector); v itself without pixel tiles."""
+    if S.CH > 0:
+        if S.CL:
+            return tl.reshape(tl.trans(v), (S.BLOCK,))
+        else:
+            return tl.reshape(v, (S.BLOCK,))
+    else:
+        return v
+
+
+@triton.jit
+def _to_logical(v, S: tl.constexpr):
+    """The inverse of _from_logical."""
+    if S.CH > 0:
+        if S.CL:
+            return tl.trans(tl.reshape(v, (S.BLOCK // S.CH, S.CH)))
+        else:
+            return tl.reshape(v, (S.CH, S.BLOCK // S.CH))
+    else:
+        return v
+
+
+@triton.jit
+def _lg(v, S: tl.constexpr, IN_LOGICAL: tl.constexpr):
+    """A logical-order term in prev's order: the compute order (_from_logical), unless prev is in logical order."""
+    if IN_LOGICAL:
+        return v
+    else:
+        return _from_logical(v, S)
+
+
+@triton.jit
+def _ld_s(ptr, off, start, mask, D, S: tl.constexpr, SCL: tl.constexpr, MASKED: tl.constexpr):
+    """An element stream's tile in the compute order: _ld, or with pixel tiles the stream read in its own order
+    (SCL: channels_last) and transposed in registers where that is not the compute order."""
+    if S.CH > 0:
+        v = _ld_px(ptr, off, start, D, SCL, S.VEC, S.ALIGN, MASKED, S.CH, S.BLOCK // S.CH)
+        if SCL:
+            if S.CL:
+                return v
+            else:
+                return tl.reshape(tl.trans(tl.reshape(v, (S.BLOCK // S.CH, S.CH))), (S.BLOCK,))
+        else:
+            return _from_logical(v, S)
+    else:
+        return _ld(ptr, off, start, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
+
+
+@triton.jit
+def _st_s(ptr, off, start, v, mask, D, S: tl.constexpr, MASKED: tl.constexpr):
+    """Stores a compute-order tile into an output (in the compute order: out's)."""
+    if S.CH > 0:
+        if S.CL:
+            _st_px(ptr, off, start, v, D, True, S.VEC, S.ALIGN, MASKED, S.CH, S.BLOCK // S.CH)
+        else:
+            _st_px(ptr, off, start, tl.reshape(v, (S.CH, S.BLOCK // S.CH)), D, False, S.VEC, S.ALIGN, MASKED, S.CH,
+                   S.BLOCK // S.CH)
+    else:
+        _st(ptr, off, start, v, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
 
 
 @triton.jit
@@ -116,22 +258,43 @@ def _table(ptr, row_off, start, dl, mask, TVEC: tl.constexpr, MASKED: tl.constex
     if TVEC:
         TA: tl.constexpr = 128 // ptr.dtype.element_ty.primitive_bitwidth  # elements of a 16-byte vector
         return _ld(ptr, row_off, start, mask, True, TA, MASKED, BLOCK)
-    else:
+    elif MASKED:
         return tl.load(ptr + row_off + dl, mask=mask, other=0.0)
+    else:
+        return tl.load(ptr + row_off + dl)
 
 
 @triton.jit
-def _noise(z_ptr, z_off, seed, scale, rho2, base, start, dl, mask, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
-           PERMUTED: tl.constexpr, FAST: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr,
-           MASKED: tl.constexpr, RHO: tl.constexpr, BLOCK: tl.constexpr):
+def _noise(z_ptr, z_off, seed, scale, rho2, base, start, dl, mask, D, S: tl.constexpr, NOISE: tl.constexpr,
+           MASKED: tl.constexpr, RHO: tl.constexpr):
     """−scale (·√rho2 per element with RHO) × the tile's noise (negated: the caller subtracts it, which folds the
     Box–Muller sign into its multiply-add): Philox normals at flat indices base + logical index (base + start +
     [0, BLOCK) unless permuted; scale and rho2 then ride on the Box–Muller radius), or the caller's tensor at the
-    tile's memory positions."""
+    tile's memory positions. With pixel tiles (S.CH > 0) the noise comes in logical order, [CH, PB] (D: a
+    sample's elements)."""
+    ALIGNED4: tl.constexpr = S.ALIGNED4
+    FAST: tl.constexpr = S.FAST
+    VEC: tl.constexpr = S.VEC
+    ALIGN: tl.constexpr = S.ALIGN
+    BLOCK: tl.constexpr = S.BLOCK
     check_noise_code(NOISE)
     tl.static_assert(NOISE != NOISE_NONE, "_noise draws no noise for NOISE_NONE")
-    if NOISE == NOISE_PHILOX:
-        if PERMUTED:
+    if S.CH > 0:
+        PB: tl.constexpr = BLOCK // S.CH
+        if NOISE == NOISE_PHILOX:  # rows c·HW + p0 + [0, PB): whole Philox groups when ALIGNED4
+            ROW: tl.constexpr = 8 if ALIGN == 8 and PB % 8 == 0 else 4
+            rows = base + start + tl.arange(0, S.CH)[:, None] * (D // S.CH)
+            return normal_rows(seed, rows, PB, STREAM_NOISE, ALIGNED4, FAST, ROW, scale, rho2, RHO)
+        else:
+            z = _ld_px(z_ptr, z_off, start, D, S.Z_CL, VEC, ALIGN, MASKED, S.CH, PB)
+            if S.Z_CL:
+                z = tl.trans(tl.reshape(z, (PB, S.CH)))
+            z = z * -scale
+            if RHO:
+                z = z * tl.where(rho2 < 1.0, tl.sqrt(rho2), 1.0)
+            return z
+    elif NOISE == NOISE_PHILOX:
+        if S.PERMUTED:
             return normal_at(seed, base + dl, STREAM_NOISE, FAST, scale, rho2, RHO)
         else:
             return normal_block(seed, base + start, BLOCK, STREAM_NOISE, ALIGNED4, FAST, ALIGN, scale, rho2, RHO)
@@ -161,26 +324,33 @@ def _project_kernel(
     """The "exact" variance's first pass: part[b, tile, j] = Σ_{d in tile} Q[srow_b, j, d] σ_b z[b, d], the σ-scaled
     noise's projection on the offsets' span, one basis row at a time (no [K, BLOCK] tile in registers). Philox noise
     is drawn here once, as the Gaussian step draws it (−σz, σ on the Box–Muller radius), and stored in zout (float32,
-    the tile's memory order) for the step to read, rather than drawn a second time there. S: a ProjectSpec."""
+    the tile's memory order; logical order with pixel tiles) for the step to read, rather than drawn a second time
+    there. S: a ProjectSpec."""
     b = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
-    start, d, mask = _tile(b, blk.to(tl.int64), D, S.BLOCK, S.ALIGN)
+    if S.CH > 0:
+        start, dl, mask = _px_tile(blk.to(tl.int64), D, S)
+    else:
+        start, d, mask = _tile(b, blk.to(tl.int64), D, S.BLOCK, S.ALIGN)
+        dl = _logical(d, n1, n2, l0, l1, l2, S.PERMUTED)
     MASKED: tl.constexpr = S.MASK != _NO_MASK  # this pass reads few element streams: no full / edge split
-    dl = _logical(d, n1, n2, l0, l1, l2, S.PERMUTED)
     row, _ = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, S.T_FROM_PTR, S.T_PER_SAMPLE)
     srow, _ = _table_row(coef_ptr, row, n_tables, S.SHARED)
     sigma = tl.cast(eta, tl.float32) * tl.sqrt(tl.load(coef_ptr + row * _NC + _C_VAR).to(tl.float32))  # as the step
     seed, g = sample_key(seed_ptr, seed_value, off_ptr, off_value, b, S.SEED_FROM_PTR, S.SEED_PER_SAMPLE,
                          S.OFF_FROM_PTR)
-    zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, g * D, start, dl, mask, S.NOISE, S.ALIGNED4, S.PERMUTED, S.FAST,
-                  S.VEC, S.ALIGN, MASKED, False, S.BLOCK).to(tl.float32)  # −σz
+    zneg = _noise(z_ptr, b * z_bs, seed, sigma, 1.0, g * D, start, dl, mask, D, S, S.NOISE, MASKED,
+                  False).to(tl.float32)  # −σz
     if S.NOISE == NOISE_PHILOX:
-        _st(zout_ptr, b * D, start, zneg, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
+        if S.CH > 0:  # logical rows: the step reads them as a contiguous noise stream
+            _st_px(zout_ptr, b * D, start, zneg, D, False, S.VEC, S.ALIGN, MASKED, S.CH, S.BLOCK // S.CH)
+        else:
+            _st(zout_ptr, b * D, start, zneg, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
     zneg = tl.where(mask, zneg, 0.0)
     # a loop, not unrolled: unrolled, the K basis rows' loads were all issued ahead and spilled at K ≥ 32
     for j in tl.range(0, S.KP, loop_unroll_factor=1):
         q = _table(basis_ptr, (srow * S.KP + j) * D, start, dl, mask, S.TVEC, MASKED, S.BLOCK).to(tl.float32)
-        tl.store(part_ptr + (b * n_blk + blk) * S.KP + j, -tl.sum(q * zneg, axis=0))
+        tl.store(part_ptr + (b * n_blk + blk) * S.KP + j, -tl.sum(q * zneg, axis=None))
 
 
 @triton.jit
@@ -198,10 +368,10 @@ def _tile_step(ptrs, geo, scal, S: tl.constexpr, MASKED: tl.constexpr):
     POISON_X0: tl.constexpr = S.CLIP or S.THRESH or S.PRED == _SAMPLE  # x̂₀ does not carry a scalar's NaN there
 
     # ---- one read of x and of the model output (both halves under fused CFG) --------------------
-    x = _ld(x_ptr, b * x_bs, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
-    m = _ld(m_ptr, b * m_bs, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
+    x = _ld_s(x_ptr, b * x_bs, start, mask, D, S, S.X_CL, MASKED).to(CT)
+    m = _ld_s(m_ptr, b * m_bs, start, mask, D, S, S.M_CL, MASKED).to(CT)
     if S.CFG:
-        mc = _ld(m_ptr, m_half + b * m_bs, start, mask, VEC, ALIGN, MASKED, BLOCK).to(CT)
+        mc = _ld_s(m_ptr, m_half + b * m_bs, start, mask, D, S, S.M_CL, MASKED).to(CT)
         m = m + tl.cast(guidance, CT) * (mc - m)
 
     if S.PRED == _EPS:
@@ -232,10 +402,15 @@ def _tile_step(ptrs, geo, scal, S: tl.constexpr, MASKED: tl.constexpr):
     prev = alp * x0 + c_eps * eps
 
     # ---- the mixture's offset --------------------------------------------------------------------
+    # Pixel tiles: d is already the [CH, PB] logical indices, and each logical-order term below is transposed into
+    # the compute order (_lg) — or, for the exact mode's K basis rows, prev goes to logical order and back (RT).
     dl = _logical(d, n1, n2, l0, l1, l2, S.PERMUTED)
+    RT: tl.constexpr = S.CH > 0 and S.MIX and S.VAR_MODE == _VAR_EXACT and S.NOISE != NOISE_NONE
+    if RT:
+        prev = _to_logical(prev, S)
     if S.MIX:
         delta = _table(delta_ptr, (srow * S.K + k) * D, start, dl, mask, S.TVEC, MASKED, BLOCK).to(CT)
-        prev += delta * apply.to(CT)
+        prev += _lg(delta * apply.to(CT), S, RT)
 
     # ---- noise: z = −σ × the normals (negated: subtracting it folds the Box–Muller sign into one multiply-add) ----
     if S.NOISE != NOISE_NONE:
@@ -253,15 +428,14 @@ def _tile_step(ptrs, geo, scal, S: tl.constexpr, MASKED: tl.constexpr):
                 u = tl.load(var_ptr + k * S.K + dl, mask=mask & (dl < S.K), other=0.0).to(CT)
             rho2 = tl.maximum(1.0 - c * u, 0.0).to(tl.float32)  # it rides on the (float32) Box–Muller radius
         if S.ZNEG:  # the exact mode's projection pass drew −σz already (float32)
-            z = _noise(z_ptr, b * z_bs, seed, -1.0, 1.0, g * D_rng, start, dl, mask, S.NOISE, S.ALIGNED4, S.PERMUTED,
-                       S.FAST, VEC, ALIGN, MASKED, False, BLOCK).to(CT)
+            z = _noise(z_ptr, b * z_bs, seed, -1.0, 1.0, g * D_rng, start, dl, mask, D, S, S.NOISE, MASKED,
+                       False).to(CT)
         elif CT == tl.float64:  # σ applied in fp64
-            z = sigma * _noise(z_ptr, b * z_bs, seed, 1.0, rho2, g * D_rng, start, dl, mask, S.NOISE, S.ALIGNED4,
-                               S.PERMUTED, S.FAST, VEC, ALIGN, MASKED, RHO, BLOCK).to(CT)
+            z = sigma * _noise(z_ptr, b * z_bs, seed, 1.0, rho2, g * D_rng, start, dl, mask, D, S, S.NOISE, MASKED,
+                               RHO).to(CT)
         else:  # σ rides on the Box–Muller radius: one multiply per pair of normals
-            z = _noise(z_ptr, b * z_bs, seed, sigma, rho2, g * D_rng, start, dl, mask, S.NOISE, S.ALIGNED4,
-                       S.PERMUTED, S.FAST, VEC, ALIGN, MASKED, RHO, BLOCK)
-        prev -= z
+            z = _noise(z_ptr, b * z_bs, seed, sigma, rho2, g * D_rng, start, dl, mask, D, S, S.NOISE, MASKED, RHO)
+        prev -= _lg(z, S, RT)
         if S.MIX and S.VAR_MODE == _VAR_EXACT:
             # exact: σz + Qᵀ((√(1 − w_k λ/σ²) − 1) ⊙ Q σz) on span{δ}, one basis row at a time; the projections of
             # σz come from the first pass. Where the offsets do not apply (or σ = 0), every coefficient is 0.
@@ -272,11 +446,14 @@ def _tile_step(ptrs, geo, scal, S: tl.constexpr, MASKED: tl.constexpr):
                 proj = tl.sum(tl.load(part_ptr + (b * n_blk + p) * S.KP + j, mask=p < n_blk, other=0.0), axis=0)
                 u = c * tl.load(eig_ptr + srow * S.KP + j).to(CT)
                 cj = tl.where(u > 0, tl.sqrt(tl.maximum(1.0 - u, 0.0)) - 1.0, 0.0) * proj.to(CT)
+                # (logical order: with pixel tiles this is the RT case)
                 prev += cj * _table(basis_ptr, (srow * S.KP + j) * D, start, dl, mask, S.TVEC, MASKED, BLOCK).to(CT)
+    if RT:
+        prev = _from_logical(prev, S)
 
-    _st(out_ptr, b * D, start, prev, mask, VEC, ALIGN, MASKED, BLOCK)
+    _st_s(out_ptr, b * D, start, prev, mask, D, S, MASKED)
     if S.WRITE_X0:
-        _st(x0_ptr, b * D, start, x0, mask, VEC, ALIGN, MASKED, BLOCK)
+        _st_s(x0_ptr, b * D, start, x0, mask, D, S, MASKED)
 
 
 @triton.jit(do_not_specialize=["t_value", "seed_value", "off_value", "eta", "clip", "guidance"])
@@ -298,7 +475,10 @@ def _ddim_step_kernel(
     else:
         b = tl.program_id(0).to(tl.int64)
         blk = tl.program_id(1)
-    start, d, mask = _tile(b, blk.to(tl.int64), D, S.BLOCK, S.ALIGN)
+    if S.CH > 0:  # pixel tiles: d holds the [CH, PB] logical indices
+        start, d, mask = _px_tile(blk.to(tl.int64), D, S)
+    else:
+        start, d, mask = _tile(b, blk.to(tl.int64), D, S.BLOCK, S.ALIGN)
     CT: tl.constexpr = S.CT
 
     # ---- per-sample scalars, once per program: the table row, and an invalid row folded in as NaN ---------
@@ -383,6 +563,8 @@ class ProjectSpec:
     MASK: int             # how tile edges are masked: _NO_MASK, _MASKED, or _SPLIT (full tiles unmasked)
     TVEC: bool            # mixture table rows read as whole vectors
     BLOCK: int            # elements per program
+    CH: int               # pixel tiles of CH channels × BLOCK / CH pixels (channels_last or mixed layouts); 0: off
+    Z_CL: bool            # with pixel tiles: the noise tensor is channels_last (else logical rows)
 
 
 @dataclass(frozen=True)
@@ -405,6 +587,9 @@ class StepSpec(ProjectSpec):
     ZNEG: bool            # the noise tensor holds the projection pass's −σz (float32), not standard normals
     FLAT: bool            # tiles of the flat [B·D] array (a grid of tiles, b = 0): every per-sample value is the
                           # same and every stream contiguous, so a ragged D needs no per-sample edge tiles
+    CL: bool              # with pixel tiles: out (and x̂₀) channels_last, the compute order; else logical order
+    X_CL: bool            # with pixel tiles: the sample is channels_last
+    M_CL: bool            # with pixel tiles: the model output is channels_last
 
     @property
     def projected(self) -> bool:
@@ -417,9 +602,18 @@ class StepSpec(ProjectSpec):
         return ProjectSpec(**{**sub, "NOISE": contract.NOISE_PHILOX if self.ZNEG else self.NOISE})
 
 
-def _n_tiles(D: int, block: int, align: int) -> int:
-    """Tiles of a sample: its block starts -(b·D mod ALIGN) elements into the first (_tile)."""
+def _n_tiles(D: int, block: int, align: int, ch: int = 0) -> int:
+    """Tiles of a sample: its block starts -(b·D mod ALIGN) elements into the first (_tile); pixel tiles (ch > 0):
+    BLOCK / ch of its D / ch pixels each."""
+    if ch:
+        return triton.cdiv(D // ch, block // ch)
     return triton.cdiv(D + (align - 1 if D % align else 0), block)
+
+
+def pixel_tiles(a, block: int) -> int:
+    """The channels of the launch's pixel tiles (StepSpec.CH), 0 for none: the op left channels_last-like streams
+    for the kernel (backends.StepArgs.pixels) and a tile holds whole pixels (BLOCK a multiple of C)."""
+    return a.pixels if a.pixels and block % a.pixels == 0 else 0
 
 
 def flat_tiles(a, t_tensor, config: LaunchConfig | None) -> bool:
@@ -432,7 +626,7 @@ def flat_tiles(a, t_tensor, config: LaunchConfig | None) -> bool:
     ragged = _mask_mode(D, block, max(4, 16 // a.x.element_size())) != _NO_MASK.value
     strides = [a.x.stride(0), a.m.stride(0)] + ([a.noise.stride(0)] if a.noise is not None else [])
     return (ragged and a.layout is None and a.mixture is None and a.threshold is None and not per_sample_t
-            and not a.per_sample_seeds and all(st == D for st in strides) and a.B > 1)
+            and not a.per_sample_seeds and all(st == D for st in strides) and a.B > 1 and not a.pixels)
 
 
 def launch_spec(a, *, t_tensor, seed_tensor, off_tensor, off_value: int, config: LaunchConfig,
@@ -442,6 +636,7 @@ def launch_spec(a, *, t_tensor, seed_tensor, off_tensor, off_value: int, config:
     :func:`flat_tiles`, with ``config`` chosen for the flat extent)."""
     x, mix, D = a.x, a.mixture, a.D
     BLOCK = config.block
+    ch = pixel_tiles(a, BLOCK)
     # The tiles of a sample start at -(b·D mod ALIGN): 16-byte vectors (ALIGN elements) and whole Philox groups.
     align = max(4, 16 // x.element_size())
     extent = a.B * D if flat else D  # what the tiles cover
@@ -453,22 +648,30 @@ def launch_spec(a, *, t_tensor, seed_tensor, off_tensor, off_value: int, config:
     # vectors need every tensor's sample blocks to sit like out's (b·D) modulo a vector
     vec = all(s % align == D % align for s in (x.stride(0), a.m.stride(0), z_bs)) and \
         (a.guidance is None or (a.B * a.m.stride(0)) % align == 0)
+    mask = (_NO_MASK.value if extent % BLOCK == 0 else _SPLIT.value) if flat else _mask_mode(D, BLOCK, align)
     var_code = contract.VAR_CODES[a.variance_mode]
     projected = var_code == contract.VAR_CODES["exact"] and a.noise_mode != contract.NOISE_NONE
     zneg = projected and a.noise is None  # the step reads the −σz the projection drew: one draw per element
+    x_cl, m_cl, z_cl = a.stream_cl if ch else (False, False, False)
+    if ch:  # pixel tiles: rows c·HW + p0 + [0, PB) and runs p0·C + [0, BLOCK) (_ld_px)
+        hw, pb = D // ch, BLOCK // ch
+        aligned4 = hw % 4 == 0 and pb % 4 == 0
+        vec = vec and D % align == 0 and hw % align == 0 and pb % align == 0
+        mask = _MASKED.value if hw % pb else _NO_MASK.value
+        z_cl = z_cl and not zneg  # the projection pass stores −σz in logical rows
     return StepSpec(
         NOISE=contract.NOISE_TENSOR if zneg else a.noise_mode, KP=mix.kp if mix is not None else 1,
         SHARED=mix.shared if mix is not None else True, T_FROM_PTR=t_tensor is not None,
         T_PER_SAMPLE=t_tensor is not None and t_tensor.numel() > 1, SEED_FROM_PTR=seed_tensor is not None,
-        SEED_PER_SAMPLE=per_sample, OFF_FROM_PTR=off_tensor is not None, ALIGNED4=aligned4, PERMUTED=a.layout is not None,
-        FAST=fast_math(x.device), VEC=vec, ALIGN=align, FLAT=flat,
-        # flat tiles: only the last is ragged (_SPLIT keeps the others unmasked)
-        MASK=(_NO_MASK.value if extent % BLOCK == 0 else _SPLIT.value) if flat else _mask_mode(D, BLOCK, align),
-        TVEC=a.layout is None and D % align == 0 and D % 8 == 0,  # mixture table rows as whole vectors
-        BLOCK=BLOCK, CT=tl.float64 if x.dtype == torch.float64 else tl.float32,
+        SEED_PER_SAMPLE=per_sample, OFF_FROM_PTR=off_tensor is not None, ALIGNED4=aligned4,
+        PERMUTED=a.layout is not None and not ch, FAST=fast_math(x.device), VEC=vec, ALIGN=align, FLAT=flat,
+        MASK=mask,  # flat tiles: only the last is ragged (_SPLIT keeps the others unmasked)
+        TVEC=a.layout is None and not ch and D % align == 0 and D % 8 == 0,  # mixture table rows as whole vectors
+        BLOCK=BLOCK, CH=ch, Z_CL=z_cl, CL=bool(ch) and a.layout is not None, X_CL=x_cl, M_CL=m_cl,
+        CT=tl.float64 if x.dtype == torch.float64 else tl.float32,
         PRED=contract.PRED_CODES[a.prediction_type], VAR_MODE=var_code, MIX=mix is not None,
         K=mix.k if mix is not None else 1,
-        NPART=triton.next_power_of_2(_n_tiles(D, BLOCK, align)) if projected else 1,
+        NPART=triton.next_power_of_2(_n_tiles(D, BLOCK, align, ch)) if projected else 1,
         CLIP=a.clip is not None, THRESH=a.threshold is not None, CLIPPED_EPS=a.clipped_eps,
         CFG=a.guidance is not None, OFFSET_FINAL=a.offset_final, WRITE_X0=a.write_x0, ZNEG=zneg,
     )
@@ -478,15 +681,17 @@ def launch_step(a, *, t_tensor, t_value, seed_tensor, seed_value, off_tensor, of
                 config: LaunchConfig | None = None):
     """Launches the (optional) projection pass and the step kernel for the op's resolved ``a``
     (backends.StepArgs). All checks are the op's (ops.py)."""
+    flat = flat_tiles(a, t_tensor, config)
+    extent = a.B * a.D if flat else a.D
+    cfgl = config or default_config(extent, a.x.device)
+    if a.pixels and not pixel_tiles(a, cfgl.block):  # a block of partial pixels: every stream in out's layout
+        a = a.conformed()
     x, m, noise, mix = a.x, a.m, a.noise, a.mixture
     D, B = a.D, a.B
-    flat = flat_tiles(a, t_tensor, config)
-    extent = B * D if flat else D
-    cfgl = config or default_config(extent, x.device)
     off_host = 0 if off_tensor is not None else off_value
     S = launch_spec(a, t_tensor=t_tensor, seed_tensor=seed_tensor, off_tensor=off_tensor, off_value=off_host,
                     config=cfgl, flat=flat)
-    n_blk = _n_tiles(extent, S.BLOCK, S.ALIGN)
+    n_blk = _n_tiles(extent, S.BLOCK, S.ALIGN, S.CH)
     if n_blk > 65535 and not flat:  # the grid's y axis
         raise ValueError(f"a sample of {D} elements needs {n_blk} tiles of {S.BLOCK}: more than the 65535 a CUDA grid "
                          f"allows; pass a larger LaunchConfig block")

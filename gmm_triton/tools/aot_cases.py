@@ -54,7 +54,8 @@ class Step:
     sample_offset: str = "none"              # "none", "host" (an int), "device" (an int64 tensor)
     components: int = 8                      # the mixture's K
     layout: str = "contiguous"               # "channels_last" (both); "x_cl" / "m_cl": only the sample / only the
-                                             # model output channels_last; "row_view": rows of a [B, D + 3] buffer
+                                             # model output channels_last (a noise tensor follows the sample);
+                                             # "row_view": rows of a [B, D + 3] buffer
 
     @property
     def D(self) -> int:
@@ -134,6 +135,9 @@ def _drive_step(s: Step):
             m = cl(m) if s.layout != "x_cl" else m
         elif s.layout == "row_view":  # each sample's block contiguous, batch stride D + 3
             x, m = (fx.like(torch.empty((t.shape[0], s.D + 3), dtype=s.dtype, device="meta")[:, :s.D]) for t in (x, m))
+        noise = fx.tensor((s.batch, *s.shape), s.noise) if s.noise is not None else None
+        if noise is not None and s.layout in ("channels_last", "x_cl"):
+            noise = cl(noise)
         t = {"int": 7, "device": fx.tensor((1,), torch.int64), "per_sample": fx.tensor((s.batch,), torch.int64)}
         seed = {"host": SEED64, "host32": SEED32, "device": fx.tensor((1,), torch.int64),
                 "per_sample": fx.tensor((s.batch,), torch.int64)}[s.seed]
@@ -146,7 +150,7 @@ def _drive_step(s: Step):
             x, m, t[s.timestep], fx.like(table), prediction_type=s.pred, eta=s.eta,
             clip_sample_range=1.0 if s.clip else None, thresholding=(0.995, 1.5) if s.threshold else None,
             use_clipped_model_output=s.clipped_eps, guidance_scale=7.5 if s.cfg else None,
-            noise=fx.tensor((s.batch, *s.shape), s.noise) if s.noise is not None else None,
+            noise=noise,
             seed=seed, mixture=mixture, offset_final=s.offset_final, return_pred_original=s.x0,
             sample_offset={"none": None, "host": 5, "device": fx.tensor((1,), torch.int64)}[s.sample_offset])
 
@@ -182,6 +186,12 @@ def ddim_step_cases() -> list[aot.Case]:
         # a per-sample row keeps per-sample tiles (not FLAT): D % 16 == 0, so its masks are whole vectors (MASKED)
         ("fp16-eps-philox-d4800-pertimestep-x0", Step(h, shape=(3, 40, 40), timestep="per_sample")),
         ("bf16-eps-philox-channelslast-x0", Step(b, shape=(4, 32, 32), layout="channels_last")),
+        # mixed layouts on pixel tiles: a channels_last model output for a contiguous sample (logical compute order),
+        # and a channels_last sample and noise for a contiguous model output
+        ("fp16-eps-philox-mcl-x0", Step(h, shape=(4, 32, 32), layout="m_cl")),
+        # three channels (not a power of two): no pixel tiles, the permuted layout's per-element gather (PERMUTED)
+        ("fp32-eps-philox-channelslast-c3-x0", Step(f, shape=(3, 32, 32), layout="channels_last")),
+        ("bf16-sample-noise-xcl", Step(b, shape=(4, 32, 32), pred="sample", noise=b, layout="x_cl", x0=False)),
         ("fp32-eps-philox-rowview", Step(f, shape=(1000,), layout="row_view", x0=False)),
         ("gmm-diag-fp16-eps-philox-x0", Step(h, shape=mix_shape, mixture="diag")),
         ("gmm-vub-bf16-eps-eta0-shared-offsetfinal-x0", Step(b, shape=mix_shape, eta=0.0, mixture="vub", shared=True,
@@ -219,6 +229,11 @@ def cliff_cases() -> list[aot.Case]:
     cases.append(("ragged-fp16-d1001-b64-devoffset-x0", Step(h, shape=(7, 11, 13), batch=64, sample_offset="device")))
     for dt in (h, b):
         cases.append((f"cl-{_LABEL[dt]}-eps-philox-x0", Step(dt, layout="channels_last")))
+    for lay in ("m_cl", "x_cl"):  # mixed layouts: one of sample / model output channels_last
+        cases.append((f"{lay.replace('_', '')}-fp16-eps-philox-x0", Step(h, layout=lay)))
+        for var in ("diag", "vub", "exact"):
+            cases.append((f"{lay.replace('_', '')}-gmm-{var}-fp16-eps-philox-x0", Step(h, shape=mix_shape, mixture=var,
+                                                                                      layout=lay)))
     for var in ("diag", "vub", "exact"):
         if var != "diag":  # gmm-diag-fp16-eps-philox-x0 is the contiguous diag case
             cases.append((f"gmm-{var}-fp16-eps-philox-x0", Step(h, shape=mix_shape, mixture=var)))
