@@ -205,8 +205,8 @@ def stock_failures(outcomes: dict, log: dict) -> dict:
     return {f: {k: dict(sorted(v.items())) for k, v in c.items() if v} for f, c in sorted(out.items())}
 
 
-def run_selection(sel: Selection, root: pathlib.Path, jobs: int) -> dict:
-    """The selection in every mode; its entry of results.json."""
+def run_selection(sel: Selection, root: pathlib.Path, jobs: int, commit: str) -> dict:
+    """The selection in every mode; its entry of results.json (``commit``: the checkout's when the run began)."""
     files = flow_files(root) if sel.files == FLOW else sel.files
     hub = hub_fixtures.build_cache(hub_fixtures.DEFAULT_CACHE, sel.hub) if sel.hub else {}
     per_mode, logs, seconds = {}, {}, {}
@@ -220,7 +220,7 @@ def run_selection(sel: Selection, root: pathlib.Path, jobs: int) -> dict:
             _run_modes(MODES, files, sel, root, tmp, jobs, per_mode, logs, seconds)
     stock_pass = {t for t, o in per_mode["stock"].items() if o == "passed"}
     entry = {"files": files, "stochastic": sel.stochastic, "seconds": {m: round(s) for m, s in seconds.items()},
-             "ours_on_stock_passes": sel.ours_on_stock_passes, "commit": _commit(),
+             "ours_on_stock_passes": sel.ours_on_stock_passes, "commit": commit,
              "versions": _versions("diffusers", "transformers", "torch")}
     if hub:
         entry["synthetic_hub"] = hub  # repo id -> revision of hub_fixtures.py's build
@@ -337,12 +337,13 @@ def main(argv=None) -> int:
     root = unpack(SNAPSHOT) / "diffusers-tests"
     (root / "pytest.ini").write_text("[pytest]\n")  # the snapshot's own settings, not this repository's
     (root / "test_gmm_bf16_pipelines.py").write_text((HERE / "bf16_pipelines.py").read_text())
+    commit = _commit()  # before anything runs (the run itself rewrites README.md)
     results = {"snapshot": SNAPSHOT, "selections": {}}
     if args.only and RESULTS.exists():
         results = json.loads(RESULTS.read_text())
     for sel in SELECTIONS:
         if (args.only and sel.name in args.only) or (not args.only and (sel.quick or not args.quick)):
-            results["selections"][sel.name] = run_selection(sel, root, args.jobs)
+            results["selections"][sel.name] = run_selection(sel, root, args.jobs, commit)
     if not args.quick:
         order = [n for n, *_ in SELECTIONS]
         results["selections"] = dict(sorted(results["selections"].items(), key=lambda kv: order.index(kv[0])))
