@@ -20,12 +20,15 @@ calling ``step`` checks nothing of ours), and why each stock failure fails (swap
 asked for offline, else its exception. The flow selection is every fast pipeline test file of the snapshot whose
 components build a FlowMatchEulerDiscreteScheduler; offline, most of their tests stop at a hub tokenizer or text
 encoder with stock diffusers, so ours runs only the tests stock passes (the rest cannot count), and a file none of
-whose stock passes steps the scheduler is listed as excluded, with the causes of its failures.
+whose stock passes steps the scheduler is listed as excluded, with the causes of its failures. The "flow-synthetic"
+selection (SD3, Flux, Chroma) runs those tests with the two hub repositories they ask for served from a local hub cache
+that hub_fixtures.py writes (synthetic tokenizers and a random tiny T5, the same for stock and ours).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -39,6 +42,7 @@ from typing import NamedTuple
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+from integrations.diffusers import hub_fixtures  # noqa: E402
 from integrations.vendor import unpack  # noqa: E402
 
 SNAPSHOT = "diffusers-tests-58eb52c0.tar.gz"
@@ -55,6 +59,13 @@ PIPELINE_FILES = [
 ]
 QUICK_FILES = ["tests/pipelines/ddim/test_ddim.py"]  # offline, the flow pipelines' tests need hub tokenizers
 FLOW = "flow"  # the files are found in the snapshot: flow_files()
+# flow pipelines whose fast tests ask the hub only for tiny-random-clip / tiny-random-t5, which hub_fixtures.py writes
+# (synthetic) into a local hub cache: SD3 and Flux, and Chroma (T5 only, another transformer)
+FLOW_SYNTHETIC_FILES = [
+    "tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3.py",
+    "tests/pipelines/flux/test_pipeline_flux.py",
+    "tests/pipelines/chroma/test_pipeline_chroma.py",
+]
 
 
 class Selection(NamedTuple):
@@ -63,6 +74,7 @@ class Selection(NamedTuple):
     stochastic: bool  # stochastic paths forced on
     quick: bool  # in the quick run (make test-integrations)
     ours_on_stock_passes: bool = False  # ours runs only the tests that stock passes
+    hub: tuple = ()  # hub repositories served, synthetic, from hub_fixtures.py's local cache (every mode alike)
 
 
 SELECTIONS = [
@@ -71,6 +83,12 @@ SELECTIONS = [
     Selection("pipelines", PIPELINE_FILES, True, False),
     Selection("pipelines-bf16", ["test_gmm_bf16_pipelines.py"], True, True),  # bf16_pipelines.py, in the snapshot
     Selection(FLOW, FLOW, True, False, ours_on_stock_passes=True),
+    # as written (ours steps deterministically, as stock does) and with stochastic_sampling forced on (stock then
+    # draws its step noise from the global RNG: the pipelines pass no generator to step)
+    Selection("flow-synthetic-default", FLOW_SYNTHETIC_FILES, False, False, ours_on_stock_passes=True,
+              hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)),
+    Selection("flow-synthetic", FLOW_SYNTHETIC_FILES, True, False, ours_on_stock_passes=True,
+              hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)),
 ]
 # value tests that compare a stochastic run against numbers diffusers' own torch noise produced: in Philox mode the
 # noise is other (equally distributed) numbers, so these may differ there, and only there
@@ -98,12 +116,15 @@ def _outcomes(junit: pathlib.Path) -> dict:
     return out
 
 
-def _pytest(tests, mode: str, stochastic: bool, root: pathlib.Path, out: pathlib.Path) -> subprocess.Popen:
+def _pytest(tests, mode: str, sel: "Selection", root: pathlib.Path, out: pathlib.Path) -> subprocess.Popen:
     """pytest on ``tests`` (files or node ids) in ``mode``, writing ``out``.xml (junit) and ``out``.json (swap.py's
-    log); node ids go through a file (``@args``), there can be thousands."""
-    env = dict(os.environ, GMM_SWAP=mode, GMM_STOCHASTIC=str(int(stochastic)), HF_HUB_OFFLINE="1",
+    log); node ids go through a file (``@args``), there can be thousands. A selection with synthetic hub repositories
+    reads the hub cache from hub_fixtures.py's folder (built by run_selection), offline as every run."""
+    env = dict(os.environ, GMM_SWAP=mode, GMM_STOCHASTIC=str(int(sel.stochastic)), HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
                PYTHONWARNINGS="ignore", GMM_SWAP_LOG=str(out.with_suffix(".json")))
+    if sel.hub:
+        env["HF_HUB_CACHE"] = str(hub_fixtures.DEFAULT_CACHE)
     args = out.with_suffix(".args")
     args.write_text("\n".join(tests) + "\n")
     return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "swap", "-p", "no:cacheprovider",
@@ -127,7 +148,7 @@ def _run_modes(modes, tests, sel: Selection, root: pathlib.Path, tmp: pathlib.Pa
     while tasks:
         batch, tasks = tasks[:jobs], tasks[jobs:]
         t0 = time.monotonic()
-        procs = [(m, i, _pytest(part, m, sel.stochastic, root, tmp / f"{m}-{i}")) for m, i, part in batch]
+        procs = [(m, i, _pytest(part, m, sel, root, tmp / f"{m}-{i}")) for m, i, part in batch]
         for m, i, p in procs:
             if p.wait() not in (0, 1) or not (tmp / f"{m}-{i}.xml").exists():  # 1: some tests failed
                 raise SystemExit(f"{sel.name} [{m}] shard {i}: pytest exited with {p.returncode} (a crash, or no "
@@ -142,6 +163,26 @@ def _run_modes(modes, tests, sel: Selection, root: pathlib.Path, tmp: pathlib.Pa
             logs[m]["failed"].update(part["failed"])
             print(f"{sel.name:22s} {m:7s} shard {i}: {_counts(outcomes)} in {time.monotonic() - t0:.0f} s",
                   flush=True)
+
+
+def _commit() -> str:
+    """The checkout's commit, with "-dirty" when tracked files differ from it (results.json itself aside)."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    return head + ("-dirty" if any(not line.endswith(RESULTS.name) for line in status) else "")
+
+
+def _versions(*packages) -> dict:
+    """package -> installed version (None where it is not installed)."""
+    out = {}
+    for p in packages:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            out[p] = None
+    return out
 
 
 def _file_of(tid: str, nodeids: dict) -> str:
@@ -164,9 +205,10 @@ def stock_failures(outcomes: dict, log: dict) -> dict:
     return {f: {k: dict(sorted(v.items())) for k, v in c.items() if v} for f, c in sorted(out.items())}
 
 
-def run_selection(sel: Selection, root: pathlib.Path, jobs: int) -> dict:
-    """The selection in every mode; its entry of results.json."""
+def run_selection(sel: Selection, root: pathlib.Path, jobs: int, commit: str) -> dict:
+    """The selection in every mode; its entry of results.json (``commit``: the checkout's when the run began)."""
     files = flow_files(root) if sel.files == FLOW else sel.files
+    hub = hub_fixtures.build_cache(hub_fixtures.DEFAULT_CACHE, sel.hub) if sel.hub else {}
     per_mode, logs, seconds = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
@@ -178,7 +220,10 @@ def run_selection(sel: Selection, root: pathlib.Path, jobs: int) -> dict:
             _run_modes(MODES, files, sel, root, tmp, jobs, per_mode, logs, seconds)
     stock_pass = {t for t, o in per_mode["stock"].items() if o == "passed"}
     entry = {"files": files, "stochastic": sel.stochastic, "seconds": {m: round(s) for m, s in seconds.items()},
-             "ours_on_stock_passes": sel.ours_on_stock_passes}
+             "ours_on_stock_passes": sel.ours_on_stock_passes, "commit": commit,
+             "versions": _versions("diffusers", "transformers", "torch")}
+    if hub:
+        entry["synthetic_hub"] = hub  # repo id -> revision of hub_fixtures.py's build
     for mode in MODES:
         entry[mode] = _counts(per_mode[mode])
         if mode != "stock":
@@ -235,6 +280,11 @@ def table(results: dict) -> str:
     for name, e in _ordered(results):
         if e.get("ours_on_stock_passes"):
             notes.append(f"{name}: ours ran only the {e['stock']['passed']} tests that stock passes.")
+        if e.get("synthetic_hub"):
+            notes.append(f"{name}: the hub repositories {', '.join(f'`{r}`' for r in sorted(e['synthetic_hub']))} "
+                         f"are synthetic (integrations/diffusers/hub_fixtures.py: tokenizers built from scratch, a "
+                         f"random tiny T5), served offline from a local hub cache to stock and ours alike; value tests "
+                         f"against diffusers' recorded slices may fail for both, and only stock's passes count.")
         if e.get("excluded"):
             notes.append(f"{name}: {excluded_summary(e)}")
         if "DDIMSchedulerTest" in e:
@@ -287,12 +337,13 @@ def main(argv=None) -> int:
     root = unpack(SNAPSHOT) / "diffusers-tests"
     (root / "pytest.ini").write_text("[pytest]\n")  # the snapshot's own settings, not this repository's
     (root / "test_gmm_bf16_pipelines.py").write_text((HERE / "bf16_pipelines.py").read_text())
+    commit = _commit()  # before anything runs (the run itself rewrites README.md)
     results = {"snapshot": SNAPSHOT, "selections": {}}
     if args.only and RESULTS.exists():
         results = json.loads(RESULTS.read_text())
     for sel in SELECTIONS:
         if (args.only and sel.name in args.only) or (not args.only and (sel.quick or not args.quick)):
-            results["selections"][sel.name] = run_selection(sel, root, args.jobs)
+            results["selections"][sel.name] = run_selection(sel, root, args.jobs, commit)
     if not args.quick:
         order = [n for n, *_ in SELECTIONS]
         results["selections"] = dict(sorted(results["selections"].items(), key=lambda kv: order.index(kv[0])))

@@ -1,0 +1,182 @@
+"""A local, synthetic Hugging Face hub cache for the hub repositories diffusers' fast flow-pipeline tests ask for.
+
+Offline, the fast tests of SD3, Flux and the other flow pipelines stop at ``CLIPTokenizer.from_pretrained(
+"hf-internal-testing/tiny-random-clip")``, ``AutoTokenizer`` / ``AutoConfig`` / ``T5EncoderModel.from_pretrained(
+"hf-internal-testing/tiny-random-t5")``. This module writes those repositories ourselves, from scratch, into a cache
+laid out as huggingface_hub's (``models--org--name/snapshots/<revision>/`` and ``refs/main``), so that with
+``HF_HUB_CACHE`` pointing at it and ``HF_HUB_OFFLINE=1`` the loaders find them:
+
+- ``tiny-random-clip``: a byte-level BPE tokenizer (CLIP's: byte alphabet, ``</w>`` word ends, merges learned here by
+  plain BPE on a synthetic corpus of pseudo-words) of at most 1000 tokens, the vocabulary size of the tests' tiny CLIP
+  text encoders, specials last (the encoders find the end token as the largest id), ``model_max_length`` 77;
+- ``tiny-random-t5``: a Unigram (sentencepiece-style) T5 tokenizer whose pieces are the corpus's words (score: log of
+  the word's frequency) and single characters, with T5's ``<pad>``, ``</s>``, ``<unk>`` and 100 ``<extra_id_*>``; a
+  T5 config of the dimensions the tests' transformers are built against (d_model 32: their ``joint_attention_dim``)
+  and a randomly initialised ``T5EncoderModel`` (seed 0) saved with ``save_pretrained``.
+
+Nothing is downloaded or copied from the hub: these are synthetic components, so value tests that compare against
+slices diffusers recorded with the real ones may fail, for stock diffusers and for ours alike. The files are
+deterministic (fixed seeds, no timestamps), and a repository's revision is the SHA-1 of its files, so one build equals
+the next and a changed build gets a new snapshot.
+
+    python integrations/diffusers/hub_fixtures.py [CACHE]     builds the cache (default .cache/hub-synthetic)
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import pathlib
+import random
+import shutil
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DEFAULT_CACHE = REPO / ".cache" / "hub-synthetic"
+CLIP_REPO = "hf-internal-testing/tiny-random-clip"
+T5_REPO = "hf-internal-testing/tiny-random-t5"
+CLIP_VOCAB = 1000  # the tests' CLIPTextConfig(vocab_size=1000): every id must embed
+T5_EXTRA_IDS = 100
+
+
+def corpus(n_words: int = 400, seed: int = 0) -> dict:
+    """Synthetic text: ``n_words`` pseudo-words (1-4 consonant-vowel syllables) -> a Zipf-like count, from a seeded
+    generator. Ordered by first appearance, so everything derived from it is deterministic."""
+    rng = random.Random(seed)
+    consonants, vowels = "bcdfghjklmnprstvwz", "aeiou"
+    words: dict = {}
+    while len(words) < n_words:
+        w = "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(rng.randint(1, 4)))
+        words.setdefault(w, 0)
+    return {w: max(1, round(1000 / (rank + 1))) for rank, w in enumerate(words)}
+
+
+def bytes_to_unicode() -> dict:
+    """Byte -> printable character, GPT-2/CLIP's byte-level alphabet: printable Latin-1 bytes map to themselves, the
+    others to code points from 256 on, so that every byte string is a string of visible characters."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    extra = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(extra)}}
+
+
+def learn_bpe(words: dict, n_merges: int) -> list:
+    """Plain BPE: starting from each word's byte-level characters (the last one carrying ``</w>``), merge the most
+    frequent adjacent pair (ties: the smallest pair) ``n_merges`` times or until no pair is left; the merges in order."""
+    table = bytes_to_unicode()
+    split = {}
+    for w, c in words.items():
+        chars = [table[b] for b in w.encode()]
+        split[tuple(chars[:-1] + [chars[-1] + "</w>"])] = c
+    merges = []
+    while len(merges) < n_merges:
+        pairs: collections.Counter = collections.Counter()
+        for sym, c in split.items():
+            for pair in zip(sym, sym[1:]):
+                pairs[pair] += c
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        merged = {}
+        for sym, c in split.items():
+            out, i = [], 0
+            while i < len(sym):
+                if i + 1 < len(sym) and (sym[i], sym[i + 1]) == best:
+                    out.append(sym[i] + sym[i + 1])
+                    i += 2
+                else:
+                    out.append(sym[i])
+                    i += 1
+            merged[tuple(out)] = c
+        split = merged
+    return merges
+
+
+def build_clip(dest: pathlib.Path) -> None:
+    """tiny-random-clip: CLIP's byte-level BPE tokenizer on a synthetic vocabulary (ids < CLIP_VOCAB)."""
+    from transformers import CLIPTokenizer
+
+    alphabet = list(bytes_to_unicode().values())
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    merges = learn_bpe(corpus(), CLIP_VOCAB - 2 * len(alphabet) - len(specials))
+    tokens = alphabet + [a + "</w>" for a in alphabet] + [a + b for a, b in merges] + specials
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    assert len(vocab) <= CLIP_VOCAB, len(vocab)
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    tok.save_pretrained(dest)
+
+
+def t5_pieces() -> list:
+    """The T5 Unigram vocabulary: (piece, log-probability score), T5's order: <pad>, </s>, <unk>, the pieces, then the
+    extra ids in reverse. Pieces: every corpus word as a word start (``▁word``), and every printable ASCII character
+    alone and as a word start, scored below any word so that words win where they match."""
+    words = corpus()
+    total = sum(words.values())
+    pieces = [("▁" + w, math.log(c / total)) for w, c in words.items()]
+    floor = math.log(1 / total) - 1.0
+    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    pieces += [("▁", floor)] + [("▁" + ch, floor - 1.0) for ch in chars] + [(ch, floor - 2.0) for ch in chars]
+    pieces = list(dict(pieces).items())  # a character that is also a word keeps the word's score
+    return ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + pieces
+            + [(f"<extra_id_{i}>", 0.0) for i in range(T5_EXTRA_IDS - 1, -1, -1)])
+
+
+def build_t5(dest: pathlib.Path) -> None:
+    """tiny-random-t5: a Unigram T5 tokenizer on the synthetic pieces, a tiny T5 config and a random T5 encoder."""
+    import torch
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    pieces = t5_pieces()
+    tok = T5Tokenizer(vocab=pieces, extra_ids=T5_EXTRA_IDS, model_max_length=512)
+    tok.save_pretrained(dest)
+    # the tests build their transformers for a 32-wide text encoder (joint_attention_dim / text_embed_dim 32)
+    config = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=5, num_decoder_layers=5,
+                      num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.1, feed_forward_proj="relu",
+                      initializer_factor=0.002, layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1,
+                      decoder_start_token_id=0, is_encoder_decoder=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = T5EncoderModel(config)
+    model.save_pretrained(dest)  # also writes config.json (AutoConfig reads it)
+
+
+BUILDERS = {CLIP_REPO: build_clip, T5_REPO: build_t5}
+
+
+def revision(folder: pathlib.Path) -> str:
+    """The SHA-1 of a folder's files (names and bytes, in sorted order): the snapshot's commit id."""
+    h = hashlib.sha1()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def build_cache(cache: pathlib.Path = DEFAULT_CACHE, repos=tuple(BUILDERS)) -> dict:
+    """Writes ``repos`` into the hub cache at ``cache`` (``models--org--name/snapshots/<rev>/``, ``refs/main``);
+    returns repo id -> revision. A snapshot already there is kept; refs/main always names the one just built."""
+    cache = pathlib.Path(cache)
+    revs = {}
+    for repo in repos:
+        if repo not in BUILDERS:
+            raise ValueError(f"no synthetic builder for hub repository {repo!r}; known: {sorted(BUILDERS)}")
+        root = cache / f"models--{repo.replace('/', '--')}"
+        with tempfile.TemporaryDirectory() as tmp:
+            built = pathlib.Path(tmp) / "files"
+            BUILDERS[repo](built)
+            rev = revision(built)
+            snap = root / "snapshots" / rev
+            if not snap.is_dir():
+                snap.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(built, snap.with_name(rev + ".partial"), dirs_exist_ok=True)
+                snap.with_name(rev + ".partial").rename(snap)  # complete or absent, never half written
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / "main").write_text(rev)
+        revs[repo] = rev
+    return revs
+
+
+if __name__ == "__main__":
+    out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CACHE
+    print(json.dumps(build_cache(out), indent=1))

@@ -1,0 +1,72 @@
+"""The synthetic hub cache of integrations/diffusers/hub_fixtures.py: deterministic files, a layout huggingface_hub
+reads offline, and components the loaders of diffusers' flow-pipeline tests accept (the calls those tests make)."""
+import pathlib
+
+import pytest
+
+from integrations.diffusers import hub_fixtures as hf
+
+# transformers is installed by `make test-integrations` (requirements-integrations.txt), not by `make test`
+pytestmark = pytest.mark.integrations
+transformers = pytest.importorskip("transformers", reason="installed by make test-integrations")
+
+PROMPT = "A painting of a squirrel eating a burger"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    return root, hf.build_cache(root)
+
+
+def _files(root: pathlib.Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_two_builds_write_the_same_files(cache, tmp_path):
+    root, revs = cache
+    assert hf.build_cache(tmp_path) == revs
+    assert _files(tmp_path) == _files(root)
+    for repo, rev in revs.items():
+        folder = root / f"models--{repo.replace('/', '--')}"
+        assert (folder / "refs" / "main").read_text() == rev
+        assert hf.revision(folder / "snapshots" / rev) == rev  # the revision names the content
+
+
+def test_bpe_merges_the_most_frequent_pair_first_and_breaks_ties_by_order():
+    # ab x5: (a, b</w>) 5; abc x1: (a, b) 1, (b, c</w>) 1 -> then the tie goes to the smaller pair, (a, b)
+    assert hf.learn_bpe({"ab": 5, "abc": 1}, 10) == [("a", "b</w>"), ("a", "b"), ("ab", "c</w>")]
+
+
+def test_an_unknown_repository_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no synthetic builder for hub repository 'org/none'"):
+        hf.build_cache(tmp_path, ("org/none",))
+
+
+def test_the_loaders_of_the_flow_tests_accept_the_cache_offline(cache):
+    root, _ = cache
+    kw = {"cache_dir": root, "local_files_only": True}
+    clip = transformers.CLIPTokenizer.from_pretrained(hf.CLIP_REPO, **kw)
+    ids = clip(PROMPT, padding="max_length", max_length=clip.model_max_length).input_ids
+    assert clip.model_max_length == 77 and len(ids) == 77
+    # every id embeds in the tests' CLIPTextConfig(vocab_size=1000); the end token is the largest id of the prompt
+    # (CLIP's text model with eos_token_id=2 pools at the argmax id)
+    assert max(ids) < hf.CLIP_VOCAB and ids[0] == clip.bos_token_id
+    assert max(ids) == clip.eos_token_id
+    assert clip.unk_token_id not in ids[1:ids.index(clip.eos_token_id)]
+    assert clip.decode(ids, skip_special_tokens=True) == PROMPT.lower()
+
+    t5 = transformers.AutoTokenizer.from_pretrained(hf.T5_REPO, **kw)
+    fast = transformers.T5TokenizerFast.from_pretrained(hf.T5_REPO, **kw)
+    ids = t5(PROMPT).input_ids
+    assert fast(PROMPT).input_ids == ids and ids[-1] == t5.eos_token_id == 1 and t5.unk_token_id not in ids
+    assert t5.decode(ids, skip_special_tokens=True) == PROMPT
+
+    config = transformers.AutoConfig.from_pretrained(hf.T5_REPO, **kw)
+    assert (config.model_type, config.d_model) == ("t5", 32) and config.vocab_size >= len(t5)
+    model, info = transformers.T5EncoderModel.from_pretrained(hf.T5_REPO, output_loading_info=True, **kw)
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # the saved weights cover the model
+    import torch
+
+    out = model(**t5(PROMPT, return_tensors="pt")).last_hidden_state
+    assert out.shape == (1, len(ids), 32) and torch.isfinite(out).all()
