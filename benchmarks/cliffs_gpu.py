@@ -21,6 +21,7 @@ import torch
 def _rows():
     from gmm_triton.tools.aot_cases import Step
     from gmm_triton.tools.gddim_aot_cases import Gddim
+    from gmm_triton.mixture import VARIANCES
 
     h, b, f = torch.float16, torch.bfloat16, torch.float32
     big = (4, 128, 128)
@@ -35,7 +36,7 @@ def _rows():
                                                                                       layout="channels_last")))
     for lay in ("x_cl", "m_cl"):
         rows.append((f"mixed-{lay}-fp16-eps-philox-x0 (B=64)", Step(h, shape=big, batch=64, layout=lay)))
-    for var in ("diag", "vub", "exact"):
+    for var in VARIANCES:
         for lay in ("contiguous", "channels_last"):
             rows.append((f"{'cl-' if lay != 'contiguous' else ''}gmm-{var}-fp16-eps-philox-x0 (B=64)",
                          Step(h, shape=(4, 64, 64), batch=64, mixture=var, layout=lay)))

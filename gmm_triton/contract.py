@@ -44,6 +44,9 @@ MAX_PERMUTED_RANK = 3
 
 PREDICTION_TYPES = tuple(PRED_CODES)
 VARIANCE_MODES = tuple(VAR_CODES)
+# the mixture's variance modes (mixture.VarianceMode, the schedulers' gmm_variance): every code but the Gaussian's.
+# Torch-free, for the command line and the integrations; every list of modes derives from here or from the mixture
+MIXTURE_VARIANCES = tuple(m for m in VAR_CODES if m != "none")
 
 
 def header() -> str:

@@ -46,7 +46,9 @@ from .contract import MIX_BASIS, MIX_CDF, MIX_DELTA, MIX_EIG, MIX_TENSORS, MIX_V
 from .rng import philox_normal
 
 OFFSETS = ("rand", "ortho")
-VarianceMode = Literal["diag", "vub", "exact"]  # the schedulers' gmm_variance; the modes themselves: build_mixture
+# the schedulers' gmm_variance, spelled out for type checkers: contract.MIXTURE_VARIANCES in the same order
+# (tests/test_contract.py); the modes themselves: build_mixture
+VarianceMode = Literal["diag", "vub", "exact"]
 VARIANCES = get_args(VarianceMode)
 PRIORS = ("uniform", "random")
 

@@ -387,3 +387,20 @@ def test_a_runtime_loop_body_counts_as_often_as_the_case_says_it_runs():
     assert result((64,)).pipes_per_element["fma"] == 64
     with pytest.raises(ValueError, match="runtime loops"):
         result(()).sass_per_element  # a loop whose trip count the case does not give is an error, not a guess
+
+
+def test_write_limits_of_some_cases_keeps_the_others():
+    """`inspect --cases C --write-limits FILE` (a new case, e.g. a new variance mode's) replaces the compiled rows'
+    entries and keeps every other case's limits (the table stays in key order)."""
+    import triton
+
+    row = {"case": "new", "kernel": "k", "target": "sm_90a", "ok": True, "registers": 40, "spill_bytes": 0,
+           "shared_bytes": 0, "load_bits": 128, "store_bits": 128, "sass_per_element": 10.0}
+    table = {"triton": triton.__version__, "limits": {"old | k | sm_90a": {"registers": 1},
+                                                      "new | k | sm_90a": {"registers": 2}}}
+    merged = inspect.merge_limits(table, [row])
+    assert merged["old | k | sm_90a"] == {"registers": 1}
+    assert merged["new | k | sm_90a"] == inspect.limits_from([row])["new | k | sm_90a"] != {"registers": 2}
+    assert list(merged) == sorted(merged)
+    with pytest.raises(ValueError, match="rewrite it from the whole matrix"):
+        inspect.merge_limits({**table, "triton": "0.0"}, [row])

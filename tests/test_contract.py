@@ -108,3 +108,12 @@ def test_codes_are_distinct_and_dense():
         assert sorted(codes.values()) == list(range(len(codes)))
     streams = [contract.STREAM_NOISE, contract.STREAM_CHOICE, contract.STREAM_TABLE, contract.STREAM_LATENT]
     assert len(set(streams)) == len(streams)
+
+
+def test_mixture_variance_modes_are_the_contracts():
+    """The mixture's modes (mixture.VarianceMode, spelled out for type checkers; the schedulers' gmm_variance) are the
+    contract's variance codes but the Gaussian's, in order: every other list of modes (the command line, the ComfyUI
+    node, the tests' parametrisations, the compile matrix) derives from one of the two (issue 18, item 4)."""
+    from gmm_triton import mixture
+
+    assert mixture.VARIANCES == contract.MIXTURE_VARIANCES == tuple(m for m in contract.VAR_CODES if m != "none")

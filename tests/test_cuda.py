@@ -7,6 +7,7 @@ import torch
 import gmm_triton.kernels.step as kstep
 from gmm_triton import GMMDDIMScheduler, build_mixture, contract, ddim_table, ops, reference
 from gmm_triton.kernels.step import LaunchConfig
+from gmm_triton.mixture import VARIANCES
 
 pytestmark = pytest.mark.cuda
 DEV = "cuda"
@@ -36,7 +37,7 @@ def test_matches_reference(table, dtype, pred, shape):
     assert (x0.double().cpu() - rx0).abs().max() <= (1e-6 if dtype == torch.float32 else eps) * (1 + rx0.abs().max())
 
 
-@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+@pytest.mark.parametrize("variance", VARIANCES)
 def test_mixture_matches_reference(table, variance):
     D = 4 * 32 * 32
     mix = build_mixture(D, 10, components=8, scale=0.05, variance=variance, priors="random", seed=2, device=DEV)
@@ -169,7 +170,7 @@ def test_compile_matrix_binds_launches_as_the_gpu_does(table):
     assert aot.compile_launch(launch, sm_arch_from_capability(10 * major + minor)).hash in real
 
 
-@pytest.mark.parametrize("variance", [None, "diag", "vub", "exact"])
+@pytest.mark.parametrize("variance", [None, *VARIANCES])
 def test_layouts_offsets_and_mixtures_match_the_cpp_twin(table, variance):
     """channels_last latents, a device sample offset and each mixture mode: the GPU kernel against the C++ twin (same
     Philox stream; normals within the 5e-6 of the GPU's hardware sin/cos)."""
@@ -187,7 +188,7 @@ def test_layouts_offsets_and_mixtures_match_the_cpp_twin(table, variance):
     assert (gpu.cpu() - cpu).abs().max() < 2e-5
 
 
-@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+@pytest.mark.parametrize("variance", VARIANCES)
 def test_one_component_is_ddim_on_gpu(table, variance):
     """diag / vub: bit for bit (ρ² = 1 enters the same square root). exact: its first pass stores −σz rounded to
     float32 for the step, where the Gaussian step fuses σz into its last multiply-add: one rounding apart."""

@@ -5,6 +5,7 @@ import torch
 
 from gmm_triton import build_mixture, initial_noise, ops, reference
 from gmm_triton.contract import STREAM_LATENT
+from gmm_triton.mixture import VARIANCES
 
 BACKENDS = ["cpp", "triton", "reference"]
 
@@ -18,7 +19,7 @@ def backend(request):
 ROWS = torch.tensor([901, 501, 101])
 
 
-@pytest.mark.parametrize("variance", [None, "diag", "vub", "exact"])
+@pytest.mark.parametrize("variance", [None, *VARIANCES])
 def test_channels_last_in_place_same_numbers(backend, table, variance):
     x, m = torch.randn(3, 4, 6, 5), torch.randn(3, 4, 6, 5)
     mix = build_mixture(120, 10, components=4, scale=0.01, variance=variance, seed=3) if variance else None

@@ -8,6 +8,7 @@ from diffusers import DDIMScheduler
 from scipy import stats
 
 from gmm_triton import GMMDDIMScheduler, build_mixture, ddim_table, ops, reference
+from gmm_triton.mixture import VARIANCES
 
 D = 64
 
@@ -90,7 +91,7 @@ def test_exact_basis_diagonalises_the_offset_covariance():
 # ---------------------------------------------------------------------------------------------------
 # the kernel: reduction to DDIM, agreement across backends
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+@pytest.mark.parametrize("variance", VARIANCES)
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 def test_one_component_or_zero_scale_is_ddim(sched_table, variance, backend):
     _, table = sched_table
@@ -103,7 +104,7 @@ def test_one_component_or_zero_scale_is_ddim(sched_table, variance, backend):
             assert torch.equal(out, ddim), (k, s)
 
 
-@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+@pytest.mark.parametrize("variance", VARIANCES)
 @pytest.mark.parametrize("shared", [False, True])
 def test_backends_and_reference_agree(sched_table, variance, shared):
     _, table = sched_table
@@ -251,7 +252,7 @@ def test_zero_prior_component_is_never_drawn(sched_table):
 # ---------------------------------------------------------------------------------------------------
 # the scheduler and bad input
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+@pytest.mark.parametrize("variance", VARIANCES)
 @pytest.mark.parametrize("offsets", ["ortho", "rand"])
 def test_scheduler_variants_run(variance, offsets):
     # "exact" needs s²/K <= σ_t² at every step; the step into t = 0 has σ² ≈ 1e-4 here

@@ -7,6 +7,7 @@ import torch
 import gmm_triton.kernels.step as kstep
 from gmm_triton import build_mixture, ops, reference, rng
 from gmm_triton.kernels.step import LaunchConfig
+from gmm_triton.mixture import VARIANCES
 
 SEEDS = [11, 2**63 + 5, 7]   # one above 2⁶³: its 64 bits, as a single run takes it
 ROWS = [901, 501, 101]       # each sample at its own timestep (its own mixture step table)
@@ -29,7 +30,7 @@ def _runs(table, shape, mixture, offset, **kw):
     return batch, single
 
 
-@pytest.mark.parametrize("mode", [None, "diag", "vub", "exact"])
+@pytest.mark.parametrize("mode", [None, *VARIANCES])
 @pytest.mark.parametrize("offset", [0, 5])
 @pytest.mark.parametrize("shape", [(3, 4, 6, 6), (3, 5, 7, 3)], ids=["D144", "D105"])  # D % 4 == 0 and != 0
 def test_batch_of_seeds_equals_the_single_runs(backend, table, mode, offset, shape):

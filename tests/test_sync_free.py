@@ -13,6 +13,7 @@ from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTenso
 
 from gmm_triton import GMMDDIMScheduler, GMMFlowMatchScheduler, build_mixture, ddim_table, ops
 from gmm_triton.kernels import step as kstep
+from gmm_triton.mixture import VARIANCES
 
 SHAPE = (2, 4, 8, 8)
 
@@ -68,7 +69,7 @@ def test_ddim_gaussian_loop(eta):
         _on_fake_cuda(t)
 
 
-@pytest.mark.parametrize("variance", ["diag", "vub", "exact"])
+@pytest.mark.parametrize("variance", VARIANCES)
 def test_ddim_gmm_loop(variance):
     sched = GMMDDIMScheduler(kernel="gmm", gmm_variance=variance, gmm_scale=0.01, gmm_clip_variance=True)
     for t in _ddim_loop(sched):

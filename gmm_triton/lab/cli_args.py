@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..contract import MIXTURE_VARIANCES  # torch-free: the command line's checks load no torch
+
 
 def value(convert, ok, what):
     """An argparse type: ``convert(text)`` that must satisfy ``ok``, else a usage error saying ``what`` it must be."""
@@ -48,6 +50,6 @@ def add_mixture_arguments(p: argparse.ArgumentParser) -> None:
                    help="offset scale s (the schedulers' default: the largest measured not to hurt, README)")
     p.add_argument("--gmm-components", type=positive_int, default=8)
     p.add_argument("--gmm-offsets", default="ortho", choices=["ortho", "rand"])
-    p.add_argument("--gmm-variance", default="vub", choices=["diag", "vub", "exact"])
+    p.add_argument("--gmm-variance", default="vub", choices=list(MIXTURE_VARIANCES))
     p.add_argument("--gmm-shared", action="store_true")
     p.add_argument("--gmm-clip-variance", action=argparse.BooleanOptionalAction, default=True)

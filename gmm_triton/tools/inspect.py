@@ -32,7 +32,9 @@ capability 9.0; the pipe split of GH100: FP32 on the fmaheavy and fmalite halves
 The counts come from the SASS of the paths the launch runs, weighted by the programs on each path (aot.py).
 
 Static limits: ``--limits FILE`` checks every row against a JSON table (``tests/static_limits.json``, enforced by
-``tests/test_compile_matrix.py``); ``--write-limits FILE`` writes today's numbers plus a small margin into it.
+``tests/test_compile_matrix.py``); ``--write-limits FILE`` writes today's numbers plus a small margin into it: the
+whole matrix rewrites the table, a run of some cases (``--cases``) or targets updates their entries and keeps the
+others (a new case's limits are one command).
 """
 from __future__ import annotations
 
@@ -161,6 +163,18 @@ def limits_from(rows: list) -> dict:
     return out
 
 
+def merge_limits(table: dict, rows: list) -> dict:
+    """The limits of ``table`` (a limits file's contents) with the compiled ``rows``' entries replaced by today's
+    numbers (:func:`limits_from`), in key order as :func:`limits_from` writes them."""
+    import triton
+
+    if table["triton"] != triton.__version__:
+        raise ValueError(f"the limits table was measured with triton {table['triton']}, this is {triton.__version__}: "
+                         f"rewrite it from the whole matrix (no --cases, every target)")
+    merged = {**table["limits"], **limits_from(rows)}
+    return {k: merged[k] for k in sorted(merged)}
+
+
 def write_limits(path: str, limits: dict) -> None:
     """``{"triton": version, "limits": {"case | kernel | target": {...}}}``, one entry per line so that a diff
     shows which limits moved. The numbers hold for the triton (and bundled ptxas) they were measured with."""
@@ -244,7 +258,11 @@ def main(args) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
     if args.write_limits:
-        write_limits(args.write_limits, limits_from(rows))
+        limits = limits_from(rows)
+        if (args.cases is not None or set(targets) != set(aot.TARGETS)) and os.path.exists(args.write_limits):
+            with open(args.write_limits, encoding="utf-8") as f:
+                limits = merge_limits(json.load(f), rows)
+        write_limits(args.write_limits, limits)
     rc = 0 if all(r["ok"] for r in rows) else 1
     if args.limits:
         with open(args.limits, encoding="utf-8") as f:

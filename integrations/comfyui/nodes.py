@@ -17,15 +17,17 @@ _MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 def _mixture_inputs():
     """The mixture's options, named and defaulted as in gmm_triton's schedulers and samplers."""
+    from gmm_triton.mixture import OFFSETS, PRIORS, VARIANCES  # the modes the library offers, never a copy
+
     return {
         "gmm_components": ("INT", {"default": 8, "min": 1, "max": 256,
                                    "tooltip": "K, the number of mixture components"}),
         "gmm_scale": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 100.0, "step": 0.01,
                                 "tooltip": "s, the offsets' scale in the latent (0: the Gaussian kernel)"}),
-        "gmm_offsets": (["ortho", "rand"], {"default": "ortho"}),
-        "gmm_variance": (["vub", "diag", "exact"], {"default": "vub"}),
+        "gmm_offsets": (list(OFFSETS), {"default": "ortho"}),
+        "gmm_variance": (list(VARIANCES), {"default": "vub"}),
         "gmm_shared": ("BOOLEAN", {"default": False, "tooltip": "one offset table for all steps"}),
-        "gmm_priors": (["uniform", "random"], {"default": "uniform"}),
+        "gmm_priors": (list(PRIORS), {"default": "uniform"}),
         "gmm_seed": ("INT", {"default": 0, "min": 0, "max": _MAX_SEED, "tooltip": "seed of the offset tables"}),
         "gmm_clip_variance": ("BOOLEAN", {"default": True}),
         "gmm_offset_final": ("BOOLEAN", {"default": False}),
