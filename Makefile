@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml setup.py requirements-dev.txt requirements-nodeps.txt t
 	./tools/bootstrap.sh
 	@touch $@
 
-# `slow` tests (the > 2^31-element step, ~8.6 GB of RAM; the distillation acceptance, ~19 min) run only in test-slow
+# `slow` tests (the > 2^31-element step, ~8.6 GB of RAM; the distillation acceptance, about an hour) run only in test-slow
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -ra --benchmark-disable -m "not slow and not integrations"
 
@@ -36,7 +36,8 @@ test-slow: $(STAMP)
 demo: $(STAMP)
 	$(TEST_ENV) $(PY) -m gmm_triton.cli demo
 
-# the distillation tables (README): learned teacher, moment matching, EMD vs VSD, 3 seeds each; ~19 min on 2 quiet cores
+# the distillation tables (README): learned teacher, moment matching (both variants, k = 8, 4, 2, 1), EMD vs VSD, 3 seeds
+# each; 63 runs, about an hour on 2 cores with the teacher already trained (docs/results/distill.json: per-run times)
 distill: $(STAMP)
 	$(TEST_ENV) $(PY) -m gmm_triton.cli distill all --out gmm_triton_out/distill --workers 2
 

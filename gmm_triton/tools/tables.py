@@ -35,6 +35,8 @@ TABLES = {
     "gddim-blur": ("docs/results/gddim.json", "gmm_triton.lab.gddim_demo:render_blur",
                    "gmm-triton demo --family gddim"),
     "evidence": ("docs/evidence/evidence.json", "gmm_triton.lab.evidence.report:render_readme", "make evidence"),
+    "distill-mm": ("docs/results/distill.json", "gmm_triton.lab.distill.report:render_mm", "make distill"),
+    "distill-emd": ("docs/results/distill.json", "gmm_triton.lab.distill.report:render_emd", "make distill"),
 }
 
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) [^\n]*-->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
