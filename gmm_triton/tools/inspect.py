@@ -221,12 +221,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=".cache", help="triton's cache and the parsed statistics go here")
     p.add_argument("--limits", metavar="FILE", help="check the rows against this static-limits table")
     p.add_argument("--write-limits", metavar="FILE", help="write today's numbers (+ margin) as the limits table")
+    p.add_argument("--results", metavar="FILE", help="write the rows with the command, commit and settings: the "
+                                                     "results file of RESULTS.md's generated table (make tables)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gmm_triton.tools.inspect", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return parser
+
+
+def results_file(rows: list, targets: list, cases: Optional[str]) -> dict:
+    """What ``--results`` writes: the rows stamped with the command, the commit and the settings they depend on."""
+    import triton
+
+    from ..provenance import commit
+
+    command = "gmm-triton inspect --targets " + ",".join(targets) + (f" --cases {cases}" if cases else "")
+    return {"command": command, "commit": commit(),
+            "settings": {"targets": targets, "cases": cases, "triton": triton.__version__, "devices": DEVICES,
+                         "issue_efficiency": ISSUE_EFFICIENCY, "pipe_rates": PIPE_RATES},
+            "rows": rows}
+
+
+def render_results(results: dict) -> str:
+    """The Markdown table of a ``--results`` file (``make tables``): one line per case and kernel and target."""
+    st = results["settings"]
+    lines = [f"`{results['command']}` at commit `{results['commit']}` (triton {st['triton']}, issue efficiency "
+             f"{st['issue_efficiency']}; % of copy on an H100 / H200 by the issue model and by the per-pipe model, "
+             f"whose slowest pipe is *bound*; edge: % of programs on an edge path). {len(results['rows'])} rows.",
+             "",
+             "| case | kernel | target | regs | spill B | smem B | ld/st bits | edge % | SASS/elem | B/elem "
+             "| issue % H100 / H200 | per-pipe % H100 / H200 | bound |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for rw in results["rows"]:
+        if not rw["ok"]:
+            lines.append(f"| {rw['case']} | {rw['kernel']} | {rw['target']} | compile error |  |  |  |  |  |  |  |  | |")
+            continue
+        p, q = rw["predicted_pct_copy"], rw["pipe_pct_copy"]
+        edge = round(100 * rw["edge_share"])
+        lines.append(f"| {rw['case']} | {rw['kernel'].strip('_')} | {rw['target']} | {rw['registers']} "
+                     f"| {rw['spill_bytes']} | {rw['shared_bytes']} | {_fmt(rw['load_bits'])}/{_fmt(rw['store_bits'])} "
+                     f"| {edge} | {rw['sass_per_element']:.1f} | {rw['bytes_per_element']:g} "
+                     f"| {p['H100']:.0f} / {p['H200']:.0f} | {q['H100']:.0f} / {q['H200']:.0f} | {rw['bound']} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(args) -> int:
@@ -263,6 +301,10 @@ def main(args) -> int:
             with open(args.write_limits, encoding="utf-8") as f:
                 limits = merge_limits(json.load(f), rows)
         write_limits(args.write_limits, limits)
+    if args.results:
+        with open(args.results, "w", encoding="utf-8") as f:
+            json.dump(results_file(rows, targets, args.cases), f, indent=1)
+            f.write("\n")
     rc = 0 if all(r["ok"] for r in rows) else 1
     if args.limits:
         with open(args.limits, encoding="utf-8") as f:
