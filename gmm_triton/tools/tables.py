@@ -37,6 +37,8 @@ TABLES = {
     "evidence": ("docs/evidence/evidence.json", "gmm_triton.lab.evidence.report:render_readme", "make evidence"),
     "distill-mm": ("docs/results/distill.json", "gmm_triton.lab.distill.report:render_mm", "make distill"),
     "distill-emd": ("docs/results/distill.json", "gmm_triton.lab.distill.report:render_emd", "make distill"),
+    "static-sm90a": ("docs/results/inspect_sm90a.json", "gmm_triton.tools.inspect:render_results",
+                     "gmm-triton inspect --targets sm_90a --results docs/results/inspect_sm90a.json"),
 }
 
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) [^\n]*-->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
