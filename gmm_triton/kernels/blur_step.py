@@ -29,7 +29,7 @@ import triton.language as tl
 
 from .. import contract
 from .philox import normal_block, normal_rows
-from .common import _INTERPRETING, NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_NOISE, check_noise_code, \
+from .common import INTERPRETING, NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_NOISE, check_noise_code, \
     fast_math, launch_scalar, sample_row
 
 _PLANES = tl.constexpr(contract.BLUR_PLANES)  # A, B_0..B_2, S per step (contract.py)
@@ -257,7 +257,7 @@ def _arch(device: torch.device) -> int:
     """The compute capability kron_rows sees: the launching GPU's, as triton's driver reports it (the compile
     matrix's stub driver reports its target); 90 under the interpreter, the target the predictions are for, so that
     the CPU tests run both tile heights (orders 0–1: 64 rows, order 2: 16)."""
-    if device.type != "cuda" or _INTERPRETING:
+    if device.type != "cuda" or INTERPRETING:
         return 90
     return triton.runtime.driver.active.get_current_target().arch
 

@@ -9,7 +9,7 @@ import triton.language as tl
 
 from .. import contract
 
-_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton does when decorating
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton does when decorating
 
 # the contract's noise sources and Philox streams, as the compile-time constants Triton requires of globals
 NOISE_NONE = tl.constexpr(contract.NOISE_NONE)
@@ -121,6 +121,6 @@ def emulated_gpu_math():
 def fast_math(device: torch.device) -> int:
     """The math mode of a launch on ``device``: MATH_GPU on a GPU; under the interpreter MATH_ACCURATE, or
     MATH_EMULATED inside :func:`emulated_gpu_math`."""
-    if device.type == "cuda" and not _INTERPRETING:
+    if device.type == "cuda" and not INTERPRETING:
         return MATH_GPU.value
     return (MATH_EMULATED if _emulate_gpu_math else MATH_ACCURATE).value
