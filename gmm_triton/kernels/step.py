@@ -34,7 +34,7 @@ import triton.language as tl
 
 from .. import contract
 from .common import NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM_CHOICE, STREAM_NOISE, check_noise_code, \
-    fast_math, sample_key, sample_row
+    fast_math, load_run, sample_key, sample_row, store_run
 from .philox import normal_at, normal_block, normal_rows, uniform_at
 
 # the contract's codes, as the compile-time constants Triton requires of globals
@@ -174,7 +174,7 @@ def _lg(v, S: tl.constexpr, IN_LOGICAL: tl.constexpr):
 
 @triton.jit
 def _ld_s(ptr, off, start, mask, D, S: tl.constexpr, SCL: tl.constexpr, MASKED: tl.constexpr):
-    """An element stream's tile in the compute order: _ld, or with pixel tiles the stream read in its own order
+    """An element stream's tile in the compute order: load_run, or with pixel tiles the stream read in its own order
     (SCL: channels_last) and transposed in registers where that is not the compute order."""
     if S.CH > 0:
         v = _ld_px(ptr, off, start, D, SCL, S.VEC, S.ALIGN, MASKED, S.CH, S.BLOCK // S.CH)
@@ -186,7 +186,7 @@ def _ld_s(ptr, off, start, mask, D, S: tl.constexpr, SCL: tl.constexpr, MASKED: 
         else:
             return _from_logical(v, S)
     else:
-        return _ld(ptr, off, start, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
+        return load_run(ptr, off, start, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
 
 
 @triton.jit
@@ -199,7 +199,7 @@ def _st_s(ptr, off, start, v, mask, D, S: tl.constexpr, MASKED: tl.constexpr):
             _st_px(ptr, off, start, tl.reshape(v, (S.CH, S.BLOCK // S.CH)), D, False, S.VEC, S.ALIGN, MASKED, S.CH,
                    S.BLOCK // S.CH)
     else:
-        _st(ptr, off, start, v, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
+        store_run(ptr, off, start, v, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
 
 
 @triton.jit
@@ -224,40 +224,13 @@ def _tile(b, blk, D, BLOCK: tl.constexpr, ALIGN: tl.constexpr):
 
 
 @triton.jit
-def _ld(ptr, off, d0, mask, VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
-    """Loads ptr[off + d0 + (0 .. BLOCK-1)]: 16-byte vectors when VEC (off + d0 is a multiple of ALIGN) and the
-    tile is either unmasked or its masks are constant over a vector (the launcher's MASK mode)."""
-    o = off + d0
-    if VEC:
-        o = tl.multiple_of(o, ALIGN)
-    p = ptr + o + tl.arange(0, BLOCK)
-    if MASKED:
-        return tl.load(p, mask=mask, other=0.0)
-    else:
-        return tl.load(p)
-
-
-@triton.jit
-def _st(ptr, off, d0, v, mask, VEC: tl.constexpr, ALIGN: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
-    o = off + d0
-    if VEC:
-        o = tl.multiple_of(o, ALIGN)
-    p = ptr + o + tl.arange(0, BLOCK)
-    v = v.to(ptr.dtype.element_ty)
-    if MASKED:
-        tl.store(p, v, mask=mask)
-    else:
-        tl.store(p, v)
-
-
-@triton.jit
 def _table(ptr, row_off, start, dl, mask, TVEC: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
     """A mixture table row at the tile's logical indices: with TVEC (not permuted, tiles unshifted so start is a
     multiple of BLOCK, D a multiple of 8 so rows are 16-byte aligned) a contiguous vector load, otherwise a masked
     gather."""
     if TVEC:
         TA: tl.constexpr = 128 // ptr.dtype.element_ty.primitive_bitwidth  # elements of a 16-byte vector
-        return _ld(ptr, row_off, start, mask, True, TA, MASKED, BLOCK)
+        return load_run(ptr, row_off, start, mask, True, TA, MASKED, BLOCK)
     elif MASKED:
         return tl.load(ptr + row_off + dl, mask=mask, other=0.0)
     else:
@@ -299,7 +272,7 @@ def _noise(z_ptr, z_off, seed, scale, rho2, base, start, dl, mask, D, S: tl.cons
         else:
             return normal_block(seed, base + start, BLOCK, STREAM_NOISE, ALIGNED4, FAST, ALIGN, scale, rho2, RHO)
     elif NOISE == NOISE_TENSOR:
-        z = _ld(z_ptr, z_off, start, mask, VEC, ALIGN, MASKED, BLOCK) * -scale  # fp64 stays fp64
+        z = load_run(z_ptr, z_off, start, mask, VEC, ALIGN, MASKED, BLOCK) * -scale  # fp64 stays fp64
         if RHO:  # √1 taken as 1 exactly, so that K = 1 or s = 0 stays DDIM bit for bit
             z = z * tl.where(rho2 < 1.0, tl.sqrt(rho2), 1.0)
         return z
@@ -345,7 +318,7 @@ def _project_kernel(
         if S.CH > 0:  # logical rows: the step reads them as a contiguous noise stream
             _st_px(zout_ptr, b * D, start, zneg, D, False, S.VEC, S.ALIGN, MASKED, S.CH, S.BLOCK // S.CH)
         else:
-            _st(zout_ptr, b * D, start, zneg, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
+            store_run(zout_ptr, b * D, start, zneg, mask, S.VEC, S.ALIGN, MASKED, S.BLOCK)
     zneg = tl.where(mask, zneg, 0.0)
     # a loop, not unrolled: unrolled, the K basis rows' loads were all issued ahead and spilled at K ≥ 32
     for j in tl.range(0, S.KP, loop_unroll_factor=1):
