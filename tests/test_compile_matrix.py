@@ -332,6 +332,31 @@ def test_forks_give_one_path_per_side_and_the_masked_side_is_the_edge():
     assert kind == "any"
 
 
+_SWITCH = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   BRX R2 -0x20                    (*"BRANCH_TARGETS .L_x_1,.L_x_2,.L_x_3"*);
+.L_x_2:
+        /*0020*/                   MOV R4, R5 ;
+        /*0030*/                   BRA `(.L_x_1) ;
+.L_x_3:
+        /*0040*/                   MOV R4, R6 ;
+        /*0050*/                   MOV R7, R8 ;
+        /*0060*/                   BRA `(.L_x_1) ;
+.L_x_1:
+        /*0070*/                   FADD R4, R4, R7 ;
+        /*0080*/                   EXIT ;
+"""
+
+
+def test_a_switch_is_walked_through_its_longest_case():
+    # BRX's targets: the join (.L_x_1, the empty case), a one-move case and a two-move case; falling through
+    # would walk the first case (0x20), jumping to the first target would skip every case
+    ins, labels = aot.parse_sass(_SWITCH)
+    assert [int(i.text[2:6], 16) for i in aot.hot_path(ins, labels)] == [0x00, 0x10, 0x40, 0x50, 0x60, 0x70, 0x80]
+    ((_, path),) = aot.hot_paths(ins, labels)
+    assert len(path) == 7
+
+
 def test_pipe_counts():
     ins, labels = aot.parse_sass(_FORK)
     full, edge = (aot.pipe_counts(p) for _, p in aot.hot_paths(ins, labels))

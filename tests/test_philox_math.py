@@ -102,14 +102,34 @@ def _contract_lanes(start, n, lands):
     return np.where(lands >= 0, np.stack([idx // 4, idx % 4], 1), -1)
 
 
-@pytest.mark.parametrize("start", [0, 3, 4096 * 5 + 2])  # whole Philox groups, and not (one group per element)
+@pytest.mark.parametrize("start", [0, 3, 4096 * 5 + 2])  # whole Philox groups, and not (a shifted tile)
 def test_each_normal_lands_on_its_element(start):
-    """normal_fill (normal_block with ROW 4, or the per-element path): the (group, lane) of every element's normal is
-    bit-identical between the emulated GPU branch, the interpreter branch and the C++ twin — the contract's."""
+    """normal_fill (normal_block with ROW 4, aligned or shifted by start % 4): the (group, lane) of every element's
+    normal is bit-identical between the emulated GPU branch, the interpreter branch and the C++ twin — the
+    contract's."""
     n = 9000
     for impl in IMPLEMENTATIONS:
         z = _run(impl, lambda: rng.philox_normal((n,), seed=77, stream=0, start=start))
         lands = _lands_on(z, 77, 0, start)
+        assert np.array_equal(lands, _contract_lanes(start, n, lands)), impl
+
+
+@pytest.mark.parametrize("row", [4, 8])
+@pytest.mark.parametrize("start", [0, 1, 2, 3, 2**33 + 5])
+def test_a_shifted_tile_draws_every_elements_own_normal(row, start):
+    """normal_block at a tile start ≢ 0 (mod 4) known only at run time (kernels/philox.py _shifted: the rows' own
+    groups, the next row's first group by a gather, the last row's from group start/4 + BLOCK/4, then a shift by
+    s = start % 4): every shift, both row widths, tiles of 64 (R = 16 or 8 rows, so the gather's wrap and the
+    last row's extra group are exercised in every tile) and a partial last tile, in the emulated GPU branch and
+    the interpreter branch: bit for bit the normals of the aligned tiles that start s elements earlier (every
+    element its own counter's normal), each on the contract's (group, lane)."""
+    from gmm_triton.kernels.philox import normal_fill
+    n, s = 64 * 5 + 17, start % 4
+    for impl in ("interpreter", "emulated GPU"):
+        got = _run(impl, lambda: normal_fill(torch.empty(n), 99, 2, start, block=64, row=row))
+        aligned = _run(impl, lambda: normal_fill(torch.empty(n + s), 99, 2, start - s, block=64, row=row))
+        assert torch.equal(got, aligned[s:]), impl
+        lands = _lands_on(got, 99, 2, start)
         assert np.array_equal(lands, _contract_lanes(start, n, lands)), impl
 
 

@@ -219,6 +219,65 @@ def _group(seed, g0, j, scale, p0, p1, p2, p3, RHO: tl.constexpr, STREAM: tl.con
 
 
 @triton.jit
+def _rows8(c0, c1, c2, c3, c4, c5, c6, c7):
+    """[..., 2, 2, 2]: element 4h + 2j + k of a row of eight ← c_{4h+2j+k}; flattened, rows of 8 consecutive
+    elements, each row held by one thread (the layout of a 16-byte fp16 / bf16 access)."""
+    cos = tl.join(tl.join(c0, c4), tl.join(c2, c6))
+    sin = tl.join(tl.join(c1, c5), tl.join(c3, c7))
+    return tl.join(cos, sin)
+
+
+@triton.jit
+def _rows4(c0, c1, c2, c3):
+    """[..., 2, 2]: element 2j + k of a row of four ← c_{2j+k} (a 16-byte fp32 access)."""
+    return tl.join(tl.join(c0, c2), tl.join(c1, c3))
+
+
+@triton.jit
+def _split8(rho2, shape: tl.constexpr):
+    """rho2 reshaped to ``shape`` + [2, 2, 2] and split into the eight lanes of _rows8 (its inverse)."""
+    rc, rs = tl.split(tl.reshape(rho2, shape + (2, 2, 2)))
+    rc0, rc1 = tl.split(rc)
+    rs0, rs1 = tl.split(rs)
+    p0, p4 = tl.split(rc0)
+    p2, p6 = tl.split(rc1)
+    p1, p5 = tl.split(rs0)
+    p3, p7 = tl.split(rs1)
+    return p0, p1, p2, p3, p4, p5, p6, p7
+
+
+@triton.jit
+def _split4(rho2, shape: tl.constexpr):
+    """rho2 reshaped to ``shape`` + [2, 2] and split into the four lanes of _rows4 (its inverse)."""
+    rc, rs = tl.split(tl.reshape(rho2, shape + (2, 2)))
+    p0, p2 = tl.split(rc)
+    p1, p3 = tl.split(rs)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _aligned(seed, g0, j, scale, rho2, shape: tl.constexpr, STREAM: tl.constexpr, FAST: tl.constexpr,
+             ROW: tl.constexpr, RHO: tl.constexpr):
+    """Rows of ROW (4 or 8) elements, row r ← groups g0 + j[r] (ROW = 4) or g0 + j[r] and g0 + j[r] + 1 (ROW = 8),
+    as _rows4 / _rows8 lay them out (j: int32 of ``shape``; rho2: the rows' ratios with RHO)."""
+    if ROW == 8:
+        if RHO:
+            p0, p1, p2, p3, p4, p5, p6, p7 = _split8(rho2, shape)
+        else:
+            p0, p1, p2, p3, p4, p5, p6, p7 = 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0
+        a0, a1, a2, a3 = _group(seed, g0, j, scale, p0, p1, p2, p3, RHO, STREAM, FAST)
+        b0, b1, b2, b3 = _group(seed, g0, j + 1, scale, p4, p5, p6, p7, RHO, STREAM, FAST)
+        return _rows8(a0, a1, a2, a3, b0, b1, b2, b3)
+    else:
+        if RHO:
+            p0, p1, p2, p3 = _split4(rho2, shape)
+        else:
+            p0, p1, p2, p3 = 1.0, 1.0, 1.0, 1.0
+        n0, n1, n2, n3 = _group(seed, g0, j, scale, p0, p1, p2, p3, RHO, STREAM, FAST)
+        return _rows4(n0, n1, n2, n3)
+
+
+@triton.jit
 def normal_block(seed, start, BLOCK: tl.constexpr, STREAM: tl.constexpr, ALIGNED4: tl.constexpr,
                  FAST: tl.constexpr, ROW: tl.constexpr = 4, scale=1.0, rho2=1.0, RHO: tl.constexpr = False):
     """−scale times the normals of flat element indices start .. start+BLOCK-1 of ``STREAM`` (float32), each also
@@ -229,42 +288,70 @@ def normal_block(seed, start, BLOCK: tl.constexpr, STREAM: tl.constexpr, ALIGNED
     elements; the lanes are joined in registers into rows of ROW (4 or 8) consecutive elements, one or two groups,
     each row held by one thread. ROW = the elements of a 16-byte access (8 for fp16 / bf16, 4 for fp32) lays the
     noise out exactly as the kernel's vector loads lay out their data, so no shuffle through shared memory is needed
-    (rho2 is split into lanes by the inverse joins). Without ALIGNED4 each element computes its own group and picks
-    its lane (4x the Philox work, same numbers).
+    (rho2 is split into lanes by the inverse joins). Without ALIGNED4: :func:`_shifted` (or, with RHO, each element
+    draws its own group: ``normal_at``, 4x the Philox work, same numbers).
     """
     if ALIGNED4:
-        if ROW == 8:
-            j = 2 * tl.arange(0, BLOCK // 8)
-            if RHO:  # [row, group h, pair j, cos/sin k] ← element 4h + 2j + k of the row
-                rc, rs = tl.split(tl.reshape(rho2, (BLOCK // 8, 2, 2, 2)))
-                rc0, rc1 = tl.split(rc)
-                rs0, rs1 = tl.split(rs)
-                pa0, pb0 = tl.split(rc0)
-                pa2, pb2 = tl.split(rc1)
-                pa1, pb1 = tl.split(rs0)
-                pa3, pb3 = tl.split(rs1)
-                a0, a1, a2, a3 = _group(seed, start // 4, j, scale, pa0, pa1, pa2, pa3, RHO, STREAM, FAST)
-                b0, b1, b2, b3 = _group(seed, start // 4, j + 1, scale, pb0, pb1, pb2, pb3, RHO, STREAM, FAST)
-            else:
-                a0, a1, a2, a3 = _group(seed, start // 4, j, scale, 1.0, 1.0, 1.0, 1.0, RHO, STREAM, FAST)
-                b0, b1, b2, b3 = _group(seed, start // 4, j + 1, scale, 1.0, 1.0, 1.0, 1.0, RHO, STREAM, FAST)
-            # [row, group h, pair j, cos/sin k] → element 4h + 2j + k of the row
-            cos = tl.join(tl.join(a0, b0), tl.join(a2, b2))
-            sin = tl.join(tl.join(a1, b1), tl.join(a3, b3))
-            return tl.reshape(tl.join(cos, sin), (BLOCK,))
-        else:
-            if RHO:  # [group, pair j, cos/sin k] ← lane 2j + k
-                rc, rs = tl.split(tl.reshape(rho2, (BLOCK // 4, 2, 2)))
-                p0, p2 = tl.split(rc)
-                p1, p3 = tl.split(rs)
-                n0, n1, n2, n3 = _group(seed, start // 4, tl.arange(0, BLOCK // 4), scale, p0, p1, p2, p3, RHO,
-                                        STREAM, FAST)
-            else:
-                n0, n1, n2, n3 = _group(seed, start // 4, tl.arange(0, BLOCK // 4), scale, 1.0, 1.0, 1.0, 1.0, RHO,
-                                        STREAM, FAST)
-            return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (BLOCK,))
-    else:
+        R: tl.constexpr = BLOCK // ROW
+        j = (ROW // 4) * tl.arange(0, R)
+        return tl.reshape(_aligned(seed, start // 4, j, scale, rho2, (R,), STREAM, FAST, ROW, RHO), (BLOCK,))
+    elif RHO:
         return normal_at(seed, start + tl.arange(0, BLOCK).to(tl.int64), STREAM, FAST, scale, rho2, RHO)
+    else:
+        return _shifted(seed, start, BLOCK, STREAM, FAST, ROW, scale)
+
+
+@triton.jit
+def _shifted(seed, start, BLOCK: tl.constexpr, STREAM: tl.constexpr, FAST: tl.constexpr, ROW: tl.constexpr, scale):
+    """normal_block where s = start % 4 is known only on the device (a sample offset or per-sample seeds read from a
+    tensor, with D % 4 ≠ 0). Element k of row r (ROW consecutive elements, laid out as the aligned rows) has
+    counter 4 g0 + ROW·r + s + k, g0 = start // 4: it is element s + k of the list L_r = (the lanes of the row's
+    own groups g0 + (ROW/4)·r + …, then lanes 0..2 of the next row's first group).
+
+    - The rows' own groups are drawn as in the aligned tile (the same Philox and Box–Muller work).
+    - The next row's first group is another thread's: one gather of three [R] lane tensors (on the GPU 4 STS + 4
+      LDS per thread and lane, through 4 KB of shared memory at BLOCK = 8192); the last row takes group
+      g0 + BLOCK/4 instead, drawn once per program (the one group a shifted tile adds: 1/32 of a thread's
+      groups at 32 elements per thread).
+    - The shift by s is a branch on s (uniform over the program; a ``BRX`` switch on the GPU) into four
+      compile-time lane orders: register moves, no per-element select.
+
+    Bit for bit the normals of the per-element path (and of the aligned tile that starts s elements earlier):
+    tests/test_philox_math.py. Static cost on sm_90a: benchmarks/RESULTS.md (issue 19, the device offset)."""
+    R: tl.constexpr = BLOCK // ROW
+    g0 = start >> 2
+    s = (start & 3).to(tl.int32)
+    r = tl.arange(0, R)
+    h0, h1, h2, _ = _group(seed, g0 + BLOCK // 4, 0, scale, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
+    a0, a1, a2, a3 = _group(seed, g0, (ROW // 4) * r, scale, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
+    # lanes 0..2 of the next row's first group: its thread's, and for the last row group g0 + BLOCK/4
+    nxt = (r + 1) & (R - 1)
+    last = r == R - 1
+    n0 = tl.where(last, h0, tl.gather(a0, nxt, 0))
+    n1 = tl.where(last, h1, tl.gather(a1, nxt, 0))
+    n2 = tl.where(last, h2, tl.gather(a2, nxt, 0))
+    if ROW == 8:
+        b0, b1, b2, b3 = _group(seed, g0, 2 * r + 1, scale, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
+        # L = a0 a1 a2 a3 b0 b1 b2 b3 n0 n1 n2, out_k = L[k + s]: a branch per s (uniform), no per-element select
+        if s == 0:
+            rows = _rows8(a0, a1, a2, a3, b0, b1, b2, b3)
+        elif s == 1:
+            rows = _rows8(a1, a2, a3, b0, b1, b2, b3, n0)
+        elif s == 2:
+            rows = _rows8(a2, a3, b0, b1, b2, b3, n0, n1)
+        else:
+            rows = _rows8(a3, b0, b1, b2, b3, n0, n1, n2)
+    else:
+        # L = a0 a1 a2 a3 n0 n1 n2
+        if s == 0:
+            rows = _rows4(a0, a1, a2, a3)
+        elif s == 1:
+            rows = _rows4(a1, a2, a3, n0)
+        elif s == 2:
+            rows = _rows4(a2, a3, n0, n1)
+        else:
+            rows = _rows4(a3, n0, n1, n2)
+    return tl.reshape(rows, (BLOCK,))
 
 
 @triton.jit
@@ -287,20 +374,21 @@ def uniform_at(seed, index, STREAM: tl.constexpr, FAST: tl.constexpr = MATH_ACCU
 
 @triton.jit(do_not_specialize=["seed"])  # a seed of 1 must not become a compile-time constant
 def _normal_fill_kernel(out_ptr, n, seed, start, STREAM: tl.constexpr, BLOCK: tl.constexpr,
-                        ALIGNED4: tl.constexpr, FAST: tl.constexpr):
+                        ALIGNED4: tl.constexpr, FAST: tl.constexpr, ROW: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
-    z = -normal_block(seed, start + pid * BLOCK, BLOCK, STREAM, ALIGNED4, FAST)
+    z = -normal_block(seed, start + pid * BLOCK, BLOCK, STREAM, ALIGNED4, FAST, ROW)
     tl.store(out_ptr + offs, z.to(out_ptr.dtype.element_ty), mask=offs < n)
 
 
-def normal_fill(out, seed: int, stream: int, start: int = 0, block: int = 4096):
-    """Fills the contiguous tensor ``out`` with the Philox normals of elements start.. of ``stream``."""
+def normal_fill(out, seed: int, stream: int, start: int = 0, block: int = 4096, row: int = 4):
+    """Fills the contiguous tensor ``out`` with the Philox normals of elements start.. of ``stream`` (``row``:
+    normal_block's rows, 4 or 8 elements per thread; the numbers do not depend on it)."""
     n = out.numel()
     if n == 0:
         return out
     _normal_fill_kernel[(triton.cdiv(n, block),)](out, n, seed, start, stream, block, start % 4 == 0,
-                                                  fast_math(out.device))
+                                                  fast_math(out.device), row)
     return out
 
 
@@ -352,34 +440,8 @@ def normal_rows(seed, row_start, COLS: tl.constexpr, STREAM: tl.constexpr, ALIGN
     own group."""
     R: tl.constexpr = row_start.shape[0]
     if ALIGNED4:
-        g0 = row_start >> 2
-        if ROW == 8:
-            j = 2 * tl.arange(0, COLS // 8)[None, :]
-            if RHO:  # [row, run, group h, pair j, cos/sin k] ← element 4h + 2j + k of the run (normal_block)
-                rc, rs = tl.split(tl.reshape(rho2, (R, COLS // 8, 2, 2, 2)))
-                rc0, rc1 = tl.split(rc)
-                rs0, rs1 = tl.split(rs)
-                pa0, pb0 = tl.split(rc0)
-                pa2, pb2 = tl.split(rc1)
-                pa1, pb1 = tl.split(rs0)
-                pa3, pb3 = tl.split(rs1)
-                a0, a1, a2, a3 = _group(seed, g0, j, scale, pa0, pa1, pa2, pa3, RHO, STREAM, FAST)
-                b0, b1, b2, b3 = _group(seed, g0, j + 1, scale, pb0, pb1, pb2, pb3, RHO, STREAM, FAST)
-            else:
-                a0, a1, a2, a3 = _group(seed, g0, j, scale, 1.0, 1.0, 1.0, 1.0, RHO, STREAM, FAST)
-                b0, b1, b2, b3 = _group(seed, g0, j + 1, scale, 1.0, 1.0, 1.0, 1.0, RHO, STREAM, FAST)
-            cos = tl.join(tl.join(a0, b0), tl.join(a2, b2))
-            sin = tl.join(tl.join(a1, b1), tl.join(a3, b3))
-            return tl.reshape(tl.join(cos, sin), (R, COLS))
-        else:
-            j = tl.arange(0, COLS // 4)[None, :]
-            if RHO:  # [row, group, pair j, cos/sin k] ← lane 2j + k
-                rc, rs = tl.split(tl.reshape(rho2, (R, COLS // 4, 2, 2)))
-                p0, p2 = tl.split(rc)
-                p1, p3 = tl.split(rs)
-                n0, n1, n2, n3 = _group(seed, g0, j, scale, p0, p1, p2, p3, RHO, STREAM, FAST)
-            else:
-                n0, n1, n2, n3 = _group(seed, g0, j, scale, 1.0, 1.0, 1.0, 1.0, RHO, STREAM, FAST)
-            return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (R, COLS))
+        j = (ROW // 4) * tl.arange(0, COLS // ROW)[None, :]
+        rows = _aligned(seed, row_start >> 2, j, scale, rho2, (R, COLS // ROW), STREAM, FAST, ROW, RHO)
+        return tl.reshape(rows, (R, COLS))
     else:
         return normal_at(seed, row_start + tl.arange(0, COLS)[None, :], STREAM, FAST, scale, rho2, RHO)

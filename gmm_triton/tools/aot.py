@@ -31,7 +31,8 @@ whose two continuations never meet again before their ``EXIT`` is a **fork** (a 
 whole copies of its body, e.g. the step's unmasked full tiles and masked edge tiles): both sides are walked,
 giving one path per side; the side with more predicated thread-indexed global accesses is the ``edge`` side,
 the other the ``full`` side. Every other conditional branch falls through, so a loop body is walked once. A
-``CALL`` still on a walk counts as one instruction and is not followed (reported as ``calls``).
+``CALL`` still on a walk counts as one instruction and is not followed (reported as ``calls``). An indirect
+branch (``BRX``: a switch over a uniform value) is followed into its longest case.
 
 **Per element** (:meth:`Result.sass_per_element`): the instructions the launch issues over the elements it
 really produces. The case says how many programs take each kind of tile (:class:`Work`: full and edge tiles
@@ -390,7 +391,7 @@ def compile_and_analyse(job: dict) -> dict:
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(k.asm["cubin"])
             f.flush()
-            sass = subprocess.run([_tool("nvdisasm"), "-c", "-ndf", f.name], check=True, capture_output=True,
+            sass = subprocess.run([_tool("nvdisasm"), "-c", f.name], check=True, capture_output=True,
                                   text=True).stdout
             if job.get("dump"):
                 stem = Path(job["dump"])
@@ -478,6 +479,23 @@ def _skips_slow_path(ins: list, k: int, t: int) -> bool:
     return t < len(ins) and ins[t].base == "BSYNC" or any(j.base == "CALL" for j in ins[k + 1:t])
 
 
+def _switch_case(ins: list, labels: dict, k: int) -> int:
+    """Where a walk goes at the indirect branch ``BRX`` at ``k`` (a switch over a uniform value, e.g. normal_block's
+    shift by s): into its longest case. A case runs from its target to its unconditional ``BRA`` to the join; the
+    target that is the join itself is the empty case."""
+    m = re.search(r'BRANCH_TARGETS ([^"]+)"', ins[k].text)
+    if not m:
+        raise ValueError(f"indirect branch without its targets: {ins[k].text}")
+    cases = {}
+    for t in (labels[name.strip()] for name in m.group(1).split(",")):
+        j = t
+        while j < len(ins) and not (ins[j].base == "BRA" and not _conditional(ins[j])):
+            j += 1
+        cases[t] = (j - t + 1, _branch_target(ins[j], labels) if j < len(ins) else None)
+    joins = {join for _, join in cases.values()}
+    return max(cases, key=lambda t: 0 if t in joins else cases[t][0])
+
+
 def _walk(ins: list, labels: dict, k: int, seen: frozenset = frozenset()) -> list:
     """The indices one thread walks from ``k`` (forks fall through: the rule of :func:`hot_path`)."""
     out, seen = [], set(seen)
@@ -487,6 +505,9 @@ def _walk(ins: list, labels: dict, k: int, seen: frozenset = frozenset()) -> lis
         i = ins[k]
         if i.base == "EXIT" and not i.pred:
             break
+        if i.base == "BRX":
+            k = _switch_case(ins, labels, k)
+            continue
         if i.base == "BRA":
             t = _branch_target(i, labels)
             if not _conditional(i) or _skips_slow_path(ins, k, t):
@@ -530,6 +551,9 @@ def hot_paths(ins: list, labels: dict, max_forks: int = 4) -> list:
             i = ins[k]
             if i.base == "EXIT" and not i.pred:
                 break
+            if i.base == "BRX":
+                k = _switch_case(ins, labels, k)
+                continue
             if i.base == "BRA":
                 t = _branch_target(i, labels)
                 if not _conditional(i) or _skips_slow_path(ins, k, t):
