@@ -156,9 +156,28 @@ def test_family_mismatch_and_bad_options_are_named(comfy):
 
 
 def test_comfy_sampler_functions_are_used_unmodified(comfy):
-    """The comparison targets are ComfyUI's own: our package does not patch comfy.samplers or its k-diffusion."""
+    """The comparison targets are ComfyUI's own: our package adds one list entry and changes none of ComfyUI's."""
     import comfy.k_diffusion.sampling as kds
 
     assert kds.sample_euler_ancestral.__module__ == "comfy.k_diffusion.sampling"
-    assert "ddim_gmm" not in comfy.samplers.KSAMPLER_NAMES
+    assert kds.sample_euler.__module__ == "comfy.k_diffusion.sampling"
     assert os.path.samefile(comfy.samplers.__file__, comfy.root / "comfy" / "samplers.py")
+    assert comfy.samplers.KSAMPLER_NAMES[:3] == ["euler", "euler_cfg_pp", "euler_ancestral"]
+
+
+@pytest.mark.parametrize("kind", ["eps", "flow"])
+def test_ddim_gmm_is_in_the_plain_ksampler_list(comfy, kind):
+    """The plain KSampler's list offers "ddim_gmm" (added once, however often the package loads), and ComfyUI's own
+    lookup (KSampler's sampler_object → ksampler → comfy.k_diffusion.sampling.sample_ddim_gmm) samples DDIM-GMM, or
+    RFIM-GMM on the flow model, with the SAMPLER node's defaults: the same latents, bit for bit."""
+    dest_module = sys.modules[comfy.nodes.NODE_CLASS_MAPPINGS["SamplerDDIMGMM"].__module__]
+    assert dest_module.register_ksampler_entry() is True  # a second load
+    for names in (comfy.samplers.KSAMPLER_NAMES, comfy.samplers.KSampler.SAMPLERS):
+        assert names.count("ddim_gmm") == 1
+    assert "ddim_gmm" in comfy.nodes.KSampler.INPUT_TYPES()["required"]["sampler_name"][0]
+    plain, model = _run(comfy, comfy.samplers.sampler_object("ddim_gmm"), kind)
+    node, _ = _run(comfy, _node(comfy, "SamplerDDIMGMM"), kind)
+    gauss, _ = _run(comfy, _node(comfy, "SamplerDDIMGMM", kernel="gaussian"), kind)
+    assert torch.equal(plain, node) and torch.isfinite(plain).all()
+    assert (plain - gauss).abs().max() > 1e-3  # the mixture (s = 0.3 by default), not the Gaussian kernel
+    assert model.calls == [42] * 8

@@ -128,6 +128,29 @@ class SamplerRFIMGMM(_SamplerNode):
         }}
 
 
+KSAMPLER_ENTRY = "ddim_gmm"
+
+
+def register_ksampler_entry() -> bool:
+    """Adds ``"ddim_gmm"`` to the sampler list of ComfyUI's plain KSampler / KSamplerAdvanced nodes (and
+    SamplerCustom's KSamplerSelect): DDIM-GMM, or RFIM-GMM on a rectified-flow model, with every option at its
+    default (η = 1, Philox noise from the node's seed, the schedulers' mixture defaults); the SAMPLER nodes above
+    expose the options. ComfyUI finds a list entry's function as ``comfy.k_diffusion.sampling.sample_<name>``, so the
+    function is added there under that name; ComfyUI's own entries and functions are left as they are. Idempotent.
+    Returns False outside ComfyUI (no ``comfy`` to import)."""
+    try:
+        import comfy.k_diffusion.sampling as kds
+        import comfy.samplers
+    except ImportError:
+        return False
+    setattr(kds, f"sample_{KSAMPLER_ENTRY}", sample_gmm_triton)
+    # KSAMPLER_NAMES: what comfy.samplers.ksampler accepts; SAMPLER_NAMES (= KSampler.SAMPLERS): the nodes' lists
+    for names in (comfy.samplers.KSAMPLER_NAMES, comfy.samplers.SAMPLER_NAMES):
+        if KSAMPLER_ENTRY not in names:
+            names.append(KSAMPLER_ENTRY)
+    return True
+
+
 NODE_CLASS_MAPPINGS = {"SamplerDDIMGMM": SamplerDDIMGMM, "SamplerRFIMGMM": SamplerRFIMGMM}
 NODE_DISPLAY_NAME_MAPPINGS = {"SamplerDDIMGMM": "DDIM-GMM sampler (gmm-triton)",
                               "SamplerRFIMGMM": "RFIM-GMM sampler (gmm-triton)"}
