@@ -35,7 +35,9 @@ def numstat():
 def test_the_worked_change_still_applies():
     if shutil.which("git") is None or _git("rev-parse", "--is-inside-work-tree").stdout.strip() != "true":
         pytest.skip("needs git and the repository's work tree")
-    proc = _git("apply", "--check", str(PATCH))
+    # the generated files' hunks are checked by their commands, not by context: every kernel change rewrites some
+    # static limits, which would break the patch's context without touching the mode
+    proc = _git("apply", "--check", *(f"--exclude={path}" for path in GENERATED), str(PATCH))
     assert proc.returncode == 0, ("docs/change_cost/variance_mode.patch no longer applies: re-apply it by hand, run "
                                   "its tests, and regenerate it (docs/change_cost/README.md)\n" + proc.stderr)
 
