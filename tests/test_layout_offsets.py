@@ -101,6 +101,27 @@ def test_sample_offset_makes_noise_batch_invariant(backend, table, variance):
     assert not torch.equal(shifted, whole[2:])  # without the offset, samples 2, 3 would reuse samples 0, 1's noise
 
 
+@pytest.mark.parametrize("variance", [None, "diag", "vub"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # rows of 4 and of 8
+def test_shifted_tiles_draw_what_each_element_draws(table, variance, dtype):
+    """A device offset with D % 4 ≠ 0: each sample's tiles start s = (o + b)·D mod 4 into a Philox group, known only
+    on the device (kernels/philox.py _shifted; with a mixture's ρ² the Box–Muller parts are shifted before their
+    square roots). D = 1023 fills a tile of 1024 up to its last row, so the next-row lanes and the program's extra
+    group are used. The same logical launch stored channels_last with C = 3 takes the per-element path
+    (PERMUTED: normal_at): the outputs are bit-identical, for every sample's s."""
+    shape = (4, 3, 11, 31)
+    D = 3 * 11 * 31
+    mix = build_mixture(D, 10, components=4, scale=0.3, variance=variance, seed=3) if variance else None
+    x, m = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
+    off = torch.tensor([5])
+    assert sorted((5 + b) * D % 4 for b in range(4)) == [0, 1, 2, 3]
+    with ops.use_cpu_backend("triton"):
+        flat, x0 = ops.ddim_step(x, m, 501, table, eta=1.0, seed=7, mixture=mix, sample_offset=off)
+        cl = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+        per, x0p = ops.ddim_step(cl(x), cl(m), 501, table, eta=1.0, seed=7, mixture=mix, sample_offset=off)
+    assert torch.equal(flat, per.contiguous()) and torch.equal(x0, x0p.contiguous())
+
+
 def test_sample_offset_against_numpy_philox(table):
     """Sample b at offset o draws stream 0 from counter (o + b)·D: checked against the numpy Philox directly."""
     B, D, off = 2, 40, 1000003

@@ -193,15 +193,31 @@ def _radius2(w, scale, FAST: tl.constexpr):
 
 
 @triton.jit
+def _pair(wa, wb, scale, FAST: tl.constexpr):
+    """The parts of a Box–Muller pair before its square root: (scale² r², cos φ, sin φ), φ = θ − π (_box_muller)."""
+    _check_math(FAST)
+    r2 = _radius2(wa, scale, FAST)
+    c, s = _cos_sin((wb >> 8).to(tl.int32) - (1 << 23), FAST)
+    return r2, c, s
+
+
+@triton.jit
+def _group_parts(seed, g0, j, scale, STREAM: tl.constexpr, FAST: tl.constexpr):
+    """The _pair parts of Philox groups g0 + j: (r² of lanes 0-1, r² of lanes 2-3, cos/sin of lanes 0, 1, 2, 3)."""
+    w0, w1, w2, w3 = _words_from(seed, g0, j, STREAM, FAST)
+    ra, c0, s0 = _pair(w0, w1, scale, FAST)
+    rb, c1, s1 = _pair(w2, w3, scale, FAST)
+    return ra, rb, c0, s0, c1, s1
+
+
+@triton.jit
 def _box_muller(wa, wb, scale, rho2_c, rho2_s, RHO: tl.constexpr, FAST: tl.constexpr):
     """−scale·(r cos θ, r sin θ), θ = 2π U(wb): NEGATED normals, computed as scale·r·(cos φ, sin φ) with
     φ = θ − π ∈ [−π, π) (no range reduction; cos θ = −cos φ, sin θ = −sin φ). Consumers subtract them, which folds
     the sign into their multiply-add. ``scale`` (≥ 0) rides on r² (_radius2). With RHO, each of the two normals
     is further scaled by √rho2 (≥ 0), inside its own square root: √(rho2·r²) is one MUFU.SQRT, where √rho2 · r
     would be two, and rho2 = 1 leaves the normal bit for bit as without it."""
-    _check_math(FAST)
-    r2 = _radius2(wa, scale, FAST)
-    c, s = _cos_sin((wb >> 8).to(tl.int32) - (1 << 23), FAST)  # φ = θ − π
+    r2, c, s = _pair(wa, wb, scale, FAST)
     if RHO:
         return _sqrt(r2 * rho2_c, FAST) * c, _sqrt(r2 * rho2_s, FAST) * s
     else:
@@ -288,21 +304,52 @@ def normal_block(seed, start, BLOCK: tl.constexpr, STREAM: tl.constexpr, ALIGNED
     elements; the lanes are joined in registers into rows of ROW (4 or 8) consecutive elements, one or two groups,
     each row held by one thread. ROW = the elements of a 16-byte access (8 for fp16 / bf16, 4 for fp32) lays the
     noise out exactly as the kernel's vector loads lay out their data, so no shuffle through shared memory is needed
-    (rho2 is split into lanes by the inverse joins). Without ALIGNED4: :func:`_shifted` (or, with RHO, each element
-    draws its own group: ``normal_at``, 4x the Philox work, same numbers).
+    (rho2 is split into lanes by the inverse joins). Without ALIGNED4: :func:`_shifted`.
     """
     if ALIGNED4:
         R: tl.constexpr = BLOCK // ROW
         j = (ROW // 4) * tl.arange(0, R)
         return tl.reshape(_aligned(seed, start // 4, j, scale, rho2, (R,), STREAM, FAST, ROW, RHO), (BLOCK,))
-    elif RHO:
-        return normal_at(seed, start + tl.arange(0, BLOCK).to(tl.int64), STREAM, FAST, scale, rho2, RHO)
     else:
-        return _shifted(seed, start, BLOCK, STREAM, FAST, ROW, scale)
+        return _shifted(seed, start, BLOCK, STREAM, FAST, ROW, scale, rho2, RHO)
 
 
 @triton.jit
-def _shifted(seed, start, BLOCK: tl.constexpr, STREAM: tl.constexpr, FAST: tl.constexpr, ROW: tl.constexpr, scale):
+def _shift_rows(s, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, ROW: tl.constexpr):
+    """Rows of ROW elements (_rows8 / _rows4, flattened), element k of a row ← l_{k+s}: a branch per value of the
+    program's s (a switch on the GPU), each a compile-time lane order, so register moves and no per-element select.
+    Rows of 4 read l0..l6."""
+    if ROW == 8:
+        if s == 0:
+            rows = _rows8(l0, l1, l2, l3, l4, l5, l6, l7)
+        elif s == 1:
+            rows = _rows8(l1, l2, l3, l4, l5, l6, l7, l8)
+        elif s == 2:
+            rows = _rows8(l2, l3, l4, l5, l6, l7, l8, l9)
+        else:
+            rows = _rows8(l3, l4, l5, l6, l7, l8, l9, l10)
+    else:
+        if s == 0:
+            rows = _rows4(l0, l1, l2, l3)
+        elif s == 1:
+            rows = _rows4(l1, l2, l3, l4)
+        elif s == 2:
+            rows = _rows4(l2, l3, l4, l5)
+        else:
+            rows = _rows4(l3, l4, l5, l6)
+    return tl.reshape(rows, (l0.shape[0] * ROW,))
+
+
+@triton.jit
+def _next_row(v, h, nxt, last):
+    """v's value in the next row (another thread's: a gather through shared memory, or a warp shuffle), h in the
+    last row."""
+    return tl.where(last, h, tl.gather(v, nxt, 0))
+
+
+@triton.jit
+def _shifted(seed, start, BLOCK: tl.constexpr, STREAM: tl.constexpr, FAST: tl.constexpr, ROW: tl.constexpr, scale,
+             rho2, RHO: tl.constexpr):
     """normal_block where s = start % 4 is known only on the device (a sample offset or per-sample seeds read from a
     tensor, with D % 4 ≠ 0). Element k of row r (ROW consecutive elements, laid out as the aligned rows) has
     counter 4 g0 + ROW·r + s + k, g0 = start // 4: it is element s + k of the list L_r = (the lanes of the row's
@@ -314,7 +361,10 @@ def _shifted(seed, start, BLOCK: tl.constexpr, STREAM: tl.constexpr, FAST: tl.co
       g0 + BLOCK/4 instead, drawn once per program (the one group a shifted tile adds: 1/32 of a thread's
       groups at 32 elements per thread).
     - The shift by s is a branch on s (uniform over the program; a ``BRX`` switch on the GPU) into four
-      compile-time lane orders: register moves, no per-element select.
+      compile-time lane orders (_shift_rows): register moves, no per-element select.
+    - With RHO (a mixture's per-element variance ratio, which rides inside the square root of each element's own
+      normal) the lanes are shifted before their square roots, as (r², cos / sin) parts (five gathered lanes):
+      each element then takes √(r²·ρ²)·cos of its own pair and its own ρ², as ``normal_at`` does.
 
     Bit for bit the normals of the per-element path (and of the aligned tile that starts s elements earlier):
     tests/test_philox_math.py. Static cost on sm_90a: benchmarks/RESULTS.md (issue 19, the device offset)."""
@@ -322,36 +372,38 @@ def _shifted(seed, start, BLOCK: tl.constexpr, STREAM: tl.constexpr, FAST: tl.co
     g0 = start >> 2
     s = (start & 3).to(tl.int32)
     r = tl.arange(0, R)
-    h0, h1, h2, _ = _group(seed, g0 + BLOCK // 4, 0, scale, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
-    a0, a1, a2, a3 = _group(seed, g0, (ROW // 4) * r, scale, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
-    # lanes 0..2 of the next row's first group: its thread's, and for the last row group g0 + BLOCK/4
-    nxt = (r + 1) & (R - 1)
-    last = r == R - 1
-    n0 = tl.where(last, h0, tl.gather(a0, nxt, 0))
-    n1 = tl.where(last, h1, tl.gather(a1, nxt, 0))
-    n2 = tl.where(last, h2, tl.gather(a2, nxt, 0))
-    if ROW == 8:
-        b0, b1, b2, b3 = _group(seed, g0, 2 * r + 1, scale, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
-        # L = a0 a1 a2 a3 b0 b1 b2 b3 n0 n1 n2, out_k = L[k + s]: a branch per s (uniform), no per-element select
-        if s == 0:
-            rows = _rows8(a0, a1, a2, a3, b0, b1, b2, b3)
-        elif s == 1:
-            rows = _rows8(a1, a2, a3, b0, b1, b2, b3, n0)
-        elif s == 2:
-            rows = _rows8(a2, a3, b0, b1, b2, b3, n0, n1)
+    ja = (ROW // 4) * r
+    if RHO:
+        hr0, hr1, hc0, hs0, hc1, _ = _group_parts(seed, g0 + BLOCK // 4, 0, scale, STREAM, FAST)
+        ra0, ra1, ac0, as0, ac1, as1 = _group_parts(seed, g0, ja, scale, STREAM, FAST)
+        nxt = (r + 1) & (R - 1)
+        last = r == R - 1
+        nr0 = _next_row(ra0, hr0, nxt, last)
+        nr1 = _next_row(ra1, hr1, nxt, last)
+        nc0 = _next_row(ac0, hc0, nxt, last)
+        ns0 = _next_row(as0, hs0, nxt, last)
+        nc1 = _next_row(ac1, hc1, nxt, last)
+        if ROW == 8:
+            rb0, rb1, bc0, bs0, bc1, bs1 = _group_parts(seed, g0, ja + 1, scale, STREAM, FAST)
+            r2 = _shift_rows(s, ra0, ra0, ra1, ra1, rb0, rb0, rb1, rb1, nr0, nr0, nr1, ROW)
+            cs = _shift_rows(s, ac0, as0, ac1, as1, bc0, bs0, bc1, bs1, nc0, ns0, nc1, ROW)
         else:
-            rows = _rows8(a3, b0, b1, b2, b3, n0, n1, n2)
+            r2 = _shift_rows(s, ra0, ra0, ra1, ra1, nr0, nr0, nr1, nr1, nr1, nr1, nr1, ROW)
+            cs = _shift_rows(s, ac0, as0, ac1, as1, nc0, ns0, nc1, nc1, nc1, nc1, nc1, ROW)
+        return _sqrt(r2 * rho2, FAST) * cs
     else:
-        # L = a0 a1 a2 a3 n0 n1 n2
-        if s == 0:
-            rows = _rows4(a0, a1, a2, a3)
-        elif s == 1:
-            rows = _rows4(a1, a2, a3, n0)
-        elif s == 2:
-            rows = _rows4(a2, a3, n0, n1)
+        h0, h1, h2, _ = _group(seed, g0 + BLOCK // 4, 0, scale, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
+        a0, a1, a2, a3 = _group(seed, g0, ja, scale, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
+        nxt = (r + 1) & (R - 1)
+        last = r == R - 1
+        n0 = _next_row(a0, h0, nxt, last)
+        n1 = _next_row(a1, h1, nxt, last)
+        n2 = _next_row(a2, h2, nxt, last)
+        if ROW == 8:
+            b0, b1, b2, b3 = _group(seed, g0, ja + 1, scale, 1.0, 1.0, 1.0, 1.0, False, STREAM, FAST)
+            return _shift_rows(s, a0, a1, a2, a3, b0, b1, b2, b3, n0, n1, n2, ROW)
         else:
-            rows = _rows4(a3, n0, n1, n2)
-    return tl.reshape(rows, (BLOCK,))
+            return _shift_rows(s, a0, a1, a2, a3, n0, n1, n2, n2, n2, n2, n2, ROW)
 
 
 @triton.jit

@@ -228,6 +228,10 @@ def cliff_cases(have) -> list[aot.Case]:
     for D, shape in ((1000, (10, 10, 10)), (1001, (7, 11, 13)), (13467, (3, 67, 67))):
         cases.append((f"ragged-fp16-d{D}-b64-x0", Step(h, shape=shape, batch=64)))
     cases.append(("ragged-fp16-d1001-b64-devoffset-x0", Step(h, shape=(7, 11, 13), batch=64, sample_offset="device")))
+    # a mixture's ρ² rides inside each element's square root: shifted tiles shift the Box–Muller parts (RHO)
+    for off in ("none", "device"):
+        cases.append((f"ragged-gmm-diag-fp16-d1001-b64{'-devoffset' if off == 'device' else ''}-x0",
+                      Step(h, shape=(7, 11, 13), batch=64, mixture="diag", sample_offset=off)))
     for dt in (h, b):
         cases.append((f"cl-{_LABEL[dt]}-eps-philox-x0", Step(dt, layout="channels_last")))
     for lay in ("m_cl", "x_cl"):  # mixed layouts: one of sample / model output channels_last
