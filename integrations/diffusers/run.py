@@ -66,6 +66,58 @@ FLOW_SYNTHETIC_FILES = [
     "tests/pipelines/flux/test_pipeline_flux.py",
     "tests/pipelines/chroma/test_pipeline_chroma.py",
 ]
+# the other flow pipelines whose fast tests ask the hub only for those two repositories, by family; each group is a
+# pair of selections (as written, stochastic), "flow-synthetic-<group>-default" and "flow-synthetic-<group>", so that
+# a group reruns alone
+FLOW_SYNTHETIC_GROUPS = {
+    "sd3": [
+        "tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3_img2img.py",
+        "tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3_inpaint.py",
+        "tests/pipelines/controlnet_sd3/test_controlnet_sd3.py",
+        "tests/pipelines/controlnet_sd3/test_controlnet_inpaint_sd3.py",
+        "tests/pipelines/pag/test_pag_sd3.py",
+        "tests/pipelines/pag/test_pag_sd3_img2img.py",
+    ],
+    "flux": [
+        "tests/pipelines/flux/test_pipeline_flux_img2img.py",
+        "tests/pipelines/flux/test_pipeline_flux_inpaint.py",
+        "tests/pipelines/flux/test_pipeline_flux_fill.py",
+        "tests/pipelines/flux/test_pipeline_flux_kontext.py",
+        "tests/pipelines/flux/test_pipeline_flux_kontext_inpaint.py",
+        "tests/pipelines/flux/test_pipeline_flux_control.py",
+        "tests/pipelines/flux/test_pipeline_flux_control_img2img.py",
+        "tests/pipelines/flux/test_pipeline_flux_control_inpaint.py",
+    ],
+    "flux-more": [
+        "tests/pipelines/controlnet_flux/test_controlnet_flux.py",
+        "tests/pipelines/controlnet_flux/test_controlnet_flux_img2img.py",
+        "tests/pipelines/controlnet_flux/test_controlnet_flux_inpaint.py",
+        "tests/pipelines/chroma/test_pipeline_chroma_img2img.py",
+        "tests/pipelines/visualcloze/test_pipeline_visualcloze_combined.py",
+        "tests/pipelines/visualcloze/test_pipeline_visualcloze_generation.py",
+    ],
+    "video": [
+        "tests/pipelines/wan/test_wan.py",
+        "tests/pipelines/wan/test_wan_image_to_video.py",
+        "tests/pipelines/wan/test_wan_vace.py",
+        "tests/pipelines/wan/test_wan_animate.py",
+        "tests/pipelines/ltx/test_ltx.py",
+        "tests/pipelines/ltx/test_ltx_condition.py",
+        "tests/pipelines/ltx/test_ltx_image2video.py",
+        "tests/pipelines/mochi/test_mochi.py",
+    ],
+    "t5-other": [
+        "tests/pipelines/cosmos/test_cosmos2_text2image.py",
+        "tests/pipelines/cosmos/test_cosmos2_video2world.py",
+        "tests/pipelines/chronoedit/test_chronoedit.py",
+        "tests/pipelines/motif_video/test_motif_video.py",
+        "tests/pipelines/motif_video/test_motif_video_image2video.py",
+        "tests/pipelines/bria/test_pipeline_bria.py",
+        "tests/pipelines/bria_fibo/test_pipeline_bria_fibo.py",
+        "tests/pipelines/bria_fibo_edit/test_pipeline_bria_fibo_edit.py",
+        "tests/pipelines/longcat_audio_dit/test_longcat_audio_dit.py",
+    ],
+}
 
 
 class Selection(NamedTuple):
@@ -89,7 +141,9 @@ SELECTIONS = [
               hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)),
     Selection("flow-synthetic", FLOW_SYNTHETIC_FILES, True, False, ours_on_stock_passes=True,
               hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)),
-]
+] + [Selection(f"flow-synthetic-{group}{'' if stochastic else '-default'}", files, stochastic, False,
+               ours_on_stock_passes=True, hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO))
+     for group, files in FLOW_SYNTHETIC_GROUPS.items() for stochastic in (False, True)]
 # value tests that compare a stochastic run against numbers diffusers' own torch noise produced: in Philox mode the
 # noise is other (equally distributed) numbers, so these may differ there, and only there
 PHILOX_VALUE_TESTS = ("test_inference", "test_full_loop", "test_stable_diffusion_ddim", "test_ddim")
