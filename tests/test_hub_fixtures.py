@@ -70,3 +70,22 @@ def test_the_loaders_of_the_flow_tests_accept_the_cache_offline(cache):
 
     out = model(**t5(PROMPT, return_tensors="pt")).last_hidden_state
     assert out.shape == (1, len(ids), 32) and torch.isfinite(out).all()
+
+
+def test_the_umt5_repository_loads_as_auraflow_loads_it(cache):
+    # AuraFlow's fast tests: UMT5EncoderModel.from_pretrained(tiny-random-umt5) encodes tiny-random-t5's token ids
+    root, revs = cache
+    kw = {"cache_dir": root, "local_files_only": True}
+    import torch
+
+    t5 = transformers.AutoTokenizer.from_pretrained(hf.T5_REPO, **kw)
+    config = transformers.AutoConfig.from_pretrained(hf.UMT5_REPO, **kw)
+    assert (config.model_type, config.d_model) == ("umt5", 32) and config.vocab_size >= len(t5)
+    model, info = transformers.UMT5EncoderModel.from_pretrained(hf.UMT5_REPO, output_loading_info=True, **kw)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids = t5(PROMPT, return_tensors="pt")
+    out = model(**ids).last_hidden_state
+    assert out.shape == (1, ids.input_ids.shape[1], 32) and torch.isfinite(out).all()
+    # UMT5, not T5: every layer has its own relative attention bias
+    assert all(layer.layer[0].SelfAttention.has_relative_attention_bias for layer in model.encoder.block)
+    assert revs[hf.UMT5_REPO] != revs[hf.T5_REPO]

@@ -12,7 +12,8 @@ laid out as huggingface_hub's (``models--org--name/snapshots/<revision>/`` and `
 - ``tiny-random-t5``: a Unigram (sentencepiece-style) T5 tokenizer whose pieces are the corpus's words (score: log of
   the word's frequency) and single characters, with T5's ``<pad>``, ``</s>``, ``<unk>`` and 100 ``<extra_id_*>``; a
   T5 config of the dimensions the tests' transformers are built against (d_model 32: their ``joint_attention_dim``)
-  and a randomly initialised ``T5EncoderModel`` (seed 0) saved with ``save_pretrained``.
+  and a randomly initialised ``T5EncoderModel`` (seed 0) saved with ``save_pretrained``;
+- ``tiny-random-umt5``: the same tokenizer and a random ``UMT5EncoderModel`` of the same sizes (AuraFlow).
 
 Nothing is downloaded or copied from the hub: these are synthetic components, so value tests that compare against
 slices diffusers recorded with the real ones may fail, for stock diffusers and for ours alike. The files are
@@ -37,6 +38,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / ".cache" / "hub-synthetic"
 CLIP_REPO = "hf-internal-testing/tiny-random-clip"
 T5_REPO = "hf-internal-testing/tiny-random-t5"
+UMT5_REPO = "hf-internal-testing/tiny-random-umt5"
 CLIP_VOCAB = 1000  # the tests' CLIPTextConfig(vocab_size=1000): every id must embed
 T5_EXTRA_IDS = 100
 
@@ -123,26 +125,41 @@ def t5_pieces() -> list:
             + [(f"<extra_id_{i}>", 0.0) for i in range(T5_EXTRA_IDS - 1, -1, -1)])
 
 
-def build_t5(dest: pathlib.Path) -> None:
-    """tiny-random-t5: a Unigram T5 tokenizer on the synthetic pieces, a tiny T5 config and a random T5 encoder."""
+def _build_t5_family(dest: pathlib.Path, umt5: bool) -> None:
+    """The T5 tokenizer on the synthetic pieces, a tiny config of the T5 family and its randomly initialised encoder
+    (seed 0): T5's (``T5Config`` / ``T5EncoderModel``) or UMT5's (the same architecture without shared relative
+    position biases: ``UMT5Config`` / ``UMT5EncoderModel``), of the same sizes."""
     import torch
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+    import transformers
+    from transformers import T5Tokenizer
 
     pieces = t5_pieces()
     tok = T5Tokenizer(vocab=pieces, extra_ids=T5_EXTRA_IDS, model_max_length=512)
     tok.save_pretrained(dest)
+    family = "UMT5" if umt5 else "T5"
     # the tests build their transformers for a 32-wide text encoder (joint_attention_dim / text_embed_dim 32)
-    config = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=5, num_decoder_layers=5,
-                      num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.1, feed_forward_proj="relu",
-                      initializer_factor=0.002, layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1,
-                      decoder_start_token_id=0, is_encoder_decoder=True)
+    config = getattr(transformers, f"{family}Config")(
+        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=5, num_decoder_layers=5, num_heads=4,
+        relative_attention_num_buckets=8, dropout_rate=0.1, feed_forward_proj="relu", initializer_factor=0.002,
+        layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, is_encoder_decoder=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = T5EncoderModel(config)
+        model = getattr(transformers, f"{family}EncoderModel")(config)
     model.save_pretrained(dest)  # also writes config.json (AutoConfig reads it)
 
 
-BUILDERS = {CLIP_REPO: build_clip, T5_REPO: build_t5}
+def build_t5(dest: pathlib.Path) -> None:
+    """tiny-random-t5: a Unigram T5 tokenizer on the synthetic pieces, a tiny T5 config and a random T5 encoder."""
+    _build_t5_family(dest, umt5=False)
+
+
+def build_umt5(dest: pathlib.Path) -> None:
+    """tiny-random-umt5: the same tokenizer, a tiny UMT5 config and a random UMT5 encoder (AuraFlow's fast tests load
+    it beside tiny-random-t5's tokenizer, so its vocabulary covers that tokenizer's ids)."""
+    _build_t5_family(dest, umt5=True)
+
+
+BUILDERS = {CLIP_REPO: build_clip, T5_REPO: build_t5, UMT5_REPO: build_umt5}
 
 
 def revision(folder: pathlib.Path) -> str:

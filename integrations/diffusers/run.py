@@ -66,9 +66,9 @@ FLOW_SYNTHETIC_FILES = [
     "tests/pipelines/flux/test_pipeline_flux.py",
     "tests/pipelines/chroma/test_pipeline_chroma.py",
 ]
-# the other flow pipelines whose fast tests ask the hub only for those two repositories, by family; each group is a
-# pair of selections (as written, stochastic), "flow-synthetic-<group>-default" and "flow-synthetic-<group>", so that
-# a group reruns alone
+# the other flow pipelines whose fast tests ask the hub only for those two repositories (AuraFlow: and tiny-random-
+# umt5), by family; each group is a pair of selections (as written, stochastic), "flow-synthetic-<group>-default" and
+# "flow-synthetic-<group>", so that a group reruns alone
 FLOW_SYNTHETIC_GROUPS = {
     "sd3": [
         "tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3_img2img.py",
@@ -117,7 +117,10 @@ FLOW_SYNTHETIC_GROUPS = {
         "tests/pipelines/bria_fibo_edit/test_pipeline_bria_fibo_edit.py",
         "tests/pipelines/longcat_audio_dit/test_longcat_audio_dit.py",
     ],
+    "auraflow": ["tests/pipelines/aura_flow/test_pipeline_aura_flow.py"],  # and tiny-random-umt5
 }
+# hub repositories a group asks for beside the two
+FLOW_SYNTHETIC_EXTRA_HUB = {"auraflow": (hub_fixtures.UMT5_REPO,)}
 
 
 class Selection(NamedTuple):
@@ -142,7 +145,8 @@ SELECTIONS = [
     Selection("flow-synthetic", FLOW_SYNTHETIC_FILES, True, False, ours_on_stock_passes=True,
               hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)),
 ] + [Selection(f"flow-synthetic-{group}{'' if stochastic else '-default'}", files, stochastic, False,
-               ours_on_stock_passes=True, hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO))
+               ours_on_stock_passes=True,
+               hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO) + FLOW_SYNTHETIC_EXTRA_HUB.get(group, ()))
      for group, files in FLOW_SYNTHETIC_GROUPS.items() for stochastic in (False, True)]
 # value tests that compare a stochastic run against numbers diffusers' own torch noise produced: in Philox mode the
 # noise is other (equally distributed) numbers, so these may differ there, and only there
