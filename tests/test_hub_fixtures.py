@@ -89,3 +89,22 @@ def test_the_umt5_repository_loads_as_auraflow_loads_it(cache):
     # UMT5, not T5: every layer has its own relative attention bias
     assert all(layer.layer[0].SelfAttention.has_relative_attention_bias for layer in model.encoder.block)
     assert revs[hf.UMT5_REPO] != revs[hf.T5_REPO]
+
+
+def test_the_gemma_tokenizer_loads_as_the_gemma_pipelines_load_it(cache):
+    # Lumina, Lumina 2, PRX, Sana: AutoTokenizer / GemmaTokenizer.from_pretrained(dummy-gemma); the text encoders are
+    # built from configs (PRX's of tokenizer.vocab_size)
+    root, _ = cache
+    kw = {"cache_dir": root, "local_files_only": True}
+    tok = transformers.AutoTokenizer.from_pretrained(hf.GEMMA_REPO, **kw)
+    assert isinstance(tok, transformers.GemmaTokenizer)
+    assert transformers.GemmaTokenizer.from_pretrained(hf.GEMMA_REPO, **kw)(PROMPT).input_ids == tok(PROMPT).input_ids
+    ids = tok(PROMPT).input_ids
+    assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
+    assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids and max(ids) < tok.vocab_size == hf.GEMMA_VOCAB
+    assert tok.decode(ids, skip_special_tokens=True) == PROMPT
+    # a character outside the alphabet falls back to its UTF-8 bytes, and decodes back
+    assert tok.decode(tok("é ü").input_ids, skip_special_tokens=True) == "é ü"
+    # the learned merges are used: a corpus word is fewer tokens than its characters
+    word = next(iter(hf.corpus()))
+    assert len(tok(word, add_special_tokens=False).input_ids) < len(word)

@@ -39,6 +39,8 @@ DEFAULT_CACHE = REPO / ".cache" / "hub-synthetic"
 CLIP_REPO = "hf-internal-testing/tiny-random-clip"
 T5_REPO = "hf-internal-testing/tiny-random-t5"
 UMT5_REPO = "hf-internal-testing/tiny-random-umt5"
+GEMMA_REPO = "hf-internal-testing/dummy-gemma"
+GEMMA_VOCAB = 1000
 CLIP_VOCAB = 1000  # the tests' CLIPTextConfig(vocab_size=1000): every id must embed
 T5_EXTRA_IDS = 100
 
@@ -63,14 +65,22 @@ def bytes_to_unicode() -> dict:
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(extra)}}
 
 
-def learn_bpe(words: dict, n_merges: int) -> list:
-    """Plain BPE: starting from each word's byte-level characters (the last one carrying ``</w>``), merge the most
-    frequent adjacent pair (ties: the smallest pair) ``n_merges`` times or until no pair is left; the merges in order."""
+def clip_symbols(word: str) -> tuple:
+    """CLIP's initial symbols of a word: its byte-level characters, the last one carrying ``</w>``."""
     table = bytes_to_unicode()
-    split = {}
-    for w, c in words.items():
-        chars = [table[b] for b in w.encode()]
-        split[tuple(chars[:-1] + [chars[-1] + "</w>"])] = c
+    chars = [table[b] for b in word.encode()]
+    return tuple(chars[:-1] + [chars[-1] + "</w>"])
+
+
+def gemma_symbols(word: str) -> tuple:
+    """Gemma's (sentencepiece BPE) initial symbols of a word: ``▁`` (a space) then its characters."""
+    return tuple("▁" + word)
+
+
+def learn_bpe(words: dict, n_merges: int, symbols=clip_symbols) -> list:
+    """Plain BPE: starting from each word's initial ``symbols`` (CLIP's by default), merge the most frequent adjacent
+    pair (ties: the smallest pair) ``n_merges`` times or until no pair is left; the merges in order."""
+    split = {symbols(w): c for w, c in words.items()}
     merges = []
     while len(merges) < n_merges:
         pairs: collections.Counter = collections.Counter()
@@ -108,6 +118,26 @@ def build_clip(dest: pathlib.Path) -> None:
     assert len(vocab) <= CLIP_VOCAB, len(vocab)
     tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     tok.save_pretrained(dest)
+
+
+def build_gemma(dest: pathlib.Path) -> None:
+    """dummy-gemma: Gemma's tokenizer (BPE with byte fallback, spaces as ``▁``, ``<bos>`` first) on a synthetic
+    vocabulary of GEMMA_VOCAB tokens: Gemma's specials (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3,
+    ``<mask>`` 4), the 256 byte tokens ``<0x00>``..``<0xFF>``, ``▁`` and the printable ASCII characters, then the
+    merges learned here on the corpus's ``▁``-words. The tests build their Gemma text encoders from configs (of the
+    default vocabulary size, or of ``tokenizer.vocab_size``) and take only the tokenizer from the hub."""
+    from transformers import GemmaConfig, GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    alphabet = specials + [f"<0x{b:02X}>" for b in range(256)] + ["▁"] + [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    merges = learn_bpe(corpus(), GEMMA_VOCAB - len(alphabet), gemma_symbols)
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(alphabet + [a + b for a, b in merges]))}
+    assert len(vocab) <= GEMMA_VOCAB, len(vocab)
+    tok = GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
+    tok.save_pretrained(dest)
+    # AutoTokenizer reads the model type from config.json first: a tiny Gemma config of the tokenizer's vocabulary
+    GemmaConfig(vocab_size=len(vocab), hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=4).save_pretrained(dest)
 
 
 def t5_pieces() -> list:
@@ -159,7 +189,7 @@ def build_umt5(dest: pathlib.Path) -> None:
     _build_t5_family(dest, umt5=True)
 
 
-BUILDERS = {CLIP_REPO: build_clip, T5_REPO: build_t5, UMT5_REPO: build_umt5}
+BUILDERS = {CLIP_REPO: build_clip, T5_REPO: build_t5, UMT5_REPO: build_umt5, GEMMA_REPO: build_gemma}
 
 
 def revision(folder: pathlib.Path) -> str:

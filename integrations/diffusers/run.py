@@ -21,8 +21,9 @@ asked for offline, else its exception. The flow selection is every fast pipeline
 components build a FlowMatchEulerDiscreteScheduler; offline, most of their tests stop at a hub tokenizer or text
 encoder with stock diffusers, so ours runs only the tests stock passes (the rest cannot count), and a file none of
 whose stock passes steps the scheduler is listed as excluded, with the causes of its failures. The "flow-synthetic"
-selection (SD3, Flux, Chroma) runs those tests with the two hub repositories they ask for served from a local hub cache
-that hub_fixtures.py writes (synthetic tokenizers and a random tiny T5, the same for stock and ours).
+selections (SD3, Flux, Chroma; then "flow-synthetic-<group>", one family each) run those tests with the hub
+repositories they ask for served from a local hub cache that hub_fixtures.py writes (synthetic tokenizers and random
+tiny text encoders, the same for stock and ours).
 """
 from __future__ import annotations
 
@@ -66,9 +67,9 @@ FLOW_SYNTHETIC_FILES = [
     "tests/pipelines/flux/test_pipeline_flux.py",
     "tests/pipelines/chroma/test_pipeline_chroma.py",
 ]
-# the other flow pipelines whose fast tests ask the hub only for those two repositories (AuraFlow: and tiny-random-
-# umt5), by family; each group is a pair of selections (as written, stochastic), "flow-synthetic-<group>-default" and
-# "flow-synthetic-<group>", so that a group reruns alone
+# the other flow pipelines whose fast tests ask the hub only for repositories hub_fixtures.py builds (those two; for
+# AuraFlow also tiny-random-umt5; for the Gemma pipelines dummy-gemma), by family; each group is a pair of selections
+# (as written, stochastic), "flow-synthetic-<group>-default" and "flow-synthetic-<group>", so that a group reruns alone
 FLOW_SYNTHETIC_GROUPS = {
     "sd3": [
         "tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3_img2img.py",
@@ -118,9 +119,19 @@ FLOW_SYNTHETIC_GROUPS = {
         "tests/pipelines/longcat_audio_dit/test_longcat_audio_dit.py",
     ],
     "auraflow": ["tests/pipelines/aura_flow/test_pipeline_aura_flow.py"],  # and tiny-random-umt5
+    "gemma": [  # only dummy-gemma (a tokenizer; the Gemma text encoders are built from configs)
+        "tests/pipelines/lumina2/test_pipeline_lumina2.py",
+        "tests/pipelines/lumina/test_lumina_nextdit.py",
+        "tests/pipelines/sana/test_sana.py",
+        "tests/pipelines/sana/test_sana_controlnet.py",
+        "tests/pipelines/pag/test_pag_sana.py",
+        "tests/pipelines/sana_video/test_sana_video_i2v.py",
+        "tests/pipelines/prx/test_pipeline_prx.py",
+    ],
 }
-# hub repositories a group asks for beside the two
-FLOW_SYNTHETIC_EXTRA_HUB = {"auraflow": (hub_fixtures.UMT5_REPO,)}
+# the hub repositories a group's tests ask for, where they are not the two
+FLOW_SYNTHETIC_HUB = {"auraflow": (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO, hub_fixtures.UMT5_REPO),
+                      "gemma": (hub_fixtures.GEMMA_REPO,)}
 
 
 class Selection(NamedTuple):
@@ -146,7 +157,7 @@ SELECTIONS = [
               hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)),
 ] + [Selection(f"flow-synthetic-{group}{'' if stochastic else '-default'}", files, stochastic, False,
                ours_on_stock_passes=True,
-               hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO) + FLOW_SYNTHETIC_EXTRA_HUB.get(group, ()))
+               hub=FLOW_SYNTHETIC_HUB.get(group, (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)))
      for group, files in FLOW_SYNTHETIC_GROUPS.items() for stochastic in (False, True)]
 # value tests that compare a stochastic run against numbers diffusers' own torch noise produced: in Philox mode the
 # noise is other (equally distributed) numbers, so these may differ there, and only there
@@ -335,14 +346,19 @@ def table(results: dict) -> str:
                      f" | {total} | {e['stock']['passed']} | {e['torch'].get('stepped_of_stock_passed', '—')} "
                      f"| {cells[0]} | {cells[1]} |")
     notes = []
+    only_passes = [name for name, e in _ordered(results) if e.get("ours_on_stock_passes")]
+    if only_passes:
+        notes.append(f"{', '.join(only_passes)}: ours ran only the tests that stock passes.")
+    by_hub: dict = {}  # the selections that share a set of synthetic hub repositories, one note each
     for name, e in _ordered(results):
-        if e.get("ours_on_stock_passes"):
-            notes.append(f"{name}: ours ran only the {e['stock']['passed']} tests that stock passes.")
         if e.get("synthetic_hub"):
-            notes.append(f"{name}: the hub repositories {', '.join(f'`{r}`' for r in sorted(e['synthetic_hub']))} "
-                         f"are synthetic (integrations/diffusers/hub_fixtures.py: tokenizers built from scratch, a "
-                         f"random tiny T5), served offline from a local hub cache to stock and ours alike; value tests "
-                         f"against diffusers' recorded slices may fail for both, and only stock's passes count.")
+            by_hub.setdefault(tuple(sorted(e["synthetic_hub"])), []).append(name)
+    for repos, names in by_hub.items():
+        notes.append(f"{', '.join(names)}: the hub repositories {', '.join(f'`{r}`' for r in repos)} are synthetic "
+                     f"(integrations/diffusers/hub_fixtures.py: tokenizers built from scratch, random tiny text "
+                     f"encoders), served offline from a local hub cache to stock and ours alike; value tests against "
+                     f"diffusers' recorded slices may fail for both, and only stock's passes count.")
+    for name, e in _ordered(results):
         if e.get("excluded"):
             notes.append(f"{name}: {excluded_summary(e)}")
         if "DDIMSchedulerTest" in e:
