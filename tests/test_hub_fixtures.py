@@ -108,3 +108,46 @@ def test_the_gemma_tokenizer_loads_as_the_gemma_pipelines_load_it(cache):
     # the learned merges are used: a corpus word is fewer tokens than its characters
     word = next(iter(hf.corpus()))
     assert len(tok(word, add_special_tokens=False).input_ids) < len(word)
+
+
+def test_the_llama_repositories_load_as_hunyuan_video_and_hidream_load_them(cache):
+    root, _ = cache
+    kw = {"cache_dir": root, "local_files_only": True}
+    import torch
+
+    # HunyuanVideo: LlamaTokenizer(Fast).from_pretrained(dummy-hunyaunvideo, subfolder="tokenizer"), LlamaModel of
+    # vocab_size 1000 built from a config
+    tok = transformers.LlamaTokenizer.from_pretrained(hf.HUNYUAN_REPO, subfolder="tokenizer", **kw)
+    ids = tok(PROMPT).input_ids
+    assert transformers.LlamaTokenizerFast.from_pretrained(hf.HUNYUAN_REPO, subfolder="tokenizer", **kw)(
+        PROMPT).input_ids == ids
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 3)
+    assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids and max(ids) < 1000
+    assert tok.decode(ids, skip_special_tokens=True) == PROMPT
+    # HiDream: AutoTokenizer and LlamaForCausalLM from tiny-random-LlamaForCausalLM, hidden states of layers 0 and 1
+    # 16 wide; the same tokenizer
+    tok4 = transformers.AutoTokenizer.from_pretrained(hf.LLAMA_CAUSAL_REPO, **kw)
+    assert tok4(PROMPT).input_ids == ids
+    model, info = transformers.LlamaForCausalLM.from_pretrained(hf.LLAMA_CAUSAL_REPO, output_loading_info=True, **kw)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    out = model(**tok4(PROMPT, return_tensors="pt"), output_hidden_states=True).hidden_states
+    assert len(out) == 3 and out[1].shape == (1, len(ids), 16) and all(torch.isfinite(h).all() for h in out)
+
+
+def test_the_qwen2_tokenizer_loads_as_the_qwen_pipelines_load_it(cache):
+    # Qwen-Image, Z-Image, Krea 2, HunyuanImage 2.1: Qwen2Tokenizer.from_pretrained; Flux 2 Klein: Qwen2TokenizerFast
+    # and apply_chat_template; the Qwen text encoders are built from configs of vocab_size 151936 / 152064
+    root, _ = cache
+    kw = {"cache_dir": root, "local_files_only": True}
+    tok = transformers.Qwen2Tokenizer.from_pretrained(hf.QWEN2_REPO, **kw)
+    text = f"<|im_start|>system\nDescribe the image.<|im_end|>\n<|im_start|>user\n{PROMPT}<|im_end|>\n"
+    ids = tok(text).input_ids
+    assert transformers.Qwen2TokenizerFast.from_pretrained(hf.QWEN2_REPO, **kw)(text).input_ids == ids
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>") == 151644 and ids.count(151645) == 2
+    assert tok.convert_tokens_to_ids("<|vision_start|>") == 151652 and tok.pad_token_id == tok.eos_token_id == 151643
+    assert max(i for i in ids if i < hf.QWEN_FIRST_SPECIAL) < hf.QWEN_VOCAB and max(ids) < 151936
+    assert tok.decode(ids) == text
+    chat = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
+    assert chat == f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+    parts = [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]
+    assert tok.apply_chat_template(parts, tokenize=False, add_generation_prompt=True) == chat

@@ -13,7 +13,12 @@ laid out as huggingface_hub's (``models--org--name/snapshots/<revision>/`` and `
   the word's frequency) and single characters, with T5's ``<pad>``, ``</s>``, ``<unk>`` and 100 ``<extra_id_*>``; a
   T5 config of the dimensions the tests' transformers are built against (d_model 32: their ``joint_attention_dim``)
   and a randomly initialised ``T5EncoderModel`` (seed 0) saved with ``save_pretrained``;
-- ``tiny-random-umt5``: the same tokenizer and a random ``UMT5EncoderModel`` of the same sizes (AuraFlow).
+- ``tiny-random-umt5``: the same tokenizer and a random ``UMT5EncoderModel`` of the same sizes (AuraFlow);
+- ``dummy-gemma``: Gemma's byte-fallback BPE tokenizer on a synthetic vocabulary (Lumina, Sana, PRX), and
+  ``dummy-hunyaunvideo``'s ``tokenizer/`` / ``tiny-random-LlamaForCausalLM``: Llama's (HunyuanVideo; HiDream, with a
+  random tiny ``LlamaForCausalLM``);
+- ``tiny-random-Qwen2VLForConditionalGeneration``: Qwen2's byte-level BPE tokenizer on a synthetic vocabulary, with
+  Qwen2's special tokens at Qwen2's ids and Qwen's chat template (Qwen-Image, Z-Image, Flux 2 Klein, ...).
 
 Nothing is downloaded or copied from the hub: these are synthetic components, so value tests that compare against
 slices diffusers recorded with the real ones may fail, for stock diffusers and for ours alike. The files are
@@ -41,6 +46,11 @@ T5_REPO = "hf-internal-testing/tiny-random-t5"
 UMT5_REPO = "hf-internal-testing/tiny-random-umt5"
 GEMMA_REPO = "hf-internal-testing/dummy-gemma"
 GEMMA_VOCAB = 1000
+HUNYUAN_REPO = "finetrainers/dummy-hunyaunvideo"  # sic: the tests' spelling
+LLAMA_VOCAB = 1000
+LLAMA_CAUSAL_REPO = "hf-internal-testing/tiny-random-LlamaForCausalLM"
+QWEN2_REPO = "hf-internal-testing/tiny-random-Qwen2VLForConditionalGeneration"
+QWEN_VOCAB = 1000
 CLIP_VOCAB = 1000  # the tests' CLIPTextConfig(vocab_size=1000): every id must embed
 T5_EXTRA_IDS = 100
 
@@ -120,24 +130,103 @@ def build_clip(dest: pathlib.Path) -> None:
     tok.save_pretrained(dest)
 
 
+def byte_fallback_bpe(specials: list, size: int) -> tuple:
+    """A sentencepiece-style BPE vocabulary of at most ``size`` tokens (Gemma's, Llama's): ``specials``, the 256 byte
+    tokens ``<0x00>``..``<0xFF>`` (the byte fallback), ``▁`` and the printable ASCII characters, then the merges learned
+    here on the corpus's ``▁``-words; (token -> id, merges)."""
+    alphabet = specials + [f"<0x{b:02X}>" for b in range(256)] + ["▁"] + [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    merges = learn_bpe(corpus(), size - len(alphabet), gemma_symbols)
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(alphabet + [a + b for a, b in merges]))}
+    assert len(vocab) <= size, len(vocab)
+    return vocab, merges
+
+
 def build_gemma(dest: pathlib.Path) -> None:
     """dummy-gemma: Gemma's tokenizer (BPE with byte fallback, spaces as ``▁``, ``<bos>`` first) on a synthetic
-    vocabulary of GEMMA_VOCAB tokens: Gemma's specials (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3,
-    ``<mask>`` 4), the 256 byte tokens ``<0x00>``..``<0xFF>``, ``▁`` and the printable ASCII characters, then the
-    merges learned here on the corpus's ``▁``-words. The tests build their Gemma text encoders from configs (of the
-    default vocabulary size, or of ``tokenizer.vocab_size``) and take only the tokenizer from the hub."""
+    vocabulary of GEMMA_VOCAB tokens, Gemma's specials first (``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3,
+    ``<mask>`` 4). The tests build their Gemma text encoders from configs (of the default vocabulary size, or of
+    ``tokenizer.vocab_size``) and take only the tokenizer from the hub."""
     from transformers import GemmaConfig, GemmaTokenizer
 
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
-    alphabet = specials + [f"<0x{b:02X}>" for b in range(256)] + ["▁"] + [chr(c) for c in range(ord("!"), ord("~") + 1)]
-    merges = learn_bpe(corpus(), GEMMA_VOCAB - len(alphabet), gemma_symbols)
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(alphabet + [a + b for a, b in merges]))}
-    assert len(vocab) <= GEMMA_VOCAB, len(vocab)
+    vocab, merges = byte_fallback_bpe(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"], GEMMA_VOCAB)
     tok = GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
     tok.save_pretrained(dest)
     # AutoTokenizer reads the model type from config.json first: a tiny Gemma config of the tokenizer's vocabulary
     GemmaConfig(vocab_size=len(vocab), hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
                 num_key_value_heads=1, head_dim=4).save_pretrained(dest)
+
+
+def build_hunyuan_llama(dest: pathlib.Path) -> None:
+    """dummy-hunyaunvideo's ``tokenizer/`` (HunyuanVideo's fast tests load only it, beside tiny-random-clip): Llama's
+    tokenizer below; the tests' LlamaModel has vocab_size 1000."""
+    llama_tokenizer().save_pretrained(dest / "tokenizer")
+
+
+def llama_tokenizer():
+    """Llama's tokenizer (BPE with byte fallback, a prefix ``▁``, ``<s>`` first) on a synthetic vocabulary of
+    LLAMA_VOCAB tokens, Llama's specials first (``<unk>`` 0, ``<s>`` 1, ``</s>`` 2) and a padding token ``<pad>`` 3
+    (the HunyuanVideo pipelines pad to a fixed length)."""
+    from transformers import LlamaTokenizer
+
+    vocab, merges = byte_fallback_bpe(["<unk>", "<s>", "</s>", "<pad>"], LLAMA_VOCAB)
+    return LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, pad_token="<pad>")
+
+
+def build_llama_causal(dest: pathlib.Path) -> None:
+    """tiny-random-LlamaForCausalLM (HiDream's fourth text encoder and its tokenizer): the Llama tokenizer above and a
+    randomly initialised (seed 0) two-layer LlamaForCausalLM, 16 wide (the tests' HiDream transformer takes caption
+    channels [32, 16] from the T5 and Llama encoders and reads Llama layers 0 and 1)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = llama_tokenizer()
+    tok.save_pretrained(dest)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(dest)
+
+
+def gpt2_symbols(word: str) -> tuple:
+    """GPT-2 / Qwen's initial symbols of a space-led word: the byte-level characters of `` word`` (the space is
+    ``Ġ``)."""
+    table = bytes_to_unicode()
+    return tuple(table[b] for b in (" " + word).encode())
+
+
+# Qwen2's special tokens at Qwen2's ids (the tests' Qwen configs name the vision ones: vision_start_token_id 151652)
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_FIRST_SPECIAL = 151643
+# Qwen's chat layout (<|im_start|>role, the content, <|im_end|>); a content given as parts keeps its text parts
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def build_qwen2(dest: pathlib.Path) -> None:
+    """tiny-random-Qwen2VLForConditionalGeneration's tokenizer (the Qwen-Image, Z-Image, Ovis, Krea 2, HunyuanImage 2.1
+    and Flux 2 Klein fast tests load only it; their Qwen text encoders are built from configs of Qwen's vocabulary
+    size): Qwen2's byte-level BPE on a synthetic vocabulary (the 256 byte characters, then merges learned on the
+    corpus's space-led words, QWEN_VOCAB tokens in all), Qwen2's special tokens at Qwen2's ids, and Qwen's chat
+    template."""
+    from transformers import Qwen2Tokenizer
+
+    alphabet = list(bytes_to_unicode().values())
+    merges = learn_bpe(corpus(), QWEN_VOCAB - len(alphabet), gpt2_symbols)
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(alphabet + [a + b for a, b in merges]))}
+    assert len(vocab) <= QWEN_VOCAB, len(vocab)
+    vocab.update({t: QWEN_FIRST_SPECIAL + i for i, t in enumerate(QWEN_SPECIALS)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, chat_template=QWEN_CHAT_TEMPLATE)
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS[1:]})
+    tok.save_pretrained(dest)
 
 
 def t5_pieces() -> list:
@@ -189,7 +278,8 @@ def build_umt5(dest: pathlib.Path) -> None:
     _build_t5_family(dest, umt5=True)
 
 
-BUILDERS = {CLIP_REPO: build_clip, T5_REPO: build_t5, UMT5_REPO: build_umt5, GEMMA_REPO: build_gemma}
+BUILDERS = {CLIP_REPO: build_clip, T5_REPO: build_t5, UMT5_REPO: build_umt5, GEMMA_REPO: build_gemma,
+            HUNYUAN_REPO: build_hunyuan_llama, LLAMA_CAUSAL_REPO: build_llama_causal, QWEN2_REPO: build_qwen2}
 
 
 def revision(folder: pathlib.Path) -> str:

@@ -68,7 +68,7 @@ FLOW_SYNTHETIC_FILES = [
     "tests/pipelines/chroma/test_pipeline_chroma.py",
 ]
 # the other flow pipelines whose fast tests ask the hub only for repositories hub_fixtures.py builds (those two; for
-# AuraFlow also tiny-random-umt5; for the Gemma pipelines dummy-gemma), by family; each group is a pair of selections
+# AuraFlow also tiny-random-umt5; Gemma, Llama and Qwen tokenizers for others), by family; each group is a pair of selections
 # (as written, stochastic), "flow-synthetic-<group>-default" and "flow-synthetic-<group>", so that a group reruns alone
 FLOW_SYNTHETIC_GROUPS = {
     "sd3": [
@@ -128,10 +128,34 @@ FLOW_SYNTHETIC_GROUPS = {
         "tests/pipelines/sana_video/test_sana_video_i2v.py",
         "tests/pipelines/prx/test_pipeline_prx.py",
     ],
+    "llama": [  # dummy-hunyaunvideo's Llama tokenizer / tiny-random-LlamaForCausalLM, beside the two
+        "tests/pipelines/hunyuan_video/test_hunyuan_video.py",
+        "tests/pipelines/hunyuan_video/test_hunyuan_image2video.py",
+        "tests/pipelines/hunyuan_video/test_hunyuan_skyreels_image2video.py",
+        "tests/pipelines/hidream_image/test_pipeline_hidream.py",
+    ],
+    "qwen": [  # only tiny-random-Qwen2VLForConditionalGeneration's tokenizer (text encoders built from configs)
+        "tests/pipelines/qwenimage/test_qwenimage.py",
+        "tests/pipelines/qwenimage/test_qwenimage_img2img.py",
+        "tests/pipelines/qwenimage/test_qwenimage_inpaint.py",
+        "tests/pipelines/qwenimage/test_qwenimage_controlnet.py",
+        "tests/pipelines/z_image/test_z_image.py",
+        "tests/pipelines/z_image/test_z_image_img2img.py",
+        "tests/pipelines/z_image/test_z_image_inpaint.py",
+        "tests/pipelines/flux2/test_pipeline_flux2_klein.py",
+        "tests/pipelines/flux2/test_pipeline_flux2_klein_inpaint.py",
+        "tests/pipelines/flux2/test_pipeline_flux2_klein_kv.py",
+        "tests/pipelines/ovis_image/test_ovis_image.py",
+        "tests/pipelines/krea2/test_krea2.py",
+        "tests/pipelines/hunyuan_image_21/test_hunyuanimage.py",
+    ],
 }
 # the hub repositories a group's tests ask for, where they are not the two
 FLOW_SYNTHETIC_HUB = {"auraflow": (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO, hub_fixtures.UMT5_REPO),
-                      "gemma": (hub_fixtures.GEMMA_REPO,)}
+                      "gemma": (hub_fixtures.GEMMA_REPO,),
+                      "llama": (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO, hub_fixtures.HUNYUAN_REPO,
+                                hub_fixtures.LLAMA_CAUSAL_REPO),
+                      "qwen": (hub_fixtures.QWEN2_REPO,)}
 
 
 class Selection(NamedTuple):
