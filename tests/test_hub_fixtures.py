@@ -151,3 +151,39 @@ def test_the_qwen2_tokenizer_loads_as_the_qwen_pipelines_load_it(cache):
     assert chat == f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
     parts = [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]
     assert tok.apply_chat_template(parts, tokenize=False, add_generation_prompt=True) == chat
+
+
+def test_the_qwen2_vl_processor_loads_as_kandinsky5_and_qwen_image_edit_load_it(cache):
+    # in a process of its own that puts torchvision on the path before transformers' first import, as swap.py does
+    # for diffusers' tests (transformers decides then whether its video processors can load)
+    root, _ = cache
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(hf.REPO)!r})
+from integrations.vendor import import_torchvision
+import_torchvision()
+import numpy as np, PIL.Image, transformers
+from integrations.diffusers import hub_fixtures as hf
+kw = {{"cache_dir": {str(root)!r}, "local_files_only": True}}
+proc = transformers.AutoProcessor.from_pretrained(hf.QWEN2_REPO, **kw)
+tok = transformers.Qwen2Tokenizer.from_pretrained(hf.QWEN2_REPO, **kw)
+image = PIL.Image.fromarray(np.zeros((32, 32, 3), np.uint8))
+out = proc(text=["<|vision_start|><|image_pad|><|vision_end|>" + {PROMPT!r}], images=[image], return_tensors="pt")
+print(json.dumps({{"cls": type(proc).__name__, "template": proc.chat_template == hf.QWEN_CHAT_TEMPLATE,
+                  "same_tokens": proc.tokenizer({PROMPT!r}).input_ids == tok({PROMPT!r}).input_ids,
+                  "grid": out.image_grid_thw.tolist(), "image_tokens": out.input_ids[0].tolist().count(151655),
+                  "pixels": list(out.pixel_values.shape)}}))
+"""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["cls"] == "Qwen2VLProcessor" and got["template"] and got["same_tokens"]
+    # a 32 x 32 image is resized to 56 x 56 (min_pixels 3136): 4 x 4 patches of 14 pixels (each 3 channels x 2
+    # frames x 14 x 14), merged 2 x 2 into the 4 image tokens that replace the one <|image_pad|>
+    assert got["grid"] == [[1, 4, 4]] and got["image_tokens"] == 4 and got["pixels"] == [16, 3 * 2 * 14 * 14]

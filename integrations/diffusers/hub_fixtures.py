@@ -211,13 +211,29 @@ QWEN_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
+# Qwen2-VL's processor: its image and video processors' settings (transformers' defaults for Qwen2-VL: 14-pixel
+# patches merged 2 x 2, CLIP's normalisation)
+_QWEN2VL_PIXELS = {"do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+                   "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                   "merge_size": 2, "patch_size": 14, "resample": 3, "rescale_factor": 1 / 255,
+                   "temporal_patch_size": 2}
+QWEN2VL_PROCESSOR = {
+    "processor_class": "Qwen2VLProcessor",
+    "image_processor": {**_QWEN2VL_PIXELS, "image_processor_type": "Qwen2VLImageProcessor",
+                        "size": {"longest_edge": 1003520, "shortest_edge": 3136}},
+    "video_processor": {**_QWEN2VL_PIXELS, "video_processor_type": "Qwen2VLVideoProcessor", "do_sample_frames": False,
+                        "max_frames": 768, "max_video_tokens": 128000, "min_frames": 4, "return_metadata": False,
+                        "size": {"longest_edge": 602112, "shortest_edge": 100352}},
+}
+
+
 def build_qwen2(dest: pathlib.Path) -> None:
     """tiny-random-Qwen2VLForConditionalGeneration's tokenizer (the Qwen-Image, Z-Image, Ovis, Krea 2, HunyuanImage 2.1
-    and Flux 2 Klein fast tests load only it; their Qwen text encoders are built from configs of Qwen's vocabulary
-    size): Qwen2's byte-level BPE on a synthetic vocabulary (the 256 byte characters, then merges learned on the
-    corpus's space-led words, QWEN_VOCAB tokens in all), Qwen2's special tokens at Qwen2's ids, and Qwen's chat
-    template."""
-    from transformers import Qwen2Tokenizer
+    and Flux 2 Klein fast tests load only it, Kandinsky 5 and Qwen-Image Edit its processor; their Qwen text encoders
+    are built from configs of Qwen's vocabulary size): Qwen2's byte-level BPE on a synthetic vocabulary (the 256 byte
+    characters, then merges learned on the corpus's space-led words, QWEN_VOCAB tokens in all), Qwen2's special tokens
+    at Qwen2's ids (the configs' vision and image token ids), Qwen's chat template, and Qwen2-VL's processor."""
+    from transformers import Qwen2Tokenizer, Qwen2VLConfig
 
     alphabet = list(bytes_to_unicode().values())
     merges = learn_bpe(corpus(), QWEN_VOCAB - len(alphabet), gpt2_symbols)
@@ -227,6 +243,15 @@ def build_qwen2(dest: pathlib.Path) -> None:
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, chat_template=QWEN_CHAT_TEMPLATE)
     tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS[1:]})
     tok.save_pretrained(dest)
+    # the processor (Kandinsky 5 and Qwen-Image Edit load it with AutoProcessor / Qwen2VLProcessor): this tokenizer
+    # with Qwen2-VL's image and video processors. Written as their config, not built: transformers' video processor
+    # needs torchvision, which a process sees only if it was on the path before transformers' first import
+    (dest / "processor_config.json").write_text(json.dumps(QWEN2VL_PROCESSOR, indent=2, sort_keys=True) + "\n")
+    (dest / "chat_template.jinja").write_text(QWEN_CHAT_TEMPLATE)
+    # AutoTokenizer (the processor's loader) reads the model type from config.json first: a tiny Qwen2-VL config
+    Qwen2VLConfig(text_config={"vocab_size": 151936, "hidden_size": 16, "intermediate_size": 16,
+                               "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2},
+                  vision_config={"depth": 2, "embed_dim": 16, "hidden_size": 16, "num_heads": 2}).save_pretrained(dest)
 
 
 def t5_pieces() -> list:

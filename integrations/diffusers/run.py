@@ -150,13 +150,22 @@ FLOW_SYNTHETIC_GROUPS = {
         "tests/pipelines/krea2/test_krea2.py",
         "tests/pipelines/hunyuan_image_21/test_hunyuanimage.py",
     ],
+    "qwen-vl": [  # the same repository's Qwen2-VL processor (AutoProcessor / Qwen2VLProcessor / Qwen3VLProcessor)
+        "tests/pipelines/kandinsky5/test_kandinsky5.py",
+        "tests/pipelines/kandinsky5/test_kandinsky5_t2i.py",
+        "tests/pipelines/kandinsky5/test_kandinsky5_i2i.py",
+        "tests/pipelines/kandinsky5/test_kandinsky5_i2v.py",
+        "tests/pipelines/qwenimage/test_qwenimage_edit.py",
+        "tests/pipelines/qwenimage/test_qwenimage_edit_plus.py",
+        "tests/pipelines/nucleusmoe_image/test_nucleusmoe_image.py",
+    ],
 }
 # the hub repositories a group's tests ask for, where they are not the two
 FLOW_SYNTHETIC_HUB = {"auraflow": (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO, hub_fixtures.UMT5_REPO),
                       "gemma": (hub_fixtures.GEMMA_REPO,),
                       "llama": (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO, hub_fixtures.HUNYUAN_REPO,
                                 hub_fixtures.LLAMA_CAUSAL_REPO),
-                      "qwen": (hub_fixtures.QWEN2_REPO,)}
+                      "qwen": (hub_fixtures.QWEN2_REPO,), "qwen-vl": (hub_fixtures.CLIP_REPO, hub_fixtures.QWEN2_REPO)}
 
 
 class Selection(NamedTuple):
