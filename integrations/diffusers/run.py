@@ -21,8 +21,9 @@ asked for offline, else its exception. The flow selection is every fast pipeline
 components build a FlowMatchEulerDiscreteScheduler; offline, most of their tests stop at a hub tokenizer or text
 encoder with stock diffusers, so ours runs only the tests stock passes (the rest cannot count), and a file none of
 whose stock passes steps the scheduler is listed as excluded, with the causes of its failures. The "flow-synthetic"
-selection (SD3, Flux, Chroma) runs those tests with the two hub repositories they ask for served from a local hub cache
-that hub_fixtures.py writes (synthetic tokenizers and a random tiny T5, the same for stock and ours).
+selections (SD3, Flux, Chroma; then "flow-synthetic-<group>", one family each) run those tests with the hub
+repositories they ask for served from a local hub cache that hub_fixtures.py writes (synthetic tokenizers and random
+tiny text encoders, the same for stock and ours).
 """
 from __future__ import annotations
 
@@ -66,6 +67,105 @@ FLOW_SYNTHETIC_FILES = [
     "tests/pipelines/flux/test_pipeline_flux.py",
     "tests/pipelines/chroma/test_pipeline_chroma.py",
 ]
+# the other flow pipelines whose fast tests ask the hub only for repositories hub_fixtures.py builds (those two; for
+# AuraFlow also tiny-random-umt5; Gemma, Llama and Qwen tokenizers for others), by family; each group is a pair of selections
+# (as written, stochastic), "flow-synthetic-<group>-default" and "flow-synthetic-<group>", so that a group reruns alone
+FLOW_SYNTHETIC_GROUPS = {
+    "sd3": [
+        "tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3_img2img.py",
+        "tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3_inpaint.py",
+        "tests/pipelines/controlnet_sd3/test_controlnet_sd3.py",
+        "tests/pipelines/controlnet_sd3/test_controlnet_inpaint_sd3.py",
+        "tests/pipelines/pag/test_pag_sd3.py",
+        "tests/pipelines/pag/test_pag_sd3_img2img.py",
+    ],
+    "flux": [
+        "tests/pipelines/flux/test_pipeline_flux_img2img.py",
+        "tests/pipelines/flux/test_pipeline_flux_inpaint.py",
+        "tests/pipelines/flux/test_pipeline_flux_fill.py",
+        "tests/pipelines/flux/test_pipeline_flux_kontext.py",
+        "tests/pipelines/flux/test_pipeline_flux_kontext_inpaint.py",
+        "tests/pipelines/flux/test_pipeline_flux_control.py",
+        "tests/pipelines/flux/test_pipeline_flux_control_img2img.py",
+        "tests/pipelines/flux/test_pipeline_flux_control_inpaint.py",
+    ],
+    "flux-more": [
+        "tests/pipelines/controlnet_flux/test_controlnet_flux.py",
+        "tests/pipelines/controlnet_flux/test_controlnet_flux_img2img.py",
+        "tests/pipelines/controlnet_flux/test_controlnet_flux_inpaint.py",
+        "tests/pipelines/chroma/test_pipeline_chroma_img2img.py",
+        "tests/pipelines/visualcloze/test_pipeline_visualcloze_combined.py",
+        "tests/pipelines/visualcloze/test_pipeline_visualcloze_generation.py",
+    ],
+    "video": [
+        "tests/pipelines/wan/test_wan.py",
+        "tests/pipelines/wan/test_wan_image_to_video.py",
+        "tests/pipelines/wan/test_wan_vace.py",
+        "tests/pipelines/wan/test_wan_animate.py",
+        "tests/pipelines/ltx/test_ltx.py",
+        "tests/pipelines/ltx/test_ltx_condition.py",
+        "tests/pipelines/ltx/test_ltx_image2video.py",
+        "tests/pipelines/mochi/test_mochi.py",
+    ],
+    "t5-other": [
+        "tests/pipelines/cosmos/test_cosmos2_text2image.py",
+        "tests/pipelines/cosmos/test_cosmos2_video2world.py",
+        "tests/pipelines/chronoedit/test_chronoedit.py",
+        "tests/pipelines/motif_video/test_motif_video.py",
+        "tests/pipelines/motif_video/test_motif_video_image2video.py",
+        "tests/pipelines/bria/test_pipeline_bria.py",
+        "tests/pipelines/bria_fibo/test_pipeline_bria_fibo.py",
+        "tests/pipelines/bria_fibo_edit/test_pipeline_bria_fibo_edit.py",
+        "tests/pipelines/longcat_audio_dit/test_longcat_audio_dit.py",
+    ],
+    "auraflow": ["tests/pipelines/aura_flow/test_pipeline_aura_flow.py"],  # and tiny-random-umt5
+    "gemma": [  # only dummy-gemma (a tokenizer; the Gemma text encoders are built from configs)
+        "tests/pipelines/lumina2/test_pipeline_lumina2.py",
+        "tests/pipelines/lumina/test_lumina_nextdit.py",
+        "tests/pipelines/sana/test_sana.py",
+        "tests/pipelines/sana/test_sana_controlnet.py",
+        "tests/pipelines/pag/test_pag_sana.py",
+        "tests/pipelines/sana_video/test_sana_video_i2v.py",
+        "tests/pipelines/prx/test_pipeline_prx.py",
+    ],
+    "llama": [  # dummy-hunyaunvideo's Llama tokenizer / tiny-random-LlamaForCausalLM, beside the two
+        "tests/pipelines/hunyuan_video/test_hunyuan_video.py",
+        "tests/pipelines/hunyuan_video/test_hunyuan_image2video.py",
+        "tests/pipelines/hunyuan_video/test_hunyuan_skyreels_image2video.py",
+        "tests/pipelines/hidream_image/test_pipeline_hidream.py",
+    ],
+    # only tiny-random-Qwen2VLForConditionalGeneration's tokenizer (text encoders built from configs); not Ovis, whose
+    # text encoder is sized tokenizer.vocab_size + 4: the real vocabulary's 151643 regular tokens, not the synthetic's
+    "qwen": [
+        "tests/pipelines/qwenimage/test_qwenimage.py",
+        "tests/pipelines/qwenimage/test_qwenimage_img2img.py",
+        "tests/pipelines/qwenimage/test_qwenimage_inpaint.py",
+        "tests/pipelines/qwenimage/test_qwenimage_controlnet.py",
+        "tests/pipelines/z_image/test_z_image.py",
+        "tests/pipelines/z_image/test_z_image_img2img.py",
+        "tests/pipelines/z_image/test_z_image_inpaint.py",
+        "tests/pipelines/flux2/test_pipeline_flux2_klein.py",
+        "tests/pipelines/flux2/test_pipeline_flux2_klein_inpaint.py",
+        "tests/pipelines/flux2/test_pipeline_flux2_klein_kv.py",
+        "tests/pipelines/krea2/test_krea2.py",
+        "tests/pipelines/hunyuan_image_21/test_hunyuanimage.py",
+    ],
+    "qwen-vl": [  # the same repository's Qwen2-VL processor (AutoProcessor / Qwen2VLProcessor / Qwen3VLProcessor)
+        "tests/pipelines/kandinsky5/test_kandinsky5.py",
+        "tests/pipelines/kandinsky5/test_kandinsky5_t2i.py",
+        "tests/pipelines/kandinsky5/test_kandinsky5_i2i.py",
+        "tests/pipelines/kandinsky5/test_kandinsky5_i2v.py",
+        "tests/pipelines/qwenimage/test_qwenimage_edit.py",
+        "tests/pipelines/qwenimage/test_qwenimage_edit_plus.py",
+        "tests/pipelines/nucleusmoe_image/test_nucleusmoe_image.py",
+    ],
+}
+# the hub repositories a group's tests ask for, where they are not the two
+FLOW_SYNTHETIC_HUB = {"auraflow": (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO, hub_fixtures.UMT5_REPO),
+                      "gemma": (hub_fixtures.GEMMA_REPO,),
+                      "llama": (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO, hub_fixtures.HUNYUAN_REPO,
+                                hub_fixtures.LLAMA_CAUSAL_REPO),
+                      "qwen": (hub_fixtures.QWEN2_REPO,), "qwen-vl": (hub_fixtures.CLIP_REPO, hub_fixtures.QWEN2_REPO)}
 
 
 class Selection(NamedTuple):
@@ -89,7 +189,10 @@ SELECTIONS = [
               hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)),
     Selection("flow-synthetic", FLOW_SYNTHETIC_FILES, True, False, ours_on_stock_passes=True,
               hub=(hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)),
-]
+] + [Selection(f"flow-synthetic-{group}{'' if stochastic else '-default'}", files, stochastic, False,
+               ours_on_stock_passes=True,
+               hub=FLOW_SYNTHETIC_HUB.get(group, (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)))
+     for group, files in FLOW_SYNTHETIC_GROUPS.items() for stochastic in (False, True)]
 # value tests that compare a stochastic run against numbers diffusers' own torch noise produced: in Philox mode the
 # noise is other (equally distributed) numbers, so these may differ there, and only there
 PHILOX_VALUE_TESTS = ("test_inference", "test_full_loop", "test_stable_diffusion_ddim", "test_ddim")
@@ -277,14 +380,19 @@ def table(results: dict) -> str:
                      f" | {total} | {e['stock']['passed']} | {e['torch'].get('stepped_of_stock_passed', '—')} "
                      f"| {cells[0]} | {cells[1]} |")
     notes = []
+    only_passes = [name for name, e in _ordered(results) if e.get("ours_on_stock_passes")]
+    if only_passes:
+        notes.append(f"{', '.join(only_passes)}: ours ran only the tests that stock passes.")
+    by_hub: dict = {}  # the selections that share a set of synthetic hub repositories, one note each
     for name, e in _ordered(results):
-        if e.get("ours_on_stock_passes"):
-            notes.append(f"{name}: ours ran only the {e['stock']['passed']} tests that stock passes.")
         if e.get("synthetic_hub"):
-            notes.append(f"{name}: the hub repositories {', '.join(f'`{r}`' for r in sorted(e['synthetic_hub']))} "
-                         f"are synthetic (integrations/diffusers/hub_fixtures.py: tokenizers built from scratch, a "
-                         f"random tiny T5), served offline from a local hub cache to stock and ours alike; value tests "
-                         f"against diffusers' recorded slices may fail for both, and only stock's passes count.")
+            by_hub.setdefault(tuple(sorted(e["synthetic_hub"])), []).append(name)
+    for repos, names in by_hub.items():
+        notes.append(f"{', '.join(names)}: the hub repositories {', '.join(f'`{r}`' for r in repos)} are synthetic "
+                     f"(integrations/diffusers/hub_fixtures.py: tokenizers built from scratch, random tiny text "
+                     f"encoders), served offline from a local hub cache to stock and ours alike; value tests against "
+                     f"diffusers' recorded slices may fail for both, and only stock's passes count.")
+    for name, e in _ordered(results):
         if e.get("excluded"):
             notes.append(f"{name}: {excluded_summary(e)}")
         if "DDIMSchedulerTest" in e:
