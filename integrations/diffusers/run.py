@@ -446,16 +446,21 @@ def main(argv=None) -> int:
     (root / "pytest.ini").write_text("[pytest]\n")  # the snapshot's own settings, not this repository's
     (root / "test_gmm_bf16_pipelines.py").write_text((HERE / "bf16_pipelines.py").read_text())
     commit = _commit()  # before anything runs (the run itself rewrites README.md)
+    # a run that writes results.json starts from its entries and replaces each selection's as it finishes, written at
+    # once: an interrupted run keeps what it finished and the entries it did not reach (selections no longer defined
+    # drop); --quick checks only what it ran
+    order = [n for n, *_ in SELECTIONS]
     results = {"snapshot": SNAPSHOT, "selections": {}}
-    if args.only and RESULTS.exists():
-        results = json.loads(RESULTS.read_text())
+    if RESULTS.exists() and not args.quick:
+        results["selections"] = {k: v for k, v in json.loads(RESULTS.read_text())["selections"].items() if k in order}
     for sel in SELECTIONS:
         if (args.only and sel.name in args.only) or (not args.only and (sel.quick or not args.quick)):
             results["selections"][sel.name] = run_selection(sel, root, args.jobs, commit)
+            if not args.quick:
+                results["selections"] = dict(sorted(results["selections"].items(),
+                                                    key=lambda kv: order.index(kv[0])))
+                RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     if not args.quick:
-        order = [n for n, *_ in SELECTIONS]
-        results["selections"] = dict(sorted(results["selections"].items(), key=lambda kv: order.index(kv[0])))
-        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         write_readme(results)
     print(table(results))
     bad = unexplained(results)
