@@ -170,11 +170,11 @@ def test_blur_sweep_covers_every_size_the_op_allows():
 def test_issue_19_targets_on_paper(matrix):
     """Issue 19's targets that the kernels meet on sm_90a (benchmarks/RESULTS.md lists those they do not): a ragged D
     at B = 64 within 1.15x the aligned main step's SASS per element with 16-byte accesses, with a device sample offset
-    within 1.25x; the exact mode without
-    spill up to K = 64 (channels_last too); channels_last and mixed layouts, Gaussian and every mixture mode, within
-    1.25x their contiguous launch without spill; CLD at fp16/bf16, orders 0-2, at >= 90 % of copy on an H100 under both models; the blur step
-    on tensor cores without spill at every size (fp16/bf16/fp32), within 80 % of its roofline where the Kronecker
-    rows are whole and for the wgmma planes of N = 48 and 64."""
+    within 1.25x; the exact mode without spill up to K = 64 (channels_last too); channels_last and mixed layouts,
+    Gaussian and every mixture mode, within 1.25x their contiguous launch without spill; CLD at fp16/bf16, orders
+    0-2, at >= 90 % of copy on an H100 under both models; the blur step on tensor cores without spill at every size
+    (fp16/bf16/fp32) and with three buffers (order 2) at every tile side, within 80 % of its roofline where the
+    Kronecker rows are whole and for the one-buffer wgmma planes of N = 48 and 64."""
     rows = {(r["case"], r["kernel"]): r for r in matrix if r["target"] == "sm_90a"}
     main = rows[("main-fp16-eps-philox-x0", "_ddim_step_kernel")]
     for D in (1000, 1001, 13467):
@@ -209,6 +209,9 @@ def test_issue_19_targets_on_paper(matrix):
             assert r["predicted_pct_copy"]["H100"] >= 90 and r["pipe_pct_copy"]["H100"] >= 90, r
     blur = [r for (case, kernel), r in rows.items() if kernel in ("_blur_step_kernel", "_blur_kron_kernel")]
     assert len(blur) >= 20
+    # three buffers (order 2) in the per-plane kernel at every tile side, the sliced form (plane_sliced) at T >= 32
+    assert {f"blur-fp32-n{n}-order2-philox-stochastic" for n in (16, 17, 28, 32, 33, 48, 64)} | {
+        "blur-fp16-n64-order2-tensor"} <= {r["case"] for r in blur}
     for r in blur:
         if r["dtype"] != "fp64":
             assert r["spill_bytes"] == 0, r

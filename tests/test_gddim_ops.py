@@ -196,9 +196,11 @@ def test_blur_fp32_matches_reference(backend, N):
     assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
 
 
-@pytest.mark.parametrize("N", [8, 6, 16], ids=["N8-broadcast", "N6-padded", "N16-dot"])
+@pytest.mark.parametrize("N", [8, 6, 16, 33, pytest.param(64, marks=pytest.mark.slow)],
+                         ids=["N8-broadcast", "N6-padded", "N16-dot", "N33-slices-padded", "N64-slices"])
 def test_blur_stochastic_multistep_matches_reference(backend, N):
-    """λ = 0.5 with order 2: three ε/history planes and in-kernel noise (N = 6: through the noise pre-pass)."""
+    """λ = 0.5 with order 2: three ε/history planes and in-kernel noise (N = 6 and 33: through the noise pre-pass;
+    N = 33 and 64: the per-plane products in four slices of 16, the noise joining Y slice by slice)."""
     _, bt, basis = blur_tables(N, lam_order=2)
     x = torch.randn(2, 3, N, N)
     eps = [torch.randn_like(x) for _ in range(3)]
@@ -208,6 +210,27 @@ def test_blur_stochastic_multistep_matches_reference(backend, N):
     bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(5, x.shape))
     assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
     assert (ref - gref.blur_step(x, eps, bt, basis, rows)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("N", [20, 17], ids=["N20-philox-in-kernel", "N17-noise-prepass"])
+def test_blur_plane_forms_both_match_the_reference(monkeypatch, N):
+    """The per-plane kernel's two forms (plane_sliced: by slices through scratch tiles for three buffers at T >= 32,
+    whole operands otherwise) are one launch choice: each, forced for one buffer and for three, meets the float64
+    reference within the fp32 bound (in-kernel noise at N = 20, the noise pre-pass at N = 17)."""
+    from gmm_triton.kernels import blur_step as K
+
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(2, 3, N, N)
+    eps = [torch.randn_like(x) for _ in range(3)]
+    rows = torch.tensor([1, 3])
+    for k in (1, 3):
+        ref = gref.blur_step(x, eps[:k], bt, basis, rows, seed=7)
+        bound = magnitude(gref.blur_step, x, eps[:k], bt, basis.abs(), rows, noise=philox(7, x.shape))
+        for sliced in (False, True):
+            monkeypatch.setattr(K, "plane_sliced", lambda neps, T, s=sliced: s)
+            with ops.use_cpu_backend("triton"):
+                out = gops.blur_step(x, eps[:k], rows, bt, basis, stochastic=True, seed=7)
+            assert ((out.double() - ref).abs() <= 2e-6 * bound).all(), (k, sliced)
 
 
 @pytest.mark.parametrize("N", [8, 3, 1])
@@ -229,9 +252,10 @@ def test_blur_kron_rows_move_no_number(monkeypatch, N):
         assert all(torch.equal(a, b) for a, b in zip(*outs.values()))
 
 
-def test_blur_fp64_and_noise_tensor(backend):
-    bt, bt_lam, basis = blur_tables(8)
-    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+@pytest.mark.parametrize("N", [8, 20], ids=["N8-kron", "N20-planes"])
+def test_blur_fp64_and_noise_tensor(backend, N):
+    bt, bt_lam, basis = blur_tables(N)
+    x = torch.randn(3, 2, N, N, dtype=torch.float64)
     e, z = torch.randn_like(x), torch.randn_like(x)
     out = gops.blur_step(x, [e], 1, bt_lam, basis, stochastic=True, noise=z)
     assert out.dtype == torch.float64

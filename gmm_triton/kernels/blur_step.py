@@ -10,7 +10,17 @@ written once. The maths is stated in ``gddim/reference.py``. Two layouts of the 
   (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
   matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
-- otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products.
+- otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
+  two forms (:func:`plane_sliced`):
+  - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
+    and 1, and order 2 at T = 16) this holds without spill and keeps the launch within 80 % of its roofline;
+  - sliced (_plane_step), for three buffers at T ≥ 32, where the whole-operand form spilled (24–568 B at sm_90a
+    for N = 17 … 64: benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction
+    loaded from memory just before their product (the plane's rows or columns, or those of a T×T scratch tile of
+    the program's own where V X waits for Vᵀ), the buffers one at a time into Y, which waits in a second scratch
+    tile: the registers hold one accumulator and one slice's operands, never a whole operand. The scratch tiles
+    (2·T² values a plane) are written and read back by the same program, from L2; the price is memory-
+    instruction work (the launch is LSU-bound), paid only where the other form spills.
 
 Precision. fp64 runs on the fp64 tensor cores (DMMA). Every other dtype computes in fp32 with three tf32
 products per fp32 product (tf32x3): each operand is split into a high and a low part, each rounded to tf32 (11
@@ -35,6 +45,7 @@ from .common import INTERPRETING, NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM
 _PLANES = tl.constexpr(contract.BLUR_PLANES)  # A, B_0..B_2, S per step (contract.py)
 _TF32_HALF = tl.constexpr(0x1000)   # half a unit of the 13 bits below a tf32 mantissa
 _TF32_MASK = tl.constexpr(0xFFFFE000)
+_KC = tl.constexpr(16)  # the per-plane products' slices of the contraction (tl.dot's smallest K)
 
 MAX_SIZE = 64  # largest N: one [64, 64] plane per program
 KRON_MAX = 8   # N ≤ 8: planes as rows of one Kronecker product
@@ -49,36 +60,49 @@ def _tf32(t):
 
 
 @triton.jit
-def _basis_part(bp, part, which, T: tl.constexpr):
-    """Part ``part`` of matrix ``which`` (0: V or W, 1: its transpose) of the [PARTS, 2, T, T] basis parts."""
-    i = tl.arange(0, T)[:, None]
-    j = tl.arange(0, T)[None, :]
+def _basis_part(bp, part, which, T: tl.constexpr, R0, C0, R: tl.constexpr, C: tl.constexpr):
+    """The [R, C] block at row R0, column C0 of part ``part`` of matrix ``which`` (0: V or W, 1: its transpose) of
+    the [PARTS, 2, T, T] basis parts."""
+    i = R0 + tl.arange(0, R)[:, None]
+    j = C0 + tl.arange(0, C)[None, :]
     return tl.load(bp + ((part * 2 + which) * T + i) * T + j)
 
 
 @triton.jit
-def _mm(t, bp, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr):
-    """basis[which] @ t (LEFT) or t @ basis[which]: tf32x3 on fp32 tiles (module docstring), one product in the
-    tile's type (fp64) otherwise."""
-    if TF32X3:  # the small cross products first
+def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr):
+    """acc + basis[which][:, k0:k0+K] @ t (LEFT: t the rows k0 … k0+K-1 of the data, [K, T]) or acc + t @
+    basis[which][k0:k0+K, :] (t the columns k0 …, [T, K]): tf32x3 on fp32 tiles (module docstring; the small cross
+    products first), one product in the tile's type (fp64) otherwise."""
+    K: tl.constexpr = t.shape[0] if LEFT else t.shape[1]
+    if TF32X3:
         hi = _tf32(t)
         lo = _tf32(t - hi)
-        b_hi = _basis_part(bp, 0, which, T)
-        b_lo = _basis_part(bp, 1, which, T)
         if LEFT:
-            acc = tl.dot(b_hi, lo, input_precision="tf32")
+            b_hi = _basis_part(bp, 0, which, T, 0, k0, T, K)
+            b_lo = _basis_part(bp, 1, which, T, 0, k0, T, K)
+            acc = tl.dot(b_hi, lo, acc, input_precision="tf32")
             acc = tl.dot(b_lo, hi, acc, input_precision="tf32")
             return tl.dot(b_hi, hi, acc, input_precision="tf32")
         else:
-            acc = tl.dot(lo, b_hi, input_precision="tf32")
+            b_hi = _basis_part(bp, 0, which, T, k0, 0, K, T)
+            b_lo = _basis_part(bp, 1, which, T, k0, 0, K, T)
+            acc = tl.dot(lo, b_hi, acc, input_precision="tf32")
             acc = tl.dot(hi, b_lo, acc, input_precision="tf32")
             return tl.dot(hi, b_hi, acc, input_precision="tf32")
     else:
-        b = _basis_part(bp, 0, which, T)
         if LEFT:
-            return tl.dot(b, t, input_precision="ieee")
+            return tl.dot(_basis_part(bp, 0, which, T, 0, k0, T, K), t, acc, input_precision="ieee",
+                          out_dtype=acc.dtype)
         else:
-            return tl.dot(t, b, input_precision="ieee")
+            return tl.dot(t, _basis_part(bp, 0, which, T, k0, 0, K, T), acc, input_precision="ieee",
+                          out_dtype=acc.dtype)
+
+
+@triton.jit
+def _mm(t, bp, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr):
+    """basis[which] @ t (LEFT, t [T, C]) or t @ basis[which] (t [R, T]), t in registers."""
+    shape: tl.constexpr = (T, t.shape[1]) if LEFT else (t.shape[0], T)
+    return _mm_slice(tl.zeros(shape, dtype=t.dtype), t, bp, 0, which, LEFT, TF32X3, T)
 
 
 @triton.jit
@@ -113,6 +137,115 @@ def _load(p, m2, LMASK: tl.constexpr):
 
 
 @triton.jit
+def _block(base, R0, C0, R: tl.constexpr, C: tl.constexpr, N):
+    """Offsets (from ``base``) and mask of the [R, C] block at (R0, C0) of a tile over an N×N plane. ``base`` is
+    part of each offset so that the blocks of different buffers are different values, computed where they are
+    loaded, not one tile of offsets held in registers from the first load to the last."""
+    i = R0 + tl.arange(0, R)[:, None]
+    j = C0 + tl.arange(0, C)[None, :]
+    return base + (i * N + j), (i < N) & (j < N)
+
+
+@triton.jit
+def _product(src, base, bp, which, N, LEFT: tl.constexpr, PLANE: tl.constexpr, TF32X3: tl.constexpr,
+             T: tl.constexpr, CT: tl.constexpr):
+    """basis[which] @ S (LEFT) or S @ basis[which], S the N×N plane at src + base (PLANE: a buffer's, zero-padded
+    to T×T by masked loads) or the T×T scratch tile at src, as T / _KC products of slices of the contraction, each
+    loaded from memory just before its product: the registers hold the accumulator and one slice's operands, never
+    a whole operand (a [64, 64] tf32x3 product's operands, held whole, spilled: benchmarks/RESULTS.md)."""
+    acc = tl.zeros((T, T), dtype=CT)
+    for k0 in tl.static_range(0, T, _KC):
+        tl.debug_barrier()  # the slice's loads after the last one's products (ptxas hoists them: spills on sm_80)
+        if PLANE:
+            if LEFT:
+                off, m = _block(base, k0, 0, _KC, T, N)
+            else:
+                off, m = _block(base, 0, k0, T, _KC, N)
+            t = tl.load(src + off, mask=m, other=0.0).to(CT)
+        elif LEFT:
+            t = tl.load(src + (k0 + tl.arange(0, _KC)[:, None]) * T + tl.arange(0, T)[None, :])
+        else:
+            t = tl.load(src + tl.arange(0, T)[:, None] * T + k0 + tl.arange(0, _KC)[None, :])
+        acc = _mm_slice(acc, t, bp, k0, which, LEFT, TF32X3, T)
+    return acc
+
+
+@triton.jit
+def _stage(scr, t, T: tl.constexpr):
+    """Writes tile t to the program's T×T scratch tile, between barriers: every thread has read what the scratch
+    held before, and reads what it holds now only after every thread wrote it. Its padding (rows and columns ≥ N)
+    is zero or meets the zero rows and columns of the padded transform matrices (module docstring)."""
+    tl.debug_barrier()
+    tl.store(scr + _tile(T), t)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _padded(cp, k, R0, R: tl.constexpr, T: tl.constexpr):
+    """Rows R0 … R0+R-1 of plane k of a table row zero-padded to T×T planes (constant offsets: no tile of them is
+    held in registers)."""
+    i = R0 + tl.arange(0, R)[:, None]
+    return tl.load(cp + (k * T + i) * T + tl.arange(0, T)[None, :])
+
+
+@triton.jit
+def _tile(T: tl.constexpr):
+    """Offsets of a T×T tile."""
+    return tl.arange(0, T)[:, None] * T + tl.arange(0, T)[None, :]
+
+
+@triton.jit
+def _plane_term(ptr, base, cp, k, bp, scr, N, poison, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr):
+    """Y (the scratch's second tile; ``poison`` for k = 0, where it is not yet written) += (plane k of the table row)
+    ⊙ V X Vᵀ, X the buffer's plane at ptr + base: V X from X's rows, staged through the scratch's first tile, times
+    Vᵀ. Y stays in memory between the buffers (a tile in registers through every product spilled on mma.sync)."""
+    _stage(scr, _product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT), T)
+    f = _padded(cp, k, 0, T, T).to(CT) * _product(scr, 0, bp, 1, N, False, False, TF32X3, T, CT)
+    y = scr + T * T + _tile(T)
+    if k == 0:
+        tl.store(y, f + poison)
+    else:
+        tl.store(y, tl.load(y) + f)
+
+
+@triton.jit
+def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, seed, x_off, e0_off, e1_off, e2_off, z_off,
+                p_off, cp, poison, N, NEPS: tl.constexpr, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
+                FAST: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr):
+    """One N×N plane (b, c): Y = A ⊙ V X Vᵀ + Σ_j B_j ⊙ V ε_j Vᵀ, the buffers one at a time (one transform's
+    registers live at once), then out = Vᵀ (Y + S ⊙ n) V, the noise joining Y slice by slice as the first inverse
+    product loads it (a slice of normals at a time, not a tile held through the products). ``scr``: the program's
+    two T×T scratch tiles (a staged product, Y). ``p_off``: the plane's flat index (the noise's counters, the
+    output's offset); ``cp``: the sample's row of the padded table; ``poison`` (NaN for an invalid row) rides
+    through every product."""
+    _plane_term(x_ptr, x_off, cp, 0, bp, scr, N, poison, TF32X3, T, CT)
+    _plane_term(e0_ptr, e0_off, cp, 1, bp, scr, N, poison, TF32X3, T, CT)
+    if NEPS > 1:
+        _plane_term(e1_ptr, e1_off, cp, 2, bp, scr, N, poison, TF32X3, T, CT)
+    if NEPS > 2:
+        _plane_term(e2_ptr, e2_off, cp, 3, bp, scr, N, poison, TF32X3, T, CT)
+    tl.debug_barrier()
+    acc = tl.zeros((T, T), dtype=CT)  # Vᵀ (Y + S ⊙ n), by slices of Y's rows
+    for k0 in tl.static_range(0, T, _KC):
+        tl.debug_barrier()  # as in _product
+        t = tl.load(scr + T * T + (k0 + tl.arange(0, _KC)[:, None]) * T + tl.arange(0, T)[None, :])
+        if NOISE != NOISE_NONE:
+            if NOISE == NOISE_PHILOX:  # normal_rows's normals come negated
+                n = -normal_rows(seed, p_off + (k0 + tl.arange(0, _KC)[:, None]) * N, T, STREAM_NOISE, ALIGNED4,
+                                 FAST).to(CT)
+            else:
+                off, m = _block(z_off, k0, 0, _KC, T, N)
+                n = tl.load(z_ptr + off, mask=m, other=0.0).to(CT)
+            t += _padded(cp, _PLANES - 1, k0, _KC, T).to(CT) * n  # zero outside the plane
+        acc = _mm_slice(acc, t, bp, k0, 1, True, TF32X3, T)
+    _stage(scr, acc, T)
+    out = _product(scr, 0, bp, 0, N, False, False, TF32X3, T, CT)
+    tl.debug_barrier()
+    off, m = _block(p_off, 0, 0, T, T, N)
+    tl.store(out_ptr + off, out.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, KRON: tl.constexpr, TF32X3: tl.constexpr,
           T: tl.constexpr, CT: tl.constexpr):
     """(the table plane at cp + cld) ⊙ DCT(the buffer's tile at ptr + off + ld). The plane is loaded after the
@@ -125,7 +258,7 @@ def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, KRON: tl.constexpr
 def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off, e1_off, e2_off, z_off, out_off,
           ld, pos, cp, cld, cstride, flat, m2, poison, LMASK: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr,
           ALIGNED4: tl.constexpr, FAST: tl.constexpr, KRON: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr):
-    """out = inverse DCT of Y = A ⊙ F(x) + Σ_j B_j ⊙ F(ε_j) + S ⊙ n on a tile. Loads at ``*_off + ld`` and
+    """out = inverse DCT of Y = A ⊙ F(x) + Σ_j B_j ⊙ F(ε_j) + S ⊙ n on a tile (whole operands). Loads at ``*_off + ld`` and
     ``cp + k·cstride + cld`` (the table's plane k; offsets, not a tile of pointers, which would hold two registers
     per element throughout) are masked by ``m2`` with LMASK; without it every tile position addresses a real
     element (a tile without padding, or padding positions clamped onto the plane: what they hold is multiplied by
@@ -182,34 +315,42 @@ def _blur_kron_kernel(
 
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
 def _blur_step_kernel(
-    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp,
+    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr, bp,
     coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value,
     C, N, x_bs, e0_bs, e1_bs, e2_bs, z_bs,
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
-    TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr,
+    TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr, SLICED: tl.constexpr,
 ):
-    """N > KRON_MAX: one plane (b, c) per program (grid (B, C)) on a [T, T] tile; masked loads (LMASK) where N is a
-    multiple of 16, clamped addresses otherwise (_step)."""
+    """N > KRON_MAX (and N = 7): one plane (b, c) per program (grid (B, C)) on a [T, T] tile. SLICED
+    (:func:`plane_sliced`): the products by slices (_plane_step), with two T×T scratch tiles of the program's own at
+    scr_ptr and the table's planes zero-padded to T×T (_table). Otherwise whole operands (_step): masked loads
+    (LMASK) where N is a multiple of 16, clamped addresses otherwise; scr_ptr is not read."""
     check_noise_code(NOISE)
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
     plane = N * N
-    ii = tl.arange(0, T)[:, None]
-    jj = tl.arange(0, T)[None, :]
-    m2 = (ii < N) & (jj < N)
-    if LMASK:  # N a multiple of 16: masks constant over whole vectors
-        ld = ii * N + jj
-    else:  # padding positions clamped onto the plane (_step): no load masks
-        ld = tl.minimum(ii, N - 1) * N + tl.minimum(jj, N - 1)
     row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
     poison = tl.where(valid, 0.0, float("nan")).to(CT)
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     p = b * C + c
-    _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, b * x_bs + c * plane, b * e0_bs + c * plane,
-          b * e1_bs + c * plane, b * e2_bs + c * plane, b * z_bs + c * plane, p * plane, ld, ii * N + jj,
-          coef_ptr + row * _PLANES * plane, ld, plane, p * plane + ii * N, m2, poison, LMASK, NEPS, NOISE, ALIGNED4,
-          FAST, False, TF32X3, T, CT)
+    if SLICED:
+        _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr + p * 2 * T * T, bp, seed,
+                    b * x_bs + c * plane, b * e0_bs + c * plane, b * e1_bs + c * plane, b * e2_bs + c * plane,
+                    b * z_bs + c * plane, p * plane, coef_ptr + row * _PLANES * T * T, poison, N, NEPS, NOISE,
+                    ALIGNED4, FAST, TF32X3, T, CT)
+    else:
+        ii = tl.arange(0, T)[:, None]
+        jj = tl.arange(0, T)[None, :]
+        m2 = (ii < N) & (jj < N)
+        if LMASK:  # N a multiple of 16: masks constant over whole vectors
+            ld = ii * N + jj
+        else:  # padding positions clamped onto the plane (_step): no load masks
+            ld = tl.minimum(ii, N - 1) * N + tl.minimum(jj, N - 1)
+        _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, b * x_bs + c * plane, b * e0_bs + c * plane,
+              b * e1_bs + c * plane, b * e2_bs + c * plane, b * z_bs + c * plane, p * plane, ld, ii * N + jj,
+              coef_ptr + row * _PLANES * plane, ld, plane, p * plane + ii * N, m2, poison, LMASK, NEPS, NOISE,
+              ALIGNED4, FAST, False, TF32X3, T, CT)
 
 
 @triton.jit(do_not_specialize=["seed_value"])
@@ -253,10 +394,28 @@ def kron_rows(neps: int, arch: int) -> int:
     return KRON_ROWS if neps <= 2 and arch // 10 in (9, 10) else KRON_ROWS_SMALL
 
 
+def plane_sliced(neps: int, T: int) -> bool:
+    """Whether a per-plane launch (tile side T) runs its products by slices (_plane_step): for three buffers
+    (order 2, or stochastic order 1 … with its history) at T ≥ 32, where the whole-operand form spills (24–568 B at
+    sm_90a for N = 17 … 64: benchmarks/RESULTS.md, issue 19). With fewer buffers, or at T = 16 (one slice is the
+    whole operand), the whole-operand form holds without spill and stays within 80 % of its roofline, which the
+    sliced form, bound by its memory instructions, does not (43.8 % against 70.6 % of copy at N = 64, order 0)."""
+    return neps == 3 and T > 16
+
+
+def plane_warps(T: int, arch: int, sliced: bool) -> int:
+    """The warps of a per-plane program: a tile of T² elements over 32·warps threads, one warp per 16 rows up to a
+    warpgroup (4: wgmma on sm_90, more warps would duplicate its work); sliced (plane_sliced) on mma.sync (sm_80;
+    sm_100 too, which ptxas spilled on at 4) 8 warps for T = 64, where each warp holds the whole width of every
+    product's second operand and 4 warps spilled (benchmarks/RESULTS.md). The warps split the same products: no
+    number moves."""
+    return 8 if sliced and T == 64 and arch // 10 != 9 else max(1, min(4, T // 16))
+
+
 def _arch(device: torch.device) -> int:
-    """The compute capability kron_rows sees: the launching GPU's, as triton's driver reports it (the compile
-    matrix's stub driver reports its target); 90 under the interpreter, the target the predictions are for, so that
-    the CPU tests run both tile heights (orders 0–1: 64 rows, order 2: 16)."""
+    """The compute capability kron_rows and plane_warps see: the launching GPU's, as triton's driver reports it (the
+    compile matrix's stub driver reports its target); 90 under the interpreter, the target the predictions are for,
+    so that the CPU tests run both tile heights (orders 0–1: 64 rows, order 2: 16)."""
     if device.type != "cuda" or INTERPRETING:
         return 90
     return triton.runtime.driver.active.get_current_target().arch
@@ -304,6 +463,18 @@ def basis_parts(basis: torch.Tensor, tf32x3: bool) -> torch.Tensor:
     return _derived(f"basis-tf32x3={tf32x3}", basis, build)
 
 
+def _table(coef: torch.Tensor, tf32x3: bool, pad) -> torch.Tensor:
+    """The coefficient table the kernels read, made once per table (_derived): fp32 for fp32 compute (fp64 planes
+    take twice the registers, and the large or padded tiles spilled); its planes zero-padded to pad×pad for the
+    per-plane kernel (constant offsets, and zeros where the tile leaves the plane)."""
+    if pad is None:
+        return _derived("float32", coef, lambda t: t.float()) if tf32x3 else coef
+    n = coef.shape[-1]
+    dt = torch.float32 if tf32x3 else torch.float64
+    return _derived(f"padded-{pad}-{dt}", coef,
+                    lambda t: torch.nn.functional.pad(t.to(dt), (0, pad - n, 0, pad - n)).contiguous())
+
+
 def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor, seed_value, noise, noise_mode,
                      B, C, N):
     """One launch: ceil(B·C / (G·PB)) programs of G·PB planes in the Kronecker form (kron_form; PB: kron_rows), else
@@ -325,8 +496,9 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
                                                     seed_value, SEED_FROM_PTR=seed_tensor is not None,
                                                     FAST=fast_math(x.device), BLOCK=1024)
         noise_mode = NOISE_TENSOR
-    # tiles of T² elements over 32·warps threads: up to one warpgroup (wgmma; more warps duplicate its work)
-    warps = max(1, min(4, T // 16))
+    sliced = not kron and plane_sliced(len(eps), T)
+    # Kronecker tiles of T² elements over 32·warps threads: one warpgroup (wgmma; more warps duplicate its work)
+    warps = max(1, min(4, T // 16)) if kron else plane_warps(T, _arch(x.device), sliced)
     if kron:  # one row offset for every buffer (_blur_kron_kernel); the op's buffers are contiguous already
         x, eps, noise = x.contiguous(), [t.contiguous() for t in eps], None if noise is None else noise.contiguous()
     e = list(eps) + [eps[0]] * (3 - len(eps))
@@ -335,9 +507,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         T_FROM_PTR=t_tensor is not None, T_PER_SAMPLE=t_tensor is not None and t_tensor.numel() > 1,
         SEED_FROM_PTR=seed_tensor is not None, FAST=fast_math(x.device), TF32X3=tf32x3, T=T)
     ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, basis_parts(basis, tf32x3),
-            # fp32 compute reads an fp32 copy of the table, made once per table (_derived): fp64 planes take twice
-            # the registers, and the large or padded tiles spilled
-            _derived("float32", coef, lambda t: t.float()) if tf32x3 else coef, coef.shape[0],
+            _table(coef, tf32x3, T if sliced else None), coef.shape[0],
             t_tensor if t_tensor is not None else coef, t_value,
             seed_tensor if seed_tensor is not None else coef, seed_value)
     strides = (x.stride(0), e[0].stride(0), e[1].stride(0), e[2].stride(0), noise.stride(0) if noise is not None else 0)
@@ -349,5 +519,8 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     else:
         if C > 65535:
             raise ValueError(f"blur_step: {C} channels: more than the 65535 programs a CUDA grid's y axis allows")
-        _blur_step_kernel[(B, C)](*ptrs, C, N, *strides, ALIGNED4=aligned4, num_warps=warps,
-                                  LMASK=N % 16 == 0, **common)
+        # each program's two scratch tiles (_plane_step), in the compute type; the whole-operand form reads none
+        scr = torch.empty((B, C, 2, T, T), device=x.device, dtype=torch.float32 if tf32x3 else torch.float64) \
+            if sliced else coef
+        _blur_step_kernel[(B, C)](*ptrs[:6], scr, *ptrs[6:], C, N, *strides, ALIGNED4=aligned4, num_warps=warps,
+                                  LMASK=N % 16 == 0, SLICED=sliced, **common)

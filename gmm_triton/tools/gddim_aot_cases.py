@@ -109,6 +109,11 @@ def gddim_cases() -> list[aot.Case]:
         # B = 64: 192 planes, whole tiles of kron_rows (B = 2 charged its 6 planes for a whole tile's idle rows)
         "blur-fp32-n8-order2-philox-stochastic": Gddim("blur", f, (3, 8, 8), batch=64, order=2),
         "blur-fp32-n16-order2-philox-stochastic": Gddim("blur", f, (3, 16, 16), order=2),
+        # issue 19: the per-plane kernel with three buffers at every tile side (T = 32: 17, 28, 32; T = 64: 33, 48,
+        # 64), unaligned rows (17, 33: the noise pre-pass) and whole ones, and 16-bit storage at the largest tile
+        **{f"blur-fp32-n{n}-order2-philox-stochastic": Gddim("blur", f, (3, n, n), batch=64, order=2)
+           for n in (17, 28, 32, 33, 48, 64)},
+        "blur-fp16-n64-order2-tensor": Gddim("blur", h, (3, 64, 64), batch=64, order=2, noise="tensor"),
     }
     covering = [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work) for name, c in cases.items()]
     sweep = {}
