@@ -49,6 +49,10 @@ def _rows():
     for n in (1, 7, 8, 28, 32, 64):  # 2^22 pixels or more
         B = max(64, 2**22 // (3 * n * n))
         rows.append((f"blur-fp32-n{n}-philox (B={B})", Gddim("blur", f, (3, n, n), batch=B)))
+    for n in (8, 32, 64):  # three buffers: the Kronecker rows of 16, and the sliced per-plane form (plane_sliced)
+        B = max(64, 2**22 // (3 * n * n))
+        rows.append((f"blur-fp32-n{n}-order2-philox-stochastic (B={B})", Gddim("blur", f, (3, n, n), batch=B,
+                                                                              order=2)))
     return rows
 
 
