@@ -376,7 +376,8 @@ def table(results: dict) -> str:
     for name, e in _ordered(results):
         total = sum(e["stock"][k] for k in ("passed", "failed", "skipped"))
         cells = [f"{e[m]['passed_of_stock_passed']} / {e['stock']['passed']}" for m in ("torch", "philox")]
-        lines.append(f"| {name} ({len(e['files'])} files{', forced η = 1 / stochastic' if e['stochastic'] else ''})"
+        n = len(e["files"])
+        lines.append(f"| {name} ({n} file{'s' * (n != 1)}{', forced η = 1 / stochastic' if e['stochastic'] else ''})"
                      f" | {total} | {e['stock']['passed']} | {e['torch'].get('stepped_of_stock_passed', '—')} "
                      f"| {cells[0]} | {cells[1]} |")
     notes = []
