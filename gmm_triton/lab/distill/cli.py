@@ -228,6 +228,7 @@ def run_all(out: str, *, workers: int = 2, seeds=ACCEPTANCE["seeds"], scale: flo
     import contextlib
     import multiprocessing as mp
     import signal
+    import threading
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from tqdm.auto import tqdm
@@ -251,13 +252,23 @@ def run_all(out: str, *, workers: int = 2, seeds=ACCEPTANCE["seeds"], scale: flo
                                         seeds=tuple(seeds)))
                       for teacher in ("learned", "oracle")]
     total = 1 + len(emd_jobs) + len(after_teacher)
+    # SIGINT to this process is recorded and acted on by the loop below, never raised from the handler: Python's own
+    # KeyboardInterrupt can land in a __del__ or a weakref callback (the pool's and its processes' are many here),
+    # where it is printed as "Exception ignored" and lost, and every queued run then went on (seen on a loaded
+    # machine: kill -INT of the parent ended with all 23 runs done and status 0)
+    interrupted = []
+    own_handler = threading.current_thread() is threading.main_thread()
+    if own_handler:
+        outer = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
     bar = tqdm(total=total, desc=f"distill all ({workers} workers)")
     try:
         pending = {pool.submit(_job, *teacher_job)}
         pending |= {pool.submit(_job, *job) for job in emd_jobs}
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            if interrupted:
+                raise KeyboardInterrupt
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for f in done:
                 kind, kwargs, finished = f.result()          # re-raises a worker's error
                 if not finished:  # a SIGINT reached this worker (Ctrl-C reaches the workers as well)
@@ -281,3 +292,5 @@ def run_all(out: str, *, workers: int = 2, seeds=ACCEPTANCE["seeds"], scale: flo
     finally:
         bar.close()
         pool.shutdown(wait=True)
+        if own_handler:
+            signal.signal(signal.SIGINT, outer)
