@@ -13,7 +13,7 @@ written once. The maths is stated in ``gddim/reference.py``. Two layouts of the 
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
-    and 1, and order 2 at T = 16) this holds without spill and keeps the launch within 80 % of its roofline;
+    and 1, and order 2 at T = 16) this holds without spill, and at T = 64 within 80 % of its roofline;
   - sliced (_plane_step), for three buffers at T ≥ 32, where the whole-operand form spilled (24–568 B at sm_90a
     for N = 17 … 64: benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction
     loaded from memory just before their product (the plane's rows or columns, or those of a T×T scratch tile of
@@ -398,8 +398,9 @@ def plane_sliced(neps: int, T: int) -> bool:
     """Whether a per-plane launch (tile side T) runs its products by slices (_plane_step): for three buffers
     (order 2, or stochastic order 1 … with its history) at T ≥ 32, where the whole-operand form spills (24–568 B at
     sm_90a for N = 17 … 64: benchmarks/RESULTS.md, issue 19). With fewer buffers, or at T = 16 (one slice is the
-    whole operand), the whole-operand form holds without spill and stays within 80 % of its roofline, which the
-    sliced form, bound by its memory instructions, does not (43.8 % against 70.6 % of copy at N = 64, order 0)."""
+    whole operand), the whole-operand form holds without spill, and at T = 64 stays within 80 % of its roofline,
+    which the sliced form, bound by its memory instructions, does not (43.8 % against 70.6 % of copy at N = 64,
+    order 0)."""
     return neps == 3 and T > 16
 
 
