@@ -46,3 +46,19 @@ def test_readme_table_is_generated_from_results_json():
     results = json.loads(run.RESULTS.read_text())
     block = README.split(run.BEGIN, 1)[1].split(run.END, 1)[0]
     assert block.strip() == run.table(results).strip()
+
+
+def test_only_listed_philox_differences_are_explained():
+    """run.py --check tolerates, in Philox mode only, the value tests against diffusers' own noise and the listed
+    noise-sensitive tolerances; anything else, and any torch-mode regression, is a regression. The committed results
+    have none."""
+    sys.path.insert(0, str(REPO))
+    from integrations.diffusers import run
+
+    tol = next(iter(run.PHILOX_NOISE_TOLERANCE))
+    other = "tests.pipelines.x.test_x.XTests::test_attention_slicing_forward_pass"
+    entry = {"torch": {"regressions": []}, "philox": {"regressions": [tol, "tests.a.A::test_inference", other]}}
+    assert run.unexplained({"selections": {"s": entry}}) == [f"s [philox] {other}"]
+    entry = {"torch": {"regressions": [tol]}, "philox": {"regressions": []}}
+    assert run.unexplained({"selections": {"s": entry}}) == [f"s [torch] {tol}"]
+    assert run.unexplained(json.loads(run.RESULTS.read_text())) == []

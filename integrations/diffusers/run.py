@@ -5,7 +5,8 @@ in (swap.py), offline; writes the pass counts to results.json and the README's t
                                                   (hours on 2 cores: the flow selection's stock run alone ~1 h)
     ... --quick --check                           the quick selections (make test-integrations), then fail if ours
                                                   fails a test that stock passes (except, in Philox mode, the listed
-                                                  value tests that compare against diffusers' own noise), or
+                                                  value tests that compare against diffusers' own noise and the
+                                                  listed tolerances stock meets only with some noise), or
                                                   DDIMSchedulerTest is not all green
     ... --readme                                  rewrite README.md's table from the committed results.json
 
@@ -196,6 +197,16 @@ SELECTIONS = [
 # value tests that compare a stochastic run against numbers diffusers' own torch noise produced: in Philox mode the
 # noise is other (equally distributed) numbers, so these may differ there, and only there
 PHILOX_VALUE_TESTS = ("test_inference", "test_full_loop", "test_stable_diffusion_ddim", "test_ddim")
+# tests whose tolerance a stochastic run meets only with some noise: stock itself passes them with its own numbers and
+# fails them with others (measured by shifting the test's seed), so in Philox mode, with other numbers, they may fail
+# alike; each with what was measured
+PHILOX_NOISE_TOLERANCE = {
+    "tests.pipelines.hidream_image.test_pipeline_hidream.HiDreamImagePipelineFastTests::"
+    "test_attention_slicing_forward_pass":
+        "max |sliced - unsliced| < 1e-3 after forced stochastic sampling: stock 0.00087 at the test's seed 0 but "
+        "0.00102, 0.00107, 0.00102, 0.00112 at seeds 1-4; ours with diffusers' noise 0.00087 (the same as stock); "
+        "Philox 0.00105, 0.00108, 0.00103, 0.00100, 0.00109 at seeds 0-4 (2026-12-06)",
+}
 # known breaks, tolerated by --check but printed and listed in README (none at present)
 OPEN_BREAKS: dict = {}
 RESULTS = HERE / "results.json"
@@ -352,12 +363,14 @@ def run_selection(sel: Selection, root: pathlib.Path, jobs: int, commit: str) ->
 
 
 def unexplained(results: dict) -> list:
-    """Regressions that are not allowed: any in torch mode; in Philox mode, any but the listed value tests."""
+    """Regressions that are not allowed: any in torch mode; in Philox mode, any but the listed value tests and
+    noise-sensitive tolerances."""
     bad = []
     for name, entry in results["selections"].items():
         bad += [f"{name} [torch] {t}" for t in entry["torch"]["regressions"]]
         bad += [f"{name} [philox] {t}" for t in entry["philox"]["regressions"]
-                if t.rsplit("::", 1)[-1] not in PHILOX_VALUE_TESTS and t not in OPEN_BREAKS]
+                if t.rsplit("::", 1)[-1] not in PHILOX_VALUE_TESTS and t not in PHILOX_NOISE_TOLERANCE
+                and t not in OPEN_BREAKS]
         if "DDIMSchedulerTest" in entry:
             bad += [f"{name} DDIMSchedulerTest {m}: {v}" for m, v in entry["DDIMSchedulerTest"].items()
                     if v.split("/")[0] != v.split("/")[1]]
@@ -401,7 +414,10 @@ def table(results: dict) -> str:
                          f"{e['DDIMSchedulerTest']['philox']} (Philox), {e['DDIMSchedulerTest']['stock']} (stock).")
         for t in e["philox"]["regressions"]:
             why = ("a value test against numbers from diffusers' own noise" if t.rsplit("::", 1)[-1] in
-                   PHILOX_VALUE_TESTS else f"open: {OPEN_BREAKS[t]}" if t in OPEN_BREAKS else "unexplained")
+                   PHILOX_VALUE_TESTS else
+                   f"a tolerance stock meets only with some noise: {PHILOX_NOISE_TOLERANCE[t]}"
+                   if t in PHILOX_NOISE_TOLERANCE else f"open: {OPEN_BREAKS[t]}" if t in OPEN_BREAKS else
+                   "unexplained")
             notes.append(f"Philox mode, {name}: `{t}` fails ({why}).")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
