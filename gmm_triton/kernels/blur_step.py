@@ -400,7 +400,9 @@ def plane_sliced(neps: int, T: int) -> bool:
     sm_90a for N = 17 … 64: benchmarks/RESULTS.md, issue 19). With fewer buffers, or at T = 16 (one slice is the
     whole operand), the whole-operand form holds without spill, and at T = 64 stays within 80 % of its roofline,
     which the sliced form, bound by its memory instructions, does not (43.8 % against 70.6 % of copy at N = 64,
-    order 0)."""
+    order 0). By tile side, not by (N, target): with three buffers the whole form fills exactly 255 registers at
+    T = 32, and whether ptxas spills turns on the variant (0 B for fp32 with the noise pre-pass on sm_90a, 12–252 B
+    for in-kernel noise, no noise or 16-bit storage), an edge too thin to build a rule on (RESULTS.md)."""
     return neps == 3 and T > 16
 
 

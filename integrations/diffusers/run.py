@@ -24,7 +24,8 @@ encoder with stock diffusers, so ours runs only the tests stock passes (the rest
 whose stock passes steps the scheduler is listed as excluded, with the causes of its failures. The "flow-synthetic"
 selections (SD3, Flux, Chroma; then "flow-synthetic-<group>", one family each) run those tests with the hub
 repositories they ask for served from a local hub cache that hub_fixtures.py writes (synthetic tokenizers and random
-tiny text encoders, the same for stock and ours).
+tiny text encoders, the same for stock and ours). The "ddim-<group>" selections do the same for the DDIM pipelines
+beyond the offline "pipelines" files (PixArt, CogVideoX, Stable Diffusion 1 / 2, ControlNet, AnimateDiff, ...).
 """
 from __future__ import annotations
 
@@ -161,6 +162,59 @@ FLOW_SYNTHETIC_GROUPS = {
         "tests/pipelines/nucleusmoe_image/test_nucleusmoe_image.py",
     ],
 }
+# the fast pipeline tests whose dummy components build a DDIMScheduler and whose hub repositories hub_fixtures.py
+# builds (beyond the offline PIPELINE_FILES), by family, each group a pair of selections as the flow groups are:
+# "ddim-<group>-default" (as written) and "ddim-<group>" (every DDIM step at η = 1). Left out: the
+# Kandinsky 2.1 files (YiYiXu/tiny-random-mclip-base) and AudioLDM 2 (tiny-random-roberta, tiny-random-T5Model), which
+# hub_fixtures.py does not build; test_pipelines.py / test_pipeline_utils.py (loading and saving, not sampling)
+DDIM_GROUPS = {
+    "t5": [  # tiny-random-t5 only: PixArt-α / Σ, CogVideoX, Allegro, Latte, ConsisID, CogView3-Plus
+        "tests/pipelines/pixart_alpha/test_pixart.py",
+        "tests/pipelines/pixart_sigma/test_pixart.py",
+        "tests/pipelines/pag/test_pag_pixart_sigma.py",
+        "tests/pipelines/cogvideo/test_cogvideox.py",
+        "tests/pipelines/cogvideo/test_cogvideox_image2video.py",
+        "tests/pipelines/cogvideo/test_cogvideox_video2video.py",
+        "tests/pipelines/cogvideo/test_cogvideox_fun_control.py",
+        "tests/pipelines/allegro/test_allegro.py",
+        "tests/pipelines/latte/test_latte.py",
+        "tests/pipelines/consisid/test_consisid.py",
+        "tests/pipelines/cogview3/test_cogview3plus.py",
+    ],
+    "sd": [  # tiny-random-clip: Stable Diffusion 1 / 2 and what builds on its UNet
+        "tests/pipelines/stable_diffusion/test_stable_diffusion.py",
+        "tests/pipelines/stable_diffusion_2/test_stable_diffusion.py",
+        "tests/pipelines/stable_diffusion_2/test_stable_diffusion_v_pred.py",
+        "tests/pipelines/stable_diffusion_2/test_stable_diffusion_upscale.py",
+        "tests/pipelines/latent_diffusion/test_latent_diffusion.py",
+        "tests/pipelines/stable_unclip/test_stable_unclip.py",
+        "tests/pipelines/stable_unclip/test_stable_unclip_img2img.py",
+        "tests/pipelines/marigold/test_marigold_intrinsics.py",
+        "tests/pipelines/pag/test_pag_sd.py",
+    ],
+    "controlnet-animatediff": [  # tiny-random-clip: ControlNet and AnimateDiff (SD and SDXL) on Stable Diffusion
+        "tests/pipelines/controlnet/test_controlnet.py",
+        "tests/pipelines/controlnet/test_controlnet_img2img.py",
+        "tests/pipelines/controlnet/test_controlnet_inpaint.py",
+        "tests/pipelines/pag/test_pag_controlnet_sd.py",
+        "tests/pipelines/pag/test_pag_controlnet_sd_inpaint.py",
+        "tests/pipelines/animatediff/test_animatediff.py",
+        "tests/pipelines/animatediff/test_animatediff_sdxl.py",
+        "tests/pipelines/animatediff/test_animatediff_controlnet.py",
+        "tests/pipelines/animatediff/test_animatediff_sparsectrl.py",
+        "tests/pipelines/animatediff/test_animatediff_video2video.py",
+        "tests/pipelines/animatediff/test_animatediff_video2video_controlnet.py",
+        "tests/pipelines/pag/test_pag_animatediff.py",
+    ],
+    "offline": [  # no hub repository at all, beyond PIPELINE_FILES
+        "tests/pipelines/kandinsky2_2/test_kandinsky_controlnet.py",
+        "tests/pipelines/kandinsky2_2/test_kandinsky_controlnet_img2img.py",
+        "tests/pipelines/kandinsky2_2/test_kandinsky_inpaint.py",
+        "tests/pipelines/latent_diffusion/test_latent_diffusion_superresolution.py",
+        "tests/pipelines/dit/test_dit.py",
+        "tests/pipelines/diffusion_gemma/test_diffusion_gemma.py",
+    ],
+}
 # the hub repositories a group's tests ask for, where they are not the two
 FLOW_SYNTHETIC_HUB = {"auraflow": (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO, hub_fixtures.UMT5_REPO),
                       "gemma": (hub_fixtures.GEMMA_REPO,),
@@ -193,7 +247,10 @@ SELECTIONS = [
 ] + [Selection(f"flow-synthetic-{group}{'' if stochastic else '-default'}", files, stochastic, False,
                ours_on_stock_passes=True,
                hub=FLOW_SYNTHETIC_HUB.get(group, (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO)))
-     for group, files in FLOW_SYNTHETIC_GROUPS.items() for stochastic in (False, True)]
+     for group, files in FLOW_SYNTHETIC_GROUPS.items() for stochastic in (False, True)
+] + [Selection(f"ddim-{group}{'' if stochastic else '-default'}", files, stochastic, False, ours_on_stock_passes=True,
+               hub=() if group == "offline" else (hub_fixtures.CLIP_REPO, hub_fixtures.T5_REPO))
+     for group, files in DDIM_GROUPS.items() for stochastic in (False, True)]
 # value tests that compare a stochastic run against numbers diffusers' own torch noise produced: in Philox mode the
 # noise is other (equally distributed) numbers, so these may differ there, and only there
 PHILOX_VALUE_TESTS = ("test_inference", "test_full_loop", "test_stable_diffusion_ddim", "test_ddim")
