@@ -73,6 +73,25 @@ def check_mixture_options(*, gmm_components, gmm_scale, gmm_offsets, gmm_varianc
         resolve_priors(values, gmm_components, gmm_seed)  # length K, finite, non-negative, sum 1
 
 
+def step_generator(generator, batch: int, draws: bool):
+    """A step's ``generator`` as diffusers' ``randn_tensor`` reads it, for a batch of ``batch`` samples: a list of
+    one is that generator, for the whole batch; a longer list gives sample b ``generator[b]`` and leaves the rest
+    unused (Marigold passes every ensemble member's generator to each chunk of its batch); a shorter one is refused
+    (diffusers fails there with an IndexError). ``draws``: whether the step draws anything (η > 0, or the mixture's
+    component); if not, the generator is unused, whatever it is, as in diffusers. What comes back, the noise source
+    and the Philox seeds both read."""
+    if not draws:
+        return None
+    if not isinstance(generator, (list, tuple)):
+        return generator
+    if len(generator) == 1:
+        return generator[0]
+    if len(generator) < batch:
+        raise ValueError(f"generator: a list of {len(generator)} generators for a batch of {batch}; sample b draws "
+                         "from generator[b] (as in diffusers), so the list needs at least one per sample")
+    return list(generator[:batch])
+
+
 class SampleOffsetMixin:
     """The global index of a batch's first sample, for sharded or batched sampling runs.
 

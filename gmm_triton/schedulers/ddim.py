@@ -21,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..coefficients import COL_ALPHA, PREV_RULES, TableCache, ddim_table
 from ..mixture import VarianceMode
 from ..ops import ddim_step
-from .common import MixtureCache, SampleOffsetMixin, check_int, check_kernel_options, one_of
+from .common import MixtureCache, SampleOffsetMixin, check_int, check_kernel_options, one_of, step_generator
 
 _SPACINGS = ("leading", "trailing", "linspace")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
@@ -202,6 +202,7 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
         gmm = cfg.kernel == "gmm"
         timestep = self._resolve_timestep(timestep, sample)
         noise = None
+        generator = step_generator(generator, sample.shape[0], draws=eta > 0 or gmm)
         if eta > 0:
             if variance_noise is not None and generator is not None:
                 raise ValueError("Cannot pass both generator and variance_noise. Please make sure that either "

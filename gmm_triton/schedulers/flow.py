@@ -21,7 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..coefficients import TableCache, flow_table
 from ..mixture import VarianceMode
 from ..ops import ddim_step
-from .common import MixtureCache, SampleOffsetMixin, check_kernel_options, check_number
+from .common import MixtureCache, SampleOffsetMixin, check_kernel_options, check_number, step_generator
 
 
 class GMMFlowMatchScheduler(SampleOffsetMixin, FlowMatchEulerDiscreteScheduler):
@@ -227,6 +227,7 @@ class GMMFlowMatchScheduler(SampleOffsetMixin, FlowMatchEulerDiscreteScheduler):
         x, v = sample.to(dtype), model_output.to(dtype)
         eta = self.effective_eta
         noise = None
+        generator = step_generator(generator, x.shape[0], draws=eta > 0 or cfg.kernel == "gmm")
         if eta > 0 and cfg.noise_source == "torch":
             noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32)
         mixture = self._mixture(x, eta) if cfg.kernel == "gmm" else None
