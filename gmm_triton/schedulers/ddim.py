@@ -191,6 +191,8 @@ class GMMDDIMScheduler(SampleOffsetMixin, DDIMScheduler):
                 sample) gives each sample its own: with Philox noise a seed drawn from its generator (its noise and
                 mixture component, at its own counter origin), with ``noise_source="torch"`` diffusers' noise from
                 its generator and a seed from it for the component; so a batch equals its samples run singly.
+                Lists are read as diffusers reads them (:func:`~gmm_triton.schedulers.common.step_generator`):
+                a list of one serves the whole batch, a longer list its first B.
             variance_noise: explicit standard-normal noise, as in diffusers (exclusive with ``generator``).
             return_dict: return a ``DDIMSchedulerOutput`` rather than a tuple.
         """

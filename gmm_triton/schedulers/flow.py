@@ -190,7 +190,9 @@ class GMMFlowMatchScheduler(SampleOffsetMixin, FlowMatchEulerDiscreteScheduler):
                 list (one per sample) gives each sample its own: with Philox noise a seed drawn from its generator
                 (its noise and mixture component, at its own counter origin), with ``noise_source="torch"``
                 diffusers' noise from its generator and a seed from it for the component; so a batch equals its
-                samples run singly.
+                samples run singly. Lists are read as diffusers reads them
+                (:func:`~gmm_triton.schedulers.common.step_generator`): a list of one serves the whole batch, a
+                longer list its first B.
             per_token_timesteps: per-token timesteps; only with ``kernel="gaussian"`` and ``eta=0``, through
                 diffusers' own step (its output is then float32, as diffusers returns it).
             return_dict: return a ``FlowMatchEulerDiscreteSchedulerOutput`` rather than a tuple.
