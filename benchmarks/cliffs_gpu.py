@@ -46,7 +46,7 @@ def _rows():
         for order in (0, 1, 2):
             rows.append((f"cld-{'fp16' if dt == h else 'bf16'}-order{order}-philox (B=64)",
                          Gddim("cld", dt, (2, 4, 64, 64), batch=64, order=order)))
-    for n in (1, 7, 8, 28, 32, 64):  # 2^22 pixels or more
+    for n in (1, 7, 8, 9, 12, 16, 17, 20, 28, 32, 64):  # 2^22 pixels or more (7 … 20: the grid, planes a program)
         B = max(64, 2**22 // (3 * n * n))
         rows.append((f"blur-fp32-n{n}-philox (B={B})", Gddim("blur", f, (3, n, n), batch=B)))
     for n in (8, 32, 64):  # three buffers: the Kronecker rows of 16, and the sliced per-plane form (plane_sliced)

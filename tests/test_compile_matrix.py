@@ -62,12 +62,19 @@ def test_every_launch_compiles_for_every_target(matrix):
     per_case = {}
     for r in matrix:
         per_case.setdefault((r["case"], r["kernel"]), set()).add(r["target"])
-    assert all(t == set(TARGETS) or t == {"sm_90a"} for t in per_case.values())
-    # every kernel is compiled for every target by some case
+    # a blur case takes the grid form on wgmma targets and one plane a program on sm_80 (kernels/blur_step.py):
+    # between them its two kernels cover every target
+    forms = {"_blur_grid_kernel", "_blur_step_kernel"}
+    for (case, kernel), t in per_case.items():
+        if t != set(TARGETS) and t != {"sm_90a"}:
+            assert kernel in forms, (case, kernel, t)
+            assert set().union(*(per_case.get((case, k), set()) for k in forms)) == set(TARGETS), (case, t)
+            assert per_case.get((case, "_blur_grid_kernel")) == {"sm_90a", "sm_100a"}, case
+    # every kernel is compiled for every target it launches on by some case
     assert {k for _, k in per_case} == {r["kernel"] for r in _all_targets(matrix)}
     assert {k for _, k in per_case} == {"_ddim_step_kernel", "_project_kernel", "_normal_fill_kernel", "_words_kernel",
                                         "_cld_step_kernel", "_blur_step_kernel", "_blur_kron_kernel",
-                                        "_noise_fill_kernel"}
+                                        "_blur_grid_kernel", "_noise_fill_kernel"}
 
 
 def test_cases_cover_every_constexpr_value(matrix):
@@ -174,7 +181,8 @@ def test_issue_19_targets_on_paper(matrix):
     Gaussian and every mixture mode, within 1.25x their contiguous launch without spill; CLD at fp16/bf16, orders
     0-2, at >= 90 % of copy on an H100 under both models; the blur step on tensor cores without spill at every size
     (fp16/bf16/fp32) and with three buffers (order 2) at every tile side, within 80 % of its roofline where the
-    Kronecker rows are whole and for the one-buffer wgmma planes of N = 48 and 64."""
+    Kronecker rows are whole, for the one-buffer wgmma planes of N = 33 … 64 and for order 2 at N = 16; and the
+    throughput the grid form and several planes a program bought for N = 7 … 20."""
     rows = {(r["case"], r["kernel"]): r for r in matrix if r["target"] == "sm_90a"}
     main = rows[("main-fp16-eps-philox-x0", "_ddim_step_kernel")]
     for D in (1000, 1001, 13467):
@@ -207,7 +215,8 @@ def test_issue_19_targets_on_paper(matrix):
             name = "cld-fp16-order0-philox" if (dt, order) == ("fp16", 0) else f"cld-{dt}-order{order}-philox"
             r = rows[(name, "_cld_step_kernel")]
             assert r["predicted_pct_copy"]["H100"] >= 90 and r["pipe_pct_copy"]["H100"] >= 90, r
-    blur = [r for (case, kernel), r in rows.items() if kernel in ("_blur_step_kernel", "_blur_kron_kernel")]
+    blur = [r for (case, kernel), r in rows.items()
+            if kernel in ("_blur_step_kernel", "_blur_kron_kernel", "_blur_grid_kernel")]
     assert len(blur) >= 20
     # three buffers (order 2) in the per-plane kernel at every tile side, the sliced form (plane_sliced) at T >= 32
     assert {f"blur-fp32-n{n}-order2-philox-stochastic" for n in (16, 17, 28, 32, 33, 48, 64)} | {
@@ -217,9 +226,17 @@ def test_issue_19_targets_on_paper(matrix):
             assert r["spill_bytes"] == 0, r
         if r["case"] != "blur-fp32-n1-philox":  # N = 1: the 1x1 DCT is the identity, no product
             assert r["roofline_pct_copy"] is not None, r  # tensor-core products
-    for n in (2, 4, 5, 8, 48, 64):
-        r = [r for r in blur if r["case"] == f"blur-fp32-n{n}-philox"][0]
+    by_case = {r["case"]: r for r in blur}
+    met = [f"blur-fp32-n{n}-philox" for n in (2, 4, 5, 8, 33, 36, 48, 64)] + ["blur-fp32-n16-order2-philox-stochastic"]
+    for case in met:
+        r = by_case[case]
         assert r["pipe_pct_copy"]["H100"] >= 0.8 * r["roofline_pct_copy"]["H100"], r
+    # not met, but what the grid form (N = 7, 9, 10, 17, 20) and several planes a program (N = 16) bought: per-pipe %
+    # of copy on an H100 (one plane a program: 17, 28, -, 21, 21, 65; benchmarks/RESULTS.md)
+    for n, floor, kernel in ((7, 70, "_blur_grid_kernel"), (9, 70, "_blur_grid_kernel"), (10, 70, "_blur_grid_kernel"),
+                             (17, 33, "_blur_grid_kernel"), (20, 28, "_blur_grid_kernel"), (16, 72, "_blur_step_kernel")):
+        r = by_case[f"blur-fp32-n{n}-philox"]
+        assert r["kernel"] == kernel and r["pipe_pct_copy"]["H100"] >= floor, r
 
 
 def test_static_limits_hold(matrix):
@@ -399,6 +416,31 @@ _LOOP = """
         /*0070*/                   STG.E desc[UR4][R2.64], R8 ;
         /*0080*/                   EXIT ;
 """
+
+
+_EXIT_LOOP = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   MOV R1, RZ ;
+.L_x_0:
+        /*0020*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0030*/                   FFMA R8, R4, R5, R8 ;
+        /*0040*/                   STG.E desc[UR4][R2.64], R8 ;
+        /*0050*/                   IADD3 R1, R1, 0x1, RZ ;
+        /*0060*/                   ISETP.GE.AND P0, PT, R1, 0x8, PT ;
+        /*0070*/               @P0 EXIT ;
+        /*0080*/                   BRA `(.L_x_0) ;
+"""
+
+
+def test_a_loop_that_exits_at_its_end_is_a_loop():
+    """ptxas's form of a loop whose end test is the program's last work (the per-plane blur kernel's loop over its
+    planes): a conditional EXIT and an unconditional branch back. Its body counts as often as the case says."""
+    ins, labels = aot.parse_sass(_EXIT_LOOP)
+    ((kind, path),) = aot.hot_paths(ins, labels)
+    assert len(path) == 9 and [len(b) for b in aot.loop_bodies(ins, labels, path)] == [7]
+    # an unconditional branch back with no exit on the way is no runtime loop (the trap loop after EXIT)
+    trap = aot.parse_sass(_EXIT_LOOP.replace("@P0 EXIT", "NOP"))
+    assert aot.loop_bodies(trap[0], trap[1], aot.hot_path(*trap)) == []
 
 
 def test_a_runtime_loop_body_counts_as_often_as_the_case_says_it_runs():

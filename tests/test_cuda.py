@@ -270,20 +270,51 @@ def test_cld_matches_the_cpp_twin(order, dtype):
     assert ((gpu.cpu().double() - cpu.double()).abs() <= tol * (1 + cpu.double().abs())).all()
 
 
-@pytest.mark.parametrize("N", [1, 2, 3, 5, 7, 8, 9, 12, 16, 28, 32, 33, 48, 64])
-def test_blur_on_tensor_cores_meets_the_fp32_bound(N):
+@pytest.mark.parametrize("N", [1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 16, 17, 20, 28, 32, 33, 48, 64])
+@pytest.mark.parametrize("buffers", [1, 3])
+def test_blur_on_tensor_cores_meets_the_fp32_bound(N, buffers):
     """The blur step's tf32x3 products (kernels/blur_step.py) against the float64 reference, within the bound the
-    CPU tests hold every fp32 implementation to (4e-7 × the same maths on |inputs|), at every form and size."""
+    CPU tests hold every fp32 implementation to (4e-7 × the same maths on |inputs|), at every form and size: one ε
+    buffer (the grid form at N = 7, 9, 10, 17, 20) and three (one plane a program; Kronecker tiles of 16 rows)."""
     from gmm_triton.gddim import engine as E, ops as gops, reference as gref
     from gmm_triton.gddim.blur import BlurProcess
     from gmm_triton.gddim.tables import blur_table
 
     p = BlurProcess(N)
     bt, basis = blur_table(E.gddim_coefficients(p, E.time_grid(5, p.rho2t(80), 1e-5), 2, 0.0), N), p.dct()
-    x = torch.randn(5, 3, N, N)
-    eps = [torch.randn_like(x) for _ in range(3)]
-    rows = torch.tensor([2, 4, 1, 3, 0])
+    x = torch.randn(13, 3, N, N)
+    eps = [torch.randn_like(x) for _ in range(buffers)]
+    rows = torch.randint(0, 5, (13,))
     out = gops.blur_step(x.to(DEV), [e.to(DEV) for e in eps], rows.to(DEV), bt.to(DEV), basis.to(DEV)).cpu()
     ref = gref.blur_step(x, eps, bt, basis, rows)
     bound = gref.blur_step(x.abs(), [e.abs() for e in eps], bt.abs(), basis.abs(), rows)
     assert ((out.double() - ref).abs() <= 4e-7 * bound).all()
+
+
+@pytest.mark.parametrize("N", [12, 16])
+def test_blur_planes_per_program_on_the_gpu(N):
+    """Launches large enough that a per-plane program takes several planes (planes_per_program: 4203 planes, 4 a
+    program, the last program repeating the last plane) give the bits of one plane a program (MIN_PROGRAMS raised),
+    with in-kernel noise, and meet the float64 reference."""
+    from gmm_triton.gddim import engine as E, ops as gops, reference as gref
+    from gmm_triton.gddim.blur import BlurProcess
+    from gmm_triton.gddim.tables import blur_table
+    from gmm_triton.kernels import blur_step as K
+
+    p = BlurProcess(N)
+    bt, basis = blur_table(E.gddim_coefficients(p, E.time_grid(5, p.rho2t(80), 1e-5), 0, 1.0), N), p.dct()
+    x, e = torch.randn(1401, 3, N, N), torch.randn(1401, 3, N, N)
+    assert K.planes_per_program(1401 * 3, 16, False, True) == 4
+    run = lambda: gops.blur_step(x.to(DEV), [e.to(DEV)], 3, bt.to(DEV), basis.to(DEV), stochastic=True,  # noqa: E731
+                                 seed=8).cpu()
+    many = run()
+    saved, K.MIN_PROGRAMS = K.MIN_PROGRAMS, 10**9
+    try:
+        one = run()
+    finally:
+        K.MIN_PROGRAMS = saved
+    assert torch.equal(many, one)
+    ref = gref.blur_step(x, [e], bt, basis, 3, seed=8)
+    noise = torch.from_numpy(reference.philox_normal(8, x.numel())).reshape(x.shape)
+    bound = gref.blur_step(x.abs(), [e.abs()], bt.abs(), basis.abs(), 3, noise=noise.abs())
+    assert ((many.double() - ref).abs() <= 2e-6 * bound).all()

@@ -252,6 +252,97 @@ def test_blur_kron_rows_move_no_number(monkeypatch, N):
         assert all(torch.equal(a, b) for a, b in zip(*outs.values()))
 
 
+def test_blur_planes_per_program_policy():
+    """Several planes a program (the transform matrices read once for them) only for the whole-operand tf32x3
+    planes at T = 16, and only while the launch keeps MIN_PROGRAMS programs."""
+    from gmm_triton.kernels import blur_step as K
+
+    m = K.MIN_PROGRAMS
+    assert [K.planes_per_program(n, 16, False, True) for n in (1, 2 * m - 1, 2 * m, 4 * m, 8 * m, 10**6)] == \
+        [1, 1, 2, 4, 8, 8]
+    assert K.planes_per_program(10**6, 32, False, True) == K.planes_per_program(10**6, 64, False, True) == 1
+    assert K.planes_per_program(10**6, 16, True, True) == K.planes_per_program(10**6, 16, False, False) == 1
+
+
+@pytest.mark.parametrize("N", [16, 12, 7], ids=["N16-masked", "N12-clamped", "N7-noise-prepass"])
+def test_blur_planes_per_program_move_no_number(monkeypatch, N):
+    """Planes a program (planes_per_program, with MIN_PROGRAMS lowered so that a small launch takes 2, 4 and 8)
+    give the bits of one plane a program: 11 samples × 3 channels, so the last programs repeat the last plane; one
+    buffer and three, in-kernel noise (N = 16, 12) and the noise pre-pass (N = 7); and meet the float64 reference."""
+    from gmm_triton.kernels import blur_step as K
+
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(11, 3, N, N)
+    eps = [torch.randn_like(x) for _ in range(3)]
+    rows = torch.randint(0, 5, (11,))
+    seen, outs = [], {}
+    real = K.planes_per_program
+    monkeypatch.setattr(K, "planes_per_program", lambda *a: seen.append(real(*a)) or seen[-1])
+    for m in (10**9, 16, 8, 4):  # 33 planes: PP = 1, 2, 4, 8 (the largest PP ≤ 8 with 33 ≥ PP·m)
+        monkeypatch.setattr(K, "MIN_PROGRAMS", m)
+        with ops.use_cpu_backend("triton"):
+            outs[m] = [gops.blur_step(x, eps[:k], rows, bt, basis, stochastic=True, seed=4) for k in (1, 3)]
+    assert seen == [1, 1, 2, 2, 4, 4, 8, 8]
+    assert all(torch.equal(a, b) for o in outs.values() for a, b in zip(outs[10**9], o))
+    out = outs[4][1]
+    ref = gref.blur_step(x, eps, bt, basis, rows, seed=4)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(4, x.shape))
+    assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
+
+
+@pytest.mark.parametrize("N", [7, 10, 20], ids=["N7-9x4-planes-noise-prepass", "N10-6x3", "N20-3x1-philox"])
+def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatch, N):
+    """The grid form (grid_form: GR × GC planes on one [64, 32] tile) against the float64 reference, and against one
+    plane a program (grid_form turned off) within the same bound, at one and two buffers: deterministic with
+    per-sample rows (planes of different samples share a tile), stochastic (in-kernel Philox at N = 20, the noise
+    pre-pass at 7 and 10) and with a noise tensor; 22 samples × 2 channels, 44 planes, so that the last tile is
+    partial (36, 18 and 3 planes a tile); a sample batch with a stride (the launcher makes it contiguous)."""
+    from gmm_triton.kernels import blur_step as K
+
+    assert K.grid_form(N, 2) and not K.grid_form(N, 3)
+    bt, bt_lam, basis = blur_tables(N)
+    x = torch.randn(22, 5, N, N)[:, 1:3]
+    eps = [torch.randn(22, 2, N, N) for _ in range(2)]
+    rows, z = torch.randint(0, 5, (22,)), torch.randn(22, 2, N, N)
+    real, launched = K.grid_form, []
+    grid_kernel = K._blur_grid_kernel
+    monkeypatch.setattr(K, "_blur_grid_kernel", type("Spy", (), {"__getitem__": lambda self, grid: (
+        launched.append(grid), grid_kernel[grid])[1]})())
+    for k in (1, 2):
+        for table, r, kw, tol in [(bt, rows, {}, 4e-7), (bt_lam, 3, dict(stochastic=True, seed=21), 2e-6),
+                                  (bt_lam, rows, dict(stochastic=True, noise=z), 2e-6)]:
+            noise = z if "noise" in kw else philox(21, x.shape) if "seed" in kw else None
+            ref = gref.blur_step(x, eps[:k], table, basis, r, seed=kw.get("seed"), noise=kw.get("noise"))
+            bound = magnitude(gref.blur_step, x, eps[:k], table, basis.abs(), r, noise=noise)
+            for grid in (True, False):
+                monkeypatch.setattr(K, "grid_form", lambda n, neps, g=grid: g and real(n, neps))
+                before = len(launched)
+                with ops.use_cpu_backend("triton"):
+                    out = gops.blur_step(x, eps[:k], r, table, basis, **kw)
+                assert len(launched) == before + grid  # the grid kernel ran (only) where the form says so
+                assert ((out.double() - ref).abs() <= tol * bound).all(), (k, kw.keys(), grid)
+    assert set(launched) == {(-(-44 // ((64 // N) * (32 // N))),)}
+
+
+@pytest.mark.parametrize("N", [7, 4], ids=["N7-grid", "N4-kron-4-planes-a-row"])
+def test_blur_an_invalid_device_row_poisons_only_its_sample(N):
+    """A device row outside the table (the host cannot see it) makes its sample NaN and no other, though the tile's
+    products mix the planes of several samples (the grid's 36 planes a tile at N = 7; the Kronecker rows of 4
+    planes at N = 4): the poison joins after the products."""
+    from gmm_triton.kernels.blur_step import launch_blur_step
+
+    bt, _, basis = blur_tables(N)
+    x, e = torch.randn(13, 3, N, N), torch.randn(13, 3, N, N)
+    rows = torch.randint(0, 5, (13,))
+    rows[4] = 99
+    out = torch.empty_like(x)
+    with ops.use_cpu_backend("triton"):
+        launch_blur_step(x=x, eps=[e], out=out, coef=bt, basis=basis, t_tensor=rows, t_value=0, seed_tensor=None,
+                         seed_value=0, noise=None, noise_mode=0, B=13, C=3, N=N)
+    assert torch.isnan(out[4]).all()
+    assert torch.isfinite(out[torch.arange(13) != 4]).all()
+
+
 @pytest.mark.parametrize("N", [8, 20], ids=["N8-kron", "N20-planes"])
 def test_blur_fp64_and_noise_tensor(backend, N):
     bt, bt_lam, basis = blur_tables(N)

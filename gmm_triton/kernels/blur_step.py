@@ -4,16 +4,21 @@ over memory.
 Per plane (b, c) of an N×N image: Y = A ⊙ (V X Vᵀ) + Σ_j B_j ⊙ (V E_j Vᵀ) + S ⊙ n, out = Vᵀ Y V (V the orthonormal
 DCT-II matrix; A, B_j, S the per-frequency planes of the sample's table row; n standard normal in frequency space:
 Philox stream 0 at the flat index of [B, C, N, N], or a caller's tensor). Each buffer is read once and ``out``
-written once. The maths is stated in ``gddim/reference.py``. Two layouts of the same products, all ``tl.dot``:
+written once. The maths is stated in ``gddim/reference.py``. Three layouts of the same products, all ``tl.dot``
+(the tile's FORM: KRON, GRID, PLANE):
 
 - N ≤ KRON_MAX (N² ≤ 64; N ≠ 7, :func:`kron_form`): a program holds PB (:func:`kron_rows`) rows of G planes each
   (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
   matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
+- the grid (:func:`grid_form`: up to two buffers at N = 7, 9, 10, 17 … 21, on wgmma GPUs): GR × GC planes side by
+  side on a [64, 32] tile, V_L X V_Rᵀ with block-diagonal V_L (GR copies of V) and V_R (GC copies): the tile is
+  42-88 % planes where one plane a program padded to [16, 16] or [32, 32] filled 19-43 %;
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
-    and 1, and order 2 at T = 16) this holds without spill, and at T = 64 within 80 % of its roofline;
+    and 1, and order 2 at T = 16) this holds without spill, and at T = 64 within 80 % of its roofline. At T = 16
+    a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's parts once;
   - sliced (_plane_step), for three buffers at T ≥ 32, where the whole-operand form spilled (24–568 B at sm_90a
     for N = 17 … 64: benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction
     loaded from memory just before their product (the plane's rows or columns, or those of a T×T scratch tile of
@@ -23,13 +28,18 @@ written once. The maths is stated in ``gddim/reference.py``. Two layouts of the 
     instruction work (the launch is LSU-bound), paid only where the other form spills.
 
 Precision. fp64 runs on the fp64 tensor cores (DMMA). Every other dtype computes in fp32 with three tf32
-products per fp32 product (tf32x3): each operand is split into a high and a low part, each rounded to tf32 (11
-significant bits) by integer rounding, and a·b ≈ a_lo·b_hi + a_hi·b_lo + a_hi·b_hi (the products of tf32 values are
-exact in the fp32 accumulator; the dropped a_lo·b_lo and the parts' rounding are ≤ 2⁻²² relative, against the fp32
-bound of the tests: benchmarks/RESULTS.md). The parts of the
-transform matrices are built once per basis tensor on the host (:func:`basis_parts`) and read by each product from
-L2; the data's are split in registers. The interpreter runs the same code: there a product of tf32-exact parts is
-computed exactly as on the tensor cores, so the CPU tests check the split arithmetic too.
+products per fp32 product (tf32x3): each operand is split into a high and a low part, each tf32-exact (11
+significant bits), and a·b ≈ a_lo·b_hi + a_hi·b_lo + a_hi·b_hi (the products of tf32 values are exact in the fp32
+accumulator). The transform matrices' parts are rounded to nearest, once per basis tensor on the host
+(:func:`basis_parts`), and read by each product from L2 (or once per program: _preload); the data's are split in
+registers, hi = t rounded to nearest and lo = t − hi truncated (its low 13 bits cleared; 4 instructions an element,
+against 5 for rounding both; truncating hi too, 3, biased the errors: 1.7·10⁻⁷ against 1.2·10⁻⁷ × the bound's
+scale at N = 3): the dropped a_lo·b_lo and lo's truncation are ≤ 2⁻²² relative, and the measured errors are those
+of rounding both (benchmarks/RESULTS.md, "Blur precision").
+Where a tile fills 255 registers either way and this split's schedule spilled (a whole [64, 64] plane, a Kronecker
+tile of three buffers) lo is rounded too (ROUND), as before. The interpreter runs
+the same code: there a product of tf32-exact parts is computed exactly as on the tensor cores, so the CPU tests
+check the split arithmetic too.
 """
 import weakref
 
@@ -46,6 +56,9 @@ _PLANES = tl.constexpr(contract.BLUR_PLANES)  # A, B_0..B_2, S per step (contrac
 _TF32_HALF = tl.constexpr(0x1000)   # half a unit of the 13 bits below a tf32 mantissa
 _TF32_MASK = tl.constexpr(0xFFFFE000)
 _KC = tl.constexpr(16)  # the per-plane products' slices of the contraction (tl.dot's smallest K)
+# the layouts of a tile (FORM): one plane (padded to T×T); planes as rows of a Kronecker product; N = 1 (the identity);
+# planes side by side on a grid (V_L X V_Rᵀ with block-diagonal V_L, V_R: bp is the pair of their parts)
+PLANE, KRON, IDENTITY, GRID = (tl.constexpr(v) for v in range(4))
 
 MAX_SIZE = 64  # largest N: one [64, 64] plane per program
 KRON_MAX = 8   # N ≤ 8: planes as rows of one Kronecker product
@@ -60,72 +73,97 @@ def _tf32(t):
 
 
 @triton.jit
-def _basis_part(bp, part, which, T: tl.constexpr, R0, C0, R: tl.constexpr, C: tl.constexpr):
-    """The [R, C] block at row R0, column C0 of part ``part`` of matrix ``which`` (0: V or W, 1: its transpose) of
-    the [PARTS, 2, T, T] basis parts."""
-    i = R0 + tl.arange(0, R)[:, None]
-    j = C0 + tl.arange(0, C)[None, :]
-    return tl.load(bp + ((part * 2 + which) * T + i) * T + j)
+def _trunc32(t):
+    """t truncated to tf32 (its low 13 bits cleared; one instruction): exact on the tensor cores."""
+    return (t.to(tl.uint32, bitcast=True) & _TF32_MASK).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr):
+def _basis_part(bp, part, which, T: tl.constexpr, R0, C0, R: tl.constexpr, C: tl.constexpr, PRE: tl.constexpr):
+    """The [R, C] block at row R0, column C0 of part ``part`` of matrix ``which`` (0: V or W, 1: its transpose) of
+    the [PARTS, 2, T, T] basis parts; PRE: ``bp`` holds the whole matrices already (:func:`_preload`)."""
+    if PRE:
+        out = bp[which][part]
+    else:
+        i = R0 + tl.arange(0, R)[:, None]
+        j = C0 + tl.arange(0, C)[None, :]
+        out = tl.load(bp + ((part * 2 + which) * T + i) * T + j)
+    return out
+
+
+@triton.jit
+def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr,
+              PRE: tl.constexpr = False, ROUND: tl.constexpr = False):
     """acc + basis[which][:, k0:k0+K] @ t (LEFT: t the rows k0 … k0+K-1 of the data, [K, T]) or acc + t @
     basis[which][k0:k0+K, :] (t the columns k0 …, [T, K]): tf32x3 on fp32 tiles (module docstring; the small cross
-    products first), one product in the tile's type (fp64) otherwise."""
+    products first; t's low part truncated, or with ROUND rounded), one product in the tile's type (fp64) otherwise.
+    PRE: ``bp`` holds the whole matrices' parts (_preload)."""
     K: tl.constexpr = t.shape[0] if LEFT else t.shape[1]
     if TF32X3:
-        hi = _tf32(t)
-        lo = _tf32(t - hi)
+        if ROUND:
+            hi = _tf32(t)
+            lo = _tf32(t - hi)
+        else:
+            hi = _tf32(t)
+            lo = _trunc32(t - hi)
         if LEFT:
-            b_hi = _basis_part(bp, 0, which, T, 0, k0, T, K)
-            b_lo = _basis_part(bp, 1, which, T, 0, k0, T, K)
+            b_hi = _basis_part(bp, 0, which, T, 0, k0, T, K, PRE)
+            b_lo = _basis_part(bp, 1, which, T, 0, k0, T, K, PRE)
             acc = tl.dot(b_hi, lo, acc, input_precision="tf32")
             acc = tl.dot(b_lo, hi, acc, input_precision="tf32")
             return tl.dot(b_hi, hi, acc, input_precision="tf32")
         else:
-            b_hi = _basis_part(bp, 0, which, T, k0, 0, K, T)
-            b_lo = _basis_part(bp, 1, which, T, k0, 0, K, T)
+            b_hi = _basis_part(bp, 0, which, T, k0, 0, K, T, PRE)
+            b_lo = _basis_part(bp, 1, which, T, k0, 0, K, T, PRE)
             acc = tl.dot(lo, b_hi, acc, input_precision="tf32")
             acc = tl.dot(hi, b_lo, acc, input_precision="tf32")
             return tl.dot(hi, b_hi, acc, input_precision="tf32")
     else:
         if LEFT:
-            return tl.dot(_basis_part(bp, 0, which, T, 0, k0, T, K), t, acc, input_precision="ieee",
+            return tl.dot(_basis_part(bp, 0, which, T, 0, k0, T, K, PRE), t, acc, input_precision="ieee",
                           out_dtype=acc.dtype)
         else:
-            return tl.dot(t, _basis_part(bp, 0, which, T, k0, 0, K, T), acc, input_precision="ieee",
+            return tl.dot(t, _basis_part(bp, 0, which, T, k0, 0, K, T, PRE), acc, input_precision="ieee",
                           out_dtype=acc.dtype)
 
 
 @triton.jit
-def _mm(t, bp, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr):
+def _mm(t, bp, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
+        ROUND: tl.constexpr):
     """basis[which] @ t (LEFT, t [T, C]) or t @ basis[which] (t [R, T]), t in registers."""
     shape: tl.constexpr = (T, t.shape[1]) if LEFT else (t.shape[0], T)
-    return _mm_slice(tl.zeros(shape, dtype=t.dtype), t, bp, 0, which, LEFT, TF32X3, T)
+    return _mm_slice(tl.zeros(shape, dtype=t.dtype), t, bp, 0, which, LEFT, TF32X3, T, PRE, ROUND)
 
 
 @triton.jit
-def _fwd(t, bp, KRON: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr):
-    """The DCT of a tile: planes-as-rows X W (KRON), or V X Vᵀ of one plane. KRON == 2 is N = 1, whose 1×1 DCT is the
-    identity (V = [1]): no product at all."""
-    if KRON == 2:
+def _fwd(t, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
+         ROUND: tl.constexpr):
+    """The DCT of a tile (FORM): planes-as-rows X W, V X Vᵀ of one plane, or V_L X V_Rᵀ of a grid of planes (bp:
+    the left and right matrices' parts, t [TR, TC]). N = 1's 1×1 DCT is the identity (V = [1]): no product."""
+    if FORM == IDENTITY:
         return t
-    elif KRON:
-        return _mm(t, bp, 0, False, TF32X3, T)
+    elif FORM == GRID:
+        return _mm(_mm(t, bp[0], 0, True, TF32X3, t.shape[0], PRE, ROUND), bp[1], 1, False, TF32X3, t.shape[1],
+                   PRE, ROUND)
+    elif FORM == KRON:
+        return _mm(t, bp, 0, False, TF32X3, T, PRE, ROUND)
     else:
-        return _mm(_mm(t, bp, 0, True, TF32X3, T), bp, 1, False, TF32X3, T)
+        return _mm(_mm(t, bp, 0, True, TF32X3, T, PRE, ROUND), bp, 1, False, TF32X3, T, PRE, ROUND)
 
 
 @triton.jit
-def _inv(y, bp, KRON: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr):
-    """The inverse DCT: Y Wᵀ (KRON), or Vᵀ Y V (the identity for KRON == 2, N = 1)."""
-    if KRON == 2:
+def _inv(y, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
+         ROUND: tl.constexpr):
+    """The inverse DCT (FORM): Y Wᵀ, Vᵀ Y V, V_Lᵀ Y V_R, or the identity (N = 1)."""
+    if FORM == IDENTITY:
         return y
-    elif KRON:
-        return _mm(y, bp, 1, False, TF32X3, T)
+    elif FORM == GRID:
+        return _mm(_mm(y, bp[0], 1, True, TF32X3, y.shape[0], PRE, ROUND), bp[1], 0, False, TF32X3, y.shape[1],
+                   PRE, ROUND)
+    elif FORM == KRON:
+        return _mm(y, bp, 1, False, TF32X3, T, PRE, ROUND)
     else:
-        return _mm(_mm(y, bp, 1, True, TF32X3, T), bp, 0, False, TF32X3, T)
+        return _mm(_mm(y, bp, 1, True, TF32X3, T, PRE, ROUND), bp, 0, False, TF32X3, T, PRE, ROUND)
 
 
 @triton.jit
@@ -246,39 +284,63 @@ def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, seed, x_
 
 
 @triton.jit
-def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, KRON: tl.constexpr, TF32X3: tl.constexpr,
-          T: tl.constexpr, CT: tl.constexpr):
+def _run_starts(ld):
+    """[R, C // 4]: the first of each run of four columns of the [R, C] tile ``ld`` (its registers; no new tile of
+    counters held through the products)."""
+    R: tl.constexpr = ld.shape[0]
+    C: tl.constexpr = ld.shape[1]
+    first, _ = tl.split(tl.reshape(ld, (R, C // 4, 2, 2)))
+    first, _ = tl.split(first)
+    return first
+
+
+@triton.jit
+def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, FORM: tl.constexpr, TF32X3: tl.constexpr,
+          T: tl.constexpr, CT: tl.constexpr, PRE: tl.constexpr, ROUND: tl.constexpr):
     """(the table plane at cp + cld) ⊙ DCT(the buffer's tile at ptr + off + ld). The plane is loaded after the
     products (whose barriers keep it there): loaded ahead of them it would hold registers through them."""
-    f = _fwd(_load(ptr + off + ld, m2, LMASK).to(CT), bp, KRON, TF32X3, T)
+    f = _fwd(_load(ptr + off + ld, m2, LMASK).to(CT), bp, FORM, TF32X3, T, PRE, ROUND)
     return _load(cp + cld, m2, LMASK).to(CT) * f
 
 
 @triton.jit
 def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off, e1_off, e2_off, z_off, out_off,
           ld, pos, cp, cld, cstride, flat, m2, poison, LMASK: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr,
-          ALIGNED4: tl.constexpr, FAST: tl.constexpr, KRON: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr):
+          ALIGNED4: tl.constexpr, FAST: tl.constexpr, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr,
+          PRE: tl.constexpr = False):
     """out = inverse DCT of Y = A ⊙ F(x) + Σ_j B_j ⊙ F(ε_j) + S ⊙ n on a tile (whole operands). Loads at ``*_off + ld`` and
     ``cp + k·cstride + cld`` (the table's plane k; offsets, not a tile of pointers, which would hold two registers
     per element throughout) are masked by ``m2`` with LMASK; without it every tile position addresses a real
     element (a tile without padding, or padding positions clamped onto the plane: what they hold is multiplied by
     the zero rows and columns of the padded transform matrices). The store (``out_off + pos``) is masked by m2.
     ``flat``: the tile rows' first flat index (the noise's counters). ``poison`` (NaN for an invalid row) rides
-    through every product."""
-    y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, KRON, TF32X3, T, CT) + poison
-    y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, KRON, TF32X3, T, CT)
+    through every product of a plane (PLANE) and is added to the output of the other forms, whose tiles hold planes of
+    several samples: a NaN in Y would reach every plane of the tile through the zero blocks of its matrices."""
+    # the split of the data (_mm_slice): lo truncated, but rounded where the tile fills 255 registers either way and
+    # the truncating split's schedule spilled: a whole [64, 64] plane (40-64 B on sm_90a at N = 48 and 64) and a
+    # Kronecker tile with three buffers (8 B on sm_80)
+    ROUND: tl.constexpr = (T == 64 and FORM == PLANE) or (FORM == KRON and NEPS == 3)
+    y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+    if FORM == PLANE:  # one plane, one sample: NaN rides through every product
+        y += poison
+    y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
     if NEPS > 1:
-        y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, KRON, TF32X3, T, CT)
+        y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
     if NEPS > 2:
-        y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, KRON, TF32X3, T, CT)
+        y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
     if NOISE != NOISE_NONE:
         tl.debug_barrier()  # keeps the noise and its plane below the products above (registers, as in _term)
-        if NOISE == NOISE_PHILOX:  # normal_rows's normals come negated
+        if NOISE == NOISE_PHILOX and FORM == GRID:  # flat: the tile's first element; runs of four from the offsets
+            n = -normal_rows(seed, flat + _run_starts(ld), ld.shape[1], STREAM_NOISE, ALIGNED4, FAST).to(CT)
+        elif NOISE == NOISE_PHILOX:  # normal_rows's normals come negated
             n = -normal_rows(seed, flat, ld.shape[1], STREAM_NOISE, ALIGNED4, FAST).to(CT)
         elif NOISE == NOISE_TENSOR:
             n = _load(z_ptr + z_off + ld, m2, LMASK).to(CT)
         y += _load(cp + (_PLANES - 1) * cstride + cld, m2, LMASK).to(CT) * n
-    tl.store(out_ptr + out_off + pos, _inv(y, bp, KRON, TF32X3, T).to(out_ptr.dtype.element_ty), mask=m2)
+    out = _inv(y, bp, FORM, TF32X3, T, PRE, ROUND)
+    if FORM != PLANE:  # the planes of a tile share its products (0 · NaN is NaN): an invalid row poisons only its own
+        out += poison
+    tl.store(out_ptr + out_off + pos, out.to(out_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
@@ -310,47 +372,105 @@ def _blur_kron_kernel(
     # rows are runs of the contiguous buffers: masked loads, unless every row is whole (EVEN)
     _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, 0, 0, 0, 0, 0, off, off + q, q,
           coef_ptr + row * _PLANES * plane, q - g * plane, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4,
-          FAST, 2 if N == 1 else 1, TF32X3, T, CT)
+          FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT)
+
+
+@triton.jit
+def _preload(bp, T: tl.constexpr, PRE: tl.constexpr):
+    """PRE: the whole transform matrices of the per-plane products, ((V_hi, V_lo), (Vᵀ_hi, Vᵀ_lo)), read once by a
+    program for all of its planes (_basis_part with PRE); otherwise bp, the pointer the products read them from."""
+    if PRE:
+        out = ((_basis_part(bp, 0, 0, T, 0, 0, T, T, False), _basis_part(bp, 1, 0, T, 0, 0, T, T, False)),
+               (_basis_part(bp, 0, 1, T, 0, 0, T, T, False), _basis_part(bp, 1, 1, T, 0, 0, T, T, False)))
+    else:
+        out = bp
+    return out
 
 
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
 def _blur_step_kernel(
     x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr, bp,
     coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value,
-    C, N, x_bs, e0_bs, e1_bs, e2_bs, z_bs,
+    C, N, x_bs, e0_bs, e1_bs, e2_bs, z_bs, n_planes,
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
-    TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr, SLICED: tl.constexpr,
+    TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr, SLICED: tl.constexpr, PP: tl.constexpr,
 ):
-    """N > KRON_MAX (and N = 7): one plane (b, c) per program (grid (B, C)) on a [T, T] tile. SLICED
-    (:func:`plane_sliced`): the products by slices (_plane_step), with two T×T scratch tiles of the program's own at
-    scr_ptr and the table's planes zero-padded to T×T (_table). Otherwise whole operands (_step): masked loads
-    (LMASK) where N is a multiple of 16, clamped addresses otherwise; scr_ptr is not read."""
+    """N > KRON_MAX (and N = 7): planes pp·k … pp·k + pp - 1 (flat index b·C + c) of program k, one at a time on a
+    [T, T] tile. SLICED (:func:`plane_sliced`): the products by slices (_plane_step), with two T×T scratch tiles of
+    the plane's own at scr_ptr and the table's planes zero-padded to T×T (_table). Otherwise whole operands
+    (_step): masked loads (LMASK) where N is a multiple of 16, clamped addresses otherwise; scr_ptr is not read;
+    PRE: the transform matrices read once for all the program's planes (:func:`_preload`)."""
     check_noise_code(NOISE)
-    b = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64)
     plane = N * N
-    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+    seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
+    p0 = tl.program_id(0).to(tl.int64) * PP
+    basis = _preload(bp, T, PP > 1 and not SLICED and TF32X3)
+    for q in tl.range(0, PP, loop_unroll_factor=1, num_stages=1):
+        # the last program's planes past the end repeat the last plane (same values to the same places): no
+        # branch around the body
+        p = tl.minimum(p0 + q, n_planes - 1)
+        b = (p.to(tl.int32) // C).to(tl.int64)  # planes < 2³¹ (launch_blur_step): a 32-bit division
+        c = p - b * C
+        row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+        poison = tl.where(valid, 0.0, float("nan")).to(CT)
+        if SLICED:
+            _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr + p * 2 * T * T, bp, seed,
+                        b * x_bs + c * plane, b * e0_bs + c * plane, b * e1_bs + c * plane, b * e2_bs + c * plane,
+                        b * z_bs + c * plane, p * plane, coef_ptr + row * _PLANES * T * T, poison, N, NEPS, NOISE,
+                        ALIGNED4, FAST, TF32X3, T, CT)
+        else:
+            ii = tl.arange(0, T)[:, None]
+            jj = tl.arange(0, T)[None, :]
+            m2 = (ii < N) & (jj < N)
+            if LMASK:  # N a multiple of 16: masks constant over whole vectors
+                ld = ii * N + jj
+            else:  # padding positions clamped onto the plane (_step): no load masks
+                ld = tl.minimum(ii, N - 1) * N + tl.minimum(jj, N - 1)
+            _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, basis, seed, b * x_bs + c * plane,
+                  b * e0_bs + c * plane, b * e1_bs + c * plane, b * e2_bs + c * plane, b * z_bs + c * plane,
+                  p * plane, ld, ii * N + jj, coef_ptr + row * _PLANES * plane, ld, plane, p * plane + ii * N, m2,
+                  poison, LMASK, NEPS, NOISE, ALIGNED4, FAST, PLANE, TF32X3, T, CT, PP > 1 and TF32X3)
+
+
+@triton.jit(do_not_specialize=["t_value", "seed_value"])
+def _blur_grid_kernel(
+    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bl, br,
+    coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value,
+    C, N, n_planes,
+    CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
+    T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
+    TF32X3: tl.constexpr, T: tl.constexpr, TC: tl.constexpr, GR: tl.constexpr, GC: tl.constexpr,
+):
+    """GR × GC planes of N×N side by side on a [T, TC] tile (grid_form): planes k·GR·GC … of program k, its plane
+    q at rows (q // GC)·N …, columns (q % GC)·N … The transforms are the per-plane products with block-diagonal
+    matrices, V_L X V_Rᵀ (V_L: GR copies of V, [T, T], parts at bl; V_R: GC copies, [TC, TC], at br): every plane
+    of the tile at once. Every buffer is contiguous (the launcher sees to it): element (i, j) of plane p at
+    p·N² + i·N + j in each; the table is the grid table (_grid_table), so that one offset tile serves data and
+    coefficients. Positions outside the planes are clamped onto a plane's element for the loads (no load masks;
+    what they hold meets the zero rows and columns of the padded matrices); planes past the last are clamped onto
+    the last plane (whole blocks of the tile, transformed on their own) and not stored (the store's mask)."""
+    check_noise_code(NOISE)
+    plane = N * N
+    r = tl.arange(0, T)[:, None]
+    c = tl.arange(0, TC)[None, :]
+    gr = tl.minimum(r // N, GR - 1)  # the tile's plane row and column of each row and column; i, j within it
+    gc = tl.minimum(c // N, GC - 1)
+    i = tl.minimum(r - gr * N, N - 1)
+    j = tl.minimum(c - gc * N, N - 1)
+    p0 = tl.program_id(0).to(tl.int64) * (GR * GC)
+    last = (n_planes - 1 - p0).to(tl.int32)        # the program's last plane (the launch's last, if it ends here)
+    q = tl.minimum(gr * GC + gc, last)             # [T, TC] plane of the program
+    m2 = (r < GR * N) & (c < GC * N) & (gr * GC + gc <= last)
+    ld = q * plane + i * N + j                     # < GR·GC·N² ≤ T·TC: 32 bits, from the program's first element
+    base = p0 * plane
+    # the sample of each element (per-sample steps only; planes < 2³¹: a 32-bit division)
+    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, (p0.to(tl.int32) + q) // C, T_FROM_PTR, T_PER_SAMPLE)
     poison = tl.where(valid, 0.0, float("nan")).to(CT)
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
-    p = b * C + c
-    if SLICED:
-        _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr + p * 2 * T * T, bp, seed,
-                    b * x_bs + c * plane, b * e0_bs + c * plane, b * e1_bs + c * plane, b * e2_bs + c * plane,
-                    b * z_bs + c * plane, p * plane, coef_ptr + row * _PLANES * T * T, poison, N, NEPS, NOISE,
-                    ALIGNED4, FAST, TF32X3, T, CT)
-    else:
-        ii = tl.arange(0, T)[:, None]
-        jj = tl.arange(0, T)[None, :]
-        m2 = (ii < N) & (jj < N)
-        if LMASK:  # N a multiple of 16: masks constant over whole vectors
-            ld = ii * N + jj
-        else:  # padding positions clamped onto the plane (_step): no load masks
-            ld = tl.minimum(ii, N - 1) * N + tl.minimum(jj, N - 1)
-        _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, b * x_bs + c * plane, b * e0_bs + c * plane,
-              b * e1_bs + c * plane, b * e2_bs + c * plane, b * z_bs + c * plane, p * plane, ld, ii * N + jj,
-              coef_ptr + row * _PLANES * plane, ld, plane, p * plane + ii * N, m2, poison, LMASK, NEPS, NOISE,
-              ALIGNED4, FAST, False, TF32X3, T, CT)
+    _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bl, br), seed, base, base, base, base, base, base, ld, ld,
+          coef_ptr + row * _PLANES * (GR * GC) * plane, ld, GR * GC * plane, base, m2, poison, False, NEPS, NOISE,
+          ALIGNED4, FAST, GRID, TF32X3, T, CT)
 
 
 @triton.jit(do_not_specialize=["seed_value"])
@@ -367,6 +487,24 @@ def kron_form(N: int) -> bool:
     """The Kronecker form for N ≤ KRON_MAX, except N = 7: one plane of 49 a row and its noise from a buffer (49 is
     odd), where ptxas spills (16 B at sm_90a); it takes the per-plane form instead."""
     return N <= KRON_MAX and N != 7
+
+
+GRID_ROWS, GRID_COLS = 64, 32  # grid_form's tiles: one warpgroup's wgmma rows; [64, 64] spilled (16-136 B, sm_90a)
+
+
+def grid_form(N: int, neps: int) -> bool:
+    """The grid form (_blur_grid_kernel: GRID_ROWS // N × GRID_COLS // N planes on a [64, 32] tile) for up to two
+    buffers where its planes fill ≥ 1.5× the share of the tile that one plane fills of its own [T, T] tile: N = 7,
+    9, 10 and 17 … 21 (N = 9: 83 % against 32 %; N = 17: 42 % against 28 %). There it runs on wgmma, where one
+    plane a program ran on mma.sync, and predicts 1.5-3× the throughput (benchmarks/RESULTS.md, issue 19); at
+    equal fill (N = 22 … 32) or nearly (11, 12) one plane a program predicted as much or more. Three buffers keep
+    one plane a program (plane_sliced). As in the Kronecker form, a non-finite input value reaches every plane of its
+    tile (0 · inf is NaN in the zero blocks of the products); an invalid table row poisons only its sample (_step)."""
+    if neps > 2 or kron_form(N) or N > GRID_COLS:
+        return False
+    grid = (GRID_ROWS // N) * (GRID_COLS // N) * N * N / (GRID_ROWS * GRID_COLS)
+    alone = N * N / tile_size(N) ** 2
+    return grid >= 1.5 * alone
 
 
 def tile_size(N: int) -> int:
@@ -415,6 +553,26 @@ def plane_warps(T: int, arch: int, sliced: bool) -> int:
     return 8 if sliced and T == 64 and arch // 10 != 9 else max(1, min(4, T // 16))
 
 
+PLANES_PER_PROGRAM = 8  # the most planes a per-plane program takes (planes_per_program)
+MIN_PROGRAMS = 1024      # ... while keeping at least this many programs: ~8 per SM of a 132-SM H100
+
+
+def planes_per_program(planes: int, T: int, sliced: bool, tf32x3: bool) -> int:
+    """PP, the planes each per-plane program takes in turn (_blur_step_kernel), the transform matrices read once
+    for them all (_preload): 2, 4 or 8 where the launch keeps ≥ MIN_PROGRAMS programs, for the whole-operand
+    form at T = 16 with tf32x3 (N = 7, 9 … 16); 1 otherwise. One plane a program read the matrices' parts from L2
+    and staged them through shared memory for every product, half the memory instructions at N = 16
+    (benchmarks/RESULTS.md); at T = 32 and 64 the matrices do not fit beside the planes' registers (ptxas spilled
+    370-410 B at N = 17 … 28), and fp64 has no parts to share. Small launches keep one plane a program: their time
+    is latency, and more programs in flight serve it better. The planes are independent: PP moves no number."""
+    if sliced or T != 16 or not tf32x3:
+        return 1
+    pp = 1
+    while pp < PLANES_PER_PROGRAM and planes >= 2 * pp * MIN_PROGRAMS:
+        pp *= 2
+    return pp
+
+
 def _arch(device: torch.device) -> int:
     """The compute capability kron_rows and plane_warps see: the launching GPU's, as triton's driver reports it (the
     compile matrix's stub driver reports its target); 90 under the interpreter, the target the predictions are for,
@@ -447,23 +605,27 @@ def _derived(what: str, t: torch.Tensor, build):
     return out
 
 
-def basis_parts(basis: torch.Tensor, tf32x3: bool) -> torch.Tensor:
-    """The transform matrices the kernels multiply by, [PARTS, 2, T, T]: [:, 0] V (or W = the Kronecker matrix for
-    N ≤ KRON_MAX, module docstring), [:, 1] its transpose, zero-padded to T; as tf32 (high, low) parts in fp32 with
-    ``tf32x3``, else fp64 as is. Built once per basis tensor (:func:`_derived`)."""
+def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 1) -> torch.Tensor:
+    """The transform matrices the kernels multiply by, [PARTS, 2, S, S]: [:, 0] V (or W = the Kronecker matrix for
+    N ≤ KRON_MAX, module docstring; or ``copies`` of V on the diagonal, the grid form's V_L and V_R), [:, 1] its
+    transpose, zero-padded to S (``size``, or tile_size); as tf32 (high, low) parts in fp32 with ``tf32x3``, else
+    fp64 as is. Built once per basis tensor and shape (:func:`_derived`)."""
+    N = basis.shape[0]
+    S = size or tile_size(N)
+
     def build(basis):
-        N = basis.shape[0]
-        T = tile_size(N)
         v = basis.double()
-        # W[(i, j), (u, v)] = V[u, i] V[v, j], once per plane of a Kronecker row
-        m = torch.block_diag(*[torch.kron(v, v).T] * kron_planes(N)) if kron_form(N) else v
-        pad = torch.nn.functional.pad(torch.stack([m, m.T]), (0, T - m.shape[1], 0, T - m.shape[0]))
+        if kron_form(N) and not size:  # W[(i, j), (u, v)] = V[u, i] V[v, j], once per plane of a Kronecker row
+            m = torch.block_diag(*[torch.kron(v, v).T] * kron_planes(N))
+        else:
+            m = torch.block_diag(*[v] * copies)
+        pad = torch.nn.functional.pad(torch.stack([m, m.T]), (0, S - m.shape[1], 0, S - m.shape[0]))
         if not tf32x3:
             return pad.unsqueeze(0)
         hi = _tf32_round(pad.float())
         return torch.stack([hi, _tf32_round(pad.float() - hi)])
 
-    return _derived(f"basis-tf32x3={tf32x3}", basis, build)
+    return _derived(f"basis-tf32x3={tf32x3}-{size}-{copies}", basis, build)
 
 
 def _table(coef: torch.Tensor, tf32x3: bool, pad) -> torch.Tensor:
@@ -478,19 +640,36 @@ def _table(coef: torch.Tensor, tf32x3: bool, pad) -> torch.Tensor:
                     lambda t: torch.nn.functional.pad(t.to(dt), (0, pad - n, 0, pad - n)).contiguous())
 
 
+def _grid_table(coef: torch.Tensor, tf32x3: bool, planes: int) -> torch.Tensor:
+    """The table for the grid form, made once per table (_derived): each coefficient plane repeated for the
+    ``planes`` of a tile, [rows, PLANES, planes·N²], so that a tile's coefficients sit at the offsets of its data
+    (one offset tile, not two: with a second, ptxas spilled 168-204 B at N = 12 … 32)."""
+    dt = torch.float32 if tf32x3 else torch.float64
+    return _derived(f"grid-{planes}-{dt}", coef, lambda t: t.to(dt).flatten(2).repeat(1, 1, planes).contiguous())
+
+
 def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor, seed_value, noise, noise_mode,
                      B, C, N):
-    """One launch: ceil(B·C / (G·PB)) programs of G·PB planes in the Kronecker form (kron_form; PB: kron_rows), else
-    (B, C) programs of one plane; after a noise pass for sizes whose tile rows are not whole Philox groups. ``x``,
+    """One launch: ceil(B·C / (G·PB)) programs of G·PB planes in the Kronecker form (kron_form; PB: kron_rows),
+    ceil(B·C / (GR·GC)) programs of a grid of planes (grid_form), else ceil(B·C / PP) programs of PP planes taken in
+    turn (planes_per_program); after a noise pass for sizes whose tile rows are not whole Philox groups. ``x``,
     ``eps``, ``noise``: [B, C, N, N] with contiguous per-sample blocks (any batch stride; copied to contiguous for
-    the Kronecker form); ``out`` contiguous. All checks are the op's (gddim/ops.py)."""
+    the Kronecker and grid forms); ``out`` contiguous. All checks are the op's (gddim/ops.py), but the planes'
+    count (< 2³¹: the kernels divide plane indices in 32 bits)."""
+    if B * C >= 2**31:  # the kernels divide plane indices in 32 bits
+        raise ValueError(f"blur_step: {B * C} planes (batch × channels): more than 2³¹ - 1")
     tf32x3 = x.dtype != torch.float64
-    T = tile_size(N)
     kron = kron_form(N)
-    # rows of the tile that are whole Philox groups (the plane's rows, or whole planes as rows) draw in-kernel; other
-    # sizes would draw a group per element (4x the Philox work, and the registers spill): they draw the same normals
-    # (same counters) into a buffer first, read as a noise tensor
+    # the grid form on wgmma GPUs (sm_90, sm_100; on sm_80's mma.sync its tile spilled 64 B) and for tf32x3 (fp64, no
+    # GPU sampling dtype, keeps one plane a program)
+    grid = tf32x3 and grid_form(N, len(eps)) and _arch(x.device) // 10 in (9, 10) and \
+        B * C >= (GRID_ROWS // N) * (GRID_COLS // N)  # (fewer planes than a tile: one plane a program, as many programs)
+    T = GRID_ROWS if grid else tile_size(N)
+    # rows of the tile that are whole Philox groups (the plane's rows, or whole planes as rows, or the grid's runs of
+    # four in a plane's row) draw in-kernel; other sizes would draw a group per element (4x the Philox work, and the
+    # registers spill): they draw the same normals (same counters) into a buffer first, read as a noise tensor
     G = kron_planes(N) if kron else 1
+    GR, GC = (GRID_ROWS // N, GRID_COLS // N) if grid else (1, 1)
     aligned4 = (G * N * N if kron else N) % 4 == 0
     if noise_mode == NOISE_PHILOX and not aligned4:
         n = B * C * N * N
@@ -499,31 +678,36 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
                                                     seed_value, SEED_FROM_PTR=seed_tensor is not None,
                                                     FAST=fast_math(x.device), BLOCK=1024)
         noise_mode = NOISE_TENSOR
-    sliced = not kron and plane_sliced(len(eps), T)
+    sliced = not kron and not grid and plane_sliced(len(eps), T)
     # Kronecker tiles of T² elements over 32·warps threads: one warpgroup (wgmma; more warps duplicate its work)
     warps = max(1, min(4, T // 16)) if kron else plane_warps(T, _arch(x.device), sliced)
-    if kron:  # one row offset for every buffer (_blur_kron_kernel); the op's buffers are contiguous already
+    if kron or grid:  # one offset for every buffer (_blur_kron_kernel, _blur_grid_kernel); the op's are contiguous
         x, eps, noise = x.contiguous(), [t.contiguous() for t in eps], None if noise is None else noise.contiguous()
     e = list(eps) + [eps[0]] * (3 - len(eps))
     common = dict(
         CT=tl.float64 if x.dtype == torch.float64 else tl.float32, NEPS=len(eps), NOISE=noise_mode,
         T_FROM_PTR=t_tensor is not None, T_PER_SAMPLE=t_tensor is not None and t_tensor.numel() > 1,
         SEED_FROM_PTR=seed_tensor is not None, FAST=fast_math(x.device), TF32X3=tf32x3, T=T)
-    ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, basis_parts(basis, tf32x3),
-            _table(coef, tf32x3, T if sliced else None), coef.shape[0],
+    bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR), basis_parts(basis, tf32x3, GRID_COLS, GC)) if grid else \
+        (basis_parts(basis, tf32x3),)
+    ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, *bp,
+            _grid_table(coef, tf32x3, GR * GC) if grid else _table(coef, tf32x3, T if sliced else None), coef.shape[0],
             t_tensor if t_tensor is not None else coef, t_value,
             seed_tensor if seed_tensor is not None else coef, seed_value)
     strides = (x.stride(0), e[0].stride(0), e[1].stride(0), e[2].stride(0), noise.stride(0) if noise is not None else 0)
-    if kron:
+    if grid:
+        _blur_grid_kernel[(triton.cdiv(B * C, GR * GC),)](*ptrs, C, N, B * C, ALIGNED4=aligned4, TC=GRID_COLS, GR=GR,
+                                                           GC=GC, num_warps=4, **common)
+    elif kron:
         PB = kron_rows(len(eps), _arch(x.device))
         _blur_kron_kernel[(triton.cdiv(B * C, G * PB),)](
             *ptrs, C, B * C, ALIGNED4=aligned4, N=N, G=G, PB=PB, num_warps=warps,
             EVEN=G * N * N == T and B * C % (G * PB) == 0, **common)
     else:
-        if C > 65535:
-            raise ValueError(f"blur_step: {C} channels: more than the 65535 programs a CUDA grid's y axis allows")
+        pp = planes_per_program(B * C, T, sliced, tf32x3)
         # each program's two scratch tiles (_plane_step), in the compute type; the whole-operand form reads none
         scr = torch.empty((B, C, 2, T, T), device=x.device, dtype=torch.float32 if tf32x3 else torch.float64) \
             if sliced else coef
-        _blur_step_kernel[(B, C)](*ptrs[:6], scr, *ptrs[6:], C, N, *strides, ALIGNED4=aligned4, num_warps=warps,
-                                  LMASK=N % 16 == 0, SLICED=sliced, **common)
+        _blur_step_kernel[(triton.cdiv(B * C, pp),)](
+            *ptrs[:6], scr, *ptrs[6:], C, N, *strides, B * C, ALIGNED4=aligned4, num_warps=warps,
+            LMASK=N % 16 == 0, SLICED=sliced, PP=pp, **common)

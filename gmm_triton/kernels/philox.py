@@ -486,12 +486,17 @@ def normal_rows(seed, row_start, COLS: tl.constexpr, STREAM: tl.constexpr, ALIGN
                 FAST: tl.constexpr, ROW: tl.constexpr = 4, scale=1.0, rho2=1.0, RHO: tl.constexpr = False):
     """−scale (·√rho2 with RHO, an [R, COLS] tensor ≥ 0) times the normals of flat element indices row_start +
     [0, COLS) for each row (row_start: an [R, 1] int64 tensor), as an [R, COLS] tensor: a tile whose rows are runs
-    of the flat index (an image plane's rows, a stack of planes, the channels of a channels_last pixel tile). With
+    of the flat index (an image plane's rows, a stack of planes, the channels of a channels_last pixel tile); or,
+    with ALIGNED4, of runs of four (row_start [R, COLS // 4]: each run's first index, ROW = 4: a tile of several
+    planes side by side, whose rows change plane every N columns). With
     ALIGNED4 (every row_start % 4 == 0) one Philox call serves four elements of a row, joined in registers into
     runs of ROW (4 or 8) elements per thread exactly as normal_block joins them; otherwise each element draws its
     own group."""
     R: tl.constexpr = row_start.shape[0]
-    if ALIGNED4:
+    if ALIGNED4 and row_start.shape[1] > 1:  # a start per run of four: [R, COLS // 4], each a multiple of 4
+        rows = _aligned(seed, row_start >> 2, 0, scale, rho2, (R, COLS // 4), STREAM, FAST, 4, RHO)
+        return tl.reshape(rows, (R, COLS))
+    elif ALIGNED4:
         j = (ROW // 4) * tl.arange(0, COLS // ROW)[None, :]
         rows = _aligned(seed, row_start >> 2, j, scale, rho2, (R, COLS // ROW), STREAM, FAST, ROW, RHO)
         return tl.reshape(rows, (R, COLS))

@@ -54,7 +54,9 @@ class Gddim:
         n = self.batch
         for s in self.shape:
             n *= s
-        return aot.Work(n, {"any": math.prod(grid)})
+        # the per-plane kernel's programs loop over PP planes (kernels/blur_step.py planes_per_program)
+        loops = (cx["PP"],) if kernel == "_blur_step_kernel" and cx.get("PP", 1) > 1 else ()
+        return aot.Work(n, {"any": math.prod(grid)}, loops)
 
 
 def _drive(c: Gddim):
@@ -79,11 +81,21 @@ def _drive(c: Gddim):
 
 
 def blur_case(n: int, dtype=torch.float32) -> aot.Case:
-    """The blur step on [B, 3, n, n] planes with Philox noise: B = 64, or enough for four full programs of the
-    Kronecker form (KRON_ROWS rows of G planes each)."""
-    from ..kernels.blur_step import KRON_ROWS, kron_form, kron_planes
+    """The blur step on [B, 3, n, n] planes with Philox noise: B = 64; or enough for four full programs of the
+    Kronecker form (KRON_ROWS rows of G planes each); or 12 whole tiles of the grid form; or, one plane a program on a
+    [16, 16] tile, for the most planes a program takes (planes_per_program: 5462 samples, 16386 planes; smaller
+    launches take one plane a program, the specialisation of blur-fp32-n16-order2-philox-stochastic's T = 16)."""
+    from ..kernels.blur_step import GRID_COLS, GRID_ROWS, KRON_ROWS, MIN_PROGRAMS, PLANES_PER_PROGRAM, grid_form, \
+        kron_form, kron_planes, tile_size
 
-    batch = max(64, -(-4 * KRON_ROWS * kron_planes(n) // 3)) if kron_form(n) else 64
+    if kron_form(n):
+        batch = max(64, -(-4 * KRON_ROWS * kron_planes(n) // 3))
+    elif grid_form(n, 1):
+        batch = 4 * (GRID_ROWS // n) * (GRID_COLS // n)  # 12 whole tiles of planes
+    elif tile_size(n) == 16:
+        batch = -(-2 * PLANES_PER_PROGRAM * MIN_PROGRAMS // 3)
+    else:
+        batch = 64
     c = Gddim("blur", dtype, (3, n, n), batch=batch)
     return aot.Case(f"blur-{_LABEL[dtype]}-n{n}-philox", _LABEL[dtype], _drive(c), c.bytes_per_element, c.work,
                     targets=("sm_90a",))
@@ -103,7 +115,8 @@ def gddim_cases() -> list[aot.Case]:
         "blur-fp16-n8-order2-tensor": Gddim("blur", h, (3, 8, 8), order=2, noise="tensor"),
         "blur-bf16-n28-philox-devseed": Gddim("blur", b, (3, 28, 28), seed="device"),
         "blur-fp64-n16-none-pertimestep": Gddim("blur", d, (1, 16, 16), noise="none", timestep="per_sample"),
-        "blur-fp32-n9-philox-devtimestep": Gddim("blur", f, (3, 9, 9), timestep="device"),  # noise pass, T = 16
+        # noise pass; the grid form (21 planes a tile) on sm_90a / sm_100a, one plane a program (T = 16) on sm_80
+        "blur-fp32-n9-philox-devtimestep": Gddim("blur", f, (3, 9, 9), batch=7, timestep="device"),
         # stochastic multistep (λ > 0, order 2): three buffers and in-kernel noise in one launch, on every target
         "cld-fp32-order2-philox-stochastic": Gddim("cld", f, (2, 4, 32, 32), order=2),
         # B = 64: 192 planes, whole tiles of kron_rows (B = 2 charged its 6 planes for a whole tile's idle rows)
@@ -127,4 +140,4 @@ def gddim_cases() -> list[aot.Case]:
 
 # One N for each distinct specialisation of the blur kernels over 1 ≤ N ≤ MAX_SIZE (tests/test_compile_matrix.py
 # captures every N and checks that this set covers them all)
-BLUR_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 20, 28, 32, 33, 36, 48, 64)
+BLUR_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 16, 17, 18, 20, 22, 28, 32, 33, 36, 48, 64)
