@@ -396,7 +396,7 @@ def _blur_step_kernel(
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr, SLICED: tl.constexpr, PP: tl.constexpr,
 ):
-    """N > KRON_MAX (and N = 7): planes pp·k … pp·k + pp - 1 (flat index b·C + c) of program k, one at a time on a
+    """N > KRON_MAX (and N = 7): planes PP·k … PP·k + PP - 1 (flat index b·C + c) of program k, one at a time on a
     [T, T] tile. SLICED (:func:`plane_sliced`): the products by slices (_plane_step), with two T×T scratch tiles of
     the plane's own at scr_ptr and the table's planes zero-padded to T×T (_table). Otherwise whole operands
     (_step): masked loads (LMASK) where N is a multiple of 16, clamped addresses otherwise; scr_ptr is not read;
@@ -406,6 +406,7 @@ def _blur_step_kernel(
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     p0 = tl.program_id(0).to(tl.int64) * PP
     basis = _preload(bp, T, PP > 1 and not SLICED and TF32X3)
+    # a runtime loop, rolled and not software-pipelined: one plane's registers and buffers at a time
     for q in tl.range(0, PP, loop_unroll_factor=1, num_stages=1):
         # the last program's planes past the end repeat the last plane (same values to the same places): no
         # branch around the body
