@@ -264,11 +264,12 @@ def test_blur_planes_per_program_policy():
     assert K.planes_per_program(10**6, 16, True, True) == K.planes_per_program(10**6, 16, False, False) == 1
 
 
-@pytest.mark.parametrize("N", [16, 12, 7], ids=["N16-masked", "N12-clamped", "N7-noise-prepass"])
+@pytest.mark.parametrize("N", [16, 13, 7], ids=["N16-masked", "N13-clamped", "N7-noise-prepass"])
 def test_blur_planes_per_program_move_no_number(monkeypatch, N):
     """Planes a program (planes_per_program, with MIN_PROGRAMS lowered so that a small launch takes 2, 4 and 8)
     give the bits of one plane a program: 11 samples × 3 channels, so the last programs repeat the last plane; one
-    buffer and three, in-kernel noise (N = 16, 12) and the noise pre-pass (N = 7); and meet the float64 reference."""
+    buffer and three, in-kernel noise (N = 16) and the noise pre-pass (N = 13, 7; fewer planes than a grid tile at
+    N = 7); and meet the float64 reference."""
     from gmm_triton.kernels import blur_step as K
 
     _, bt, basis = blur_tables(N, lam_order=2)
@@ -290,20 +291,22 @@ def test_blur_planes_per_program_move_no_number(monkeypatch, N):
     assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
 
 
-@pytest.mark.parametrize("N", [7, 10, 20], ids=["N7-9x4-planes-noise-prepass", "N10-6x3", "N20-3x1-philox"])
+@pytest.mark.parametrize("N", [3, 7, 10, 20], ids=["N3-21x10-planes-not-kronecker", "N7-9x4-planes-noise-prepass",
+                                               "N10-6x3", "N20-3x1-philox"])
 def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatch, N):
     """The grid form (grid_form: GR × GC planes on one [64, 32] tile) against the float64 reference, and against one
-    plane a program (grid_form turned off) within the same bound, at one and two buffers: deterministic with
+    plane a program or Kronecker rows (N = 3; grid_form turned off) within the same bound, at one and two buffers: deterministic with
     per-sample rows (planes of different samples share a tile), stochastic (in-kernel Philox at N = 20, the noise
-    pre-pass at 7 and 10) and with a noise tensor; 22 samples × 2 channels, 44 planes, so that the last tile is
-    partial (36, 18 and 3 planes a tile); a sample batch with a stride (the launcher makes it contiguous)."""
+    pre-pass at 3, 7 and 10) and with a noise tensor; 22 samples × 2 channels, 44 planes (110 samples, 220 planes at
+    N = 3), so that the last tile is partial (210, 36, 18 and 3 planes a tile); a sample batch with a stride (the launcher makes it contiguous)."""
     from gmm_triton.kernels import blur_step as K
 
     assert K.grid_form(N, 2) and not K.grid_form(N, 3)
     bt, bt_lam, basis = blur_tables(N)
-    x = torch.randn(22, 5, N, N)[:, 1:3]
-    eps = [torch.randn(22, 2, N, N) for _ in range(2)]
-    rows, z = torch.randint(0, 5, (22,)), torch.randn(22, 2, N, N)
+    B = 110 if N == 3 else 22
+    x = torch.randn(B, 5, N, N)[:, 1:3]
+    eps = [torch.randn(B, 2, N, N) for _ in range(2)]
+    rows, z = torch.randint(0, 5, (B,)), torch.randn(B, 2, N, N)
     real, launched = K.grid_form, []
     grid_kernel = K._blur_grid_kernel
     monkeypatch.setattr(K, "_blur_grid_kernel", type("Spy", (), {"__getitem__": lambda self, grid: (
@@ -321,7 +324,45 @@ def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatc
                     out = gops.blur_step(x, eps[:k], r, table, basis, **kw)
                 assert len(launched) == before + grid  # the grid kernel ran (only) where the form says so
                 assert ((out.double() - ref).abs() <= tol * bound).all(), (k, kw.keys(), grid)
-    assert set(launched) == {(-(-44 // ((64 // N) * (32 // N))),)}
+    assert set(launched) == {(-(-2 * B // ((64 // N) * (32 // N))),)}
+
+
+def test_blur_tiles_per_program_policy():
+    """Several grid tiles a program (their offsets and masks computed once) only while the launch keeps
+    MIN_PROGRAMS programs, up to TILES_PER_PROGRAM."""
+    from gmm_triton.kernels import blur_step as K
+
+    m = K.MIN_PROGRAMS
+    assert [K.tiles_per_program(n) for n in (1, 2 * m - 1, 2 * m, 4 * m - 1, 4 * m, 8 * m, 10**6)] == \
+        [1, 1, 2, 2, 4, 4, 4]
+
+
+@pytest.mark.parametrize("N, B, C", [(7, 37, 3), (20, 17, 1)],
+                         ids=["N7-4-tiles-noise-prepass", "N20-6-tiles-philox"])
+def test_blur_tiles_per_program_move_no_number(monkeypatch, N, B, C):
+    """Grid tiles a program (tiles_per_program, with MIN_PROGRAMS lowered so that a small launch takes 2 and 4) give
+    the bits of one tile a program: 4 tiles at N = 7 (111 planes, 36 a tile) and 6 at N = 20 (17 planes, 3 a tile),
+    the last tile partial, so that a program's tiles past the last repeat it; one buffer and two, per-sample rows,
+    in-kernel noise (N = 20) and the noise pre-pass (N = 7); and meet the float64 reference."""
+    from gmm_triton.kernels import blur_step as K
+
+    _, bt, basis = blur_tables(N)
+    x = torch.randn(B, C, N, N)
+    eps = [torch.randn_like(x) for _ in range(2)]
+    rows = torch.randint(0, 5, (B,))
+    seen, outs = [], {}
+    real = K.tiles_per_program
+    monkeypatch.setattr(K, "tiles_per_program", lambda *a: seen.append(real(*a)) or seen[-1])
+    for m in (10**9, 2, 1):  # 4 or 6 tiles: TP = 1, 2, 4
+        monkeypatch.setattr(K, "MIN_PROGRAMS", m)
+        with ops.use_cpu_backend("triton"):
+            outs[m] = [gops.blur_step(x, eps[:k], rows, bt, basis, stochastic=True, seed=5) for k in (1, 2)]
+    assert seen == [1, 1, 2, 2, 4, 4]
+    assert all(torch.equal(a, b) for o in outs.values() for a, b in zip(outs[10**9], o))
+    out = outs[1][1]
+    ref = gref.blur_step(x, eps, bt, basis, rows, seed=5)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(5, x.shape))
+    assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
 
 
 @pytest.mark.parametrize("N", [7, 4], ids=["N7-grid", "N4-kron-4-planes-a-row"])

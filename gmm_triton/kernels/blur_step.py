@@ -11,9 +11,10 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
   matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
-- the grid (:func:`grid_form`: up to two buffers at N = 7, 9, 10, 17 … 21, on wgmma GPUs): GR × GC planes side by
-  side on a [64, 32] tile, V_L X V_Rᵀ with block-diagonal V_L (GR copies of V) and V_R (GC copies): the tile is
-  42-88 % planes where one plane a program padded to [16, 16] or [32, 32] filled 19-43 %;
+- the grid (:func:`grid_form`: up to two buffers at N = 3, 6, 7, 9 … 12, 17 … 21, on wgmma GPUs, launches of at
+  least a tile of planes): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with block-diagonal V_L (GR
+  copies of V) and V_R (GC copies): the tile is 42-92 % planes where a Kronecker row or one plane a program padded
+  to [16, 16] or [32, 32] filled 19-56 %; a program takes up to 4 tiles in turn (:func:`tiles_per_program`);
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
@@ -139,11 +140,13 @@ def _mm(t, bp, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr,
 def _fwd(t, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
          ROUND: tl.constexpr):
     """The DCT of a tile (FORM): planes-as-rows X W, V X Vᵀ of one plane, or V_L X V_Rᵀ of a grid of planes (bp:
-    the left and right matrices' parts, t [TR, TC]). N = 1's 1×1 DCT is the identity (V = [1]): no product."""
+    the left and right matrices' parts, t [TR, TC]; there PRE says V_R's parts are held (_preload), V_L's, [64, 64],
+    are read by each product: held for a program's tiles they took 255 registers). N = 1's 1×1 DCT is the identity
+    (V = [1]): no product."""
     if FORM == IDENTITY:
         return t
     elif FORM == GRID:
-        return _mm(_mm(t, bp[0], 0, True, TF32X3, t.shape[0], PRE, ROUND), bp[1], 1, False, TF32X3, t.shape[1],
+        return _mm(_mm(t, bp[0], 0, True, TF32X3, t.shape[0], False, ROUND), bp[1], 1, False, TF32X3, t.shape[1],
                    PRE, ROUND)
     elif FORM == KRON:
         return _mm(t, bp, 0, False, TF32X3, T, PRE, ROUND)
@@ -158,7 +161,7 @@ def _inv(y, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: 
     if FORM == IDENTITY:
         return y
     elif FORM == GRID:
-        return _mm(_mm(y, bp[0], 1, True, TF32X3, y.shape[0], PRE, ROUND), bp[1], 0, False, TF32X3, y.shape[1],
+        return _mm(_mm(y, bp[0], 1, True, TF32X3, y.shape[0], False, ROUND), bp[1], 0, False, TF32X3, y.shape[1],
                    PRE, ROUND)
     elif FORM == KRON:
         return _mm(y, bp, 1, False, TF32X3, T, PRE, ROUND)
@@ -438,40 +441,53 @@ def _blur_step_kernel(
 def _blur_grid_kernel(
     x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bl, br,
     coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value,
-    C, N, n_planes,
+    C, n_planes,
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
-    TF32X3: tl.constexpr, T: tl.constexpr, TC: tl.constexpr, GR: tl.constexpr, GC: tl.constexpr,
+    TF32X3: tl.constexpr, T: tl.constexpr, TC: tl.constexpr, N: tl.constexpr, GR: tl.constexpr, GC: tl.constexpr,
+    TP: tl.constexpr,
 ):
-    """GR × GC planes of N×N side by side on a [T, TC] tile (grid_form): planes k·GR·GC … of program k, its plane
-    q at rows (q // GC)·N …, columns (q % GC)·N … The transforms are the per-plane products with block-diagonal
-    matrices, V_L X V_Rᵀ (V_L: GR copies of V, [T, T], parts at bl; V_R: GC copies, [TC, TC], at br): every plane
-    of the tile at once. Every buffer is contiguous (the launcher sees to it): element (i, j) of plane p at
-    p·N² + i·N + j in each; the table is the grid table (_grid_table), so that one offset tile serves data and
-    coefficients. Positions outside the planes are clamped onto a plane's element for the loads (no load masks;
-    what they hold meets the zero rows and columns of the padded matrices); planes past the last are clamped onto
-    the last plane (whole blocks of the tile, transformed on their own) and not stored (the store's mask)."""
+    """GR × GC planes of N×N side by side on a [T, TC] tile (grid_form), TP tiles a program in turn (tiles_per_program):
+    tile k holds planes k·GR·GC …, its plane q at rows (q // GC)·N …, columns (q % GC)·N … The transforms are the
+    per-plane products with block-diagonal matrices, V_L X V_Rᵀ (V_L: GR copies of V, [T, T], parts at bl; V_R: GC
+    copies, [TC, TC], at br): every plane of the tile at once. Every buffer is contiguous (the launcher sees to it):
+    element (i, j) of plane p at p·N² + i·N + j in each; the table is the grid table (_grid_table), so that one
+    offset tile serves data and coefficients. Positions outside the planes are clamped onto a plane's element for
+    the loads (no load masks; what they hold meets the zero rows and columns of the padded matrices); in the
+    launch's last tile, planes past the last are clamped onto the last plane's end (whole blocks of the tile,
+    transformed on their own) and not stored (the store's mask); a program's tiles past the last repeat the last
+    tile (same values to the same places: no branch around the body). With several tiles V_R's parts are read once
+    (_preload), V_L's by every product."""
     check_noise_code(NOISE)
-    plane = N * N
+    plane: tl.constexpr = N * N
+    TILE: tl.constexpr = GR * GC
     r = tl.arange(0, T)[:, None]
     c = tl.arange(0, TC)[None, :]
     gr = tl.minimum(r // N, GR - 1)  # the tile's plane row and column of each row and column; i, j within it
     gc = tl.minimum(c // N, GC - 1)
     i = tl.minimum(r - gr * N, N - 1)
     j = tl.minimum(c - gc * N, N - 1)
-    p0 = tl.program_id(0).to(tl.int64) * (GR * GC)
-    last = (n_planes - 1 - p0).to(tl.int32)        # the program's last plane (the launch's last, if it ends here)
-    q = tl.minimum(gr * GC + gc, last)             # [T, TC] plane of the program
-    m2 = (r < GR * N) & (c < GC * N) & (gr * GC + gc <= last)
-    ld = q * plane + i * N + j                     # < GR·GC·N² ≤ T·TC: 32 bits, from the program's first element
-    base = p0 * plane
-    # the sample of each element (per-sample steps only; planes < 2³¹: a 32-bit division)
-    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, (p0.to(tl.int32) + q) // C, T_FROM_PTR, T_PER_SAMPLE)
-    poison = tl.where(valid, 0.0, float("nan")).to(CT)
+    q = gr * GC + gc                                # [T, TC] plane of the tile
+    ld = q * plane + i * N + j                      # < GR·GC·N² ≤ T·TC: 32 bits, from the tile's first element
+    inside = (r < GR * N) & (c < GC * N)
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
-    _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bl, br), seed, base, base, base, base, base, base, ld, ld,
-          coef_ptr + row * _PLANES * (GR * GC) * plane, ld, GR * GC * plane, base, m2, poison, False, NEPS, NOISE,
-          ALIGNED4, FAST, GRID, TF32X3, T, CT)
+    n_tiles = tl.cdiv(n_planes, TILE)
+    basis = (bl, _preload(br, TC, TP > 1 and TF32X3))
+    # the tile offsets, planes and masks are the loop's invariants; a rolled loop, not software-pipelined: one tile's
+    # registers at a time
+    for k in tl.range(0, TP, loop_unroll_factor=1, num_stages=1):
+        p0 = tl.minimum(tl.program_id(0).to(tl.int64) * TP + k, n_tiles - 1) * TILE
+        last = (n_planes - 1 - p0).to(tl.int32)     # the tile's last plane (the launch's last, if it ends here)
+        lt = tl.minimum(ld, (last + 1) * plane - 1)  # (a no-op but in the launch's last tile)
+        m2 = inside & (q <= last)
+        base = p0 * plane
+        # the sample of each element (per-sample steps only; planes < 2³¹: a 32-bit division)
+        row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, (p0.to(tl.int32) + tl.minimum(q, last)) // C,
+                                T_FROM_PTR, T_PER_SAMPLE)
+        poison = tl.where(valid, 0.0, float("nan")).to(CT)
+        _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, basis, seed, base, base, base, base, base, base, lt,
+              ld, coef_ptr + row * _PLANES * TILE * plane, lt, TILE * plane, base, m2, poison, False, NEPS, NOISE,
+              ALIGNED4, FAST, GRID, TF32X3, T, CT, TP > 1 and TF32X3)
 
 
 @triton.jit(do_not_specialize=["seed_value"])
@@ -495,17 +511,25 @@ GRID_ROWS, GRID_COLS = 64, 32  # grid_form's tiles: one warpgroup's wgmma rows; 
 
 def grid_form(N: int, neps: int) -> bool:
     """The grid form (_blur_grid_kernel: GRID_ROWS // N × GRID_COLS // N planes on a [64, 32] tile) for up to two
-    buffers where its planes fill ≥ 1.5× the share of the tile that one plane fills of its own [T, T] tile: N = 7,
-    9, 10 and 17 … 21 (N = 9: 83 % against 32 %; N = 17: 42 % against 28 %). There it runs on wgmma, where one
-    plane a program ran on mma.sync, and predicts 1.5-3× the throughput (benchmarks/RESULTS.md, issue 19); at
-    equal fill (N = 22 … 32) or nearly (11, 12) one plane a program predicted as much or more. Three buffers keep
-    one plane a program (plane_sliced). As in the Kronecker form, a non-finite input value reaches every plane of its
-    tile (0 · inf is NaN in the zero blocks of the products); an invalid table row poisons only its sample (_step)."""
-    if neps > 2 or kron_form(N) or N > GRID_COLS:
+    buffers where its planes fill ≥ 1.2× the share of its tile that the form it replaces fills: a Kronecker row (G·N²
+    of 64 columns) or one plane of its own [T, T] tile. That is N = 3, 6, 7, 9 … 12 and 17 … 21 (N = 3: 92 % against
+    56 %; N = 9: 83 % against 32 %; N = 11: 59 % against 47 %; N = 17: 42 % against 28 %). There it runs on wgmma,
+    and predicts 1.1-4× the throughput of the other form (benchmarks/RESULTS.md, issue 19); at equal fill (N = 22 …
+    32) or nearly (5: 88 % against 78 %) the other form predicted as much or more. Three buffers keep the other
+    forms. As in the Kronecker form, a non-finite input value reaches every plane of its tile (0 · inf is NaN in the
+    zero blocks of the products); an invalid table row poisons only its sample (_step)."""
+    if neps > 2 or N > GRID_COLS:
         return False
     grid = (GRID_ROWS // N) * (GRID_COLS // N) * N * N / (GRID_ROWS * GRID_COLS)
-    alone = N * N / tile_size(N) ** 2
-    return grid >= 1.5 * alone
+    other = kron_planes(N) * N * N / KRON_MAX ** 2 if kron_form(N) else N * N / tile_size(N) ** 2
+    return grid >= 1.2 * other
+
+
+def launches_grid(N: int, neps: int, planes: int, tf32x3: bool, arch: int) -> bool:
+    """Whether a launch takes the grid form: grid_form's sizes, for tf32x3 (fp64, no GPU sampling dtype, keeps the
+    other forms), on wgmma GPUs (sm_90, sm_100; on sm_80's mma.sync its tile spilled 64 B), with at least one tile
+    of planes (fewer: the other form, as many programs)."""
+    return tf32x3 and grid_form(N, neps) and arch // 10 in (9, 10) and planes >= (GRID_ROWS // N) * (GRID_COLS // N)
 
 
 def tile_size(N: int) -> int:
@@ -572,6 +596,21 @@ def planes_per_program(planes: int, T: int, sliced: bool, tf32x3: bool) -> int:
     while pp < PLANES_PER_PROGRAM and planes >= 2 * pp * MIN_PROGRAMS:
         pp *= 2
     return pp
+
+
+TILES_PER_PROGRAM = 4  # the most grid tiles a program takes (tiles_per_program)
+
+
+def tiles_per_program(tiles: int) -> int:
+    """TP, the grid tiles (_blur_grid_kernel) each program takes in turn: 2 or 4 where the launch keeps ≥ MIN_PROGRAMS
+    programs, else 1. Each program computes its tiles' offsets, planes and masks once (~17 % of one tile's
+    instructions at N = 7) and reads V_R's parts once; a launch too small to fill the GPU twice keeps one tile a
+    program (its time is latency). The tiles are independent: TP moves no number (benchmarks/RESULTS.md, issue 19:
+    N = 7 at 74 → 88 % of copy, with N a compile-time constant)."""
+    tp = 1
+    while tp < TILES_PER_PROGRAM and tiles >= 2 * tp * MIN_PROGRAMS:
+        tp *= 2
+    return tp
 
 
 def _arch(device: torch.device) -> int:
@@ -660,11 +699,8 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     if B * C >= 2**31:  # the kernels divide plane indices in 32 bits
         raise ValueError(f"blur_step: {B * C} planes (batch × channels): more than 2³¹ - 1")
     tf32x3 = x.dtype != torch.float64
-    kron = kron_form(N)
-    # the grid form on wgmma GPUs (sm_90, sm_100; on sm_80's mma.sync its tile spilled 64 B) and for tf32x3 (fp64, no
-    # GPU sampling dtype, keeps one plane a program)
-    grid = tf32x3 and grid_form(N, len(eps)) and _arch(x.device) // 10 in (9, 10) and \
-        B * C >= (GRID_ROWS // N) * (GRID_COLS // N)  # (fewer planes than a tile: one plane a program, as many programs)
+    grid = launches_grid(N, len(eps), B * C, tf32x3, _arch(x.device))
+    kron = kron_form(N) and not grid
     T = GRID_ROWS if grid else tile_size(N)
     # rows of the tile that are whole Philox groups (the plane's rows, or whole planes as rows, or the grid's runs of
     # four in a plane's row) draw in-kernel; other sizes would draw a group per element (4x the Philox work, and the
@@ -697,8 +733,9 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
             seed_tensor if seed_tensor is not None else coef, seed_value)
     strides = (x.stride(0), e[0].stride(0), e[1].stride(0), e[2].stride(0), noise.stride(0) if noise is not None else 0)
     if grid:
-        _blur_grid_kernel[(triton.cdiv(B * C, GR * GC),)](*ptrs, C, N, B * C, ALIGNED4=aligned4, TC=GRID_COLS, GR=GR,
-                                                           GC=GC, num_warps=4, **common)
+        tp = tiles_per_program(triton.cdiv(B * C, GR * GC))
+        _blur_grid_kernel[(triton.cdiv(B * C, GR * GC * tp),)](*ptrs, C, B * C, ALIGNED4=aligned4, TC=GRID_COLS, N=N,
+                                                                GR=GR, GC=GC, TP=tp, num_warps=4, **common)
     elif kron:
         PB = kron_rows(len(eps), _arch(x.device))
         _blur_kron_kernel[(triton.cdiv(B * C, G * PB),)](

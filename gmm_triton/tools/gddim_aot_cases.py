@@ -42,10 +42,12 @@ class Gddim:
 
     @property
     def _noise_pass(self) -> bool:  # blur sizes whose tile rows are not whole Philox groups draw into a buffer first
-        from ..kernels.blur_step import kron_form, kron_planes
+        from ..kernels.blur_step import kron_form, kron_planes, launches_grid
 
         n = self.shape[-1]
-        rows = kron_planes(n) * n * n if kron_form(n) else n
+        # (the sizes where sm_80 and sm_90 launch different forms, 3 and 6, are compiled for sm_90a only)
+        grid = launches_grid(n, self.order + 1, self.batch * self.shape[0], self.dtype != torch.float64, 90)
+        rows = kron_planes(n) * n * n if kron_form(n) and not grid else n
         return self.kind == "blur" and self.noise == "philox" and rows % 4 != 0
 
     def work(self, kernel: str, cx: dict, grid: tuple) -> aot.Work:
@@ -55,7 +57,8 @@ class Gddim:
         for s in self.shape:
             n *= s
         # the per-plane kernel's programs loop over PP planes (kernels/blur_step.py planes_per_program)
-        loops = (cx["PP"],) if kernel == "_blur_step_kernel" and cx.get("PP", 1) > 1 else ()
+        loops = (cx["PP"],) if kernel == "_blur_step_kernel" and cx.get("PP", 1) > 1 else \
+            (cx["TP"],) if kernel == "_blur_grid_kernel" and cx.get("TP", 1) > 1 else ()
         return aot.Work(n, {"any": math.prod(grid)}, loops)
 
 
@@ -81,17 +84,18 @@ def _drive(c: Gddim):
 
 
 def blur_case(n: int, dtype=torch.float32) -> aot.Case:
-    """The blur step on [B, 3, n, n] planes with Philox noise: B = 64; or enough for four full programs of the
-    Kronecker form (KRON_ROWS rows of G planes each); or 12 whole tiles of the grid form; or, one plane a program on a
-    [16, 16] tile, for the most planes a program takes (planes_per_program: 5462 samples, 16386 planes; smaller
-    launches take one plane a program, the specialisation of blur-fp32-n16-order2-philox-stochastic's T = 16)."""
-    from ..kernels.blur_step import GRID_COLS, GRID_ROWS, KRON_ROWS, MIN_PROGRAMS, PLANES_PER_PROGRAM, grid_form, \
-        kron_form, kron_planes, tile_size
+    """The blur step on [B, 3, n, n] planes with Philox noise: B = 64; or, in the grid form, for the most tiles a
+    program takes (tiles_per_program: 8192 tiles of GR·GC planes); or enough for four full programs of the Kronecker
+    form (KRON_ROWS rows of G planes each); or, one plane a program on a [16, 16] tile, for the most planes a program
+    takes (planes_per_program: 5462 samples, 16386 planes). Smaller launches take one plane or tile a program: the
+    specialisations of blur-fp32-n16-order2-philox-stochastic's T = 16 and of blur-fp32-n9-philox-devtimestep's grid."""
+    from ..kernels.blur_step import GRID_COLS, GRID_ROWS, KRON_ROWS, MIN_PROGRAMS, PLANES_PER_PROGRAM, TILES_PER_PROGRAM, \
+        grid_form, kron_form, kron_planes, tile_size
 
-    if kron_form(n):
+    if grid_form(n, 1):
+        batch = -(-2 * TILES_PER_PROGRAM * MIN_PROGRAMS * (GRID_ROWS // n) * (GRID_COLS // n) // 3)
+    elif kron_form(n):
         batch = max(64, -(-4 * KRON_ROWS * kron_planes(n) // 3))
-    elif grid_form(n, 1):
-        batch = 4 * (GRID_ROWS // n) * (GRID_COLS // n)  # 12 whole tiles of planes
     elif tile_size(n) == 16:
         batch = -(-2 * PLANES_PER_PROGRAM * MIN_PROGRAMS // 3)
     else:
@@ -117,6 +121,9 @@ def gddim_cases() -> list[aot.Case]:
         "blur-fp64-n16-none-pertimestep": Gddim("blur", d, (1, 16, 16), noise="none", timestep="per_sample"),
         # noise pass; the grid form (21 planes a tile) on sm_90a / sm_100a, one plane a program (T = 16) on sm_80
         "blur-fp32-n9-philox-devtimestep": Gddim("blur", f, (3, 9, 9), batch=7, timestep="device"),
+        # the Kronecker rows of N = 3 and 6 below one grid tile of planes (210, 50), and on sm_80 at any batch
+        "blur-fp32-n3-philox-kron": Gddim("blur", f, (3, 3, 3), batch=64),
+        "blur-fp32-n6-philox-kron": Gddim("blur", f, (3, 6, 6), batch=16),
         # stochastic multistep (λ > 0, order 2): three buffers and in-kernel noise in one launch, on every target
         "cld-fp32-order2-philox-stochastic": Gddim("cld", f, (2, 4, 32, 32), order=2),
         # B = 64: 192 planes, whole tiles of kron_rows (B = 2 charged its 6 planes for a whole tile's idle rows)
@@ -140,4 +147,4 @@ def gddim_cases() -> list[aot.Case]:
 
 # One N for each distinct specialisation of the blur kernels over 1 ≤ N ≤ MAX_SIZE (tests/test_compile_matrix.py
 # captures every N and checks that this set covers them all)
-BLUR_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 16, 17, 18, 20, 22, 28, 32, 33, 36, 48, 64)
+BLUR_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 18, 19, 20, 21, 22, 28, 32, 33, 36, 48, 64)
