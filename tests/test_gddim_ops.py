@@ -216,9 +216,11 @@ def test_blur_stochastic_multistep_matches_reference(backend, N):
 def test_blur_plane_forms_both_match_the_reference(monkeypatch, N):
     """The per-plane kernel's two forms (plane_sliced: by slices through scratch tiles for three buffers at T >= 32,
     whole operands otherwise) are one launch choice: each, forced for one buffer and for three, meets the float64
-    reference within the fp32 bound (in-kernel noise at N = 20, the noise pre-pass at N = 17)."""
+    reference within the fp32 bound (in-kernel noise at N = 20, the noise pre-pass at N = 17). The grid form is
+    turned off: one buffer on a [32, 32] plane is what sm_80 and launches of fewer planes than a grid tile run."""
     from gmm_triton.kernels import blur_step as K
 
+    monkeypatch.setattr(K, "grid_form", lambda n, neps: False)
     _, bt, basis = blur_tables(N, lam_order=2)
     x = torch.randn(2, 3, N, N)
     eps = [torch.randn_like(x) for _ in range(3)]
@@ -237,9 +239,11 @@ def test_blur_plane_forms_both_match_the_reference(monkeypatch, N):
 def test_blur_kron_rows_move_no_number(monkeypatch, N):
     """The Kronecker tile's height (kron_rows: 64 rows, or 16 where 64 spill) is a launch choice over independent
     planes: both give the same bits, at order 0 and at the stochastic order 2 (the unmasked tile of 64 whole rows
-    with B·C = 64·G, and masked tails)."""
+    with B·C = 64·G, and masked tails). The grid form is turned off (it takes N = 3 from 210 planes; the Kronecker
+    rows run on sm_80 and below a grid tile)."""
     from gmm_triton.kernels import blur_step as K
 
+    monkeypatch.setattr(K, "grid_form", lambda n, neps: False)
     _, bt, basis = blur_tables(N, lam_order=2)
     for batch in (2, -(-64 * K.kron_planes(N) // 3)):
         x = torch.randn(batch, 3, N, N)

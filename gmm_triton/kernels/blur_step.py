@@ -11,10 +11,11 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
   matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
-- the grid (:func:`grid_form`: up to two buffers at N = 3, 6, 7, 9 … 12, 17 … 21, on wgmma GPUs, launches of at
+- the grid (:func:`grid_form`: up to two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, on wgmma GPUs, launches of at
   least a tile of planes): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with block-diagonal V_L (GR
-  copies of V) and V_R (GC copies): the tile is 42-92 % planes where a Kronecker row or one plane a program padded
-  to [16, 16] or [32, 32] filled 19-56 %; a program takes up to 4 tiles in turn (:func:`tiles_per_program`);
+  copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker row or one plane a
+  program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a program takes up to 4 tiles in turn
+  (:func:`tiles_per_program`);
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
@@ -511,18 +512,21 @@ GRID_ROWS, GRID_COLS = 64, 32  # grid_form's tiles: one warpgroup's wgmma rows; 
 
 def grid_form(N: int, neps: int) -> bool:
     """The grid form (_blur_grid_kernel: GRID_ROWS // N × GRID_COLS // N planes on a [64, 32] tile) for up to two
-    buffers where its planes fill ≥ 1.2× the share of its tile that the form it replaces fills: a Kronecker row (G·N²
-    of 64 columns) or one plane of its own [T, T] tile. That is N = 3, 6, 7, 9 … 12 and 17 … 21 (N = 3: 92 % against
-    56 %; N = 9: 83 % against 32 %; N = 11: 59 % against 47 %; N = 17: 42 % against 28 %). There it runs on wgmma,
-    and predicts 1.1-4× the throughput of the other form (benchmarks/RESULTS.md, issue 19); at equal fill (N = 22 …
-    32) or nearly (5: 88 % against 78 %) the other form predicted as much or more. Three buffers keep the other
-    forms. As in the Kronecker form, a non-finite input value reaches every plane of its tile (0 · inf is NaN in the
-    zero blocks of the products); an invalid table row poisons only its sample (_step)."""
+    buffers where its planes fill ≥ 1.2× the share of its tile that the form it replaces fills (a Kronecker row: G·N²
+    of 64 columns; one plane of its own [T, T] tile), and wherever that form is one plane of a [32, 32] tile (on
+    mma.sync, two warps; the grid's two or three planes run on wgmma): N = 3, 6, 7, 9 … 12 and 17 … 32 (N = 3: 92 %
+    against 56 %; N = 9: 83 % against 32 %; N = 11: 59 % against 47 %; N = 17: 42 % against 28 %; N = 22 … 32: equal
+    fill). There it predicts 1.1-4× the throughput of the other form (benchmarks/RESULTS.md, issue 19); at N = 5 (88 %
+    against 78 %) and 13 … 16 (equal fill, one plane a program at T = 16 with several planes a program) the other
+    form predicted more. Three buffers keep the other forms. As in the Kronecker form, a non-finite input value
+    reaches every plane of its tile (0 · inf is NaN in the zero blocks of the products); an invalid table row poisons
+    only its sample (_step)."""
     if neps > 2 or N > GRID_COLS:
         return False
     grid = (GRID_ROWS // N) * (GRID_COLS // N) * N * N / (GRID_ROWS * GRID_COLS)
     other = kron_planes(N) * N * N / KRON_MAX ** 2 if kron_form(N) else N * N / tile_size(N) ** 2
-    return grid >= 1.2 * other
+    # one plane of a [32, 32] tile runs on mma.sync (two warps); the grid's wgmma at equal fill predicted 1.3-1.4×
+    return grid >= 1.2 * other or (not kron_form(N) and tile_size(N) == 32)
 
 
 def launches_grid(N: int, neps: int, planes: int, tf32x3: bool, arch: int) -> bool:
