@@ -237,7 +237,8 @@ def test_issue_19_targets_on_paper(matrix):
         r = by_case[f"blur-fp32-n{n}-philox"]
         assert r["kernel"] == "_blur_grid_kernel" and r["launch"]["constexprs"]["TP"] == "4", r
     # not met, but what the grid form (N = 11, 12, 17, 20, 22, 28, 32) and several planes a program (N = 16) bought:
-    # per-pipe % of copy on an H100 (one plane a program: -, 34, 21, 21, 36, 42, 51, 65; benchmarks/RESULTS.md)
+    # per-pipe % of copy on an H100 (on one plane a program, eight at N = 11, 12: 59, 42, 21, 21, 36, 42, 51, 65;
+    # benchmarks/RESULTS.md)
     for n, floor, kernel in ((11, 60, "_blur_grid_kernel"), (12, 46, "_blur_grid_kernel"),
                              (17, 44, "_blur_grid_kernel"), (20, 38, "_blur_grid_kernel"), (22, 45, "_blur_grid_kernel"),
                              (28, 48, "_blur_grid_kernel"), (32, 58, "_blur_grid_kernel"), (16, 72, "_blur_step_kernel")):

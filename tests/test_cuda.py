@@ -291,40 +291,10 @@ def test_blur_on_tensor_cores_meets_the_fp32_bound(N, buffers):
     assert ((out.double() - ref).abs() <= 4e-7 * bound).all()
 
 
-@pytest.mark.parametrize("N", [13, 16])
-def test_blur_planes_per_program_on_the_gpu(N):
-    """Launches large enough that a per-plane program takes several planes (planes_per_program: 4203 planes, 4 a
-    program, the last program repeating the last plane) give the bits of one plane a program (MIN_PROGRAMS raised),
-    with in-kernel noise, and meet the float64 reference."""
-    from gmm_triton.gddim import engine as E, ops as gops, reference as gref
-    from gmm_triton.gddim.blur import BlurProcess
-    from gmm_triton.gddim.tables import blur_table
-    from gmm_triton.kernels import blur_step as K
-
-    p = BlurProcess(N)
-    bt, basis = blur_table(E.gddim_coefficients(p, E.time_grid(5, p.rho2t(80), 1e-5), 0, 1.0), N), p.dct()
-    x, e = torch.randn(1401, 3, N, N), torch.randn(1401, 3, N, N)
-    assert K.planes_per_program(1401 * 3, 16, False, True) == 4
-    run = lambda: gops.blur_step(x.to(DEV), [e.to(DEV)], 3, bt.to(DEV), basis.to(DEV), stochastic=True,  # noqa: E731
-                                 seed=8).cpu()
-    many = run()
-    saved, K.MIN_PROGRAMS = K.MIN_PROGRAMS, 10**9
-    try:
-        one = run()
-    finally:
-        K.MIN_PROGRAMS = saved
-    assert torch.equal(many, one)
-    ref = gref.blur_step(x, [e], bt, basis, 3, seed=8)
-    noise = torch.from_numpy(reference.philox_normal(8, x.numel())).reshape(x.shape)
-    bound = gref.blur_step(x.abs(), [e.abs()], bt.abs(), basis.abs(), 3, noise=noise.abs())
-    assert ((many.double() - ref).abs() <= 2e-6 * bound).all()
-
-
-@pytest.mark.parametrize("N, B", [(7, 98305), (20, 8193)])
-def test_blur_tiles_per_program_on_the_gpu(N, B):
-    """Launches large enough that a grid program takes four tiles (tiles_per_program: 8193 tiles, the last partial,
-    the last program repeating it) give the bits of one tile a program (MIN_PROGRAMS raised), with the noise
-    pre-pass (N = 7) and in-kernel noise (N = 20), and meet the float64 reference."""
+def _blur_many_tiles_against_one(N, B, programs_take_several):
+    """A stochastic blur step on [B, 3, N, N] whose programs each take several planes or tiles
+    (``programs_take_several()`` checks the launch policy) gives the bits of one a program (MIN_PROGRAMS raised)
+    and meets the float64 reference."""
     from gmm_triton.gddim import engine as E, ops as gops, reference as gref
     from gmm_triton.gddim.blur import BlurProcess
     from gmm_triton.gddim.tables import blur_table
@@ -333,8 +303,7 @@ def test_blur_tiles_per_program_on_the_gpu(N, B):
     p = BlurProcess(N)
     bt, basis = blur_table(E.gddim_coefficients(p, E.time_grid(5, p.rho2t(80), 1e-5), 0, 1.0), N), p.dct()
     x, e = torch.randn(B, 3, N, N), torch.randn(B, 3, N, N)
-    tile = (K.GRID_ROWS // N) * (K.GRID_COLS // N)
-    assert K.tiles_per_program(-(-3 * B // tile)) == 4
+    assert programs_take_several()
     run = lambda: gops.blur_step(x.to(DEV), [e.to(DEV)], 3, bt.to(DEV), basis.to(DEV), stochastic=True,  # noqa: E731
                                  seed=8).cpu()
     many = run()
@@ -348,3 +317,24 @@ def test_blur_tiles_per_program_on_the_gpu(N, B):
     noise = torch.from_numpy(reference.philox_normal(8, x.numel())).reshape(x.shape)
     bound = gref.blur_step(x.abs(), [e.abs()], bt.abs(), basis.abs(), 3, noise=noise.abs())
     assert ((many.double() - ref).abs() <= 2e-6 * bound).all()
+
+
+@pytest.mark.parametrize("N", [13, 16])
+def test_blur_planes_per_program_on_the_gpu(N):
+    """Launches large enough that a per-plane program takes several planes (planes_per_program: 4203 planes, 4 a
+    program, the last program repeating the last plane) give the bits of one plane a program, with the noise
+    pre-pass (N = 13) and in-kernel noise (N = 16), and meet the float64 reference."""
+    from gmm_triton.kernels import blur_step as K
+
+    _blur_many_tiles_against_one(N, 1401, lambda: K.planes_per_program(1401 * 3, 16, False, True) == 4)
+
+
+@pytest.mark.parametrize("N, B", [(7, 98305), (20, 8193)])
+def test_blur_tiles_per_program_on_the_gpu(N, B):
+    """Launches large enough that a grid program takes four tiles (tiles_per_program: 8193 tiles, the last partial,
+    the last program repeating it) give the bits of one tile a program, with the noise pre-pass (N = 7) and
+    in-kernel noise (N = 20), and meet the float64 reference."""
+    from gmm_triton.kernels import blur_step as K
+
+    tile = (K.GRID_ROWS // N) * (K.GRID_COLS // N)
+    _blur_many_tiles_against_one(N, B, lambda: K.tiles_per_program(-(-3 * B // tile)) == 4)

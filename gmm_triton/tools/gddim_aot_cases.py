@@ -45,7 +45,8 @@ class Gddim:
         from ..kernels.blur_step import kron_form, kron_planes, launches_grid
 
         n = self.shape[-1]
-        # (the sizes where sm_80 and sm_90 launch different forms, 3 and 6, are compiled for sm_90a only)
+        # sm_90's launch; where sm_80 launches another form (one plane a program) the case's rows are Philox groups in
+        # both or in neither (N = 9, 28, 32), or the case compiles for sm_90a only (the sweep)
         grid = launches_grid(n, self.order + 1, self.batch * self.shape[0], self.dtype != torch.float64, 90)
         rows = kron_planes(n) * n * n if kron_form(n) and not grid else n
         return self.kind == "blur" and self.noise == "philox" and rows % 4 != 0
@@ -89,8 +90,8 @@ def blur_case(n: int, dtype=torch.float32) -> aot.Case:
     form (KRON_ROWS rows of G planes each); or, one plane a program on a [16, 16] tile, for the most planes a program
     takes (planes_per_program: 5462 samples, 16386 planes). Smaller launches take one plane or tile a program: the
     specialisations of blur-fp32-n16-order2-philox-stochastic's T = 16 and of blur-fp32-n9-philox-devtimestep's grid."""
-    from ..kernels.blur_step import GRID_COLS, GRID_ROWS, KRON_ROWS, MIN_PROGRAMS, PLANES_PER_PROGRAM, TILES_PER_PROGRAM, \
-        grid_form, kron_form, kron_planes, tile_size
+    from ..kernels.blur_step import GRID_COLS, GRID_ROWS, KRON_ROWS, MIN_PROGRAMS, PLANES_PER_PROGRAM, \
+        TILES_PER_PROGRAM, grid_form, kron_form, kron_planes, tile_size
 
     if grid_form(n, 1):
         batch = -(-2 * TILES_PER_PROGRAM * MIN_PROGRAMS * (GRID_ROWS // n) * (GRID_COLS // n) // 3)
