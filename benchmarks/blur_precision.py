@@ -44,7 +44,7 @@ def main():
     for N, k, B in CASES:
         _, bt, basis = blur_tables(N, lam_order=2)
         det, _, _ = blur_tables(N)
-        x = torch.randn(B, 3, N, N)  # 39 planes: a grid tile at N = 7 (36 planes) and 10 (18) …
+        x = torch.randn(B, 3, N, N)  # 3·B planes (39: a grid tile at N = 7, 36 planes, and 10, 18 …)
         eps = [torch.randn_like(x) for _ in range(k)]
         rows = torch.randint(0, 5, (B,))
         res = {}

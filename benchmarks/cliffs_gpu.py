@@ -46,8 +46,8 @@ def _rows():
         for order in (0, 1, 2):
             rows.append((f"cld-{'fp16' if dt == h else 'bf16'}-order{order}-philox (B=64)",
                          Gddim("cld", dt, (2, 4, 64, 64), batch=64, order=order)))
-    for n in (1, 3, 6, 7, 8, 9, 12, 16, 17, 20, 28, 32, 64):  # 2^22 pixels or more (3 … 20: the grid, two tiles a
-        B = max(64, 2**22 // (3 * n * n))                    # program; 16: planes a program)
+    for n in (1, 3, 6, 7, 8, 9, 12, 16, 17, 20, 28, 32, 64):  # 2^22 pixels or more (3 … 32 but 8, 16: the grid, 2
+        B = max(64, 2**22 // (3 * n * n))                    # or 4 tiles a program; 16: planes a program)
         rows.append((f"blur-fp32-n{n}-philox (B={B})", Gddim("blur", f, (3, n, n), batch=B)))
     rows.append(("blur-fp32-n7-philox (B=98304)", Gddim("blur", f, (3, 7, 7), batch=98304)))  # 8192 tiles: four a program
     for n in (8, 32, 64):  # three buffers: the Kronecker rows of 16, and the sliced per-plane form (plane_sliced)

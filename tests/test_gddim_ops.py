@@ -299,10 +299,11 @@ def test_blur_planes_per_program_move_no_number(monkeypatch, N):
                                                "N10-6x3", "N20-3x1-philox"])
 def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatch, N):
     """The grid form (grid_form: GR × GC planes on one [64, 32] tile) against the float64 reference, and against one
-    plane a program or Kronecker rows (N = 3; grid_form turned off) within the same bound, at one and two buffers: deterministic with
-    per-sample rows (planes of different samples share a tile), stochastic (in-kernel Philox at N = 20, the noise
-    pre-pass at 3, 7 and 10) and with a noise tensor; 22 samples × 2 channels, 44 planes (110 samples, 220 planes at
-    N = 3), so that the last tile is partial (210, 36, 18 and 3 planes a tile); a sample batch with a stride (the launcher makes it contiguous)."""
+    plane a program or Kronecker rows (N = 3; grid_form turned off) within the same bound, at one and two buffers:
+    deterministic with per-sample rows (planes of different samples share a tile), stochastic (in-kernel Philox at N
+    = 20, the noise pre-pass at 3, 7 and 10) and with a noise tensor; 22 samples × 2 channels, 44 planes (110
+    samples, 220 planes at N = 3), so that the last tile is partial (210, 36, 18 and 3 planes a tile); a sample
+    batch with a stride (the launcher makes it contiguous)."""
     from gmm_triton.kernels import blur_step as K
 
     assert K.grid_form(N, 2) and not K.grid_form(N, 3)
@@ -346,7 +347,8 @@ def test_blur_tiles_per_program_policy():
 def test_blur_tiles_per_program_move_no_number(monkeypatch, N, B, C):
     """Grid tiles a program (tiles_per_program, with MIN_PROGRAMS lowered so that a small launch takes 2 and 4) give
     the bits of one tile a program: 4 tiles at N = 7 (111 planes, 36 a tile) and 6 at N = 20 (17 planes, 3 a tile),
-    the last tile partial, so that a program's tiles past the last repeat it; one buffer and two, per-sample rows,
+    the last tile partial (at N = 20 with 4 tiles a program the last program's tiles past the last repeat it); one
+    buffer and two, per-sample rows,
     in-kernel noise (N = 20) and the noise pre-pass (N = 7); and meet the float64 reference."""
     from gmm_triton.kernels import blur_step as K
 
@@ -367,6 +369,35 @@ def test_blur_tiles_per_program_move_no_number(monkeypatch, N, B, C):
     ref = gref.blur_step(x, eps, bt, basis, rows, seed=5)
     bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(5, x.shape))
     assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
+
+
+def test_blur_grid_tiles_of_a_launch_of_more_than_2_31_elements(monkeypatch):
+    """The grid kernel's first program in a launch of 2³² elements (N = 20, 3 planes a tile, 4 tiles a program)
+    computes what a launch of just its 12 planes computes: the tiles' offsets stay in 32 bits. Only program 0 is
+    launched, so the buffers hold just its planes. (With the tile's last plane unclamped, (planes left) · N²
+    wrapped in 32 bits and the tiles were read elsewhere: this test failed.)"""
+    from gmm_triton.kernels import blur_step as K
+    from gmm_triton.kernels.common import NOISE_NONE
+
+    N, big = 20, 2**32 // 400
+    bt, _, basis = blur_tables(N)
+    x, e = torch.randn(12, 1, N, N), torch.randn(12, 1, N, N)
+    real, launched = K._blur_grid_kernel, []
+    monkeypatch.setattr(K, "_blur_grid_kernel", type("First", (), {"__getitem__": lambda self, grid: (
+        launched.append(grid), real[grid if grid[0] < 1000 else (1,)])[1]})())  # the big launch: program 0 only
+
+    def run(B):
+        out = torch.zeros_like(x)
+        with ops.use_cpu_backend("triton"):
+            K.launch_blur_step(x=x, eps=[e], out=out, coef=bt, basis=basis, t_tensor=None, t_value=3,
+                               seed_tensor=None, seed_value=0, noise=None, noise_mode=NOISE_NONE, B=B, C=1, N=N)
+        return out
+
+    small = run(12)
+    assert torch.equal(run(big), small)
+    assert launched == [(4,), (-(-big // 12),)]  # one tile a program; four a program
+    assert ((small.double() - gref.blur_step(x, [e], bt, basis, 3)).abs() <= 4e-7 * magnitude(
+        gref.blur_step, x, [e], bt, basis.abs(), 3, noise=None)).all()
 
 
 @pytest.mark.parametrize("N", [7, 4], ids=["N7-grid", "N4-kron-4-planes-a-row"])

@@ -13,9 +13,9 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
 - the grid (:func:`grid_form`: up to two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, on wgmma GPUs, launches of at
   least a tile of planes): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with block-diagonal V_L (GR
-  copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker row or one plane a
-  program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a program takes up to 4 tiles in turn
-  (:func:`tiles_per_program`);
+  copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker row filled 56 % (N = 3,
+  6) or one plane a program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a program takes up to 4
+  tiles in turn (:func:`tiles_per_program`);
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
@@ -382,7 +382,8 @@ def _blur_kron_kernel(
 @triton.jit
 def _preload(bp, T: tl.constexpr, PRE: tl.constexpr):
     """PRE: the whole transform matrices of the per-plane products, ((V_hi, V_lo), (Vᵀ_hi, Vᵀ_lo)), read once by a
-    program for all of its planes (_basis_part with PRE); otherwise bp, the pointer the products read them from."""
+    program for all of its planes or tiles (_basis_part with PRE; the grid form's V_R); otherwise bp, the pointer the
+    products read them from."""
     if PRE:
         out = ((_basis_part(bp, 0, 0, T, 0, 0, T, T, False), _basis_part(bp, 1, 0, T, 0, 0, T, T, False)),
                (_basis_part(bp, 0, 1, T, 0, 0, T, T, False), _basis_part(bp, 1, 1, T, 0, 0, T, T, False)))
@@ -448,17 +449,17 @@ def _blur_grid_kernel(
     TF32X3: tl.constexpr, T: tl.constexpr, TC: tl.constexpr, N: tl.constexpr, GR: tl.constexpr, GC: tl.constexpr,
     TP: tl.constexpr,
 ):
-    """GR × GC planes of N×N side by side on a [T, TC] tile (grid_form), TP tiles a program in turn (tiles_per_program):
-    tile k holds planes k·GR·GC …, its plane q at rows (q // GC)·N …, columns (q % GC)·N … The transforms are the
-    per-plane products with block-diagonal matrices, V_L X V_Rᵀ (V_L: GR copies of V, [T, T], parts at bl; V_R: GC
-    copies, [TC, TC], at br): every plane of the tile at once. Every buffer is contiguous (the launcher sees to it):
-    element (i, j) of plane p at p·N² + i·N + j in each; the table is the grid table (_grid_table), so that one
-    offset tile serves data and coefficients. Positions outside the planes are clamped onto a plane's element for
-    the loads (no load masks; what they hold meets the zero rows and columns of the padded matrices); in the
-    launch's last tile, planes past the last are clamped onto the last plane's end (whole blocks of the tile,
-    transformed on their own) and not stored (the store's mask); a program's tiles past the last repeat the last
-    tile (same values to the same places: no branch around the body). With several tiles V_R's parts are read once
-    (_preload), V_L's by every product."""
+    """GR × GC planes of N×N side by side on a [T, TC] tile (grid_form), TP tiles a program in turn
+    (tiles_per_program): tile k holds planes k·GR·GC …, its plane q at rows (q // GC)·N …, columns (q % GC)·N … The
+    transforms are the per-plane products with block-diagonal matrices, V_L X V_Rᵀ (V_L: GR copies of V, [T, T],
+    parts at bl; V_R: GC copies, [TC, TC], at br): every plane of the tile at once. Every buffer is contiguous (the
+    launcher sees to it): element (i, j) of plane p at p·N² + i·N + j in each; the table is the grid table
+    (_grid_table), so that one offset tile serves data and coefficients. Positions outside the planes are clamped
+    onto a plane's element for the loads (no load masks; what they hold meets the zero rows and columns of the
+    padded matrices); in the launch's last tile, planes past the last are clamped onto the last plane's end (whole
+    blocks of the tile, transformed on their own) and not stored (the store's mask); a program's tiles past the last
+    repeat the last tile (same values to the same places: no branch around the body). With several tiles V_R's parts
+    are read once (_preload), V_L's by every product."""
     check_noise_code(NOISE)
     plane: tl.constexpr = N * N
     TILE: tl.constexpr = GR * GC
@@ -478,7 +479,9 @@ def _blur_grid_kernel(
     # registers at a time
     for k in tl.range(0, TP, loop_unroll_factor=1, num_stages=1):
         p0 = tl.minimum(tl.program_id(0).to(tl.int64) * TP + k, n_tiles - 1) * TILE
-        last = (n_planes - 1 - p0).to(tl.int32)     # the tile's last plane (the launch's last, if it ends here)
+        # the tile's last plane (the launch's last, if it ends here; at most TILE - 1, so that the offsets below stay
+        # in 32 bits when the launch's elements do not)
+        last = tl.minimum(n_planes - 1 - p0, TILE - 1).to(tl.int32)
         lt = tl.minimum(ld, (last + 1) * plane - 1)  # (a no-op but in the launch's last tile)
         m2 = inside & (q <= last)
         base = p0 * plane
@@ -512,15 +515,15 @@ GRID_ROWS, GRID_COLS = 64, 32  # grid_form's tiles: one warpgroup's wgmma rows; 
 
 def grid_form(N: int, neps: int) -> bool:
     """The grid form (_blur_grid_kernel: GRID_ROWS // N × GRID_COLS // N planes on a [64, 32] tile) for up to two
-    buffers where its planes fill ≥ 1.2× the share of its tile that the form it replaces fills (a Kronecker row: G·N²
-    of 64 columns; one plane of its own [T, T] tile), and wherever that form is one plane of a [32, 32] tile (on
-    mma.sync, two warps; the grid's two or three planes run on wgmma): N = 3, 6, 7, 9 … 12 and 17 … 32 (N = 3: 92 %
-    against 56 %; N = 9: 83 % against 32 %; N = 11: 59 % against 47 %; N = 17: 42 % against 28 %; N = 22 … 32: equal
-    fill). There it predicts 1.1-4× the throughput of the other form (benchmarks/RESULTS.md, issue 19); at N = 5 (88 %
-    against 78 %) and 13 … 16 (equal fill, one plane a program at T = 16 with several planes a program) the other
-    form predicted more. Three buffers keep the other forms. As in the Kronecker form, a non-finite input value
-    reaches every plane of its tile (0 · inf is NaN in the zero blocks of the products); an invalid table row poisons
-    only its sample (_step)."""
+    buffers where its planes fill ≥ 1.2× the share of its tile that the form it replaces fills (a Kronecker row:
+    G·N² of 64 columns; one plane of its own [T, T] tile), and wherever that form is one plane of a [32, 32] tile
+    (on mma.sync, two warps; the grid's two or three planes run on wgmma): N = 3, 6, 7, 9 … 12 and 17 … 32 (N = 3:
+    92 % against 56 %; N = 9: 83 % against 32 %; N = 11: 59 % against 47 %; N = 17: 42 % against 28 %; N = 22 … 32:
+    equal fill). There it predicts 1.1-4× the throughput of the other form (benchmarks/RESULTS.md, issue 19); at N =
+    5 (88 % against 78 %) and 13 … 16 (equal fill, one plane a program at T = 16 with several planes a program) the
+    other form predicted more. Three buffers keep the other forms. As in the Kronecker form, a non-finite input
+    value reaches every plane of its tile (0 · inf is NaN in the zero blocks of the products); an invalid table row
+    poisons only its sample (_step)."""
     if neps > 2 or N > GRID_COLS:
         return False
     grid = (GRID_ROWS // N) * (GRID_COLS // N) * N * N / (GRID_ROWS * GRID_COLS)
@@ -694,9 +697,10 @@ def _grid_table(coef: torch.Tensor, tf32x3: bool, planes: int) -> torch.Tensor:
 
 def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor, seed_value, noise, noise_mode,
                      B, C, N):
-    """One launch: ceil(B·C / (G·PB)) programs of G·PB planes in the Kronecker form (kron_form; PB: kron_rows),
-    ceil(B·C / (GR·GC)) programs of a grid of planes (grid_form), else ceil(B·C / PP) programs of PP planes taken in
-    turn (planes_per_program); after a noise pass for sizes whose tile rows are not whole Philox groups. ``x``,
+    """One launch: ceil(B·C / (GR·GC·TP)) programs of TP tiles of GR·GC planes in the grid form (launches_grid; TP:
+    tiles_per_program), else ceil(B·C / (G·PB)) programs of G·PB planes in the Kronecker form (kron_form; PB:
+    kron_rows), else ceil(B·C / PP) programs of PP planes taken in turn (planes_per_program); after a noise pass for
+    sizes whose tile rows are not whole Philox groups. ``x``,
     ``eps``, ``noise``: [B, C, N, N] with contiguous per-sample blocks (any batch stride; copied to contiguous for
     the Kronecker and grid forms); ``out`` contiguous. All checks are the op's (gddim/ops.py), but the planes'
     count (< 2³¹: the kernels divide plane indices in 32 bits)."""
