@@ -539,6 +539,12 @@ def launches_grid(N: int, neps: int, planes: int, tf32x3: bool, arch: int) -> bo
     return tf32x3 and grid_form(N, neps) and arch // 10 in (9, 10) and planes >= (GRID_ROWS // N) * (GRID_COLS // N)
 
 
+def rows_aligned4(N: int, kron: bool) -> bool:
+    """Whether the rows of a launch's tiles are whole Philox groups (in-kernel noise; else the noise pre-pass):
+    Kronecker rows of G·N² (``kron``), or a plane's rows of N (one plane a program, and the grid's runs of four)."""
+    return (kron_planes(N) * N * N if kron else N) % 4 == 0
+
+
 def tile_size(N: int) -> int:
     """T: the side of the Kronecker form's rows (64 = KRON_MAX², rows of G planes) or of a plane."""
     return KRON_MAX * KRON_MAX if kron_form(N) else max(16, triton.next_power_of_2(N))
@@ -715,7 +721,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     # registers spill): they draw the same normals (same counters) into a buffer first, read as a noise tensor
     G = kron_planes(N) if kron else 1
     GR, GC = (GRID_ROWS // N, GRID_COLS // N) if grid else (1, 1)
-    aligned4 = (G * N * N if kron else N) % 4 == 0
+    aligned4 = rows_aligned4(N, kron)
     if noise_mode == NOISE_PHILOX and not aligned4:
         n = B * C * N * N
         noise = torch.empty((B, C, N, N), device=x.device, dtype=torch.float32)

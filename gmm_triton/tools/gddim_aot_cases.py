@@ -42,14 +42,13 @@ class Gddim:
 
     @property
     def _noise_pass(self) -> bool:  # blur sizes whose tile rows are not whole Philox groups draw into a buffer first
-        from ..kernels.blur_step import kron_form, kron_planes, launches_grid
+        from ..kernels.blur_step import kron_form, launches_grid, rows_aligned4
 
         n = self.shape[-1]
         # sm_90's launch; where sm_80 launches another form (one plane a program) the case's rows are Philox groups in
         # both or in neither (N = 9, 28, 32), or the case compiles for sm_90a only (the sweep)
         grid = launches_grid(n, self.order + 1, self.batch * self.shape[0], self.dtype != torch.float64, 90)
-        rows = kron_planes(n) * n * n if kron_form(n) and not grid else n
-        return self.kind == "blur" and self.noise == "philox" and rows % 4 != 0
+        return self.kind == "blur" and self.noise == "philox" and not rows_aligned4(n, kron_form(n) and not grid)
 
     def work(self, kernel: str, cx: dict, grid: tuple) -> aot.Work:
         """Every element of the [B, ...] sample (CLD: both halves of each pair; blur: the N² pixels of each plane,
