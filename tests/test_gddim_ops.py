@@ -4,6 +4,8 @@ writes, opcheck, torch.compile tracing."""
 import numpy as np
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from gmm_triton import ops, reference
 from gmm_triton.gddim import engine as E
@@ -12,6 +14,7 @@ from gmm_triton.gddim import reference as gref
 from gmm_triton.gddim.blur import BlurProcess
 from gmm_triton.gddim.cld import CLD
 from gmm_triton.gddim.tables import blur_table, cld_table
+from gmm_triton.kernels.blur_step import _kperm
 
 BACKENDS = ["cpp", "triton"]
 
@@ -330,6 +333,26 @@ def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatc
                 assert len(launched) == before + grid  # the grid kernel ran (only) where the form says so
                 assert ((out.double() - ref).abs() <= tol * bound).all(), (k, kw.keys(), grid)
     assert set(launched) == {(-(-2 * B // ((64 // N) * (32 // N))),)}
+
+
+@triton.jit
+def _kperm_tile(src, dst, R: tl.constexpr, C: tl.constexpr):
+    o = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
+    tl.store(dst + o, _kperm(tl.load(src + o)))
+
+
+def test_kperm_reorders_a_tiles_columns_as_the_host_twin_does():
+    """The kernel's _kperm (run by the interpreter) and the host's kperm_order, by which the grid's V_R is built
+    (basis_parts with kperm), give one order: a product with both reordered is the product (the sum over the
+    contraction in another order); a mismatch fails every grid test. A [64, 32] tile of distinct values comes out
+    as kperm_order orders its columns, t'[:, 8b + 4e + c] = t[:, 8b + 2c + e]."""
+    from gmm_triton.kernels import blur_step as K
+
+    t = torch.arange(64 * 32, dtype=torch.float32).reshape(64, 32)
+    out = torch.empty_like(t)
+    _kperm_tile[(1,)](t, out, R=64, C=32)
+    assert K.kperm_order(torch.arange(8), 0).tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+    assert torch.equal(out, K.kperm_order(t, 1))
 
 
 def test_blur_tiles_per_program_policy():

@@ -29,6 +29,11 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
     (2·T² values a plane) are written and read back by the same program, from L2; the price is memory-
     instruction work (the launch is LSU-bound), paid only where the other form spills.
 
+In the grid and the whole-operand plane forms the second product of each transform takes the first's accumulator as
+its first operand, with the columns of each group of eight in the order a tf32 accumulator holds them (_kperm) and
+the right matrix's rows in that order too (basis_parts with ``kperm``): the same sums, taken in another order, and
+no instruction to move the accumulator into the operand's registers (it took a SEL, a SHFL and an FSEL an element).
+
 Precision. fp64 runs on the fp64 tensor cores (DMMA). Every other dtype computes in fp32 with three tf32
 products per fp32 product (tf32x3): each operand is split into a high and a low part, each tf32-exact (11
 significant bits), and a·b ≈ a_lo·b_hi + a_hi·b_lo + a_hi·b_hi (the products of tf32 values are exact in the fp32
@@ -138,36 +143,58 @@ def _mm(t, bp, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr,
 
 
 @triton.jit
+def _kperm(t):
+    """t [R, C] with the columns of each group of eight reordered, t'[:, 8b + 4e + c] = t[:, 8b + 2c + e] (c < 4, e < 2;
+    the host's twin: :func:`kperm_order`), for a product t @ M whose M has its rows in the same order (basis_parts
+    with ``kperm``): the same sum over the contraction, taken in another order. Why: t is an accumulator (the
+    product before it) and becomes the first operand here, and in a tf32 mma / wgmma a thread's accumulator holds
+    the columns 2c, 2c + 1 of each group of eight where its first operand wants c, c + 4: converting cost a SEL, a
+    SHFL and an FSEL per element (~100 instructions a transform a thread, and 32 shuffles on the LSU). In this order
+    the accumulator's registers already are the operand's: no instruction (counted: the grid's loop body at N = 17,
+    1631 → 1344 instructions a tile)."""
+    R: tl.constexpr = t.shape[0]
+    C: tl.constexpr = t.shape[1]
+    return tl.reshape(tl.permute(tl.reshape(t, (R, C // 8, 4, 2)), (0, 1, 3, 2)), (R, C))
+
+
+@triton.jit
+def _operand(acc, TF32X3: tl.constexpr):
+    """The accumulator of a tile's first product as the first operand of its second: reordered (_kperm) for tf32x3,
+    whose second matrix has its rows in that order; fp64 (DMMA) as is, its matrix too."""
+    if TF32X3:
+        return _kperm(acc)
+    else:
+        return acc
+
+
+@triton.jit
 def _fwd(t, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
          ROUND: tl.constexpr):
-    """The DCT of a tile (FORM): planes-as-rows X W, V X Vᵀ of one plane, or V_L X V_Rᵀ of a grid of planes (bp:
-    the left and right matrices' parts, t [TR, TC]; there PRE says V_R's parts are held (_preload), V_L's, [64, 64],
-    are read by each product: held for a program's tiles they took 255 registers). N = 1's 1×1 DCT is the identity
-    (V = [1]): no product."""
+    """The DCT of a tile (FORM): planes-as-rows X W, V X Vᵀ of one plane, or V_L X V_Rᵀ of a grid of planes (t
+    [TR, TC]). The last two are two products, bp the parts of the left and of the right matrices (the right's rows in
+    _kperm's order: _operand); PRE says they are held (_preload), but for the grid's V_L, [64, 64], read by each
+    product (held for a program's tiles they took 255 registers). N = 1's 1×1 DCT is the identity (V = [1]): no
+    product."""
     if FORM == IDENTITY:
         return t
-    elif FORM == GRID:
-        return _mm(_mm(t, bp[0], 0, True, TF32X3, t.shape[0], False, ROUND), bp[1], 1, False, TF32X3, t.shape[1],
-                   PRE, ROUND)
     elif FORM == KRON:
         return _mm(t, bp, 0, False, TF32X3, T, PRE, ROUND)
     else:
-        return _mm(_mm(t, bp, 0, True, TF32X3, T, PRE, ROUND), bp, 1, False, TF32X3, T, PRE, ROUND)
+        first = _mm(t, bp[0], 0, True, TF32X3, t.shape[0], PRE and FORM == PLANE, ROUND)
+        return _mm(_operand(first, TF32X3), bp[1], 1, False, TF32X3, t.shape[1], PRE, ROUND)
 
 
 @triton.jit
 def _inv(y, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
          ROUND: tl.constexpr):
-    """The inverse DCT (FORM): Y Wᵀ, Vᵀ Y V, V_Lᵀ Y V_R, or the identity (N = 1)."""
+    """The inverse DCT (FORM): Y Wᵀ, Vᵀ Y V, V_Lᵀ Y V_R (as _fwd), or the identity (N = 1)."""
     if FORM == IDENTITY:
         return y
-    elif FORM == GRID:
-        return _mm(_mm(y, bp[0], 1, True, TF32X3, y.shape[0], False, ROUND), bp[1], 0, False, TF32X3, y.shape[1],
-                   PRE, ROUND)
     elif FORM == KRON:
         return _mm(y, bp, 1, False, TF32X3, T, PRE, ROUND)
     else:
-        return _mm(_mm(y, bp, 1, True, TF32X3, T, PRE, ROUND), bp, 0, False, TF32X3, T, PRE, ROUND)
+        first = _mm(y, bp[0], 1, True, TF32X3, y.shape[0], PRE and FORM == PLANE, ROUND)
+        return _mm(_operand(first, TF32X3), bp[1], 0, False, TF32X3, y.shape[1], PRE, ROUND)
 
 
 @triton.jit
@@ -381,9 +408,9 @@ def _blur_kron_kernel(
 
 @triton.jit
 def _preload(bp, T: tl.constexpr, PRE: tl.constexpr):
-    """PRE: the whole transform matrices of the per-plane products, ((V_hi, V_lo), (Vᵀ_hi, Vᵀ_lo)), read once by a
-    program for all of its planes or tiles (_basis_part with PRE; the grid form's V_R); otherwise bp, the pointer the
-    products read them from."""
+    """PRE: the whole transform matrices at bp, ((V_hi, V_lo), (Vᵀ_hi, Vᵀ_lo)), read once by a program for all of
+    its planes or tiles (_basis_part with PRE; the per-plane form's left and right matrices, the grid form's V_R);
+    otherwise bp, the pointer the products read them from."""
     if PRE:
         out = ((_basis_part(bp, 0, 0, T, 0, 0, T, T, False), _basis_part(bp, 1, 0, T, 0, 0, T, T, False)),
                (_basis_part(bp, 0, 1, T, 0, 0, T, T, False), _basis_part(bp, 1, 1, T, 0, 0, T, T, False)))
@@ -394,7 +421,7 @@ def _preload(bp, T: tl.constexpr, PRE: tl.constexpr):
 
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
 def _blur_step_kernel(
-    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr, bp,
+    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr, bp, br,
     coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value,
     C, N, x_bs, e0_bs, e1_bs, e2_bs, z_bs, n_planes,
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
@@ -405,12 +432,15 @@ def _blur_step_kernel(
     [T, T] tile. SLICED (:func:`plane_sliced`): the products by slices (_plane_step), with two T×T scratch tiles of
     the plane's own at scr_ptr and the table's planes zero-padded to T×T (_table). Otherwise whole operands
     (_step): masked loads (LMASK) where N is a multiple of 16, clamped addresses otherwise; scr_ptr is not read;
-    PRE: the transform matrices read once for all the program's planes (:func:`_preload`)."""
+    the products take V's parts from the left at bp, from the right at br (its rows in _kperm's order for tf32x3:
+    _fwd; the sliced form reads bp only); PRE: the transform matrices read once for all the program's planes
+    (:func:`_preload`)."""
     check_noise_code(NOISE)
     plane = N * N
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     p0 = tl.program_id(0).to(tl.int64) * PP
-    basis = _preload(bp, T, PP > 1 and not SLICED and TF32X3)
+    # the whole-operand products take V from the left at bp, from the right at br (rows in _kperm's order: _fwd)
+    basis = (_preload(bp, T, PP > 1 and not SLICED and TF32X3), _preload(br, T, PP > 1 and not SLICED and TF32X3))
     # a runtime loop, rolled and not software-pipelined: one plane's registers and buffers at a time
     for q in tl.range(0, PP, loop_unroll_factor=1, num_stages=1):
         # the last program's planes past the end repeat the last plane (same values to the same places): no
@@ -450,16 +480,16 @@ def _blur_grid_kernel(
     TP: tl.constexpr,
 ):
     """GR × GC planes of N×N side by side on a [T, TC] tile (grid_form), TP tiles a program in turn
-    (tiles_per_program): tile k holds planes k·GR·GC …, its plane q at rows (q // GC)·N …, columns (q % GC)·N … The
-    transforms are the per-plane products with block-diagonal matrices, V_L X V_Rᵀ (V_L: GR copies of V, [T, T],
-    parts at bl; V_R: GC copies, [TC, TC], at br): every plane of the tile at once. Every buffer is contiguous (the
-    launcher sees to it): element (i, j) of plane p at p·N² + i·N + j in each; the table is the grid table
-    (_grid_table), so that one offset tile serves data and coefficients. Positions outside the planes are clamped
-    onto a plane's element for the loads (no load masks; what they hold meets the zero rows and columns of the
-    padded matrices); in the launch's last tile, planes past the last are clamped onto the last plane's end (whole
-    blocks of the tile, transformed on their own) and not stored (the store's mask); a program's tiles past the last
-    repeat the last tile (same values to the same places: no branch around the body). With several tiles V_R's parts
-    are read once (_preload), V_L's by every product."""
+    (tiles_per_program): tile k holds planes k·GR·GC …, its plane q at rows (q // GC)·N …, columns (q % GC)·N …
+    The transforms are the per-plane products with block-diagonal matrices, V_L X V_Rᵀ (V_L: GR copies of V,
+    [T, T], parts at bl; V_R: GC copies, [TC, TC], at br, its rows in _kperm's order): every plane of the tile at
+    once. Every buffer is contiguous (the launcher sees to it): element (i, j) of plane p at p·N² + i·N + j in
+    each; the table is the grid table (_grid_table), so that one offset tile serves data and coefficients.
+    Positions outside the planes are clamped onto a plane's element for the loads (no load masks; what they hold
+    meets the zero rows and columns of the padded matrices); in the launch's last tile, planes past the last are
+    clamped onto the last plane's end (whole blocks of the tile, transformed on their own) and not stored (the
+    store's mask); a program's tiles past the last repeat the last tile (same values to the same places: no
+    branch around the body). With several tiles V_R's parts are read once (_preload), V_L's by every product."""
     check_noise_code(NOISE)
     plane: tl.constexpr = N * N
     TILE: tl.constexpr = GR * GC
@@ -658,11 +688,22 @@ def _derived(what: str, t: torch.Tensor, build):
     return out
 
 
-def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 1) -> torch.Tensor:
+def kperm_order(m: torch.Tensor, dim: int) -> torch.Tensor:
+    """m with its entries along ``dim`` in the order _kperm gives a tile's columns: position 8b + 4e + c holds entry
+    8b + 2c + e (c < 4, e < 2). The matrix that a reordered tile multiplies takes its rows in this order. (View
+    operations only: the inspect tool builds the grid's matrices from fake tensors.)"""
+    S = m.shape[dim]
+    return m.unflatten(dim, (S // 8, 4, 2)).transpose(dim + 1, dim + 2).flatten(dim, dim + 2)
+
+
+def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 1,
+                kperm: bool = False) -> torch.Tensor:
     """The transform matrices the kernels multiply by, [PARTS, 2, S, S]: [:, 0] V (or W = the Kronecker matrix for
     N ≤ KRON_MAX, module docstring; or ``copies`` of V on the diagonal, the grid form's V_L and V_R), [:, 1] its
     transpose, zero-padded to S (``size``, or tile_size); as tf32 (high, low) parts in fp32 with ``tf32x3``, else
-    fp64 as is. Built once per basis tensor and shape (:func:`_derived`)."""
+    fp64 as is; ``kperm``: the rows of both in _kperm's order (:func:`kperm_order`), for matrices that only ever
+    multiply a reordered tile from the right (the grid's V_R). Built once per basis tensor and shape
+    (:func:`_derived`)."""
     N = basis.shape[0]
     S = size or tile_size(N)
 
@@ -673,12 +714,14 @@ def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 
         else:
             m = torch.block_diag(*[v] * copies)
         pad = torch.nn.functional.pad(torch.stack([m, m.T]), (0, S - m.shape[1], 0, S - m.shape[0]))
+        if kperm:
+            pad = kperm_order(pad, 1)
         if not tf32x3:
             return pad.unsqueeze(0)
         hi = _tf32_round(pad.float())
         return torch.stack([hi, _tf32_round(pad.float() - hi)])
 
-    return _derived(f"basis-tf32x3={tf32x3}-{size}-{copies}", basis, build)
+    return _derived(f"basis-tf32x3={tf32x3}-{size}-{copies}-{kperm}", basis, build)
 
 
 def _table(coef: torch.Tensor, tf32x3: bool, pad) -> torch.Tensor:
@@ -739,8 +782,11 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         CT=tl.float64 if x.dtype == torch.float64 else tl.float32, NEPS=len(eps), NOISE=noise_mode,
         T_FROM_PTR=t_tensor is not None, T_PER_SAMPLE=t_tensor is not None and t_tensor.numel() > 1,
         SEED_FROM_PTR=seed_tensor is not None, FAST=fast_math(x.device), TF32X3=tf32x3, T=T)
-    bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR), basis_parts(basis, tf32x3, GRID_COLS, GC)) if grid else \
-        (basis_parts(basis, tf32x3),)
+    # the left and right matrices of the grid and of one plane; the right ones only multiply _kperm's reordered
+    # tiles from the right (tf32x3): their rows in that order
+    bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR), basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=True)) if grid \
+        else (basis_parts(basis, tf32x3),) if kron else (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3,
+                                                                                                  kperm=tf32x3))
     ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, *bp,
             _grid_table(coef, tf32x3, GR * GC) if grid else _table(coef, tf32x3, T if sliced else None), coef.shape[0],
             t_tensor if t_tensor is not None else coef, t_value,
