@@ -181,9 +181,9 @@ def test_issue_19_targets_on_paper(matrix):
     Gaussian and every mixture mode, within 1.25x their contiguous launch without spill; CLD at fp16/bf16, orders
     0-2, at >= 90 % of copy on an H100 under both models; the blur step on tensor cores without spill at every size
     (fp16/bf16/fp32) and with three buffers (order 2) at every tile side, within 80 % of its roofline where the
-    Kronecker rows are whole, for the grid of planes at N = 3, 6, 7, 9, 10, 29 … 31, for one plane a program at N =
-    13 … 15 and the one-buffer wgmma planes of N = 33 … 64, and for order 2 at N = 16; and the throughput the grid
-    form and several planes a program bought for N = 11 … 32."""
+    Kronecker rows are whole, for the grid of planes at N = 3, 6, 7, 9 … 11 and 17 … 31 but the multiples of 4, for
+    one plane a program at N = 13 … 16 and the one-buffer wgmma planes of N = 33 … 64, and for order 2 at N = 16 …
+    32 (the grid from 17); and the throughput the grid form bought for N = 12, 20, 24, 28, 32."""
     rows = {(r["case"], r["kernel"]): r for r in matrix if r["target"] == "sm_90a"}
     main = rows[("main-fp16-eps-philox-x0", "_ddim_step_kernel")]
     for D in (1000, 1001, 13467):
@@ -228,22 +228,24 @@ def test_issue_19_targets_on_paper(matrix):
         if r["case"] != "blur-fp32-n1-philox":  # N = 1: the 1x1 DCT is the identity, no product
             assert r["roofline_pct_copy"] is not None, r  # tensor-core products
     by_case = {r["case"]: r for r in blur}
-    met = [f"blur-fp32-n{n}-philox" for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 29, 30, 31, 33, 36, 48, 64)] + [
-        "blur-fp32-n16-order2-philox-stochastic"]
+    met = [f"blur-fp32-n{n}-philox" for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 16, 17, 18, 19, 21, 22, 23, 25, 26,
+                                                27, 29, 30, 31, 33, 36, 48, 64)] + [
+        f"blur-fp32-n{n}-order2-philox-stochastic" for n in range(16, 33)] + ["blur-fp32-n9-philox-devtimestep"]
     for case in met:
         r = by_case[case]
         assert r["pipe_pct_copy"]["H100"] >= 0.8 * r["roofline_pct_copy"]["H100"], r
-    for n in (3, 6, 7, 9, 10, 29, 30, 31):  # the grid form, four tiles a program (tiles_per_program)
+    for n in (3, 6, 7, 9, 10, 11, 12, *range(17, 32)):  # the grid form, four tiles a program (tiles_per_program)
         r = by_case[f"blur-fp32-n{n}-philox"]
         assert r["kernel"] == "_blur_grid_kernel" and r["launch"]["constexprs"]["TP"] == "4", r
-    # not met, but what the grid form (N = 11, 12, 17, 20, 22, 28, 32) and several planes a program (N = 16) bought:
-    # per-pipe % of copy on an H100 (on one plane a program, eight at N = 11, 12: 59, 42, 21, 21, 36, 42, 51, 65;
-    # benchmarks/RESULTS.md)
-    for n, floor, kernel in ((11, 60, "_blur_grid_kernel"), (12, 46, "_blur_grid_kernel"),
-                             (17, 44, "_blur_grid_kernel"), (20, 38, "_blur_grid_kernel"), (22, 45, "_blur_grid_kernel"),
-                             (28, 48, "_blur_grid_kernel"), (32, 58, "_blur_grid_kernel"), (16, 72, "_blur_step_kernel")):
+    for n in range(17, 33):  # three buffers on the grid, one tile a program
+        r = by_case[f"blur-fp32-n{n}-order2-philox-stochastic"]
+        assert r["kernel"] == "_blur_grid_kernel" and r["launch"]["constexprs"]["TP"] == "1", r
+    # not met (issue-bound by the in-kernel normals where N is a multiple of 4), but what the grid form and the
+    # accumulator taken as the next operand (_kperm) bought: per-pipe % of copy on an H100 (one plane a program,
+    # eight at N = 12: 42, 21, 42, 51; benchmarks/RESULTS.md)
+    for n, floor in ((12, 54), (20, 45), (24, 43), (28, 58), (32, 70)):
         r = by_case[f"blur-fp32-n{n}-philox"]
-        assert r["kernel"] == kernel and r["pipe_pct_copy"]["H100"] >= floor, r
+        assert r["kernel"] == "_blur_grid_kernel" and r["pipe_pct_copy"]["H100"] >= floor, r
 
 
 def test_static_limits_hold(matrix):

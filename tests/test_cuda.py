@@ -341,4 +341,4 @@ def test_blur_tiles_per_program_on_the_gpu(N, B):
     if not K.launches_grid(N, 1, 3 * B, True, K._arch(torch.device(DEV))):
         pytest.skip("the grid form runs on sm_90 and sm_100")
     tile = (K.GRID_ROWS // N) * (K.GRID_COLS // N)
-    _blur_many_tiles_against_one(N, B, lambda: K.tiles_per_program(-(-3 * B // tile)) == 4)
+    _blur_many_tiles_against_one(N, B, lambda: K.tiles_per_program(-(-3 * B // tile), 1) == 4)

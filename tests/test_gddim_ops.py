@@ -302,24 +302,25 @@ def test_blur_planes_per_program_move_no_number(monkeypatch, N):
                                                "N10-6x3", "N20-3x1-philox"])
 def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatch, N):
     """The grid form (grid_form: GR × GC planes on one [64, 32] tile) against the float64 reference, and against one
-    plane a program or Kronecker rows (N = 3; grid_form turned off) within the same bound, at one and two buffers:
+    plane a program or Kronecker rows (N = 3; grid_form turned off) within the same bound, at one and two buffers
+    (and three at N = 20, against the sliced plane, one tile a program):
     deterministic with per-sample rows (planes of different samples share a tile), stochastic (in-kernel Philox at N
     = 20, the noise pre-pass at 3, 7 and 10) and with a noise tensor; 22 samples × 2 channels, 44 planes (110
     samples, 220 planes at N = 3), so that the last tile is partial (210, 36, 18 and 3 planes a tile); a sample
     batch with a stride (the launcher makes it contiguous)."""
     from gmm_triton.kernels import blur_step as K
 
-    assert K.grid_form(N, 2) and not K.grid_form(N, 3)
+    assert K.grid_form(N, 2) and K.grid_form(N, 3) == (N >= 17)  # three buffers: N = 17 … 32 only
     bt, bt_lam, basis = blur_tables(N)
     B = 110 if N == 3 else 22
     x = torch.randn(B, 5, N, N)[:, 1:3]
-    eps = [torch.randn(B, 2, N, N) for _ in range(2)]
+    eps = [torch.randn(B, 2, N, N) for _ in range(3)]
     rows, z = torch.randint(0, 5, (B,)), torch.randn(B, 2, N, N)
     real, launched = K.grid_form, []
     grid_kernel = K._blur_grid_kernel
     monkeypatch.setattr(K, "_blur_grid_kernel", type("Spy", (), {"__getitem__": lambda self, grid: (
         launched.append(grid), grid_kernel[grid])[1]})())
-    for k in (1, 2):
+    for k in (1, 2, 3) if N >= 17 else (1, 2):
         for table, r, kw, tol in [(bt, rows, {}, 4e-7), (bt_lam, 3, dict(stochastic=True, seed=21), 2e-6),
                                   (bt_lam, rows, dict(stochastic=True, noise=z), 2e-6)]:
             noise = z if "noise" in kw else philox(21, x.shape) if "seed" in kw else None
@@ -357,12 +358,14 @@ def test_kperm_reorders_a_tiles_columns_as_the_host_twin_does():
 
 def test_blur_tiles_per_program_policy():
     """Several grid tiles a program (their offsets and masks computed once) only while the launch keeps
-    MIN_PROGRAMS programs, up to TILES_PER_PROGRAM."""
+    MIN_PROGRAMS programs, up to TILES_PER_PROGRAM, for one or two buffers; three take one tile a program."""
     from gmm_triton.kernels import blur_step as K
 
     m = K.MIN_PROGRAMS
-    assert [K.tiles_per_program(n) for n in (1, 2 * m - 1, 2 * m, 4 * m - 1, 4 * m, 8 * m, 10**6)] == \
-        [1, 1, 2, 2, 4, 4, 4]
+    tiles = (1, 2 * m - 1, 2 * m, 4 * m - 1, 4 * m, 8 * m, 10**6)
+    for neps in (1, 2):
+        assert [K.tiles_per_program(n, neps) for n in tiles] == [1, 1, 2, 2, 4, 4, 4]
+    assert [K.tiles_per_program(n, 3) for n in tiles] == [1] * len(tiles)
 
 
 @pytest.mark.parametrize("N, B, C", [(7, 37, 3), (20, 17, 1)],

@@ -11,18 +11,19 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
   matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
-- the grid (:func:`grid_form`: up to two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, on wgmma GPUs, launches of at
-  least a tile of planes): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with block-diagonal V_L (GR
-  copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker row filled 56 % (N = 3,
-  6) or one plane a program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a program takes up to 4
-  tiles in turn (:func:`tiles_per_program`);
+- the grid (:func:`grid_form`: up to two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, three at N = 17 … 32, on wgmma
+  GPUs, launches of at least a tile of planes): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with
+  block-diagonal V_L (GR copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker
+  row filled 56 % (N = 3, 6) or one plane a program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a
+  program takes up to 4 tiles in turn (:func:`tiles_per_program`);
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
     and 1, and order 2 at T = 16) this holds without spill, and at T = 64 within 80 % of its roofline. At T = 16
     a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's parts once;
-  - sliced (_plane_step), for three buffers at T ≥ 32, where the whole-operand form spilled (24–568 B at sm_90a
-    for N = 17 … 64: benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction
+  - sliced (_plane_step), for three buffers at T ≥ 32 (where the grid does not take them: T = 64, sm_80, fp64,
+    launches below one grid tile), where the whole-operand form spilled (24–568 B at sm_90a for N = 17 … 64:
+    benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction
     loaded from memory just before their product (the plane's rows or columns, or those of a T×T scratch tile of
     the program's own where V X waits for Vᵀ), the buffers one at a time into Y, which waits in a second scratch
     tile: the registers hold one accumulator and one slice's operands, never a whole operand. The scratch tiles
@@ -551,11 +552,15 @@ def grid_form(N: int, neps: int) -> bool:
     92 % against 56 %; N = 9: 83 % against 32 %; N = 11: 59 % against 47 %; N = 17: 42 % against 28 %; N = 22 … 32:
     equal fill). There it predicts 1.1-4× the throughput of the other form (benchmarks/RESULTS.md, issue 19); at N =
     5 (88 % against 78 %) and 13 … 16 (equal fill, one plane a program at T = 16 with several planes a program) the
-    other form predicted more. Three buffers keep the other forms. As in the Kronecker form, a non-finite input
-    value reaches every plane of its tile (0 · inf is NaN in the zero blocks of the products); an invalid table row
-    poisons only its sample (_step)."""
-    if neps > 2 or N > GRID_COLS:
+    other form predicted more. Three buffers take the grid where the other form is the sliced plane (plane_sliced
+    at T = 32: N = 17 … 32), one tile a program (tiles_per_program): 81-100 % of the roofline against 39-40 %, no
+    spill in any of 192 variants at sm_90a (RESULTS.md); at T = 16 the whole-operand plane holds them. As in the
+    Kronecker form, a non-finite input value reaches every plane of its tile (0 · inf is NaN in the zero blocks of
+    the products); an invalid table row poisons only its sample (_step)."""
+    if neps > 3 or N > GRID_COLS:
         return False
+    if neps == 3:
+        return not kron_form(N) and plane_sliced(neps, tile_size(N))
     grid = (GRID_ROWS // N) * (GRID_COLS // N) * N * N / (GRID_ROWS * GRID_COLS)
     other = kron_planes(N) * N * N / KRON_MAX ** 2 if kron_form(N) else N * N / tile_size(N) ** 2
     # one plane of a [32, 32] tile runs on mma.sync (two warps); the grid's wgmma at equal fill predicted 1.3-1.4×
@@ -602,7 +607,8 @@ def kron_rows(neps: int, arch: int) -> int:
 
 def plane_sliced(neps: int, T: int) -> bool:
     """Whether a per-plane launch (tile side T) runs its products by slices (_plane_step): for three buffers
-    (order 2, or stochastic order 1 … with its history) at T ≥ 32, where the whole-operand form spills (24–568 B at
+    (order 2, or stochastic order 1 … with its history) at T ≥ 32 (at T = 32 on sm_90 / sm_100 the grid takes them
+    from one tile of planes: grid_form), where the whole-operand form spills (24–568 B at
     sm_90a for N = 17 … 64: benchmarks/RESULTS.md, issue 19). With fewer buffers, or at T = 16 (one slice is the
     whole operand), the whole-operand form holds without spill, and at T = 64 stays within 80 % of its roofline,
     which the sliced form, bound by its memory instructions, does not (43.8 % against 70.6 % of copy at N = 64,
@@ -644,14 +650,15 @@ def planes_per_program(planes: int, T: int, sliced: bool, tf32x3: bool) -> int:
 TILES_PER_PROGRAM = 4  # the most grid tiles a program takes (tiles_per_program)
 
 
-def tiles_per_program(tiles: int) -> int:
+def tiles_per_program(tiles: int, neps: int) -> int:
     """TP, the grid tiles (_blur_grid_kernel) each program takes in turn: 2 or 4 where the launch keeps ≥ MIN_PROGRAMS
-    programs, else 1. Each program computes its tiles' offsets, planes and masks once (~17 % of one tile's
-    instructions at N = 7) and reads V_R's parts once; a launch too small to fill the GPU twice keeps one tile a
-    program (its time is latency). The tiles are independent: TP moves no number (benchmarks/RESULTS.md, issue 19:
+    programs, else 1; always 1 for three (``neps``) buffers, where V_R's parts held for several tiles spilled 56-220 B
+    at sm_90a (N = 3 … 20: RESULTS.md). Each program computes its tiles' offsets, planes and masks once (~17 % of one
+    tile's instructions at N = 7) and reads V_R's parts once; a launch too small to fill the GPU twice keeps one tile
+    a program (its time is latency). The tiles are independent: TP moves no number (benchmarks/RESULTS.md, issue 19:
     N = 7 at 74 → 88 % of copy, with N a compile-time constant)."""
     tp = 1
-    while tp < TILES_PER_PROGRAM and tiles >= 2 * tp * MIN_PROGRAMS:
+    while neps < 3 and tp < TILES_PER_PROGRAM and tiles >= 2 * tp * MIN_PROGRAMS:
         tp *= 2
     return tp
 
@@ -793,7 +800,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
             seed_tensor if seed_tensor is not None else coef, seed_value)
     strides = (x.stride(0), e[0].stride(0), e[1].stride(0), e[2].stride(0), noise.stride(0) if noise is not None else 0)
     if grid:
-        tp = tiles_per_program(triton.cdiv(B * C, GR * GC))
+        tp = tiles_per_program(triton.cdiv(B * C, GR * GC), len(eps))
         _blur_grid_kernel[(triton.cdiv(B * C, GR * GC * tp),)](*ptrs, C, B * C, ALIGNED4=aligned4, TC=GRID_COLS, N=N,
                                                                 GR=GR, GC=GC, TP=tp, num_warps=4, **common)
     elif kron:

@@ -134,12 +134,18 @@ def gddim_cases() -> list[aot.Case]:
         **{f"blur-fp32-n{n}-order2-philox-stochastic": Gddim("blur", f, (3, n, n), batch=64, order=2)
            for n in (17, 28, 32, 33, 48, 64)},
         "blur-fp16-n64-order2-tensor": Gddim("blur", h, (3, 64, 64), batch=64, order=2, noise="tensor"),
+        # on sm_90 / sm_100 three buffers at N = 17 … 32 take the grid (grid_form) from one tile of planes; one plane
+        # keeps the sliced form there too
+        "blur-fp32-n20-order2-philox-oneplane": Gddim("blur", f, (1, 20, 20), batch=1, order=2),
     }
     covering = [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work) for name, c in cases.items()]
     sweep = {}
     for dt in (h, b):  # issue 19: CLD at ≥ 90 % of copy for fp16 / bf16, orders 0–2 (fp16 order 0: above)
         for order in (0, 1, 2) if dt == b else (1, 2):
             sweep[f"cld-{_LABEL[dt]}-order{order}-philox"] = Gddim("cld", dt, (2, 4, 32, 32), order=order)
+    for n in range(17, 33):  # issue 19: three buffers on the grid, one tile a program, at each of its N
+        if f"blur-fp32-n{n}-order2-philox-stochastic" not in cases:
+            sweep[f"blur-fp32-n{n}-order2-philox-stochastic"] = Gddim("blur", f, (3, n, n), batch=64, order=2)
     return covering + [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work, targets=("sm_90a",))
                        for name, c in sweep.items()] + [blur_case(n) for n in BLUR_SIZES if f"blur-fp32-n{n}-philox"
                                                         not in cases]
