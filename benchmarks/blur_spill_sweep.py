@@ -1,8 +1,9 @@
 """Compiles the blur step's launch variants for one target (triton's compiler and the wheel's ptxas, as
 `gmm-triton inspect`) and prints registers and spill per variant: what the compile matrix's one case per size
 cannot show. Variants: N × storage dtype (fp32, bf16, fp16) × noise / timestep (in-kernel Philox with one timestep,
-a noise tensor / no noise / Philox with per-sample timesteps) × tiles a program (1: a batch of 64 samples of 3
-planes; 4: enough grid tiles for four a program).
+a noise tensor / no noise / Philox with per-sample timesteps) × grid tiles a program, TP (1: a batch of 64 samples
+of 3 planes; more: enough grid tiles for TP a program, TP forced over kernels/blur_step.py:tiles_per_program, which
+gives three buffers one; the printed TP is the launch's).
 
     python benchmarks/blur_spill_sweep.py SIZES [ORDER] [TP] [TARGET]
     e.g. python benchmarks/blur_spill_sweep.py 17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32 2 1 sm_90a
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv) -> int:
     import torch
+    from gmm_triton.kernels import blur_step as K
     from gmm_triton.kernels.blur_step import GRID_COLS, GRID_ROWS, MIN_PROGRAMS, TILES_PER_PROGRAM
     from gmm_triton.tools import aot
     from gmm_triton.tools.gddim_aot_cases import _LABEL, Gddim, _drive
@@ -36,8 +38,8 @@ def main(argv) -> int:
         tile = (GRID_ROWS // n) * (GRID_COLS // n) if n <= GRID_COLS else 1
         batch = 64 if tp == 1 else -(-2 * tp * MIN_PROGRAMS * tile // 3)
         c = Gddim("blur", dt, (3, n, n), batch=batch, order=order, noise=noise, timestep=ts)
-        cases.append(aot.Case(f"{_LABEL[dt]}-n{n}-order{order}-{noise}-{ts}-tp{tp}", _LABEL[dt], _drive(c),
-                              c.bytes_per_element, c.work, targets=(target,)))
+        cases.append(aot.Case(f"{_LABEL[dt]}-n{n}-order{order}-{noise}-{ts}-tp{tp}", _LABEL[dt],
+                              _forcing_tp(K, _drive(c), tp), c.bytes_per_element, c.work, targets=(target,)))
     cache = str(Path(__file__).resolve().parents[1] / ".cache")
     results = aot.run_matrix([target], cases=cases, jobs=2, cache_dir=cache, dump_dir=None, progress=lambda s: None)
     bad = total = 0
@@ -47,10 +49,23 @@ def main(argv) -> int:
         total += 1
         s = r.stats if r.ok else {}
         bad += (not r.ok) or bool(s.get("spill_bytes"))
-        print(f"{r.case.name:44s} {r.kernel:18s} " + (f"{s.get('registers'):>4} regs {s.get('spill_bytes'):>5} B spill"
-                                                      if r.ok else f"error: {r.error[:200]}"))
+        tp = r.launch.named.get("TP", "-") if r.launch is not None else "-"
+        print(f"{r.case.name:44s} {r.kernel:18s} TP {tp} " + (
+            f"{s.get('registers'):>4} regs {s.get('spill_bytes'):>5} B spill" if r.ok else f"error: {r.error[:200]}"))
     print(f"{bad} of {total} variants spill or fail ({target})")
     return 1 if bad else 0
+
+
+def _forcing_tp(K, drive, tp: int):
+    """The case's drive with tiles_per_program forced to ``tp`` (capture runs the drives in this process)."""
+    def forced(fx):
+        real = K.tiles_per_program
+        K.tiles_per_program = lambda tiles, neps: tp
+        try:
+            return drive(fx)
+        finally:
+            K.tiles_per_program = real
+    return forced
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
 - the grid (:func:`grid_form`: up to two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, three at N = 17 … 32, on wgmma
-  GPUs, launches of at least a tile of planes): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with
+  GPUs, launches of at least a tile of planes but at N = 3, 6: :func:`launches_grid`): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with
   block-diagonal V_L (GR copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker
   row filled 56 % (N = 3, 6) or one plane a program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a
-  program takes up to 4 tiles in turn (:func:`tiles_per_program`);
+  program takes up to 4 tiles in turn (:func:`tiles_per_program`; one with three buffers);
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
@@ -570,8 +570,11 @@ def grid_form(N: int, neps: int) -> bool:
 def launches_grid(N: int, neps: int, planes: int, tf32x3: bool, arch: int) -> bool:
     """Whether a launch takes the grid form: grid_form's sizes, for tf32x3 (fp64, no GPU sampling dtype, keeps the
     other forms), on wgmma GPUs (sm_90, sm_100; on sm_80's mma.sync its tile spilled 64 B), with at least one tile
-    of planes (fewer: the other form, as many programs)."""
-    return tf32x3 and grid_form(N, neps) and arch // 10 in (9, 10) and planes >= (GRID_ROWS // N) * (GRID_COLS // N)
+    of planes where the other form is one plane a program (fewer: that form, as many programs); where it is the
+    Kronecker rows (N = 3, 6), whose programs take more planes than a grid tile (256 against 210, 64 against 50),
+    at any size."""
+    tile = (GRID_ROWS // N) * (GRID_COLS // N)
+    return tf32x3 and grid_form(N, neps) and arch // 10 in (9, 10) and (planes >= tile or kron_form(N))
 
 
 def rows_aligned4(N: int, kron: bool) -> bool:
@@ -653,7 +656,7 @@ TILES_PER_PROGRAM = 4  # the most grid tiles a program takes (tiles_per_program)
 def tiles_per_program(tiles: int, neps: int) -> int:
     """TP, the grid tiles (_blur_grid_kernel) each program takes in turn: 2 or 4 where the launch keeps ≥ MIN_PROGRAMS
     programs, else 1; always 1 for three (``neps``) buffers, where V_R's parts held for several tiles spilled 56-220 B
-    at sm_90a (N = 3 … 20: RESULTS.md). Each program computes its tiles' offsets, planes and masks once (~17 % of one
+    at sm_90a (N = 3 … 32: RESULTS.md). Each program computes its tiles' offsets, planes and masks once (~17 % of one
     tile's instructions at N = 7) and reads V_R's parts once; a launch too small to fill the GPU twice keeps one tile
     a program (its time is latency). The tiles are independent: TP moves no number (benchmarks/RESULTS.md, issue 19:
     N = 7 at 74 → 88 % of copy, with N a compile-time constant)."""
@@ -697,8 +700,8 @@ def _derived(what: str, t: torch.Tensor, build):
 
 def kperm_order(m: torch.Tensor, dim: int) -> torch.Tensor:
     """m with its entries along ``dim`` in the order _kperm gives a tile's columns: position 8b + 4e + c holds entry
-    8b + 2c + e (c < 4, e < 2). The matrix that a reordered tile multiplies takes its rows in this order. (View
-    operations only: the inspect tool builds the grid's matrices from fake tensors.)"""
+    8b + 2c + e (c < 4, e < 2). The matrix that a reordered tile multiplies takes its rows in this order. (Shape
+    operations only, no index tensor: the inspect tool builds the matrices from fake CUDA tensors.)"""
     S = m.shape[dim]
     return m.unflatten(dim, (S // 8, 4, 2)).transpose(dim + 1, dim + 2).flatten(dim, dim + 2)
 
@@ -708,9 +711,9 @@ def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 
     """The transform matrices the kernels multiply by, [PARTS, 2, S, S]: [:, 0] V (or W = the Kronecker matrix for
     N ≤ KRON_MAX, module docstring; or ``copies`` of V on the diagonal, the grid form's V_L and V_R), [:, 1] its
     transpose, zero-padded to S (``size``, or tile_size); as tf32 (high, low) parts in fp32 with ``tf32x3``, else
-    fp64 as is; ``kperm``: the rows of both in _kperm's order (:func:`kperm_order`), for matrices that only ever
-    multiply a reordered tile from the right (the grid's V_R). Built once per basis tensor and shape
-    (:func:`_derived`)."""
+    fp64 as is; ``kperm``: the rows of both in _kperm's order (:func:`kperm_order`; [:, 1] is then no longer [:, 0]
+    transposed), for matrices that only ever multiply a reordered tile from the right (the grid's V_R, one plane's
+    ``br``). Built once per basis tensor and shape (:func:`_derived`)."""
     N = basis.shape[0]
     S = size or tile_size(N)
 
@@ -791,7 +794,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         SEED_FROM_PTR=seed_tensor is not None, FAST=fast_math(x.device), TF32X3=tf32x3, T=T)
     # the left and right matrices of the grid and of one plane; the right ones only multiply _kperm's reordered
     # tiles from the right (tf32x3): their rows in that order
-    bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR), basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=True)) if grid \
+    bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR), basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=tf32x3)) if grid \
         else (basis_parts(basis, tf32x3),) if kron else (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3,
                                                                                                   kperm=tf32x3))
     ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, *bp,

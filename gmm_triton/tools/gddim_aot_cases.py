@@ -37,18 +37,16 @@ class Gddim:
         if kernel == "_noise_fill_kernel":
             return 4.0
         e = torch.empty((), dtype=self.dtype).element_size()
-        z = e if self.noise == "tensor" else (4 if self._noise_pass else 0)
+        z = e if self.noise == "tensor" else (4 if self._noise_pass(kernel) else 0)
         return e * (2 + self.order + 1) + z   # u, the ε buffers, out (+ noise)
 
-    @property
-    def _noise_pass(self) -> bool:  # blur sizes whose tile rows are not whole Philox groups draw into a buffer first
-        from ..kernels.blur_step import kron_form, launches_grid, rows_aligned4
+    def _noise_pass(self, kernel: str) -> bool:
+        """Whether the blur launch whose main kernel is ``kernel`` draws its normals in a pre-pass and reads them:
+        its tile rows are not whole Philox groups (the kernel names the form, on any target)."""
+        from ..kernels.blur_step import rows_aligned4
 
-        n = self.shape[-1]
-        # sm_90's launch; where sm_80 launches another form (one plane a program) the case's rows are Philox groups in
-        # both or in neither (N = 9, 28, 32), or the case compiles for sm_90a only (the sweep)
-        grid = launches_grid(n, self.order + 1, self.batch * self.shape[0], self.dtype != torch.float64, 90)
-        return self.kind == "blur" and self.noise == "philox" and not rows_aligned4(n, kron_form(n) and not grid)
+        return self.kind == "blur" and self.noise == "philox" and not rows_aligned4(self.shape[-1],
+                                                                                    kernel == "_blur_kron_kernel")
 
     def work(self, kernel: str, cx: dict, grid: tuple) -> aot.Work:
         """Every element of the [B, ...] sample (CLD: both halves of each pair; blur: the N² pixels of each plane,
@@ -121,16 +119,18 @@ def gddim_cases() -> list[aot.Case]:
         "blur-fp64-n16-none-pertimestep": Gddim("blur", d, (1, 16, 16), noise="none", timestep="per_sample"),
         # noise pass; the grid form (21 planes a tile) on sm_90a / sm_100a, one plane a program (T = 16) on sm_80
         "blur-fp32-n9-philox-devtimestep": Gddim("blur", f, (3, 9, 9), batch=7, timestep="device"),
-        # the Kronecker rows of N = 3 and 6 below one grid tile of planes (210, 50), and on sm_80 at any batch
-        "blur-fp32-n3-philox-kron": Gddim("blur", f, (3, 3, 3), batch=64),
-        "blur-fp32-n6-philox-kron": Gddim("blur", f, (3, 6, 6), batch=16),
+        # N = 3 and 6 below one grid tile of planes (210, 50): the grid all the same on sm_90a / sm_100a
+        # (launches_grid), the Kronecker rows on sm_80
+        "blur-fp32-n3-philox-below-a-tile": Gddim("blur", f, (3, 3, 3), batch=64),
+        "blur-fp32-n6-philox-below-a-tile": Gddim("blur", f, (3, 6, 6), batch=16),
         # stochastic multistep (λ > 0, order 2): three buffers and in-kernel noise in one launch, on every target
         "cld-fp32-order2-philox-stochastic": Gddim("cld", f, (2, 4, 32, 32), order=2),
         # B = 64: 192 planes, whole tiles of kron_rows (B = 2 charged its 6 planes for a whole tile's idle rows)
         "blur-fp32-n8-order2-philox-stochastic": Gddim("blur", f, (3, 8, 8), batch=64, order=2),
         "blur-fp32-n16-order2-philox-stochastic": Gddim("blur", f, (3, 16, 16), order=2),
-        # issue 19: the per-plane kernel with three buffers at every tile side (T = 32: 17, 28, 32; T = 64: 33, 48,
-        # 64), unaligned rows (17, 33: the noise pre-pass) and whole ones, and 16-bit storage at the largest tile
+        # issue 19: three buffers at every tile side (T = 32: 17, 28, 32, the grid on sm_90a / sm_100a, the sliced
+        # plane on sm_80; T = 64: 33, 48, 64, sliced), unaligned rows (17, 33: the noise pre-pass) and whole ones, and
+        # 16-bit storage at the largest tile
         **{f"blur-fp32-n{n}-order2-philox-stochastic": Gddim("blur", f, (3, n, n), batch=64, order=2)
            for n in (17, 28, 32, 33, 48, 64)},
         "blur-fp16-n64-order2-tensor": Gddim("blur", h, (3, 64, 64), batch=64, order=2, noise="tensor"),
