@@ -50,7 +50,7 @@ def _rows():
         B = max(64, 2**22 // (3 * n * n))                    # or 4 tiles a program; 16: planes a program)
         rows.append((f"blur-fp32-n{n}-philox (B={B})", Gddim("blur", f, (3, n, n), batch=B)))
     rows.append(("blur-fp32-n7-philox (B=98304)", Gddim("blur", f, (3, 7, 7), batch=98304)))  # 8192 tiles: four a program
-    for n in (8, 32, 64):  # three buffers: the Kronecker rows of 16, the grid (N = 32), the sliced plane (64)
+    for n in (8, 32, 64):  # three buffers: the grid (N = 8, 32; Kronecker rows on sm_80), the sliced plane (64)
         B = max(64, 2**22 // (3 * n * n))
         rows.append((f"blur-fp32-n{n}-order2-philox-stochastic (B={B})", Gddim("blur", f, (3, n, n), batch=B,
                                                                               order=2)))

@@ -338,6 +338,39 @@ def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatc
     assert set(launched) == {(-(-2 * B // ((64 // N) * (32 // N))),)}
 
 
+@pytest.mark.parametrize("N, B", [(8, 3), (5, 30)], ids=["N8-a-partial-tile", "N5-two-tiles-noise-prepass"])
+def test_blur_three_buffers_on_the_grid_below_the_kronecker_sizes(monkeypatch, N, B):
+    """Three buffers at N = 4, 5, 6, 8 take the grid at any launch size (grid_form, launches_grid: their Kronecker
+    rows spilled): deterministic with per-sample rows and stochastic (order-2 table, in-kernel Philox at N = 8, the
+    pre-pass at 5) against the float64 reference and the Kronecker rows (grid_form off) within the same bound; N = 8
+    with 9 planes (a partial tile of 32), N = 5 with 90 (72 a tile)."""
+    from gmm_triton.kernels import blur_step as K
+
+    assert all(K.grid_form(n, 3) for n in (4, 5, 6, 8)) and not any(K.grid_form(n, 3) for n in (1, 2, 3, 7, 9, 16))
+    assert K.launches_grid(N, 3, 3, True, 90) and not K.launches_grid(N, 3, 3 * B, True, 80)
+    bt, _, basis = blur_tables(N)
+    bt_lam2 = blur_tables(N, lam_order=2)[1]
+    x = torch.randn(B, 3, N, N)
+    eps = [torch.randn_like(x) for _ in range(3)]
+    rows = torch.randint(0, 5, (B,))
+    real, launched = K.grid_form, []
+    grid_kernel = K._blur_grid_kernel
+    monkeypatch.setattr(K, "_blur_grid_kernel", type("Spy", (), {"__getitem__": lambda self, grid: (
+        launched.append(grid), grid_kernel[grid])[1]})())
+    for table, r, kw, tol in [(bt, rows, {}, 4e-7), (bt_lam2, 3, dict(stochastic=True, seed=4), 2e-6)]:
+        noise = philox(4, x.shape) if kw else None
+        ref = gref.blur_step(x, eps, table, basis, r, seed=kw.get("seed"))
+        bound = magnitude(gref.blur_step, x, eps, table, basis.abs(), r, noise=noise)
+        for grid in (True, False):
+            monkeypatch.setattr(K, "grid_form", lambda n, neps, g=grid: g and real(n, neps))
+            before = len(launched)
+            with ops.use_cpu_backend("triton"):
+                out = gops.blur_step(x, eps, r, table, basis, **kw)
+            assert len(launched) == before + grid
+            assert ((out.double() - ref).abs() <= tol * bound).all(), (kw.keys(), grid)
+    assert set(launched) == {(-(-3 * B // ((64 // N) * (32 // N))),)}
+
+
 @triton.jit
 def _kperm_tile(src, dst, R: tl.constexpr, C: tl.constexpr):
     o = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]

@@ -11,8 +11,9 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
   matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
-- the grid (:func:`grid_form`: up to two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, three at N = 17 … 32, on wgmma
-  GPUs, launches of at least a tile of planes but at N = 3, 6: :func:`launches_grid`): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with
+- the grid (:func:`grid_form`: up to two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, three at N = 4, 5, 6, 8, 17 … 32,
+  on wgmma GPUs, launches of at least a tile of planes but where the other form is the Kronecker rows:
+  :func:`launches_grid`): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with
   block-diagonal V_L (GR copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker
   row filled 56 % (N = 3, 6) or one plane a program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a
   program takes up to 4 tiles in turn (:func:`tiles_per_program`; one with three buffers);
@@ -552,15 +553,17 @@ def grid_form(N: int, neps: int) -> bool:
     92 % against 56 %; N = 9: 83 % against 32 %; N = 11: 59 % against 47 %; N = 17: 42 % against 28 %; N = 22 … 32:
     equal fill). There it predicts 1.1-4× the throughput of the other form (benchmarks/RESULTS.md, issue 19); at N =
     5 (88 % against 78 %) and 13 … 16 (equal fill, one plane a program at T = 16 with several planes a program) the
-    other form predicted more. Three buffers take the grid where the other form is the sliced plane (plane_sliced
-    at T = 32: N = 17 … 32), one tile a program (tiles_per_program): 81-100 % of the roofline against 39-40 %, no
-    spill in any of 192 variants at sm_90a (RESULTS.md); at T = 16 the whole-operand plane holds them. As in the
+    other form predicted more. Three buffers take the grid, one tile a program (tiles_per_program), where the other
+    form is the sliced plane (plane_sliced at T = 32: N = 17 … 32; 81-100 % of the roofline against 39-40 %) and at
+    N = 4, 5, 6, 8, where the Kronecker rows spilled 4-24 B in 6 of 48 variants on sm_90a (fp32 N = 8: 77 → 88 %);
+    no spill in any variant there (RESULTS.md). At T = 16 the whole-operand plane holds them; at N = 2, 3 the
+    Kronecker rows keep them (the grid spilled too, with per-sample rows). As in the
     Kronecker form, a non-finite input value reaches every plane of its tile (0 · inf is NaN in the zero blocks of
     the products); an invalid table row poisons only its sample (_step)."""
     if neps > 3 or N > GRID_COLS:
         return False
     if neps == 3:
-        return not kron_form(N) and plane_sliced(neps, tile_size(N))
+        return N in (4, 5, 6, 8) or (not kron_form(N) and plane_sliced(neps, tile_size(N)))
     grid = (GRID_ROWS // N) * (GRID_COLS // N) * N * N / (GRID_ROWS * GRID_COLS)
     other = kron_planes(N) * N * N / KRON_MAX ** 2 if kron_form(N) else N * N / tile_size(N) ** 2
     # one plane of a [32, 32] tile runs on mma.sync (two warps); the grid's wgmma at equal fill predicted 1.3-1.4×
@@ -571,8 +574,8 @@ def launches_grid(N: int, neps: int, planes: int, tf32x3: bool, arch: int) -> bo
     """Whether a launch takes the grid form: grid_form's sizes, for tf32x3 (fp64, no GPU sampling dtype, keeps the
     other forms), on wgmma GPUs (sm_90, sm_100; on sm_80's mma.sync its tile spilled 64 B), with at least one tile
     of planes where the other form is one plane a program (fewer: that form, as many programs); where it is the
-    Kronecker rows (N = 3, 6), whose programs take more planes than a grid tile (256 against 210, 64 against 50),
-    at any size."""
+    Kronecker rows (N = 3, 6; and 4, 5, 6, 8 with three buffers, whose Kronecker rows spilled), at any size: at N = 3
+    and 6 their programs take more planes than a grid tile (256 against 210, 64 against 50)."""
     tile = (GRID_ROWS // N) * (GRID_COLS // N)
     return tf32x3 and grid_form(N, neps) and arch // 10 in (9, 10) and (planes >= tile or kron_form(N))
 
@@ -603,8 +606,9 @@ def kron_rows(neps: int, arch: int) -> int:
     otherwise: on sm_80 mma.sync holds the operands of each [64, 64] product in registers (ptxas spilled 760 B at
     N = 8 with one buffer), and with three buffers (stochastic or deterministic order 2) the transform's tf32 parts,
     the running Y and the next buffer's tile do not fit 255 registers on any target (80 B at sm_100a to 3.4 KB at
-    sm_80); at 16 rows none spills (benchmarks/RESULTS.md, issue 22's launches). The rows of a tile are independent planes, so the choice moves no
-    number."""
+    sm_80); at 16 rows issue 22's launches do not spill (benchmarks/RESULTS.md), but 13 of 72 variants of N = 2 … 8
+    did on sm_90a (4-24 B: there the grid takes N = 4, 5, 6, 8 with three buffers, grid_form). The rows of a tile are
+    independent planes, so the choice moves no number."""
     return KRON_ROWS if neps <= 2 and arch // 10 in (9, 10) else KRON_ROWS_SMALL
 
 

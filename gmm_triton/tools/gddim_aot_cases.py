@@ -125,7 +125,8 @@ def gddim_cases() -> list[aot.Case]:
         "blur-fp32-n6-philox-below-a-tile": Gddim("blur", f, (3, 6, 6), batch=16),
         # stochastic multistep (λ > 0, order 2): three buffers and in-kernel noise in one launch, on every target
         "cld-fp32-order2-philox-stochastic": Gddim("cld", f, (2, 4, 32, 32), order=2),
-        # B = 64: 192 planes, whole tiles of kron_rows (B = 2 charged its 6 planes for a whole tile's idle rows)
+        # B = 64: 192 planes, whole tiles of kron_rows on sm_80 (B = 2 charged its 6 planes for a whole tile's idle
+        # rows); six grid tiles on sm_90a / sm_100a (grid_form: three buffers at N = 8)
         "blur-fp32-n8-order2-philox-stochastic": Gddim("blur", f, (3, 8, 8), batch=64, order=2),
         "blur-fp32-n16-order2-philox-stochastic": Gddim("blur", f, (3, 16, 16), order=2),
         # issue 19: three buffers at every tile side (T = 32: 17, 28, 32, the grid on sm_90a / sm_100a, the sliced
