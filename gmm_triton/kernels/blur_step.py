@@ -798,9 +798,12 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         SEED_FROM_PTR=seed_tensor is not None, FAST=fast_math(x.device), TF32X3=tf32x3, T=T)
     # the left and right matrices of the grid and of one plane; the right ones only multiply _kperm's reordered
     # tiles from the right (tf32x3): their rows in that order
-    bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR), basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=tf32x3)) if grid \
-        else (basis_parts(basis, tf32x3),) if kron else (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3,
-                                                                                                  kperm=tf32x3))
+    if grid:
+        bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR), basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=tf32x3))
+    elif kron:
+        bp = (basis_parts(basis, tf32x3),)
+    else:
+        bp = (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3, kperm=tf32x3))
     ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, *bp,
             _grid_table(coef, tf32x3, GR * GC) if grid else _table(coef, tf32x3, T if sliced else None), coef.shape[0],
             t_tensor if t_tensor is not None else coef, t_value,
