@@ -41,7 +41,8 @@ def main(argv) -> int:
         cases.append(aot.Case(f"{_LABEL[dt]}-n{n}-order{order}-{noise}-{ts}-tp{tp}", _LABEL[dt],
                               _forcing_tp(K, _drive(c), tp), c.bytes_per_element, c.work, targets=(target,)))
     cache = str(Path(__file__).resolve().parents[1] / ".cache")
-    results = aot.run_matrix([target], cases=cases, jobs=2, cache_dir=cache, dump_dir=None, progress=lambda s: None)
+    results = aot.run_matrix([target], cases=cases, jobs=2, cache_dir=cache, dump_dir=None,
+                             progress=lambda s: print(s, file=sys.stderr, flush=True))  # minutes: show each compile
     bad = total = 0
     for r in results:
         if r.kernel == "_noise_fill_kernel":
