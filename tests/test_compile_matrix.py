@@ -182,9 +182,9 @@ def test_issue_19_targets_on_paper(matrix):
     Gaussian and every mixture mode, within 1.25x their contiguous launch without spill; CLD at fp16/bf16, orders
     0-2, at >= 90 % of copy on an H100 under both models; the blur step on tensor cores without spill at every size
     (fp16/bf16/fp32) and with three buffers (order 2) at every tile side, within 80 % of its roofline where the
-    Kronecker rows are whole, for the grid of planes at N = 3, 6, 7, 9 … 11 and 17 … 31 but the multiples of 4, for
-    one plane a program at N = 13 … 16 and the one-buffer wgmma planes of N = 33 … 64, and for order 2 at N = 16 …
-    32 (the grid from 17); and the throughput the grid form bought for N = 12, 20, 24, 28, 32."""
+    Kronecker rows are whole, for the grid of planes at N = 3, 6, 7, 9 … 11 and 17 … 32 but 12, for one plane a
+    program at N = 13 … 16 and the one-buffer wgmma planes of N = 33 … 64, and for order 2 at N = 16 … 32 (the grid
+    from 17); and the throughput the grid form bought for N = 12 and the bf16 grid at N = 28."""
     rows = {(r["case"], r["kernel"]): r for r in matrix if r["target"] == "sm_90a"}
     main = rows[("main-fp16-eps-philox-x0", "_ddim_step_kernel")]
     for D in (1000, 1001, 13467):
@@ -233,8 +233,8 @@ def test_issue_19_targets_on_paper(matrix):
         if r["case"] != "blur-fp32-n1-philox":  # N = 1: the 1x1 DCT is the identity, no product
             assert r["roofline_pct_copy"] is not None, r  # tensor-core products
     by_case = {r["case"]: r for r in blur}
-    met = [f"blur-fp32-n{n}-philox" for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 16, 17, 18, 19, 21, 22, 23, 25, 26,
-                                                27, 29, 30, 31, 33, 36, 48, 64)] + [
+    met = [f"blur-fp32-n{n}-philox" for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 16, *range(17, 33), 33, 36, 48,
+                                                64)] + [
         f"blur-fp32-n{n}-order2-philox-stochastic" for n in range(16, 33)] + [
         "blur-fp32-n9-philox-devtimestep", "blur-fp32-n3-philox-below-a-tile", "blur-fp32-n6-philox-below-a-tile"]
     for case in met:
@@ -246,11 +246,12 @@ def test_issue_19_targets_on_paper(matrix):
     for n in range(17, 33):  # three buffers on the grid, one tile a program
         r = by_case[f"blur-fp32-n{n}-order2-philox-stochastic"]
         assert r["kernel"] == "_blur_grid_kernel" and r["launch"]["constexprs"]["TP"] == "1", r
-    # not met (issue-bound by the in-kernel normals where N is a multiple of 4), but what the grid form and the
-    # accumulator taken as the next operand (_kperm) bought: per-pipe % of copy on an H100 (one plane a program,
-    # eight at N = 12, and N = 20, 28, 32: 42, 21, 42, 51; benchmarks/RESULTS.md)
-    for n, floor in ((12, 54), (20, 45), (24, 43), (28, 58), (32, 70)):
-        r = by_case[f"blur-fp32-n{n}-philox"]
+    # not met (issue-bound, the in-kernel normals ~28 instructions an element), but what the grid form, the
+    # accumulator taken as the next operand (_kperm) and the tensor core's own tf32 reading bought: per-pipe % of copy
+    # on an H100 (one plane a program, eight at N = 12: 42; the bf16 grid at N = 28 before _kperm: 24;
+    # benchmarks/RESULTS.md)
+    for case, floor in (("blur-fp32-n12-philox", 60), ("blur-bf16-n28-philox-devseed", 30)):
+        r = by_case[case]
         assert r["kernel"] == "_blur_grid_kernel" and r["pipe_pct_copy"]["H100"] >= floor, r
 
 

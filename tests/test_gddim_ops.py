@@ -14,7 +14,7 @@ from gmm_triton.gddim import reference as gref
 from gmm_triton.gddim.blur import BlurProcess
 from gmm_triton.gddim.cld import CLD
 from gmm_triton.gddim.tables import blur_table, cld_table
-from gmm_triton.kernels.blur_step import _kperm
+from gmm_triton.kernels.blur_step import _kperm, _mm
 
 BACKENDS = ["cpp", "triton"]
 
@@ -389,6 +389,48 @@ def test_kperm_reorders_a_tiles_columns_as_the_host_twin_does():
     _kperm_tile[(1,)](t, out, R=64, C=32)
     assert K.kperm_order(torch.arange(8), 0).tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
     assert torch.equal(out, K.kperm_order(t, 1))
+
+
+@triton.jit
+def _tf32x3_left_product(t_ptr, bp, out_ptr, T: tl.constexpr, ROUND: tl.constexpr):
+    o = tl.arange(0, T)[:, None] * T + tl.arange(0, T)[None, :]
+    tl.store(out_ptr + o, _mm(tl.load(t_ptr + o), bp, 0, True, True, T, False, ROUND))
+
+
+def test_the_interpreter_multiplies_what_a_tensor_core_reads():
+    """A tf32x3 product (_mm, V @ t) run by the interpreter equals, bit for bit, the same sums of products of what a
+    tensor core reads of each operand: an fp32 register's top 19 bits (tf32). On a GPU the kernels hand lo = t - hi
+    to the tensor core as it is (its low 13 bits ignored: the truncation, without an instruction) and, where lo is
+    rounded (ROUND), lo + half a tf32 unit; the interpreter's tl.dot multiplies whole fp32 values, so the kernels
+    clear those bits themselves there (_TC_READS_TF32): the CPU runs the products the GPU runs. The products are
+    taken as the interpreter takes them (numpy, fp32, in _mm_slice's order); a model that multiplies lo unread
+    differs, so the test would see an interpreter that did not clear them."""
+    from gmm_triton.kernels import blur_step as K
+
+    T = 16
+    basis = torch.from_numpy(np.linalg.qr(np.random.default_rng(3).standard_normal((T, T)))[0])
+    bp = K.basis_parts(basis, True)
+    t = torch.randn(T, T, generator=torch.Generator().manual_seed(5)) * 3
+
+    def bits(x, f):
+        return f(x.contiguous().view(torch.int32)).view(torch.float32)
+
+    def read(x):  # what a tensor core reads of an fp32 operand
+        return bits(x, lambda b: b & ~0x1FFF)
+
+    hi = K._tf32_round(t)
+    for ROUND in (False, True):
+        lo_passed = bits(t - hi, lambda b: b + 0x1000) if ROUND else t - hi  # the GPU's operand
+        out = torch.empty_like(t)
+        _tf32x3_left_product[(1,)](t, bp, out, T=T, ROUND=ROUND)
+        models = []
+        for lo in (read(lo_passed), t - hi):
+            acc = np.zeros((T, T), np.float32)
+            for a, b in ((bp[0, 0], lo), (bp[1, 0], hi), (bp[0, 0], hi)):
+                acc = np.matmul(a.numpy(), b.numpy(), dtype=np.float32) + acc
+            models.append(torch.from_numpy(acc))
+        assert torch.equal(out, models[0]), ROUND
+        assert not torch.equal(models[0], models[1])  # the reading matters at these values
 
 
 def test_blur_tiles_per_program_policy():

@@ -41,14 +41,17 @@ products per fp32 product (tf32x3): each operand is split into a high and a low 
 significant bits), and a·b ≈ a_lo·b_hi + a_hi·b_lo + a_hi·b_hi (the products of tf32 values are exact in the fp32
 accumulator). The transform matrices' parts are rounded to nearest, once per basis tensor on the host
 (:func:`basis_parts`), and read by each product from L2 (or once per program: _preload); the data's are split in
-registers, hi = t rounded to nearest and lo = t − hi truncated (its low 13 bits cleared; 4 instructions an element,
-against 5 for rounding both; truncating hi too, 3, biased the errors: 1.7·10⁻⁷ against 1.2·10⁻⁷ × the bound's
-scale at N = 3): the dropped a_lo·b_lo and lo's truncation are ≤ 2⁻²² relative, and the measured errors are those
-of rounding both (benchmarks/RESULTS.md, "Blur precision").
-Where a tile fills 255 registers either way and this split's schedule spilled (a whole [64, 64] plane, a Kronecker
-tile of three buffers) lo is rounded too (ROUND), as before. The interpreter runs
-the same code: there a product of tf32-exact parts is computed exactly as on the tensor cores, so the CPU tests
-check the split arithmetic too.
+registers, hi = t rounded to nearest and lo = t − hi truncated to tf32 (its low 13 bits dropped; truncating hi too
+biased the errors: 1.7·10⁻⁷ against 1.2·10⁻⁷ × the bound's scale at N = 3): the dropped a_lo·b_lo and lo's
+truncation are ≤ 2⁻²² relative, and the measured errors are those of rounding both (benchmarks/RESULTS.md, "Blur
+precision"). A tensor core reads a tf32 operand's top 19 bits of the fp32 register (sign, exponent, 10 mantissa
+bits) and ignores the low 13 (triton's own tf32 products hand it fp32 registers unconverted, and its tf32x3 hands it
+a − cvt.rna(a) as is): so on a GPU lo goes to it as it is and the tensor core truncates it, 3 instructions an
+element (hi: add, mask; lo: subtract), where clearing the bits first took a fourth (_TC_READS_TF32). The
+interpreter's tl.dot multiplies whole fp32 values, so there the kernels clear them themselves: the CPU tests run the
+products the tensor cores run, tf32-exact parts multiplied exactly (test_gddim_ops.py), and check the split
+arithmetic too. Where a tile fills 255 registers either way and this split's schedule spilled (a whole [64, 64]
+plane, a Kronecker tile of three buffers) lo is rounded too (ROUND), as before.
 """
 import weakref
 
@@ -64,6 +67,10 @@ from .common import INTERPRETING, NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM
 _PLANES = tl.constexpr(contract.BLUR_PLANES)  # A, B_0..B_2, S per step (contract.py)
 _TF32_HALF = tl.constexpr(0x1000)   # half a unit of the 13 bits below a tf32 mantissa
 _TF32_MASK = tl.constexpr(0xFFFFE000)
+# whether tl.dot's tf32 operands are read by a tensor core (a GPU compile), which takes an fp32 register's sign,
+# exponent and top 10 mantissa bits and ignores the low 13; the interpreter's tl.dot multiplies the whole fp32 value
+_TC_READS_TF32 = tl.constexpr(not INTERPRETING)
+_CHECK_HINTS = tl.constexpr(INTERPRETING)  # the compiler hints' facts checked where the kernels run on the CPU
 _KC = tl.constexpr(16)  # the per-plane products' slices of the contraction (tl.dot's smallest K)
 # the layouts of a tile (FORM): one plane (padded to T×T); planes as rows of a Kronecker product; N = 1 (the identity);
 # planes side by side on a grid (V_L X V_Rᵀ with block-diagonal V_L, V_R: bp is the pair of their parts)
@@ -112,7 +119,10 @@ def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T
         if ROUND:
             hi = _tf32(t)
             lo = _tf32(t - hi)
-        else:
+        elif _TC_READS_TF32:  # a GPU: the tensor core reads lo's tf32 bits, its low 13 ignored (module docstring)
+            hi = _tf32(t)
+            lo = t - hi
+        else:  # the interpreter multiplies in full fp32: lo truncated here, as the tensor core reads it
             hi = _tf32(t)
             lo = _trunc32(t - hi)
         if LEFT:
@@ -317,6 +327,20 @@ def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, seed, x_
 
 
 @triton.jit
+def _check_runs_of_four(off):
+    """Under the interpreter, where compiler hints do nothing: asserts what the caller hints for ``off`` [R, C]
+    (tl.max_contiguous and tl.multiple_of by [1, 4], written at the call site: a hint on a function's result does not
+    reach its caller): whole runs of four along the columns, each contiguous, its first offset a multiple of 4."""
+    if _CHECK_HINTS:
+        R: tl.constexpr = off.shape[0]
+        C: tl.constexpr = off.shape[1]
+        runs = tl.reshape(off, (R, C // 4, 4))
+        first = tl.reshape(_run_starts(off), (R, C // 4, 1))
+        # (the interpreter's tl.assume asserts its condition; its device_assert needs a debug build)
+        tl.assume((first % 4 == 0) & (runs - first == tl.arange(0, 4)[None, None, :]))
+
+
+@triton.jit
 def _run_starts(ld):
     """[R, C // 4]: the first of each run of four columns of the [R, C] tile ``ld`` (its registers; no new tile of
     counters held through the products)."""
@@ -491,16 +515,28 @@ def _blur_grid_kernel(
     meets the zero rows and columns of the padded matrices); in the launch's last tile, planes past the last are
     clamped onto the last plane's end (whole blocks of the tile, transformed on their own) and not stored (the
     store's mask); a program's tiles past the last repeat the last tile (same values to the same places: no
-    branch around the body). With several tiles V_R's parts are read once (_preload), V_L's by every product."""
+    branch around the body). With several tiles V_R's parts are read once (_preload), V_L's by every product.
+    Where N is a multiple of 4 (and the launch has one timestep, so that a tile's coefficients are one table row's),
+    the coefficient planes are read 16 bytes at a time (VEC4): the padding columns wrap onto their plane's row and
+    the planes past the last move onto the last plane, so that every run of four columns starting at a multiple of 4
+    is four consecutive elements starting at a multiple of 4, which the compiler is told (and the interpreter
+    checks: _check_runs_of_four). The data keep 4-byte loads: as the first product's right operand they go to shared
+    memory K-major, where a thread's four consecutive columns became four scattered stores (RESULTS.md)."""
     check_noise_code(NOISE)
     plane: tl.constexpr = N * N
     TILE: tl.constexpr = GR * GC
+    # N a multiple of 4: every run of four columns that starts at a multiple of 4 lies in one row of one plane, at a
+    # flat offset that is a multiple of 4 (and so are the tile's first element and the grid table's planes)
+    VEC4: tl.constexpr = N % 4 == 0 and not T_PER_SAMPLE
     r = tl.arange(0, T)[:, None]
     c = tl.arange(0, TC)[None, :]
     gr = tl.minimum(r // N, GR - 1)  # the tile's plane row and column of each row and column; i, j within it
     gc = tl.minimum(c // N, GC - 1)
     i = tl.minimum(r - gr * N, N - 1)
-    j = tl.minimum(c - gc * N, N - 1)
+    if VEC4:  # padding columns wrap onto the plane's row: whole runs of four, as inside it
+        j = (c - gc * N) % N
+    else:
+        j = tl.minimum(c - gc * N, N - 1)
     q = gr * GC + gc                                # [T, TC] plane of the tile
     ld = q * plane + i * N + j                      # < GR·GC·N² ≤ T·TC: 32 bits, from the tile's first element
     inside = (r < GR * N) & (c < GC * N)
@@ -515,6 +551,12 @@ def _blur_grid_kernel(
         # in 32 bits when the launch's elements do not)
         last = tl.minimum(n_planes - 1 - p0, TILE - 1).to(tl.int32)
         lt = tl.minimum(ld, (last + 1) * plane - 1)  # (a no-op but in the launch's last tile)
+        if VEC4:  # the coefficients: planes past the last onto the last plane, so that runs of four stay whole
+            lv = ld - tl.maximum(q - last, 0) * plane
+            _check_runs_of_four(lv)
+            lv = tl.max_contiguous(tl.multiple_of(lv, [1, 4]), [1, 4])
+        else:
+            lv = lt
         m2 = inside & (q <= last)
         base = p0 * plane
         # the sample of each element (per-sample steps only; planes < 2³¹: a 32-bit division)
@@ -522,7 +564,7 @@ def _blur_grid_kernel(
                                 T_FROM_PTR, T_PER_SAMPLE)
         poison = tl.where(valid, 0.0, float("nan")).to(CT)
         _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, basis, seed, base, base, base, base, base, base, lt,
-              ld, coef_ptr + row * _PLANES * TILE * plane, lt, TILE * plane, base, m2, poison, False, NEPS, NOISE,
+              ld, coef_ptr + row * _PLANES * TILE * plane, lv, TILE * plane, base, m2, poison, False, NEPS, NOISE,
               ALIGNED4, FAST, GRID, TF32X3, T, CT, TP > 1 and TF32X3)
 
 
