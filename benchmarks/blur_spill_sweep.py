@@ -61,7 +61,7 @@ def _forcing_tp(K, drive, tp: int):
     """The case's drive with tiles_per_program forced to ``tp`` (capture runs the drives in this process)."""
     def forced(fx):
         real = K.tiles_per_program
-        K.tiles_per_program = lambda tiles, neps: tp
+        K.tiles_per_program = lambda tiles, neps, per_sample=False: tp
         try:
             return drive(fx)
         finally:

@@ -246,6 +246,14 @@ def test_issue_19_targets_on_paper(matrix):
     for n in range(17, 33):  # three buffers on the grid, one tile a program
         r = by_case[f"blur-fp32-n{n}-order2-philox-stochastic"]
         assert r["kernel"] == "_blur_grid_kernel" and r["launch"]["constexprs"]["TP"] == "1", r
+    # the forms that hold the variants that spilled in the sweeps of one and two buffers (no spill: above)
+    r = by_case["blur-fp32-n12-order1-philox-tiles"]  # 4200 tiles: TP 4 with one buffer, 1 with two
+    assert r["kernel"] == "_blur_grid_kernel" and r["launch"]["constexprs"]["TP"] == "1", r
+    assert by_case["blur-fp32-n8-order1-tensor-pertimestep"]["kernel"] == "_blur_grid_kernel"
+    assert by_case["blur-fp32-n48-order1-philox"]["launch"]["constexprs"]["SLICED"] == "True"
+    for case in ("blur-fp32-n2-order1-philox", "blur-fp32-n2-philox-pertimestep"):
+        r = by_case[case]
+        assert r["kernel"] == "_blur_kron_kernel" and r["launch"]["constexprs"]["PB"] == "16", r
     # not met (issue-bound, the in-kernel normals ~28 instructions an element), but what the grid form, the
     # accumulator taken as the next operand (_kperm) and the tensor core's own tf32 reading bought: per-pipe % of copy
     # on an H100 (one plane a program, eight at N = 12: 42; the bf16 grid at N = 28 before _kperm: 24;

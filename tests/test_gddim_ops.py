@@ -1,6 +1,8 @@
 """The fused gDDIM ops against the float64 reference on both CPU backends (the C++ twin and the Triton kernels
 under TRITON_INTERPRET=1), plus the op conventions: dtypes, per-sample rows, noise sources, strides, no in-place
 writes, opcheck, torch.compile tracing."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -253,7 +255,7 @@ def test_blur_kron_rows_move_no_number(monkeypatch, N):
         eps = [torch.randn_like(x) for _ in range(3)]
         outs = {}
         for rows in (K.KRON_ROWS, K.KRON_ROWS_SMALL):
-            monkeypatch.setattr(K, "kron_rows", lambda neps, arch, rows=rows: rows)
+            monkeypatch.setattr(K, "kron_rows", lambda neps, arch, per_sample=False, rows=rows: rows)
             with ops.use_cpu_backend("triton"):
                 outs[rows] = [gops.blur_step(x, eps[:k], 3, bt, basis, stochastic=True, seed=9) for k in (1, 3)]
         assert all(torch.equal(a, b) for a, b in zip(*outs.values()))
@@ -340,10 +342,10 @@ def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatc
 
 @pytest.mark.parametrize("N, B", [(8, 3), (5, 30)], ids=["N8-a-partial-tile", "N5-two-tiles-noise-prepass"])
 def test_blur_three_buffers_on_the_grid_below_the_kronecker_sizes(monkeypatch, N, B):
-    """Three buffers at N = 4, 5, 6, 8 take the grid at any launch size (grid_form, launches_grid: their Kronecker
-    rows spilled): deterministic with per-sample rows and stochastic (order-2 table, in-kernel Philox at N = 8, the
-    pre-pass at 5) against the float64 reference and the Kronecker rows (grid_form off) within the same bound; N = 8
-    with 9 planes (a partial tile of 32), N = 5 with 90 (72 a tile)."""
+    """Two and three buffers at N = 4, 5, 6, 8 take the grid at any launch size (grid_form, launches_grid: their
+    Kronecker rows spilled): deterministic with per-sample rows and stochastic (order-2 table, in-kernel Philox at
+    N = 8, the pre-pass at 5) against the float64 reference and the Kronecker rows (grid_form off) within the same
+    bound; N = 8 with 9 planes (a partial tile of 32), N = 5 with 90 (72 a tile)."""
     from gmm_triton.kernels import blur_step as K
 
     assert all(K.grid_form(n, 3) for n in (4, 5, 6, 8)) and not any(K.grid_form(n, 3) for n in (1, 2, 3, 7, 9, 16))
@@ -357,17 +359,18 @@ def test_blur_three_buffers_on_the_grid_below_the_kronecker_sizes(monkeypatch, N
     grid_kernel = K._blur_grid_kernel
     monkeypatch.setattr(K, "_blur_grid_kernel", type("Spy", (), {"__getitem__": lambda self, grid: (
         launched.append(grid), grid_kernel[grid])[1]})())
-    for table, r, kw, tol in [(bt, rows, {}, 4e-7), (bt_lam2, 3, dict(stochastic=True, seed=4), 2e-6)]:
+    for (table, r, kw, tol), k in itertools.product(
+            [(bt, rows, {}, 4e-7), (bt_lam2, 3, dict(stochastic=True, seed=4), 2e-6)], (3, 2)):
         noise = philox(4, x.shape) if kw else None
-        ref = gref.blur_step(x, eps, table, basis, r, seed=kw.get("seed"))
-        bound = magnitude(gref.blur_step, x, eps, table, basis.abs(), r, noise=noise)
+        ref = gref.blur_step(x, eps[:k], table, basis, r, seed=kw.get("seed"))
+        bound = magnitude(gref.blur_step, x, eps[:k], table, basis.abs(), r, noise=noise)
         for grid in (True, False):
             monkeypatch.setattr(K, "grid_form", lambda n, neps, g=grid: g and real(n, neps))
             before = len(launched)
             with ops.use_cpu_backend("triton"):
-                out = gops.blur_step(x, eps, r, table, basis, **kw)
+                out = gops.blur_step(x, eps[:k], r, table, basis, **kw)
             assert len(launched) == before + grid
-            assert ((out.double() - ref).abs() <= tol * bound).all(), (kw.keys(), grid)
+            assert ((out.double() - ref).abs() <= tol * bound).all(), (kw.keys(), k, grid)
     assert set(launched) == {(-(-3 * B // ((64 // N) * (32 // N))),)}
 
 
@@ -435,14 +438,31 @@ def test_the_interpreter_multiplies_what_a_tensor_core_reads():
 
 def test_blur_tiles_per_program_policy():
     """Several grid tiles a program (their offsets and masks computed once) only while the launch keeps
-    MIN_PROGRAMS programs, up to TILES_PER_PROGRAM, for one or two buffers; three take one tile a program."""
+    MIN_PROGRAMS programs, up to TILES_PER_PROGRAM, for one buffer and one timestep a launch; two and three buffers,
+    and per-sample timesteps, take one tile a program (more spilled on sm_90a: tiles_per_program)."""
     from gmm_triton.kernels import blur_step as K
 
     m = K.MIN_PROGRAMS
     tiles = (1, 2 * m - 1, 2 * m, 4 * m - 1, 4 * m, 8 * m, 10**6)
-    for neps in (1, 2):
-        assert [K.tiles_per_program(n, neps) for n in tiles] == [1, 1, 2, 2, 4, 4, 4]
-    assert [K.tiles_per_program(n, 3) for n in tiles] == [1] * len(tiles)
+    assert [K.tiles_per_program(n, 1) for n in tiles] == [1, 1, 2, 2, 4, 4, 4]
+    for neps in (2, 3):
+        assert [K.tiles_per_program(n, neps) for n in tiles] == [1] * len(tiles)
+    assert [K.tiles_per_program(n, 1, per_sample=True) for n in tiles] == [1] * len(tiles)
+
+
+def test_blur_forms_where_the_other_spilled():
+    """The launch choices that keep every variant of issue 19's sweeps (benchmarks/blur_spill_sweep.py) from
+    spilling on sm_90a: the grid from two buffers at N = 4, 5, 6, 8 (their Kronecker rows spilled), one buffer at N =
+    4, 5, 8 keeping the Kronecker rows (they held there, and predicted more than the grid at N = 5); 64 Kronecker
+    rows only for one buffer and one timestep a launch on wgmma GPUs, 16 otherwise."""
+    from gmm_triton.kernels import blur_step as K
+
+    assert all(K.grid_form(n, k) for n in (4, 5, 6, 8) for k in (2, 3))
+    assert not any(K.grid_form(n, 1) for n in (1, 2, 4, 5, 8)) and K.grid_form(6, 1)
+    assert not any(K.grid_form(n, k) for n in (1, 2) for k in (1, 2, 3))
+    assert K.kron_rows(1, 90) == K.kron_rows(1, 100) == K.KRON_ROWS == 64
+    assert K.kron_rows(1, 90, per_sample=True) == K.kron_rows(2, 90) == K.kron_rows(3, 90) == K.kron_rows(1, 80) \
+        == K.KRON_ROWS_SMALL == 16
 
 
 @pytest.mark.parametrize("N, B, C", [(7, 37, 3), (20, 17, 1)],
@@ -451,14 +471,15 @@ def test_blur_tiles_per_program_move_no_number(monkeypatch, N, B, C):
     """Grid tiles a program (tiles_per_program, with MIN_PROGRAMS lowered so that a small launch takes 2 and 4) give
     the bits of one tile a program: 4 tiles at N = 7 (111 planes, 36 a tile) and 6 at N = 20 (17 planes, 3 a tile),
     the last tile partial (at N = 20 with 4 tiles a program the last program's tiles past the last repeat it); one
-    buffer and two, per-sample rows,
+    buffer (and two, one tile a program whatever MIN_PROGRAMS: tiles_per_program), one timestep a launch (per-sample
+    rows take one tile a program),
     in-kernel noise (N = 20) and the noise pre-pass (N = 7); and meet the float64 reference."""
     from gmm_triton.kernels import blur_step as K
 
     _, bt, basis = blur_tables(N)
     x = torch.randn(B, C, N, N)
     eps = [torch.randn_like(x) for _ in range(2)]
-    rows = torch.randint(0, 5, (B,))
+    rows = 3  # one timestep a launch (per-sample rows keep one tile a program)
     seen, outs = [], {}
     real = K.tiles_per_program
     monkeypatch.setattr(K, "tiles_per_program", lambda *a: seen.append(real(*a)) or seen[-1])
@@ -466,7 +487,7 @@ def test_blur_tiles_per_program_move_no_number(monkeypatch, N, B, C):
         monkeypatch.setattr(K, "MIN_PROGRAMS", m)
         with ops.use_cpu_backend("triton"):
             outs[m] = [gops.blur_step(x, eps[:k], rows, bt, basis, stochastic=True, seed=5) for k in (1, 2)]
-    assert seen == [1, 1, 2, 2, 4, 4]
+    assert seen == [1, 1, 2, 1, 4, 1]
     assert all(torch.equal(a, b) for o in outs.values() for a, b in zip(outs[10**9], o))
     out = outs[1][1]
     ref = gref.blur_step(x, eps, bt, basis, rows, seed=5)

@@ -11,25 +11,27 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
   matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
   ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
-- the grid (:func:`grid_form`: up to two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, three at N = 4, 5, 6, 8, 17 … 32,
+- the grid (:func:`grid_form`: one or two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, two or three at N = 4, 5, 6, 8,
+  three at N = 17 … 32,
   on wgmma GPUs, launches of at least a tile of planes but where the other form is the Kronecker rows:
   :func:`launches_grid`): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with
   block-diagonal V_L (GR copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker
   row filled 56 % (N = 3, 6) or one plane a program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a
-  program takes up to 4 tiles in turn (:func:`tiles_per_program`; one with three buffers);
+  program takes up to 4 tiles in turn (:func:`tiles_per_program`; one with two or three buffers);
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
-    and 1, and order 2 at T = 16) this holds without spill, and at T = 64 within 80 % of its roofline. At T = 16
-    a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's parts once;
-  - sliced (_plane_step), for three buffers at T ≥ 32 (where the grid does not take them: T = 64, sm_80, fp64,
-    launches below one grid tile), where the whole-operand form spilled (24–568 B at sm_90a for N = 17 … 64:
-    benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction
-    loaded from memory just before their product (the plane's rows or columns, or those of a T×T scratch tile of
-    the program's own where V X waits for Vᵀ), the buffers one at a time into Y, which waits in a second scratch
-    tile: the registers hold one accumulator and one slice's operands, never a whole operand. The scratch tiles
-    (2·T² values a plane) are written and read back by the same program, from L2; the price is memory-
-    instruction work (the launch is LSU-bound), paid only where the other form spills.
+    and 1, and order 2 at T = 16; one at T = 64) this holds without spill, and at T = 64 within 80 % of its
+    roofline. At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the
+    transform's parts once;
+  - sliced (_plane_step), for three buffers at T ≥ 32 and two at T = 64 (where the grid does not take them: T = 64,
+    sm_80, fp64, launches below one grid tile), where the whole-operand form spilled (three buffers: 24–568 B at
+    sm_90a for N = 17 … 64; two at T = 64: 72–228 B; benchmarks/RESULTS.md, issue 19): each product runs over
+    slices of 16 of its contraction loaded from memory just before their product (the plane's rows or columns, or
+    those of a T×T scratch tile of the program's own where V X waits for Vᵀ), the buffers one at a time into Y,
+    which waits in a second scratch tile: the registers hold one accumulator and one slice's operands, never a
+    whole operand. The scratch tiles (2·T² values a plane) are written and read back by the same program, from L2;
+    the price is memory-instruction work (the launch is LSU-bound), paid only where the other form spills.
 
 In the grid and the whole-operand plane forms the second product of each transform takes the first's accumulator as
 its first operand, with the columns of each group of eight in the order a tf32 accumulator holds them (_kperm) and
@@ -596,16 +598,19 @@ def grid_form(N: int, neps: int) -> bool:
     equal fill). There it predicts 1.1-4× the throughput of the other form (benchmarks/RESULTS.md, issue 19); at N =
     5 (88 % against 78 %) and 13 … 16 (equal fill, one plane a program at T = 16 with several planes a program) the
     other form predicted more. Three buffers take the grid, one tile a program (tiles_per_program), where the other
-    form is the sliced plane (plane_sliced at T = 32: N = 17 … 32; 81-100 % of the roofline against 39-40 %) and at
-    N = 4, 5, 6, 8, where the Kronecker rows spilled 4-24 B in 6 of 48 variants on sm_90a (fp32 N = 8: 77 → 88 %);
+    form is the sliced plane (plane_sliced at T = 32: N = 17 … 32; 81-100 % of the roofline against 39-40 %); two
+    and three buffers take it at N = 4, 5, 6, 8, where the Kronecker rows spilled (three buffers: 4-24 B in 6 of 48
+    variants on sm_90a, fp32 N = 8 77 → 88 % of its roofline on the grid; two, at 64 rows: 12-396 B at N = 4, 8);
     no spill in any variant there (RESULTS.md). At T = 16 the whole-operand plane holds them; at N = 2, 3 the
     Kronecker rows keep them (the grid spilled too, with per-sample rows). As in the
     Kronecker form, a non-finite input value reaches every plane of its tile (0 · inf is NaN in the zero blocks of
     the products); an invalid table row poisons only its sample (_step)."""
     if neps > 3 or N > GRID_COLS:
         return False
+    if N in (4, 5, 6, 8) and neps >= 2:
+        return True
     if neps == 3:
-        return N in (4, 5, 6, 8) or (not kron_form(N) and plane_sliced(neps, tile_size(N)))
+        return not kron_form(N) and plane_sliced(neps, tile_size(N))
     grid = (GRID_ROWS // N) * (GRID_COLS // N) * N * N / (GRID_ROWS * GRID_COLS)
     other = kron_planes(N) * N * N / KRON_MAX ** 2 if kron_form(N) else N * N / tile_size(N) ** 2
     # one plane of a [32, 32] tile runs on mma.sync (two warps); the grid's wgmma at equal fill predicted 1.3-1.4×
@@ -616,8 +621,8 @@ def launches_grid(N: int, neps: int, planes: int, tf32x3: bool, arch: int) -> bo
     """Whether a launch takes the grid form: grid_form's sizes, for tf32x3 (fp64, no GPU sampling dtype, keeps the
     other forms), on wgmma GPUs (sm_90, sm_100; on sm_80's mma.sync its tile spilled 64 B), with at least one tile
     of planes where the other form is one plane a program (fewer: that form, as many programs); where it is the
-    Kronecker rows (N = 3, 6; and 4, 5, 6, 8 with three buffers, whose Kronecker rows spilled), at any size: at N = 3
-    and 6 their programs take more planes than a grid tile (256 against 210, 64 against 50)."""
+    Kronecker rows (N = 3, 6; and 4, 5, 6, 8 with two or three buffers, whose Kronecker rows spilled), at any size:
+    at N = 3 and 6 their programs take more planes than a grid tile (256 against 210, 64 against 50)."""
     tile = (GRID_ROWS // N) * (GRID_COLS // N)
     return tf32x3 and grid_form(N, neps) and arch // 10 in (9, 10) and (planes >= tile or kron_form(N))
 
@@ -642,29 +647,34 @@ def kron_planes(N: int) -> int:
     return next((g for g in range(fit, 0, -1) if g * N * N % 4 == 0), fit)
 
 
-def kron_rows(neps: int, arch: int) -> int:
+def kron_rows(neps: int, arch: int, per_sample: bool = False) -> int:
     """PB: the rows of a Kronecker tile for ``neps`` ε buffers on a GPU of compute capability ``arch`` (90 for
-    9.0). KRON_ROWS (64, one warpgroup's wgmma tile) for up to two buffers on sm_90 and sm_100; KRON_ROWS_SMALL
-    otherwise: on sm_80 mma.sync holds the operands of each [64, 64] product in registers (ptxas spilled 760 B at
-    N = 8 with one buffer), and with three buffers (stochastic or deterministic order 2) the transform's tf32 parts,
-    the running Y and the next buffer's tile do not fit 255 registers on any target (80 B at sm_100a to 3.4 KB at
-    sm_80); at 16 rows issue 22's launches do not spill (benchmarks/RESULTS.md), but 13 of 72 variants of N = 2 … 8
-    did on sm_90a (4-24 B: there the grid takes N = 4, 5, 6, 8 with three buffers, grid_form). The rows of a tile are
-    independent planes, so the choice moves no number."""
-    return KRON_ROWS if neps <= 2 and arch // 10 in (9, 10) else KRON_ROWS_SMALL
+    9.0), with a timestep per sample (``per_sample``) or one a launch. KRON_ROWS (64, one warpgroup's wgmma tile)
+    for one buffer and one timestep a launch on sm_90 and sm_100; KRON_ROWS_SMALL otherwise: on sm_80 mma.sync holds
+    the operands of each [64, 64] product in registers (ptxas spilled 760 B at N = 8 with one buffer); with three
+    buffers (stochastic or deterministic order 2) the transform's tf32 parts, the running Y and the next buffer's
+    tile do not fit 255 registers on any target (80 B at sm_100a to 3.4 KB at sm_80); at 64 rows two buffers spilled
+    4-512 B on sm_90a at N = 2, 4, 8 (every variant with per-sample rows, and Philox at N = 2, 4 even with one
+    timestep), and one buffer with per-sample rows 20-332 B at N = 1, 2 (benchmarks/blur_spill_sweep.py, RESULTS.md).
+    At 16 rows none of those spill; 7 of 72 three-buffer variants at N = 2, 3 still do on sm_90a (4-16 B; the grid
+    takes N = 4, 5, 6, 8 from two buffers, grid_form). The rows of a tile are independent planes, so the choice moves
+    no number."""
+    return KRON_ROWS if neps == 1 and not per_sample and arch // 10 in (9, 10) else KRON_ROWS_SMALL
 
 
 def plane_sliced(neps: int, T: int) -> bool:
     """Whether a per-plane launch (tile side T) runs its products by slices (_plane_step): for three buffers
     (order 2, or stochastic order 1 … with its history) at T ≥ 32 (at T = 32 on sm_90 / sm_100 the grid takes them
     from one tile of planes: grid_form), where the whole-operand form spills (24–568 B at
-    sm_90a for N = 17 … 64: benchmarks/RESULTS.md, issue 19). With fewer buffers, or at T = 16 (one slice is the
-    whole operand), the whole-operand form holds without spill, and at T = 64 stays within 80 % of its roofline,
-    which the sliced form, bound by its memory instructions, does not (43.8 % against 70.6 % of copy at N = 64,
-    order 0). By tile side, not by (N, target): with three buffers the whole form fills exactly 255 registers at
-    T = 32, and whether ptxas spills turns on the variant (0 B for fp32 with the noise pre-pass on sm_90a, 12–252 B
-    for in-kernel noise, no noise or 16-bit storage), an edge too thin to build a rule on (RESULTS.md)."""
-    return neps == 3 and T > 16
+    sm_90a for N = 17 … 64: benchmarks/RESULTS.md, issue 19), and for two at T = 64 (N = 33 … 64), where it spilled
+    72–228 B in 48 of 60 variants on sm_90a (N = 33, 40, 48, 56, 64; the sliced form: none). With one buffer, or at
+    T = 16 (one slice is the whole operand), the whole-operand form holds without spill, and at T = 64 stays within
+    80 % of its roofline, which the sliced form, bound by its memory instructions, does not (43.8 % against 70.6 % of
+    copy at N = 64, order 0). By tile side, not by (N, target): with three buffers the whole form fills exactly 255
+    registers at T = 32, and whether ptxas spills turns on the variant (0 B for fp32 with the noise pre-pass on
+    sm_90a, 12–252 B for in-kernel noise, no noise or 16-bit storage), an edge too thin to build a rule on
+    (RESULTS.md)."""
+    return (neps == 3 and T > 16) or (neps == 2 and T == 64)
 
 
 def plane_warps(T: int, arch: int, sliced: bool) -> int:
@@ -699,15 +709,17 @@ def planes_per_program(planes: int, T: int, sliced: bool, tf32x3: bool) -> int:
 TILES_PER_PROGRAM = 4  # the most grid tiles a program takes (tiles_per_program)
 
 
-def tiles_per_program(tiles: int, neps: int) -> int:
+def tiles_per_program(tiles: int, neps: int, per_sample: bool = False) -> int:
     """TP, the grid tiles (_blur_grid_kernel) each program takes in turn: 2 or 4 where the launch keeps ≥ MIN_PROGRAMS
-    programs, else 1; always 1 for three (``neps``) buffers, where V_R's parts held for several tiles spilled 56-220 B
-    at sm_90a (N = 3 … 32: RESULTS.md). Each program computes its tiles' offsets, planes and masks once (~17 % of one
-    tile's instructions at N = 7) and reads V_R's parts once; a launch too small to fill the GPU twice keeps one tile
-    a program (its time is latency). The tiles are independent: TP moves no number (benchmarks/RESULTS.md, issue 19:
-    N = 7 at 74 → 88 % of copy, with N a compile-time constant)."""
+    programs, else 1; always 1 for two or three (``neps``) buffers and for a timestep per sample (``per_sample``),
+    where V_R's parts held for several tiles spilled on sm_90a: with three buffers 56-220 B (N = 3 … 32), with two
+    4-68 B at TP = 2 and 12-84 B at TP = 4 (N = 3 with per-sample rows, 4, 8, 12), with one and per-sample rows 60 B
+    at TP = 4 (N = 28, 16-bit storage: RESULTS.md). Each program computes its tiles' offsets, planes and masks once
+    (~17 % of one tile's instructions at N = 7) and reads V_R's parts once; a launch too small to fill the GPU twice
+    keeps one tile a program (its time is latency). The tiles are independent: TP moves no number
+    (benchmarks/RESULTS.md, issue 19: N = 7 at 74 → 88 % of copy, with N a compile-time constant)."""
     tp = 1
-    while neps < 3 and tp < TILES_PER_PROGRAM and tiles >= 2 * tp * MIN_PROGRAMS:
+    while neps == 1 and not per_sample and tp < TILES_PER_PROGRAM and tiles >= 2 * tp * MIN_PROGRAMS:
         tp *= 2
     return tp
 
@@ -852,11 +864,11 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
             seed_tensor if seed_tensor is not None else coef, seed_value)
     strides = (x.stride(0), e[0].stride(0), e[1].stride(0), e[2].stride(0), noise.stride(0) if noise is not None else 0)
     if grid:
-        tp = tiles_per_program(triton.cdiv(B * C, GR * GC), len(eps))
+        tp = tiles_per_program(triton.cdiv(B * C, GR * GC), len(eps), common["T_PER_SAMPLE"])
         _blur_grid_kernel[(triton.cdiv(B * C, GR * GC * tp),)](*ptrs, C, B * C, ALIGNED4=aligned4, TC=GRID_COLS, N=N,
                                                                 GR=GR, GC=GC, TP=tp, num_warps=4, **common)
     elif kron:
-        PB = kron_rows(len(eps), _arch(x.device))
+        PB = kron_rows(len(eps), _arch(x.device), common["T_PER_SAMPLE"])
         _blur_kron_kernel[(triton.cdiv(B * C, G * PB),)](
             *ptrs, C, B * C, ALIGNED4=aligned4, N=N, G=G, PB=PB, num_warps=warps,
             EVEN=G * N * N == T and B * C % (G * PB) == 0, **common)

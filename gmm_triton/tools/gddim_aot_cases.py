@@ -138,12 +138,24 @@ def gddim_cases() -> list[aot.Case]:
         # on sm_90 / sm_100 three buffers at N = 17 … 32 take the grid (grid_form) from one tile of planes; one plane
         # keeps the sliced form there too
         "blur-fp32-n20-order2-philox-oneplane": Gddim("blur", f, (1, 20, 20), batch=1, order=2),
+        # issue 19's sweeps (benchmarks/blur_spill_sweep.py) of one and two buffers: at 64 Kronecker rows two
+        # buffers spilled (N = 2, 4, 8), and one with per-sample rows (N = 1, 2); on the grid two buffers spilled
+        # at 2 and 4 tiles a program (N = 12 at 42000 planes, below). The forms that hold them: the grid at N = 8
+        # from two buffers, 16 Kronecker rows, one tile a program
+        "blur-fp32-n8-order1-tensor-pertimestep": Gddim("blur", f, (3, 8, 8), batch=64, order=1, noise="tensor",
+                                                        timestep="per_sample"),
+        "blur-fp32-n2-order1-philox": Gddim("blur", f, (3, 2, 2), batch=64, order=1),
+        "blur-fp32-n2-philox-pertimestep": Gddim("blur", f, (3, 2, 2), batch=64, timestep="per_sample"),
+        # two buffers at T = 64: the whole-operand plane spilled 72-228 B (plane_sliced); the sliced form
+        "blur-fp32-n48-order1-philox": Gddim("blur", f, (3, 48, 48), batch=64, order=1),
     }
     covering = [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work) for name, c in cases.items()]
     sweep = {}
     for dt in (h, b):  # issue 19: CLD at ≥ 90 % of copy for fp16 / bf16, orders 0–2 (fp16 order 0: above)
         for order in (0, 1, 2) if dt == b else (1, 2):
             sweep[f"cld-{_LABEL[dt]}-order{order}-philox"] = Gddim("cld", dt, (2, 4, 32, 32), order=order)
+    # (the grid's tiles a program: sm_90a only, as the other sweeps; sm_80 runs N = 12 one plane a program)
+    sweep["blur-fp32-n12-order1-philox-tiles"] = Gddim("blur", f, (3, 12, 12), batch=14000, order=1)
     for n in range(17, 33):  # issue 19: three buffers on the grid, one tile a program, at each of its N
         if f"blur-fp32-n{n}-order2-philox-stochastic" not in cases:
             sweep[f"blur-fp32-n{n}-order2-philox-stochastic"] = Gddim("blur", f, (3, n, n), batch=64, order=2)
