@@ -3,7 +3,7 @@
 cannot show. Variants: N × storage dtype (fp32, bf16, fp16) × noise / timestep (in-kernel Philox with one timestep,
 a noise tensor / no noise / Philox with per-sample timesteps) × grid tiles a program, TP (1: a batch of 64 samples
 of 3 planes; more: enough grid tiles for TP a program, TP forced over kernels/blur_step.py:tiles_per_program, which
-gives three buffers one; the printed TP is the launch's).
+gives two or three buffers, and per-sample timesteps, one; the printed TP is the launch's).
 
     python benchmarks/blur_spill_sweep.py SIZES [ORDER] [TP] [TARGET]
     e.g. python benchmarks/blur_spill_sweep.py 17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32 2 1 sm_90a

@@ -220,7 +220,7 @@ def test_blur_stochastic_multistep_matches_reference(backend, N):
 @pytest.mark.parametrize("N", [20, 17], ids=["N20-philox-in-kernel", "N17-noise-prepass"])
 def test_blur_plane_forms_both_match_the_reference(monkeypatch, N):
     """The per-plane kernel's two forms (plane_sliced: by slices through scratch tiles for three buffers at T >= 32,
-    whole operands otherwise) are one launch choice: each, forced for one buffer and for three, meets the float64
+    whole operands otherwise) are one launch choice: each, forced for one, two and three buffers, meets the float64
     reference within the fp32 bound (in-kernel noise at N = 20, the noise pre-pass at N = 17). The grid form is
     turned off: one buffer on a [32, 32] plane is what sm_80 and launches of fewer planes than a grid tile run."""
     from gmm_triton.kernels import blur_step as K
@@ -230,7 +230,7 @@ def test_blur_plane_forms_both_match_the_reference(monkeypatch, N):
     x = torch.randn(2, 3, N, N)
     eps = [torch.randn_like(x) for _ in range(3)]
     rows = torch.tensor([1, 3])
-    for k in (1, 3):
+    for k in (1, 2, 3):  # (two take the sliced form at T = 64: plane_sliced)
         ref = gref.blur_step(x, eps[:k], bt, basis, rows, seed=7)
         bound = magnitude(gref.blur_step, x, eps[:k], bt, basis.abs(), rows, noise=philox(7, x.shape))
         for sliced in (False, True):
@@ -300,16 +300,18 @@ def test_blur_planes_per_program_move_no_number(monkeypatch, N):
     assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
 
 
-@pytest.mark.parametrize("N", [3, 7, 10, 20], ids=["N3-21x10-planes-not-kronecker", "N7-9x4-planes-noise-prepass",
-                                               "N10-6x3", "N20-3x1-philox"])
+@pytest.mark.parametrize("N", [3, 7, 10, 12, 20], ids=["N3-21x10-planes-not-kronecker", "N7-9x4-planes-noise-prepass",
+                                                   "N10-6x3", "N12-5x2-philox-coefficient-runs-wrap",
+                                                   "N20-3x1-philox"])
 def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatch, N):
     """The grid form (grid_form: GR × GC planes on one [64, 32] tile) against the float64 reference, and against one
     plane a program or Kronecker rows (N = 3; grid_form turned off) within the same bound, at one and two buffers
     (and three at N = 20, against the sliced plane, one tile a program):
     deterministic with per-sample rows (planes of different samples share a tile), stochastic (in-kernel Philox at N
-    = 20, the noise pre-pass at 3, 7 and 10) and with a noise tensor; 22 samples × 2 channels, 44 planes (110
-    samples, 220 planes at N = 3), so that the last tile is partial (210, 36, 18 and 3 planes a tile); a sample
-    batch with a stride (the launcher makes it contiguous)."""
+    = 12 and 20, with one timestep: the coefficients' runs of four, asserted under the interpreter, their padding
+    columns wrapping in the second plane column at N = 12; the noise pre-pass at 3, 7 and 10) and with a noise
+    tensor; 22 samples × 2 channels, 44 planes (110 samples, 220 planes at N = 3), so that the last tile is partial
+    (210, 36, 18, 10 and 3 planes a tile); a sample batch with a stride (the launcher makes it contiguous)."""
     from gmm_triton.kernels import blur_step as K
 
     assert K.grid_form(N, 2) and K.grid_form(N, 3) == (N >= 17)  # three buffers: N = 17 … 32 only
@@ -403,9 +405,10 @@ def _tf32x3_left_product(t_ptr, bp, out_ptr, T: tl.constexpr, ROUND: tl.constexp
 def test_the_interpreter_multiplies_what_a_tensor_core_reads():
     """A tf32x3 product (_mm, V @ t) run by the interpreter equals, bit for bit, the same sums of products of what a
     tensor core reads of each operand: an fp32 register's top 19 bits (tf32). On a GPU the kernels hand lo = t - hi
-    to the tensor core as it is (its low 13 bits ignored: the truncation, without an instruction) and, where lo is
-    rounded (ROUND), lo + half a tf32 unit; the interpreter's tl.dot multiplies whole fp32 values, so the kernels
-    clear those bits themselves there (_TC_READS_TF32): the CPU runs the products the GPU runs. The products are
+    to the tensor core as it is (its low 13 bits ignored: the truncation, without an instruction); where lo is
+    rounded (ROUND) both hand it lo rounded to tf32 (modelled here as lo + half a tf32 unit, read); the
+    interpreter's tl.dot multiplies whole fp32 values, so the kernels clear lo's bits themselves there
+    (_TC_READS_TF32): the CPU runs the products the GPU runs. The products are
     taken as the interpreter takes them (numpy, fp32, in _mm_slice's order); a model that multiplies lo unread
     differs, so the test would see an interpreter that did not clear them."""
     from gmm_triton.kernels import blur_step as K

@@ -17,7 +17,8 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   :func:`launches_grid`): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with
   block-diagonal V_L (GR copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker
   row filled 56 % (N = 3, 6) or one plane a program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a
-  program takes up to 4 tiles in turn (:func:`tiles_per_program`; one with two or three buffers);
+  program takes up to 4 tiles in turn (:func:`tiles_per_program`; one with two or three buffers, or a timestep per
+  sample);
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
@@ -727,7 +728,7 @@ def tiles_per_program(tiles: int, neps: int, per_sample: bool = False) -> int:
 def _arch(device: torch.device) -> int:
     """The compute capability kron_rows and plane_warps see: the launching GPU's, as triton's driver reports it (the
     compile matrix's stub driver reports its target); 90 under the interpreter, the target the predictions are for,
-    so that the CPU tests run both tile heights (orders 0–1: 64 rows, order 2: 16)."""
+    so that the CPU tests run both tile heights (one buffer and one timestep a launch: 64 rows; otherwise 16)."""
     if device.type != "cuda" or INTERPRETING:
         return 90
     return triton.runtime.driver.active.get_current_target().arch
