@@ -300,6 +300,19 @@ def test_blur_planes_per_program_move_no_number(monkeypatch, N):
     assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
 
 
+def _grid_and_other_form_meet(monkeypatch, K, real, launched, args, kw, err_bound, ref, label):
+    """gops.blur_step(*args, **kw) with the grid form as grid_form (``real``) says, then turned off: the grid kernel
+    (spied on through ``launched``) runs only where the form says so, and each output is within ``err_bound`` of
+    ``ref``."""
+    for grid in (True, False):
+        monkeypatch.setattr(K, "grid_form", lambda n, neps, g=grid: g and real(n, neps))
+        before = len(launched)
+        with ops.use_cpu_backend("triton"):
+            out = gops.blur_step(*args, **kw)
+        assert len(launched) == before + grid  # the grid kernel ran (only) where the form says so
+        assert ((out.double() - ref).abs() <= err_bound).all(), (label, grid)
+
+
 @pytest.mark.parametrize("N", [3, 7, 10, 12, 20], ids=["N3-21x10-planes-not-kronecker", "N7-9x4-planes-noise-prepass",
                                                    "N10-6x3", "N12-5x2-philox-coefficient-runs-wrap",
                                                    "N20-3x1-philox"])
@@ -332,13 +345,8 @@ def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatc
             noise = z if "noise" in kw else philox(21, x.shape) if "seed" in kw else None
             ref = gref.blur_step(x, eps[:k], table, basis, r, seed=kw.get("seed"), noise=kw.get("noise"))
             bound = magnitude(gref.blur_step, x, eps[:k], table, basis.abs(), r, noise=noise)
-            for grid in (True, False):
-                monkeypatch.setattr(K, "grid_form", lambda n, neps, g=grid: g and real(n, neps))
-                before = len(launched)
-                with ops.use_cpu_backend("triton"):
-                    out = gops.blur_step(x, eps[:k], r, table, basis, **kw)
-                assert len(launched) == before + grid  # the grid kernel ran (only) where the form says so
-                assert ((out.double() - ref).abs() <= tol * bound).all(), (k, kw.keys(), grid)
+            _grid_and_other_form_meet(monkeypatch, K, real, launched, (x, eps[:k], r, table, basis), kw,
+                                      tol * bound, ref, (k, kw.keys()))
     assert set(launched) == {(-(-2 * B // ((64 // N) * (32 // N))),)}
 
 
@@ -366,13 +374,8 @@ def test_blur_three_buffers_on_the_grid_below_the_kronecker_sizes(monkeypatch, N
         noise = philox(4, x.shape) if kw else None
         ref = gref.blur_step(x, eps[:k], table, basis, r, seed=kw.get("seed"))
         bound = magnitude(gref.blur_step, x, eps[:k], table, basis.abs(), r, noise=noise)
-        for grid in (True, False):
-            monkeypatch.setattr(K, "grid_form", lambda n, neps, g=grid: g and real(n, neps))
-            before = len(launched)
-            with ops.use_cpu_backend("triton"):
-                out = gops.blur_step(x, eps[:k], r, table, basis, **kw)
-            assert len(launched) == before + grid
-            assert ((out.double() - ref).abs() <= tol * bound).all(), (kw.keys(), k, grid)
+        _grid_and_other_form_meet(monkeypatch, K, real, launched, (x, eps[:k], r, table, basis), kw, tol * bound,
+                                  ref, (k, kw.keys()))
     assert set(launched) == {(-(-3 * B // ((64 // N) * (32 // N))),)}
 
 
