@@ -655,8 +655,9 @@ def kron_rows(neps: int, arch: int, per_sample: bool = False) -> int:
     the operands of each [64, 64] product in registers (ptxas spilled 760 B at N = 8 with one buffer); with three
     buffers (stochastic or deterministic order 2) the transform's tf32 parts, the running Y and the next buffer's
     tile do not fit 255 registers on any target (80 B at sm_100a to 3.4 KB at sm_80); at 64 rows two buffers spilled
-    4-512 B on sm_90a at N = 2, 4, 8 (every variant with per-sample rows, and Philox at N = 2, 4 even with one
-    timestep), and one buffer with per-sample rows 20-332 B at N = 1, 2 (benchmarks/blur_spill_sweep.py, RESULTS.md).
+    4-512 B on sm_90a at N = 2, 4, 8 (every variant with per-sample rows, and Philox even with one timestep at N = 2,
+    4 and, at some launch sizes, 8), and one buffer with per-sample rows 20-332 B at N = 1, 2
+    (benchmarks/blur_spill_sweep.py, RESULTS.md).
     At 16 rows none of those spill; 7 of 72 three-buffer variants at N = 2, 3 still do on sm_90a (4-16 B; the grid
     takes N = 4, 5, 6, 8 from two buffers, grid_form). The rows of a tile are independent planes, so the choice moves
     no number."""
