@@ -31,7 +31,7 @@ def form(N, k, B):
     if K.launches_grid(N, k, 3 * B, True, 90):  # the interpreter launches what sm_90 does (blur_step._arch)
         return "grid"
     if K.kron_form(N):
-        return "kron, rounded split" if k == 3 else "kron"
+        return "kron, rounded split" if k == 3 and K.tile_size(N) == 64 else "kron"
     T = K.tile_size(N)
     if K.plane_sliced(k, T):
         return f"plane T={T}, sliced"

@@ -182,9 +182,10 @@ def test_compile_fullgraph_traces_both_ops(cld_tables):
 # ---------------------------------------------------------------------------------------------------
 # Blur
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("N", [8, 6, 5, 3, 1, 16, 12, 10],
-                         ids=["N8-kron", "N6-kron-padded", "N5-kron-odd", "N3-kron-4-planes-a-row",
-                              "N1-kron-64-planes-a-row", "N16-planes", "N12-planes-padded", "N10-planes-unaligned-noise"])
+@pytest.mark.parametrize("N", [8, 6, 5, 4, 3, 2, 1, 16, 12, 10],
+                         ids=["N8-kron", "N6-kron-padded", "N5-kron-odd", "N4-kron-16-wide", "N3-kron-16-wide-padded",
+                              "N2-kron-4-planes-a-row", "N1-kron-16-planes-a-row", "N16-planes", "N12-planes-padded",
+                              "N10-planes-unaligned-noise"])
 def test_blur_fp32_matches_reference(backend, N):
     bt, bt_lam, basis = blur_tables(N)
     x = torch.randn(2, 3, N, N)
@@ -201,11 +202,13 @@ def test_blur_fp32_matches_reference(backend, N):
     assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
 
 
-@pytest.mark.parametrize("N", [8, 6, 16, 33, pytest.param(64, marks=pytest.mark.slow)],
-                         ids=["N8-broadcast", "N6-padded", "N16-dot", "N33-slices-padded", "N64-slices"])
+@pytest.mark.parametrize("N", [8, 6, 3, 2, 16, 33, pytest.param(64, marks=pytest.mark.slow)],
+                         ids=["N8-broadcast", "N6-padded", "N3-kron-16-wide", "N2-kron-16-wide", "N16-dot",
+                              "N33-slices-padded", "N64-slices"])
 def test_blur_stochastic_multistep_matches_reference(backend, N):
-    """λ = 0.5 with order 2: three ε/history planes and in-kernel noise (N = 6 and 33: through the noise pre-pass;
-    N = 33 and 64: the per-plane products in four slices of 16, the noise joining Y slice by slice)."""
+    """λ = 0.5 with order 2: three ε/history planes and in-kernel noise (N = 3, 6 and 33: through the noise
+    pre-pass; N = 2, 3: Kronecker rows 16 wide, lo truncated; N = 33 and 64: the per-plane products in four slices of
+    16, the noise joining Y slice by slice)."""
     _, bt, basis = blur_tables(N, lam_order=2)
     x = torch.randn(2, 3, N, N)
     eps = [torch.randn_like(x) for _ in range(3)]
@@ -242,7 +245,7 @@ def test_blur_plane_forms_both_match_the_reference(monkeypatch, N):
 
 @pytest.mark.parametrize("N", [8, 3, 1])
 def test_blur_kron_rows_move_no_number(monkeypatch, N):
-    """The Kronecker tile's height (kron_rows: 64 rows, or 16 where 64 spill) is a launch choice over independent
+    """The Kronecker tile's height (kron_rows: 64 rows, or 16 or 32 where 64 spill) is a launch choice over independent
     planes: both give the same bits, at order 0 and at the stochastic order 2 (the unmasked tile of 64 whole rows
     with B·C = 64·G, and masked tails). The grid form is turned off (it takes N = 3 from 210 planes; the Kronecker
     rows run on sm_80 and below a grid tile)."""
@@ -255,10 +258,43 @@ def test_blur_kron_rows_move_no_number(monkeypatch, N):
         eps = [torch.randn_like(x) for _ in range(3)]
         outs = {}
         for rows in (K.KRON_ROWS, K.KRON_ROWS_SMALL):
-            monkeypatch.setattr(K, "kron_rows", lambda neps, arch, per_sample=False, rows=rows: rows)
+            monkeypatch.setattr(K, "kron_rows", lambda neps, arch, per_sample=False, T=64, rows=rows: rows)
             with ops.use_cpu_backend("triton"):
                 outs[rows] = [gops.blur_step(x, eps[:k], 3, bt, basis, stochastic=True, seed=9) for k in (1, 3)]
         assert all(torch.equal(a, b) for a, b in zip(*outs.values()))
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 4])
+def test_blur_kron_widths_meet_the_reference_alike(monkeypatch, N):
+    """Kronecker rows 16 wide (tile_size at N ≤ 4) and 64 wide (what these sizes took before issue 19's last change)
+    run the same products but for zero terms: both within the float64 reference's bound, and within it of each other,
+    with one and three buffers (three: lo truncated 16 wide, rounded 64 wide), per-sample rows, and the stochastic
+    order 2 with in-kernel noise (N = 1, 2, 4) or the pre-pass (N = 3); 111 planes, the last program's rows partial."""
+    from gmm_triton.kernels import blur_step as K
+
+    monkeypatch.setattr(K, "grid_form", lambda n, neps: False)
+    det, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(37, 3, N, N)
+    eps = [torch.randn_like(x) for _ in range(3)]
+    rows = torch.randint(0, 5, (37,))
+    real = K.tile_size
+    cases = [(1, det, rows, {}, 4e-7), (3, det, rows, {}, 4e-7), (3, bt, 3, dict(stochastic=True, seed=4), 2e-6)]
+    outs = {}
+    for width in (16, 64):
+        monkeypatch.setattr(K, "tile_size", lambda n, w=width: w if K.kron_form(n) else real(n))
+        monkeypatch.setattr(K, "_DERIVED", {})  # the basis parts are kept per basis tensor, not per width
+        assert K.basis_parts(basis, True).shape[-1] == width
+        for i, (k, table, r, kw, _) in enumerate(cases):
+            with ops.use_cpu_backend("triton"):
+                outs[width, i] = gops.blur_step(x, eps[:k], r, table, basis, **kw)
+    assert real(N) == 16
+    for i, (k, table, r, kw, tol) in enumerate(cases):
+        ref = gref.blur_step(x, eps[:k], table, basis, r, seed=kw.get("seed"))
+        bound = tol * magnitude(gref.blur_step, x, eps[:k], table, basis.abs(), r,
+                                noise=philox(4, x.shape) if kw else None)
+        for width in (16, 64):
+            assert ((outs[width, i].double() - ref).abs() <= bound).all(), (width, i)
+        assert ((outs[16, i].double() - outs[64, i].double()).abs() <= bound).all(), i
 
 
 def test_blur_planes_per_program_policy():
@@ -352,13 +388,13 @@ def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatc
 
 @pytest.mark.parametrize("N, B", [(8, 3), (5, 30)], ids=["N8-a-partial-tile", "N5-two-tiles-noise-prepass"])
 def test_blur_three_buffers_on_the_grid_below_the_kronecker_sizes(monkeypatch, N, B):
-    """Two and three buffers at N = 4, 5, 6, 8 take the grid at any launch size (grid_form, launches_grid: their
+    """Two and three buffers at N = 5, 6, 8 take the grid at any launch size (grid_form, launches_grid: their
     Kronecker rows spilled): deterministic with per-sample rows and stochastic (order-2 table, in-kernel Philox at
     N = 8, the pre-pass at 5) against the float64 reference and the Kronecker rows (grid_form off) within the same
     bound; N = 8 with 9 planes (a partial tile of 32), N = 5 with 90 (72 a tile)."""
     from gmm_triton.kernels import blur_step as K
 
-    assert all(K.grid_form(n, 3) for n in (4, 5, 6, 8)) and not any(K.grid_form(n, 3) for n in (1, 2, 3, 7, 9, 16))
+    assert all(K.grid_form(n, 3) for n in (5, 6, 8)) and not any(K.grid_form(n, 3) for n in (1, 2, 3, 4, 7, 9, 16))
     assert K.launches_grid(N, 3, 3, True, 90) and not K.launches_grid(N, 3, 3 * B, True, 80)
     bt, _, basis = blur_tables(N)
     bt_lam2 = blur_tables(N, lam_order=2)[1]
@@ -458,14 +494,19 @@ def test_blur_tiles_per_program_policy():
 
 def test_blur_forms_where_the_other_spilled():
     """The launch choices that keep every variant of issue 19's sweeps (benchmarks/blur_spill_sweep.py) from
-    spilling on sm_90a: the grid from two buffers at N = 4, 5, 6, 8 (their Kronecker rows spilled), one buffer at N =
-    4, 5, 8 keeping the Kronecker rows (they held there, and predicted more than the grid at N = 5); 64 Kronecker
-    rows only for one buffer and one timestep a launch on wgmma GPUs, 16 otherwise."""
+    spilling on sm_90a: the grid from two buffers at N = 5, 6, 8 (their Kronecker rows spilled), one buffer at N =
+    5, 8 keeping the Kronecker rows (they held there, and predicted more than the grid at N = 5); Kronecker rows 16
+    wide at N ≤ 4, whatever the buffers (rows 64 wide spilled at N = 1, 2, 3), 64 of them (32 on sm_80 with one
+    buffer); rows 64 wide: 64 of them only for one buffer and one timestep a launch on wgmma GPUs, 16 otherwise."""
     from gmm_triton.kernels import blur_step as K
 
-    assert all(K.grid_form(n, k) for n in (4, 5, 6, 8) for k in (2, 3))
+    assert all(K.grid_form(n, k) for n in (5, 6, 8) for k in (2, 3))
     assert not any(K.grid_form(n, 1) for n in (1, 2, 4, 5, 8)) and K.grid_form(6, 1)
-    assert not any(K.grid_form(n, k) for n in (1, 2) for k in (1, 2, 3))
+    assert not any(K.grid_form(n, k) for n in (1, 2, 4) for k in (1, 2, 3))
+    assert [K.tile_size(n) for n in (1, 2, 3, 4, 5, 6, 8)] == [16, 16, 16, 16, 64, 64, 64]
+    assert [K.kron_planes(n) for n in (1, 2, 3, 4, 5, 8)] == [16, 4, 1, 1, 2, 1]
+    assert all(K.kron_rows(k, a, per_sample=p, T=16) == 64 for k in (1, 2, 3) for a in (90, 100) for p in (0, 1))
+    assert all(K.kron_rows(k, 80, per_sample=p, T=16) == (32 if k == 1 else 64) for k in (1, 2, 3) for p in (0, 1))
     assert K.kron_rows(1, 90) == K.kron_rows(1, 100) == K.KRON_ROWS == 64
     assert K.kron_rows(1, 90, per_sample=True) == K.kron_rows(2, 90) == K.kron_rows(3, 90) == K.kron_rows(1, 80) \
         == K.KRON_ROWS_SMALL == 16

@@ -8,10 +8,11 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
 (the tile's FORM: KRON, GRID, PLANE):
 
 - N ≤ KRON_MAX (N² ≤ 64; N ≠ 7, :func:`kron_form`): a program holds PB (:func:`kron_rows`) rows of G planes each
-  (G·N² ≤ T = 64, zero-padded), and the 2-D transform of a row is one product with the block-diagonal Kronecker
-  matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W, out = Y Wᵀ (every tile dimension ≥ 16, as
-  ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the identity, no product);
-- the grid (:func:`grid_form`: one or two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, two or three at N = 4, 5, 6, 8,
+  (G·N² ≤ T, zero-padded; T = 16 for N ≤ 4, 64 above: :func:`tile_size`), and the 2-D transform of a row is one
+  product with the block-diagonal Kronecker matrix, G copies of W[(i, j), (u, v)] = V[u, i] V[v, j]: Y = X W,
+  out = Y Wᵀ (every tile dimension ≥ 16, as ``tl.dot`` needs, with little padding even for N = 1 or 2; N = 1 is the
+  identity, no product);
+- the grid (:func:`grid_form`: one or two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, two or three at N = 5, 6, 8,
   three at N = 17 … 32,
   on wgmma GPUs, launches of at least a tile of planes but where the other form is the Kronecker rows:
   :func:`launches_grid`): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with
@@ -54,7 +55,7 @@ element (hi: add, mask; lo: subtract), where clearing the bits first took a four
 interpreter's tl.dot multiplies whole fp32 values, so there the kernels clear them themselves: the CPU tests run the
 products the tensor cores run, tf32-exact parts multiplied exactly (test_gddim_ops.py), and check the split
 arithmetic too. Where a tile fills 255 registers either way and this split's schedule spilled (a whole [64, 64]
-plane, a Kronecker tile of three buffers) lo is rounded too (ROUND), as before.
+plane, a Kronecker tile of three buffers at T = 64) lo is rounded too (ROUND), as before.
 """
 import weakref
 
@@ -378,8 +379,9 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     several samples: a NaN in Y would reach every plane of the tile through the zero blocks of its matrices."""
     # the split of the data (_mm_slice): lo truncated, but rounded where the tile fills 255 registers either way and
     # the truncating split's schedule spilled: a whole [64, 64] plane (40-64 B on sm_90a at N = 48 and 64) and a
-    # Kronecker tile with three buffers (8 B on sm_80)
-    ROUND: tl.constexpr = (T == 64 and FORM == PLANE) or (FORM == KRON and NEPS == 3)
+    # Kronecker tile with three buffers at T = 64 (8 B on sm_80); at T = 16 (N ≤ 4) such a tile takes 72-143
+    # registers and truncating saves 10-18 instructions an element (RESULTS.md, issue 19)
+    ROUND: tl.constexpr = T == 64 and (FORM == PLANE or (FORM == KRON and NEPS == 3))
     y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
     if FORM == PLANE:  # one plane, one sample: NaN rides through every product
         y += poison
@@ -423,9 +425,12 @@ def _blur_kron_kernel(
     q = tl.arange(0, T)[None, :]
     g = q // plane                                                           # plane of the row [1, T]
     m2 = (q < run) & (g < n_planes - r * G)                                  # (no [PB, T] int64 plane index)
-    # each element's sample (used only by per-sample steps)
-    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, tl.minimum(r * G + g, n_planes - 1) // C, T_FROM_PTR,
-                            T_PER_SAMPLE)
+    # each element's sample (used only by per-sample steps), from its plane in 32 bits (the launcher keeps the planes
+    # < 2³¹; rows clamped first, so that rp·G does not overflow); in int64: 164 against 155 instructions an element
+    # (N = 2, per-sample rows, sm_90a)
+    rp = tl.minimum(tl.program_id(0) * PB + tl.arange(0, PB)[:, None], (n_planes - 1) // G)
+    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, (tl.minimum(rp * G, n_planes - 1 - g) + g) // C,
+                            T_FROM_PTR, T_PER_SAMPLE)
     poison = tl.where(valid, 0.0, float("nan")).to(CT)
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     off = r * run
@@ -600,20 +605,21 @@ def grid_form(N: int, neps: int) -> bool:
     5 (88 % against 78 %) and 13 … 16 (equal fill, one plane a program at T = 16 with several planes a program) the
     other form predicted more. Three buffers take the grid, one tile a program (tiles_per_program), where the other
     form is the sliced plane (plane_sliced at T = 32: N = 17 … 32; 81-100 % of the roofline against 39-40 %); two
-    and three buffers take it at N = 4, 5, 6, 8, where the Kronecker rows spilled (three buffers: 4-24 B in 6 of 48
-    variants on sm_90a, fp32 N = 8 77 → 88 % of its roofline on the grid; two, at 64 rows: 12-396 B at N = 4, 8);
-    no spill in any variant there (RESULTS.md). At T = 16 the whole-operand plane holds them; at N = 2, 3 the
-    Kronecker rows keep them (the grid spilled too, with per-sample rows). As in the
+    and three buffers take it at N = 5, 6, 8, where the Kronecker rows of T = 64 spilled (three buffers: 4-24 B in 6
+    of 48 variants on sm_90a, fp32 N = 8 77 → 88 % of its roofline on the grid; two, at 64 rows: 12-396 B at N = 8;
+    at N = 5 rows of T = 32 spilled too: 8-96 B); no spill in any variant there (RESULTS.md). At T = 16 the
+    whole-operand plane holds them; at N ≤ 4 the Kronecker rows of T = 16 (tile_size) keep them, no spill, and at
+    N = 4 they predict more than the grid (fp32 100 % of copy against 84-95 % with two and three buffers). As in the
     Kronecker form, a non-finite input value reaches every plane of its tile (0 · inf is NaN in the zero blocks of
     the products); an invalid table row poisons only its sample (_step)."""
     if neps > 3 or N > GRID_COLS:
         return False
-    if N in (4, 5, 6, 8) and neps >= 2:
+    if N in (5, 6, 8) and neps >= 2:
         return True
     if neps == 3:
         return not kron_form(N) and plane_sliced(neps, tile_size(N))
     grid = (GRID_ROWS // N) * (GRID_COLS // N) * N * N / (GRID_ROWS * GRID_COLS)
-    other = kron_planes(N) * N * N / KRON_MAX ** 2 if kron_form(N) else N * N / tile_size(N) ** 2
+    other = kron_planes(N) * N * N / tile_size(N) if kron_form(N) else N * N / tile_size(N) ** 2
     # one plane of a [32, 32] tile runs on mma.sync (two warps); the grid's wgmma at equal fill predicted 1.3-1.4×
     return grid >= 1.2 * other or (not kron_form(N) and tile_size(N) == 32)
 
@@ -622,7 +628,7 @@ def launches_grid(N: int, neps: int, planes: int, tf32x3: bool, arch: int) -> bo
     """Whether a launch takes the grid form: grid_form's sizes, for tf32x3 (fp64, no GPU sampling dtype, keeps the
     other forms), on wgmma GPUs (sm_90, sm_100; on sm_80's mma.sync its tile spilled 64 B), with at least one tile
     of planes where the other form is one plane a program (fewer: that form, as many programs); where it is the
-    Kronecker rows (N = 3, 6; and 4, 5, 6, 8 with two or three buffers, whose Kronecker rows spilled), at any size:
+    Kronecker rows (N = 3, 6; and 5, 6, 8 with two or three buffers, whose Kronecker rows spilled), at any size:
     at N = 3 and 6 their programs take more planes than a grid tile (256 against 210, 64 against 50)."""
     tile = (GRID_ROWS // N) * (GRID_COLS // N)
     return tf32x3 and grid_form(N, neps) and arch // 10 in (9, 10) and (planes >= tile or kron_form(N))
@@ -634,9 +640,19 @@ def rows_aligned4(N: int, kron: bool) -> bool:
     return (kron_planes(N) * N * N if kron else N) % 4 == 0
 
 
+KRON_T_SMALL = 16  # the Kronecker rows' width for N ≤ 4 (tile_size)
+
+
 def tile_size(N: int) -> int:
-    """T: the side of the Kronecker form's rows (64 = KRON_MAX², rows of G planes) or of a plane."""
-    return KRON_MAX * KRON_MAX if kron_form(N) else max(16, triton.next_power_of_2(N))
+    """T: the side of a plane's tile, or the width of the Kronecker form's rows of G planes: KRON_T_SMALL (16,
+    tl.dot's smallest) where a plane fits in it (N ≤ 4), else 64 = KRON_MAX². A row's product with W costs T
+    multiply-adds an element and W's parts 2·T² values a program: at N = 1 … 4, rows of 64 held [64, 64] W parts
+    beside three buffers' tiles and spilled (4-16 B at N = 2, 3 on sm_90a; 8 B at N = 1 on sm_100a) where rows of 16
+    take 32-143 registers, and predict 1.0-2.8× the % of copy (RESULTS.md, issue 19). The padding columns are zeros
+    of W: no number moves but by the order of the sums' zero terms."""
+    if kron_form(N):
+        return KRON_T_SMALL if N * N <= KRON_T_SMALL else KRON_MAX * KRON_MAX
+    return max(16, triton.next_power_of_2(N))
 
 
 def kron_planes(N: int) -> int:
@@ -648,9 +664,14 @@ def kron_planes(N: int) -> int:
     return next((g for g in range(fit, 0, -1) if g * N * N % 4 == 0), fit)
 
 
-def kron_rows(neps: int, arch: int, per_sample: bool = False) -> int:
-    """PB: the rows of a Kronecker tile for ``neps`` ε buffers on a GPU of compute capability ``arch`` (90 for
-    9.0), with a timestep per sample (``per_sample``) or one a launch. KRON_ROWS (64, one warpgroup's wgmma tile)
+def kron_rows(neps: int, arch: int, per_sample: bool = False, T: int = 64) -> int:
+    """PB: the rows of a Kronecker tile of width ``T`` (tile_size) for ``neps`` ε buffers on a GPU of compute
+    capability ``arch`` (90 for 9.0), with a timestep per sample (``per_sample``) or one a launch. Rows 16 wide
+    (N ≤ 4): KRON_ROWS on sm_90 and sm_100 whatever the buffers and timesteps, and on sm_80 for two or three buffers;
+    32 on sm_80 for one (64 spilled 4 B there, fp16 / bf16 N = 2; at 32 and 16 rows ptxas spilled 4 B in two
+    variants of three buffers, capping the registers at 128 and 96); no spill in any variant of the sweeps at N = 1 …
+    4 (RESULTS.md, issue 19).
+    Rows 64 wide: KRON_ROWS (64, one warpgroup's wgmma tile)
     for one buffer and one timestep a launch on sm_90 and sm_100; KRON_ROWS_SMALL otherwise: on sm_80 mma.sync holds
     the operands of each [64, 64] product in registers (ptxas spilled 760 B at N = 8 with one buffer); with three
     buffers (stochastic or deterministic order 2) the transform's tf32 parts, the running Y and the next buffer's
@@ -658,9 +679,10 @@ def kron_rows(neps: int, arch: int, per_sample: bool = False) -> int:
     4-512 B on sm_90a at N = 2, 4, 8 (every variant with per-sample rows, and Philox even with one timestep at N = 2,
     4 and, at some launch sizes, 8), and one buffer with per-sample rows 20-332 B at N = 1, 2
     (benchmarks/blur_spill_sweep.py, RESULTS.md).
-    At 16 rows none of those spill; 7 of 72 three-buffer variants at N = 2, 3 still do on sm_90a (4-16 B; the grid
-    takes N = 4, 5, 6, 8 from two buffers, grid_form). The rows of a tile are independent planes, so the choice moves
-    no number."""
+    At 16 rows none of those spill (the grid takes N = 5, 6, 8 from two buffers, grid_form). The rows of a tile are
+    independent planes, so the choice moves no number."""
+    if T == KRON_T_SMALL:
+        return KRON_ROWS if arch // 10 in (9, 10) or neps > 1 else 32
     return KRON_ROWS if neps == 1 and not per_sample and arch // 10 in (9, 10) else KRON_ROWS_SMALL
 
 
@@ -843,8 +865,9 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
                                                     FAST=fast_math(x.device), BLOCK=1024)
         noise_mode = NOISE_TENSOR
     sliced = not kron and not grid and plane_sliced(len(eps), T)
-    # Kronecker tiles of T² elements over 32·warps threads: one warpgroup (wgmma; more warps duplicate its work)
-    warps = max(1, min(4, T // 16)) if kron else plane_warps(T, _arch(x.device), sliced)
+    # Kronecker tiles of PB·T elements: 8 a thread up to one warpgroup (wgmma; more warps duplicate its work)
+    PB = kron_rows(len(eps), _arch(x.device), t_tensor is not None and t_tensor.numel() > 1, T=T) if kron else 1
+    warps = max(1, min(4, PB * T // 256)) if kron else plane_warps(T, _arch(x.device), sliced)
     if kron or grid:  # one offset for every buffer (_blur_kron_kernel, _blur_grid_kernel); the op's are contiguous
         x, eps, noise = x.contiguous(), [t.contiguous() for t in eps], None if noise is None else noise.contiguous()
     e = list(eps) + [eps[0]] * (3 - len(eps))
@@ -870,7 +893,6 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         _blur_grid_kernel[(triton.cdiv(B * C, GR * GC * tp),)](*ptrs, C, B * C, ALIGNED4=aligned4, TC=GRID_COLS, N=N,
                                                                 GR=GR, GC=GC, TP=tp, num_warps=4, **common)
     elif kron:
-        PB = kron_rows(len(eps), _arch(x.device), common["T_PER_SAMPLE"])
         _blur_kron_kernel[(triton.cdiv(B * C, G * PB),)](
             *ptrs, C, B * C, ALIGNED4=aligned4, N=N, G=G, PB=PB, num_warps=warps,
             EVEN=G * N * N == T and B * C % (G * PB) == 0, **common)

@@ -141,11 +141,15 @@ def gddim_cases() -> list[aot.Case]:
         # issue 19's sweeps (benchmarks/blur_spill_sweep.py) of one and two buffers: at 64 Kronecker rows two
         # buffers spilled (N = 2, 4, 8), and one with per-sample rows (N = 1, 2); on the grid two buffers spilled
         # at 2 and 4 tiles a program (N = 12 at 42000 planes, below). The forms that hold them: the grid at N = 8
-        # from two buffers, 16 Kronecker rows, one tile a program
+        # from two buffers, Kronecker rows 16 wide at N ≤ 4 (tile_size), one tile a program
         "blur-fp32-n8-order1-tensor-pertimestep": Gddim("blur", f, (3, 8, 8), batch=64, order=1, noise="tensor",
                                                         timestep="per_sample"),
         "blur-fp32-n2-order1-philox": Gddim("blur", f, (3, 2, 2), batch=64, order=1),
         "blur-fp32-n2-philox-pertimestep": Gddim("blur", f, (3, 2, 2), batch=64, timestep="per_sample"),
+        # three buffers in Kronecker rows 64 wide spilled at N = 2, 3 (4-16 B on sm_90a); 16 wide they hold
+        "blur-fp32-n2-order2-tensor-pertimestep": Gddim("blur", f, (3, 2, 2), batch=1024, order=2, noise="tensor",
+                                                        timestep="per_sample"),
+        "blur-fp32-n3-order2-philox-stochastic": Gddim("blur", f, (3, 3, 3), batch=1024, order=2),
         # two buffers at T = 64: the whole-operand plane spilled 72-228 B (plane_sliced); the sliced form
         "blur-fp32-n48-order1-philox": Gddim("blur", f, (3, 48, 48), batch=64, order=1),
     }
