@@ -379,7 +379,7 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     several samples: a NaN in Y would reach every plane of the tile through the zero blocks of its matrices."""
     # the split of the data (_mm_slice): lo truncated, but rounded where the tile fills 255 registers either way and
     # the truncating split's schedule spilled: a whole [64, 64] plane (40-64 B on sm_90a at N = 48 and 64) and a
-    # Kronecker tile with three buffers at T = 64 (8 B on sm_80); at T = 16 (N ≤ 4) such a tile takes 72-143
+    # Kronecker tile with three buffers at T = 64 (8 B on sm_80); at T = 16 (N ≤ 4) such a tile takes 72-139
     # registers and truncating saves 10-18 instructions an element (RESULTS.md, issue 19)
     ROUND: tl.constexpr = T == 64 and (FORM == PLANE or (FORM == KRON and NEPS == 3))
     y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
@@ -609,7 +609,7 @@ def grid_form(N: int, neps: int) -> bool:
     of 48 variants on sm_90a, fp32 N = 8 77 → 88 % of its roofline on the grid; two, at 64 rows: 12-396 B at N = 8;
     at N = 5 rows of T = 32 spilled too: 8-96 B); no spill in any variant there (RESULTS.md). At T = 16 the
     whole-operand plane holds them; at N ≤ 4 the Kronecker rows of T = 16 (tile_size) keep them, no spill, and at
-    N = 4 they predict more than the grid (fp32 100 % of copy against 84-95 % with two and three buffers). As in the
+    N = 4 they predict more than the grid (fp32 100 % of copy against 76-100 % with two and three buffers). As in the
     Kronecker form, a non-finite input value reaches every plane of its tile (0 · inf is NaN in the zero blocks of
     the products); an invalid table row poisons only its sample (_step)."""
     if neps > 3 or N > GRID_COLS:
@@ -648,7 +648,8 @@ def tile_size(N: int) -> int:
     tl.dot's smallest) where a plane fits in it (N ≤ 4), else 64 = KRON_MAX². A row's product with W costs T
     multiply-adds an element and W's parts 2·T² values a program: at N = 1 … 4, rows of 64 held [64, 64] W parts
     beside three buffers' tiles and spilled (4-16 B at N = 2, 3 on sm_90a; 8 B at N = 1 on sm_100a) where rows of 16
-    take 32-143 registers, and predict 1.0-2.8× the % of copy (RESULTS.md, issue 19). The padding columns are zeros
+    take 32-139 registers, and predict up to 2.9× the % of copy (N = 1, no product, 6 % less: 1024 elements a
+    program where 4096 shared its per-program work; RESULTS.md, issue 19). The padding columns are zeros
     of W: no number moves but by the order of the sums' zero terms."""
     if kron_form(N):
         return KRON_T_SMALL if N * N <= KRON_T_SMALL else KRON_MAX * KRON_MAX
