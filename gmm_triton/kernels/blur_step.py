@@ -849,7 +849,8 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     if B * C >= 2**31:  # the kernels divide plane indices in 32 bits
         raise ValueError(f"blur_step: {B * C} planes (batch × channels): more than 2³¹ - 1")
     tf32x3 = x.dtype != torch.float64
-    grid = launches_grid(N, len(eps), B * C, tf32x3, _arch(x.device))
+    arch, per_sample = _arch(x.device), t_tensor is not None and t_tensor.numel() > 1
+    grid = launches_grid(N, len(eps), B * C, tf32x3, arch)
     kron = kron_form(N) and not grid
     T = GRID_ROWS if grid else tile_size(N)
     # rows of the tile that are whole Philox groups (the plane's rows, or whole planes as rows, or the grid's runs of
@@ -867,14 +868,14 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         noise_mode = NOISE_TENSOR
     sliced = not kron and not grid and plane_sliced(len(eps), T)
     # Kronecker tiles of PB·T elements: 8 a thread up to one warpgroup (wgmma; more warps duplicate its work)
-    PB = kron_rows(len(eps), _arch(x.device), t_tensor is not None and t_tensor.numel() > 1, T=T) if kron else 1
-    warps = max(1, min(4, PB * T // 256)) if kron else plane_warps(T, _arch(x.device), sliced)
+    PB = kron_rows(len(eps), arch, per_sample, T=T) if kron else 1
+    warps = max(1, min(4, PB * T // 256)) if kron else plane_warps(T, arch, sliced)
     if kron or grid:  # one offset for every buffer (_blur_kron_kernel, _blur_grid_kernel); the op's are contiguous
         x, eps, noise = x.contiguous(), [t.contiguous() for t in eps], None if noise is None else noise.contiguous()
     e = list(eps) + [eps[0]] * (3 - len(eps))
     common = dict(
         CT=tl.float64 if x.dtype == torch.float64 else tl.float32, NEPS=len(eps), NOISE=noise_mode,
-        T_FROM_PTR=t_tensor is not None, T_PER_SAMPLE=t_tensor is not None and t_tensor.numel() > 1,
+        T_FROM_PTR=t_tensor is not None, T_PER_SAMPLE=per_sample,
         SEED_FROM_PTR=seed_tensor is not None, FAST=fast_math(x.device), TF32X3=tf32x3, T=T)
     # the left and right matrices of the grid and of one plane; the right ones only multiply _kperm's reordered
     # tiles from the right (tf32x3): their rows in that order
@@ -890,7 +891,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
             seed_tensor if seed_tensor is not None else coef, seed_value)
     strides = (x.stride(0), e[0].stride(0), e[1].stride(0), e[2].stride(0), noise.stride(0) if noise is not None else 0)
     if grid:
-        tp = tiles_per_program(triton.cdiv(B * C, GR * GC), len(eps), common["T_PER_SAMPLE"])
+        tp = tiles_per_program(triton.cdiv(B * C, GR * GC), len(eps), per_sample)
         _blur_grid_kernel[(triton.cdiv(B * C, GR * GC * tp),)](*ptrs, C, B * C, ALIGNED4=aligned4, TC=GRID_COLS, N=N,
                                                                 GR=GR, GC=GC, TP=tp, num_warps=4, **common)
     elif kron:
