@@ -637,3 +637,33 @@ def test_blur_opcheck(backend):
     for args in [(x, [torch.randn_like(x)] * 3, bt, basis, torch.tensor([2, 4]), 0, None, None),
                  (x, [torch.randn_like(x)], bt_lam, basis, None, 3, torch.tensor([7]), None)]:
         torch.library.opcheck(torch.ops.gmm_triton.blur_step.default, args)
+
+
+@pytest.mark.parametrize("N, k, B", [(8, 1, 37), (4, 3, 37), (3, 1, 37), (12, 2, 9), (16, 1, 5), (13, 3, 3),
+                                     (20, 3, 1), (33, 3, 1)],
+                         ids=["N8-kron", "N4-kron-3-buffers", "N3-grid", "N12-grid-2-buffers", "N16-plane",
+                              "N13-plane-3-buffers", "N20-sliced", "N33-sliced"])
+def test_blur_16bit_buffers_skip_the_split_bit_for_bit(N, k, B):
+    """fp16 and bf16 values are tf32 values: a 16-bit buffer's first product runs two tf32 products where fp32
+    storage runs three (_mm_slice's EXACT), leaving out only the product with its low part, all exact zeros. So the
+    output equals, bit for bit, that of the same values stored in fp32, in every form (Kronecker rows, grid, one plane
+    with whole operands, the sliced plane) and with one to three buffers; the 16-bit launch writes fp32 here, so that
+    no rounding of the output hides a difference. (Not N = 2: its transform's entries are ±1/2, whose low parts are
+    zero, so that leaving out the other product would pass too.)"""
+    from gmm_triton.kernels import blur_step as K
+
+    table, _, basis = blur_tables(N)
+    rows = torch.randint(0, 5, (B,))
+    for dt in (torch.float16, torch.bfloat16):
+        x = torch.randn(B, 3 if B > 1 else 2, N, N).to(dt)
+        eps = [torch.randn_like(x) for _ in range(k)]
+        outs = []
+        for store in (dt, torch.float32):
+            out = torch.empty(x.shape, dtype=torch.float32)
+            with ops.use_cpu_backend("triton"):
+                K.launch_blur_step(x=x.to(store), eps=[e.to(store) for e in eps], out=out, coef=table, basis=basis,
+                                   t_tensor=rows, t_value=0, seed_tensor=None, seed_value=0, noise=None, noise_mode=0,
+                                   B=B, C=x.shape[1], N=N)
+            outs.append(out)
+        assert torch.isfinite(outs[0]).all()
+        assert torch.equal(outs[0], outs[1]), (dt, (outs[0] - outs[1]).abs().max())

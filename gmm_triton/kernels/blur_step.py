@@ -55,7 +55,11 @@ element (hi: add, mask; lo: subtract), where clearing the bits first took a four
 interpreter's tl.dot multiplies whole fp32 values, so there the kernels clear them themselves: the CPU tests run the
 products the tensor cores run, tf32-exact parts multiplied exactly (test_gddim_ops.py), and check the split
 arithmetic too. Where a tile fills 255 registers either way and this split's schedule spilled (a whole [64, 64]
-plane, a Kronecker tile of three buffers at T = 64) lo is rounded too (ROUND), as before.
+plane, a Kronecker tile of three buffers at T = 64) lo is rounded too (ROUND), as before. A 16-bit buffer needs no
+split: fp16 (11 significant bits) and bf16 (8) values are tf32 values, so that hi = t and lo = 0, and the first
+product of its transform runs two tf32 products, not three (EXACT, _mm_slice): the one left out adds exact zeros,
+so the numbers are the same, bit for bit, as those of the same values in fp32 (test_gddim_ops.py), for a third less
+of that product's tensor work and no split or low-part operand to stage (benchmarks/RESULTS.md, issue 19).
 """
 import weakref
 
@@ -113,13 +117,22 @@ def _basis_part(bp, part, which, T: tl.constexpr, R0, C0, R: tl.constexpr, C: tl
 
 @triton.jit
 def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr,
-              PRE: tl.constexpr = False, ROUND: tl.constexpr = False):
+              PRE: tl.constexpr = False, ROUND: tl.constexpr = False, EXACT: tl.constexpr = False):
     """acc + basis[which][:, k0:k0+K] @ t (LEFT: t the rows k0 … k0+K-1 of the data, [K, T]) or acc + t @
     basis[which][k0:k0+K, :] (t the columns k0 …, [T, K]): tf32x3 on fp32 tiles (module docstring; the small cross
     products first; t's low part truncated, or with ROUND rounded), one product in the tile's type (fp64) otherwise.
-    PRE: ``bp`` holds the whole matrices' parts (_preload)."""
+    PRE: ``bp`` holds the whole matrices' parts (_preload). EXACT: t's values are tf32 values already (a 16-bit
+    buffer's: :func:`_tf32_exact`), so that its split is hi = t, lo = 0: the product with lo, whose terms are all
+    exact zeros, and the split are left out: the same sums, bit for bit, in two tf32 products."""
     K: tl.constexpr = t.shape[0] if LEFT else t.shape[1]
-    if TF32X3:
+    if TF32X3 and EXACT:  # the sums below with hi = t and the (zero) lo product left out
+        if LEFT:
+            acc = tl.dot(_basis_part(bp, 1, which, T, 0, k0, T, K, PRE), t, acc, input_precision="tf32")
+            return tl.dot(_basis_part(bp, 0, which, T, 0, k0, T, K, PRE), t, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(t, _basis_part(bp, 1, which, T, k0, 0, K, T, PRE), acc, input_precision="tf32")
+            return tl.dot(t, _basis_part(bp, 0, which, T, k0, 0, K, T, PRE), acc, input_precision="tf32")
+    elif TF32X3:
         if ROUND:
             hi = _tf32(t)
             lo = _tf32(t - hi)
@@ -152,10 +165,17 @@ def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T
 
 @triton.jit
 def _mm(t, bp, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
-        ROUND: tl.constexpr):
-    """basis[which] @ t (LEFT, t [T, C]) or t @ basis[which] (t [R, T]), t in registers."""
+        ROUND: tl.constexpr, EXACT: tl.constexpr = False):
+    """basis[which] @ t (LEFT, t [T, C]) or t @ basis[which] (t [R, T]), t in registers (EXACT: _mm_slice)."""
     shape: tl.constexpr = (T, t.shape[1]) if LEFT else (t.shape[0], T)
-    return _mm_slice(tl.zeros(shape, dtype=t.dtype), t, bp, 0, which, LEFT, TF32X3, T, PRE, ROUND)
+    return _mm_slice(tl.zeros(shape, dtype=t.dtype), t, bp, 0, which, LEFT, TF32X3, T, PRE, ROUND, EXACT)
+
+
+@triton.jit
+def _tf32_exact(ptr):
+    """Whether a buffer's values are tf32 values once in fp32 (EXACT of _mm_slice): fp16 (11 significant bits) and
+    bf16 (8) are, subnormals included (tf32: 11 significant bits, fp32's exponent range); fp32 is not."""
+    return ptr.dtype.element_ty.primitive_bitwidth == 16
 
 
 @triton.jit
@@ -185,18 +205,18 @@ def _operand(acc, TF32X3: tl.constexpr):
 
 @triton.jit
 def _fwd(t, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
-         ROUND: tl.constexpr):
+         ROUND: tl.constexpr, EXACT: tl.constexpr = False):
     """The DCT of a tile (FORM): planes-as-rows X W, V X Vᵀ of one plane, or V_L X V_Rᵀ of a grid of planes (t
     [TR, TC]). The last two are two products, bp the parts of the left and of the right matrices (the right's rows in
     _kperm's order: _operand); PRE says they are held (_preload), but for the grid's V_L, [64, 64], read by each
     product (held for a program's tiles they took 255 registers). N = 1's 1×1 DCT is the identity (V = [1]): no
-    product."""
+    product. EXACT: t holds a 16-bit buffer's values (_tf32_exact): its product (the first) skips the split."""
     if FORM == IDENTITY:
         return t
     elif FORM == KRON:
-        return _mm(t, bp, 0, False, TF32X3, T, PRE, ROUND)
+        return _mm(t, bp, 0, False, TF32X3, T, PRE, ROUND, EXACT)
     else:
-        first = _mm(t, bp[0], 0, True, TF32X3, t.shape[0], PRE and FORM == PLANE, ROUND)
+        first = _mm(t, bp[0], 0, True, TF32X3, t.shape[0], PRE and FORM == PLANE, ROUND, EXACT)
         return _mm(_operand(first, TF32X3), bp[1], 1, False, TF32X3, t.shape[1], PRE, ROUND)
 
 
@@ -251,7 +271,7 @@ def _product(src, base, bp, which, N, LEFT: tl.constexpr, PLANE: tl.constexpr, T
             t = tl.load(src + (k0 + tl.arange(0, _KC)[:, None]) * T + tl.arange(0, T)[None, :])
         else:
             t = tl.load(src + tl.arange(0, T)[:, None] * T + k0 + tl.arange(0, _KC)[None, :])
-        acc = _mm_slice(acc, t, bp, k0, which, LEFT, TF32X3, T)
+        acc = _mm_slice(acc, t, bp, k0, which, LEFT, TF32X3, T, EXACT=PLANE and _tf32_exact(src))
     return acc
 
 
@@ -360,7 +380,7 @@ def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, FORM: tl.constexpr
           T: tl.constexpr, CT: tl.constexpr, PRE: tl.constexpr, ROUND: tl.constexpr):
     """(the table plane at cp + cld) ⊙ DCT(the buffer's tile at ptr + off + ld). The plane is loaded after the
     products (whose barriers keep it there): loaded ahead of them it would hold registers through them."""
-    f = _fwd(_load(ptr + off + ld, m2, LMASK).to(CT), bp, FORM, TF32X3, T, PRE, ROUND)
+    f = _fwd(_load(ptr + off + ld, m2, LMASK).to(CT), bp, FORM, TF32X3, T, PRE, ROUND, _tf32_exact(ptr))
     return _load(cp + cld, m2, LMASK).to(CT) * f
 
 

@@ -163,9 +163,12 @@ def gddim_cases() -> list[aot.Case]:
     for n in range(17, 33):  # issue 19: three buffers on the grid, one tile a program, at each of its N
         if f"blur-fp32-n{n}-order2-philox-stochastic" not in cases:
             sweep[f"blur-fp32-n{n}-order2-philox-stochastic"] = Gddim("blur", f, (3, n, n), batch=64, order=2)
+    # 16-bit storage (its data's first product without the split: blur_step.py's EXACT) in the forms the 16-bit
+    # rows above do not take: Kronecker rows 16 wide; one plane a program at T = 16, eight planes a program
+    sixteen = [blur_case(4, b), blur_case(16, h)]
     return covering + [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work, targets=("sm_90a",))
                        for name, c in sweep.items()] + [blur_case(n) for n in BLUR_SIZES if f"blur-fp32-n{n}-philox"
-                                                        not in cases]
+                                                        not in cases] + sixteen
 
 
 # One N for each distinct specialisation of the blur kernels over 1 ≤ N ≤ MAX_SIZE (tests/test_compile_matrix.py
