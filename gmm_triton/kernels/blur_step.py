@@ -39,6 +39,8 @@ In the grid and the whole-operand plane forms the second product of each transfo
 its first operand, with the columns of each group of eight in the order a tf32 accumulator holds them (_kperm) and
 the right matrix's rows in that order too (basis_parts with ``kperm``): the same sums, taken in another order, and
 no instruction to move the accumulator into the operand's registers (it took a SEL, a SHFL and an FSEL an element).
+The Kronecker rows 16 wide take Y (the forward product's accumulator, scaled and summed in its registers) into the
+inverse product Y Wᵀ the same way, Wᵀ's rows in that order (:func:`kron_kperm`).
 
 Precision. fp64 runs on the fp64 tensor cores (DMMA). Every other dtype computes in fp32 with three tf32
 products per fp32 product (tf32x3): each operand is split into a high and a low part, each tf32-exact (11
@@ -88,6 +90,9 @@ MAX_SIZE = 64  # largest N: one [64, 64] plane per program
 KRON_MAX = 8   # N ≤ 8: planes as rows of one Kronecker product
 KRON_ROWS = 64  # rows of a Kronecker tile: [64, 64], one warpgroup's wgmma tile
 KRON_ROWS_SMALL = 16  # ... where that tile spills (kron_rows)
+KRON_T_SMALL = 16  # the Kronecker rows' width for N ≤ 4 (tile_size)
+# rows that wide take Y into the inverse product as _kperm reorders it (kron_kperm)
+_KRON_KPERM_T = tl.constexpr(KRON_T_SMALL)
 
 
 @triton.jit
@@ -208,13 +213,13 @@ def _fwd(t, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: 
          ROUND: tl.constexpr, EXACT: tl.constexpr = False):
     """The DCT of a tile (FORM): planes-as-rows X W, V X Vᵀ of one plane, or V_L X V_Rᵀ of a grid of planes (t
     [TR, TC]). The last two are two products, bp the parts of the left and of the right matrices (the right's rows in
-    _kperm's order: _operand); PRE says they are held (_preload), but for the grid's V_L, [64, 64], read by each
-    product (held for a program's tiles they took 255 registers). N = 1's 1×1 DCT is the identity (V = [1]): no
-    product. EXACT: t holds a 16-bit buffer's values (_tf32_exact): its product (the first) skips the split."""
+    _kperm's order: _operand); for the Kronecker rows bp holds W's parts and Wᵀ's (_inv). PRE says they are held
+    (_preload), but for the grid's V_L, [64, 64], read by each product (held for a program's tiles they took 255
+    registers). N = 1's 1×1 DCT is the identity (V = [1]): no product. EXACT: t holds a 16-bit buffer's values (_tf32_exact): its product (the first) skips the split."""
     if FORM == IDENTITY:
         return t
     elif FORM == KRON:
-        return _mm(t, bp, 0, False, TF32X3, T, PRE, ROUND, EXACT)
+        return _mm(t, bp[0], 0, False, TF32X3, T, PRE, ROUND, EXACT)
     else:
         first = _mm(t, bp[0], 0, True, TF32X3, t.shape[0], PRE and FORM == PLANE, ROUND, EXACT)
         return _mm(_operand(first, TF32X3), bp[1], 1, False, TF32X3, t.shape[1], PRE, ROUND)
@@ -226,8 +231,8 @@ def _inv(y, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: 
     """The inverse DCT (FORM): Y Wᵀ, Vᵀ Y V, V_Lᵀ Y V_R (as _fwd), or the identity (N = 1)."""
     if FORM == IDENTITY:
         return y
-    elif FORM == KRON:
-        return _mm(y, bp, 1, False, TF32X3, T, PRE, ROUND)
+    elif FORM == KRON:  # Y reordered for Wᵀ's rows in that order at T = 16 (kron_kperm)
+        return _mm(_operand(y, TF32X3 and T == _KRON_KPERM_T), bp[1], 1, False, TF32X3, T, PRE, ROUND)
     else:
         first = _mm(y, bp[0], 1, True, TF32X3, y.shape[0], PRE and FORM == PLANE, ROUND)
         return _mm(_operand(first, TF32X3), bp[1], 0, False, TF32X3, y.shape[1], PRE, ROUND)
@@ -427,7 +432,7 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
 
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
 def _blur_kron_kernel(
-    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp,
+    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, br,
     coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value,
     C, n_planes,
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
@@ -437,7 +442,8 @@ def _blur_kron_kernel(
     """N ≤ KRON_MAX: PB rows per program, each G consecutive planes of N² pixels / frequencies (plane g of row r at
     columns g·N² + i·N + j; padded to T). Every buffer is contiguous (the launcher sees to it), so one row offset
     r·G·N² serves them all (per-buffer row offsets, replicated over a thread's rows, spilled). N is a compile-time
-    constant here (eight values): the plane of a column, q // N², is then a multiply and a shift."""
+    constant here (eight values): the plane of a column, q // N², is then a multiply and a shift. The products take
+    W's parts at bp, Wᵀ's at br (its rows in _kperm's order where kron_kperm says so)."""
     check_noise_code(NOISE)
     plane: tl.constexpr = N * N
     run: tl.constexpr = G * plane
@@ -455,7 +461,7 @@ def _blur_kron_kernel(
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     off = r * run
     # rows are runs of the contiguous buffers: masked loads, unless every row is whole (EVEN)
-    _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, 0, 0, 0, 0, 0, off, off + q, q,
+    _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br), seed, 0, 0, 0, 0, 0, off, off + q, q,
           coef_ptr + row * _PLANES * plane, q - g * plane, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4,
           FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT)
 
@@ -660,7 +666,6 @@ def rows_aligned4(N: int, kron: bool) -> bool:
     return (kron_planes(N) * N * N if kron else N) % 4 == 0
 
 
-KRON_T_SMALL = 16  # the Kronecker rows' width for N ≤ 4 (tile_size)
 
 
 def tile_size(N: int) -> int:
@@ -674,6 +679,15 @@ def tile_size(N: int) -> int:
     if kron_form(N):
         return KRON_T_SMALL if N * N <= KRON_T_SMALL else KRON_MAX * KRON_MAX
     return max(16, triton.next_power_of_2(N))
+
+
+def kron_kperm(T: int, tf32x3: bool) -> bool:
+    """Whether Kronecker rows of width T take Y into the inverse product Y Wᵀ reordered (_kperm, Wᵀ's rows in the
+    same order: the same sums in another order), as the grid and the plane take their first product's accumulator
+    into the second: tf32x3 rows 16 wide (_KRON_KPERM_T), where it saves the SEL, SHFL and FSEL an element that
+    move Y into the operand's registers (sm_90a: 8-10 % of the instructions an element at N = 2 … 4). At T = 64 the
+    reordered Y held beside W's parts took fp32 N = 8 to 255 registers and 8 B of spill (RESULTS.md, issue 19)."""
+    return tf32x3 and T == KRON_T_SMALL
 
 
 def kron_planes(N: int) -> int:
@@ -901,8 +915,8 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     # tiles from the right (tf32x3): their rows in that order
     if grid:
         bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR), basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=tf32x3))
-    elif kron:
-        bp = (basis_parts(basis, tf32x3),)
+    elif kron:  # W as is (X W); Wᵀ for Y Wᵀ, its rows in _kperm's order where Y is reordered (kron_kperm, _inv)
+        bp = (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3, kperm=kron_kperm(T, tf32x3)))
     else:
         bp = (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3, kperm=tf32x3))
     ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, *bp,
