@@ -215,7 +215,8 @@ def _fwd(t, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: 
     [TR, TC]). The last two are two products, bp the parts of the left and of the right matrices (the right's rows in
     _kperm's order: _operand); for the Kronecker rows bp holds W's parts and Wᵀ's (_inv). PRE says they are held
     (_preload), but for the grid's V_L, [64, 64], read by each product (held for a program's tiles they took 255
-    registers). N = 1's 1×1 DCT is the identity (V = [1]): no product. EXACT: t holds a 16-bit buffer's values (_tf32_exact): its product (the first) skips the split."""
+    registers). N = 1's 1×1 DCT is the identity (V = [1]): no product. EXACT: t holds a 16-bit buffer's values
+    (_tf32_exact): its product (the first) skips the split."""
     if FORM == IDENTITY:
         return t
     elif FORM == KRON:
@@ -666,8 +667,6 @@ def rows_aligned4(N: int, kron: bool) -> bool:
     return (kron_planes(N) * N * N if kron else N) % 4 == 0
 
 
-
-
 def tile_size(N: int) -> int:
     """T: the side of a plane's tile, or the width of the Kronecker form's rows of G planes: KRON_T_SMALL (16,
     tl.dot's smallest) where a plane fits in it (N ≤ 4), else 64 = KRON_MAX². A row's product with W costs T
@@ -685,7 +684,7 @@ def kron_kperm(T: int, tf32x3: bool) -> bool:
     """Whether Kronecker rows of width T take Y into the inverse product Y Wᵀ reordered (_kperm, Wᵀ's rows in the
     same order: the same sums in another order), as the grid and the plane take their first product's accumulator
     into the second: tf32x3 rows 16 wide (_KRON_KPERM_T), where it saves the SEL, SHFL and FSEL an element that
-    move Y into the operand's registers (sm_90a: 8-10 % of the instructions an element at N = 2 … 4). At T = 64 the
+    move Y into the operand's registers (sm_90a: 6-10 % of the instructions an element at N = 2 … 4). At T = 64 the
     reordered Y held beside W's parts took fp32 N = 8 to 255 registers and 8 B of spill (RESULTS.md, issue 19)."""
     return tf32x3 and T == KRON_T_SMALL
 
