@@ -227,6 +227,12 @@ def test_issue_19_targets_on_paper(matrix):
     sliced = {r["case"]: r for r in blur if r["kernel"] == "_blur_step_kernel"}
     for case in ("blur-fp32-n20-order2-philox-oneplane", "blur-fp32-n33-order2-philox-stochastic"):
         assert sliced[case]["launch"]["constexprs"]["SLICED"] == "True", sliced[case]
+    # one buffer at T = 64: whole operands on wgmma (sm_90a, sm_100a), by slices on sm_80's mma.sync, where whole
+    # operands spilled 1.8-2.3 KB (plane_sliced); no spill on any target
+    for r in matrix:
+        if r["case"] == "blur-bf16-n40-philox" and r["kernel"] == "_blur_step_kernel":
+            assert r["launch"]["constexprs"]["SLICED"] == str(r["target"] == "sm_80"), r
+            assert r["launch"]["num_warps"] == (8 if r["target"] == "sm_80" else 4) and r["spill_bytes"] == 0, r
     for r in blur:
         if r["dtype"] != "fp64":
             assert r["spill_bytes"] == 0, r

@@ -237,10 +237,35 @@ def test_blur_plane_forms_both_match_the_reference(monkeypatch, N):
         ref = gref.blur_step(x, eps[:k], bt, basis, rows, seed=7)
         bound = magnitude(gref.blur_step, x, eps[:k], bt, basis.abs(), rows, noise=philox(7, x.shape))
         for sliced in (False, True):
-            monkeypatch.setattr(K, "plane_sliced", lambda neps, T, s=sliced: s)
+            monkeypatch.setattr(K, "plane_sliced", lambda neps, T, arch=90, s=sliced: s)
             with ops.use_cpu_backend("triton"):
                 out = gops.blur_step(x, eps[:k], rows, bt, basis, stochastic=True, seed=7)
             assert ((out.double() - ref).abs() <= 2e-6 * bound).all(), (k, sliced)
+
+
+@pytest.mark.parametrize("N", [33, 48], ids=["N33-noise-prepass", "N48-philox-in-kernel"])
+def test_blur_sm80_takes_the_sliced_plane_for_one_buffer_at_t64(monkeypatch, N):
+    """On sm_80 (mma.sync) one buffer at T = 64 runs the sliced plane with 8 warps (plane_sliced, plane_warps: the
+    whole-operand form spilled 1.8-2.3 KB in every variant there), while sm_90 keeps the whole-operand form with 4.
+    The launch an A100 makes (the launcher told arch 80) meets the float64 reference within the fp32 bound, as the
+    sm_90 launch does, with the stochastic step's in-kernel noise (N = 48) and the noise pre-pass (N = 33)."""
+    from gmm_triton.kernels import blur_step as K
+
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(2, 2, N, N)
+    eps = [torch.randn_like(x)]
+    rows = torch.tensor([1, 3])
+    ref = gref.blur_step(x, eps, bt, basis, rows, seed=5)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(5, x.shape))
+    real_warps = K.plane_warps
+    for arch, sliced, warps in ((80, True, 8), (90, False, 4)):
+        seen = []
+        monkeypatch.setattr(K, "_arch", lambda device, a=arch: a)
+        monkeypatch.setattr(K, "plane_warps", lambda T, a, s: seen.append((T, a, s)) or real_warps(T, a, s))
+        with ops.use_cpu_backend("triton"):
+            out = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=5)
+        assert seen == [(64, arch, sliced)] and real_warps(*seen[0]) == warps, seen
+        assert ((out.double() - ref).abs() <= 2e-6 * bound).all(), arch
 
 
 @pytest.mark.parametrize("N", [8, 3, 1])

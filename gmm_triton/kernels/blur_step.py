@@ -91,8 +91,6 @@ KRON_MAX = 8   # N ≤ 8: planes as rows of one Kronecker product
 KRON_ROWS = 64  # rows of a Kronecker tile: [64, 64], one warpgroup's wgmma tile
 KRON_ROWS_SMALL = 16  # ... where that tile spills (kron_rows)
 KRON_T_SMALL = 16  # the Kronecker rows' width for N ≤ 4 (tile_size)
-# rows that wide take Y into the inverse product as _kperm reorders it (kron_kperm)
-_KRON_KPERM_T = tl.constexpr(KRON_T_SMALL)
 
 
 @triton.jit
@@ -228,12 +226,13 @@ def _fwd(t, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: 
 
 @triton.jit
 def _inv(y, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
-         ROUND: tl.constexpr):
-    """The inverse DCT (FORM): Y Wᵀ, Vᵀ Y V, V_Lᵀ Y V_R (as _fwd), or the identity (N = 1)."""
+         ROUND: tl.constexpr, KPERM: tl.constexpr = False):
+    """The inverse DCT (FORM): Y Wᵀ, Vᵀ Y V, V_Lᵀ Y V_R (as _fwd), or the identity (N = 1). KPERM (the Kronecker
+    rows, as the launcher's kron_kperm sets it): Y enters reordered (_kperm), Wᵀ's rows in that order."""
     if FORM == IDENTITY:
         return y
-    elif FORM == KRON:  # Y reordered for Wᵀ's rows in that order at T = 16 (kron_kperm)
-        return _mm(_operand(y, TF32X3 and T == _KRON_KPERM_T), bp[1], 1, False, TF32X3, T, PRE, ROUND)
+    elif FORM == KRON:
+        return _mm(_operand(y, KPERM), bp[1], 1, False, TF32X3, T, PRE, ROUND)
     else:
         first = _mm(y, bp[0], 1, True, TF32X3, y.shape[0], PRE and FORM == PLANE, ROUND)
         return _mm(_operand(first, TF32X3), bp[1], 0, False, TF32X3, y.shape[1], PRE, ROUND)
@@ -393,8 +392,8 @@ def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, FORM: tl.constexpr
 @triton.jit
 def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off, e1_off, e2_off, z_off, out_off,
           ld, pos, cp, cld, cstride, flat, m2, poison, LMASK: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr,
-          ALIGNED4: tl.constexpr, FAST: tl.constexpr, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr,
-          PRE: tl.constexpr = False):
+          ALIGNED4: tl.constexpr, FAST: tl.constexpr, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr,
+          CT: tl.constexpr, PRE: tl.constexpr = False, KPERM: tl.constexpr = False):
     """out = inverse DCT of Y = A ⊙ F(x) + Σ_j B_j ⊙ F(ε_j) + S ⊙ n on a tile (whole operands). Loads at ``*_off + ld`` and
     ``cp + k·cstride + cld`` (the table's plane k; offsets, not a tile of pointers, which would hold two registers
     per element throughout) are masked by ``m2`` with LMASK; without it every tile position addresses a real
@@ -402,7 +401,8 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     the zero rows and columns of the padded transform matrices). The store (``out_off + pos``) is masked by m2.
     ``flat``: the tile rows' first flat index (the noise's counters). ``poison`` (NaN for an invalid row) rides
     through every product of a plane (PLANE) and is added to the output of the other forms, whose tiles hold planes of
-    several samples: a NaN in Y would reach every plane of the tile through the zero blocks of its matrices."""
+    several samples: a NaN in Y would reach every plane of the tile through the zero blocks of its matrices. KPERM:
+    _inv's (the Kronecker rows)."""
     # the split of the data (_mm_slice): lo truncated, but rounded where the tile fills 255 registers either way and
     # the truncating split's schedule spilled: a whole [64, 64] plane (40-64 B on sm_90a at N = 48 and 64) and a
     # Kronecker tile with three buffers at T = 64 (8 B on sm_80); at T = 16 (N ≤ 4) such a tile takes 72-139
@@ -425,7 +425,7 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
         elif NOISE == NOISE_TENSOR:
             n = _load(z_ptr + z_off + ld, m2, LMASK).to(CT)
         y += _load(cp + (_PLANES - 1) * cstride + cld, m2, LMASK).to(CT) * n
-    out = _inv(y, bp, FORM, TF32X3, T, PRE, ROUND)
+    out = _inv(y, bp, FORM, TF32X3, T, PRE, ROUND, KPERM)
     if FORM != PLANE:  # the planes of a tile share its products (0 · NaN is NaN): an invalid row poisons only its own
         out += poison
     tl.store(out_ptr + out_off + pos, out.to(out_ptr.dtype.element_ty), mask=m2)
@@ -439,12 +439,13 @@ def _blur_kron_kernel(
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     TF32X3: tl.constexpr, T: tl.constexpr, N: tl.constexpr, G: tl.constexpr, PB: tl.constexpr, EVEN: tl.constexpr,
+    KPERM: tl.constexpr,
 ):
     """N ≤ KRON_MAX: PB rows per program, each G consecutive planes of N² pixels / frequencies (plane g of row r at
     columns g·N² + i·N + j; padded to T). Every buffer is contiguous (the launcher sees to it), so one row offset
     r·G·N² serves them all (per-buffer row offsets, replicated over a thread's rows, spilled). N is a compile-time
     constant here (eight values): the plane of a column, q // N², is then a multiply and a shift. The products take
-    W's parts at bp, Wᵀ's at br (its rows in _kperm's order where kron_kperm says so)."""
+    W's parts at bp, Wᵀ's at br (its rows in _kperm's order where KPERM, the launcher's kron_kperm, says so)."""
     check_noise_code(NOISE)
     plane: tl.constexpr = N * N
     run: tl.constexpr = G * plane
@@ -464,7 +465,7 @@ def _blur_kron_kernel(
     # rows are runs of the contiguous buffers: masked loads, unless every row is whole (EVEN)
     _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br), seed, 0, 0, 0, 0, 0, off, off + q, q,
           coef_ptr + row * _PLANES * plane, q - g * plane, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4,
-          FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT)
+          FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT, False, KPERM)
 
 
 @triton.jit
@@ -681,10 +682,10 @@ def tile_size(N: int) -> int:
 
 
 def kron_kperm(T: int, tf32x3: bool) -> bool:
-    """Whether Kronecker rows of width T take Y into the inverse product Y Wᵀ reordered (_kperm, Wᵀ's rows in the
-    same order: the same sums in another order), as the grid and the plane take their first product's accumulator
-    into the second: tf32x3 rows 16 wide (_KRON_KPERM_T), where it saves the SEL, SHFL and FSEL an element that
-    move Y into the operand's registers (sm_90a: 6-10 % of the instructions an element at N = 2 … 4). At T = 64 the
+    """Whether Kronecker rows of width T take Y into the inverse product Y Wᵀ reordered (_kperm, Wᵀ's rows in the same
+    order: the same sums in another order), as the grid and the plane take their first product's accumulator into the
+    second: tf32x3 rows 16 wide (KRON_T_SMALL; the kernel's KPERM), where it saves the SEL, SHFL and FSEL an element
+    that move Y into the operand's registers (sm_90a: 6-10 % of the instructions an element at N = 2 … 4). At T = 64 the
     reordered Y held beside W's parts took fp32 N = 8 to 255 registers and 8 B of spill (RESULTS.md, issue 19)."""
     return tf32x3 and T == KRON_T_SMALL
 
@@ -720,19 +721,21 @@ def kron_rows(neps: int, arch: int, per_sample: bool = False, T: int = 64) -> in
     return KRON_ROWS if neps == 1 and not per_sample and arch // 10 in (9, 10) else KRON_ROWS_SMALL
 
 
-def plane_sliced(neps: int, T: int) -> bool:
-    """Whether a per-plane launch (tile side T) runs its products by slices (_plane_step): for three buffers
-    (order 2, or stochastic order 1 … with its history) at T ≥ 32 (at T = 32 on sm_90 / sm_100 the grid takes them
-    from one tile of planes: grid_form), where the whole-operand form spills (24–568 B at
+def plane_sliced(neps: int, T: int, arch: int = 90) -> bool:
+    """Whether a per-plane launch (tile side T, on a GPU of compute capability ``arch``) runs its products by slices
+    (_plane_step): for three buffers (order 2, or stochastic order 1 … with its history) at T ≥ 32 (at T = 32 on sm_90 /
+    sm_100 the grid takes them from one tile of planes: grid_form), where the whole-operand form spills (24–568 B at
     sm_90a for N = 17 … 64: benchmarks/RESULTS.md, issue 19), and for two at T = 64 (N = 33 … 64), where it spilled
-    72–228 B in 48 of 60 variants on sm_90a (N = 33, 40, 48, 56, 64; the sliced form: none). With one buffer, or at
-    T = 16 (one slice is the whole operand), the whole-operand form holds without spill, and at T = 64 stays within
-    80 % of its roofline, which the sliced form, bound by its memory instructions, does not (43.8 % against 70.6 % of
-    copy at N = 64, order 0). By tile side, not by (N, target): with three buffers the whole form fills exactly 255
-    registers at T = 32, and whether ptxas spills turns on the variant (0 B for fp32 with the noise pre-pass on
-    sm_90a, 12–252 B for in-kernel noise, no noise or 16-bit storage), an edge too thin to build a rule on
-    (RESULTS.md)."""
-    return (neps == 3 and T > 16) or (neps == 2 and T == 64)
+    72–228 B in 48 of 60 variants on sm_90a (N = 33, 40, 48, 56, 64; the sliced form: none). With one buffer, or at T =
+    16 (one slice is the whole operand), the whole-operand form holds without spill, and at T = 64 stays within 80 % of
+    its roofline, which the sliced form, bound by its memory instructions, does not (43.8 % against 70.6 % of copy at N
+    = 64, order 0). By tile side, not by (N, target): with three buffers the whole form fills exactly 255 registers at T
+    = 32, and whether ptxas spills turns on the variant (0 B for fp32 with the noise pre-pass on sm_90a, 12–252 B for
+    in-kernel noise, no noise or 16-bit storage), an edge too thin to build a rule on (RESULTS.md). On sm_80 (mma.sync)
+    one buffer at T = 64 takes the sliced form too: there every warp holds each product's whole [64, 64] second operand
+    in registers, and the whole-operand form spilled 1804-2280 B in every variant of N = 33 … 64 (RESULTS.md, issue 19).
+    ``arch`` defaults to 90, the target the predictions are for."""
+    return (neps == 3 and T > 16) or (neps == 2 and T == 64) or (T == 64 and arch // 10 == 8)
 
 
 def plane_warps(T: int, arch: int, sliced: bool) -> int:
@@ -899,7 +902,8 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
                                                     seed_value, SEED_FROM_PTR=seed_tensor is not None,
                                                     FAST=fast_math(x.device), BLOCK=1024)
         noise_mode = NOISE_TENSOR
-    sliced = not kron and not grid and plane_sliced(len(eps), T)
+    sliced = not kron and not grid and plane_sliced(len(eps), T, arch)
+    kperm = kron and kron_kperm(T, tf32x3)  # one switch for Wᵀ's row order and the kernel's (KPERM)
     # Kronecker tiles of PB·T elements: 8 a thread up to one warpgroup (wgmma; more warps duplicate its work)
     PB = kron_rows(len(eps), arch, per_sample, T=T) if kron else 1
     warps = max(1, min(4, PB * T // 256)) if kron else plane_warps(T, arch, sliced)
@@ -915,7 +919,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     if grid:
         bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR), basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=tf32x3))
     elif kron:  # W as is (X W); Wᵀ for Y Wᵀ, its rows in _kperm's order where Y is reordered (kron_kperm, _inv)
-        bp = (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3, kperm=kron_kperm(T, tf32x3)))
+        bp = (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3, kperm=kperm))
     else:
         bp = (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3, kperm=tf32x3))
     ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, *bp,
@@ -930,7 +934,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     elif kron:
         _blur_kron_kernel[(triton.cdiv(B * C, G * PB),)](
             *ptrs, C, B * C, ALIGNED4=aligned4, N=N, G=G, PB=PB, num_warps=warps,
-            EVEN=G * N * N == T and B * C % (G * PB) == 0, **common)
+            EVEN=G * N * N == T and B * C % (G * PB) == 0, KPERM=kperm, **common)
     else:
         pp = planes_per_program(B * C, T, sliced, tf32x3)
         # each program's two scratch tiles (_plane_step), in the compute type; the whole-operand form reads none

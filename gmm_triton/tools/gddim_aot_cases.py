@@ -152,6 +152,9 @@ def gddim_cases() -> list[aot.Case]:
         "blur-fp32-n3-order2-philox-stochastic": Gddim("blur", f, (3, 3, 3), batch=1024, order=2),
         # two buffers at T = 64: the whole-operand plane spilled 72-228 B (plane_sliced); the sliced form
         "blur-fp32-n48-order1-philox": Gddim("blur", f, (3, 48, 48), batch=64, order=1),
+        # one buffer at T = 64: the whole-operand plane on wgmma; on sm_80 the sliced form (plane_sliced: whole, it
+        # spilled 1.8-2.3 KB there in every variant)
+        "blur-bf16-n40-philox": Gddim("blur", b, (3, 40, 40), batch=64),
     }
     covering = [aot.Case(name, _LABEL[c.dtype], _drive(c), c.bytes_per_element, c.work) for name, c in cases.items()]
     sweep = {}
