@@ -596,11 +596,14 @@ def test_blur_grid_tiles_of_a_launch_of_more_than_2_31_elements(monkeypatch):
         gref.blur_step, x, [e], bt, basis.abs(), 3, noise=None)).all()
 
 
-@pytest.mark.parametrize("N", [7, 4], ids=["N7-grid", "N4-kron-4-planes-a-row"])
+@pytest.mark.parametrize("N", [7, 4, 2, 1], ids=["N7-grid", "N4-kron-1-plane-a-row", "N2-kron-4-planes-a-row",
+                                                 "N1-kron-16-planes-a-row"])
 def test_blur_an_invalid_device_row_poisons_only_its_sample(N):
     """A device row outside the table (the host cannot see it) makes its sample NaN and no other, though the tile's
-    products mix the planes of several samples (the grid's 36 planes a tile at N = 7; the Kronecker rows of 4
-    planes at N = 4): the poison joins after the products."""
+    products mix the planes of several samples (the grid's 36 planes a tile at N = 7; the Kronecker tiles of 64
+    rows of 1, 4 and 16 planes at N = 4, 2, 1, whose rows of 4 and 16 planes hold planes of two to six samples,
+    their samples found per row and plane and spread over the plane's columns): the poison joins after the
+    products."""
     from gmm_triton.kernels.blur_step import launch_blur_step
 
     bt, _, basis = blur_tables(N)
@@ -654,6 +657,23 @@ def test_blur_bad_arguments():
         gops.blur_step(x, [x], 0, bt, basis.float())
     with pytest.raises(ValueError, match=r"\[steps, 5, 8, 8\]"):
         gops.blur_step(x, [x], 0, bt[:, :3], basis)
+
+
+def test_blur_launcher_refuses_32_bit_overflows():
+    """The launcher's own limits, which the op cannot see: 2³¹ planes (plane indices divided in 32 bits) and a table of
+    2³¹ values (the Kronecker rows' per-sample offsets in 32 bits); stride-0 views, so that nothing is allocated."""
+    from gmm_triton.kernels.blur_step import launch_blur_step
+
+    bt, _, basis = blur_tables(2)
+    x = torch.zeros(1, 1, 2, 2)
+    kw = dict(x=x, eps=[x], out=x.clone(), basis=basis, t_tensor=torch.tensor([0]), t_value=0, seed_tensor=None,
+              seed_value=0, noise=None, noise_mode=0, N=2)
+    with pytest.raises(ValueError, match="planes"):
+        launch_blur_step(coef=bt, B=2**16, C=2**15, **kw)
+    huge = bt[:1].expand(2**31 // 20 + 1, 5, 2, 2)
+    assert huge.numel() >= 2**31
+    with pytest.raises(ValueError, match="coefficient table of"):
+        launch_blur_step(coef=huge, B=1, C=1, **kw)
 
 
 def test_blur_opcheck(backend):

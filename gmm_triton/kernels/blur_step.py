@@ -356,17 +356,17 @@ def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, seed, x_
 
 
 @triton.jit
-def _check_runs_of_four(off):
+def _check_runs(off, L: tl.constexpr):
     """Under the interpreter, where compiler hints do nothing: asserts what the caller hints for ``off`` [R, C]
-    (tl.max_contiguous and tl.multiple_of by [1, 4], written at the call site: a hint on a function's result does not
-    reach its caller): whole runs of four along the columns, each contiguous, its first offset a multiple of 4."""
+    (tl.max_contiguous and tl.multiple_of by [1, L], written at the call site: a hint on a function's result does not
+    reach its caller): whole runs of L along the columns, each contiguous, its first offset a multiple of L."""
     if _CHECK_HINTS:
         R: tl.constexpr = off.shape[0]
         C: tl.constexpr = off.shape[1]
-        runs = tl.reshape(off, (R, C // 4, 4))
-        first = tl.reshape(_run_starts(off), (R, C // 4, 1))
+        runs = tl.reshape(off, (R, C // L, L))
+        first = tl.min(runs, axis=2, keep_dims=True)
         # (the interpreter's tl.assume asserts its condition; its device_assert needs a debug build)
-        tl.assume((first % 4 == 0) & (runs - first == tl.arange(0, 4)[None, None, :]))
+        tl.assume((first % L == 0) & (runs - first == tl.arange(0, L)[None, None, :]))
 
 
 @triton.jit
@@ -431,6 +431,17 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     tl.store(out_ptr + out_off + pos, out.to(out_ptr.dtype.element_ty), mask=m2)
 
 
+@triton.jit
+def _spread(v, plane: tl.constexpr):
+    """[R, G] → [R, G·plane]: each value over its plane's columns ([R, 1] stays, broadcast by its use)."""
+    R: tl.constexpr = v.shape[0]
+    G: tl.constexpr = v.shape[1]
+    if G == 1:
+        return v
+    else:
+        return tl.reshape(tl.broadcast_to(v[:, :, None], (R, G, plane)), (R, G * plane))
+
+
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
 def _blur_kron_kernel(
     x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, br,
@@ -453,18 +464,36 @@ def _blur_kron_kernel(
     q = tl.arange(0, T)[None, :]
     g = q // plane                                                           # plane of the row [1, T]
     m2 = (q < run) & (g < n_planes - r * G)                                  # (no [PB, T] int64 plane index)
-    # each element's sample (used only by per-sample steps), from its plane in 32 bits (the launcher keeps the planes
-    # < 2³¹; rows clamped first, so that rp·G does not overflow); in int64: 164 against 155 instructions an element
-    # (N = 2, per-sample rows, sm_90a)
+    # each plane's sample (read only by per-sample steps) in 32 bits: the launcher keeps the planes < 2³¹ and the
+    # table's values < 2³¹, and the rows are clamped first, so that rp·G does not overflow (in int64: 164 against 155
+    # instructions an element at N = 2, per-sample rows, sm_90a)
     rp = tl.minimum(tl.program_id(0) * PB + tl.arange(0, PB)[:, None], (n_planes - 1) // G)
-    row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, (tl.minimum(rp * G, n_planes - 1 - g) + g) // C,
-                            T_FROM_PTR, T_PER_SAMPLE)
-    poison = tl.where(valid, 0.0, float("nan")).to(CT)
+    if T_PER_SAMPLE and (G == 1 or G * plane == T):
+        # per (row, plane), [PB, G], spread over the plane's columns (_spread) where G·N² fills the row: per element,
+        # the division and the table's gathers took 49 instructions an element over one timestep a launch at N = 2,
+        # here 24 (sm_90a; RESULTS.md, issue 19). G = 1: a row's padding columns (N = 3) take its sample; they are
+        # masked. Unsigned: rp·G + gg < 2³² does not overflow, and the division is shorter
+        gg = tl.arange(0, G)[None, :]
+        b = (tl.minimum(tl.cast(rp * G, tl.uint32) + gg, tl.cast(n_planes - 1, tl.uint32)) // tl.cast(C, tl.uint32))
+        b = b.to(tl.int32)  # (tl.cast: C and n_planes may come as constants, specialised at 1)
+        row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
+        cp = coef_ptr
+        cld = _spread(row.to(tl.int32) * (_PLANES * plane), plane) + q - g * plane
+        if G > 1:  # a plane's coefficients: runs of N² (a power of two here) from a multiple of N², which the
+            _check_runs(cld, plane)  # spread hides from the compiler (32-bit loads without the hint)
+            cld = tl.max_contiguous(tl.multiple_of(cld, [1, plane]), [1, plane])
+        poison = _spread(tl.where(valid, 0.0, float("nan")).to(CT), plane)
+    else:
+        row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, (tl.minimum(rp * G, n_planes - 1 - g) + g) // C,
+                                T_FROM_PTR, T_PER_SAMPLE)
+        cp = coef_ptr + row * _PLANES * plane
+        cld = q - g * plane
+        poison = tl.where(valid, 0.0, float("nan")).to(CT)
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     off = r * run
     # rows are runs of the contiguous buffers: masked loads, unless every row is whole (EVEN)
     _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br), seed, 0, 0, 0, 0, 0, off, off + q, q,
-          coef_ptr + row * _PLANES * plane, q - g * plane, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4,
+          cp, cld, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4,
           FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT, False, KPERM)
 
 
@@ -556,7 +585,7 @@ def _blur_grid_kernel(
     the coefficient planes are read 16 bytes at a time (VEC4): the padding columns wrap onto their plane's row and
     the planes past the last move onto the last plane, so that every run of four columns starting at a multiple of 4
     is four consecutive elements starting at a multiple of 4, which the compiler is told (and the interpreter
-    checks: _check_runs_of_four). The data keep 4-byte loads: as the first product's right operand they go to shared
+    checks: _check_runs). The data keep 4-byte loads: as the first product's right operand they go to shared
     memory K-major, where a thread's four consecutive columns became four scattered stores (RESULTS.md)."""
     check_noise_code(NOISE)
     plane: tl.constexpr = N * N
@@ -589,7 +618,7 @@ def _blur_grid_kernel(
         lt = tl.minimum(ld, (last + 1) * plane - 1)  # (a no-op but in the launch's last tile)
         if VEC4:  # the coefficients: planes past the last onto the last plane, so that runs of four stay whole
             lv = ld - tl.maximum(q - last, 0) * plane
-            _check_runs_of_four(lv)
+            _check_runs(lv, 4)
             lv = tl.max_contiguous(tl.multiple_of(lv, [1, 4]), [1, 4])
         else:
             lv = lt
@@ -881,9 +910,11 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     sizes whose tile rows are not whole Philox groups. ``x``,
     ``eps``, ``noise``: [B, C, N, N] with contiguous per-sample blocks (any batch stride; copied to contiguous for
     the Kronecker and grid forms); ``out`` contiguous. All checks are the op's (gddim/ops.py), but the planes'
-    count (< 2³¹: the kernels divide plane indices in 32 bits)."""
+    count (< 2³¹: the kernels divide plane indices in 32 bits) and the table's values (< 2³¹: 32-bit offsets)."""
     if B * C >= 2**31:  # the kernels divide plane indices in 32 bits
         raise ValueError(f"blur_step: {B * C} planes (batch × channels): more than 2³¹ - 1")
+    if coef.numel() >= 2**31:  # the Kronecker rows' per-sample table offsets are 32-bit
+        raise ValueError(f"blur_step: a coefficient table of {coef.numel()} values: more than 2³¹ - 1")
     tf32x3 = x.dtype != torch.float64
     arch, per_sample = _arch(x.device), t_tensor is not None and t_tensor.numel() > 1
     grid = launches_grid(N, len(eps), B * C, tf32x3, arch)

@@ -146,6 +146,9 @@ def gddim_cases() -> list[aot.Case]:
                                                         timestep="per_sample"),
         "blur-fp32-n2-order1-philox": Gddim("blur", f, (3, 2, 2), batch=64, order=1),
         "blur-fp32-n2-philox-pertimestep": Gddim("blur", f, (3, 2, 2), batch=64, timestep="per_sample"),
+        # one channel: C is then a constant of the launch (triton specialises an integer argument equal to 1); 1024
+        # planes, four whole tiles (kron_rows)
+        "blur-fp32-n2-c1-philox-pertimestep": Gddim("blur", f, (1, 2, 2), batch=1024, timestep="per_sample"),
         # three buffers in Kronecker rows 64 wide spilled at N = 2, 3 (4-16 B on sm_90a); 16 wide they hold
         "blur-fp32-n2-order2-tensor-pertimestep": Gddim("blur", f, (3, 2, 2), batch=1024, order=2, noise="tensor",
                                                         timestep="per_sample"),
