@@ -176,15 +176,16 @@ def test_blur_sweep_covers_every_size_the_op_allows():
 
 
 def test_issue_19_targets_on_paper(matrix):
-    """Issue 19's targets that the kernels meet on sm_90a (benchmarks/RESULTS.md lists those they do not): a ragged D
-    at B = 64 within 1.15x the aligned main step's SASS per element with 16-byte accesses, with a device sample offset
+    """Issue 19's targets that the kernels meet on sm_90a (benchmarks/RESULTS.md lists those they do not): a ragged D at
+    B = 64 within 1.15x the aligned main step's SASS per element with 16-byte accesses, with a device sample offset
     within 1.25x; the exact mode without spill up to K = 64 (channels_last too); channels_last and mixed layouts,
-    Gaussian and every mixture mode, within 1.25x their contiguous launch without spill; CLD at fp16/bf16, orders
-    0-2, at >= 90 % of copy on an H100 under both models; the blur step on tensor cores without spill at every size
+    Gaussian and every mixture mode, within 1.25x their contiguous launch without spill; CLD at fp16/bf16, orders 0-2,
+    at >= 90 % of copy on an H100 under both models; the blur step on tensor cores without spill at every size
     (fp16/bf16/fp32) and with three buffers (order 2) at every tile side, within 80 % of its roofline where the
-    Kronecker rows are whole (with a timestep per sample too at N = 2), for the grid of planes at N = 3, 6, 7, 9 … 11 and 17 … 32 (not 12), for one plane a
-    program at N = 13 … 16 and the one-buffer wgmma planes of N = 33 … 64, and for order 2 at N = 16 … 32 (the grid
-    from 17); and the throughput the grid form bought for N = 12 and the bf16 grid at N = 28."""
+    Kronecker rows are whole (with a timestep per sample too at N = 2), for the grid of planes at N = 3, 6, 7, 9 … 11
+    and 17 … 32 (not 12), for one plane a program at N = 13 … 16 and the one-buffer wgmma planes of N = 33 … 64, and for
+    order 2 at N = 16 … 32 (the grid from 17); and the throughput the grid form bought for N = 12 and the bf16 grid at N
+    = 28."""
     rows = {(r["case"], r["kernel"]): r for r in matrix if r["target"] == "sm_90a"}
     main = rows[("main-fp16-eps-philox-x0", "_ddim_step_kernel")]
     for D in (1000, 1001, 13467):
@@ -229,10 +230,11 @@ def test_issue_19_targets_on_paper(matrix):
         assert sliced[case]["launch"]["constexprs"]["SLICED"] == "True", sliced[case]
     # one buffer at T = 64: whole operands on wgmma (sm_90a, sm_100a), by slices on sm_80's mma.sync, where whole
     # operands spilled 1.8-2.3 KB (plane_sliced); no spill on any target
-    for r in matrix:
-        if r["case"] == "blur-bf16-n40-philox" and r["kernel"] == "_blur_step_kernel":
-            assert r["launch"]["constexprs"]["SLICED"] == str(r["target"] == "sm_80"), r
-            assert r["launch"]["num_warps"] == (8 if r["target"] == "sm_80" else 4) and r["spill_bytes"] == 0, r
+    one = [r for r in matrix if r["case"] == "blur-bf16-n40-philox" and r["kernel"] == "_blur_step_kernel"]
+    assert sorted(r["target"] for r in one) == sorted(TARGETS), one
+    for r in one:
+        assert r["launch"]["constexprs"]["SLICED"] == str(r["target"] == "sm_80"), r
+        assert r["launch"]["num_warps"] == (8 if r["target"] == "sm_80" else 4) and r["spill_bytes"] == 0, r
     for r in blur:
         if r["dtype"] != "fp64":
             assert r["spill_bytes"] == 0, r
@@ -244,7 +246,7 @@ def test_issue_19_targets_on_paper(matrix):
         f"blur-fp32-n{n}-order2-philox-stochastic" for n in range(16, 33)] + [
         "blur-fp32-n9-philox-devtimestep", "blur-fp32-n3-philox-below-a-tile", "blur-fp32-n6-philox-below-a-tile",
         "blur-fp32-n2-order1-philox", "blur-fp32-n2-order2-tensor-pertimestep", "blur-fp32-n3-order2-philox-stochastic",
-        "blur-fp32-n2-philox-pertimestep"]  # (each plane's sample spread over its columns: 66 → 80 %)
+        "blur-fp32-n2-philox-pertimestep"]  # (each plane's sample spread over its columns: 66 → 80.1 %, at the edge)
     for case in met:
         r = by_case[case]
         assert r["pipe_pct_copy"]["H100"] >= 0.8 * r["roofline_pct_copy"]["H100"], r

@@ -322,6 +322,28 @@ def test_blur_kron_widths_meet_the_reference_alike(monkeypatch, N):
         assert ((outs[16, i].double() - outs[64, i].double()).abs() <= bound).all(), i
 
 
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 6, 8])
+def test_blur_kron_rows_with_a_timestep_per_sample_meet_the_reference(monkeypatch, N):
+    """A timestep per sample in the Kronecker rows: each (row, plane)'s sample found once and spread over the plane's
+    columns (N = 1, 2: rows of 16 and 4 planes spanning samples; N = 3, 4, 6, 8: a plane a row, padded at 3 and 6),
+    or per element (N = 5), with one and two buffers, 23 samples of 3 channels (a partial last tile) at random
+    timesteps, against the float64 reference. The grid form is turned off (it takes N = 3, 6, 8 here)."""
+    from gmm_triton.kernels import blur_step as K
+
+    monkeypatch.setattr(K, "grid_form", lambda n, neps: False)
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(23, 3, N, N)
+    eps = [torch.randn_like(x) for _ in range(2)]
+    rows = torch.randint(0, bt.shape[0], (23,))
+    assert rows.unique().numel() > 1
+    for k in (1, 2):
+        ref = gref.blur_step(x, eps[:k], bt, basis, rows, seed=3)
+        bound = magnitude(gref.blur_step, x, eps[:k], bt, basis.abs(), rows, noise=philox(3, x.shape))
+        with ops.use_cpu_backend("triton"):
+            out = gops.blur_step(x, eps[:k], rows, bt, basis, stochastic=True, seed=3)
+        assert ((out.double() - ref).abs() <= 2e-6 * bound).all(), k
+
+
 def test_blur_planes_per_program_policy():
     """Several planes a program (the transform matrices read once for them) only for the whole-operand tf32x3
     planes at T = 16, and only while the launch keeps MIN_PROGRAMS programs."""

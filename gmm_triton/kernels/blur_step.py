@@ -22,18 +22,19 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   sample);
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
-  - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0
-    and 1, and order 2 at T = 16; one at T = 64) this holds without spill, and at T = 64 within 80 % of its
-    roofline. At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the
-    transform's parts once;
+  - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0 and 1,
+    and order 2 at T = 16; one at T = 64 but on sm_80) this holds without spill, and at T = 64 within 80 % of its
+    roofline. At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's
+    parts once;
   - sliced (_plane_step), for three buffers at T ≥ 32 and two at T = 64 (where the grid does not take them: T = 64,
-    sm_80, fp64, launches below one grid tile), where the whole-operand form spilled (three buffers: 24–568 B at
-    sm_90a for N = 17 … 64; two at T = 64: 72–228 B; benchmarks/RESULTS.md, issue 19): each product runs over
-    slices of 16 of its contraction loaded from memory just before their product (the plane's rows or columns, or
-    those of a T×T scratch tile of the program's own where V X waits for Vᵀ), the buffers one at a time into Y,
-    which waits in a second scratch tile: the registers hold one accumulator and one slice's operands, never a
-    whole operand. The scratch tiles (2·T² values a plane) are written and read back by the same program, from L2;
-    the price is memory-instruction work (the launch is LSU-bound), paid only where the other form spills.
+    sm_80, fp64, launches below one grid tile), and for one at T = 64 on sm_80 (8 warps), where the whole-operand form
+    spilled (three buffers: 24–568 B at sm_90a for N = 17 … 64; two at T = 64: 72–228 B; one on sm_80: 1.8-2.3 KB;
+    benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction loaded from memory just
+    before their product (the plane's rows or columns, or those of a T×T scratch tile of the program's own where V X
+    waits for Vᵀ), the buffers one at a time into Y, which waits in a second scratch tile: the registers hold one
+    accumulator and one slice's operands, never a whole operand. The scratch tiles (2·T² values a plane) are written and
+    read back by the same program, from L2; the price is memory-instruction work (the launch is LSU-bound), paid only
+    where the other form spills.
 
 In the grid and the whole-operand plane forms the second product of each transform takes the first's accumulator as
 its first operand, with the columns of each group of eight in the order a tf32 accumulator holds them (_kperm) and
@@ -464,15 +465,16 @@ def _blur_kron_kernel(
     q = tl.arange(0, T)[None, :]
     g = q // plane                                                           # plane of the row [1, T]
     m2 = (q < run) & (g < n_planes - r * G)                                  # (no [PB, T] int64 plane index)
-    # each plane's sample (read only by per-sample steps) in 32 bits: the launcher keeps the planes < 2³¹ and the
-    # table's values < 2³¹, and the rows are clamped first, so that rp·G does not overflow (in int64: 164 against 155
-    # instructions an element at N = 2, per-sample rows, sm_90a)
+    # each plane's sample (read only by per-sample steps) in 32 bits: the launcher keeps the planes < 2³¹, and the
+    # rows are clamped first, so that rp·G does not overflow (in int64: 164 against 155 instructions an element at
+    # N = 2, per-sample rows, sm_90a); and it keeps the table's values < 2³¹, so that row·5·N² does not either
     rp = tl.minimum(tl.program_id(0) * PB + tl.arange(0, PB)[:, None], (n_planes - 1) // G)
     if T_PER_SAMPLE and (G == 1 or G * plane == T):
-        # per (row, plane), [PB, G], spread over the plane's columns (_spread) where G·N² fills the row: per element,
-        # the division and the table's gathers took 49 instructions an element over one timestep a launch at N = 2,
-        # here 24 (sm_90a; RESULTS.md, issue 19). G = 1: a row's padding columns (N = 3) take its sample; they are
-        # masked. Unsigned: rp·G + gg < 2³² does not overflow, and the division is shorter
+        # per (row, plane), [PB, G], spread over the plane's columns (_spread) where G·N² fills the row: found per
+        # element (the division, the table's gathers), a timestep per sample cost 49 instructions an element over one
+        # timestep a launch at N = 2, here 24 (sm_90a; RESULTS.md, issue 19). G = 1: a row's padding columns (N = 3,
+        # 6) take its sample; they are masked. Unsigned: rp·G + gg < 2³² does not overflow, and the division is
+        # shorter
         gg = tl.arange(0, G)[None, :]
         b = (tl.minimum(tl.cast(rp * G, tl.uint32) + gg, tl.cast(n_planes - 1, tl.uint32)) // tl.cast(C, tl.uint32))
         b = b.to(tl.int32)  # (tl.cast: C and n_planes may come as constants, specialised at 1)
@@ -913,7 +915,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     count (< 2³¹: the kernels divide plane indices in 32 bits) and the table's values (< 2³¹: 32-bit offsets)."""
     if B * C >= 2**31:  # the kernels divide plane indices in 32 bits
         raise ValueError(f"blur_step: {B * C} planes (batch × channels): more than 2³¹ - 1")
-    if coef.numel() >= 2**31:  # the Kronecker rows' per-sample table offsets are 32-bit
+    if coef.numel() >= 2**31:  # the Kronecker rows' per-sample table offsets are 32-bit (one rule for every form)
         raise ValueError(f"blur_step: a coefficient table of {coef.numel()} values: more than 2³¹ - 1")
     tf32x3 = x.dtype != torch.float64
     arch, per_sample = _arch(x.device), t_tensor is not None and t_tensor.numel() > 1
