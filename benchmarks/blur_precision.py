@@ -33,8 +33,10 @@ def form(N, k, B):
     if K.kron_form(N):
         return "kron, rounded split" if k == 3 and K.tile_size(N) == 64 else "kron"
     T = K.tile_size(N)
-    if K.plane_sliced(k, T):
+    if K.plane_sliced(k, T, N):
         return f"plane T={T}, sliced"
+    if K.plane_y_scratch(k, T, N):
+        return f"plane T={T}, Y in scratch, rounded split"
     return f"plane T={T}" + (", rounded split" if T == 64 else "")
 
 

@@ -183,9 +183,9 @@ def test_issue_19_targets_on_paper(matrix):
     at >= 90 % of copy on an H100 under both models; the blur step on tensor cores without spill at every size
     (fp16/bf16/fp32) and with three buffers (order 2) at every tile side, within 80 % of its roofline where the
     Kronecker rows are whole (with a timestep per sample too at N = 2), for the grid of planes at N = 3, 6, 7, 9 … 11
-    and 17 … 32 (not 12), for one plane a program at N = 13 … 16 and the one-buffer wgmma planes of N = 33 … 64, and for
-    order 2 at N = 16 … 32 (the grid from 17); and the throughput the grid form bought for N = 12 and the bf16 grid at N
-    = 28."""
+    and 17 … 32 (not 12), for one plane a program at N = 13 … 16 and the one-buffer wgmma planes of N = 33 … 64, for
+    order 2 at N = 16 … 32 (the grid from 17), and for two and three buffers at N = 48 and 64 (the whole plane with Y in
+    a scratch plane); and the throughput the grid form bought for N = 12 and the bf16 grid at N = 28."""
     rows = {(r["case"], r["kernel"]): r for r in matrix if r["target"] == "sm_90a"}
     main = rows[("main-fp16-eps-philox-x0", "_ddim_step_kernel")]
     for D in (1000, 1001, 13467):
@@ -241,12 +241,16 @@ def test_issue_19_targets_on_paper(matrix):
         if r["case"] != "blur-fp32-n1-philox":  # N = 1: the 1x1 DCT is the identity, no product
             assert r["roofline_pct_copy"] is not None, r  # tensor-core products
     by_case = {r["case"]: r for r in blur}
+    # two and three buffers at T = 64 where N is a multiple of 16 (plane_y_scratch; below)
+    ysc = ("blur-fp32-n48-order1-philox", "blur-fp32-n48-order2-philox-stochastic",
+           "blur-fp32-n64-order2-philox-stochastic", "blur-fp16-n64-order2-tensor")
     met = [f"blur-fp32-n{n}-philox" for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 16, *range(17, 33), 33, 36, 48,
                                                 64)] + [
         f"blur-fp32-n{n}-order2-philox-stochastic" for n in range(16, 33)] + [
         "blur-fp32-n9-philox-devtimestep", "blur-fp32-n3-philox-below-a-tile", "blur-fp32-n6-philox-below-a-tile",
         "blur-fp32-n2-order1-philox", "blur-fp32-n2-order2-tensor-pertimestep", "blur-fp32-n3-order2-philox-stochastic",
-        "blur-fp32-n2-philox-pertimestep"]  # (each plane's sample spread over its columns: 66 → 80.1 %, at the edge)
+        "blur-fp32-n2-philox-pertimestep",  # (each plane's sample spread over its columns: 66 → 80.1 %, at the edge)
+        *ysc]
     for case in met:
         r = by_case[case]
         assert r["pipe_pct_copy"]["H100"] >= 0.8 * r["roofline_pct_copy"]["H100"], r
@@ -260,7 +264,14 @@ def test_issue_19_targets_on_paper(matrix):
     r = by_case["blur-fp32-n12-order1-philox-tiles"]  # 4200 tiles: TP 4 with one buffer, 1 with two
     assert r["kernel"] == "_blur_grid_kernel" and r["launch"]["constexprs"]["TP"] == "1", r
     assert by_case["blur-fp32-n8-order1-tensor-pertimestep"]["kernel"] == "_blur_grid_kernel"
-    assert by_case["blur-fp32-n48-order1-philox"]["launch"]["constexprs"]["SLICED"] == "True"
+    # two and three buffers at T = 64 where N is a multiple of 16: the whole-operand plane with Y in a scratch plane
+    # (plane_y_scratch) on sm_90a, no spill (above: within 80 % of the roofline); sliced on sm_80 and sm_100a (where
+    # the Y-scratch form spilled 32 B at fp16 N = 64)
+    for r in matrix:
+        if r["case"] in ysc and r["kernel"] == "_blur_step_kernel":
+            cx = r["launch"]["constexprs"]
+            assert (cx["SLICED"], cx["YSCR"]) == (("False", "True") if r["target"] == "sm_90a" else ("True", "False")), r
+            assert r["spill_bytes"] == 0, r
     # Kronecker rows 16 wide at N ≤ 4 (tile_size), 64 of them whatever the buffers and timesteps (kron_rows)
     for case in ("blur-fp32-n2-order1-philox", "blur-fp32-n2-philox-pertimestep", "blur-fp32-n2-order2-tensor-pertimestep",
                  "blur-fp32-n3-order2-philox-stochastic", "blur-fp32-n1-philox", "blur-fp32-n4-philox"):

@@ -237,7 +237,7 @@ def test_blur_plane_forms_both_match_the_reference(monkeypatch, N):
         ref = gref.blur_step(x, eps[:k], bt, basis, rows, seed=7)
         bound = magnitude(gref.blur_step, x, eps[:k], bt, basis.abs(), rows, noise=philox(7, x.shape))
         for sliced in (False, True):
-            monkeypatch.setattr(K, "plane_sliced", lambda neps, T, arch=90, s=sliced: s)
+            monkeypatch.setattr(K, "plane_sliced", lambda neps, T, N, arch=90, s=sliced: s)
             with ops.use_cpu_backend("triton"):
                 out = gops.blur_step(x, eps[:k], rows, bt, basis, stochastic=True, seed=7)
             assert ((out.double() - ref).abs() <= 2e-6 * bound).all(), (k, sliced)
@@ -696,6 +696,35 @@ def test_blur_launcher_refuses_32_bit_overflows():
     assert huge.numel() >= 2**31
     with pytest.raises(ValueError, match="coefficient table of"):
         launch_blur_step(coef=huge, B=1, C=1, **kw)
+
+
+@pytest.mark.parametrize("N, k, yscr", [(48, 2, True), (48, 3, True), (40, 2, False)],
+                         ids=["N48-2-buffers", "N48-3-buffers", "N40-2-buffers-sliced"])
+def test_blur_t64_whole_plane_holds_y_in_scratch(monkeypatch, N, k, yscr):
+    """Two and three buffers at T = 64 where N is a multiple of 16 (48, 64) take the whole-operand plane on sm_90 with
+    Y in a scratch plane between the buffers' products (plane_y_scratch; the sliced form ran there at about half the
+    predicted throughput); at other N they keep the sliced plane (the whole form spilled), and sm_80 slices them all.
+    Each launch, and the sliced plane forced on sm_90, meets the float64 reference within the fp32 bound, with the
+    stochastic step's in-kernel noise (N = 48) and the noise pre-pass (N = 40)."""
+    from gmm_triton.kernels import blur_step as K
+
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(1, 2, N, N)
+    eps = [torch.randn_like(x) for _ in range(k)]
+    rows = torch.tensor([2])
+    ref = gref.blur_step(x, eps, bt, basis, rows, seed=11)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(11, x.shape))
+    real = K.plane_sliced
+    for arch, force, want in ((90, None, yscr), (80, None, False), (90, True, False)):
+        seen = []
+        monkeypatch.setattr(K, "_arch", lambda device, a=arch: a)
+        monkeypatch.setattr(K, "plane_sliced", lambda *a, f=force: real(*a) if f is None else f)
+        monkeypatch.setattr(K, "plane_y_scratch", lambda *a, r=K.plane_y_scratch: seen.append(r(*a)) or seen[-1])
+        with ops.use_cpu_backend("triton"):
+            out = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=11)
+        monkeypatch.undo()
+        assert seen == [want], (arch, force, seen)
+        assert ((out.double() - ref).abs() <= 2e-6 * bound).all(), (arch, force)
 
 
 def test_blur_opcheck(backend):

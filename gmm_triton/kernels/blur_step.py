@@ -24,12 +24,14 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0 and 1,
     and order 2 at T = 16; one at T = 64 but on sm_80) this holds without spill, and at T = 64 within 80 % of its
-    roofline. At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's
-    parts once;
-  - sliced (_plane_step), for three buffers at T ≥ 32 and two at T = 64 (where the grid does not take them: T = 64,
-    sm_80, fp64, launches below one grid tile), and for one at T = 64 on sm_80 (8 warps), where the whole-operand form
-    spilled (three buffers: 24–568 B at sm_90a for N = 17 … 64; two at T = 64: 72–228 B; one on sm_80: 1.8-2.3 KB;
-    benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction loaded from memory just
+    roofline. At T = 64 two and three buffers hold too where N is a multiple of 16 (48, 64) on sm_90, with Y in
+    a scratch plane of the program's own between the buffers' products (:func:`plane_y_scratch`), not in registers.
+    At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's parts once;
+  - sliced (_plane_step), for three buffers at T = 32 and two or three at T = 64 (where the grid does not take them:
+    T = 64, sm_80, fp64, launches below one grid tile) but at N = 48, 64 on sm_90, and for one at T = 64 on sm_80 (8
+    warps), where the whole-operand form spilled (three buffers: 24–568 B at
+    sm_90a for N = 17 … 64; two at T = 64: 72–228 B; one on sm_80: 1.8-2.3 KB; with Y in scratch at other N than 48
+    and 64: 8-180 B, on sm_100a 32 B at N = 64; benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction loaded from memory just
     before their product (the plane's rows or columns, or those of a T×T scratch tile of the program's own where V X
     waits for Vᵀ), the buffers one at a time into Y, which waits in a second scratch tile: the registers hold one
     accumulator and one slice's operands, never a whole operand. The scratch tiles (2·T² values a plane) are written and
@@ -155,8 +157,10 @@ def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T
         else:
             b_hi = _basis_part(bp, 0, which, T, k0, 0, K, T, PRE)
             b_lo = _basis_part(bp, 1, which, T, k0, 0, K, T, PRE)
-            acc = tl.dot(lo, b_hi, acc, input_precision="tf32")
+            # hi·b_lo first: b_hi's two products then run back to back on its shared-memory descriptors, which
+            # ptxas juggled between uniform and general registers (the grid: 1-6 % fewer instructions, RESULTS.md)
             acc = tl.dot(hi, b_lo, acc, input_precision="tf32")
+            acc = tl.dot(lo, b_hi, acc, input_precision="tf32")
             return tl.dot(hi, b_hi, acc, input_precision="tf32")
     else:
         if LEFT:
@@ -391,10 +395,27 @@ def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, FORM: tl.constexpr
 
 
 @triton.jit
+def _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK: tl.constexpr, NOISE: tl.constexpr,
+                ALIGNED4: tl.constexpr, FAST: tl.constexpr, FORM: tl.constexpr, CT: tl.constexpr):
+    """S ⊙ n on a tile (_step): the table's last plane times the noise (normal_rows' counters from ``flat``, or the
+    noise tensor at z_off + ld); zeros without noise."""
+    if NOISE == NOISE_PHILOX and FORM == GRID:  # flat: the tile's first element; runs of four from the offsets
+        n = -normal_rows(seed, flat + _run_starts(ld), ld.shape[1], STREAM_NOISE, ALIGNED4, FAST).to(CT)
+    elif NOISE == NOISE_PHILOX:  # normal_rows's normals come negated
+        n = -normal_rows(seed, flat, ld.shape[1], STREAM_NOISE, ALIGNED4, FAST).to(CT)
+    elif NOISE == NOISE_TENSOR:
+        n = _load(z_ptr + z_off + ld, m2, LMASK).to(CT)
+    else:
+        n = tl.zeros(ld.shape, CT)
+    return _load(cp + (_PLANES - 1) * cstride + cld, m2, LMASK).to(CT) * n
+
+
+@triton.jit
 def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off, e1_off, e2_off, z_off, out_off,
           ld, pos, cp, cld, cstride, flat, m2, poison, LMASK: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr,
           ALIGNED4: tl.constexpr, FAST: tl.constexpr, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr,
-          CT: tl.constexpr, PRE: tl.constexpr = False, KPERM: tl.constexpr = False):
+          CT: tl.constexpr, PRE: tl.constexpr = False, KPERM: tl.constexpr = False, scr=None,
+          YSCR: tl.constexpr = False):
     """out = inverse DCT of Y = A ⊙ F(x) + Σ_j B_j ⊙ F(ε_j) + S ⊙ n on a tile (whole operands). Loads at ``*_off + ld`` and
     ``cp + k·cstride + cld`` (the table's plane k; offsets, not a tile of pointers, which would hold two registers
     per element throughout) are masked by ``m2`` with LMASK; without it every tile position addresses a real
@@ -403,29 +424,50 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     ``flat``: the tile rows' first flat index (the noise's counters). ``poison`` (NaN for an invalid row) rides
     through every product of a plane (PLANE) and is added to the output of the other forms, whose tiles hold planes of
     several samples: a NaN in Y would reach every plane of the tile through the zero blocks of its matrices. KPERM:
-    _inv's (the Kronecker rows)."""
+    _inv's (the Kronecker rows). YSCR (one plane, two or three buffers: plane_y_scratch): Y goes to the plane's
+    scratch at ``scr`` (N×N, at ld, masked) after the first two buffers' products and is read back before the
+    inverse, so that no Y is held through the later buffers' products; with three buffers and noise the later
+    buffers' sum joins it there before the noise too."""
     # the split of the data (_mm_slice): lo truncated, but rounded where the tile fills 255 registers either way and
     # the truncating split's schedule spilled: a whole [64, 64] plane (40-64 B on sm_90a at N = 48 and 64) and a
     # Kronecker tile with three buffers at T = 64 (8 B on sm_80); at T = 16 (N ≤ 4) such a tile takes 72-139
     # registers and truncating saves 10-18 instructions an element (RESULTS.md, issue 19)
     ROUND: tl.constexpr = T == 64 and (FORM == PLANE or (FORM == KRON and NEPS == 3))
-    y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
-    if FORM == PLANE:  # one plane, one sample: NaN rides through every product
-        y += poison
-    y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
-    if NEPS > 1:
-        y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
-    if NEPS > 2:
-        y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
-    if NOISE != NOISE_NONE:
-        tl.debug_barrier()  # keeps the noise and its plane below the products above (registers, as in _term)
-        if NOISE == NOISE_PHILOX and FORM == GRID:  # flat: the tile's first element; runs of four from the offsets
-            n = -normal_rows(seed, flat + _run_starts(ld), ld.shape[1], STREAM_NOISE, ALIGNED4, FAST).to(CT)
-        elif NOISE == NOISE_PHILOX:  # normal_rows's normals come negated
-            n = -normal_rows(seed, flat, ld.shape[1], STREAM_NOISE, ALIGNED4, FAST).to(CT)
-        elif NOISE == NOISE_TENSOR:
-            n = _load(z_ptr + z_off + ld, m2, LMASK).to(CT)
-        y += _load(cp + (_PLANES - 1) * cstride + cld, m2, LMASK).to(CT) * n
+    if YSCR:  # Y through the scratch (the plane's N² elements at ld, masked) between the buffers' products; the
+        # barriers keep each buffer's loads below the products before it (as in _term) and the scratch's load below
+        # its store (the same thread's addresses, but a load hoisted above the products would hold its registers)
+        y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND) + poison
+        y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+        tl.store(scr + ld, y, mask=m2)
+        tl.debug_barrier()
+        y = _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+        if NEPS > 2:
+            tl.debug_barrier()
+            y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+            if NOISE != NOISE_NONE:  # the noise with Y of two buffers held spilled 24-64 B (sm_90a): to the scratch
+                tl.debug_barrier()
+                tl.store(scr + ld, y + tl.load(scr + ld, mask=m2, other=0.0), mask=m2)
+                tl.debug_barrier()
+                y = tl.zeros(y.shape, y.dtype)
+        if NOISE != NOISE_NONE:
+            tl.debug_barrier()
+            y += _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK, NOISE, ALIGNED4, FAST, FORM,
+                             CT)
+        tl.debug_barrier()
+        y += tl.load(scr + ld, mask=m2, other=0.0)
+    else:
+        y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+        if FORM == PLANE:  # one plane, one sample: NaN rides through every product
+            y += poison
+        y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+        if NEPS > 1:
+            y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+        if NEPS > 2:
+            y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+        if NOISE != NOISE_NONE:
+            tl.debug_barrier()  # keeps the noise and its plane below the products above (registers, as in _term)
+            y += _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK, NOISE, ALIGNED4, FAST, FORM,
+                             CT)
     out = _inv(y, bp, FORM, TF32X3, T, PRE, ROUND, KPERM)
     if FORM != PLANE:  # the planes of a tile share its products (0 · NaN is NaN): an invalid row poisons only its own
         out += poison
@@ -520,11 +562,13 @@ def _blur_step_kernel(
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr, SLICED: tl.constexpr, PP: tl.constexpr,
+    YSCR: tl.constexpr = False,
 ):
     """N > KRON_MAX (and N = 7): planes PP·k … PP·k + PP - 1 (flat index b·C + c) of program k, one at a time on a
     [T, T] tile. SLICED (:func:`plane_sliced`): the products by slices (_plane_step), with two T×T scratch tiles of
     the plane's own at scr_ptr and the table's planes zero-padded to T×T (_table). Otherwise whole operands
-    (_step): masked loads (LMASK) where N is a multiple of 16, clamped addresses otherwise; scr_ptr is not read;
+    (_step): masked loads (LMASK) where N is a multiple of 16, clamped addresses otherwise; scr_ptr is read only with
+    YSCR (:func:`plane_y_scratch`; one plane a program), an N×N plane a program;
     the products take V's parts from the left at bp, from the right at br (its rows in _kperm's order for tf32x3:
     _fwd; the sliced form reads bp only); PRE: the transform matrices read once for all the program's planes
     (:func:`_preload`)."""
@@ -538,7 +582,9 @@ def _blur_step_kernel(
     for q in tl.range(0, PP, loop_unroll_factor=1, num_stages=1):
         # the last program's planes past the end repeat the last plane (same values to the same places): no
         # branch around the body
-        p = tl.minimum(p0 + q, n_planes - 1)
+        # (one plane a program: the grid is the planes, no clamp, and ptxas re-reads the program id where it spilled
+        # the clamped plane, 4 B with Y in scratch)
+        p = p0 + q if PP == 1 else tl.minimum(p0 + q, n_planes - 1)
         b = (p.to(tl.int32) // C).to(tl.int64)  # planes < 2³¹ (launch_blur_step): a 32-bit division
         c = p - b * C
         row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
@@ -559,7 +605,8 @@ def _blur_step_kernel(
             _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, basis, seed, b * x_bs + c * plane,
                   b * e0_bs + c * plane, b * e1_bs + c * plane, b * e2_bs + c * plane, b * z_bs + c * plane,
                   p * plane, ld, ii * N + jj, coef_ptr + row * _PLANES * plane, ld, plane, p * plane + ii * N, m2,
-                  poison, LMASK, NEPS, NOISE, ALIGNED4, FAST, PLANE, TF32X3, T, CT, PP > 1 and TF32X3)
+                  poison, LMASK, NEPS, NOISE, ALIGNED4, FAST, PLANE, TF32X3, T, CT, PP > 1 and TF32X3, False,
+                  scr_ptr + tl.program_id(0) * plane, YSCR)
 
 
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
@@ -676,7 +723,7 @@ def grid_form(N: int, neps: int) -> bool:
     if N in (5, 6, 8) and neps >= 2:
         return True
     if neps == 3:
-        return not kron_form(N) and plane_sliced(neps, tile_size(N))
+        return not kron_form(N) and plane_sliced(neps, tile_size(N), N)
     grid = (GRID_ROWS // N) * (GRID_COLS // N) * N * N / (GRID_ROWS * GRID_COLS)
     other = kron_planes(N) * N * N / tile_size(N) if kron_form(N) else N * N / tile_size(N) ** 2
     # one plane of a [32, 32] tile runs on mma.sync (two warps); the grid's wgmma at equal fill predicted 1.3-1.4×
@@ -752,21 +799,35 @@ def kron_rows(neps: int, arch: int, per_sample: bool = False, T: int = 64) -> in
     return KRON_ROWS if neps == 1 and not per_sample and arch // 10 in (9, 10) else KRON_ROWS_SMALL
 
 
-def plane_sliced(neps: int, T: int, arch: int = 90) -> bool:
-    """Whether a per-plane launch (tile side T, on a GPU of compute capability ``arch``) runs its products by slices
-    (_plane_step): for three buffers (order 2, or stochastic order 1 … with its history) at T ≥ 32 (at T = 32 on sm_90 /
-    sm_100 the grid takes them from one tile of planes: grid_form), where the whole-operand form spills (24–568 B at
-    sm_90a for N = 17 … 64: benchmarks/RESULTS.md, issue 19), and for two at T = 64 (N = 33 … 64), where it spilled
-    72–228 B in 48 of 60 variants on sm_90a (N = 33, 40, 48, 56, 64; the sliced form: none). With one buffer, or at T =
-    16 (one slice is the whole operand), the whole-operand form holds without spill, and at T = 64 stays within 80 % of
-    its roofline, which the sliced form, bound by its memory instructions, does not (43.8 % against 70.6 % of copy at N
-    = 64, order 0). By tile side, not by (N, target): with three buffers the whole form fills exactly 255 registers at T
-    = 32, and whether ptxas spills turns on the variant (0 B for fp32 with the noise pre-pass on sm_90a, 12–252 B for
-    in-kernel noise, no noise or 16-bit storage), an edge too thin to build a rule on (RESULTS.md). On sm_80 (mma.sync)
-    one buffer at T = 64 takes the sliced form too: there every warp holds each product's whole [64, 64] second operand
-    in registers, and the whole-operand form spilled 1804-2280 B in every variant of N = 33 … 64 (RESULTS.md, issue 19).
-    ``arch`` defaults to 90, the target the predictions are for."""
+def plane_sliced(neps: int, T: int, N: int, arch: int = 90) -> bool:
+    """Whether a per-plane launch (tile side T, N×N planes, on a GPU of compute capability ``arch``) runs its products
+    by slices (_plane_step), where the whole-operand form spills:
+    - three buffers (order 2, or stochastic order 1 … with its history) at T = 32 (on sm_90 / sm_100 the grid takes
+      them from one tile of planes: grid_form; the whole form filled exactly 255 registers and spilled 12-252 B for in-
+      kernel noise, no noise or 16-bit storage, and with Y in scratch 4-24 B at N = 32);
+    - two and three at T = 64, but on sm_90 where N is a multiple of 16: the whole form spilled 72-228 B (two
+      buffers) and 24-568 B (three), and with Y in scratch (plane_y_scratch) still 8-180 B in 84 of 96 variants of N =
+      33, 36, 40, 63 (clamped addresses: a 64-bit address an element). Where N is 48 or 64 the loads are masked
+      16-byte vectors and Y in scratch holds on sm_90a; on sm_100a it spilled 32 B (fp16, N = 64, three buffers), so
+      that sm_100 keeps the sliced form (RESULTS.md, issue 19);
+    - on sm_80 (mma.sync) every launch at T = 64 (one buffer too: every warp holds each product's whole [64, 64]
+      second operand in registers, and the whole form spilled 1804-2280 B in every variant of N = 33 … 64) and three
+      buffers at T = 32.
+    With one buffer, or at T = 16 (one slice is the whole operand), the whole-operand form holds without spill, and at
+    T = 64 stays within 80 % of its roofline, which the sliced form, bound by its memory instructions, does not (43.8 %
+    against 70.6 % of copy at N = 64, order 0; with Y in scratch, two and three buffers at N = 48 and 64: 83-90 % of
+    their roofline against 44-51 %). ``arch`` defaults to 90, the target the predictions are for."""
+    if arch // 10 == 9 and T == 64:  # N = 48, 64: the whole-operand plane with Y in a scratch plane (plane_y_scratch)
+        return neps > 1 and N % 16 != 0
     return (neps == 3 and T > 16) or (neps == 2 and T == 64) or (T == 64 and arch // 10 == 8)
+
+
+def plane_y_scratch(neps: int, T: int, N: int, arch: int = 90) -> bool:
+    """Whether a per-plane launch with two or three buffers at T = 64 runs the whole-operand form with Y in a scratch
+    plane between the buffers' products (_step's YSCR): where it is not sliced (plane_sliced: N = 48, 64 on sm_90).
+    The scratch is an N×N plane a program (one plane a program at T = 64: planes_per_program), in the
+    compute type."""
+    return neps > 1 and T == 64 and not plane_sliced(neps, T, N, arch)
 
 
 def plane_warps(T: int, arch: int, sliced: bool) -> int:
@@ -935,7 +996,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
                                                     seed_value, SEED_FROM_PTR=seed_tensor is not None,
                                                     FAST=fast_math(x.device), BLOCK=1024)
         noise_mode = NOISE_TENSOR
-    sliced = not kron and not grid and plane_sliced(len(eps), T, arch)
+    sliced = not kron and not grid and plane_sliced(len(eps), T, N, arch)
     kperm = kron and kron_kperm(T, tf32x3)  # one switch for Wᵀ's row order and the kernel's (KPERM)
     # Kronecker tiles of PB·T elements: 8 a thread up to one warpgroup (wgmma; more warps duplicate its work)
     PB = kron_rows(len(eps), arch, per_sample, T=T) if kron else 1
@@ -970,9 +1031,12 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
             EVEN=G * N * N == T and B * C % (G * PB) == 0, KPERM=kperm, **common)
     else:
         pp = planes_per_program(B * C, T, sliced, tf32x3)
-        # each program's two scratch tiles (_plane_step), in the compute type; the whole-operand form reads none
-        scr = torch.empty((B, C, 2, T, T), device=x.device, dtype=torch.float32 if tf32x3 else torch.float64) \
-            if sliced else coef
+        # each program's two scratch tiles (_plane_step), or its plane for Y (plane_y_scratch), in the compute type;
+        # the whole-operand form reads none otherwise
+        yscr = plane_y_scratch(len(eps), T, N, arch)
+        assert not yscr or pp == 1, pp  # (the kernel addresses the scratch by program)
+        scr = torch.empty((B, C, 2, T, T) if sliced else (B, C, N, N), device=x.device,
+                          dtype=torch.float32 if tf32x3 else torch.float64) if sliced or yscr else coef
         _blur_step_kernel[(triton.cdiv(B * C, pp),)](
             *ptrs[:6], scr, *ptrs[6:], C, N, *strides, B * C, ALIGNED4=aligned4, num_warps=warps,
-            LMASK=N % 16 == 0, SLICED=sliced, PP=pp, **common)
+            LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, **common)

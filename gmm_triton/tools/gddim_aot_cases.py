@@ -153,7 +153,8 @@ def gddim_cases() -> list[aot.Case]:
         "blur-fp32-n2-order2-tensor-pertimestep": Gddim("blur", f, (3, 2, 2), batch=1024, order=2, noise="tensor",
                                                         timestep="per_sample"),
         "blur-fp32-n3-order2-philox-stochastic": Gddim("blur", f, (3, 3, 3), batch=1024, order=2),
-        # two buffers at T = 64: the whole-operand plane spilled 72-228 B (plane_sliced); the sliced form
+        # two buffers at T = 64: the whole-operand plane spilled 72-228 B; at N = 48 (and 64) it holds with Y in a
+        # scratch plane on sm_90a (plane_y_scratch); the sliced form on sm_80 and sm_100a (plane_sliced)
         "blur-fp32-n48-order1-philox": Gddim("blur", f, (3, 48, 48), batch=64, order=1),
         # one buffer at T = 64: the whole-operand plane on wgmma; on sm_80 the sliced form (plane_sliced: whole, it
         # spilled 1.8-2.3 KB there in every variant)
