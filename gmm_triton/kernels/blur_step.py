@@ -28,15 +28,15 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
     a scratch plane of the program's own between the buffers' products (:func:`plane_y_scratch`), not in registers.
     At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's parts once;
   - sliced (_plane_step), for three buffers at T = 32 and two or three at T = 64 (where the grid does not take them:
-    T = 64, sm_80, fp64, launches below one grid tile) but at N = 48, 64 on sm_90, and for one at T = 64 on sm_80 (8
-    warps), where the whole-operand form spilled (three buffers: 24–568 B at
-    sm_90a for N = 17 … 64; two at T = 64: 72–228 B; one on sm_80: 1.8-2.3 KB; with Y in scratch at other N than 48
-    and 64: 8-180 B, on sm_100a 32 B at N = 64; benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction loaded from memory just
-    before their product (the plane's rows or columns, or those of a T×T scratch tile of the program's own where V X
-    waits for Vᵀ), the buffers one at a time into Y, which waits in a second scratch tile: the registers hold one
-    accumulator and one slice's operands, never a whole operand. The scratch tiles (2·T² values a plane) are written and
-    read back by the same program, from L2; the price is memory-instruction work (the launch is LSU-bound), paid only
-    where the other form spills.
+    T = 64, sm_80, fp64, launches below one grid tile; not at N = 48, 64 on sm_90), and for one at T = 64 on sm_80 (8
+    warps), where the whole-operand form spilled (three buffers: 24–568 B at sm_90a for N = 17 … 64; two at T = 64:
+    72–228 B; one on sm_80: 1.8-2.3 KB; with Y in scratch at other N than 48 and 64: 8-180 B, on sm_100a 32 B at
+    N = 64; benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction loaded from
+    memory just before their product (the plane's rows or columns, or those of a T×T scratch tile of the program's
+    own where V X waits for Vᵀ), the buffers one at a time into Y, which waits in a second scratch tile: the
+    registers hold one accumulator and one slice's operands, never a whole operand. The scratch tiles (2·T² values a
+    plane) are written and read back by the same program, from L2; the price is memory-instruction work (the launch
+    is LSU-bound), paid only where the other form spills.
 
 In the grid and the whole-operand plane forms the second product of each transform takes the first's accumulator as
 its first operand, with the columns of each group of eight in the order a tf32 accumulator holds them (_kperm) and
