@@ -24,7 +24,8 @@ from test_gddim_ops import blur_tables, magnitude, philox  # noqa: E402
 # (N, buffers, samples of 3 planes): every form and split an sm_90 fp32 launch takes (kron: rounding split with three
 # buffers; the grid: from one tile of planes, at N = 3 and 6 at any size; three buffers on the grid at N = 24)
 CASES = [(3, 1, 13), (3, 2, 71), (6, 1, 17), (8, 1, 13), (8, 3, 13), (7, 1, 13), (10, 2, 13), (20, 1, 13),
-         (12, 1, 13), (16, 2, 13), (16, 3, 13), (28, 1, 13), (24, 3, 13), (48, 1, 13), (33, 3, 13)]
+         (12, 1, 13), (16, 2, 13), (16, 3, 13), (28, 1, 13), (24, 3, 13), (48, 1, 13), (33, 3, 13),
+         (48, 2, 13)]
 
 
 def form(N, k, B):
