@@ -433,41 +433,34 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     # Kronecker tile with three buffers at T = 64 (8 B on sm_80); at T = 16 (N ≤ 4) such a tile takes 72-139
     # registers and truncating saves 10-18 instructions an element (RESULTS.md, issue 19)
     ROUND: tl.constexpr = T == 64 and (FORM == PLANE or (FORM == KRON and NEPS == 3))
-    if YSCR:  # Y through the scratch (the plane's N² elements at ld, masked) between the buffers' products; the
-        # barriers keep each buffer's loads below the products before it (as in _term) and the scratch's load below
-        # its store (the same thread's addresses, but a load hoisted above the products would hold its registers)
-        y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND) + poison
-        y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+    y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+    if FORM == PLANE:  # one plane, one sample: NaN rides through every product
+        y += poison
+    y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+    # YSCR: Y through the scratch (the plane's N² elements at ld, masked) between the buffers' products; the barriers
+    # keep each buffer's loads below the products before it (as in _term) and the scratch's load below its store (the
+    # same thread's addresses, but a load hoisted above the products would hold its registers)
+    if YSCR:
         tl.store(scr + ld, y, mask=m2)
         tl.debug_barrier()
         y = _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
-        if NEPS > 2:
+    elif NEPS > 1:
+        y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+    if NEPS > 2:
+        if YSCR:
             tl.debug_barrier()
-            y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
-            if NOISE != NOISE_NONE:  # the noise with Y of two buffers held spilled 24-64 B (sm_90a): to the scratch
-                tl.debug_barrier()
-                tl.store(scr + ld, y + tl.load(scr + ld, mask=m2, other=0.0), mask=m2)
-                tl.debug_barrier()
-                y = tl.zeros(y.shape, y.dtype)
-        if NOISE != NOISE_NONE:
+        y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+        if YSCR and NOISE != NOISE_NONE:  # the noise with two buffers' Y held spilled 24-64 B (sm_90a): to scratch
             tl.debug_barrier()
-            y += _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK, NOISE, ALIGNED4, FAST, FORM,
-                             CT)
+            tl.store(scr + ld, y + tl.load(scr + ld, mask=m2, other=0.0), mask=m2)
+            tl.debug_barrier()
+            y = tl.zeros(y.shape, y.dtype)
+    if NOISE != NOISE_NONE:
+        tl.debug_barrier()  # keeps the noise and its plane below the products above (registers, as in _term)
+        y += _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK, NOISE, ALIGNED4, FAST, FORM, CT)
+    if YSCR:
         tl.debug_barrier()
         y += tl.load(scr + ld, mask=m2, other=0.0)
-    else:
-        y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
-        if FORM == PLANE:  # one plane, one sample: NaN rides through every product
-            y += poison
-        y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
-        if NEPS > 1:
-            y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
-        if NEPS > 2:
-            y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
-        if NOISE != NOISE_NONE:
-            tl.debug_barrier()  # keeps the noise and its plane below the products above (registers, as in _term)
-            y += _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK, NOISE, ALIGNED4, FAST, FORM,
-                             CT)
     out = _inv(y, bp, FORM, TF32X3, T, PRE, ROUND, KPERM)
     if FORM != PLANE:  # the planes of a tile share its products (0 · NaN is NaN): an invalid row poisons only its own
         out += poison
