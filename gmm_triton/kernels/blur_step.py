@@ -43,7 +43,10 @@ its first operand, with the columns of each group of eight in the order a tf32 a
 the right matrix's rows in that order too (basis_parts with ``kperm``): the same sums, taken in another order, and
 no instruction to move the accumulator into the operand's registers (it took a SEL, a SHFL and an FSEL an element).
 The Kronecker rows 16 wide take Y (the forward product's accumulator, scaled and summed in its registers) into the
-inverse product Y Wᵀ the same way, Wᵀ's rows in that order (:func:`kron_kperm`).
+inverse product Y Wᵀ the same way, Wᵀ's rows in that order (:func:`kron_kperm`). The matrices that are only ever a
+product's right operand (the grid's V_R, one plane's right matrix, the Kronecker rows' W and Wᵀ) are stored
+transposed (basis_parts with ``bt``) and read along their contraction, so that they reach shared memory K-major in
+16-byte stores (_basis_part with BT).
 
 Precision. fp64 runs on the fp64 tensor cores (DMMA). Every other dtype computes in fp32 with three tf32
 products per fp32 product (tf32x3): each operand is split into a high and a low part, each tf32-exact (11
@@ -83,6 +86,9 @@ _TF32_MASK = tl.constexpr(0xFFFFE000)
 # whether tl.dot's tf32 operands are read by a tensor core (a GPU compile), which takes an fp32 register's sign,
 # exponent and top 10 mantissa bits and ignores the low 13; the interpreter's tl.dot multiplies the whole fp32 value
 _TC_READS_TF32 = tl.constexpr(not INTERPRETING)
+# the interpreter's tl.trans is numpy's transposed view, and numpy's matmul summed such an operand in another order at
+# some row counts (the Kronecker rows' bits moved with their height): there a transposed block is copied in C order
+_C_ORDER = tl.constexpr(INTERPRETING)
 _CHECK_HINTS = tl.constexpr(INTERPRETING)  # the compiler hints' facts checked where the kernels run on the CPU
 _KC = tl.constexpr(16)  # the per-plane products' slices of the contraction (tl.dot's smallest K)
 # the layouts of a tile (FORM): one plane (padded to T×T); planes as rows of a Kronecker product; N = 1 (the identity);
@@ -109,11 +115,22 @@ def _trunc32(t):
 
 
 @triton.jit
-def _basis_part(bp, part, which, T: tl.constexpr, R0, C0, R: tl.constexpr, C: tl.constexpr, PRE: tl.constexpr):
+def _basis_part(bp, part, which, T: tl.constexpr, R0, C0, R: tl.constexpr, C: tl.constexpr, PRE: tl.constexpr,
+                BT: tl.constexpr = False):
     """The [R, C] block at row R0, column C0 of part ``part`` of matrix ``which`` (0: V or W, 1: its transpose) of
-    the [PARTS, 2, T, T] basis parts; PRE: ``bp`` holds the whole matrices already (:func:`_preload`)."""
+    the [PARTS, 2, T, T] basis parts; PRE: ``bp`` holds the whole matrices already (:func:`_preload`). BT: the
+    parts are stored transposed (basis_parts with ``bt``), for a right operand: its [C, R] block of the transpose is
+    read along the contraction (K = R) and transposed in registers, so that the operand goes to shared memory
+    K-major, as wgmma's tf32 operands are, in 16-byte stores (read as stored, a thread's four consecutive columns
+    became four scalar stores: 1-5 % fewer instructions an element on the sm_90a blur rows, RESULTS.md)."""
     if PRE:
         out = bp[which][part]
+    elif BT:
+        i = C0 + tl.arange(0, C)[:, None]
+        j = R0 + tl.arange(0, R)[None, :]
+        out = tl.trans(tl.load(bp + ((part * 2 + which) * T + i) * T + j))
+        if _C_ORDER:
+            out = tl.reshape(tl.reshape(out, [R * C]), [R, C])
     else:
         i = R0 + tl.arange(0, R)[:, None]
         j = C0 + tl.arange(0, C)[None, :]
@@ -123,21 +140,23 @@ def _basis_part(bp, part, which, T: tl.constexpr, R0, C0, R: tl.constexpr, C: tl
 
 @triton.jit
 def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr,
-              PRE: tl.constexpr = False, ROUND: tl.constexpr = False, EXACT: tl.constexpr = False):
+              PRE: tl.constexpr = False, ROUND: tl.constexpr = False, EXACT: tl.constexpr = False,
+              BT: tl.constexpr = False):
     """acc + basis[which][:, k0:k0+K] @ t (LEFT: t the rows k0 … k0+K-1 of the data, [K, T]) or acc + t @
     basis[which][k0:k0+K, :] (t the columns k0 …, [T, K]): tf32x3 on fp32 tiles (module docstring; the small cross
     products first; t's low part truncated, or with ROUND rounded), one product in the tile's type (fp64) otherwise.
-    PRE: ``bp`` holds the whole matrices' parts (_preload). EXACT: t's values are tf32 values already (a 16-bit
-    buffer's: :func:`_tf32_exact`), so that its split is hi = t, lo = 0: the product with lo, whose terms are all
-    exact zeros, and the split are left out: the same sums, bit for bit, in two tf32 products."""
+    PRE: ``bp`` holds the whole matrices' parts (_preload); BT: stored transposed (_basis_part; right operands).
+    EXACT: t's values are tf32 values already (a 16-bit buffer's: :func:`_tf32_exact`), so that its split is hi = t,
+    lo = 0: the product with lo, whose terms are all exact zeros, and the split are left out: the same sums, bit for
+    bit, in two tf32 products."""
     K: tl.constexpr = t.shape[0] if LEFT else t.shape[1]
     if TF32X3 and EXACT:  # the sums below with hi = t and the (zero) lo product left out
         if LEFT:
             acc = tl.dot(_basis_part(bp, 1, which, T, 0, k0, T, K, PRE), t, acc, input_precision="tf32")
             return tl.dot(_basis_part(bp, 0, which, T, 0, k0, T, K, PRE), t, acc, input_precision="tf32")
         else:
-            acc = tl.dot(t, _basis_part(bp, 1, which, T, k0, 0, K, T, PRE), acc, input_precision="tf32")
-            return tl.dot(t, _basis_part(bp, 0, which, T, k0, 0, K, T, PRE), acc, input_precision="tf32")
+            acc = tl.dot(t, _basis_part(bp, 1, which, T, k0, 0, K, T, PRE, BT), acc, input_precision="tf32")
+            return tl.dot(t, _basis_part(bp, 0, which, T, k0, 0, K, T, PRE, BT), acc, input_precision="tf32")
     elif TF32X3:
         if ROUND:
             hi = _tf32(t)
@@ -155,8 +174,8 @@ def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T
             acc = tl.dot(b_lo, hi, acc, input_precision="tf32")
             return tl.dot(b_hi, hi, acc, input_precision="tf32")
         else:
-            b_hi = _basis_part(bp, 0, which, T, k0, 0, K, T, PRE)
-            b_lo = _basis_part(bp, 1, which, T, k0, 0, K, T, PRE)
+            b_hi = _basis_part(bp, 0, which, T, k0, 0, K, T, PRE, BT)
+            b_lo = _basis_part(bp, 1, which, T, k0, 0, K, T, PRE, BT)
             # hi·b_lo first: b_hi's two products then run back to back on its shared-memory descriptors, which
             # ptxas juggled between uniform and general registers (the grid: 1-6 % fewer instructions, RESULTS.md)
             acc = tl.dot(hi, b_lo, acc, input_precision="tf32")
@@ -167,16 +186,16 @@ def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T
             return tl.dot(_basis_part(bp, 0, which, T, 0, k0, T, K, PRE), t, acc, input_precision="ieee",
                           out_dtype=acc.dtype)
         else:
-            return tl.dot(t, _basis_part(bp, 0, which, T, k0, 0, K, T, PRE), acc, input_precision="ieee",
+            return tl.dot(t, _basis_part(bp, 0, which, T, k0, 0, K, T, PRE, BT), acc, input_precision="ieee",
                           out_dtype=acc.dtype)
 
 
 @triton.jit
 def _mm(t, bp, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
-        ROUND: tl.constexpr, EXACT: tl.constexpr = False):
+        ROUND: tl.constexpr, EXACT: tl.constexpr = False, BT: tl.constexpr = False):
     """basis[which] @ t (LEFT, t [T, C]) or t @ basis[which] (t [R, T]), t in registers (EXACT: _mm_slice)."""
     shape: tl.constexpr = (T, t.shape[1]) if LEFT else (t.shape[0], T)
-    return _mm_slice(tl.zeros(shape, dtype=t.dtype), t, bp, 0, which, LEFT, TF32X3, T, PRE, ROUND, EXACT)
+    return _mm_slice(tl.zeros(shape, dtype=t.dtype), t, bp, 0, which, LEFT, TF32X3, T, PRE, ROUND, EXACT, BT)
 
 
 @triton.jit
@@ -223,10 +242,10 @@ def _fwd(t, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: 
     if FORM == IDENTITY:
         return t
     elif FORM == KRON:
-        return _mm(t, bp[0], 0, False, TF32X3, T, PRE, ROUND, EXACT)
+        return _mm(t, bp[0], 0, False, TF32X3, T, PRE, ROUND, EXACT, BT=True)
     else:
         first = _mm(t, bp[0], 0, True, TF32X3, t.shape[0], PRE and FORM == PLANE, ROUND, EXACT)
-        return _mm(_operand(first, TF32X3), bp[1], 1, False, TF32X3, t.shape[1], PRE, ROUND)
+        return _mm(_operand(first, TF32X3), bp[1], 1, False, TF32X3, t.shape[1], PRE, ROUND, BT=True)
 
 
 @triton.jit
@@ -237,10 +256,10 @@ def _inv(y, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: 
     if FORM == IDENTITY:
         return y
     elif FORM == KRON:
-        return _mm(_operand(y, KPERM), bp[1], 1, False, TF32X3, T, PRE, ROUND)
+        return _mm(_operand(y, KPERM), bp[1], 1, False, TF32X3, T, PRE, ROUND, BT=True)
     else:
         first = _mm(y, bp[0], 1, True, TF32X3, y.shape[0], PRE and FORM == PLANE, ROUND)
-        return _mm(_operand(first, TF32X3), bp[1], 0, False, TF32X3, y.shape[1], PRE, ROUND)
+        return _mm(_operand(first, TF32X3), bp[1], 0, False, TF32X3, y.shape[1], PRE, ROUND, BT=True)
 
 
 @triton.jit
@@ -535,13 +554,13 @@ def _blur_kron_kernel(
 
 
 @triton.jit
-def _preload(bp, T: tl.constexpr, PRE: tl.constexpr):
+def _preload(bp, T: tl.constexpr, PRE: tl.constexpr, BT: tl.constexpr = False):
     """PRE: the whole transform matrices at bp, ((V_hi, V_lo), (Vᵀ_hi, Vᵀ_lo)), read once by a program for all of
     its planes or tiles (_basis_part with PRE; the per-plane form's left and right matrices, the grid form's V_R);
     otherwise bp, the pointer the products read them from."""
     if PRE:
-        out = ((_basis_part(bp, 0, 0, T, 0, 0, T, T, False), _basis_part(bp, 1, 0, T, 0, 0, T, T, False)),
-               (_basis_part(bp, 0, 1, T, 0, 0, T, T, False), _basis_part(bp, 1, 1, T, 0, 0, T, T, False)))
+        out = ((_basis_part(bp, 0, 0, T, 0, 0, T, T, False, BT), _basis_part(bp, 1, 0, T, 0, 0, T, T, False, BT)),
+               (_basis_part(bp, 0, 1, T, 0, 0, T, T, False, BT), _basis_part(bp, 1, 1, T, 0, 0, T, T, False, BT)))
     else:
         out = bp
     return out
@@ -570,7 +589,7 @@ def _blur_step_kernel(
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     p0 = tl.program_id(0).to(tl.int64) * PP
     # the whole-operand products take V from the left at bp, from the right at br (rows in _kperm's order: _fwd)
-    basis = (_preload(bp, T, PP > 1 and not SLICED and TF32X3), _preload(br, T, PP > 1 and not SLICED and TF32X3))
+    basis = (_preload(bp, T, PP > 1 and not SLICED and TF32X3), _preload(br, T, PP > 1 and not SLICED and TF32X3, True))
     # a runtime loop, rolled and not software-pipelined: one plane's registers and buffers at a time
     for q in tl.range(0, PP, loop_unroll_factor=1, num_stages=1):
         # the last program's planes past the end repeat the last plane (same values to the same places): no
@@ -649,14 +668,15 @@ def _blur_grid_kernel(
     inside = (r < GR * N) & (c < GC * N)
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     n_tiles = tl.cdiv(n_planes, TILE)
-    basis = (bl, _preload(br, TC, TP > 1 and TF32X3))
+    basis = (bl, _preload(br, TC, TP > 1 and TF32X3, True))
     # the tile offsets, planes and masks are the loop's invariants; a rolled loop, not software-pipelined: one tile's
     # registers at a time
     for k in tl.range(0, TP, loop_unroll_factor=1, num_stages=1):
-        p0 = tl.minimum(tl.program_id(0).to(tl.int64) * TP + k, n_tiles - 1) * TILE
-        # the tile's last plane (the launch's last, if it ends here; at most TILE - 1, so that the offsets below stay
-        # in 32 bits when the launch's elements do not)
-        last = tl.minimum(n_planes - 1 - p0, TILE - 1).to(tl.int32)
+        # the tile's first plane and its last (the launch's last, if it ends here; at most TILE - 1, so that the
+        # offsets below stay in 32 bits when the launch's elements do not): planes < 2³¹ (launch_blur_step), so
+        # 32-bit arithmetic, not 64 (1-2 % fewer instructions an element on the grid rows, RESULTS.md)
+        p0 = tl.minimum(tl.program_id(0) * TP + k, n_tiles - 1) * TILE
+        last = tl.minimum(n_planes - 1 - p0, TILE - 1)
         lt = tl.minimum(ld, (last + 1) * plane - 1)  # (a no-op but in the launch's last tile)
         if VEC4:  # the coefficients: planes past the last onto the last plane, so that runs of four stay whole
             lv = ld - tl.maximum(q - last, 0) * plane
@@ -665,9 +685,9 @@ def _blur_grid_kernel(
         else:
             lv = lt
         m2 = inside & (q <= last)
-        base = p0 * plane
-        # the sample of each element (per-sample steps only; planes < 2³¹: a 32-bit division)
-        row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, (p0.to(tl.int32) + tl.minimum(q, last)) // C,
+        base = p0.to(tl.int64) * plane
+        # the sample of each element (per-sample steps only; a 32-bit division)
+        row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, (p0 + tl.minimum(q, last)) // C,
                                 T_FROM_PTR, T_PER_SAMPLE)
         poison = tl.where(valid, 0.0, float("nan")).to(CT)
         _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, basis, seed, base, base, base, base, base, base, lt,
@@ -911,13 +931,14 @@ def kperm_order(m: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 1,
-                kperm: bool = False) -> torch.Tensor:
+                kperm: bool = False, bt: bool = False) -> torch.Tensor:
     """The transform matrices the kernels multiply by, [PARTS, 2, S, S]: [:, 0] V (or W = the Kronecker matrix for
     N ≤ KRON_MAX, module docstring; or ``copies`` of V on the diagonal, the grid form's V_L and V_R), [:, 1] its
     transpose, zero-padded to S (``size``, or tile_size); as tf32 (high, low) parts in fp32 with ``tf32x3``, else
     fp64 as is; ``kperm``: the rows of both in _kperm's order (:func:`kperm_order`; [:, 1] is then no longer [:, 0]
     transposed), for matrices that only ever multiply a reordered tile from the right (the grid's V_R, one plane's
-    ``br``). Built once per basis tensor and shape (:func:`_derived`)."""
+    ``br``); ``bt``: each [S, S] matrix stored transposed, for matrices that are only ever the right operand of the
+    whole-operand products (_basis_part with BT). Built once per basis tensor and shape (:func:`_derived`)."""
     N = basis.shape[0]
     S = size or tile_size(N)
 
@@ -927,15 +948,17 @@ def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 
             m = torch.block_diag(*[torch.kron(v, v).T] * kron_planes(N))
         else:
             m = torch.block_diag(*[v] * copies)
-        pad = torch.nn.functional.pad(torch.stack([m, m.T]), (0, S - m.shape[1], 0, S - m.shape[0]))
+        # bt: each matrix transposed, so its rows (the order kperm sets) are the stored columns (m is square)
+        pair = torch.stack([m.T, m] if bt else [m, m.T])
+        pad = torch.nn.functional.pad(pair, (0, S - m.shape[1], 0, S - m.shape[0]))
         if kperm:
-            pad = kperm_order(pad, 1)
+            pad = kperm_order(pad, 2 if bt else 1)
         if not tf32x3:
             return pad.unsqueeze(0)
         hi = _tf32_round(pad.float())
         return torch.stack([hi, _tf32_round(pad.float() - hi)])
 
-    return _derived(f"basis-tf32x3={tf32x3}-{size}-{copies}-{kperm}", basis, build)
+    return _derived(f"basis-tf32x3={tf32x3}-{size}-{copies}-{kperm}-{bt}", basis, build)
 
 
 def _table(coef: torch.Tensor, tf32x3: bool, pad) -> torch.Tensor:
@@ -1004,11 +1027,12 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     # the left and right matrices of the grid and of one plane; the right ones only multiply _kperm's reordered
     # tiles from the right (tf32x3): their rows in that order
     if grid:
-        bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR), basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=tf32x3))
+        bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR),
+              basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=tf32x3, bt=True))
     elif kron:  # W as is (X W); Wᵀ for Y Wᵀ, its rows in _kperm's order where Y is reordered (kron_kperm, _inv)
-        bp = (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3, kperm=kperm))
+        bp = (basis_parts(basis, tf32x3, bt=True), basis_parts(basis, tf32x3, kperm=kperm, bt=True))
     else:
-        bp = (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3, kperm=tf32x3))
+        bp = (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3, kperm=tf32x3, bt=True))
     ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, *bp,
             _grid_table(coef, tf32x3, GR * GC) if grid else _table(coef, tf32x3, T if sliced else None), coef.shape[0],
             t_tensor if t_tensor is not None else coef, t_value,
