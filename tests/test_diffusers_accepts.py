@@ -64,7 +64,10 @@ def test_ddim_step_promotes_mixed_dtypes(dt_x, dt_m, dt_z):
 def test_zero_snr_epsilon_with_clipping_is_finite_as_in_diffusers(clip):
     """ᾱ_t = 0 at the first trailing step: x̂₀ = (x − ε̂)/0 = ±inf, which clipping bounds. Judged as in
     test_diffusers_parity against diffusers' own step on float64 tables (the first step's √(1 − ᾱ' − σ²) is 0 in exact
-    arithmetic, and diffusers' float32 leaves ~1e-3 there): |ours − truth| ≤ 2 |diffusers − truth| + 1e-6 (1 + |truth|)."""
+    arithmetic, and diffusers' float32 leaves ~1e-3 there): |ours − truth| ≤ 2 |diffusers − truth| + 1e-6 (1 + |truth|).
+    Where diffusers' own step is not finite (its float32 σ = √var squared back exceeds 1 − ᾱ' by an ulp on some CPUs:
+    −6e-8 under the square root, NaN, on an AVX-512 machine) ours is judged against the truth alone (that bound with
+    no diffusers term). Each step starts the three from the same sample, the truth's rounded to float32."""
     cfg = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", beta_schedule="scaled_linear", **clip)
     stock, ours = _pair(DDIMScheduler, GMMDDIMScheduler, 10, **cfg)
     truth = DDIMScheduler(**cfg)
@@ -80,9 +83,10 @@ def test_zero_snr_epsilon_with_clipping_is_finite_as_in_diffusers(clip):
         c = truth.step(m.double(), t, x.double(), eta=1.0, variance_noise=z.double()).prev_sample
         assert torch.isfinite(b.prev_sample).all() and torch.isfinite(b.pred_original_sample).all()
         assert torch.isfinite(c).all()
-        o, d = (b.prev_sample.double() - c).abs().max(), (a.double() - c).abs().max()
+        o = (b.prev_sample.double() - c).abs().max()
+        d = (a.double() - c).abs().max() if torch.isfinite(a).all() else 0.0
         assert o <= 2 * d + 1e-6 * (1 + c.abs().max()), (int(t), float(o), float(d))
-        x = a
+        x = c.float()
 
 
 @pytest.mark.parametrize("cfg", [dict(clip_sample=False), dict(thresholding=True, sample_max_value=1.5)])
