@@ -267,12 +267,13 @@ def test_issue_19_targets_on_paper(matrix):
     assert r["kernel"] == "_blur_grid_kernel" and r["launch"]["constexprs"]["TP"] == "1", r
     assert by_case["blur-fp32-n8-order1-tensor-pertimestep"]["kernel"] == "_blur_grid_kernel"
     # two and three buffers at T = 64 where N is a multiple of 16: the whole-operand plane with Y in a scratch plane
-    # (plane_y_scratch) on sm_90a, no spill (above: within 80 % of the roofline); sliced on sm_80 and sm_100a (where
-    # the Y-scratch form spilled 32 B at fp16 N = 64)
+    # (plane_y_scratch) on sm_90a, and with two buffers on sm_100a (three spilled 8 B there in 4 of 54 variants), no
+    # spill (above: within 80 % of the roofline on sm_90a); sliced on sm_80
     for r in matrix:
         if r["case"] in ysc and r["kernel"] == "_blur_step_kernel":
             cx = r["launch"]["constexprs"]
-            assert (cx["SLICED"], cx["YSCR"]) == (("False", "True") if r["target"] == "sm_90a" else ("True", "False")), r
+            held = r["target"] == "sm_90a" or (r["target"] == "sm_100a" and r["case"] == "blur-fp32-n48-order1-philox")
+            assert (cx["SLICED"], cx["YSCR"]) == (("False", "True") if held else ("True", "False")), r
             assert r["spill_bytes"] == 0, r
     # Kronecker rows 16 wide at N ≤ 4 (tile_size), 64 of them whatever the buffers and timesteps (kron_rows)
     for case in ("blur-fp32-n2-order1-philox", "blur-fp32-n2-philox-pertimestep", "blur-fp32-n2-order2-tensor-pertimestep",

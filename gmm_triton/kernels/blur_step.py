@@ -24,17 +24,19 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0 and 1,
     and order 2 at T = 16; one at T = 64 but on sm_80) this holds without spill, and at T = 64 within 80 % of its
-    roofline. At T = 64 two and three buffers hold too where N is a multiple of 16 (48, 64) on sm_90, with Y in
-    a scratch plane of the program's own between the buffers' products (:func:`plane_y_scratch`), not in registers.
-    At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's parts once;
+    roofline. At T = 64 two and three buffers hold too where N is a multiple of 16 (48, 64) on sm_90 (two on sm_100),
+    with Y in a scratch plane of the program's own between the buffers' products (:func:`plane_y_scratch`), not in
+    registers. At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's
+    parts once;
   - sliced (_plane_step), for three buffers at T = 32 and two or three at T = 64 (where the grid does not take them:
-    T = 64, sm_80, fp64, launches below one grid tile; not at N = 48, 64 on sm_90), and for one at T = 64 on sm_80 (8
-    warps), where the whole-operand form spilled (three buffers: 24–568 B at sm_90a for N = 17 … 64; two at T = 64:
-    72–228 B; one on sm_80: 1.8-2.3 KB; with Y in scratch at other N than 48 and 64: 8-180 B, on sm_100a 32 B at
-    N = 64; benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction loaded from
-    memory just before their product (the plane's rows or columns, or those of a T×T scratch tile of the program's
-    own where V X waits for Vᵀ), the buffers one at a time into Y, which waits in a second scratch tile: the
-    registers hold one accumulator and one slice's operands, never a whole operand. The scratch tiles (2·T² values a
+    T = 64, sm_80, fp64, launches below one grid tile; not at N = 48, 64 on sm_90, nor with two buffers there on
+    sm_100), and for one at T = 64 on sm_80 (8 warps), where the whole-operand form spilled (three buffers: 24–568 B
+    at sm_90a for N = 17 … 64; two at T = 64: 72–228 B; one on sm_80: 1.8-2.3 KB; with Y in scratch at other N
+    than 48 and 64: 8-180 B, on sm_100a with three buffers 8 B; benchmarks/RESULTS.md, issue 19): each product runs
+    over slices of 16 of its contraction loaded from memory just before their product (the plane's rows or columns, or
+    those of a T×T scratch tile of the program's own where V X waits for Vᵀ), the buffers one at a time into Y,
+    which waits in a second scratch tile: the registers hold one accumulator and one slice's operands, never a whole
+    operand. The scratch tiles (2·T² values a
     plane) are written and read back by the same program, from L2; the price is memory-instruction work (the launch
     is LSU-bound), paid only where the other form spills.
 
@@ -818,11 +820,13 @@ def plane_sliced(neps: int, T: int, N: int, arch: int = 90) -> bool:
     - three buffers (order 2, or stochastic order 1 … with its history) at T = 32 (on sm_90 / sm_100 the grid takes
       them from one tile of planes: grid_form; the whole form filled exactly 255 registers and spilled 12-252 B for in-
       kernel noise, no noise or 16-bit storage, and with Y in scratch 4-24 B at N = 32);
-    - two and three at T = 64, but on sm_90 where N is a multiple of 16: the whole form spilled 72-228 B (two
-      buffers) and 24-568 B (three), and with Y in scratch (plane_y_scratch) still 8-180 B in 84 of 96 variants of N =
-      33, 36, 40, 63 (clamped addresses: a 64-bit address an element). Where N is 48 or 64 the loads are masked
-      16-byte vectors and Y in scratch holds on sm_90a; on sm_100a it spilled 32 B (fp16, N = 64, three buffers), so
-      that sm_100 keeps the sliced form (RESULTS.md, issue 19);
+    - two and three at T = 64, but where N is a multiple of 16 on sm_90, and with two buffers on sm_100: the whole
+      form spilled 72-228 B (two buffers) and 24-568 B (three), and with Y in scratch (plane_y_scratch) still 8-180 B
+      in 84 of 96 variants of N = 33, 36, 40, 63 (clamped addresses: a 64-bit address an element). Where N is 48 or
+      64 the loads are masked 16-byte vectors and Y in scratch holds on sm_90a; on sm_100a with two buffers in all
+      54 variants swept (fp32, bf16, fp16 × nine noise and timestep variants), with three it spilled 8 B in 4 of 54
+      (16-bit storage, a noise tensor and one timestep by value), so that three buffers keep the sliced form there
+      (RESULTS.md, issue 19);
     - on sm_80 (mma.sync) every launch at T = 64 (one buffer too: every warp holds each product's whole [64, 64]
       second operand in registers, and the whole form spilled 1804-2280 B in every variant of N = 33 … 64) and three
       buffers at T = 32.
@@ -830,14 +834,15 @@ def plane_sliced(neps: int, T: int, N: int, arch: int = 90) -> bool:
     T = 64 stays within 80 % of its roofline, which the sliced form, bound by its memory instructions, does not (43.8 %
     against 70.6 % of copy at N = 64, order 0; with Y in scratch, two and three buffers at N = 48 and 64: 83-90 % of
     their roofline against 44-51 %). ``arch`` defaults to 90, the target the predictions are for."""
-    if arch // 10 == 9 and T == 64:  # N = 48, 64: the whole-operand plane with Y in a scratch plane (plane_y_scratch)
-        return neps > 1 and N % 16 != 0
+    if T == 64 and (arch // 10 == 9 or (arch // 10 == 10 and neps == 2)):
+        return neps > 1 and N % 16 != 0  # N = 48, 64: the whole-operand plane with Y in scratch (plane_y_scratch)
     return (neps == 3 and T > 16) or (neps == 2 and T == 64) or (T == 64 and arch // 10 == 8)
 
 
 def plane_y_scratch(neps: int, T: int, N: int, arch: int = 90) -> bool:
     """Whether a per-plane launch with two or three buffers at T = 64 runs the whole-operand form with Y in a scratch
-    plane between the buffers' products (_step's YSCR): where it is not sliced (plane_sliced: N = 48, 64 on sm_90).
+    plane between the buffers' products (_step's YSCR): where it is not sliced (plane_sliced: N = 48, 64 on sm_90,
+    and with two buffers on sm_100).
     The scratch is an N×N plane a program (one plane a program at T = 64: planes_per_program), in the
     compute type."""
     return neps > 1 and T == 64 and not plane_sliced(neps, T, N, arch)
