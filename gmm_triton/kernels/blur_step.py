@@ -36,9 +36,8 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
     over slices of 16 of its contraction loaded from memory just before their product (the plane's rows or columns, or
     those of a T×T scratch tile of the program's own where V X waits for Vᵀ), the buffers one at a time into Y,
     which waits in a second scratch tile: the registers hold one accumulator and one slice's operands, never a whole
-    operand. The scratch tiles (2·T² values a
-    plane) are written and read back by the same program, from L2; the price is memory-instruction work (the launch
-    is LSU-bound), paid only where the other form spills.
+    operand. The scratch tiles (2·T² values a plane) are written and read back by the same program, from L2; the
+    price is memory-instruction work (the launch is LSU-bound), paid only where the other form spills.
 
 In the grid and the whole-operand plane forms the second product of each transform takes the first's accumulator as
 its first operand, with the columns of each group of eight in the order a tf32 accumulator holds them (_kperm) and
@@ -558,8 +557,8 @@ def _blur_kron_kernel(
 @triton.jit
 def _preload(bp, T: tl.constexpr, PRE: tl.constexpr, BT: tl.constexpr = False):
     """PRE: the whole transform matrices at bp, ((V_hi, V_lo), (Vᵀ_hi, Vᵀ_lo)), read once by a program for all of
-    its planes or tiles (_basis_part with PRE; the per-plane form's left and right matrices, the grid form's V_R);
-    otherwise bp, the pointer the products read them from."""
+    its planes or tiles (_basis_part with PRE; the per-plane form's left and right matrices, the grid form's V_R;
+    BT: stored transposed, the right ones); otherwise bp, the pointer the products read them from."""
     if PRE:
         out = ((_basis_part(bp, 0, 0, T, 0, 0, T, T, False, BT), _basis_part(bp, 1, 0, T, 0, 0, T, T, False, BT)),
                (_basis_part(bp, 0, 1, T, 0, 0, T, T, False, BT), _basis_part(bp, 1, 1, T, 0, 0, T, T, False, BT)))
@@ -591,7 +590,8 @@ def _blur_step_kernel(
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     p0 = tl.program_id(0).to(tl.int64) * PP
     # the whole-operand products take V from the left at bp, from the right at br (rows in _kperm's order: _fwd)
-    basis = (_preload(bp, T, PP > 1 and not SLICED and TF32X3), _preload(br, T, PP > 1 and not SLICED and TF32X3, True))
+    pre: tl.constexpr = PP > 1 and not SLICED and TF32X3
+    basis = (_preload(bp, T, pre), _preload(br, T, pre, True))
     # a runtime loop, rolled and not software-pipelined: one plane's registers and buffers at a time
     for q in tl.range(0, PP, loop_unroll_factor=1, num_stages=1):
         # the last program's planes past the end repeat the last plane (same values to the same places): no
