@@ -499,6 +499,35 @@ def test_a_loop_that_exits_at_its_end_is_a_loop():
     assert aot.loop_bodies(trap[0], trap[1], aot.hot_path(*trap)) == []
 
 
+_WAIT_LOOPS = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   MOV R1, RZ ;
+.L_x_0:
+        /*0020*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0030*/                   SYNCS.EXCH.64 URZ, [UR11+0x4000], UR70 ;
+.L_x_1:
+        /*0040*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P4, [UR11+0x4000], RZ ;
+        /*0050*/              @!P4 BRA `(.L_x_1) ;
+        /*0060*/                   FFMA R8, R4, R5, R8 ;
+        /*0070*/                   IADD3 R1, R1, 0x1, RZ ;
+        /*0080*/                   ISETP.GE.AND P0, PT, R1, 0x8, PT ;
+        /*0090*/              @!P0 BRA `(.L_x_0) ;
+        /*00a0*/                   STG.E desc[UR4][R2.64], R8 ;
+        /*00b0*/                   EXIT ;
+"""
+
+
+def test_a_barrier_wait_is_no_loop_but_a_loop_with_waits_in_it_is():
+    """An mbarrier's polling loop (a phase check branching back to itself) is a wait, not work; a runtime loop whose
+    body waits on an mbarrier (sm_100's tile loops wait for their tcgen05 products) is a loop: its body counts as
+    often as the case says (excluding every loop with a SYNCS in it had dropped such a loop)."""
+    ins, labels = aot.parse_sass(_WAIT_LOOPS)
+    ((kind, path),) = aot.hot_paths(ins, labels)
+    assert len(path) == 12
+    assert [[j.base for j in b] for b in aot.loop_bodies(ins, labels, path)] == [
+        ["LDG", "SYNCS", "SYNCS", "BRA", "FFMA", "IADD3", "ISETP", "BRA"]]
+
+
 def test_a_runtime_loop_body_counts_as_often_as_the_case_says_it_runs():
     ins, labels = aot.parse_sass(_LOOP)
     ((kind, path),) = aot.hot_paths(ins, labels)

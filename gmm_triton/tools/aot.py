@@ -590,8 +590,10 @@ def hot_paths(ins: list, labels: dict, max_forks: int = 4) -> list:
 def loop_bodies(ins: list, labels: dict, path: list) -> list:
     """The bodies of the runtime loops on ``path`` (walked once), in program order: for each conditional branch
     back to an instruction on the path (or an unconditional one with a conditional EXIT on the way), the
-    instructions from its target to the branch. A barrier's polling loop
-    (an mbarrier phase check, ``SYNCS.*``, branching back to itself) is a wait, not work: not a loop here."""
+    instructions from its target to the branch. A barrier's polling loop (nothing but an mbarrier phase check,
+    ``SYNCS.*``, and the branch back to it) is a wait, not work: not a loop here. A loop with work in it is one,
+    mbarrier waits in its body or not (on sm_100 a tile loop waits for its tcgen05 products: excluding every loop
+    with a ``SYNCS`` in it dropped such a loop, and the case's trip count then had no loop to go with)."""
     where = {id(i): k for k, i in enumerate(ins)}
     pos = {id(i): n for n, i in enumerate(path)}
     out = []
@@ -603,7 +605,7 @@ def loop_bodies(ins: list, labels: dict, path: list) -> list:
                 # a conditional branch back, or an unconditional one below a conditional exit (ptxas's form of
                 # a loop whose end test is the program's last instruction)
                 test = _conditional(i) or any(j.base == "EXIT" and j.pred for j in body)
-                if test and not any(j.base == "SYNCS" for j in body):
+                if test and not all(j.base in ("SYNCS", "BRA", "NOP") for j in body):
                     out.append(body)
     return out
 
