@@ -462,6 +462,31 @@ def test_blur_three_buffers_on_the_grid_below_the_kronecker_sizes(monkeypatch, N
     assert set(launched) == {(-(-3 * B // ((64 // N) * (32 // N))),)}
 
 
+@pytest.mark.parametrize("N, C", [(20, 1), (17, 2)], ids=["N20-one-plane-philox", "N17-two-planes-noise-prepass"])
+def test_blur_three_buffers_take_the_grid_from_one_plane(monkeypatch, N, C):
+    """Three buffers at N = 17 … 32 take the grid on sm_90 / sm_100 below one tile of planes too (launches_grid: the
+    other form is the sliced plane), one program; one and two buffers keep one plane a program there, and sm_80 the
+    sliced plane. Stochastic order 2 (in-kernel Philox at N = 20, the pre-pass at 17) against the float64 reference,
+    and against the sliced plane (grid_form off), within the fp32 bound."""
+    from gmm_triton.kernels import blur_step as K
+
+    tile = (64 // N) * (32 // N)
+    assert C < tile and K.launches_grid(N, 3, C, True, 90) and K.launches_grid(N, 3, C, True, 100)
+    assert not any(K.launches_grid(N, k, C, True, 90) for k in (1, 2)) and not K.launches_grid(N, 3, C, True, 80)
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(1, C, N, N)
+    eps = [torch.randn_like(x) for _ in range(3)]
+    ref = gref.blur_step(x, eps, bt, basis, 3, seed=9)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), 3, noise=philox(9, x.shape))
+    real, launched = K.grid_form, []
+    grid_kernel = K._blur_grid_kernel
+    monkeypatch.setattr(K, "_blur_grid_kernel", type("Spy", (), {"__getitem__": lambda self, grid: (
+        launched.append(grid), grid_kernel[grid])[1]})())
+    _grid_and_other_form_meet(monkeypatch, K, real, launched, (x, eps, 3, bt, basis), dict(stochastic=True, seed=9),
+                              2e-6 * bound, ref, N)
+    assert launched == [(1,)]
+
+
 @triton.jit
 def _kperm_tile(src, dst, R: tl.constexpr, C: tl.constexpr):
     o = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
@@ -740,15 +765,19 @@ def test_blur_opcheck(backend):
                                      (20, 3, 1), (33, 3, 1)],
                          ids=["N8-kron", "N4-kron-3-buffers", "N3-grid", "N12-grid-2-buffers", "N16-plane",
                               "N13-plane-3-buffers", "N20-sliced", "N33-sliced"])
-def test_blur_16bit_buffers_skip_the_split_bit_for_bit(N, k, B):
+def test_blur_16bit_buffers_skip_the_split_bit_for_bit(monkeypatch, N, k, B):
     """fp16 and bf16 values are tf32 values: a 16-bit buffer's first product runs two tf32 products where fp32
     storage runs three (_mm_slice's EXACT), leaving out only the product with its low part, all exact zeros. So the
     output equals, bit for bit, that of the same values stored in fp32, in every form (Kronecker rows, grid, one plane
     with whole operands, the sliced plane) and with one to three buffers; the 16-bit launch writes fp32 here, so that
     no rounding of the output hides a difference. (Not N = 2: its transform's entries are ±1/2, whose low parts are
-    zero, so that leaving out the other product would pass too.)"""
+    zero, so that leaving out the other product would pass too.) N = 20 is launched as on sm_80, where three buffers
+    take the sliced plane (sm_90 and sm_100 take the grid from one plane: launches_grid)."""
     from gmm_triton.kernels import blur_step as K
 
+    if N == 20:
+        monkeypatch.setattr(K, "_arch", lambda device: 80)
+        assert not K.launches_grid(N, k, 2, True, 80) and K.launches_grid(N, k, 2, True, 90)
     table, _, basis = blur_tables(N)
     rows = torch.randint(0, 5, (B,))
     for dt in (torch.float16, torch.bfloat16):

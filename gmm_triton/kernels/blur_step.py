@@ -14,8 +14,8 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   identity, no product);
 - the grid (:func:`grid_form`: one or two buffers at N = 3, 6, 7, 9 … 12, 17 … 32, two or three at N = 5, 6, 8,
   three at N = 17 … 32,
-  on wgmma GPUs, launches of at least a tile of planes but where the other form is the Kronecker rows:
-  :func:`launches_grid`): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with
+  on wgmma GPUs, launches of at least a tile of planes but where the other form is the Kronecker rows or (three
+  buffers) the sliced plane: :func:`launches_grid`): GR × GC planes side by side on a [64, 32] tile, V_L X V_Rᵀ with
   block-diagonal V_L (GR copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker
   row filled 56 % (N = 3, 6) or one plane a program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a
   program takes up to 4 tiles in turn (:func:`tiles_per_program`; one with two or three buffers, or a timestep per
@@ -29,7 +29,7 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
     registers. At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's
     parts once;
   - sliced (_plane_step), for three buffers at T = 32 and two or three at T = 64 (where the grid does not take them:
-    T = 64, sm_80, fp64, launches below one grid tile; not at N = 48, 64 on sm_90, nor with two buffers there on
+    T = 64, sm_80, fp64; not at N = 48, 64 on sm_90, nor with two buffers there on
     sm_100), and for one at T = 64 on sm_80 (8 warps), where the whole-operand form spilled (three buffers: 24–568 B
     at sm_90a for N = 17 … 64; two at T = 64: 72–228 B; one on sm_80: 1.8-2.3 KB; with Y in scratch at other N
     than 48 and 64: 8-180 B, on sm_100a with three buffers 8 B; benchmarks/RESULTS.md, issue 19): each product runs
@@ -748,11 +748,16 @@ def grid_form(N: int, neps: int) -> bool:
 def launches_grid(N: int, neps: int, planes: int, tf32x3: bool, arch: int) -> bool:
     """Whether a launch takes the grid form: grid_form's sizes, for tf32x3 (fp64, no GPU sampling dtype, keeps the
     other forms), on wgmma GPUs (sm_90, sm_100; on sm_80's mma.sync its tile spilled 64 B), with at least one tile
-    of planes where the other form is one plane a program (fewer: that form, as many programs); where it is the
-    Kronecker rows (N = 3, 6; and 5, 6, 8 with two or three buffers, whose Kronecker rows spilled), at any size:
-    at N = 3 and 6 their programs take more planes than a grid tile (256 against 210, 64 against 50)."""
+    of planes where the other form is one whole-operand plane a program (fewer: that form, as many programs); at any
+    size where it is the Kronecker rows (N = 3, 6; and 5, 6, 8 with two or three buffers, whose Kronecker rows
+    spilled): at N = 3 and 6 their programs take more planes than a grid tile (256 against 210, 64 against 50); and
+    where it is the sliced plane (three buffers at N = 17 … 32, grid_form): there one plane on the grid, its tile
+    mostly padding, still predicted 1.6× the sliced plane's % of copy on sm_90a (N = 17, 20, 28, 32: 11.0, 12.8,
+    25.2, 32.9 → 18.6, 20.1, 40.0, 53.7 %) and, for one program alone (a launch of one plane is latency), 0.62×
+    the instructions a thread (N = 20: 3979 over two warps → 2455 over four), where one and two buffers' whole
+    [32, 32] plane kept the lead (N = 20, one buffer: 26.0 against 16.5 %; benchmarks/RESULTS.md, issue 19)."""
     tile = (GRID_ROWS // N) * (GRID_COLS // N)
-    return tf32x3 and grid_form(N, neps) and arch // 10 in (9, 10) and (planes >= tile or kron_form(N))
+    return tf32x3 and grid_form(N, neps) and arch // 10 in (9, 10) and (planes >= tile or kron_form(N) or neps == 3)
 
 
 def rows_aligned4(N: int, kron: bool) -> bool:

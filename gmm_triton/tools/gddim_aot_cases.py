@@ -135,8 +135,8 @@ def gddim_cases() -> list[aot.Case]:
         **{f"blur-fp32-n{n}-order2-philox-stochastic": Gddim("blur", f, (3, n, n), batch=64, order=2)
            for n in (17, 28, 32, 33, 48, 64)},
         "blur-fp16-n64-order2-tensor": Gddim("blur", h, (3, 64, 64), batch=64, order=2, noise="tensor"),
-        # on sm_90 / sm_100 three buffers at N = 17 … 32 take the grid (grid_form) from one tile of planes; one plane
-        # keeps the sliced form there too
+        # on sm_90 / sm_100 three buffers at N = 17 … 32 take the grid (grid_form) from one plane (launches_grid: one
+        # plane on the sliced form predicted 0.6× the grid's % of copy); sm_80 runs the sliced plane
         "blur-fp32-n20-order2-philox-oneplane": Gddim("blur", f, (1, 20, 20), batch=1, order=2),
         # issue 19's sweeps (benchmarks/blur_spill_sweep.py) of one and two buffers: at 64 Kronecker rows two
         # buffers spilled (N = 2, 4, 8), and one with per-sample rows (N = 1, 2); on the grid two buffers spilled
