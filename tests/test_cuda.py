@@ -294,6 +294,32 @@ def test_blur_on_tensor_cores_meets_the_fp32_bound(N, buffers):
     assert ((out.double() - ref).abs() <= 4e-7 * bound).all()
 
 
+@pytest.mark.parametrize("N", [1, 4])
+def test_blur_kron_launch_masks_only_its_last_program_on_the_gpu(N):
+    """Whole Kronecker rows but not whole programs (SPLIT: the full programs load unmasked, the last masked in its own
+    copy): 64·G + 2 planes of one channel; the first 64·G planes equal bit for bit their launch alone (whole
+    programs), and every plane meets the float64 reference, stochastic order 2 with in-kernel Philox."""
+    from gmm_triton.gddim import ops as gops, reference as gref
+    from gmm_triton.gddim import engine as E
+    from gmm_triton.gddim.blur import BlurProcess
+    from gmm_triton.gddim.tables import blur_table
+    from gmm_triton.kernels import blur_step as K
+
+    G, PB = K.kron_planes(N), K.kron_rows(3, K._arch(torch.device(DEV)), False, K.tile_size(N))
+    p = BlurProcess(N)
+    bt, basis = blur_table(E.gddim_coefficients(p, E.time_grid(5, p.rho2t(80), 1e-5), 2, 1.0), N), p.dct()
+    x = torch.randn(PB * G + 2, 1, N, N)
+    eps = [torch.randn_like(x) for _ in range(3)]
+    run = lambda n: gops.blur_step(x[:n].to(DEV), [e[:n].to(DEV) for e in eps], 3, bt.to(DEV),  # noqa: E731
+                                   basis.to(DEV), stochastic=True, seed=6).cpu()
+    out, whole = run(len(x)), run(PB * G)
+    assert torch.equal(out[:PB * G], whole)
+    ref = gref.blur_step(x, eps, bt, basis, 3, seed=6)
+    noise = torch.from_numpy(reference.philox_normal(6, x.numel())).reshape(x.shape)
+    bound = gref.blur_step(x.abs(), [e.abs() for e in eps], bt.abs(), basis.abs(), 3, noise=noise.abs())
+    assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
+
+
 def _blur_many_tiles_against_one(N, B, programs_take_several):
     """A stochastic blur step on [B, 3, N, N] whose programs each take several planes or tiles
     (``programs_take_several()`` checks the launch policy) gives the bits of one a program (MIN_PROGRAMS raised)

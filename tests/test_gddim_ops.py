@@ -289,6 +289,36 @@ def test_blur_kron_rows_move_no_number(monkeypatch, N):
         assert all(torch.equal(a, b) for a, b in zip(*outs.values()))
 
 
+@pytest.mark.parametrize("N", [1, 4], ids=["N1-16-planes-a-row", "N4-one-plane-a-row"])
+def test_blur_kron_launch_masks_only_its_last_program(monkeypatch, N):
+    """Whole Kronecker rows but not whole programs (SPLIT): the full programs load unmasked, the last one masked in
+    its own copy of the body. With 64·G + 2 planes (one channel, so that the planes are the samples) the launch is
+    SPLIT, its first 64·G planes equal bit for bit the launch of those planes alone (whole programs: EVEN), and
+    every plane meets the float64 reference within the fp32 bound, stochastic order 2 with in-kernel Philox; a
+    launch of one program (fewer planes) is masked, not SPLIT. Under the interpreter both sides of the fork run."""
+    from gmm_triton.kernels import blur_step as K
+
+    G = K.kron_planes(N)
+    PB = K.kron_rows(3, 90, False, K.tile_size(N))
+    assert G * N * N == K.tile_size(N)  # whole rows
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(PB * G + 2, 1, N, N)
+    eps = [torch.randn_like(x) for _ in range(3)]
+    seen, kron = [], K._blur_kron_kernel
+    monkeypatch.setattr(K, "_blur_kron_kernel", type("Spy", (), {"__getitem__": lambda self, grid: (
+        lambda *a, **kw: (seen.append((grid, kw["EVEN"], kw["SPLIT"])), kron[grid](*a, **kw))[1])})())
+    with ops.use_cpu_backend("triton"):
+        out = gops.blur_step(x, eps, 3, bt, basis, stochastic=True, seed=6)
+        whole = gops.blur_step(x[:PB * G], [e[:PB * G] for e in eps], 3, bt, basis, stochastic=True, seed=6)
+        one = gops.blur_step(x[:G + 1], [e[:G + 1] for e in eps], 3, bt, basis, stochastic=True, seed=6)
+    assert seen == [((2,), False, True), ((1,), True, False), ((1,), False, False)], seen
+    assert torch.equal(out[:PB * G], whole)
+    ref = gref.blur_step(x, eps, bt, basis, 3, seed=6)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), 3, noise=philox(6, x.shape))
+    assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
+    assert torch.equal(one, out[:G + 1])
+
+
 @pytest.mark.parametrize("N", [1, 2, 3, 4])
 def test_blur_kron_widths_meet_the_reference_alike(monkeypatch, N):
     """Kronecker rows 16 wide (tile_size at N ≤ 4) and 64 wide (what these sizes took before issue 19's last change)

@@ -506,13 +506,15 @@ def _blur_kron_kernel(
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     TF32X3: tl.constexpr, T: tl.constexpr, N: tl.constexpr, G: tl.constexpr, PB: tl.constexpr, EVEN: tl.constexpr,
-    KPERM: tl.constexpr,
+    KPERM: tl.constexpr, SPLIT: tl.constexpr = False,
 ):
     """N ≤ KRON_MAX: PB rows per program, each G consecutive planes of N² pixels / frequencies (plane g of row r at
     columns g·N² + i·N + j; padded to T). Every buffer is contiguous (the launcher sees to it), so one row offset
     r·G·N² serves them all (per-buffer row offsets, replicated over a thread's rows, spilled). N is a compile-time
     constant here (eight values): the plane of a column, q // N², is then a multiply and a shift. The products take
-    W's parts at bp, Wᵀ's at br (its rows in _kperm's order where KPERM, the launcher's kron_kperm, says so)."""
+    W's parts at bp, Wᵀ's at br (its rows in _kperm's order where KPERM, the launcher's kron_kperm, says so).
+    Loads are masked but where every row of the launch is whole (EVEN); with whole rows in all but the last program
+    (SPLIT), in that program alone."""
     check_noise_code(NOISE)
     plane: tl.constexpr = N * N
     run: tl.constexpr = G * plane
@@ -548,10 +550,23 @@ def _blur_kron_kernel(
         poison = tl.where(valid, 0.0, float("nan")).to(CT)
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     off = r * run
-    # rows are runs of the contiguous buffers: masked loads, unless every row is whole (EVEN)
-    _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br), seed, 0, 0, 0, 0, 0, off, off + q, q,
-          cp, cld, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4,
-          FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT, False, KPERM)
+    # rows are runs of the contiguous buffers: masked loads, unless every row of the launch is whole (EVEN); where
+    # the rows fill their width but the launch's last program has rows past the last plane (SPLIT), only that
+    # program masks them, in its own copy of the body (a fork, as the DDIM step's edge tiles: sm_90a, in SASS an
+    # element of a full program, fp32 N = 1 80.9 masked against 38.9, bf16 N = 4 74.2 against 67.4; RESULTS.md)
+    if SPLIT:
+        if (tl.program_id(0) + 1) * (PB * G) <= n_planes:
+            _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br), seed, 0, 0, 0, 0, 0, off, off + q, q,
+                  cp, cld, plane, off, m2, poison, False, NEPS, NOISE, ALIGNED4,
+                  FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT, False, KPERM)
+        else:
+            _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br), seed, 0, 0, 0, 0, 0, off, off + q, q,
+                  cp, cld, plane, off, m2, poison, True, NEPS, NOISE, ALIGNED4,
+                  FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT, False, KPERM)
+    else:
+        _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br), seed, 0, 0, 0, 0, 0, off, off + q, q,
+              cp, cld, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4,
+              FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT, False, KPERM)
 
 
 @triton.jit
@@ -1055,7 +1070,8 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     elif kron:
         _blur_kron_kernel[(triton.cdiv(B * C, G * PB),)](
             *ptrs, C, B * C, ALIGNED4=aligned4, N=N, G=G, PB=PB, num_warps=warps,
-            EVEN=G * N * N == T and B * C % (G * PB) == 0, KPERM=kperm, **common)
+            EVEN=G * N * N == T and B * C % (G * PB) == 0, KPERM=kperm, **common,
+            SPLIT=G * N * N == T and B * C % (G * PB) != 0 and B * C > G * PB)  # (one program: no full program)
     else:
         pp = planes_per_program(B * C, T, sliced, tf32x3)
         # each program's two scratch tiles (_plane_step), or its plane for Y (plane_y_scratch), in the compute type;

@@ -57,6 +57,8 @@ class Gddim:
         # the per-plane kernel's programs loop over PP planes (kernels/blur_step.py planes_per_program)
         loops = (cx["PP"],) if kernel == "_blur_step_kernel" and cx.get("PP", 1) > 1 else \
             (cx["TP"],) if kernel == "_blur_grid_kernel" and cx.get("TP", 1) > 1 else ()
+        if kernel == "_blur_kron_kernel" and cx.get("SPLIT") in (True, "True"):  # the last program masks its loads
+            return aot.Work(n, {"full": math.prod(grid) - 1, "edge": 1}, loops)
         return aot.Work(n, {"any": math.prod(grid)}, loops)
 
 
@@ -83,8 +85,9 @@ def _drive(c: Gddim):
 
 def blur_case(n: int, dtype=torch.float32) -> aot.Case:
     """The blur step on [B, 3, n, n] planes with Philox noise: B = 64; or, in the grid form, for the most tiles a
-    program takes (tiles_per_program: 8192 tiles of GR·GC planes); or enough for four full programs of the Kronecker
-    form (KRON_ROWS rows of G planes each); or, one plane a program on a [16, 16] tile, for the most planes a program
+    program takes (tiles_per_program: 8192 tiles of GR·GC planes); or three whole programs of the Kronecker form
+    (KRON_ROWS rows of G planes each: B = KRON_ROWS·G; B = ⌈4·KRON_ROWS·G / 3⌉ had made a fifth program of two rows,
+    charged to the per-element numbers as 1.24x the instructions an element); or, one plane a program on a [16, 16] tile, for the most planes a program
     takes (planes_per_program: 5462 samples, 16386 planes). Smaller launches take one plane or tile a program: the
     specialisations of blur-fp32-n16-order2-philox-stochastic's T = 16 and of blur-fp32-n9-philox-devtimestep's grid."""
     from ..kernels.blur_step import GRID_COLS, GRID_ROWS, KRON_ROWS, MIN_PROGRAMS, PLANES_PER_PROGRAM, \
@@ -92,8 +95,8 @@ def blur_case(n: int, dtype=torch.float32) -> aot.Case:
 
     if grid_form(n, 1):
         batch = -(-2 * TILES_PER_PROGRAM * MIN_PROGRAMS * (GRID_ROWS // n) * (GRID_COLS // n) // 3)
-    elif kron_form(n):
-        batch = max(64, -(-4 * KRON_ROWS * kron_planes(n) // 3))
+    elif kron_form(n):  # three whole programs: 3·B planes, KRON_ROWS·G a program
+        batch = KRON_ROWS * kron_planes(n)
     elif tile_size(n) == 16:
         batch = -(-2 * PLANES_PER_PROGRAM * MIN_PROGRAMS // 3)
     else:
@@ -149,6 +152,9 @@ def gddim_cases() -> list[aot.Case]:
         # one channel: C is then a constant of the launch (triton specialises an integer argument equal to 1); 1024
         # planes, four whole tiles (kron_rows)
         "blur-fp32-n2-c1-philox-pertimestep": Gddim("blur", f, (1, 2, 2), batch=1024, timestep="per_sample"),
+        # whole Kronecker rows, not whole programs (SPLIT): the full programs' loads unmasked, the last program's
+        # masked in its own copy; 65538 planes, 64 full programs of 1024 and one of 2 on sm_90a (128 + 1 on sm_80)
+        "blur-fp16-n1-philox-split": Gddim("blur", h, (3, 1, 1), batch=21846),
         # three buffers in Kronecker rows 64 wide spilled at N = 2, 3 (4-16 B on sm_90a); 16 wide they hold
         "blur-fp32-n2-order2-tensor-pertimestep": Gddim("blur", f, (3, 2, 2), batch=1024, order=2, noise="tensor",
                                                         timestep="per_sample"),
