@@ -243,6 +243,31 @@ def test_blur_plane_forms_both_match_the_reference(monkeypatch, N):
             assert ((out.double() - ref).abs() <= 2e-6 * bound).all(), (k, sliced)
 
 
+@pytest.mark.parametrize("N", [33, 40], ids=["N33-noise-prepass", "N40-philox-in-kernel"])
+def test_blur_sliced_plane_leaves_out_the_slices_past_n(monkeypatch, N):
+    """The sliced plane (three buffers at T = 64 where N is not a multiple of 16) runs each product's contraction
+    only to N rounded up to 16 (sliced_extent: 48 here, of 64): the slices it leaves out hold only zeros of the padded
+    matrices, so the output equals, bit for bit, that of all four slices, and meets the float64 reference, with the
+    noise pre-pass (N = 33) and in-kernel Philox (N = 40)."""
+    from gmm_triton.kernels import blur_step as K
+
+    assert K.plane_sliced(3, 64, N) and K.sliced_extent(N) == 48
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(1, 2, N, N)
+    eps = [torch.randn_like(x) for _ in range(3)]
+    rows = torch.tensor([2])
+    outs, seen = [], []
+    for extent in (K.sliced_extent, lambda n: 64):
+        monkeypatch.setattr(K, "sliced_extent", lambda n, f=extent: seen.append(f(n)) or seen[-1])
+        with ops.use_cpu_backend("triton"):
+            outs.append(gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=12))
+    assert seen == [48, 64]
+    assert torch.equal(outs[0], outs[1])
+    ref = gref.blur_step(x, eps, bt, basis, rows, seed=12)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(12, x.shape))
+    assert ((outs[0].double() - ref).abs() <= 2e-6 * bound).all()
+
+
 @pytest.mark.parametrize("N", [33, 48], ids=["N33-noise-prepass", "N48-philox-in-kernel"])
 def test_blur_sm80_takes_the_sliced_plane_for_one_buffer_at_t64(monkeypatch, N):
     """On sm_80 (mma.sync) one buffer at T = 64 runs the sliced plane with 8 warps (plane_sliced, plane_warps: the

@@ -283,13 +283,15 @@ def _block(base, R0, C0, R: tl.constexpr, C: tl.constexpr, N):
 
 @triton.jit
 def _product(src, base, bp, which, N, LEFT: tl.constexpr, PLANE: tl.constexpr, TF32X3: tl.constexpr,
-             T: tl.constexpr, CT: tl.constexpr):
+             T: tl.constexpr, CT: tl.constexpr, KN: tl.constexpr):
     """basis[which] @ S (LEFT) or S @ basis[which], S the N×N plane at src + base (PLANE: a buffer's, zero-padded
     to T×T by masked loads) or the T×T scratch tile at src, as T / _KC products of slices of the contraction, each
     loaded from memory just before its product: the registers hold the accumulator and one slice's operands, never
-    a whole operand (a [64, 64] tf32x3 product's operands, held whole, spilled: benchmarks/RESULTS.md)."""
+    a whole operand (a [64, 64] tf32x3 product's operands, held whole, spilled: benchmarks/RESULTS.md). Only the
+    slices below KN (N rounded up to _KC: _blur_step_kernel): past N the contraction's terms are all zeros of the
+    padded matrices."""
     acc = tl.zeros((T, T), dtype=CT)
-    for k0 in tl.static_range(0, T, _KC):
+    for k0 in tl.static_range(0, KN, _KC):
         tl.debug_barrier()  # the slice's loads after the last one's products (ptxas hoists them: spills on sm_80)
         if PLANE:
             if LEFT:
@@ -330,12 +332,13 @@ def _tile(T: tl.constexpr):
 
 
 @triton.jit
-def _plane_term(ptr, base, cp, k, bp, scr, N, poison, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr):
+def _plane_term(ptr, base, cp, k, bp, scr, N, poison, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr,
+                KN: tl.constexpr):
     """Y (the scratch's second tile; ``poison`` for k = 0, where it is not yet written) += (plane k of the table row)
     ⊙ V X Vᵀ, X the buffer's plane at ptr + base: V X from X's rows, staged through the scratch's first tile, times
     Vᵀ. Y stays in memory between the buffers (a tile in registers through every product spilled on mma.sync)."""
-    _stage(scr, _product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT), T)
-    f = _padded(cp, k, 0, T, T).to(CT) * _product(scr, 0, bp, 1, N, False, False, TF32X3, T, CT)
+    _stage(scr, _product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT, KN), T)
+    f = _padded(cp, k, 0, T, T).to(CT) * _product(scr, 0, bp, 1, N, False, False, TF32X3, T, CT, KN)
     y = scr + T * T + _tile(T)
     if k == 0:
         tl.store(y, f + poison)
@@ -346,22 +349,22 @@ def _plane_term(ptr, base, cp, k, bp, scr, N, poison, TF32X3: tl.constexpr, T: t
 @triton.jit
 def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, seed, x_off, e0_off, e1_off, e2_off, z_off,
                 p_off, cp, poison, N, NEPS: tl.constexpr, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
-                FAST: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr):
+                FAST: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr, KN: tl.constexpr):
     """One N×N plane (b, c): Y = A ⊙ V X Vᵀ + Σ_j B_j ⊙ V ε_j Vᵀ, the buffers one at a time (one transform's
     registers live at once), then out = Vᵀ (Y + S ⊙ n) V, the noise joining Y slice by slice as the first inverse
     product loads it (a slice of normals at a time, not a tile held through the products). ``scr``: the program's
     two T×T scratch tiles (a staged product, Y). ``p_off``: the plane's flat index (the noise's counters, the
     output's offset); ``cp``: the sample's row of the padded table; ``poison`` (NaN for an invalid row) rides
     through every product."""
-    _plane_term(x_ptr, x_off, cp, 0, bp, scr, N, poison, TF32X3, T, CT)
-    _plane_term(e0_ptr, e0_off, cp, 1, bp, scr, N, poison, TF32X3, T, CT)
+    _plane_term(x_ptr, x_off, cp, 0, bp, scr, N, poison, TF32X3, T, CT, KN)
+    _plane_term(e0_ptr, e0_off, cp, 1, bp, scr, N, poison, TF32X3, T, CT, KN)
     if NEPS > 1:
-        _plane_term(e1_ptr, e1_off, cp, 2, bp, scr, N, poison, TF32X3, T, CT)
+        _plane_term(e1_ptr, e1_off, cp, 2, bp, scr, N, poison, TF32X3, T, CT, KN)
     if NEPS > 2:
-        _plane_term(e2_ptr, e2_off, cp, 3, bp, scr, N, poison, TF32X3, T, CT)
+        _plane_term(e2_ptr, e2_off, cp, 3, bp, scr, N, poison, TF32X3, T, CT, KN)
     tl.debug_barrier()
-    acc = tl.zeros((T, T), dtype=CT)  # Vᵀ (Y + S ⊙ n), by slices of Y's rows
-    for k0 in tl.static_range(0, T, _KC):
+    acc = tl.zeros((T, T), dtype=CT)  # Vᵀ (Y + S ⊙ n), by slices of Y's rows below KN
+    for k0 in tl.static_range(0, KN, _KC):
         tl.debug_barrier()  # as in _product
         t = tl.load(scr + T * T + (k0 + tl.arange(0, _KC)[:, None]) * T + tl.arange(0, T)[None, :])
         if NOISE != NOISE_NONE:
@@ -374,7 +377,7 @@ def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, seed, x_
             t += _padded(cp, _PLANES - 1, k0, _KC, T).to(CT) * n  # zero outside the plane
         acc = _mm_slice(acc, t, bp, k0, 1, True, TF32X3, T)
     _stage(scr, acc, T)
-    out = _product(scr, 0, bp, 0, N, False, False, TF32X3, T, CT)
+    out = _product(scr, 0, bp, 0, N, False, False, TF32X3, T, CT, KN)
     tl.debug_barrier()
     off, m = _block(p_off, 0, 0, T, T, N)
     tl.store(out_ptr + off, out.to(out_ptr.dtype.element_ty), mask=m)
@@ -590,11 +593,12 @@ def _blur_step_kernel(
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr, SLICED: tl.constexpr, PP: tl.constexpr,
-    YSCR: tl.constexpr = False,
+    YSCR: tl.constexpr = False, KN: tl.constexpr = 0,
 ):
     """N > KRON_MAX (and N = 7): planes PP·k … PP·k + PP - 1 (flat index b·C + c) of program k, one at a time on a
     [T, T] tile. SLICED (:func:`plane_sliced`): the products by slices (_plane_step), with two T×T scratch tiles of
-    the plane's own at scr_ptr and the table's planes zero-padded to T×T (_table). Otherwise whole operands
+    the plane's own at scr_ptr and the table's planes zero-padded to T×T (_table), the contractions' slices only
+    below KN (N rounded up to 16: at T = 64 the last slice, past N ≤ 48, is all zeros). Otherwise whole operands
     (_step): masked loads (LMASK) where N is a multiple of 16, clamped addresses otherwise; scr_ptr is read only with
     YSCR (:func:`plane_y_scratch`; one plane a program), an N×N plane a program;
     the products take V's parts from the left at bp, from the right at br (its rows in _kperm's order for tf32x3:
@@ -622,7 +626,7 @@ def _blur_step_kernel(
             _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr + p * 2 * T * T, bp, seed,
                         b * x_bs + c * plane, b * e0_bs + c * plane, b * e1_bs + c * plane, b * e2_bs + c * plane,
                         b * z_bs + c * plane, p * plane, coef_ptr + row * _PLANES * T * T, poison, N, NEPS, NOISE,
-                        ALIGNED4, FAST, TF32X3, T, CT)
+                        ALIGNED4, FAST, TF32X3, T, CT, KN)
         else:
             ii = tl.arange(0, T)[:, None]
             jj = tl.arange(0, T)[None, :]
@@ -859,6 +863,15 @@ def plane_sliced(neps: int, T: int, N: int, arch: int = 90) -> bool:
     return (neps == 3 and T > 16) or (neps == 2 and T == 64) or (T == 64 and arch // 10 == 8)
 
 
+def sliced_extent(N: int) -> int:
+    """KN: how far the sliced plane's products run along their contraction, N rounded up to a slice (16): past N
+    every term is a zero of the padded matrices (rows and columns ≥ N of V, of the zero-padded plane and of the
+    staged products' padding), so that at T = 64 and N ≤ 48 the last of the four slices is left out of each
+    product: sm_90a fp32 N = 33, three buffers, 617.1 → 530.8 SASS an element, 13.2 → 15.4 % of copy; on sm_80 N =
+    33's 8 B of spill gone (RESULTS.md, issue 19). Zero terms left out: no number moves."""
+    return -(-N // 16) * 16
+
+
 def plane_y_scratch(neps: int, T: int, N: int, arch: int = 90) -> bool:
     """Whether a per-plane launch with two or three buffers at T = 64 runs the whole-operand form with Y in a scratch
     plane between the buffers' products (_step's YSCR): where it is not sliced (plane_sliced: N = 48, 64 on sm_90,
@@ -1082,4 +1095,4 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
                           dtype=torch.float32 if tf32x3 else torch.float64) if sliced or yscr else coef
         _blur_step_kernel[(triton.cdiv(B * C, pp),)](
             *ptrs[:6], scr, *ptrs[6:], C, N, *strides, B * C, ALIGNED4=aligned4, num_warps=warps,
-            LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, **common)
+            LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, KN=sliced_extent(N) if sliced else 0, **common)
