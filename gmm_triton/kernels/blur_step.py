@@ -557,19 +557,27 @@ def _blur_kron_kernel(
     # the rows fill their width but the launch's last program has rows past the last plane (SPLIT), only that
     # program masks them, in its own copy of the body (a fork, as the DDIM step's edge tiles: sm_90a, in SASS an
     # element of a full program, fp32 N = 1 80.9 masked against 38.9, bf16 N = 4 74.2 against 67.4; RESULTS.md)
+    ptrs = (x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br))
+    rows = (seed, off, q, cp, cld, plane, m2, poison)
+    form: tl.constexpr = IDENTITY if N == 1 else KRON
     if SPLIT:
         if (tl.program_id(0) + 1) * (PB * G) <= n_planes:
-            _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br), seed, 0, 0, 0, 0, 0, off, off + q, q,
-                  cp, cld, plane, off, m2, poison, False, NEPS, NOISE, ALIGNED4,
-                  FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT, False, KPERM)
+            _kron_step(ptrs, rows, False, NEPS, NOISE, ALIGNED4, FAST, form, TF32X3, T, CT, KPERM)
         else:
-            _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br), seed, 0, 0, 0, 0, 0, off, off + q, q,
-                  cp, cld, plane, off, m2, poison, True, NEPS, NOISE, ALIGNED4,
-                  FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT, False, KPERM)
+            _kron_step(ptrs, rows, True, NEPS, NOISE, ALIGNED4, FAST, form, TF32X3, T, CT, KPERM)
     else:
-        _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, (bp, br), seed, 0, 0, 0, 0, 0, off, off + q, q,
-              cp, cld, plane, off, m2, poison, not EVEN, NEPS, NOISE, ALIGNED4,
-              FAST, IDENTITY if N == 1 else KRON, TF32X3, T, CT, False, KPERM)
+        _kron_step(ptrs, rows, not EVEN, NEPS, NOISE, ALIGNED4, FAST, form, TF32X3, T, CT, KPERM)
+
+
+@triton.jit
+def _kron_step(ptrs, rows, LMASK: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
+               FAST: tl.constexpr, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr,
+               KPERM: tl.constexpr):
+    """_step on a Kronecker tile (_blur_kron_kernel): ``ptrs`` the buffers and W's parts, ``rows`` the tile's seed,
+    row offsets, columns, coefficients and masks; every buffer at the same row offsets."""
+    seed, off, q, cp, cld, plane, m2, poison = rows
+    _step(ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6], seed, 0, 0, 0, 0, 0, off, off + q, q, cp,
+          cld, plane, off, m2, poison, LMASK, NEPS, NOISE, ALIGNED4, FAST, FORM, TF32X3, T, CT, False, KPERM)
 
 
 @triton.jit

@@ -87,8 +87,8 @@ def blur_case(n: int, dtype=torch.float32) -> aot.Case:
     """The blur step on [B, 3, n, n] planes with Philox noise: B = 64; or, in the grid form, for the most tiles a
     program takes (tiles_per_program: 8192 tiles of GR·GC planes); or three whole programs of the Kronecker form
     (KRON_ROWS rows of G planes each: B = KRON_ROWS·G; B = ⌈4·KRON_ROWS·G / 3⌉ had made a fifth program of two rows,
-    charged to the per-element numbers as 1.24x the instructions an element); or, one plane a program on a [16, 16] tile, for the most planes a program
-    takes (planes_per_program: 5462 samples, 16386 planes). Smaller launches take one plane or tile a program: the
+    charged to the per-element numbers as 1.24x the instructions an element); or, one plane a program on a [16, 16]
+    tile, for the most planes a program takes (planes_per_program: 5462 samples, 16386 planes). Smaller launches take one plane or tile a program: the
     specialisations of blur-fp32-n16-order2-philox-stochastic's T = 16 and of blur-fp32-n9-philox-devtimestep's grid."""
     from ..kernels.blur_step import GRID_COLS, GRID_ROWS, KRON_ROWS, MIN_PROGRAMS, PLANES_PER_PROGRAM, \
         TILES_PER_PROGRAM, grid_form, kron_form, kron_planes, tile_size
