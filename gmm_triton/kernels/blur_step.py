@@ -561,7 +561,7 @@ def _blur_kron_kernel(
     rows = (seed, off, q, cp, cld, plane, m2, poison)
     form: tl.constexpr = IDENTITY if N == 1 else KRON
     if SPLIT:
-        if (tl.program_id(0) + 1) * (PB * G) <= n_planes:
+        if tl.program_id(0) < n_planes // (PB * G):  # a full program (no (k + 1)·PB·G: it overflows near 2³¹)
             _kron_step(ptrs, rows, False, NEPS, NOISE, ALIGNED4, FAST, form, TF32X3, T, CT, KPERM)
         else:
             _kron_step(ptrs, rows, True, NEPS, NOISE, ALIGNED4, FAST, form, TF32X3, T, CT, KPERM)
