@@ -254,6 +254,7 @@ def test_issue_19_targets_on_paper(matrix):
         "blur-fp32-n2-order1-philox", "blur-fp32-n2-order2-tensor-pertimestep", "blur-fp32-n3-order2-philox-stochastic",
         "blur-fp32-n2-philox-pertimestep",  # (each plane's sample spread over its columns: 66 → 80.1 %, at the edge)
         "blur-fp32-n20-order2-philox-oneplane",  # (the grid from one plane: 39.8 → 93.9 %)
+        "blur-bf16-n4-philox",  # (256 Kronecker rows a program at scale: kron_row_tiles, 70.4 → 99.6 %)
         # the grid at N = 12 (79.8 → 81.3 and 81.7 %: its tile's planes counted in 32 bits, the right operands read
         # transposed; RESULTS.md)
         "blur-fp32-n12-order1-philox-tiles", *ysc]
@@ -279,11 +280,14 @@ def test_issue_19_targets_on_paper(matrix):
             held = r["target"] == "sm_90a" or (r["target"] == "sm_100a" and r["case"] == "blur-fp32-n48-order1-philox")
             assert (cx["SLICED"], cx["YSCR"]) == (("False", "True") if held else ("True", "False")), r
             assert r["spill_bytes"] == 0, r
-    # Kronecker rows 16 wide at N ≤ 4 (tile_size), 64 of them whatever the buffers and timesteps (kron_rows)
+    # Kronecker rows 16 wide at N ≤ 4 (tile_size), 64 of them whatever the buffers and timesteps (kron_rows); with
+    # one buffer and one timestep, 256 in a launch of ≥ 2048 such programs (kron_row_tiles)
     for case in ("blur-fp32-n2-order1-philox", "blur-fp32-n2-philox-pertimestep", "blur-fp32-n2-order2-tensor-pertimestep",
-                 "blur-fp32-n3-order2-philox-stochastic", "blur-fp32-n1-philox", "blur-fp32-n4-philox"):
+                 "blur-fp32-n3-order2-philox-stochastic", "blur-fp32-n1-philox", "blur-fp32-n4-philox",
+                 "blur-bf16-n4-philox", "blur-fp16-n1-philox-split"):
         r = by_case[case]
-        assert r["kernel"] == "_blur_kron_kernel" and r["launch"]["constexprs"]["PB"] == "64", r
+        rows = "64" if "order" in case or "pertimestep" in case or "split" in case else "256"
+        assert r["kernel"] == "_blur_kron_kernel" and r["launch"]["constexprs"]["PB"] == rows, r
         assert r["launch"]["constexprs"]["T"] == "16", r
     assert by_case["blur-fp32-n2-philox"]["pipe_pct_copy"]["H100"] >= 99  # kron_kperm: 91 → 100 % of copy
     # not met (bf16 at N = 28 LSU-bound), but what the grid form, the accumulator taken as the next operand (_kperm),

@@ -358,6 +358,20 @@ def test_blur_planes_per_program_on_the_gpu(N):
     _blur_many_tiles_against_one(N, 1401, lambda: K.planes_per_program(1401 * 3, 16, False, True) == 4)
 
 
+@pytest.mark.parametrize("N", [1, 4])
+def test_blur_kron_row_tiles_on_the_gpu(N):
+    """Launches large enough that a Kronecker program 16 wide takes four tiles of 64 rows (kron_row_tiles: 2048·4·64·G
+    planes and one more row, the last program partial) give the bits of 64 rows a program, with in-kernel noise, and
+    meet the float64 reference."""
+    from gmm_triton.kernels import blur_step as K
+
+    G = K.kron_planes(N)
+    if K._arch(torch.device(DEV)) // 10 not in (9, 10):
+        pytest.skip("rows of 64 a program on sm_80 (kron_rows)")
+    B = -(-(2 * 4 * 64 * G * K.MIN_PROGRAMS + G) // 3)
+    _blur_many_tiles_against_one(N, B, lambda: K.kron_rows(1, 90, False, 16, 3 * B, G) == 256)
+
+
 @pytest.mark.parametrize("N, B", [(7, 98305), (20, 8193)])
 def test_blur_tiles_per_program_on_the_gpu(N, B):
     """Launches large enough that a grid program takes four tiles (tiles_per_program: 8193 tiles, the last partial,

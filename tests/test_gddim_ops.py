@@ -308,7 +308,7 @@ def test_blur_kron_rows_move_no_number(monkeypatch, N):
         eps = [torch.randn_like(x) for _ in range(3)]
         outs = {}
         for rows in (K.KRON_ROWS, K.KRON_ROWS_SMALL):
-            monkeypatch.setattr(K, "kron_rows", lambda neps, arch, per_sample=False, T=64, rows=rows: rows)
+            monkeypatch.setattr(K, "kron_rows", lambda neps, arch, per_sample=False, T=64, planes=0, G=1, rows=rows: rows)
             with ops.use_cpu_backend("triton"):
                 outs[rows] = [gops.blur_step(x, eps[:k], 3, bt, basis, stochastic=True, seed=9) for k in (1, 3)]
         assert all(torch.equal(a, b) for a, b in zip(*outs.values()))
@@ -342,6 +342,40 @@ def test_blur_kron_launch_masks_only_its_last_program(monkeypatch, N):
     bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), 3, noise=philox(6, x.shape))
     assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
     assert torch.equal(one, out[:G + 1])
+
+
+@pytest.mark.parametrize("N", [1, 4], ids=["N1-16-planes-a-row", "N4-one-plane-a-row"])
+def test_blur_kron_programs_take_more_rows_at_scale(monkeypatch, N):
+    """Rows 16 wide with one buffer and one timestep: a launch that keeps ≥ MIN_PROGRAMS programs takes 2 or 4 tiles
+    of KRON_ROWS rows a program (kron_row_tiles), fewer programs; sm_80 and several buffers keep one. With
+    MIN_PROGRAMS lowered so that a launch of 4·64·G + 64·G planes (one channel) takes 256 rows a program (two
+    programs, the second partial: SPLIT), the output equals, bit for bit, the launch of 64 rows a program, and meets
+    the float64 reference; stochastic (in-kernel Philox) and deterministic."""
+    from gmm_triton.kernels import blur_step as K
+
+    G = K.kron_planes(N)
+    assert K.kron_row_tiles(2 * 4 * 64 * G * K.MIN_PROGRAMS, G) == 4 and K.kron_row_tiles(2 * 64 * G * 1024, G) == 2
+    assert K.kron_row_tiles(2 * 64 * G * 1024 - 1, G) == 1
+    assert K.kron_rows(1, 90, False, 16, 10**9, G) == 256 and K.kron_rows(1, 100, False, 16, 10**9, G) == 256
+    assert K.kron_rows(1, 80, False, 16, 10**9, G) == 32 and K.kron_rows(2, 90, False, 16, 10**9, G) == 64
+    assert K.kron_rows(1, 90, True, 16, 10**9, G) == 64
+    det, bt, basis = blur_tables(N, lam_order=0)
+    x = torch.randn(5 * 64 * G, 1, N, N)
+    eps = [torch.randn_like(x)]
+    seen, kron = [], K._blur_kron_kernel
+    monkeypatch.setattr(K, "_blur_kron_kernel", type("Spy", (), {"__getitem__": lambda self, grid: (
+        lambda *a, **kw: (seen.append((grid, kw["PB"], kw["SPLIT"])), kron[grid](*a, **kw))[1])})())
+    for table, kw in ((bt, dict(stochastic=True, seed=3)), (det, {})):
+        outs = []
+        for least in (1, 10**9):
+            monkeypatch.setattr(K, "MIN_PROGRAMS", least)
+            with ops.use_cpu_backend("triton"):
+                outs.append(gops.blur_step(x, eps, 3, table, basis, **kw))
+        assert torch.equal(outs[0], outs[1])
+        ref = gref.blur_step(x, eps, table, basis, 3, seed=kw.get("seed"))
+        bound = magnitude(gref.blur_step, x, eps, table, basis.abs(), 3, noise=philox(3, x.shape) if kw else None)
+        assert ((outs[0].double() - ref).abs() <= (2e-6 if kw else 4e-7) * bound).all()
+    assert seen == [((2,), 256, True), ((5,), 64, False)] * 2, seen
 
 
 @pytest.mark.parametrize("N", [1, 2, 3, 4])

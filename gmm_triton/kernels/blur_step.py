@@ -824,10 +824,11 @@ def kron_planes(N: int) -> int:
     return next((g for g in range(fit, 0, -1) if g * N * N % 4 == 0), fit)
 
 
-def kron_rows(neps: int, arch: int, per_sample: bool = False, T: int = 64) -> int:
+def kron_rows(neps: int, arch: int, per_sample: bool = False, T: int = 64, planes: int = 0, G: int = 1) -> int:
     """PB: the rows of a Kronecker tile of width ``T`` (tile_size) for ``neps`` ε buffers on a GPU of compute
     capability ``arch`` (90 for 9.0), with a timestep per sample (``per_sample``) or one a launch. Rows 16 wide
-    (N ≤ 4): KRON_ROWS on sm_90 and sm_100 whatever the buffers and timesteps, and on sm_80 for two or three buffers;
+    (N ≤ 4): KRON_ROWS on sm_90 and sm_100 whatever the buffers and timesteps (with one buffer and one timestep, ×
+    kron_row_tiles for a launch of ``planes`` in rows of G), and on sm_80 for two or three buffers;
     32 on sm_80 for one (64 spilled 4 B there, fp16 / bf16 N = 2; at 32 and 16 rows ptxas spilled 4 B in two
     variants of three buffers, capping the registers at 128 and 96); no spill in any variant of the sweeps at N = 1 …
     4 (RESULTS.md, issue 19).
@@ -842,8 +843,26 @@ def kron_rows(neps: int, arch: int, per_sample: bool = False, T: int = 64) -> in
     At 16 rows none of those spill (the grid takes N = 5, 6, 8 from two buffers, grid_form). The rows of a tile are
     independent planes, so the choice moves no number."""
     if T == KRON_T_SMALL:
+        if arch // 10 in (9, 10) and neps == 1 and not per_sample:
+            return KRON_ROWS * kron_row_tiles(planes, G)
         return KRON_ROWS if arch // 10 in (9, 10) or neps > 1 else 32
     return KRON_ROWS if neps == 1 and not per_sample and arch // 10 in (9, 10) else KRON_ROWS_SMALL
+
+
+KRON_ROW_TILES = 4  # the most wgmma row tiles (KRON_ROWS each) of a Kronecker program 16 wide (kron_row_tiles)
+
+
+def kron_row_tiles(planes: int, G: int) -> int:
+    """How many tiles of KRON_ROWS rows (G planes a row) a Kronecker program 16 wide takes at once (kron_rows: one
+    buffer, one timestep a launch, sm_90 / sm_100): 2 or 4 where the launch of ``planes`` keeps ≥ MIN_PROGRAMS
+    programs, else 1 (a small launch's time is latency: more programs serve it better). A program's own work (its
+    rows' offsets and samples, W's parts, the seed, the products' set-up) is then shared by 2048 or 4096 elements,
+    not 1024: sm_90a bf16 N = 4 67.4 → 53.8 → 47.7 SASS an element, 70 → 88 → 100 % of copy; fp16 N = 1 44.8 → 38.9
+    → 36.2 (RESULTS.md, issue 19). The rows are independent planes: no number moves."""
+    f = 1
+    while f < KRON_ROW_TILES and planes >= 2 * f * KRON_ROWS * G * MIN_PROGRAMS:
+        f *= 2
+    return f
 
 
 def plane_sliced(neps: int, T: int, N: int, arch: int = 90) -> bool:
@@ -1061,7 +1080,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     sliced = not kron and not grid and plane_sliced(len(eps), T, N, arch)
     kperm = kron and kron_kperm(T, tf32x3)  # one switch for Wᵀ's row order and the kernel's (KPERM)
     # Kronecker tiles of PB·T elements: 8 a thread up to one warpgroup (wgmma; more warps duplicate its work)
-    PB = kron_rows(len(eps), arch, per_sample, T=T) if kron else 1
+    PB = kron_rows(len(eps), arch, per_sample, T=T, planes=B * C, G=G) if kron else 1
     warps = max(1, min(4, PB * T // 256)) if kron else plane_warps(T, arch, sliced)
     if kron or grid:  # one offset for every buffer (_blur_kron_kernel, _blur_grid_kernel); the op's are contiguous
         x, eps, noise = x.contiguous(), [t.contiguous() for t in eps], None if noise is None else noise.contiguous()

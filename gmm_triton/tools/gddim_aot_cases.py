@@ -85,16 +85,19 @@ def _drive(c: Gddim):
 
 def blur_case(n: int, dtype=torch.float32) -> aot.Case:
     """The blur step on [B, 3, n, n] planes with Philox noise: B = 64; or, in the grid form, for the most tiles a
-    program takes (tiles_per_program: 8192 tiles of GR·GC planes); or three whole programs of the Kronecker form
-    (KRON_ROWS rows of G planes each: B = KRON_ROWS·G; B = ⌈4·KRON_ROWS·G / 3⌉ had made a fifth program of two rows,
-    charged to the per-element numbers as 1.24x the instructions an element); or, one plane a program on a [16, 16]
-    tile, for the most planes a program takes (planes_per_program: 5462 samples, 16386 planes). Smaller launches take one plane or tile a program: the
-    specialisations of blur-fp32-n16-order2-philox-stochastic's T = 16 and of blur-fp32-n9-philox-devtimestep's grid."""
-    from ..kernels.blur_step import GRID_COLS, GRID_ROWS, KRON_ROWS, MIN_PROGRAMS, PLANES_PER_PROGRAM, \
-        TILES_PER_PROGRAM, grid_form, kron_form, kron_planes, tile_size
+    program takes (tiles_per_program: 8192 tiles of GR·GC planes); in Kronecker rows 16 wide (N ≤ 4), for the most
+    rows a program takes (kron_row_tiles: 2049 whole programs of 4·KRON_ROWS rows of G planes); in rows 64 wide, three
+    whole programs (KRON_ROWS rows of G planes each: B = KRON_ROWS·G; B = ⌈4·KRON_ROWS·G / 3⌉ had made a fifth program
+    of two rows, charged to the per-element numbers as 1.24x the instructions an element); or, one plane a program
+    on a [16, 16] tile, for the most planes a program takes (planes_per_program: 5462 samples, 16386 planes).
+    Smaller launches take one plane or tile a program: the specialisations of blur-fp32-n16-order2-philox-stochastic's T = 16 and of blur-fp32-n9-philox-devtimestep's grid."""
+    from ..kernels.blur_step import GRID_COLS, GRID_ROWS, KRON_ROW_TILES, KRON_ROWS, KRON_T_SMALL, MIN_PROGRAMS, \
+        PLANES_PER_PROGRAM, TILES_PER_PROGRAM, grid_form, kron_form, kron_planes, tile_size
 
     if grid_form(n, 1):
         batch = -(-2 * TILES_PER_PROGRAM * MIN_PROGRAMS * (GRID_ROWS // n) * (GRID_COLS // n) // 3)
+    elif kron_form(n) and tile_size(n) == KRON_T_SMALL:  # the most rows a program takes: 2049 whole programs
+        batch = KRON_ROW_TILES * KRON_ROWS * kron_planes(n) * -(-2 * MIN_PROGRAMS // 3)
     elif kron_form(n):  # three whole programs: 3·B planes, KRON_ROWS·G a program
         batch = KRON_ROWS * kron_planes(n)
     elif tile_size(n) == 16:
