@@ -182,11 +182,11 @@ def test_issue_19_targets_on_paper(matrix):
     Gaussian and every mixture mode, within 1.25x their contiguous launch without spill; CLD at fp16/bf16, orders 0-2,
     at >= 90 % of copy on an H100 under both models; the blur step on tensor cores without spill at every size
     (fp16/bf16/fp32) and with three buffers (order 2) at every tile side, within 80 % of its roofline where the
-    Kronecker rows are whole (with a timestep per sample too at N = 2), for the grid of planes at N = 3, 6, 7, 9 … 12
-    and 17 … 32 (and N = 12 with two buffers, one tile a program), for one plane a program at N = 13 … 16 and the
-    one-buffer wgmma planes of N = 33 … 64, for order 2 at N = 16 … 32 (the grid from 17, and from one plane: N = 20), and for two and three
-    buffers at N = 48 and 64 (the whole plane with Y in a scratch plane); and the throughput the grid form bought for
-    the bf16 grid at N = 28."""
+    Kronecker rows are whole (with a timestep per sample too at N = 2; bf16 at N = 4, 256 rows a program), for the
+    grid of planes at N = 3, 6, 7, 9 … 12 and 17 … 32 (and N = 12 with two buffers, one tile a program), for one
+    plane a program at N = 13 … 16 and the one-buffer wgmma planes of N = 33 … 64, for order 2 at N = 16 … 32 (the
+    grid from 17, and from one plane: N = 20), and for two and three buffers at N = 48 and 64 (the whole plane with
+    Y in a scratch plane); and the throughput the grid form bought for the bf16 grid at N = 28."""
     rows = {(r["case"], r["kernel"]): r for r in matrix if r["target"] == "sm_90a"}
     main = rows[("main-fp16-eps-philox-x0", "_ddim_step_kernel")]
     for D in (1000, 1001, 13467):
