@@ -29,11 +29,11 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
     registers. At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's
     parts once;
   - sliced (_plane_step), for three buffers at T = 32 and two or three at T = 64 (where the grid does not take them:
-    T = 64, sm_80, fp64; not at N = 48, 64 on sm_90, nor with two buffers there on
-    sm_100), and for one at T = 64 on sm_80 (8 warps), where the whole-operand form spilled (three buffers: 24–568 B
-    at sm_90a for N = 17 … 64; two at T = 64: 72–228 B; one on sm_80: 1.8-2.3 KB; with Y in scratch at other N
-    than 48 and 64: 8-180 B, on sm_100a with three buffers 8 B; benchmarks/RESULTS.md, issue 19): each product runs
-    over slices of 16 of its contraction loaded from memory just before their product (the plane's rows or columns, or
+    T = 64, sm_80, fp64; not at N = 48, 64 on sm_90, nor with two buffers there on sm_100), and for one at T = 64 on
+    sm_80 (8 warps), where the whole-operand form spilled (three buffers: 24–568 B at sm_90a for N = 17 … 64; two at
+    T = 64: 72–228 B; one on sm_80: 1.8-2.3 KB; with Y in scratch at other N than 48 and 64: 8-180 B, on sm_100a with
+    three buffers 8 B; benchmarks/RESULTS.md, issue 19): each product runs over slices of 16 of its contraction, up to
+    N (:func:`sliced_extent`), loaded from memory just before their product (the plane's rows or columns, or
     those of a T×T scratch tile of the program's own where V X waits for Vᵀ), the buffers one at a time into Y,
     which waits in a second scratch tile: the registers hold one accumulator and one slice's operands, never a whole
     operand. The scratch tiles (2·T² values a plane) are written and read back by the same program, from L2; the

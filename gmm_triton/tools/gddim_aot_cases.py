@@ -57,7 +57,7 @@ class Gddim:
         # the per-plane kernel's programs loop over PP planes (kernels/blur_step.py planes_per_program)
         loops = (cx["PP"],) if kernel == "_blur_step_kernel" and cx.get("PP", 1) > 1 else \
             (cx["TP"],) if kernel == "_blur_grid_kernel" and cx.get("TP", 1) > 1 else ()
-        if kernel == "_blur_kron_kernel" and cx.get("SPLIT") in (True, "True"):  # the last program masks its loads
+        if kernel == "_blur_kron_kernel" and cx.get("SPLIT"):  # only the last program masks its loads (an edge path)
             return aot.Work(n, {"full": math.prod(grid) - 1, "edge": 1}, loops)
         return aot.Work(n, {"any": math.prod(grid)}, loops)
 
