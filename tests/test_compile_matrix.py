@@ -228,6 +228,11 @@ def test_issue_19_targets_on_paper(matrix):
         "blur-fp16-n64-order2-tensor", "blur-fp32-n20-order2-philox-oneplane"} <= {r["case"] for r in blur}
     sliced = {r["case"]: r for r in blur if r["kernel"] == "_blur_step_kernel"}
     assert sliced["blur-fp32-n33-order2-philox-stochastic"]["launch"]["constexprs"]["SLICED"] == "True"
+    # the sliced plane holds each transform's first product for its second on wgmma (plane_held), not on sm_80
+    held = [r for r in matrix if r["case"] == "blur-fp32-n33-order2-philox-stochastic"
+            and r["kernel"] == "_blur_step_kernel"]
+    assert {r["target"]: r["launch"]["constexprs"]["HELD"] for r in held} == {
+        "sm_80": "False", "sm_90a": "True", "sm_100a": "True"}, held
     one = [r for r in matrix if r["case"] == "blur-fp32-n20-order2-philox-oneplane" and r["kernel"].startswith("_blur")]
     assert {r["target"]: r["kernel"] for r in one} == {"sm_80": "_blur_step_kernel", "sm_90a": "_blur_grid_kernel",
                                                         "sm_100a": "_blur_grid_kernel"}, one

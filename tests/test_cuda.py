@@ -277,7 +277,8 @@ def test_blur_on_tensor_cores_meets_the_fp32_bound(N, buffers):
     CPU tests hold every fp32 implementation to (4e-7 × the same maths on |inputs|), at every form and size: one ε
     buffer (the grid form at N = 3, 6, 7, 9 … 12, 17, 20, 28, 32 on sm_90 / sm_100: 213 planes at N = 3 and 51 at 6,
     a tile of planes and a partial one) and three (the grid, one tile a program, at N = 5, 6, 8, 17, 20, 28, 32 on
-    sm_90 / sm_100; one plane a program; Kronecker tiles of 16 rows at N = 1 … 3 and on sm_80)."""
+    sm_90 / sm_100; one plane a program; Kronecker tiles of 16 rows at N = 1 … 3 and on sm_80; the sliced plane at N
+    = 33, each transform's first product held for its second on sm_90 / sm_100: plane_held)."""
     from gmm_triton.gddim import engine as E, ops as gops, reference as gref
     from gmm_triton.gddim.blur import BlurProcess
     from gmm_triton.gddim.tables import blur_table

@@ -268,6 +268,40 @@ def test_blur_sliced_plane_leaves_out_the_slices_past_n(monkeypatch, N):
     assert ((outs[0].double() - ref).abs() <= 2e-6 * bound).all()
 
 
+@pytest.mark.parametrize("N, k", [(33, 2), (40, 3)], ids=["N33-2-buffers-noise-prepass", "N40-3-buffers-philox"])
+def test_blur_sliced_plane_holds_the_first_product_on_wgmma(monkeypatch, N, k):
+    """On wgmma GPUs (sm_90, sm_100) the sliced plane at T = 64 runs only each transform's first product by slices and
+    takes its accumulator, held in registers, as the whole first operand of the second (plane_held: HELD, one scratch
+    tile a plane, Y's); sm_80 keeps both products by slices through a staging tile. Four planes a launch (each
+    program's scratch tile its own), two and three buffers, the noise pre-pass (N = 33) and in-kernel Philox (N =
+    40): each launch meets the float64 reference within the fp32 bound, and the two forms differ only within it
+    (the same sums in another order, _kperm)."""
+    from gmm_triton.kernels import blur_step as K
+
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(2, 2, N, N)
+    eps = [torch.randn_like(x) for _ in range(k)]
+    rows = torch.tensor([1, 4])
+    ref = gref.blur_step(x, eps, bt, basis, rows, seed=9)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(9, x.shape))
+    real_held, real_empty = K.plane_held, torch.empty
+    outs = {}
+    for arch in (90, 100, 80):
+        seen, scratch = [], []
+        monkeypatch.setattr(K, "_arch", lambda device, a=arch: a)
+        monkeypatch.setattr(K, "plane_held", lambda *a: seen.append(real_held(*a)) or seen[-1])
+        monkeypatch.setattr(K.torch, "empty", lambda *a, **kw: scratch.append(a) or real_empty(*a, **kw))
+        with ops.use_cpu_backend("triton"):
+            outs[arch] = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=9)
+        monkeypatch.undo()
+        assert K.plane_sliced(k, 64, N, arch)
+        assert seen == [arch != 80], (arch, seen)
+        assert ((2, 2, 1 if arch != 80 else 2, 64, 64),) in scratch, (arch, scratch)
+        assert ((outs[arch].double() - ref).abs() <= 2e-6 * bound).all(), arch
+    assert torch.equal(outs[90], outs[100])
+    assert not torch.equal(outs[90], outs[80])  # another order of the same sums: not bit for bit
+
+
 @pytest.mark.parametrize("N", [33, 48], ids=["N33-noise-prepass", "N48-philox-in-kernel"])
 def test_blur_sm80_takes_the_sliced_plane_for_one_buffer_at_t64(monkeypatch, N):
     """On sm_80 (mma.sync) one buffer at T = 64 runs the sliced plane with 8 warps (plane_sliced, plane_warps: the

@@ -37,7 +37,10 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
     those of a T×T scratch tile of the program's own where V X waits for Vᵀ), the buffers one at a time into Y,
     which waits in a second scratch tile: the registers hold one accumulator and one slice's operands, never a whole
     operand. The scratch tiles (2·T² values a plane) are written and read back by the same program, from L2; the
-    price is memory-instruction work (the launch is LSU-bound), paid only where the other form spills.
+    price is memory-instruction work (the launch is LSU-bound), paid only where the other form spills. On wgmma GPUs
+    at T = 64 (:func:`plane_held`) only each transform's first product runs by slices: its accumulator, held in
+    registers, is the whole first operand of the second (as in the whole-operand form, _kperm), which spares the
+    staging tile and its round trip through memory (one scratch tile, Y's, a plane).
 
 In the grid and the whole-operand plane forms the second product of each transform takes the first's accumulator as
 its first operand, with the columns of each group of eight in the order a tf32 accumulator holds them (_kperm) and
@@ -332,14 +335,22 @@ def _tile(T: tl.constexpr):
 
 
 @triton.jit
-def _plane_term(ptr, base, cp, k, bp, scr, N, poison, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr,
-                KN: tl.constexpr):
-    """Y (the scratch's second tile; ``poison`` for k = 0, where it is not yet written) += (plane k of the table row)
+def _plane_term(ptr, base, cp, k, bp, br, scr, N, poison, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr,
+                KN: tl.constexpr, HELD: tl.constexpr):
+    """Y (the scratch's last tile; ``poison`` for k = 0, where it is not yet written) += (plane k of the table row)
     ⊙ V X Vᵀ, X the buffer's plane at ptr + base: V X from X's rows, staged through the scratch's first tile, times
-    Vᵀ. Y stays in memory between the buffers (a tile in registers through every product spilled on mma.sync)."""
-    _stage(scr, _product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT, KN), T)
-    f = _padded(cp, k, 0, T, T).to(CT) * _product(scr, 0, bp, 1, N, False, False, TF32X3, T, CT, KN)
-    y = scr + T * T + _tile(T)
+    Vᵀ; with HELD (:func:`plane_held`) V X held in registers, the whole first operand of its product with Vᵀ (its
+    parts at br, rows in _kperm's order), no staging. Y stays in memory between the buffers (a tile in registers
+    through every product spilled on mma.sync, and with HELD 124-148 B on sm_90a)."""
+    if HELD:
+        g = _mm(_operand(_product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT, KN), TF32X3), br, 1, False,
+                TF32X3, T, False, False, BT=True)
+        tl.debug_barrier()  # the table plane's loads below the products (registers, as in _term)
+        f = _padded(cp, k, 0, T, T).to(CT) * g
+    else:
+        _stage(scr, _product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT, KN), T)
+        f = _padded(cp, k, 0, T, T).to(CT) * _product(scr, 0, bp, 1, N, False, False, TF32X3, T, CT, KN)
+    y = scr + (0 if HELD else T * T) + _tile(T)
     if k == 0:
         tl.store(y, f + poison)
     else:
@@ -347,26 +358,29 @@ def _plane_term(ptr, base, cp, k, bp, scr, N, poison, TF32X3: tl.constexpr, T: t
 
 
 @triton.jit
-def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, seed, x_off, e0_off, e1_off, e2_off, z_off,
-                p_off, cp, poison, N, NEPS: tl.constexpr, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
-                FAST: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr, KN: tl.constexpr):
+def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, br, seed, x_off, e0_off, e1_off, e2_off,
+                z_off, p_off, cp, poison, N, NEPS: tl.constexpr, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
+                FAST: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr, KN: tl.constexpr,
+                HELD: tl.constexpr):
     """One N×N plane (b, c): Y = A ⊙ V X Vᵀ + Σ_j B_j ⊙ V ε_j Vᵀ, the buffers one at a time (one transform's
     registers live at once), then out = Vᵀ (Y + S ⊙ n) V, the noise joining Y slice by slice as the first inverse
     product loads it (a slice of normals at a time, not a tile held through the products). ``scr``: the program's
-    two T×T scratch tiles (a staged product, Y). ``p_off``: the plane's flat index (the noise's counters, the
-    output's offset); ``cp``: the sample's row of the padded table; ``poison`` (NaN for an invalid row) rides
-    through every product."""
-    _plane_term(x_ptr, x_off, cp, 0, bp, scr, N, poison, TF32X3, T, CT, KN)
-    _plane_term(e0_ptr, e0_off, cp, 1, bp, scr, N, poison, TF32X3, T, CT, KN)
+    two T×T scratch tiles (a staged product, Y), one (Y) with HELD, where each transform's second product takes the
+    first's accumulator from registers (_plane_term; its right matrix's parts at br). ``p_off``: the plane's flat
+    index (the noise's counters, the output's offset); ``cp``: the sample's row of the padded table; ``poison`` (NaN
+    for an invalid row) rides through every product."""
+    _plane_term(x_ptr, x_off, cp, 0, bp, br, scr, N, poison, TF32X3, T, CT, KN, HELD)
+    _plane_term(e0_ptr, e0_off, cp, 1, bp, br, scr, N, poison, TF32X3, T, CT, KN, HELD)
     if NEPS > 1:
-        _plane_term(e1_ptr, e1_off, cp, 2, bp, scr, N, poison, TF32X3, T, CT, KN)
+        _plane_term(e1_ptr, e1_off, cp, 2, bp, br, scr, N, poison, TF32X3, T, CT, KN, HELD)
     if NEPS > 2:
-        _plane_term(e2_ptr, e2_off, cp, 3, bp, scr, N, poison, TF32X3, T, CT, KN)
+        _plane_term(e2_ptr, e2_off, cp, 3, bp, br, scr, N, poison, TF32X3, T, CT, KN, HELD)
     tl.debug_barrier()
     acc = tl.zeros((T, T), dtype=CT)  # Vᵀ (Y + S ⊙ n), by slices of Y's rows below KN
     for k0 in tl.static_range(0, KN, _KC):
         tl.debug_barrier()  # as in _product
-        t = tl.load(scr + T * T + (k0 + tl.arange(0, _KC)[:, None]) * T + tl.arange(0, T)[None, :])
+        t = tl.load(scr + (0 if HELD else T * T) + (k0 + tl.arange(0, _KC)[:, None]) * T
+                    + tl.arange(0, T)[None, :])
         if NOISE != NOISE_NONE:
             if NOISE == NOISE_PHILOX:  # normal_rows's normals come negated
                 n = -normal_rows(seed, p_off + (k0 + tl.arange(0, _KC)[:, None]) * N, T, STREAM_NOISE, ALIGNED4,
@@ -376,8 +390,11 @@ def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, seed, x_
                 n = tl.load(z_ptr + off, mask=m, other=0.0).to(CT)
             t += _padded(cp, _PLANES - 1, k0, _KC, T).to(CT) * n  # zero outside the plane
         acc = _mm_slice(acc, t, bp, k0, 1, True, TF32X3, T)
-    _stage(scr, acc, T)
-    out = _product(scr, 0, bp, 0, N, False, False, TF32X3, T, CT, KN)
+    if HELD:  # (Vᵀ (Y + S ⊙ n)) V, the first product's accumulator the second's whole first operand
+        out = _mm(_operand(acc, TF32X3), br, 0, False, TF32X3, T, False, False, BT=True)
+    else:
+        _stage(scr, acc, T)
+        out = _product(scr, 0, bp, 0, N, False, False, TF32X3, T, CT, KN)
     tl.debug_barrier()
     off, m = _block(p_off, 0, 0, T, T, N)
     tl.store(out_ptr + off, out.to(out_ptr.dtype.element_ty), mask=m)
@@ -601,17 +618,18 @@ def _blur_step_kernel(
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr, SLICED: tl.constexpr, PP: tl.constexpr,
-    YSCR: tl.constexpr = False, KN: tl.constexpr = 0,
+    YSCR: tl.constexpr = False, KN: tl.constexpr = 0, HELD: tl.constexpr = False,
 ):
     """N > KRON_MAX (and N = 7): planes PP·k … PP·k + PP - 1 (flat index b·C + c) of program k, one at a time on a
     [T, T] tile. SLICED (:func:`plane_sliced`): the products by slices (_plane_step), with two T×T scratch tiles of
     the plane's own at scr_ptr and the table's planes zero-padded to T×T (_table), the contractions' slices only
-    below KN (N rounded up to 16: at T = 64 the last slice, past N ≤ 48, is all zeros). Otherwise whole operands
+    below KN (N rounded up to 16: at T = 64 the last slice, past N ≤ 48, is all zeros); HELD (:func:`plane_held`):
+    only the first product of each transform by slices, one scratch tile (Y) a plane. Otherwise whole operands
     (_step): masked loads (LMASK) where N is a multiple of 16, clamped addresses otherwise; scr_ptr is read only with
     YSCR (:func:`plane_y_scratch`; one plane a program), an N×N plane a program;
     the products take V's parts from the left at bp, from the right at br (its rows in _kperm's order for tf32x3:
-    _fwd; the sliced form reads bp only); PRE: the transform matrices read once for all the program's planes
-    (:func:`_preload`)."""
+    _fwd; the sliced form reads br only with HELD); PRE: the transform matrices read once for all the program's
+    planes (:func:`_preload`)."""
     check_noise_code(NOISE)
     plane = N * N
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
@@ -631,10 +649,10 @@ def _blur_step_kernel(
         row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
         poison = tl.where(valid, 0.0, float("nan")).to(CT)
         if SLICED:
-            _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr + p * 2 * T * T, bp, seed,
-                        b * x_bs + c * plane, b * e0_bs + c * plane, b * e1_bs + c * plane, b * e2_bs + c * plane,
-                        b * z_bs + c * plane, p * plane, coef_ptr + row * _PLANES * T * T, poison, N, NEPS, NOISE,
-                        ALIGNED4, FAST, TF32X3, T, CT, KN)
+            _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr + p * (1 if HELD else 2) * T * T, bp,
+                        br, seed, b * x_bs + c * plane, b * e0_bs + c * plane, b * e1_bs + c * plane,
+                        b * e2_bs + c * plane, b * z_bs + c * plane, p * plane, coef_ptr + row * _PLANES * T * T,
+                        poison, N, NEPS, NOISE, ALIGNED4, FAST, TF32X3, T, CT, KN, HELD)
         else:
             ii = tl.arange(0, T)[:, None]
             jj = tl.arange(0, T)[None, :]
@@ -899,6 +917,21 @@ def sliced_extent(N: int) -> int:
     return -(-N // 16) * 16
 
 
+def plane_held(T: int, arch: int, tf32x3: bool) -> bool:
+    """Whether the sliced plane (plane_sliced) holds each transform's first product in registers as the whole first
+    operand of its second (_plane_term's HELD; the whole-operand form's _kperm, V's parts in its order), only the first
+    product by slices: at T = 64 on wgmma GPUs (sm_90, sm_100) for tf32x3. The staged product's round trip through
+    the program's scratch tile (stores, loads of its slices, and their layout conversions through shared memory) is
+    gone: sm_90a fp32 N = 33, three buffers, 530.8 → 485.9 SASS an element, LSU 384 → 315 lane slots, 15.4 → 18.8 %
+    of copy (44.0 → 62.7 % of its roofline, which grew with the whole second product's padded contraction); no spill
+    in any of the 96 variants of N = 33, 40, 47, 63 with two and three buffers (sm_90a) nor in those of sm_100a
+    (RESULTS.md, issue 19). On mma.sync (sm_80) a whole second operand is every warp's, in registers (one buffer's
+    whole form spilled 1.8-2.3 KB there); fp64 keeps the slices too. The same sums over the contraction in another
+    order (_kperm) and zero terms past N added: the numbers move within rounding (both forms meet the float64
+    reference within the fp32 bound)."""
+    return tf32x3 and T == 64 and arch // 10 in (9, 10)
+
+
 def plane_y_scratch(neps: int, T: int, N: int, arch: int = 90) -> bool:
     """Whether a per-plane launch with two or three buffers at T = 64 runs the whole-operand form with Y in a scratch
     plane between the buffers' products (_step's YSCR): where it is not sliced (plane_sliced: N = 48, 64 on sm_90,
@@ -1118,8 +1151,10 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         # the whole-operand form reads none otherwise
         yscr = plane_y_scratch(len(eps), T, N, arch)
         assert not yscr or pp == 1, pp  # (the kernel addresses the scratch by program)
-        scr = torch.empty((B, C, 2, T, T) if sliced else (B, C, N, N), device=x.device,
+        held = sliced and plane_held(T, arch, tf32x3)  # the sliced plane's scratch: Y's tile, and a staging tile
+        scr = torch.empty((B, C, 1 if held else 2, T, T) if sliced else (B, C, N, N), device=x.device,
                           dtype=torch.float32 if tf32x3 else torch.float64) if sliced or yscr else coef
         _blur_step_kernel[(triton.cdiv(B * C, pp),)](
             *ptrs[:6], scr, *ptrs[6:], C, N, *strides, B * C, ALIGNED4=aligned4, num_warps=warps,
-            LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, KN=sliced_extent(N) if sliced else 0, **common)
+            LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, KN=sliced_extent(N) if sliced else 0, HELD=held,
+            **common)
