@@ -924,8 +924,8 @@ def plane_held(T: int, arch: int, tf32x3: bool) -> bool:
     the program's scratch tile (stores, loads of its slices, and their layout conversions through shared memory) is
     gone: sm_90a fp32 N = 33, three buffers, 530.8 → 485.9 SASS an element, LSU 384 → 315 lane slots, 15.4 → 18.8 %
     of copy (44.0 → 62.7 % of its roofline, which grew with the whole second product's padded contraction); no spill
-    in any of the 96 variants of N = 33, 40, 47, 63 with two and three buffers (sm_90a) nor in those of sm_100a
-    (RESULTS.md, issue 19). On mma.sync (sm_80) a whole second operand is every warp's, in registers (one buffer's
+    in any of the 96 variants of N = 33, 40, 47, 63 with two and three buffers (sm_90a: 58-68 % of their roofline,
+    40-52 % before) nor in 72 of sm_100a (RESULTS.md, issue 19). On mma.sync (sm_80) a whole second operand is every warp's, in registers (one buffer's
     whole form spilled 1.8-2.3 KB there); fp64 keeps the slices too. The same sums over the contraction in another
     order (_kperm) and zero terms past N added: the numbers move within rounding (both forms meet the float64
     reference within the fp32 bound)."""
