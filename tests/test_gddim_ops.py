@@ -245,10 +245,11 @@ def test_blur_plane_forms_both_match_the_reference(monkeypatch, N):
 
 @pytest.mark.parametrize("N", [33, 40], ids=["N33-noise-prepass", "N40-philox-in-kernel"])
 def test_blur_sliced_plane_leaves_out_the_slices_past_n(monkeypatch, N):
-    """The sliced plane (three buffers at T = 64 where N is not a multiple of 16) runs each product's contraction
+    """The sliced plane (three buffers at T = 64 where N is not a multiple of 16) runs its sliced products' contraction
     only to N rounded up to 16 (sliced_extent: 48 here, of 64): the slices it leaves out hold only zeros of the padded
     matrices, so the output equals, bit for bit, that of all four slices, and meets the float64 reference, with the
-    noise pre-pass (N = 33) and in-kernel Philox (N = 40)."""
+    noise pre-pass (N = 33) and in-kernel Philox (N = 40); launched as on sm_90 (the first products by slices, the
+    second whole: plane_held) and on sm_80 (every product by slices)."""
     from gmm_triton.kernels import blur_step as K
 
     assert K.plane_sliced(3, 64, N) and K.sliced_extent(N) == 48
@@ -256,16 +257,20 @@ def test_blur_sliced_plane_leaves_out_the_slices_past_n(monkeypatch, N):
     x = torch.randn(1, 2, N, N)
     eps = [torch.randn_like(x) for _ in range(3)]
     rows = torch.tensor([2])
-    outs, seen = [], []
-    for extent in (K.sliced_extent, lambda n: 64):
-        monkeypatch.setattr(K, "sliced_extent", lambda n, f=extent: seen.append(f(n)) or seen[-1])
-        with ops.use_cpu_backend("triton"):
-            outs.append(gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=12))
-    assert seen == [48, 64]
-    assert torch.equal(outs[0], outs[1])
     ref = gref.blur_step(x, eps, bt, basis, rows, seed=12)
     bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(12, x.shape))
-    assert ((outs[0].double() - ref).abs() <= 2e-6 * bound).all()
+    real_extent = K.sliced_extent
+    for arch in (90, 80):
+        outs, seen = [], []
+        for extent in (real_extent, lambda n: 64):
+            monkeypatch.setattr(K, "_arch", lambda device, a=arch: a)
+            monkeypatch.setattr(K, "sliced_extent", lambda n, f=extent: seen.append(f(n)) or seen[-1])
+            with ops.use_cpu_backend("triton"):
+                outs.append(gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=12))
+            monkeypatch.undo()
+        assert seen == [48, 64], arch
+        assert torch.equal(outs[0], outs[1]), arch
+        assert ((outs[0].double() - ref).abs() <= 2e-6 * bound).all(), arch
 
 
 @pytest.mark.parametrize("N, k", [(33, 2), (40, 3)], ids=["N33-2-buffers-noise-prepass", "N40-3-buffers-philox"])
@@ -298,8 +303,10 @@ def test_blur_sliced_plane_holds_the_first_product_on_wgmma(monkeypatch, N, k):
         assert seen == [arch != 80], (arch, seen)
         assert ((2, 1, 1 if arch != 80 else 2, 64, 64),) in scratch, (arch, scratch)
         assert ((outs[arch].double() - ref).abs() <= 2e-6 * bound).all(), arch
-    assert torch.equal(outs[90], outs[100])
     assert not torch.equal(outs[90], outs[80])  # another order of the same sums: not bit for bit
+    # only tf32x3 at T = 64 on wgmma: fp64 (DMMA) and T = 32 (sm_80's three buffers) keep both products sliced
+    assert [K.plane_held(T, a, t) for T, a, t in ((64, 90, True), (64, 100, True), (64, 90, False), (32, 90, True),
+                                                   (64, 80, True))] == [True, True, False, False, False]
 
 
 @pytest.mark.parametrize("N", [33, 48], ids=["N33-noise-prepass", "N48-philox-in-kernel"])

@@ -37,10 +37,10 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
     those of a T×T scratch tile of the program's own where V X waits for Vᵀ), the buffers one at a time into Y,
     which waits in a second scratch tile: the registers hold one accumulator and one slice's operands, never a whole
     operand. The scratch tiles (2·T² values a plane) are written and read back by the same program, from L2; the
-    price is memory-instruction work (the launch is LSU-bound), paid only where the other form spills. On wgmma GPUs
-    at T = 64 (:func:`plane_held`) only each transform's first product runs by slices: its accumulator, held in
-    registers, is the whole first operand of the second (as in the whole-operand form, _kperm), which spares the
-    staging tile and its round trip through memory (one scratch tile, Y's, a plane).
+    price is memory-instruction work (the launch is LSU-bound), paid only where the other form spills. On wgmma GPUs at
+    T = 64 with tf32x3 (:func:`plane_held`) only each transform's first product runs by slices: its accumulator, held in
+    registers, is the whole first operand of the second (as in the whole-operand form, _kperm), which spares the staging
+    tile and its round trip through memory (one scratch tile, Y's, a plane).
 
 In the grid and the whole-operand plane forms the second product of each transform takes the first's accumulator as
 its first operand, with the columns of each group of eight in the order a tf32 accumulator holds them (_kperm) and
@@ -341,7 +341,7 @@ def _plane_term(ptr, base, cp, k, bp, br, scr, N, poison, TF32X3: tl.constexpr, 
     ⊙ V X Vᵀ, X the buffer's plane at ptr + base: V X from X's rows, staged through the scratch's first tile, times
     Vᵀ; with HELD (:func:`plane_held`) V X held in registers, the whole first operand of its product with Vᵀ (its
     parts at br, rows in _kperm's order), no staging. Y stays in memory between the buffers (a tile in registers
-    through every product spilled on mma.sync, and with HELD 124-148 B on sm_90a)."""
+    through every product spilled on mma.sync, and with HELD 96-148 B on sm_90a)."""
     if HELD:
         g = _mm(_operand(_product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT, KN), TF32X3), br, 1, False,
                 TF32X3, T, False, False, BT=True)
@@ -920,15 +920,15 @@ def sliced_extent(N: int) -> int:
 def plane_held(T: int, arch: int, tf32x3: bool) -> bool:
     """Whether the sliced plane (plane_sliced) holds each transform's first product in registers as the whole first
     operand of its second (_plane_term's HELD; the whole-operand form's _kperm, V's parts in its order), only the first
-    product by slices: at T = 64 on wgmma GPUs (sm_90, sm_100) for tf32x3. The staged product's round trip through
-    the program's scratch tile (stores, loads of its slices, and their layout conversions through shared memory) is
-    gone: sm_90a fp32 N = 33, three buffers, 530.8 → 485.9 SASS an element, LSU 384 → 315 lane slots, 15.4 → 18.8 %
-    of copy (44.0 → 62.7 % of its roofline, which grew with the whole second product's padded contraction); no spill
-    in any of the 96 variants of N = 33, 40, 47, 63 with two and three buffers (sm_90a: 58-68 % of their roofline,
-    40-52 % before) nor in 72 of sm_100a (RESULTS.md, issue 19). On mma.sync (sm_80) a whole second operand is every warp's, in registers (one buffer's
-    whole form spilled 1.8-2.3 KB there); fp64 keeps the slices too. The same sums over the contraction in another
-    order (_kperm) and zero terms past N added: the numbers move within rounding (both forms meet the float64
-    reference within the fp32 bound)."""
+    product by slices: at T = 64 on wgmma GPUs (sm_90, sm_100) for tf32x3. The staged product's round trip through the
+    program's scratch tile (stores, loads of its slices, and their layout conversions through shared memory) is gone:
+    sm_90a fp32 N = 33, three buffers, 530.8 → 485.9 SASS an element, LSU 384 → 315 lane slots, 15.4 → 18.8 % of copy
+    (44.0 → 62.7 % of its roofline, whose tensor time grew with the whole second product's padded contraction); no spill
+    in any of the 96 variants of N = 33, 40, 47, 63 with two and three buffers (sm_90a: 58-68 % of their roofline, 40-52
+    % before) nor in 72 of sm_100a (RESULTS.md, issue 19). On mma.sync (sm_80) a whole second operand is every warp's,
+    in registers (one buffer's whole form spilled 1.8-2.3 KB there); fp64 keeps the slices too. The same sums over the
+    contraction in another order (_kperm) and zero terms past N added: the numbers move within rounding (both forms meet
+    the float64 reference within the fp32 bound)."""
     return tf32x3 and T == 64 and arch // 10 in (9, 10)
 
 
@@ -1147,8 +1147,8 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
             SPLIT=G * N * N == T and B * C % (G * PB) != 0 and B * C > G * PB)  # (one program: no full program)
     else:
         pp = planes_per_program(B * C, T, sliced, tf32x3)
-        # each program's two scratch tiles (_plane_step), or its plane for Y (plane_y_scratch), in the compute type;
-        # the whole-operand form reads none otherwise
+        # each plane's two scratch tiles (_plane_step; one, Y's, where it holds its first products: plane_held), or a
+        # program's plane for Y (plane_y_scratch), in the compute type; the whole-operand form reads none otherwise
         yscr = plane_y_scratch(len(eps), T, N, arch)
         assert not yscr or pp == 1, pp  # (the kernel addresses the scratch by program)
         held = sliced and plane_held(T, arch, tf32x3)  # the sliced plane's scratch: Y's tile, and a staging tile
