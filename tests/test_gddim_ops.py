@@ -489,25 +489,25 @@ def test_blur_planes_per_program_policy():
 @pytest.mark.parametrize("N", [16, 13, 7], ids=["N16-masked", "N13-clamped", "N7-noise-prepass"])
 def test_blur_planes_per_program_move_no_number(monkeypatch, N):
     """Planes a program (planes_per_program, with MIN_PROGRAMS lowered so that a small launch takes 2, 4 and 8)
-    give the bits of one plane a program: 11 samples × 3 channels, so the last programs repeat the last plane; one
+    give the bits of one plane a program: 5 samples × 3 channels, so the last programs repeat the last plane; one
     buffer and three, in-kernel noise (N = 16) and the noise pre-pass (N = 13, 7; fewer planes than a grid tile at
     N = 7); and meet the float64 reference."""
     from gmm_triton.kernels import blur_step as K
 
     _, bt, basis = blur_tables(N, lam_order=2)
-    x = torch.randn(11, 3, N, N)
+    x = torch.randn(5, 3, N, N)
     eps = [torch.randn_like(x) for _ in range(3)]
-    rows = torch.randint(0, 5, (11,))
+    rows = torch.randint(0, 5, (5,))
     seen, outs = [], {}
     real = K.planes_per_program
     monkeypatch.setattr(K, "planes_per_program", lambda *a: seen.append(real(*a)) or seen[-1])
-    for m in (10**9, 16, 8, 4):  # 33 planes: PP = 1, 2, 4, 8 (the largest PP ≤ 8 with 33 ≥ PP·m)
+    for m in (10**9, 4, 2, 1):  # 15 planes: PP = 1, 2, 4, 8 (the largest PP ≤ 8 with 15 ≥ PP·m)
         monkeypatch.setattr(K, "MIN_PROGRAMS", m)
         with ops.use_cpu_backend("triton"):
             outs[m] = [gops.blur_step(x, eps[:k], rows, bt, basis, stochastic=True, seed=4) for k in (1, 3)]
     assert seen == [1, 1, 2, 2, 4, 4, 8, 8]
     assert all(torch.equal(a, b) for o in outs.values() for a, b in zip(outs[10**9], o))
-    out = outs[4][1]
+    out = outs[1][1]
     ref = gref.blur_step(x, eps, bt, basis, rows, seed=4)
     bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(4, x.shape))
     assert ((out.double() - ref).abs() <= 2e-6 * bound).all()
@@ -536,14 +536,14 @@ def test_blur_grid_form_matches_the_reference_and_one_plane_a_program(monkeypatc
     deterministic with per-sample rows (planes of different samples share a tile), stochastic (in-kernel Philox at N
     = 12 and 20, with one timestep: the coefficients' runs of four, asserted under the interpreter, their padding
     columns wrapping in the second plane column at N = 12; the noise pre-pass at 3, 7 and 10) and with a noise
-    tensor; 22 samples × 2 channels, 44 planes (110 samples, 220 planes at N = 3), so that the last tile is partial
-    (210, 36, 18, 10 and 3 planes a tile); a sample batch with a stride (the launcher makes it contiguous)."""
+    tensor; 2 channels of 110, 22, 11, 7 and 4 samples (220, 44, 22, 14 and 8 planes), so that the last tile is
+    partial (210, 36, 18, 10 and 3 planes a tile); a sample batch with a stride (the launcher makes it contiguous)."""
     from gmm_triton.kernels import blur_step as K
 
     assert K.grid_form(N, 2) and K.grid_form(N, 3) == (N >= 17)  # three buffers: N = 17 … 32 only
     bt, bt_lam, basis = blur_tables(N)
     bt_lam2 = blur_tables(N, lam_order=2)[1]  # stochastic order 2: every B_j plane non-zero
-    B = 110 if N == 3 else 22
+    B = {3: 110, 7: 22, 10: 11, 12: 7, 20: 4}[N]  # the interpreter's time goes with the planes
     x = torch.randn(B, 5, N, N)[:, 1:3]
     eps = [torch.randn(B, 2, N, N) for _ in range(3)]
     rows, z = torch.randint(0, 5, (B,)), torch.randn(B, 2, N, N)
