@@ -335,22 +335,22 @@ def _tile(T: tl.constexpr):
 
 
 @triton.jit
-def _plane_term(ptr, base, cp, k, bp, br, scr, N, poison, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr,
-                KN: tl.constexpr, HELD: tl.constexpr):
-    """Y (the scratch's last tile; ``poison`` for k = 0, where it is not yet written) += (plane k of the table row)
-    ⊙ V X Vᵀ, X the buffer's plane at ptr + base: V X from X's rows, staged through the scratch's first tile, times
-    Vᵀ; with HELD (:func:`plane_held`) V X held in registers, the whole first operand of its product with Vᵀ (its
-    parts at br, rows in _kperm's order), no staging. Y stays in memory between the buffers (a tile in registers
-    through every product spilled on mma.sync, and with HELD 96-148 B on sm_90a)."""
+def _plane_term(ptr, base, cp, k, bp, br, scr, ys, N, poison, TF32X3: tl.constexpr, T: tl.constexpr,
+                CT: tl.constexpr, KN: tl.constexpr, HELD: tl.constexpr):
+    """Y (the tile at ys, the scratch's last; ``poison`` for k = 0, where it is not yet written) += (plane k of the
+    table row) ⊙ V X Vᵀ, X the buffer's plane at ptr + base: V X from X's rows, staged through the scratch's first tile,
+    times Vᵀ; with HELD (:func:`plane_held`) V X held in registers, the whole first operand of its product with Vᵀ (its
+    parts at br, rows in _kperm's order), no staging. Y stays in memory between the buffers (a tile in registers through
+    every product spilled on mma.sync, and with HELD 96-148 B on sm_90a)."""
+    w = _product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT, KN)  # V X
     if HELD:
-        g = _mm(_operand(_product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT, KN), TF32X3), br, 1, False,
-                TF32X3, T, False, False, BT=True)
+        g = _mm(_operand(w, TF32X3), br, 1, False, TF32X3, T, False, False, BT=True)
         tl.debug_barrier()  # the table plane's loads below the products (registers, as in _term)
         f = _padded(cp, k, 0, T, T).to(CT) * g
     else:
-        _stage(scr, _product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT, KN), T)
+        _stage(scr, w, T)
         f = _padded(cp, k, 0, T, T).to(CT) * _product(scr, 0, bp, 1, N, False, False, TF32X3, T, CT, KN)
-    y = scr + (0 if HELD else T * T) + _tile(T)
+    y = ys + _tile(T)
     if k == 0:
         tl.store(y, f + poison)
     else:
@@ -369,18 +369,18 @@ def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, br, seed
     first's accumulator from registers (_plane_term; its right matrix's parts at br). ``p_off``: the plane's flat
     index (the noise's counters, the output's offset); ``cp``: the sample's row of the padded table; ``poison`` (NaN
     for an invalid row) rides through every product."""
-    _plane_term(x_ptr, x_off, cp, 0, bp, br, scr, N, poison, TF32X3, T, CT, KN, HELD)
-    _plane_term(e0_ptr, e0_off, cp, 1, bp, br, scr, N, poison, TF32X3, T, CT, KN, HELD)
+    ys = scr + (0 if HELD else T * T)  # Y's tile: the last of the plane's scratch
+    _plane_term(x_ptr, x_off, cp, 0, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD)
+    _plane_term(e0_ptr, e0_off, cp, 1, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD)
     if NEPS > 1:
-        _plane_term(e1_ptr, e1_off, cp, 2, bp, br, scr, N, poison, TF32X3, T, CT, KN, HELD)
+        _plane_term(e1_ptr, e1_off, cp, 2, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD)
     if NEPS > 2:
-        _plane_term(e2_ptr, e2_off, cp, 3, bp, br, scr, N, poison, TF32X3, T, CT, KN, HELD)
+        _plane_term(e2_ptr, e2_off, cp, 3, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD)
     tl.debug_barrier()
     acc = tl.zeros((T, T), dtype=CT)  # Vᵀ (Y + S ⊙ n), by slices of Y's rows below KN
     for k0 in tl.static_range(0, KN, _KC):
         tl.debug_barrier()  # as in _product
-        t = tl.load(scr + (0 if HELD else T * T) + (k0 + tl.arange(0, _KC)[:, None]) * T
-                    + tl.arange(0, T)[None, :])
+        t = tl.load(ys + (k0 + tl.arange(0, _KC)[:, None]) * T + tl.arange(0, T)[None, :])
         if NOISE != NOISE_NONE:
             if NOISE == NOISE_PHILOX:  # normal_rows's normals come negated
                 n = -normal_rows(seed, p_off + (k0 + tl.arange(0, _KC)[:, None]) * N, T, STREAM_NOISE, ALIGNED4,
