@@ -598,11 +598,33 @@ def _kron_step(ptrs, rows, LMASK: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.co
 
 
 @triton.jit
-def _preload(bp, T: tl.constexpr, PRE: tl.constexpr, BT: tl.constexpr = False):
+def _held(bp, part, which, T: tl.constexpr):
+    """Part ``part`` of left matrix ``which`` ([T, T] at bp) in the registers of an mma accumulator, for _preload's
+    HOLD: M = M I (I the identity; exact: each sum is one product of a tf32 value by 1, and zeros). Why: the planes'
+    first products take it as their first operand, and where triton gives that operand two columns a register (a
+    16-bit buffer's product, its second operand widened from 16-bit pairs, and the inverse's) an accumulator's
+    registers are the operand's, held through the program's planes; read from shared memory by every product it
+    took two 8-byte loads and four register moves a tf32 mma (benchmarks/RESULTS.md, issue 19)."""
+    i = tl.arange(0, T)[:, None]
+    j = tl.arange(0, T)[None, :]
+    return tl.dot(tl.load(bp + ((part * 2 + which) * T + i) * T + j), tl.where(i == j, 1.0, 0.0),
+                  input_precision="tf32")
+
+
+@triton.jit
+def _preload(bp, T: tl.constexpr, PRE: tl.constexpr, BT: tl.constexpr = False, HOLD: tl.constexpr = 0):
     """PRE: the whole transform matrices at bp, ((V_hi, V_lo), (Vᵀ_hi, Vᵀ_lo)), read once by a program for all of
     its planes or tiles (_basis_part with PRE; the per-plane form's left and right matrices, the grid form's V_R;
-    BT: stored transposed, the right ones); otherwise bp, the pointer the products read them from."""
-    if PRE:
+    BT: stored transposed, the right ones); otherwise bp, the pointer the products read them from. HOLD (the
+    per-plane form's left matrices, _blur_step_kernel): V's parts (1), and Vᵀ's too (2), held as accumulators
+    (_held)."""
+    if PRE and HOLD > 0:
+        if HOLD == 2:
+            vt = (_held(bp, 0, 1, T), _held(bp, 1, 1, T))
+        else:
+            vt = (_basis_part(bp, 0, 1, T, 0, 0, T, T, False, BT), _basis_part(bp, 1, 1, T, 0, 0, T, T, False, BT))
+        out = ((_held(bp, 0, 0, T), _held(bp, 1, 0, T)), vt)
+    elif PRE:
         out = ((_basis_part(bp, 0, 0, T, 0, 0, T, T, False, BT), _basis_part(bp, 1, 0, T, 0, 0, T, T, False, BT)),
                (_basis_part(bp, 0, 1, T, 0, 0, T, T, False, BT), _basis_part(bp, 1, 1, T, 0, 0, T, T, False, BT)))
     else:
@@ -636,7 +658,17 @@ def _blur_step_kernel(
     p0 = tl.program_id(0).to(tl.int64) * PP
     # the whole-operand products take V from the left at bp, from the right at br (rows in _kperm's order: _fwd)
     pre: tl.constexpr = PP > 1 and not SLICED and TF32X3
-    basis = (_preload(bp, T, pre), _preload(br, T, pre, True))
+    # 16-bit buffers at N = 16 (T = 16, unmasked vectors: LMASK) hold V's parts, and Vᵀ's with noise, as
+    # accumulators (_held): 5-15 % fewer instructions an element on sm_90a; at N = 13 … 15, and with fp32 buffers,
+    # their products take operands one column a register and the held parts cost shuffles (2-11 % more); without
+    # noise, Vᵀ held too spilled 8 B (RESULTS.md, issue 19)
+    if _tf32_exact(x_ptr) and LMASK and NOISE != NOISE_NONE:
+        left = _preload(bp, T, pre, False, 2)
+    elif _tf32_exact(x_ptr) and LMASK:
+        left = _preload(bp, T, pre, False, 1)
+    else:
+        left = _preload(bp, T, pre)
+    basis = (left, _preload(br, T, pre, True))
     # a runtime loop, rolled and not software-pipelined: one plane's registers and buffers at a time
     for q in tl.range(0, PP, loop_unroll_factor=1, num_stages=1):
         # the last program's planes past the end repeat the last plane (same values to the same places): no
