@@ -518,6 +518,14 @@ def test_a_loop_that_exits_at_its_end_is_a_loop():
     # an unconditional branch back with no exit on the way is no runtime loop (the trap loop after EXIT)
     trap = aot.parse_sass(_EXIT_LOOP.replace("@P0 EXIT", "NOP"))
     assert aot.loop_bodies(trap[0], trap[1], aot.hot_path(*trap)) == []
+    # ptxas's other form (sm_80's blur planes loop with N a constant): a conditional call to an EXIT below the loop
+    call = _EXIT_LOOP.replace("@P0 EXIT", "@P0 CALL.REL.NOINC `(.L_x_1)") + \
+        ".L_x_1:\n        /*0090*/                   EXIT ;\n"
+    ins, labels = aot.parse_sass(call)
+    ((kind, path),) = aot.hot_paths(ins, labels)
+    assert len(path) == 9 and [len(b) for b in aot.loop_bodies(ins, labels, path)] == [7]
+    trap = aot.parse_sass(call.replace("@P0 CALL", "CALL"))  # an unconditional call: no way out of the loop
+    assert aot.loop_bodies(trap[0], trap[1], aot.hot_path(*trap)) == []
 
 
 _WAIT_LOOPS = """

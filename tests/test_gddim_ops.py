@@ -486,6 +486,34 @@ def test_blur_planes_per_program_policy():
     assert K.planes_per_program(10**6, 16, True, True) == K.planes_per_program(10**6, 16, False, False) == 1
 
 
+@pytest.mark.parametrize("N", [16, 64], ids=["N16-planes-a-program", "N64-one-plane"])
+def test_blur_full_plane_moves_no_number(monkeypatch, N):
+    """N = T compiles as a constant (plane_full: no masks, shifts for offsets) and gives the bits of N at run time:
+    fp32 and fp16 buffers, one buffer with in-kernel noise; N = 16 with several planes a program (and V's parts
+    held, fp16). The policy: not for fp64, the sliced plane, N < T, nor N = 32 on sm_80."""
+    from gmm_triton.kernels import blur_step as K
+
+    assert K.plane_full(16, 16, False, True, 90) and K.plane_full(64, 64, False, True, 80)
+    assert not any((K.plane_full(48, 64, False, True, 90), K.plane_full(64, 64, True, True, 90),
+                    K.plane_full(16, 16, False, False, 90), K.plane_full(32, 32, False, True, 80)))
+    assert K.plane_full(32, 32, False, True, 90)
+    if N == 16:
+        monkeypatch.setattr(K, "MIN_PROGRAMS", 1)
+    _, bt, basis = blur_tables(N, lam_order=2)
+    real, seen = K.plane_full, []
+    B = 2 if N == 16 else 1
+    for dtype in (torch.float32, torch.float16):
+        x = torch.randn(B, 3, N, N).to(dtype)
+        e = [torch.randn_like(x)]
+        outs = []
+        for full in (True, False):
+            monkeypatch.setattr(K, "plane_full", lambda *a, f=full: seen.append(f and real(*a)) or seen[-1])
+            with ops.use_cpu_backend("triton"):
+                outs.append(gops.blur_step(x, e, torch.tensor([1, 3][:B]), bt, basis, stochastic=True, seed=5))
+        assert torch.equal(*outs), dtype
+    assert seen == [True, False, True, False]  # the launch asked, and compiled N as a constant where told to
+
+
 @pytest.mark.parametrize("N, dtype", [(16, torch.float32), (13, torch.float32), (7, torch.float32),
                                       (16, torch.float16)],
                          ids=["N16-masked", "N13-clamped", "N7-noise-prepass", "N16-fp16-buffers"])

@@ -640,19 +640,24 @@ def _blur_step_kernel(
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr, SLICED: tl.constexpr, PP: tl.constexpr,
-    YSCR: tl.constexpr = False, KN: tl.constexpr = 0, HELD: tl.constexpr = False,
+    YSCR: tl.constexpr = False, KN: tl.constexpr = 0, HELD: tl.constexpr = False, FULL: tl.constexpr = False,
 ):
     """N > KRON_MAX (and N = 7): planes PP·k … PP·k + PP - 1 (flat index b·C + c) of program k, one at a time on a
     [T, T] tile. SLICED (:func:`plane_sliced`): the products by slices (_plane_step), with two T×T scratch tiles of
     the plane's own at scr_ptr and the table's planes zero-padded to T×T (_table), the contractions' slices only
     below KN (N rounded up to 16: at T = 64 the last slice, past N ≤ 48, is all zeros); HELD (:func:`plane_held`):
     only the first product of each transform by slices, one scratch tile (Y) a plane. Otherwise whole operands
-    (_step): masked loads (LMASK) where N is a multiple of 16, clamped addresses otherwise; scr_ptr is read only with
+    (_step): masked loads (LMASK) where N is a multiple of 16, clamped addresses otherwise, N the constant T with FULL
+    (:func:`plane_full`); scr_ptr is read only with
     YSCR (:func:`plane_y_scratch`; one plane a program), an N×N plane a program;
     the products take V's parts from the left at bp, from the right at br (its rows in _kperm's order for tf32x3:
     _fwd; the sliced form reads br only with HELD); PRE: the transform matrices read once for all the program's
     planes (:func:`_preload`)."""
     check_noise_code(NOISE)
+    if FULL:  # N = T (plane_full): a constant, so that the tile's masks fold away and its offsets are shifts
+        if _CHECK_HINTS:
+            tl.device_assert(N == T, "FULL: N = T")
+        N = T
     plane = N * N
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     p0 = tl.program_id(0).to(tl.int64) * PP
@@ -964,6 +969,18 @@ def plane_held(T: int, arch: int, tf32x3: bool) -> bool:
     return tf32x3 and T == 64 and arch // 10 in (9, 10)
 
 
+def plane_full(N: int, T: int, sliced: bool, tf32x3: bool, arch: int) -> bool:
+    """Whether the whole-operand plane compiles N as the constant T (_blur_step_kernel's FULL): N = T (16, 32, 64),
+    tf32x3, but N = 32 on sm_80. The tile's masks fold away (its loads and stores unmasked, no zeroing ahead of them)
+    and the plane's offsets become shifts: 4-11 % fewer instructions an element across the variants of N = 16 on
+    sm_80, sm_90a, sm_100a and of N = 64 on sm_90a and sm_100a (sm_90a fp32-n16-order2 155.5 → 141.3,
+    fp16-n16 86.6 → 82.8), no spill in any of them; on sm_80 at N = 32 one variant (fp32, noise tensor, a timestep per
+    sample, 255 registers either way) spilled 4 B. fp64 on sm_100a spilled 8 B (fp64 is no GPU sampling dtype: it keeps
+    N at run time). The sliced plane has its own constant extent (sliced_extent). The same numbers (test_gddim_ops.py,
+    RESULTS.md, issue 19)."""
+    return N == T and not sliced and tf32x3 and not (arch == 80 and T == 32)
+
+
 def plane_y_scratch(neps: int, T: int, N: int, arch: int = 90) -> bool:
     """Whether a per-plane launch with two or three buffers at T = 64 runs the whole-operand form with Y in a scratch
     plane between the buffers' products (_step's YSCR): where it is not sliced (plane_sliced: N = 48, 64 on sm_90,
@@ -1189,4 +1206,4 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         _blur_step_kernel[(triton.cdiv(B * C, pp),)](
             *ptrs[:6], scr, *ptrs[6:], C, N, *strides, B * C, ALIGNED4=aligned4, num_warps=warps,
             LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, KN=sliced_extent(N) if sliced else 0, HELD=held,
-            **common)
+            FULL=plane_full(N, T, sliced, tf32x3, arch), **common)

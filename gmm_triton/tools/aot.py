@@ -589,8 +589,8 @@ def hot_paths(ins: list, labels: dict, max_forks: int = 4) -> list:
 
 def loop_bodies(ins: list, labels: dict, path: list) -> list:
     """The bodies of the runtime loops on ``path`` (walked once), in program order: for each conditional branch
-    back to an instruction on the path (or an unconditional one with a conditional EXIT on the way), the
-    instructions from its target to the branch. A barrier's polling loop (nothing but an mbarrier phase check,
+    back to an instruction on the path (or an unconditional one with a conditional EXIT, or a conditional call to
+    one, on the way), the instructions from its target to the branch. A barrier's polling loop (nothing but an mbarrier phase check,
     ``SYNCS.*``, and the branch back to it) is a wait, not work: not a loop here. A loop with work in it is one,
     mbarrier waits in its body or not (on sm_100 a tile loop waits for its tcgen05 products: excluding every loop
     with a ``SYNCS`` in it dropped such a loop, and the case's trip count then had no loop to go with)."""
@@ -602,9 +602,12 @@ def loop_bodies(ins: list, labels: dict, path: list) -> list:
             t = _branch_target(i, labels)
             if t < where[id(i)] and id(ins[t]) in pos:
                 body = path[pos[id(ins[t])]:n + 1]
-                # a conditional branch back, or an unconditional one below a conditional exit (ptxas's form of
-                # a loop whose end test is the program's last instruction)
-                test = _conditional(i) or any(j.base == "EXIT" and j.pred for j in body)
+                # a conditional branch back, or an unconditional one below a conditional exit (ptxas's forms of
+                # a loop whose end test is the program's last instruction: a predicated EXIT, or a predicated
+                # CALL.REL.NOINC to an EXIT, as sm_80's blur planes loop compiled with N a constant)
+                test = _conditional(i) or any(j.pred and (j.base == "EXIT" or j.base == "CALL" and
+                                                          ins[_branch_target(j, labels)].base == "EXIT")
+                                              for j in body)
                 if test and not all(j.base in ("SYNCS", "BRA", "NOP") for j in body):
                     out.append(body)
     return out
