@@ -972,7 +972,7 @@ def plane_held(T: int, arch: int, tf32x3: bool) -> bool:
 def plane_full(N: int, T: int, sliced: bool, tf32x3: bool, arch: int) -> bool:
     """Whether the whole-operand plane compiles N as the constant T (_blur_step_kernel's FULL): N = T (16, 32, 64),
     tf32x3, but N = 32 on sm_80. The tile's masks fold away (its loads and stores unmasked, no zeroing ahead of them)
-    and the plane's offsets become shifts: 4-11 % fewer instructions an element across the variants of N = 16 on
+    and the plane's offsets become shifts: 2-11 % fewer instructions an element across the variants of N = 16 on
     sm_80, sm_90a, sm_100a and of N = 64 on sm_90a and sm_100a (sm_90a fp32-n16-order2 155.5 → 141.3,
     fp16-n16 86.6 → 82.8), no spill in any of them; on sm_80 at N = 32 one variant (fp32, noise tensor, a timestep per
     sample, 255 registers either way) spilled 4 B. fp64 on sm_100a spilled 8 B (fp64 is no GPU sampling dtype: it keeps
