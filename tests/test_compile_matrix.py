@@ -524,8 +524,16 @@ def test_a_loop_that_exits_at_its_end_is_a_loop():
     ins, labels = aot.parse_sass(call)
     ((kind, path),) = aot.hot_paths(ins, labels)
     assert len(path) == 9 and [len(b) for b in aot.loop_bodies(ins, labels, path)] == [7]
-    trap = aot.parse_sass(call.replace("@P0 CALL", "CALL"))  # an unconditional call: no way out of the loop
-    assert aot.loop_bodies(trap[0], trap[1], aot.hot_path(*trap)) == []
+    once = aot.parse_sass(call.replace("@P0 CALL", "CALL"))  # an unconditional call to EXIT: the body runs once
+    assert aot.loop_bodies(once[0], once[1], aot.hot_path(*once)) == []
+    # a predicated call elsewhere is no way out: to a label that is no EXIT, to a function, to an address, to a
+    # label past the listing's last instruction (none is a loop, and none stops the walk)
+    for other in (call.replace("EXIT ;\n", "NOP ;\n", 2).replace("@P0 EXIT", "@P0 CALL"),
+                  _EXIT_LOOP.replace("@P0 EXIT", "@P0 CALL.REL.NOINC `(.L_x_1)") + ".L_x_1:\n",
+                  _EXIT_LOOP.replace("@P0 EXIT", "@P0 CALL.ABS.NOINC `(vprintf)"),
+                  _EXIT_LOOP.replace("@P0 EXIT", "@P0 CALL.ABS.NOINC 0x0")):
+        ins, labels = aot.parse_sass(other)
+        assert aot.loop_bodies(ins, labels, aot.hot_path(ins, labels)) == [], other
 
 
 _WAIT_LOOPS = """

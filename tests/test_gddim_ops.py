@@ -486,24 +486,26 @@ def test_blur_planes_per_program_policy():
     assert K.planes_per_program(10**6, 16, True, True) == K.planes_per_program(10**6, 16, False, False) == 1
 
 
-@pytest.mark.parametrize("N", [16, 64], ids=["N16-planes-a-program", "N64-one-plane"])
+@pytest.mark.parametrize("N", [16, 32, 64], ids=["N16-planes-a-program", "N32-one-plane", "N64-one-plane"])
 def test_blur_full_plane_moves_no_number(monkeypatch, N):
     """N = T compiles as a constant (plane_full: no masks, shifts for offsets) and gives the bits of N at run time:
     fp32 and fp16 buffers, one buffer with in-kernel noise; N = 16 with several planes a program (and V's parts
-    held, fp16). The policy: not for fp64, the sliced plane, N < T, nor N = 32 on sm_80."""
+    held, fp16), N = 32 one plane (fewer planes than a grid tile: the per-plane form on sm_90). The policy: not for
+    fp64, the sliced plane, N < T, nor N = 32 on sm_8x."""
     from gmm_triton.kernels import blur_step as K
 
     assert K.plane_full(16, 16, False, True, 90) and K.plane_full(64, 64, False, True, 80)
     assert not any((K.plane_full(48, 64, False, True, 90), K.plane_full(64, 64, True, True, 90),
-                    K.plane_full(16, 16, False, False, 90), K.plane_full(32, 32, False, True, 80)))
+                    K.plane_full(16, 16, False, False, 90), K.plane_full(32, 32, False, True, 80),
+                    K.plane_full(32, 32, False, True, 86)))
     assert K.plane_full(32, 32, False, True, 90)
     if N == 16:
         monkeypatch.setattr(K, "MIN_PROGRAMS", 1)
     _, bt, basis = blur_tables(N, lam_order=2)
     real, seen = K.plane_full, []
-    B = 2 if N == 16 else 1
+    B, C = (2, 3) if N == 16 else (1, 1 if N == 32 else 3)
     for dtype in (torch.float32, torch.float16):
-        x = torch.randn(B, 3, N, N).to(dtype)
+        x = torch.randn(B, C, N, N).to(dtype)
         e = [torch.randn_like(x)]
         outs = []
         for full in (True, False):
@@ -521,8 +523,8 @@ def test_blur_planes_per_program_move_no_number(monkeypatch, N, dtype):
     """Planes a program (planes_per_program, with MIN_PROGRAMS lowered so that a small launch takes 2, 4 and 8)
     give the bits of one plane a program: 5 samples × 3 channels, so the last programs repeat the last plane; one
     buffer and three, in-kernel noise (N = 16) and the noise pre-pass (N = 13, 7; fewer planes than a grid tile at
-    N = 7); and meet the float64 reference. Several planes a program hold V's parts as accumulators (_held), with
-    their columns in _kperm's order for fp32 buffers and as they are for 16-bit ones: both run here."""
+    N = 7); and meet the float64 reference. With 16-bit buffers at N = 16 several planes a program hold V's parts as
+    accumulators (_held): V's and Vᵀ's with noise, V's alone without (the fp16 case runs both)."""
     from gmm_triton.kernels import blur_step as K
 
     _, bt, basis = blur_tables(N, lam_order=2)
@@ -536,7 +538,9 @@ def test_blur_planes_per_program_move_no_number(monkeypatch, N, dtype):
         monkeypatch.setattr(K, "MIN_PROGRAMS", m)
         with ops.use_cpu_backend("triton"):
             outs[m] = [gops.blur_step(x, eps[:k], rows, bt, basis, stochastic=True, seed=4) for k in (1, 3)]
-    assert seen == [1, 1, 2, 2, 4, 4, 8, 8]
+            if dtype == torch.float16:  # no noise: V's parts alone held
+                outs[m].append(gops.blur_step(x, eps[:1], rows, bt, basis))
+    assert seen == [pp for pp in (1, 2, 4, 8) for _ in outs[1]]
     assert all(torch.equal(a, b) for o in outs.values() for a, b in zip(outs[10**9], o))
     out = outs[1][1]
     assert out.dtype == dtype

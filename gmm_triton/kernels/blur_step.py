@@ -617,7 +617,8 @@ def _preload(bp, T: tl.constexpr, PRE: tl.constexpr, BT: tl.constexpr = False, H
     its planes or tiles (_basis_part with PRE; the per-plane form's left and right matrices, the grid form's V_R;
     BT: stored transposed, the right ones); otherwise bp, the pointer the products read them from. HOLD (the
     per-plane form's left matrices, _blur_step_kernel): V's parts (1), and Vᵀ's too (2), held as accumulators
-    (_held)."""
+    (_held; never the right matrices, stored transposed)."""
+    tl.static_assert(HOLD == 0 or not BT)
     if PRE and HOLD > 0:
         if HOLD == 2:
             vt = (_held(bp, 0, 1, T), _held(bp, 1, 1, T))
@@ -648,15 +649,15 @@ def _blur_step_kernel(
     below KN (N rounded up to 16: at T = 64 the last slice, past N ≤ 48, is all zeros); HELD (:func:`plane_held`):
     only the first product of each transform by slices, one scratch tile (Y) a plane. Otherwise whole operands
     (_step): masked loads (LMASK) where N is a multiple of 16, clamped addresses otherwise, N the constant T with FULL
-    (:func:`plane_full`); scr_ptr is read only with
-    YSCR (:func:`plane_y_scratch`; one plane a program), an N×N plane a program;
+    (:func:`plane_full`); scr_ptr is read only with YSCR (:func:`plane_y_scratch`; one plane a program), an N×N plane a
+    program;
     the products take V's parts from the left at bp, from the right at br (its rows in _kperm's order for tf32x3:
     _fwd; the sliced form reads br only with HELD); PRE: the transform matrices read once for all the program's
     planes (:func:`_preload`)."""
     check_noise_code(NOISE)
     if FULL:  # N = T (plane_full): a constant, so that the tile's masks fold away and its offsets are shifts
-        if _CHECK_HINTS:
-            tl.device_assert(N == T, "FULL: N = T")
+        if _CHECK_HINTS:  # (the interpreter's tl.assume asserts its condition; its device_assert needs a debug build)
+            tl.assume(N == T)
         N = T
     plane = N * N
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
@@ -664,9 +665,9 @@ def _blur_step_kernel(
     # the whole-operand products take V from the left at bp, from the right at br (rows in _kperm's order: _fwd)
     pre: tl.constexpr = PP > 1 and not SLICED and TF32X3
     # 16-bit buffers at N = 16 (T = 16, unmasked vectors: LMASK) hold V's parts, and Vᵀ's with noise, as
-    # accumulators (_held): 5-15 % fewer instructions an element on sm_90a; at N = 13 … 15, and with fp32 buffers,
-    # their products take operands one column a register and the held parts cost shuffles (2-11 % more); without
-    # noise, Vᵀ held too spilled 8 B (RESULTS.md, issue 19)
+    # accumulators (_held): 9-19 % fewer instructions an element (sm_80, sm_90a, sm_100a); at N = 13 … 15, and with
+    # fp32 buffers, their products take operands one column a register and the held parts cost shuffles (2-11 %
+    # more); without noise, Vᵀ held too spilled 8 B (RESULTS.md, issue 19)
     if _tf32_exact(x_ptr) and LMASK and NOISE != NOISE_NONE:
         left = _preload(bp, T, pre, False, 2)
     elif _tf32_exact(x_ptr) and LMASK:
@@ -971,14 +972,14 @@ def plane_held(T: int, arch: int, tf32x3: bool) -> bool:
 
 def plane_full(N: int, T: int, sliced: bool, tf32x3: bool, arch: int) -> bool:
     """Whether the whole-operand plane compiles N as the constant T (_blur_step_kernel's FULL): N = T (16, 32, 64),
-    tf32x3, but N = 32 on sm_80. The tile's masks fold away (its loads and stores unmasked, no zeroing ahead of them)
+    tf32x3, but N = 32 on sm_8x. The tile's masks fold away (its loads and stores unmasked, no zeroing ahead of them)
     and the plane's offsets become shifts: 2-11 % fewer instructions an element across the variants of N = 16 on
     sm_80, sm_90a, sm_100a and of N = 64 on sm_90a and sm_100a (sm_90a fp32-n16-order2 155.5 → 141.3,
     fp16-n16 86.6 → 82.8), no spill in any of them; on sm_80 at N = 32 one variant (fp32, noise tensor, a timestep per
     sample, 255 registers either way) spilled 4 B. fp64 on sm_100a spilled 8 B (fp64 is no GPU sampling dtype: it keeps
     N at run time). The sliced plane has its own constant extent (sliced_extent). The same numbers (test_gddim_ops.py,
     RESULTS.md, issue 19)."""
-    return N == T and not sliced and tf32x3 and not (arch == 80 and T == 32)
+    return N == T and not sliced and tf32x3 and not (arch // 10 == 8 and T == 32)
 
 
 def plane_y_scratch(neps: int, T: int, N: int, arch: int = 90) -> bool:

@@ -485,6 +485,14 @@ def _branch_target(i: Ins, labels) -> int:
     return labels[m.group(1)]
 
 
+def _calls_exit(i: Ins, ins: list, labels: dict) -> bool:
+    """Whether ``i`` is a relative call to a label in this listing whose first instruction is EXIT (any other call:
+    an absolute one, to a function or an address, is not a way out of a loop)."""
+    m = re.search(r"`\(([^)]+)\)", " ".join(i.operands))
+    t = labels.get(m.group(1)) if m and i.base == "CALL" and ".REL" in i.op else None
+    return t is not None and t < len(ins) and ins[t].base == "EXIT"
+
+
 def _conditional(i: Ins) -> bool:
     return bool(i.pred) or ".DIV" in i.op or any(_PRED_OPERAND.match(o) for o in i.operands)
 
@@ -589,8 +597,8 @@ def hot_paths(ins: list, labels: dict, max_forks: int = 4) -> list:
 
 def loop_bodies(ins: list, labels: dict, path: list) -> list:
     """The bodies of the runtime loops on ``path`` (walked once), in program order: for each conditional branch
-    back to an instruction on the path (or an unconditional one with a conditional EXIT, or a conditional call to
-    one, on the way), the instructions from its target to the branch. A barrier's polling loop (nothing but an mbarrier phase check,
+    back to an instruction on the path (or an unconditional one with a conditional EXIT, or a conditional relative
+    call to an EXIT, on the way), the instructions from its target to the branch. A barrier's polling loop (nothing but an mbarrier phase check,
     ``SYNCS.*``, and the branch back to it) is a wait, not work: not a loop here. A loop with work in it is one,
     mbarrier waits in its body or not (on sm_100 a tile loop waits for its tcgen05 products: excluding every loop
     with a ``SYNCS`` in it dropped such a loop, and the case's trip count then had no loop to go with)."""
@@ -605,8 +613,7 @@ def loop_bodies(ins: list, labels: dict, path: list) -> list:
                 # a conditional branch back, or an unconditional one below a conditional exit (ptxas's forms of
                 # a loop whose end test is the program's last instruction: a predicated EXIT, or a predicated
                 # CALL.REL.NOINC to an EXIT, as sm_80's blur planes loop compiled with N a constant)
-                test = _conditional(i) or any(j.pred and (j.base == "EXIT" or j.base == "CALL" and
-                                                          ins[_branch_target(j, labels)].base == "EXIT")
+                test = _conditional(i) or any(j.pred and (j.base == "EXIT" or _calls_exit(j, ins, labels))
                                               for j in body)
                 if test and not all(j.base in ("SYNCS", "BRA", "NOP") for j in body):
                     out.append(body)
