@@ -478,18 +478,23 @@ def parse_sass(text: str):
     return ins, labels
 
 
-def _branch_target(i: Ins, labels) -> int:
+def _label(i: Ins):
+    """The label a branch or call names (`(.L_x_0)`), or None (an address, a register)."""
     m = re.search(r"`\(([^)]+)\)", " ".join(i.operands))
-    if not m:
+    return m.group(1) if m else None
+
+
+def _branch_target(i: Ins, labels) -> int:
+    name = _label(i)
+    if name is None:
         raise ValueError(f"branch without a label target: {i.text}")
-    return labels[m.group(1)]
+    return labels[name]
 
 
 def _calls_exit(i: Ins, ins: list, labels: dict) -> bool:
     """Whether ``i`` is a relative call to a label in this listing whose first instruction is EXIT (any other call:
     an absolute one, to a function or an address, is not a way out of a loop)."""
-    m = re.search(r"`\(([^)]+)\)", " ".join(i.operands))
-    t = labels.get(m.group(1)) if m and i.base == "CALL" and ".REL" in i.op else None
+    t = labels.get(_label(i)) if i.base == "CALL" and ".REL" in i.op else None
     return t is not None and t < len(ins) and ins[t].base == "EXIT"
 
 
@@ -598,8 +603,8 @@ def hot_paths(ins: list, labels: dict, max_forks: int = 4) -> list:
 def loop_bodies(ins: list, labels: dict, path: list) -> list:
     """The bodies of the runtime loops on ``path`` (walked once), in program order: for each conditional branch
     back to an instruction on the path (or an unconditional one with a conditional EXIT, or a conditional relative
-    call to an EXIT, on the way), the instructions from its target to the branch. A barrier's polling loop (nothing but an mbarrier phase check,
-    ``SYNCS.*``, and the branch back to it) is a wait, not work: not a loop here. A loop with work in it is one,
+    call to an EXIT, on the way), the instructions from its target to the branch. A barrier's polling loop (nothing
+    but an mbarrier phase check, ``SYNCS.*``, and the branch back to it) is a wait, not work: not a loop here. A loop with work in it is one,
     mbarrier waits in its body or not (on sm_100 a tile loop waits for its tcgen05 products: excluding every loop
     with a ``SYNCS`` in it dropped such a loop, and the case's trip count then had no loop to go with)."""
     where = {id(i): k for k, i in enumerate(ins)}
