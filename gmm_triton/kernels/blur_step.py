@@ -27,7 +27,8 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
     roofline. At T = 64 two and three buffers hold too where N is a multiple of 16 (48, 64) on sm_90 (two on sm_100),
     with Y in a scratch plane of the program's own between the buffers' products (:func:`plane_y_scratch`), not in
     registers. At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's
-    parts once;
+    parts once, and computes Y transposed, so that the inverse takes it from the accumulator's registers
+    (:func:`plane_transposed_y`);
   - sliced (_plane_step), for three buffers at T = 32 and two or three at T = 64 (where the grid does not take them:
     T = 64, sm_80, fp64; not at N = 48, 64 on sm_90, nor with two buffers there on sm_100), and for one at T = 64 on
     sm_80 (8 warps), where the whole-operand form spilled (three buffers: 24–568 B at sm_90a for N = 17 … 64; two at
@@ -70,7 +71,8 @@ arithmetic too. Where a tile fills 255 registers either way and this split's sch
 plane, a Kronecker tile of three buffers at T = 64) lo is rounded too (ROUND), as before. A 16-bit buffer needs no
 split: fp16 (11 significant bits) and bf16 (8) values are tf32 values, so that hi = t and lo = 0, and the first
 product of its transform runs two tf32 products, not three (EXACT, _mm_slice): the one left out adds exact zeros,
-so the numbers are the same, bit for bit, as those of the same values in fp32 (test_gddim_ops.py), for a third less
+so the numbers are the same, bit for bit, as those of the same values in fp32 with Y in the same orientation
+(test_gddim_ops.py; the launch's may differ: plane_transposed_y), for a third less
 of that product's tensor work and no split or low-part operand to stage (benchmarks/RESULTS.md, issue 19).
 """
 import weakref
@@ -119,6 +121,15 @@ def _trunc32(t):
 
 
 @triton.jit
+def _t(t):
+    """tl.trans(t); under the interpreter copied in C order (_C_ORDER)."""
+    out = tl.trans(t)
+    if _C_ORDER:
+        out = tl.reshape(tl.reshape(out, [t.shape[0] * t.shape[1]]), [t.shape[1], t.shape[0]])
+    return out
+
+
+@triton.jit
 def _basis_part(bp, part, which, T: tl.constexpr, R0, C0, R: tl.constexpr, C: tl.constexpr, PRE: tl.constexpr,
                 BT: tl.constexpr = False):
     """The [R, C] block at row R0, column C0 of part ``part`` of matrix ``which`` (0: V or W, 1: its transpose) of
@@ -132,9 +143,7 @@ def _basis_part(bp, part, which, T: tl.constexpr, R0, C0, R: tl.constexpr, C: tl
     elif BT:
         i = C0 + tl.arange(0, C)[:, None]
         j = R0 + tl.arange(0, R)[None, :]
-        out = tl.trans(tl.load(bp + ((part * 2 + which) * T + i) * T + j))
-        if _C_ORDER:
-            out = tl.reshape(tl.reshape(out, [R * C]), [R, C])
+        out = _t(tl.load(bp + ((part * 2 + which) * T + i) * T + j))
     else:
         i = R0 + tl.arange(0, R)[:, None]
         j = C0 + tl.arange(0, C)[None, :]
@@ -254,14 +263,20 @@ def _fwd(t, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: 
 
 @triton.jit
 def _inv(y, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: tl.constexpr,
-         ROUND: tl.constexpr, KPERM: tl.constexpr = False):
+         ROUND: tl.constexpr, KPERM: tl.constexpr = False, YT: tl.constexpr = 0):
     """The inverse DCT (FORM): Y Wᵀ, Vᵀ Y V, V_Lᵀ Y V_R (as _fwd), or the identity (N = 1). KPERM (the Kronecker
-    rows, as the launcher's kron_kperm sets it): Y enters reordered (_kperm), Wᵀ's rows in that order."""
+    rows, as the launcher's kron_kperm sets it): Y enters reordered (_kperm), Wᵀ's rows in that order. YT (one plane,
+    :func:`plane_transposed_y`): ``y`` holds Yᵀ, whose transpose enters Vᵀ Y as its second operand as is (1) or
+    reordered (2: Yᵀ's columns, so Y's rows, in _kperm's order, Vᵀ's columns in that order)."""
     if FORM == IDENTITY:
         return y
     elif FORM == KRON:
         return _mm(_operand(y, KPERM), bp[1], 1, False, TF32X3, T, PRE, ROUND, BT=True)
     else:
+        if YT == 2:
+            y = _t(_kperm(y))
+        elif YT == 1:
+            y = _t(y)
         first = _mm(y, bp[0], 1, True, TF32X3, y.shape[0], PRE and FORM == PLANE, ROUND)
         return _mm(_operand(first, TF32X3), bp[1], 0, False, TF32X3, y.shape[1], PRE, ROUND, BT=True)
 
@@ -427,18 +442,29 @@ def _run_starts(ld):
 
 @triton.jit
 def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, FORM: tl.constexpr, TF32X3: tl.constexpr,
-          T: tl.constexpr, CT: tl.constexpr, PRE: tl.constexpr, ROUND: tl.constexpr):
-    """(the table plane at cp + cld) ⊙ DCT(the buffer's tile at ptr + off + ld). The plane is loaded after the
-    products (whose barriers keep it there): loaded ahead of them it would hold registers through them."""
-    f = _fwd(_load(ptr + off + ld, m2, LMASK).to(CT), bp, FORM, TF32X3, T, PRE, ROUND, _tf32_exact(ptr))
-    return _load(cp + cld, m2, LMASK).to(CT) * f
+          T: tl.constexpr, CT: tl.constexpr, PRE: tl.constexpr, ROUND: tl.constexpr, YT: tl.constexpr = 0):
+    """(the table plane at cp + cld) ⊙ DCT(the buffer's tile at ptr + off + ld), both transposed with YT (_step).
+    The plane is loaded after the products (whose barriers keep it there): loaded ahead of them it would hold
+    registers through them."""
+    f = _fwd(_yt(_load(ptr + off + ld, m2, LMASK).to(CT), YT), bp, FORM, TF32X3, T, PRE, ROUND, _tf32_exact(ptr))
+    return _yt(_load(cp + cld, m2, LMASK).to(CT), YT) * f
+
+
+@triton.jit
+def _yt(t, YT: tl.constexpr):
+    """t transposed with YT (_step), else t."""
+    if YT:
+        return _t(t)
+    else:
+        return t
 
 
 @triton.jit
 def _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK: tl.constexpr, NOISE: tl.constexpr,
-                ALIGNED4: tl.constexpr, FAST: tl.constexpr, FORM: tl.constexpr, CT: tl.constexpr):
+                ALIGNED4: tl.constexpr, FAST: tl.constexpr, FORM: tl.constexpr, CT: tl.constexpr,
+                YT: tl.constexpr = 0):
     """S ⊙ n on a tile (_step): the table's last plane times the noise (normal_rows' counters from ``flat``, or the
-    noise tensor at z_off + ld); zeros without noise."""
+    noise tensor at z_off + ld), transposed with YT; zeros without noise."""
     if NOISE == NOISE_PHILOX and FORM == GRID:  # flat: the tile's first element; runs of four from the offsets
         n = -normal_rows(seed, flat + _run_starts(ld), ld.shape[1], STREAM_NOISE, ALIGNED4, FAST).to(CT)
     elif NOISE == NOISE_PHILOX:  # normal_rows's normals come negated
@@ -447,7 +473,7 @@ def _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK: tl.co
         n = _load(z_ptr + z_off + ld, m2, LMASK).to(CT)
     else:
         n = tl.zeros(ld.shape, CT)
-    return _load(cp + (_PLANES - 1) * cstride + cld, m2, LMASK).to(CT) * n
+    return _yt(_load(cp + (_PLANES - 1) * cstride + cld, m2, LMASK).to(CT) * n, YT)
 
 
 @triton.jit
@@ -455,7 +481,7 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
           ld, pos, cp, cld, cstride, flat, m2, poison, LMASK: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr,
           ALIGNED4: tl.constexpr, FAST: tl.constexpr, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr,
           CT: tl.constexpr, PRE: tl.constexpr = False, KPERM: tl.constexpr = False, scr=None,
-          YSCR: tl.constexpr = False):
+          YSCR: tl.constexpr = False, YT: tl.constexpr = 0):
     """out = inverse DCT of Y = A ⊙ F(x) + Σ_j B_j ⊙ F(ε_j) + S ⊙ n on a tile (whole operands). Loads at ``*_off + ld`` and
     ``cp + k·cstride + cld`` (the table's plane k; offsets, not a tile of pointers, which would hold two registers
     per element throughout) are masked by ``m2`` with LMASK; without it every tile position addresses a real
@@ -467,29 +493,31 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     _inv's (the Kronecker rows). YSCR (one plane, two or three buffers: plane_y_scratch): Y goes to the plane's
     scratch at ``scr`` (N×N, at ld, masked) after the first two buffers' products and is read back before the
     inverse, so that no Y is held through the later buffers' products; with three buffers and noise the later
-    buffers' sum joins it there before the noise too."""
+    buffers' sum joins it there before the noise too. YT (one plane: :func:`plane_transposed_y`): every term is
+    computed transposed, Yᵀ = Aᵀ ⊙ V Xᵀ Vᵀ + …, the data's and the table's tiles transposed in registers as loaded,
+    so that _inv takes Y into Vᵀ Y from the accumulator's registers (with YSCR the scratch holds Yᵀ)."""
     # the split of the data (_mm_slice): lo truncated, but rounded where the tile fills 255 registers either way and
     # the truncating split's schedule spilled: a whole [64, 64] plane (40-64 B on sm_90a at N = 48 and 64) and a
     # Kronecker tile with three buffers at T = 64 (8 B on sm_80); at T = 16 (N ≤ 4) such a tile takes 72-139
     # registers and truncating saves 10-18 instructions an element (RESULTS.md, issue 19)
     ROUND: tl.constexpr = T == 64 and (FORM == PLANE or (FORM == KRON and NEPS == 3))
-    y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+    y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
     if FORM == PLANE:  # one plane, one sample: NaN rides through every product
         y += poison
-    y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+    y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
     # YSCR: Y through the scratch (the plane's N² elements at ld, masked) between the buffers' products; the barriers
     # keep each buffer's loads below the products before it (as in _term) and the scratch's load below its store (the
     # same thread's addresses, but a load hoisted above the products would hold its registers)
     if YSCR:
         tl.store(scr + ld, y, mask=m2)
         tl.debug_barrier()
-        y = _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+        y = _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
     elif NEPS > 1:
-        y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+        y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
     if NEPS > 2:
         if YSCR:
             tl.debug_barrier()
-        y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND)
+        y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
         if YSCR and NOISE != NOISE_NONE:  # the noise with two buffers' Y held spilled 24-64 B (sm_90a): to scratch
             tl.debug_barrier()
             tl.store(scr + ld, y + tl.load(scr + ld, mask=m2, other=0.0), mask=m2)
@@ -497,11 +525,12 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
             y = tl.zeros(y.shape, y.dtype)
     if NOISE != NOISE_NONE:
         tl.debug_barrier()  # keeps the noise and its plane below the products above (registers, as in _term)
-        y += _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK, NOISE, ALIGNED4, FAST, FORM, CT)
+        y += _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK, NOISE, ALIGNED4, FAST, FORM, CT,
+                         YT)
     if YSCR:
         tl.debug_barrier()
         y += tl.load(scr + ld, mask=m2, other=0.0)
-    out = _inv(y, bp, FORM, TF32X3, T, PRE, ROUND, KPERM)
+    out = _inv(y, bp, FORM, TF32X3, T, PRE, ROUND, KPERM, YT)
     if FORM != PLANE:  # the planes of a tile share its products (0 · NaN is NaN): an invalid row poisons only its own
         out += poison
     tl.store(out_ptr + out_off + pos, out.to(out_ptr.dtype.element_ty), mask=m2)
@@ -642,6 +671,7 @@ def _blur_step_kernel(
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr, SLICED: tl.constexpr, PP: tl.constexpr,
     YSCR: tl.constexpr = False, KN: tl.constexpr = 0, HELD: tl.constexpr = False, FULL: tl.constexpr = False,
+    HOLD: tl.constexpr = 0, YT: tl.constexpr = 0,
 ):
     """N > KRON_MAX (and N = 7): planes PP·k … PP·k + PP - 1 (flat index b·C + c) of program k, one at a time on a
     [T, T] tile. SLICED (:func:`plane_sliced`): the products by slices (_plane_step), with two T×T scratch tiles of
@@ -653,7 +683,8 @@ def _blur_step_kernel(
     program;
     the products take V's parts from the left at bp, from the right at br (its rows in _kperm's order for tf32x3:
     _fwd; the sliced form reads br only with HELD); PRE: the transform matrices read once for all the program's
-    planes (:func:`_preload`)."""
+    planes (:func:`_preload`), V's parts and Vᵀ's held as accumulators with HOLD (:func:`plane_hold`); YT: Y
+    transposed (:func:`plane_transposed_y`, _step)."""
     check_noise_code(NOISE)
     if FULL:  # N = T (plane_full): a constant, so that the tile's masks fold away and its offsets are shifts
         if _CHECK_HINTS:  # (the interpreter's tl.assume asserts its condition; its device_assert needs a debug build)
@@ -664,17 +695,9 @@ def _blur_step_kernel(
     p0 = tl.program_id(0).to(tl.int64) * PP
     # the whole-operand products take V from the left at bp, from the right at br (rows in _kperm's order: _fwd)
     pre: tl.constexpr = PP > 1 and not SLICED and TF32X3
-    # 16-bit buffers at N = 16 (T = 16, unmasked vectors: LMASK) hold V's parts, and Vᵀ's with noise, as
-    # accumulators (_held): 9-19 % fewer instructions an element (sm_80, sm_90a, sm_100a); at N = 13 … 15, and with
-    # fp32 buffers, their products take operands one column a register and the held parts cost shuffles (2-11 %
-    # more); without noise, Vᵀ held too spilled 8 B (RESULTS.md, issue 19)
-    if _tf32_exact(x_ptr) and LMASK and NOISE != NOISE_NONE:
-        left = _preload(bp, T, pre, False, 2)
-    elif _tf32_exact(x_ptr) and LMASK:
-        left = _preload(bp, T, pre, False, 1)
-    else:
-        left = _preload(bp, T, pre)
-    basis = (left, _preload(br, T, pre, True))
+    tl.static_assert(HOLD == 0 or pre)
+    tl.static_assert(YT == 0 or (TF32X3 and not SLICED))
+    basis = (_preload(bp, T, pre, False, HOLD), _preload(br, T, pre, True))
     # a runtime loop, rolled and not software-pipelined: one plane's registers and buffers at a time
     for q in tl.range(0, PP, loop_unroll_factor=1, num_stages=1):
         # the last program's planes past the end repeat the last plane (same values to the same places): no
@@ -703,7 +726,7 @@ def _blur_step_kernel(
                   b * e0_bs + c * plane, b * e1_bs + c * plane, b * e2_bs + c * plane, b * z_bs + c * plane,
                   p * plane, ld, ii * N + jj, coef_ptr + row * _PLANES * plane, ld, plane, p * plane + ii * N, m2,
                   poison, LMASK, NEPS, NOISE, ALIGNED4, FAST, PLANE, TF32X3, T, CT, PP > 1 and TF32X3, False,
-                  scr_ptr + tl.program_id(0) * plane, YSCR)
+                  scr_ptr + tl.program_id(0) * plane, YSCR, YT)
 
 
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
@@ -982,6 +1005,43 @@ def plane_full(N: int, T: int, sliced: bool, tf32x3: bool, arch: int) -> bool:
     return N == T and not sliced and tf32x3 and not (arch // 10 == 8 and T == 32)
 
 
+def plane_hold(N: int, T: int, sixteen_bit: bool, noise: bool, pp: int) -> int:
+    """HOLD of _blur_step_kernel (_preload): where a program takes several planes (``pp`` > 1) of 16-bit buffers at
+    N = 16 (T = 16, unmasked vectors), V's parts (1), and Vᵀ's too with ``noise`` (2), are held as accumulators
+    (_held): 9-19 % fewer instructions an element (sm_80, sm_90a, sm_100a). At N = 13 … 15, and with fp32 buffers,
+    their products take operands one column a register and the held parts cost shuffles (2-11 % more); without
+    noise, Vᵀ held too spilled 8 B (RESULTS.md, issue 19). 0: neither."""
+    if not (sixteen_bit and T == 16 and N == 16 and pp > 1):
+        return 0
+    return 2 if noise else 1
+
+
+def plane_transposed_y(N: int, T: int, sliced: bool, tf32x3: bool, sixteen_bit: bool, neps: int, noise: int,
+                       per_sample: bool) -> int:
+    """YT of _blur_step_kernel (_step): whether the whole-operand plane computes Y transposed, Yᵀ = Aᵀ ⊙ V Xᵀ Vᵀ + …,
+    the data's and the table's tiles transposed in registers as loaded, so that the inverse's first product Vᵀ Y
+    takes Y from the accumulator's registers where it converted them (a SEL, a SHFL and an FSEL an element, for Y's
+    high part and its low part). Y = (Yᵀ)ᵀ: a thread's accumulator holds columns 2c, 2c + 1 of a row of Yᵀ, which are
+    rows 2c, 2c + 1 of a column of Y, where the second operand of a tf32 mma wants rows c, c + 4: so (2) Yᵀ's columns
+    are reordered first (_kperm) and Vᵀ's columns with them (basis_parts with ``kperm_t``), the same sums in another
+    order; but as is (1) for 16-bit buffers at N = 16 with in-kernel noise (``noise``, the kernel's NOISE), whose
+    products triton gives operands of two rows a register, the pairs an accumulator holds (reordered cost 2-5 % more
+    there; with a noise tensor as is spilled 8 B, bf16 with two buffers on sm_90a). T = 16 (N = 7, 9 … 16), tf32x3,
+    swept at 8 planes a program (4096 samples) on sm_80, sm_90a, sm_100a: 16-bit buffers and fp32 at N = 16 1-17 %
+    fewer instructions an element, and the 16-bit three-buffer launches' spills gone on sm_90a (12 B); fp32 at N < 16
+    with one buffer 0-5 % fewer, but 2-9 % more with two or three: Y as is there (0), but for three buffers with a
+    noise tensor and one timestep, whose 4 B spill (sm_90a, sm_100a) the transposed Y removes (4 % more
+    instructions). 0 too at other sizes, for the sliced plane and fp64 (RESULTS.md, issue 19). The order of the sums
+    (the rows' transform before the columns') moves the numbers within rounding; the planes a program do not."""
+    if sliced or not tf32x3 or T != 16:
+        return 0
+    if sixteen_bit:
+        return 1 if N == 16 and noise == NOISE_PHILOX else 2
+    if N == 16 or neps == 1 or (neps == 3 and noise == NOISE_TENSOR and not per_sample):
+        return 2
+    return 0
+
+
 def plane_y_scratch(neps: int, T: int, N: int, arch: int = 90) -> bool:
     """Whether a per-plane launch with two or three buffers at T = 64 runs the whole-operand form with Y in a scratch
     plane between the buffers' products (_step's YSCR): where it is not sliced (plane_sliced: N = 48, 64 on sm_90,
@@ -1079,14 +1139,16 @@ def kperm_order(m: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 1,
-                kperm: bool = False, bt: bool = False) -> torch.Tensor:
+                kperm: bool = False, bt: bool = False, kperm_t: bool = False) -> torch.Tensor:
     """The transform matrices the kernels multiply by, [PARTS, 2, S, S]: [:, 0] V (or W = the Kronecker matrix for
     N ≤ KRON_MAX, module docstring; or ``copies`` of V on the diagonal, the grid form's V_L and V_R), [:, 1] its
     transpose, zero-padded to S (``size``, or tile_size); as tf32 (high, low) parts in fp32 with ``tf32x3``, else
     fp64 as is; ``kperm``: the rows of both in _kperm's order (:func:`kperm_order`; [:, 1] is then no longer [:, 0]
     transposed), for matrices that only ever multiply a reordered tile from the right (the grid's V_R, one plane's
     ``br``); ``bt``: each [S, S] matrix stored transposed, for matrices that are only ever the right operand of the
-    whole-operand products (_basis_part with BT). Built once per basis tensor and shape (:func:`_derived`)."""
+    whole-operand products (_basis_part with BT); ``kperm_t``: the transpose's columns in _kperm's order (the
+    inverse's first product Vᵀ Y, Y entering reordered: plane_transposed_y). Built once per basis tensor and shape
+    (:func:`_derived`)."""
     N = basis.shape[0]
     S = size or tile_size(N)
 
@@ -1097,8 +1159,11 @@ def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 
         else:
             m = torch.block_diag(*[v] * copies)
         # bt: each matrix transposed, so its rows (the order kperm sets) are the stored columns (m is square)
-        pair = torch.stack([m.T, m] if bt else [m, m.T])
-        pad = torch.nn.functional.pad(pair, (0, S - m.shape[1], 0, S - m.shape[0]))
+        pad2 = (0, S - m.shape[1], 0, S - m.shape[0])
+        pair = [torch.nn.functional.pad(t, pad2) for t in ([m.T, m] if bt else [m, m.T])]
+        if kperm_t:
+            pair[1] = kperm_order(pair[1], 1)
+        pad = torch.stack(pair)
         if kperm:
             pad = kperm_order(pad, 2 if bt else 1)
         if not tf32x3:
@@ -1106,7 +1171,7 @@ def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 
         hi = _tf32_round(pad.float())
         return torch.stack([hi, _tf32_round(pad.float() - hi)])
 
-    return _derived(f"basis-tf32x3={tf32x3}-{size}-{copies}-{kperm}-{bt}", basis, build)
+    return _derived(f"basis-tf32x3={tf32x3}-{size}-{copies}-{kperm}-{bt}-{kperm_t}", basis, build)
 
 
 def _table(coef: torch.Tensor, tf32x3: bool, pad) -> torch.Tensor:
@@ -1179,8 +1244,11 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
               basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=tf32x3, bt=True))
     elif kron:  # W as is (X W); Wᵀ for Y Wᵀ, its rows in _kperm's order where Y is reordered (kron_kperm, _inv)
         bp = (basis_parts(basis, tf32x3, bt=True), basis_parts(basis, tf32x3, kperm=kperm, bt=True))
-    else:
-        bp = (basis_parts(basis, tf32x3), basis_parts(basis, tf32x3, kperm=tf32x3, bt=True))
+    else:  # Vᵀ's columns reordered where Y enters Vᵀ Y reordered (plane_transposed_y)
+        pp = planes_per_program(B * C, T, sliced, tf32x3)
+        hold = plane_hold(N, T, x.dtype.itemsize == 2, noise_mode != NOISE_NONE, pp)
+        yt = plane_transposed_y(N, T, sliced, tf32x3, x.dtype.itemsize == 2, len(eps), noise_mode, per_sample)
+        bp = (basis_parts(basis, tf32x3, kperm_t=yt == 2), basis_parts(basis, tf32x3, kperm=tf32x3, bt=True))
     ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, *bp,
             _grid_table(coef, tf32x3, GR * GC) if grid else _table(coef, tf32x3, T if sliced else None), coef.shape[0],
             t_tensor if t_tensor is not None else coef, t_value,
@@ -1196,7 +1264,6 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
             EVEN=G * N * N == T and B * C % (G * PB) == 0, KPERM=kperm, **common,
             SPLIT=G * N * N == T and B * C % (G * PB) != 0 and B * C > G * PB)  # (one program: no full program)
     else:
-        pp = planes_per_program(B * C, T, sliced, tf32x3)
         # each plane's two scratch tiles (_plane_step; one, Y's, where it holds its first products: plane_held), or a
         # program's plane for Y (plane_y_scratch), in the compute type; the whole-operand form reads none otherwise
         yscr = plane_y_scratch(len(eps), T, N, arch)
@@ -1207,4 +1274,4 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         _blur_step_kernel[(triton.cdiv(B * C, pp),)](
             *ptrs[:6], scr, *ptrs[6:], C, N, *strides, B * C, ALIGNED4=aligned4, num_warps=warps,
             LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, KN=sliced_extent(N) if sliced else 0, HELD=held,
-            FULL=plane_full(N, T, sliced, tf32x3, arch), **common)
+            FULL=plane_full(N, T, sliced, tf32x3, arch), HOLD=hold, YT=yt, **common)
