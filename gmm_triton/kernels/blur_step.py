@@ -1026,13 +1026,15 @@ def plane_transposed_y(N: int, T: int, sliced: bool, tf32x3: bool, sixteen_bit: 
     are reordered first (_kperm) and Vᵀ's columns with them (basis_parts with ``kperm_t``), the same sums in another
     order; but as is (1) for 16-bit buffers at N = 16 with in-kernel noise (``noise``, the kernel's NOISE), whose
     products triton gives operands of two rows a register, the pairs an accumulator holds (reordered cost 2-5 % more
-    there; with a noise tensor as is spilled 8 B, bf16 with two buffers on sm_90a). T = 16 (N = 7, 9 … 16), tf32x3,
-    swept at 8 planes a program (4096 samples) on sm_80, sm_90a, sm_100a: 16-bit buffers and fp32 at N = 16 1-17 %
-    fewer instructions an element, and the 16-bit three-buffer launches' spills gone on sm_90a (12 B); fp32 at N < 16
-    with one buffer 0-5 % fewer, but 2-9 % more with two or three: Y as is there (0), but for three buffers with a
-    noise tensor and one timestep, whose 4 B spill (sm_90a, sm_100a) the transposed Y removes (4 % more
-    instructions). 0 too at other sizes, for the sliced plane and fp64 (RESULTS.md, issue 19). The order of the sums
-    (the rows' transform before the columns') moves the numbers within rounding; the planes a program do not."""
+    there; with a noise tensor as is spilled 8 B, bf16 with two buffers on sm_90a). Only at T = 16 (N = 7, 9 … 16),
+    tf32x3. Swept at 8 planes a program (4096 samples), orders 0-2, on sm_80, sm_90a and sm_100a: 16-bit buffers, and
+    fp32 at N = 16, up to 17 % fewer instructions an element (a few variants up to 4 % more: 16-bit N = 12 with three
+    buffers, sm_80 N = 16 with a noise tensor), and the three-buffer launches' spills on sm_90a gone (16-bit, 12 B);
+    fp32 at N < 16 with one buffer up to 5 % fewer (sm_80 N = 12: 3 % more), with two or three 2-9 % more: Y as is
+    there (0), but for three buffers with a noise tensor and one timestep, whose 4 B spill (sm_90a, sm_100a) the
+    transposed Y removes at 4 % more instructions. 0 too at other sizes, for the sliced plane and fp64 (RESULTS.md,
+    issue 19). The order of the sums (the rows' transform before the columns') moves the numbers within rounding; the
+    planes a program do not."""
     if sliced or not tf32x3 or T != 16:
         return 0
     if sixteen_bit:
