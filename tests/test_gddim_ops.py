@@ -550,46 +550,57 @@ def test_blur_planes_per_program_move_no_number(monkeypatch, N, dtype):
     assert ((out.double() - ref).abs() <= 2e-6 * bound + rounding).all()
 
 
-@pytest.mark.parametrize("N, dtype, k, want", [(16, torch.float16, 2, 1), (16, torch.float32, 2, 2),
-                                               (13, torch.float16, 2, 2), (13, torch.float32, 1, 2)],
-                         ids=["N16-fp16-as-is", "N16-fp32-reordered", "N13-fp16-reordered", "N13-fp32-reordered"])
-def test_blur_transposed_y_meets_the_reference(monkeypatch, N, dtype, k, want):
+@pytest.mark.parametrize("N, dtype, k, noise, want", [(16, torch.float16, 2, "philox", 1),
+                                                      (16, torch.float16, 1, "tensor", 2),
+                                                      (16, torch.float32, 2, "philox", 2),
+                                                      (13, torch.float16, 2, "philox", 2),
+                                                      (13, torch.float32, 1, "philox", 2),
+                                                      (13, torch.float32, 3, "tensor", 2)],
+                         ids=["N16-fp16-as-is", "N16-fp16-noise-tensor-reordered", "N16-fp32-reordered",
+                              "N13-fp16-reordered", "N13-fp32-reordered", "N13-fp32-3-buffers-reordered"])
+def test_blur_transposed_y_meets_the_reference(monkeypatch, N, dtype, k, noise, want):
     """The whole-operand plane at T = 16 computes Y transposed (plane_transposed_y: as is for 16-bit buffers at N = 16
     with in-kernel noise, reordered with Vᵀ's columns otherwise); with Y as before (YT = 0) too, both meet the float64
     reference. The table is random, no symmetry between a frequency (u, v) and (v, u) (the blur process's tables have
-    it, and would hide a plane left untransposed); ``k`` buffers and in-kernel noise (N = 16) or the noise pre-pass
-    (N = 13), one plane a program and several (V's parts held at N = 16 with 16-bit buffers: plane_hold); the
-    policy's other answers."""
+    it, and would hide a plane left untransposed); ``k`` buffers; in-kernel noise (N = 16), the noise pre-pass
+    (N = 13) or a noise tensor; one plane a program and several (V's parts, and Vᵀ's with noise, held at N = 16 with
+    16-bit buffers: plane_hold); the policy's other answers."""
     from gmm_triton.kernels import blur_step as K
 
     P, Z = K.NOISE_PHILOX, K.NOISE_TENSOR
-    assert K.plane_transposed_y(16, 16, False, True, True, 1, K.NOISE_NONE, False) == 2  # 16-bit, no noise
-    assert K.plane_transposed_y(16, 16, False, True, True, 2, Z, False) == 2  # 16-bit, a noise tensor
-    assert K.plane_transposed_y(13, 16, False, True, False, 3, Z, False) == 2  # fp32: its spill (RESULTS.md)
-    assert not any((K.plane_transposed_y(16, 16, False, False, False, 1, P, False),  # fp64
-                    K.plane_transposed_y(20, 32, False, True, False, 1, P, False),
-                    K.plane_transposed_y(33, 64, True, True, False, 1, P, False),
-                    K.plane_transposed_y(13, 16, False, True, False, 2, Z, False),  # fp32, two or three buffers
-                    K.plane_transposed_y(13, 16, False, True, False, 3, Z, True)))
+    assert K.plane_transposed_y(16, 16, False, True, True, 1, K.NOISE_NONE) == 2  # 16-bit, no noise
+    assert not any((K.plane_transposed_y(16, 16, False, False, False, 1, P),  # fp64
+                    K.plane_transposed_y(20, 32, False, True, False, 1, P),
+                    K.plane_transposed_y(33, 64, True, True, False, 1, P),
+                    K.plane_transposed_y(13, 16, False, True, False, 2, Z),  # fp32, two buffers
+                    K.plane_transposed_y(13, 16, False, True, False, 3, P)))  # three, N % 4 = 0: in-kernel noise
     _, bt, basis = blur_tables(N)
     bt = torch.rand(bt.shape, dtype=torch.float64) * 2 - 1  # no (u, v) ↔ (v, u) symmetry
     assert not torch.equal(bt, bt.transpose(-1, -2))
     x = torch.randn(3, 3, N, N).to(dtype)
     eps = [torch.randn_like(x) for _ in range(k)]
     rows = torch.randint(0, bt.shape[0], (3,))
-    ref = gref.blur_step(x, eps, bt, basis, rows, seed=6)
-    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(6, x.shape))
+    z = philox(6, x.shape)
+    kw = dict(seed=6) if noise == "philox" else dict(noise=z.to(dtype))
+    ref = gref.blur_step(x, eps, bt, basis, rows, noise=z if noise == "philox" else z.to(dtype).double())
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=z)
     rounding = 0 if dtype == torch.float32 else 2.0**-11 * ref.abs() + 2.0**-24  # fp16's, once, at the store
-    real, seen = K.plane_transposed_y, []
+    real_yt, real_pp, real_hold, seen = K.plane_transposed_y, K.planes_per_program, K.plane_hold, []
+    monkeypatch.setattr(K, "planes_per_program", lambda *a: seen.append(("pp", real_pp(*a))) or seen[-1][1])
+    monkeypatch.setattr(K, "plane_hold", lambda *a: seen.append(("hold", real_hold(*a))) or seen[-1][1])
+    def yt(*a, force):  # the policy's answer recorded, the forced one (if any) used
+        seen.append(("yt", real_yt(*a)))
+        return seen[-1][1] if force is None else force
+
     for least in (10**9, 1):  # one plane a program; several
         monkeypatch.setattr(K, "MIN_PROGRAMS", least)
         for force in (None, 0):
-            monkeypatch.setattr(K, "plane_transposed_y",
-                                lambda *a, f=force: seen.append(real(*a) if f is None else f) or seen[-1])
+            monkeypatch.setattr(K, "plane_transposed_y", lambda *a, f=force: yt(*a, force=f))
             with ops.use_cpu_backend("triton"):
-                out = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=6)
+                out = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, **kw)
             assert ((out.double() - ref).abs() <= 2e-6 * bound + rounding).all(), (least, force)
-    assert seen == [want, 0, want, 0]
+    hold = 2 if dtype == torch.float16 and N == 16 else 0
+    assert seen == [("pp", 1), ("hold", 0), ("yt", want)] * 2 + [("pp", 8), ("hold", hold), ("yt", want)] * 2
 
 
 def _grid_and_other_form_meet(monkeypatch, K, real, launched, args, kw, err_bound, ref, label):
@@ -979,9 +990,10 @@ def test_blur_16bit_buffers_skip_the_split_bit_for_bit(monkeypatch, N, k, B):
     storage runs three (_mm_slice's EXACT), leaving out only the product with its low part, all exact zeros. So the
     output equals, bit for bit, that of the same values stored in fp32, in every form (Kronecker rows, grid, one plane
     with whole operands, the sliced plane) and with one to three buffers, the one plane's Y in the same orientation
-    (plane_transposed_y); the 16-bit launch writes fp32 here, so that no rounding of the output hides a difference. (Not N = 2: its transform's entries are ±1/2, whose low parts are
-    zero, so that leaving out the other product would pass too.) N = 20 is launched as on sm_80, where three buffers
-    take the sliced plane (sm_90 and sm_100 take the grid from one plane: launches_grid)."""
+    (plane_transposed_y); the 16-bit launch writes fp32 here, so that no rounding of the output hides a difference.
+    (Not N = 2: its transform's entries are ±1/2, whose low parts are zero, so that leaving out the other product
+    would pass too.) N = 20 is launched as on sm_80, where three buffers take the sliced plane (sm_90 and sm_100 take
+    the grid from one plane: launches_grid)."""
     from gmm_triton.kernels import blur_step as K
 
     if N == 20:

@@ -72,8 +72,8 @@ plane, a Kronecker tile of three buffers at T = 64) lo is rounded too (ROUND), a
 split: fp16 (11 significant bits) and bf16 (8) values are tf32 values, so that hi = t and lo = 0, and the first
 product of its transform runs two tf32 products, not three (EXACT, _mm_slice): the one left out adds exact zeros,
 so the numbers are the same, bit for bit, as those of the same values in fp32 with Y in the same orientation
-(test_gddim_ops.py; the launch's may differ: plane_transposed_y), for a third less
-of that product's tensor work and no split or low-part operand to stage (benchmarks/RESULTS.md, issue 19).
+(test_gddim_ops.py; the launch's may differ: plane_transposed_y), for a third less of that product's tensor work
+and no split or low-part operand to stage (benchmarks/RESULTS.md, issue 19).
 """
 import weakref
 
@@ -495,7 +495,7 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     inverse, so that no Y is held through the later buffers' products; with three buffers and noise the later
     buffers' sum joins it there before the noise too. YT (one plane: :func:`plane_transposed_y`): every term is
     computed transposed, Yᵀ = Aᵀ ⊙ V Xᵀ Vᵀ + …, the data's and the table's tiles transposed in registers as loaded,
-    so that _inv takes Y into Vᵀ Y from the accumulator's registers (with YSCR the scratch holds Yᵀ)."""
+    so that _inv takes Y into Vᵀ Y from the accumulator's registers."""
     # the split of the data (_mm_slice): lo truncated, but rounded where the tile fills 255 registers either way and
     # the truncating split's schedule spilled: a whole [64, 64] plane (40-64 B on sm_90a at N = 48 and 64) and a
     # Kronecker tile with three buffers at T = 64 (8 B on sm_80); at T = 16 (N ≤ 4) such a tile takes 72-139
@@ -696,7 +696,7 @@ def _blur_step_kernel(
     # the whole-operand products take V from the left at bp, from the right at br (rows in _kperm's order: _fwd)
     pre: tl.constexpr = PP > 1 and not SLICED and TF32X3
     tl.static_assert(HOLD == 0 or pre)
-    tl.static_assert(YT == 0 or (TF32X3 and not SLICED))
+    tl.static_assert(YT == 0 or (TF32X3 and not SLICED and not YSCR))
     basis = (_preload(bp, T, pre, False, HOLD), _preload(br, T, pre, True))
     # a runtime loop, rolled and not software-pipelined: one plane's registers and buffers at a time
     for q in tl.range(0, PP, loop_unroll_factor=1, num_stages=1):
@@ -1016,8 +1016,7 @@ def plane_hold(N: int, T: int, sixteen_bit: bool, noise: bool, pp: int) -> int:
     return 2 if noise else 1
 
 
-def plane_transposed_y(N: int, T: int, sliced: bool, tf32x3: bool, sixteen_bit: bool, neps: int, noise: int,
-                       per_sample: bool) -> int:
+def plane_transposed_y(N: int, T: int, sliced: bool, tf32x3: bool, sixteen_bit: bool, neps: int, noise: int) -> int:
     """YT of _blur_step_kernel (_step): whether the whole-operand plane computes Y transposed, Yᵀ = Aᵀ ⊙ V Xᵀ Vᵀ + …,
     the data's and the table's tiles transposed in registers as loaded, so that the inverse's first product Vᵀ Y
     takes Y from the accumulator's registers where it converted them (a SEL, a SHFL and an FSEL an element, for Y's
@@ -1031,15 +1030,17 @@ def plane_transposed_y(N: int, T: int, sliced: bool, tf32x3: bool, sixteen_bit: 
     fp32 at N = 16, up to 17 % fewer instructions an element (a few variants up to 4 % more: 16-bit N = 12 with three
     buffers, sm_80 N = 16 with a noise tensor), and the three-buffer launches' spills on sm_90a gone (16-bit, 12 B);
     fp32 at N < 16 with one buffer up to 5 % fewer (sm_80 N = 12: 3 % more), with two or three 2-9 % more: Y as is
-    there (0), but for three buffers with a noise tensor and one timestep, whose 4 B spill (sm_90a, sm_100a) the
-    transposed Y removes at 4 % more instructions. 0 too at other sizes, for the sliced plane and fp64 (RESULTS.md,
-    issue 19). The order of the sums (the rows' transform before the columns') moves the numbers within rounding; the
-    planes a program do not."""
+    there (0), but for three buffers with a noise tensor (the pre-pass's too), whose 4 B spill with one timestep
+    (sm_90a, sm_100a) the transposed Y removes at 4 % more instructions (5 % with a timestep per sample, which takes
+    it too: how the timestep is given moves no number). 0 too at other sizes, for the sliced plane and fp64
+    (RESULTS.md, issue 19). The order of the sums (the rows' transform before the columns') moves the numbers within
+    rounding: the last bits depend on the buffers' dtype, on their number and on the noise's source (in-kernel or a
+    tensor), not on the planes a program nor on the timestep's form."""
     if sliced or not tf32x3 or T != 16:
         return 0
     if sixteen_bit:
         return 1 if N == 16 and noise == NOISE_PHILOX else 2
-    if N == 16 or neps == 1 or (neps == 3 and noise == NOISE_TENSOR and not per_sample):
+    if N == 16 or neps == 1 or (neps == 3 and noise == NOISE_TENSOR):
         return 2
     return 0
 
@@ -1249,7 +1250,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     else:  # Vᵀ's columns reordered where Y enters Vᵀ Y reordered (plane_transposed_y)
         pp = planes_per_program(B * C, T, sliced, tf32x3)
         hold = plane_hold(N, T, x.dtype.itemsize == 2, noise_mode != NOISE_NONE, pp)
-        yt = plane_transposed_y(N, T, sliced, tf32x3, x.dtype.itemsize == 2, len(eps), noise_mode, per_sample)
+        yt = plane_transposed_y(N, T, sliced, tf32x3, x.dtype.itemsize == 2, len(eps), noise_mode)
         bp = (basis_parts(basis, tf32x3, kperm_t=yt == 2), basis_parts(basis, tf32x3, kperm=tf32x3, bt=True))
     ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, *bp,
             _grid_table(coef, tf32x3, GR * GC) if grid else _table(coef, tf32x3, T if sliced else None), coef.shape[0],
