@@ -467,7 +467,11 @@ def _noise_term(z_ptr, z_off, ld, cp, cld, cstride, flat, m2, seed, LMASK: tl.co
     noise tensor at z_off + ld), transposed with YT; zeros without noise."""
     if NOISE == NOISE_PHILOX and FORM == GRID:  # flat: the tile's first element; runs of four from the offsets
         n = -normal_rows(seed, flat + _run_starts(ld), ld.shape[1], STREAM_NOISE, ALIGNED4, FAST).to(CT)
-    elif NOISE == NOISE_PHILOX:  # normal_rows's normals come negated
+    elif NOISE == NOISE_PHILOX and YT == 1:  # normal_rows's normals come negated
+        # runs of 8 a thread: transposed, they reach the accumulator's layout through shared memory (stmatrix,
+        # ldmatrix) where runs of 4 took shuffles and selects: 3-8 % fewer instructions an element (RESULTS.md)
+        n = -normal_rows(seed, flat, ld.shape[1], STREAM_NOISE, ALIGNED4, FAST, 8).to(CT)
+    elif NOISE == NOISE_PHILOX:
         n = -normal_rows(seed, flat, ld.shape[1], STREAM_NOISE, ALIGNED4, FAST).to(CT)
     elif NOISE == NOISE_TENSOR:
         n = _load(z_ptr + z_off + ld, m2, LMASK).to(CT)
