@@ -480,10 +480,31 @@ def test_blur_planes_per_program_policy():
     from gmm_triton.kernels import blur_step as K
 
     m = K.MIN_PROGRAMS
-    assert [K.planes_per_program(n, 16, False, True) for n in (1, 2 * m - 1, 2 * m, 4 * m, 8 * m, 10**6)] == \
-        [1, 1, 2, 4, 8, 8]
+    assert [K.planes_per_program(n, 16, False, True) for n in (1, 2 * m - 1, 2 * m, 4 * m, 8 * m, 16 * m, 32 * m,
+                                                               10**6)] == [1, 1, 2, 4, 8, 16, 16, 16]
     assert K.planes_per_program(10**6, 32, False, True) == K.planes_per_program(10**6, 64, False, True) == 1
     assert K.planes_per_program(10**6, 16, True, True) == K.planes_per_program(10**6, 16, False, False) == 1
+
+
+def test_blur_div_magic_divides_every_plane_index():
+    """The per-plane kernel's division of a plane index by the channel count (div_magic: a multiply and a shift) is
+    exact for every index below 2³¹: each divisor up to 64 and some large ones, at the indices where it is most
+    likely to fail (multiples of d and their neighbours near 2³¹, and a random sample); the kernels' own use runs in
+    test_blur_planes_per_program_move_no_number (several planes a program) with C = 3."""
+    from gmm_triton.kernels import blur_step as K
+
+    gen = np.random.default_rng(0)
+    for d in list(range(1, 65)) + [97, 1000, 2**16 + 1, 2**30 - 1, 2**31 - 1]:
+        m, k = K.div_magic(d)
+        assert 0 < m < 2**32
+        top = (2**31 - 1) // d * d
+        w = min(2 * d, 512)
+        near_top = top + np.arange(-w, min(2**31 - top, w))
+        n = np.concatenate([np.arange(0, 2 * w), near_top, gen.integers(0, 2**31, 4096)])
+        n = n[(n >= 0) & (n < 2**31)].astype(object)  # Python integers: no 64-bit overflow in the check
+        assert all(x * m >> k == x // d for x in n), d
+    with pytest.raises(ValueError, match="divisor"):
+        K.div_magic(0)
 
 
 @pytest.mark.parametrize("N", [16, 32, 64], ids=["N16-planes-a-program", "N32-one-plane", "N64-one-plane"])

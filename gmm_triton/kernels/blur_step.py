@@ -26,7 +26,7 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
     and order 2 at T = 16; one at T = 64 but on sm_80) this holds without spill, and at T = 64 within 80 % of its
     roofline. At T = 64 two and three buffers hold too where N is a multiple of 16 (48, 64) on sm_90 (two on sm_100),
     with Y in a scratch plane of the program's own between the buffers' products (:func:`plane_y_scratch`), not in
-    registers. At T = 16 a program takes up to 8 planes in turn (:func:`planes_per_program`), reading the transform's
+    registers. At T = 16 a program takes up to 16 planes in turn (:func:`planes_per_program`), reading the transform's
     parts once, and computes Y transposed, so that the inverse takes it from the accumulator's registers
     (:func:`plane_transposed_y`);
   - sliced (_plane_step), for three buffers at T = 32 and two or three at T = 64 (where the grid does not take them:
@@ -670,7 +670,7 @@ def _preload(bp, T: tl.constexpr, PRE: tl.constexpr, BT: tl.constexpr = False, H
 def _blur_step_kernel(
     x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr, bp, br,
     coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value,
-    C, N, x_bs, e0_bs, e1_bs, e2_bs, z_bs, n_planes,
+    C, N, x_bs, e0_bs, e1_bs, e2_bs, z_bs, n_planes, c_magic, c_shift,
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
     T_PER_SAMPLE: tl.constexpr, SEED_FROM_PTR: tl.constexpr, ALIGNED4: tl.constexpr, FAST: tl.constexpr,
     TF32X3: tl.constexpr, T: tl.constexpr, LMASK: tl.constexpr, SLICED: tl.constexpr, PP: tl.constexpr,
@@ -708,9 +708,16 @@ def _blur_step_kernel(
         # branch around the body
         # (one plane a program: the grid is the planes, no clamp, and ptxas re-reads the program id where it spilled
         # the clamped plane, 4 B with Y in scratch)
-        p = p0 + q if PP == 1 else tl.minimum(p0 + q, n_planes - 1)
-        b = (p.to(tl.int32) // C).to(tl.int64)  # planes < 2³¹ (launch_blur_step): a 32-bit division
-        c = p - b * C
+        if PP == 1:
+            p = p0 + q
+            b = (p.to(tl.int32) // C).to(tl.int64)  # planes < 2³¹ (launch_blur_step): a 32-bit division
+            c = p - b * C
+        else:  # in 32 bits, the division by C a multiply and a shift (div_magic): 21 fewer instructions a plane
+            p32 = tl.minimum(tl.program_id(0) * PP + q, n_planes - 1)
+            b32 = ((p32.to(tl.uint32).to(tl.uint64) * c_magic.to(tl.uint64)) >> c_shift).to(tl.int32)
+            c = (p32 - b32 * C).to(tl.int64)
+            b = b32.to(tl.int64)
+            p = p32.to(tl.int64)
         row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, b, T_FROM_PTR, T_PER_SAMPLE)
         poison = tl.where(valid, 0.0, float("nan")).to(CT)
         if SLICED:
@@ -1009,6 +1016,17 @@ def plane_full(N: int, T: int, sliced: bool, tf32x3: bool, arch: int) -> bool:
     return N == T and not sliced and tf32x3 and not (arch // 10 == 8 and T == 32)
 
 
+def div_magic(d: int) -> tuple:
+    """(m, k) with ⌊n / d⌋ = ⌊n·m / 2^k⌋ for every 0 ≤ n < 2³¹ (d ≥ 1): k = 31 + ⌈log₂ d⌉, m = ⌈2^k / d⌉ < 2³², so
+    that the per-plane kernel divides a plane index by the channel count with one 32 × 32 → 64-bit multiply and a
+    shift. Why exact: m·d = 2^k + e with 0 ≤ e < d ≤ 2^⌈log₂ d⌉, so n·m / 2^k = n / d + n·e / (d·2^k), and
+    n·e < 2³¹·2^⌈log₂ d⌉ = 2^k keeps the excess below 1/d, short of the next multiple of 1/d past n / d."""
+    if d < 1:
+        raise ValueError(f"div_magic: divisor {d} < 1")
+    k = 31 + (d - 1).bit_length()
+    return -(-(1 << k) // d), k
+
+
 def plane_hold(N: int, T: int, sixteen_bit: bool, noise: bool, pp: int) -> int:
     """HOLD of _blur_step_kernel (_preload): where a program takes several planes (``pp`` > 1) of 16-bit buffers at
     N = 16 (T = 16, unmasked vectors), V's parts (1), and Vᵀ's too with ``noise`` (2), are held as accumulators
@@ -1067,18 +1085,20 @@ def plane_warps(T: int, arch: int, sliced: bool) -> int:
     return 8 if sliced and T == 64 and arch // 10 != 9 else max(1, min(4, T // 16))
 
 
-PLANES_PER_PROGRAM = 8  # the most planes a per-plane program takes (planes_per_program)
+PLANES_PER_PROGRAM = 16  # the most planes a per-plane program takes (planes_per_program)
 MIN_PROGRAMS = 1024      # ... while keeping at least this many programs: ~8 per SM of a 132-SM H100
 
 
 def planes_per_program(planes: int, T: int, sliced: bool, tf32x3: bool) -> int:
     """PP, the planes each per-plane program takes in turn (_blur_step_kernel), the transform matrices read once
-    for them all (_preload): 2, 4 or 8 where the launch keeps ≥ MIN_PROGRAMS programs, for the whole-operand
+    for them all (_preload): 2, 4, 8 or 16 where the launch keeps ≥ MIN_PROGRAMS programs, for the whole-operand
     form at T = 16 with tf32x3 (N = 7, 9 … 16); 1 otherwise. One plane a program read the matrices' parts from L2
     and staged them through shared memory for every product, half the memory instructions at N = 16
     (benchmarks/RESULTS.md); at T = 32 and 64 the matrices do not fit beside the planes' registers (ptxas spilled
     370-410 B at N = 17 … 28), and fp64 has no parts to share. Small launches keep one plane a program: their time
-    is latency, and more programs in flight serve it better. The planes are independent: PP moves no number."""
+    is latency, and more programs in flight serve it better. The planes are independent: PP moves no number. Up to
+    16 (8 before): the program's start (the matrices' parts, held as accumulators at N = 16 with 16-bit buffers)
+    spread over twice the planes, 2 instructions an element fewer (sm_90a fp16-n16; RESULTS.md, issue 19)."""
     if sliced or T != 16 or not tf32x3:
         return 1
     pp = 1
@@ -1279,6 +1299,6 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         scr = torch.empty((B, C, 1 if held else 2, T, T) if sliced else (B, C, N, N), device=x.device,
                           dtype=torch.float32 if tf32x3 else torch.float64) if sliced or yscr else coef
         _blur_step_kernel[(triton.cdiv(B * C, pp),)](
-            *ptrs[:6], scr, *ptrs[6:], C, N, *strides, B * C, ALIGNED4=aligned4, num_warps=warps,
+            *ptrs[:6], scr, *ptrs[6:], C, N, *strides, B * C, *div_magic(C), ALIGNED4=aligned4, num_warps=warps,
             LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, KN=sliced_extent(N) if sliced else 0, HELD=held,
             FULL=plane_full(N, T, sliced, tf32x3, arch), HOLD=hold, YT=yt, **common)
