@@ -185,8 +185,9 @@ def test_issue_19_targets_on_paper(matrix):
     Kronecker rows are whole (with a timestep per sample too at N = 2; bf16 at N = 4, 256 rows a program), for the
     grid of planes at N = 3, 6, 7, 9 … 12 and 17 … 32 (and N = 12 with two buffers, one tile a program), for one
     plane a program at N = 13 … 16 and the one-buffer wgmma planes of N = 33 … 64, for order 2 at N = 16 … 32 (the
-    grid from 17, and from one plane: N = 20), and for two and three buffers at N = 48 and 64 (the whole plane with
-    Y in a scratch plane); and the throughput the grid form bought for the bf16 grid at N = 28."""
+    grid from 17, and from one plane: N = 20), for two and three buffers at N = 48 and 64 (the whole plane with Y in a
+    scratch plane), and for fp16 buffers at N = 16 (16 planes a program); and the throughput the grid form bought for
+    the bf16 grid at N = 28."""
     rows = {(r["case"], r["kernel"]): r for r in matrix if r["target"] == "sm_90a"}
     main = rows[("main-fp16-eps-philox-x0", "_ddim_step_kernel")]
     for D in (1000, 1001, 13467):
@@ -262,10 +263,15 @@ def test_issue_19_targets_on_paper(matrix):
         "blur-bf16-n4-philox",  # (256 Kronecker rows a program at scale: kron_row_tiles, 70.4 → 99.6 %)
         # the grid at N = 12 (79.8 → 81.3 and 81.7 %: its tile's planes counted in 32 bits, the right operands read
         # transposed; RESULTS.md)
-        "blur-fp32-n12-order1-philox-tiles", *ysc]
+        "blur-fp32-n12-order1-philox-tiles", *ysc,
+        # fp16 at N = 16: Y transposed into the inverse, the normals in runs of 8, the plane index in 32 bits, 16
+        # planes a program (63.8 → 80.8 %; RESULTS.md)
+        "blur-fp16-n16-philox"]
     for case in met:
         r = by_case[case]
         assert r["pipe_pct_copy"]["H100"] >= 0.8 * r["roofline_pct_copy"]["H100"], r
+    r = by_case["blur-fp16-n16-philox"]  # the most planes a program (planes_per_program), Y as is (YT 1)
+    assert (r["launch"]["constexprs"]["PP"], r["launch"]["constexprs"]["YT"]) == ("16", "1"), r
     for n in (3, 6, 7, 9, 10, 11, 12, *range(17, 32)):  # the grid form, four tiles a program (tiles_per_program)
         r = by_case[f"blur-fp32-n{n}-philox"]
         assert r["kernel"] == "_blur_grid_kernel" and r["launch"]["constexprs"]["TP"] == "4", r
