@@ -266,10 +266,23 @@ def test_issue_19_targets_on_paper(matrix):
         "blur-fp32-n12-order1-philox-tiles", *ysc,
         # fp16 at N = 16: Y transposed into the inverse, the normals in runs of 8, the plane index in 32 bits, 16
         # planes a program (63.8 → 80.8 %; RESULTS.md)
-        "blur-fp16-n16-philox"]
+        "blur-fp16-n16-philox",
+        # the sliced plane at N = 33 with V's parts, its table's planes and Y's tile through TMA (62.7 → 88.7 %)
+        "blur-fp32-n33-order2-philox-stochastic"]
     for case in met:
         r = by_case[case]
         assert r["pipe_pct_copy"]["H100"] >= 0.8 * r["roofline_pct_copy"]["H100"], r
+    # TMA descriptors (basis_tma) at T = 64 with two or three buffers on sm_90a: V's parts (bp, br), and the held
+    # sliced plane's table and Y (ct, yd); their copies' bytes are on the LSU (aot.pipe_counts); pointers elsewhere
+    tma = {r["case"] for r in matrix if r["kernel"] == "_blur_step_kernel" and r["target"] == "sm_90a"
+           and r["launch"]["signature"]["bp"].startswith("tensordesc")}
+    assert tma == {"blur-fp32-n33-order2-philox-stochastic", "blur-fp32-n48-order1-philox", *ysc[1:]}, tma
+    for r in matrix:
+        if r["kernel"] == "_blur_step_kernel" and r["case"] in tma:
+            sig = r["launch"]["signature"]
+            descs = [sig[k].startswith("tensordesc") for k in ("bp", "br", "ct", "yd")]
+            sliced = r["launch"]["constexprs"]["SLICED"] == "True"
+            assert descs == ([True, True, sliced, sliced] if r["target"] == "sm_90a" else [False] * 4), r
     r = by_case["blur-fp16-n16-philox"]  # the most planes a program (planes_per_program), Y as is (YT 1)
     assert (r["launch"]["constexprs"]["PP"], r["launch"]["constexprs"]["YT"]) == ("16", "1"), r
     for n in (3, 6, 7, 9, 10, 11, 12, *range(17, 32)):  # the grid form, four tiles a program (tiles_per_program)
@@ -472,6 +485,32 @@ def test_pipe_counts():
     assert full == {"issue": 8, "imad": 2, "alu": 1, "lsu": 8.0, "fma": 1}
     # HMMA.16816: 16·8·16 multiply-accumulates over 32 threads
     assert edge == {"issue": 10, "imad": 2, "alu": 1, "lsu": 3.0, "xu": 1, "tensor:mma_f16": 64.0}
+
+
+_TMA = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/              @!P0 IMAD.MOV.U32 R9, RZ, RZ, 0x4000 ;
+        /*0020*/                   FADD R4, R4, R5 ;
+        /*0030*/              @!P0 SYNCS.ARRIVE.TRANS64 RZ, [UR4+0x3000], R9 ;
+        /*0040*/                   @UP3 UTMALDG.2D [UR12], [UR16] ;
+        /*0050*/                   MOV R9, R7 ;
+        /*0060*/              @!P0 SYNCS.ARRIVE.TRANS64 RZ, [UR4+0x3000], R9 ;
+        /*0070*/                   EXIT ;
+"""
+
+
+def test_a_tma_copy_is_charged_its_bytes_on_the_lsu():
+    """A TMA copy writes shared memory through the same 128 B a clock as the threads' accesses: the bytes its
+    expect-tx arrive announces (the immediate moved into its register), over the program's threads, in 4-byte lane
+    slots; an arrive whose bytes are no immediate on the path is refused, not left uncounted."""
+    ins, labels = aot.parse_sass(_TMA)
+    path = aot.hot_path(ins, labels)
+    assert aot.pipe_counts(path[:5], threads=128) == {"issue": 5, "imad": 1, "fma": 1, "lsu": 0x4000 / 4 / 128}
+    assert aot.pipe_counts(path[:5], threads=256)["lsu"] == 16.0
+    # a loop body's arrive finds its immediate on the path that holds it
+    assert aot.pipe_counts(path[3:5], threads=128, context=path)["lsu"] == 32.0
+    with pytest.raises(ValueError, match="not an immediate"):
+        aot.pipe_counts(path, threads=128)
 
 
 def test_a_launch_is_charged_per_real_element_on_the_paths_its_tiles_take():

@@ -994,6 +994,50 @@ def test_blur_t64_whole_plane_holds_y_in_scratch(monkeypatch, N, k, yscr):
         assert ((out.double() - ref).abs() <= 2e-6 * bound).all(), (arch, force)
 
 
+@pytest.mark.parametrize("N, k, B", [(33, 3, 2), (40, 2, 3), (48, 2, 1), (64, 3, 1)],
+                         ids=["N33-sliced-3-buffers", "N40-sliced-2-buffers-noise-prepass", "N48-whole-y-scratch",
+                              "N64-whole-y-scratch-3-buffers"])
+def test_blur_tma_descriptors_move_no_number(monkeypatch, N, k, B):
+    """At T = 64 with two or three buffers on sm_90 (basis_tma) the products read V's parts through TMA descriptors
+    (tma_descriptor; _basis_part), and the held sliced plane its table's planes and Y's tile too (_whole): the
+    interpreter runs the descriptors' loads, which the CPU suite takes wherever the launch does (it reports sm_90).
+    The same values reach the same products: bit for bit the numbers of the pointers' loads, which meet the float64
+    reference within the fp32 bound. Several planes a launch (the scratch's and the table's rows: each plane's own)."""
+    from gmm_triton.kernels import blur_step as K
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(B, 2, N, N)
+    eps = [torch.randn_like(x) for _ in range(k)]
+    rows = torch.tensor([1, 4, 3][:B])
+    ref = gref.blur_step(x, eps, bt, basis, rows, seed=5)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(5, x.shape))
+    real_kernel, outs = K._blur_step_kernel, {}
+    for tma in (True, False):
+        args = []
+
+        class Spy:  # the launch's arguments, then the real kernel
+            def __getitem__(self, grid):
+                return lambda *a, **kw: args.append(a) or real_kernel[grid](*a, **kw)
+
+        monkeypatch.setattr(K, "_blur_step_kernel", Spy())
+        if not tma:
+            monkeypatch.setattr(K, "basis_tma", lambda *a: False)
+        with ops.use_cpu_backend("triton"):
+            outs[tma] = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=5)
+        monkeypatch.undo()
+        (a,) = args
+        descs = [isinstance(v, TensorDescriptor) for v in a[7:11]]  # bp, br, ct, yd
+        sliced = K.plane_sliced(k, 64, N, 90)
+        assert descs == ([True, True, sliced, sliced] if tma else [False] * 4), (tma, descs)
+        assert ((outs[tma].double() - ref).abs() <= 2e-6 * bound).all(), tma
+    assert torch.equal(outs[True], outs[False])
+    # the policy: sm_90, tf32x3, T = 64, two or three buffers
+    assert [K.basis_tma(a, t, T, n) for a, t, T, n in ((90, True, 64, 2), (90, True, 64, 3), (90, True, 64, 1),
+                                                       (90, True, 32, 3), (90, False, 64, 3), (80, True, 64, 3),
+                                                       (100, True, 64, 3))] == [True, True] + [False] * 5
+
+
 def test_blur_opcheck(backend):
     bt, bt_lam, basis = blur_tables(4)
     x = torch.randn(2, 2, 4, 4)

@@ -57,7 +57,9 @@ Precision. fp64 runs on the fp64 tensor cores (DMMA). Every other dtype computes
 products per fp32 product (tf32x3): each operand is split into a high and a low part, each tf32-exact (11
 significant bits), and a·b ≈ a_lo·b_hi + a_hi·b_lo + a_hi·b_hi (the products of tf32 values are exact in the fp32
 accumulator). The transform matrices' parts are rounded to nearest, once per basis tensor on the host
-(:func:`basis_parts`), and read by each product from L2 (or once per program: _preload); the data's are split in
+(:func:`basis_parts`), and read by each product from L2 (or once per program: _preload; at T = 64 with two or three
+buffers on sm_90 through TMA descriptors, :func:`basis_tma`, and the held sliced plane its table's planes and Y's
+tile too); the data's are split in
 registers, hi = t rounded to nearest and lo = t − hi truncated to tf32 (its low 13 bits dropped; truncating hi too
 biased the errors: 1.7·10⁻⁷ against 1.2·10⁻⁷ × the bound's scale at N = 3): the dropped a_lo·b_lo and lo's
 truncation are ≤ 2⁻²² relative, and the measured errors are those of rounding both (benchmarks/RESULTS.md, "Blur
@@ -140,6 +142,11 @@ def _basis_part(bp, part, which, T: tl.constexpr, R0, C0, R: tl.constexpr, C: tl
     became four scalar stores: 1-5 % fewer instructions an element on the sm_90a blur rows, RESULTS.md)."""
     if PRE:
         out = bp[which][part]
+    elif isinstance(bp, tl.core.tensor_descriptor_base):  # a TMA descriptor of the parts (basis_tma), [R, C] blocks
+        if BT:                                            # ([C, R] with BT): copied to shared memory by the TMA unit
+            out = _t(bp.load([(part * 2 + which) * T + C0, R0]))
+        else:
+            out = bp.load([(part * 2 + which) * T + R0, C0])
     elif BT:
         i = C0 + tl.arange(0, C)[:, None]
         j = R0 + tl.arange(0, R)[None, :]
@@ -350,24 +357,39 @@ def _tile(T: tl.constexpr):
 
 
 @triton.jit
+def _whole(src, k, T: tl.constexpr):
+    """Tile k of ``src`` = (pointer, descriptor, row): the [T, T] tile at pointer + k·T², or, where the descriptor is a
+    TMA descriptor (the held sliced plane's table and Y: basis_tma), its rows row + k·T …, which the TMA unit copies to
+    shared memory and the threads read from there in the layout of the accumulator they meet (a tile the threads load
+    goes through shared memory too, to change layout: a global load, a store and a load; RESULTS.md, issue 19)."""
+    if isinstance(src[1], tl.core.tensor_descriptor_base):
+        return src[1].load([src[2] + k * T, 0])
+    else:
+        return tl.load(src[0] + k * T * T + _tile(T))
+
+
+@triton.jit
 def _plane_term(ptr, base, cp, k, bp, br, scr, ys, N, poison, TF32X3: tl.constexpr, T: tl.constexpr,
-                CT: tl.constexpr, KN: tl.constexpr, HELD: tl.constexpr):
+                CT: tl.constexpr, KN: tl.constexpr, HELD: tl.constexpr, tab=None, yd=None):
     """Y (the tile at ys, the scratch's last; ``poison`` for k = 0, where it is not yet written) += (plane k of the
     table row) ⊙ V X Vᵀ, X the buffer's plane at ptr + base: V X from X's rows, staged through the scratch's first tile,
     times Vᵀ; with HELD (:func:`plane_held`) V X held in registers, the whole first operand of its product with Vᵀ (its
-    parts at br, rows in _kperm's order), no staging. Y stays in memory between the buffers (a tile in registers through
-    every product spilled on mma.sync, and with HELD 96-148 B on sm_90a)."""
+    parts at br, rows in _kperm's order), no staging; and the table's plane read as ``tab``'s tile k, Y as ``yd``'s
+    (_whole: through TMA descriptors where basis_tma). Y stays in memory between the buffers (a tile in registers
+    through every product spilled on mma.sync, and with HELD 96-148 B on sm_90a; 212 B with TMA)."""
     w = _product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT, KN)  # V X
     if HELD:
         g = _mm(_operand(w, TF32X3), br, 1, False, TF32X3, T, False, False, BT=True)
         tl.debug_barrier()  # the table plane's loads below the products (registers, as in _term)
-        f = _padded(cp, k, 0, T, T).to(CT) * g
+        f = _whole(tab, k, T).to(CT) * g
     else:
         _stage(scr, w, T)
         f = _padded(cp, k, 0, T, T).to(CT) * _product(scr, 0, bp, 1, N, False, False, TF32X3, T, CT, KN)
     y = ys + _tile(T)
     if k == 0:
         tl.store(y, f + poison)
+    elif HELD:
+        tl.store(y, _whole(yd, 0, T) + f)
     else:
         tl.store(y, tl.load(y) + f)
 
@@ -376,21 +398,25 @@ def _plane_term(ptr, base, cp, k, bp, br, scr, ys, N, poison, TF32X3: tl.constex
 def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, br, seed, x_off, e0_off, e1_off, e2_off,
                 z_off, p_off, cp, poison, N, NEPS: tl.constexpr, NOISE: tl.constexpr, ALIGNED4: tl.constexpr,
                 FAST: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, CT: tl.constexpr, KN: tl.constexpr,
-                HELD: tl.constexpr):
+                HELD: tl.constexpr, ct=None, crow=0, yd=None, yrow=0):
     """One N×N plane (b, c): Y = A ⊙ V X Vᵀ + Σ_j B_j ⊙ V ε_j Vᵀ, the buffers one at a time (one transform's
     registers live at once), then out = Vᵀ (Y + S ⊙ n) V, the noise joining Y slice by slice as the first inverse
     product loads it (a slice of normals at a time, not a tile held through the products). ``scr``: the program's
     two T×T scratch tiles (a staged product, Y), one (Y) with HELD, where each transform's second product takes the
     first's accumulator from registers (_plane_term; its right matrix's parts at br). ``p_off``: the plane's flat
     index (the noise's counters, the output's offset); ``cp``: the sample's row of the padded table; ``poison`` (NaN
-    for an invalid row) rides through every product."""
+    for an invalid row) rides through every product. With HELD, ``ct`` and ``yd``: TMA descriptors of the padded table
+    and of the scratch as [·, T] matrices (basis_tma; or unused pointers), the table row at row ``crow`` of ct, Y's
+    tile at ``yrow`` of yd."""
     ys = scr + (0 if HELD else T * T)  # Y's tile: the last of the plane's scratch
-    _plane_term(x_ptr, x_off, cp, 0, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD)
-    _plane_term(e0_ptr, e0_off, cp, 1, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD)
+    tab = (cp, ct, crow)
+    yt = (ys, yd, yrow)
+    _plane_term(x_ptr, x_off, cp, 0, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD, tab, yt)
+    _plane_term(e0_ptr, e0_off, cp, 1, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD, tab, yt)
     if NEPS > 1:
-        _plane_term(e1_ptr, e1_off, cp, 2, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD)
+        _plane_term(e1_ptr, e1_off, cp, 2, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD, tab, yt)
     if NEPS > 2:
-        _plane_term(e2_ptr, e2_off, cp, 3, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD)
+        _plane_term(e2_ptr, e2_off, cp, 3, bp, br, scr, ys, N, poison, TF32X3, T, CT, KN, HELD, tab, yt)
     tl.debug_barrier()
     acc = tl.zeros((T, T), dtype=CT)  # Vᵀ (Y + S ⊙ n), by slices of Y's rows below KN
     for k0 in tl.static_range(0, KN, _KC):
@@ -668,7 +694,7 @@ def _preload(bp, T: tl.constexpr, PRE: tl.constexpr, BT: tl.constexpr = False, H
 
 @triton.jit(do_not_specialize=["t_value", "seed_value"])
 def _blur_step_kernel(
-    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr, bp, br,
+    x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr, bp, br, ct, yd,
     coef_ptr, n_rows, t_ptr, t_value, seed_ptr, seed_value,
     C, N, x_bs, e0_bs, e1_bs, e2_bs, z_bs, n_planes, c_magic, c_shift,
     CT: tl.constexpr, NEPS: tl.constexpr, NOISE: tl.constexpr, T_FROM_PTR: tl.constexpr,
@@ -724,7 +750,8 @@ def _blur_step_kernel(
             _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr_ptr + p * (1 if HELD else 2) * T * T, bp,
                         br, seed, b * x_bs + c * plane, b * e0_bs + c * plane, b * e1_bs + c * plane,
                         b * e2_bs + c * plane, b * z_bs + c * plane, p * plane, coef_ptr + row * _PLANES * T * T,
-                        poison, N, NEPS, NOISE, ALIGNED4, FAST, TF32X3, T, CT, KN, HELD)
+                        poison, N, NEPS, NOISE, ALIGNED4, FAST, TF32X3, T, CT, KN, HELD,
+                        ct, (row * _PLANES * T).to(tl.int32), yd, p.to(tl.int32) * T)
         else:
             ii = tl.arange(0, T)[:, None]
             jj = tl.arange(0, T)[None, :]
@@ -1201,6 +1228,31 @@ def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 
     return _derived(f"basis-tf32x3={tf32x3}-{size}-{copies}-{kperm}-{bt}-{kperm_t}", basis, build)
 
 
+def basis_tma(arch: int, tf32x3: bool, T: int, neps: int) -> bool:
+    """Whether the per-plane products read the transform matrices' parts through TMA descriptors
+    (:func:`tma_descriptor`; _basis_part): at T = 64 with two or three buffers (the sliced plane, held on wgmma:
+    plane_held; and the whole-operand plane with Y in scratch: plane_y_scratch), tf32x3, on sm_90. Loaded by the
+    threads, a part crossed the LSU twice, a global load into registers and a store to shared memory, where wgmma reads
+    its operands: those launches were bound by their memory instructions, the parts most of them (sm_90a fp32 N = 33,
+    three buffers: 1120 of 2680 lane slots a thread). The TMA unit writes the block to shared memory itself, one
+    instruction a program; but each copy takes its barrier's set-up, arrive, wait and release, ~40 instructions a
+    thread, where a [64, 64] part by the threads took ~20: elsewhere (the grid, the Kronecker rows, T = 16 and 32, one
+    buffer at T = 64, sm_100a, whose launches are bound by their issue) the descriptors cost 1-25 % more instructions
+    an element, and one buffer at T = 64 spilled 32-64 B (RESULTS.md, issue 19). The same values into the same
+    products: no number moves. sm_80 has no TMA unit; fp64 (DMMA) keeps the pointers."""
+    return tf32x3 and arch // 10 == 9 and T == 64 and neps > 1
+
+
+def tma_descriptor(t: torch.Tensor, block: tuple):
+    """A TMA descriptor of the contiguous tensor t as a [numel / S, S] matrix (S its last dimension), read in
+    ``block`` [R, C] blocks: basis parts [PARTS, 2, S, S] (_basis_part: a left operand's [R, C] block, a right one's
+    [C, R] of its transposed storage), the padded table and the sliced plane's scratch (_whole)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    flat = t.view(-1, t.shape[-1])
+    return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), list(block))
+
+
 def _table(coef: torch.Tensor, tf32x3: bool, pad) -> torch.Tensor:
     """The coefficient table the kernels read, made once per table (_derived): fp32 for fp32 compute (fp64 planes
     take twice the registers, and the large or padded tiles spilled); its planes zero-padded to pad×pad for the
@@ -1267,6 +1319,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     # the left and right matrices of the grid and of one plane; the right ones only multiply _kperm's reordered
     # tiles from the right (tf32x3): their rows in that order
     if grid:
+        tp = tiles_per_program(triton.cdiv(B * C, GR * GC), len(eps), per_sample)
         bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR),
               basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=tf32x3, bt=True))
     elif kron:  # W as is (X W); Wᵀ for Y Wᵀ, its rows in _kperm's order where Y is reordered (kron_kperm, _inv)
@@ -1276,13 +1329,18 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         hold = plane_hold(N, T, x.dtype.itemsize == 2, noise_mode != NOISE_NONE, pp)
         yt = plane_transposed_y(N, T, sliced, tf32x3, x.dtype.itemsize == 2, len(eps), noise_mode)
         bp = (basis_parts(basis, tf32x3, kperm_t=yt == 2), basis_parts(basis, tf32x3, kperm=tf32x3, bt=True))
+        held = sliced and plane_held(T, arch, tf32x3)  # the sliced plane's scratch: Y's tile, and a staging tile
+        # TMA coordinates are 32-bit: the scratch's rows (B·C·T) too (past 2³¹ its 2³⁷ bytes could not be allocated)
+        tma = basis_tma(arch, tf32x3, T, len(eps)) and B * C * T < 2**31
+        if tma:  # V's [T, 16] slices (sliced) or [T, T] blocks; the right one whole
+            assert pp == 1 and (held or not sliced), (pp, sliced, held)
+            bp = (tma_descriptor(bp[0], (T, _KC.value if sliced else T)), tma_descriptor(bp[1], (T, T)))
     ptrs = (x, e[0], e[1], e[2], noise if noise is not None else coef, out, *bp,
             _grid_table(coef, tf32x3, GR * GC) if grid else _table(coef, tf32x3, T if sliced else None), coef.shape[0],
             t_tensor if t_tensor is not None else coef, t_value,
             seed_tensor if seed_tensor is not None else coef, seed_value)
     strides = (x.stride(0), e[0].stride(0), e[1].stride(0), e[2].stride(0), noise.stride(0) if noise is not None else 0)
     if grid:
-        tp = tiles_per_program(triton.cdiv(B * C, GR * GC), len(eps), per_sample)
         _blur_grid_kernel[(triton.cdiv(B * C, GR * GC * tp),)](*ptrs, C, B * C, ALIGNED4=aligned4, TC=GRID_COLS, N=N,
                                                                 GR=GR, GC=GC, TP=tp, num_warps=4, **common)
     elif kron:
@@ -1295,10 +1353,11 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         # program's plane for Y (plane_y_scratch), in the compute type; the whole-operand form reads none otherwise
         yscr = plane_y_scratch(len(eps), T, N, arch)
         assert not yscr or pp == 1, pp  # (the kernel addresses the scratch by program)
-        held = sliced and plane_held(T, arch, tf32x3)  # the sliced plane's scratch: Y's tile, and a staging tile
         scr = torch.empty((B, C, 1 if held else 2, T, T) if sliced else (B, C, N, N), device=x.device,
                           dtype=torch.float32 if tf32x3 else torch.float64) if sliced or yscr else coef
+        # the held sliced plane reads its table's planes and Y's tile through TMA descriptors too (_whole)
+        ct, yd = (tma_descriptor(ptrs[8], (T, T)), tma_descriptor(scr, (T, T))) if tma and held else (ptrs[8], scr)
         _blur_step_kernel[(triton.cdiv(B * C, pp),)](
-            *ptrs[:6], scr, *ptrs[6:], C, N, *strides, B * C, *div_magic(C), ALIGNED4=aligned4, num_warps=warps,
+            *ptrs[:6], scr, *ptrs[6:8], ct, yd, *ptrs[8:], C, N, *strides, B * C, *div_magic(C), ALIGNED4=aligned4, num_warps=warps,
             LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, KN=sliced_extent(N) if sliced else 0, HELD=held,
             FULL=plane_full(N, T, sliced, tf32x3, arch), HOLD=hold, YT=yt, **common)

@@ -46,7 +46,10 @@ fmaheavy and fmalite halves), ``imad`` (IMAD/IMUL/IDP: fmaheavy only; a 64-bit r
 ``IMAD.HI``, counts two), ``alu`` (integer and logic, compares, selects, min/max, moves, ``I2FP``,
 ``F2FP`` packs), ``xu`` (MUFU, the other conversions ``F2F``/``I2F``/``F2I``, ``POPC``/``FLO``/``BREV``),
 ``fp64`` (DADD/DMUL/DFMA...), ``lsu`` (global/shared/local memory and shuffles, in 32-bit lane slots: a
-128-bit access counts 4) and ``tensor`` (multiply-accumulates of HMMA/HGMMA/DMMA per thread, by input type).
+128-bit access counts 4; and the bytes a TMA copy writes to shared memory, which take the same 128 B a clock of
+the SM's L1/shared data path: a copy of b bytes, announced by its ``SYNCS.ARRIVE.TRANS64`` expect-tx arrive, counts
+b / 4 lane slots over the program's threads, :func:`pipe_counts`) and ``tensor`` (multiply-accumulates of
+HMMA/HGMMA/DMMA per thread, by input type).
 Uniform-datapath, control and constant-cache instructions only take an issue slot (``issue`` counts all).
 The rates of each pipe are the model's (tools/inspect.py).
 
@@ -421,11 +424,12 @@ def compile_and_analyse(job: dict) -> dict:
                 f"// path {n}: {kind}, {len(p)} instructions\n" + "".join(i.text + "\n" for i in p)
                 for n, (kind, p) in enumerate(paths)))
         stats["paths"] = []
+        threads = 32 * job["options"]["num_warps"]
         for kind, p in paths:
             ld, st = access_widths(p)
             stats["paths"].append(dict(kind=kind, hot_path=len(p), load_bits=ld, store_bits=st,
-                                       calls=sum(i.base == "CALL" for i in p), pipes=pipe_counts(p),
-                                       loops=[dict(hot_path=len(body), pipes=pipe_counts(body))
+                                       calls=sum(i.base == "CALL" for i in p), pipes=pipe_counts(p, threads),
+                                       loops=[dict(hot_path=len(body), pipes=pipe_counts(body, threads, p))
                                               for body in loop_bodies(ins, labels, p)]))
         stats.update(shared_bytes=int(k.metadata.shared), sass_total=len(ins))
         return stats
@@ -657,10 +661,35 @@ def _mma(i: Ins):
     return ("wgmma_" if i.base == "HGMMA" else "mma_") + typ, m * n * k / threads
 
 
-def pipe_counts(path: list) -> dict:
-    """Instructions of ``path`` per pipe (module docstring); ``tensor:<kind>`` holds multiply-accumulates."""
+_IMM_MOVE = re.compile(r"^(?:MOV|MOV32I|IMAD\.MOV\.U32|IMAD\.MOV)$")
+
+
+def _tma_bytes(path: list, k: int, context: Optional[list] = None) -> int:
+    """The bytes that the expect-tx arrive ``path[k]`` (``SYNCS.ARRIVE.TRANS64 RZ, [bar], Rb``) announces: the
+    immediate last moved into Rb on the path (ptxas sets it just ahead of the arrive; for a loop body, on the
+    ``context`` path that holds the body). Raises where it is not an immediate: a TMA copy whose bytes the model
+    cannot see would go uncounted."""
+    if context is not None:
+        k, path = next(j for j, i in enumerate(context) if i is path[k]), context
+    reg = path[k].operands[-1]
+    for j in range(k - 1, -1, -1):
+        i = path[j]
+        if i.base in _NO_DEST or not i.operands or i.operands[0] != reg:
+            continue
+        if _IMM_MOVE.match(i.op) and re.fullmatch(r"0x[0-9a-f]+|\d+", i.operands[-1]):
+            return int(i.operands[-1], 0)
+        break
+    raise ValueError(f"a TMA expect-tx arrive whose byte count is not an immediate on the path: {path[k].text}")
+
+
+def pipe_counts(path: list, threads: int = 128, context: Optional[list] = None) -> dict:
+    """Instructions of ``path`` per pipe (module docstring); ``tensor:<kind>`` holds multiply-accumulates; ``threads``:
+    the program's (a TMA copy's bytes are the program's, shared by its threads' walks); ``context``: the path that
+    holds ``path`` (a loop body)."""
     c = Counter()
-    for i in path:
+    for k, i in enumerate(path):
+        if i.op == "SYNCS.ARRIVE.TRANS64" and len(i.operands) == 3 and _REG.fullmatch(i.operands[-1]):
+            c["lsu"] += _tma_bytes(path, k, context) / 4 / threads
         c["issue"] += 1
         mma = _mma(i)
         if mma:
