@@ -1032,10 +1032,12 @@ def test_blur_tma_descriptors_move_no_number(monkeypatch, N, k, B):
         assert descs == ([True, True, sliced, sliced] if tma else [False] * 4), (tma, descs)
         assert ((outs[tma].double() - ref).abs() <= 2e-6 * bound).all(), tma
     assert torch.equal(outs[True], outs[False])
-    # the policy: sm_90, tf32x3, T = 64, two or three buffers
+    # the policy: sm_90, tf32x3, T = 64, two or three buffers; but the whole-operand plane's three of 16-bit storage
     assert [K.basis_tma(a, t, T, n) for a, t, T, n in ((90, True, 64, 2), (90, True, 64, 3), (90, True, 64, 1),
                                                        (90, True, 32, 3), (90, False, 64, 3), (80, True, 64, 3),
                                                        (100, True, 64, 3))] == [True, True] + [False] * 5
+    assert [K.basis_tma(90, True, 64, n, sl, h) for n, sl, h in ((3, False, True), (3, True, True), (2, False, True),
+                                                                 (3, False, False))] == [False, True, True, True]
 
 
 def test_blur_opcheck(backend):

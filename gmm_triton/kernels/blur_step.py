@@ -1228,10 +1228,11 @@ def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 
     return _derived(f"basis-tf32x3={tf32x3}-{size}-{copies}-{kperm}-{bt}-{kperm_t}", basis, build)
 
 
-def basis_tma(arch: int, tf32x3: bool, T: int, neps: int) -> bool:
+def basis_tma(arch: int, tf32x3: bool, T: int, neps: int, sliced: bool = True, sixteen_bit: bool = False) -> bool:
     """Whether the per-plane products read the transform matrices' parts through TMA descriptors
     (:func:`tma_descriptor`; _basis_part): at T = 64 with two or three buffers (the sliced plane, held on wgmma:
-    plane_held; and the whole-operand plane with Y in scratch: plane_y_scratch), tf32x3, on sm_90. Loaded by the
+    plane_held; and the whole-operand plane with Y in scratch, plane_y_scratch, but three buffers of 16-bit storage,
+    which spilled 20 B at N = 48 with in-kernel noise), tf32x3, on sm_90. Loaded by the
     threads, a part crossed the LSU twice, a global load into registers and a store to shared memory, where wgmma reads
     its operands: those launches were bound by their memory instructions, the parts most of them (sm_90a fp32 N = 33,
     three buffers: 1120 of 2680 lane slots a thread). The TMA unit writes the block to shared memory itself, one
@@ -1240,7 +1241,9 @@ def basis_tma(arch: int, tf32x3: bool, T: int, neps: int) -> bool:
     buffer at T = 64, sm_100a, whose launches are bound by their issue) the descriptors cost 1-25 % more instructions
     an element, and one buffer at T = 64 spilled 32-64 B (RESULTS.md, issue 19). The same values into the same
     products: no number moves. sm_80 has no TMA unit; fp64 (DMMA) keeps the pointers."""
-    return tf32x3 and arch // 10 == 9 and T == 64 and neps > 1
+    if not (tf32x3 and arch // 10 == 9 and T == 64 and neps > 1):
+        return False
+    return sliced or neps == 2 or not sixteen_bit
 
 
 def tma_descriptor(t: torch.Tensor, block: tuple):
@@ -1331,7 +1334,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         bp = (basis_parts(basis, tf32x3, kperm_t=yt == 2), basis_parts(basis, tf32x3, kperm=tf32x3, bt=True))
         held = sliced and plane_held(T, arch, tf32x3)  # the sliced plane's scratch: Y's tile, and a staging tile
         # TMA coordinates are 32-bit: the scratch's rows (B·C·T) too (past 2³¹ its 2³⁷ bytes could not be allocated)
-        tma = basis_tma(arch, tf32x3, T, len(eps)) and B * C * T < 2**31
+        tma = basis_tma(arch, tf32x3, T, len(eps), sliced, x.dtype.itemsize == 2) and B * C * T < 2**31
         if tma:  # V's [T, 16] slices (sliced) or [T, T] blocks; the right one whole
             assert pp == 1 and (held or not sliced), (pp, sliced, held)
             bp = (tma_descriptor(bp[0], (T, _KC.value if sliced else T)), tma_descriptor(bp[1], (T, T)))
