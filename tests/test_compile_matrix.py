@@ -267,7 +267,7 @@ def test_issue_19_targets_on_paper(matrix):
         # fp16 at N = 16: Y transposed into the inverse, the normals in runs of 8, the plane index in 32 bits, 16
         # planes a program (63.8 → 80.8 %; RESULTS.md)
         "blur-fp16-n16-philox",
-        # the sliced plane at N = 33 with V's parts, its table's planes and Y's tile through TMA (62.7 → 88.7 %)
+        # the sliced plane at N = 33 with V's parts, its table's planes and Y through TMA (62.7 → 88.7 %)
         "blur-fp32-n33-order2-philox-stochastic"]
     for case in met:
         r = by_case[case]
@@ -333,6 +333,39 @@ def test_issue_19_targets_on_paper(matrix):
         assert (r["launch"]["constexprs"]["SPLIT"], r["launch"]["constexprs"]["EVEN"], r["spill_bytes"]) == (
             "True", "False", 0), r
     assert by_case["blur-fp16-n1-philox-split"]["pipe_pct_copy"]["H100"] >= 90
+
+
+_FENCE_SCRIPT = """
+import subprocess, sys, tempfile
+from gmm_triton.tools import aot
+from gmm_triton.tools.gddim_aot_cases import gddim_cases
+case = next(c for c in gddim_cases() if c.name == "blur-fp32-n33-order2-philox-stochastic")
+(launch,) = [x for x in aot.capture(case, "sm_90a") if x.kernel == "_blur_step_kernel"]
+k = aot.compile_launch(launch, "sm_90a")
+with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+    f.write(k.asm["cubin"])
+    f.flush()
+    sys.stdout.write(subprocess.run([aot._tool("nvdisasm"), "-c", f.name], check=True, capture_output=True,
+                                    text=True).stdout)
+"""
+
+
+def test_tma_reads_of_what_the_program_stored_follow_a_proxy_fence(tmp_path):
+    """The held sliced plane stores Y's tile between its terms and reads it back through a TMA copy (basis_tma): a copy
+    (the async proxy) sees the threads' global stores only after each thread's fence.proxy.async.global and a barrier
+    (kernels/blur_step.py:_async_proxy_fence), which the interpreter cannot check. sm_90a, three buffers: Y is read back
+    by terms 1, 2, 3, so three FENCE.VIEW.ASYNC.G, each followed by a BAR.SYNC before the next UTMALDG."""
+    env = dict(_env(), TRITON_CACHE_DIR=str(ROOT / ".cache" / "triton"))
+    proc = subprocess.run([sys.executable, "-c", _FENCE_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ins, _ = aot.parse_sass(proc.stdout)
+    ops = [i.op for i in ins]
+    fences = [k for k, op in enumerate(ops) if op == "FENCE.VIEW.ASYNC.G"]
+    assert len(fences) == 3, fences
+    for k in fences:
+        copy = next(j for j in range(k, len(ops)) if ops[j].startswith("UTMALDG"))
+        assert any(op.startswith("BAR.SYNC") for op in ops[k:copy]), (k, ops[k:copy])
 
 
 def test_static_limits_hold(matrix):
@@ -499,6 +532,17 @@ _TMA = """
 """
 
 
+_TMA_FORMS = """
+        /*0000*/                   SYNCS.ARRIVE.TRANS64 RZ, [UR4+0x3000], 0x1000 ;
+        /*0010*/                   SYNCS.ARRIVE.TRANS64.A1T0 RZ, [UR4+0x3000], RZ ;
+        /*0020*/                   UMOV UR9, 0x2000 ;
+        /*0030*/                   SYNCS.ARRIVE.TRANS64 RZ, [UR4+0x3000], UR9 ;
+        /*0040*/                   IMAD.WIDE.U32 R8, R2, 0x4, RZ ;
+        /*0050*/                   SYNCS.ARRIVE.TRANS64 RZ, [UR4+0x3000], R9 ;
+        /*0060*/                   EXIT ;
+"""
+
+
 def test_a_tma_copy_is_charged_its_bytes_on_the_lsu():
     """A TMA copy writes shared memory through the same 128 B a clock as the threads' accesses: the bytes its
     expect-tx arrive announces (the immediate moved into its register), over the program's threads, in 4-byte lane
@@ -509,6 +553,13 @@ def test_a_tma_copy_is_charged_its_bytes_on_the_lsu():
     assert aot.pipe_counts(path[:5], threads=256)["lsu"] == 16.0
     # a loop body's arrive finds its immediate on the path that holds it
     assert aot.pipe_counts(path[3:5], threads=128, context=path)["lsu"] == 32.0
+    with pytest.raises(ValueError, match="not an immediate"):
+        aot.pipe_counts(path, threads=128)
+    # the other forms of the byte operand: an immediate, none (RZ), a uniform register; a wider write covering the
+    # register is no immediate's
+    ins, labels = aot.parse_sass(_TMA_FORMS)
+    path = aot.hot_path(ins, labels)
+    assert aot.pipe_counts(path[:4], threads=128)["lsu"] == (0x1000 + 0x2000) / 4 / 128
     with pytest.raises(ValueError, match="not an immediate"):
         aot.pipe_counts(path, threads=128)
 

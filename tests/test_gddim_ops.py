@@ -995,14 +995,15 @@ def test_blur_t64_whole_plane_holds_y_in_scratch(monkeypatch, N, k, yscr):
 
 
 @pytest.mark.parametrize("N, k, B", [(33, 3, 2), (40, 2, 3), (48, 2, 1), (64, 3, 1)],
-                         ids=["N33-sliced-3-buffers", "N40-sliced-2-buffers-noise-prepass", "N48-whole-y-scratch",
-                              "N64-whole-y-scratch-3-buffers"])
+                         ids=["N33-sliced-3-buffers-noise-prepass", "N40-sliced-2-buffers-philox",
+                              "N48-whole-y-scratch", "N64-whole-y-scratch-3-buffers"])
 def test_blur_tma_descriptors_move_no_number(monkeypatch, N, k, B):
     """At T = 64 with two or three buffers on sm_90 (basis_tma) the products read V's parts through TMA descriptors
     (tma_descriptor; _basis_part), and the held sliced plane its table's planes and Y's tile too (_whole): the
-    interpreter runs the descriptors' loads, which the CPU suite takes wherever the launch does (it reports sm_90).
-    The same values reach the same products: bit for bit the numbers of the pointers' loads, which meet the float64
-    reference within the fp32 bound. Several planes a launch (the scratch's and the table's rows: each plane's own)."""
+    interpreter runs the descriptors' loads, which the CPU suite takes wherever the launch does (it reports sm_90). The
+    same values reach the same products: bit for bit the numbers of the pointers' loads, which meet the float64
+    reference within the fp32 bound. 2-6 planes a launch (each its own scratch tile), different table rows (each
+    plane's sample's). (Y's copy after its stores needs a proxy fence on a GPU: test_compile_matrix.py.)"""
     from gmm_triton.kernels import blur_step as K
     from triton.tools.tensor_descriptor import TensorDescriptor
 

@@ -58,8 +58,8 @@ products per fp32 product (tf32x3): each operand is split into a high and a low 
 significant bits), and a·b ≈ a_lo·b_hi + a_hi·b_lo + a_hi·b_hi (the products of tf32 values are exact in the fp32
 accumulator). The transform matrices' parts are rounded to nearest, once per basis tensor on the host
 (:func:`basis_parts`), and read by each product from L2 (or once per program: _preload; at T = 64 with two or three
-buffers on sm_90 through TMA descriptors, :func:`basis_tma`, and the held sliced plane its table's planes and Y's
-tile too); the data's are split in
+buffers on sm_90 through TMA descriptors, but three of 16-bit storage in the whole-operand plane, :func:`basis_tma`,
+and the held sliced plane its table's planes and Y's tile too); the data's are split in
 registers, hi = t rounded to nearest and lo = t − hi truncated to tf32 (its low 13 bits dropped; truncating hi too
 biased the errors: 1.7·10⁻⁷ against 1.2·10⁻⁷ × the bound's scale at N = 3): the dropped a_lo·b_lo and lo's
 truncation are ≤ 2⁻²² relative, and the measured errors are those of rounding both (benchmarks/RESULTS.md, "Blur
@@ -98,6 +98,9 @@ _TC_READS_TF32 = tl.constexpr(not INTERPRETING)
 # some row counts (the Kronecker rows' bits moved with their height): there a transposed block is copied in C order
 _C_ORDER = tl.constexpr(INTERPRETING)
 _CHECK_HINTS = tl.constexpr(INTERPRETING)  # the compiler hints' facts checked where the kernels run on the CPU
+# a GPU compile: the threads' global stores reach a TMA copy's reads only through a proxy fence (_async_proxy_fence);
+# the interpreter runs every access in order
+_PROXY_FENCE = tl.constexpr(not INTERPRETING)
 _KC = tl.constexpr(16)  # the per-plane products' slices of the contraction (tl.dot's smallest K)
 # the layouts of a tile (FORM): one plane (padded to T×T); planes as rows of a Kronecker product; N = 1 (the identity);
 # planes side by side on a grid (V_L X V_Rᵀ with block-diagonal V_L, V_R: bp is the pair of their parts)
@@ -357,12 +360,28 @@ def _tile(T: tl.constexpr):
 
 
 @triton.jit
-def _whole(src, k, T: tl.constexpr):
+def _async_proxy_fence():
+    """``fence.proxy.async.global`` (SASS FENCE.VIEW.ASYNC.G): this thread's global stores before it are seen by the
+    TMA copies (the async proxy) that a CTA barrier after it orders after them, as the PTX memory model asks of a
+    location written by the threads (the generic proxy) and then read by a copy; triton fences shared memory only. The
+    interpreter runs every access in order: nothing there."""
+    if _PROXY_FENCE:
+        tl.inline_asm_elementwise("fence.proxy.async.global; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+
+
+@triton.jit
+def _whole(src, k, T: tl.constexpr, WRITTEN: tl.constexpr = False):
     """Tile k of ``src`` = (pointer, descriptor, row): the [T, T] tile at pointer + k·T², or, where the descriptor is a
     TMA descriptor (the held sliced plane's table and Y: basis_tma), its rows row + k·T …, which the TMA unit copies to
     shared memory and the threads read from there in the layout of the accumulator they meet (a tile the threads load
-    goes through shared memory too, to change layout: a global load, a store and a load; RESULTS.md, issue 19)."""
+    goes through shared memory too, to change layout: a global load, a store and a load; RESULTS.md, issue 19).
+    WRITTEN: the program's threads stored the tile before (Y between its terms): each fences its stores for the copy
+    (_async_proxy_fence), then a barrier orders every thread's before the copy's issue."""
     if isinstance(src[1], tl.core.tensor_descriptor_base):
+        if WRITTEN:
+            _async_proxy_fence()
+            tl.debug_barrier()
         return src[1].load([src[2] + k * T, 0])
     else:
         return tl.load(src[0] + k * T * T + _tile(T))
@@ -375,8 +394,9 @@ def _plane_term(ptr, base, cp, k, bp, br, scr, ys, N, poison, TF32X3: tl.constex
     table row) ⊙ V X Vᵀ, X the buffer's plane at ptr + base: V X from X's rows, staged through the scratch's first tile,
     times Vᵀ; with HELD (:func:`plane_held`) V X held in registers, the whole first operand of its product with Vᵀ (its
     parts at br, rows in _kperm's order), no staging; and the table's plane read as ``tab``'s tile k, Y as ``yd``'s
-    (_whole: through TMA descriptors where basis_tma). Y stays in memory between the buffers (a tile in registers
-    through every product spilled on mma.sync, and with HELD 96-148 B on sm_90a; 212 B with TMA)."""
+    (_whole: through TMA descriptors where basis_tma, Y's after a proxy fence). Y stays in memory between the buffers (a
+    tile in registers through every product spilled on mma.sync, and with HELD 96-148 B on sm_90a; 212 B with the
+    descriptors)."""
     w = _product(ptr, base, bp, 0, N, True, True, TF32X3, T, CT, KN)  # V X
     if HELD:
         g = _mm(_operand(w, TF32X3), br, 1, False, TF32X3, T, False, False, BT=True)
@@ -389,7 +409,7 @@ def _plane_term(ptr, base, cp, k, bp, br, scr, ys, N, poison, TF32X3: tl.constex
     if k == 0:
         tl.store(y, f + poison)
     elif HELD:
-        tl.store(y, _whole(yd, 0, T) + f)
+        tl.store(y, _whole(yd, 0, T, True) + f)
     else:
         tl.store(y, tl.load(y) + f)
 
@@ -406,8 +426,8 @@ def _plane_step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, scr, bp, br, seed
     first's accumulator from registers (_plane_term; its right matrix's parts at br). ``p_off``: the plane's flat
     index (the noise's counters, the output's offset); ``cp``: the sample's row of the padded table; ``poison`` (NaN
     for an invalid row) rides through every product. With HELD, ``ct`` and ``yd``: TMA descriptors of the padded table
-    and of the scratch as [·, T] matrices (basis_tma; or unused pointers), the table row at row ``crow`` of ct, Y's
-    tile at ``yrow`` of yd."""
+    and of the scratch as [·, T] matrices (basis_tma; or unused pointers), the sample's table row at row ``crow`` of
+    ct, Y's tile at ``yrow`` of yd."""
     ys = scr + (0 if HELD else T * T)  # Y's tile: the last of the plane's scratch
     tab = (cp, ct, crow)
     yt = (ys, yd, yrow)
@@ -712,7 +732,8 @@ def _blur_step_kernel(
     (:func:`plane_full`); scr_ptr is read only with YSCR (:func:`plane_y_scratch`; one plane a program), an N×N plane a
     program;
     the products take V's parts from the left at bp, from the right at br (its rows in _kperm's order for tf32x3:
-    _fwd; the sliced form reads br only with HELD); PRE: the transform matrices read once for all the program's
+    _fwd; the sliced form reads br only with HELD), pointers or TMA descriptors (basis_tma), and the held sliced plane
+    its table's planes and Y's tile through ``ct`` and ``yd`` where they are TMA descriptors (else unused); PRE: the transform matrices read once for all the program's
     planes (:func:`_preload`), V's parts and Vᵀ's held as accumulators with HOLD (:func:`plane_hold`); YT: Y
     transposed (:func:`plane_transposed_y`, _step)."""
     check_noise_code(NOISE)
@@ -739,6 +760,8 @@ def _blur_step_kernel(
             b = (p.to(tl.int32) // C).to(tl.int64)  # planes < 2³¹ (launch_blur_step): a 32-bit division
             c = p - b * C
         else:  # in 32 bits, the division by C a multiply and a shift (div_magic): 21 fewer instructions a plane
+            # (no overflow: planes < 2³¹ and PP a power of two ≤ 16 divides 2³¹, so the programs' last index, their
+            # count ⌈planes / PP⌉ times PP less one, is below 2³¹)
             p32 = tl.minimum(tl.program_id(0) * PP + q, n_planes - 1)
             b32 = ((p32.to(tl.uint32).to(tl.uint64) * c_magic.to(tl.uint64)) >> c_shift).to(tl.int32)
             c = (p32 - b32 * C).to(tl.int64)
@@ -1231,12 +1254,12 @@ def basis_parts(basis: torch.Tensor, tf32x3: bool, size: int = 0, copies: int = 
 def basis_tma(arch: int, tf32x3: bool, T: int, neps: int, sliced: bool = True, sixteen_bit: bool = False) -> bool:
     """Whether the per-plane products read the transform matrices' parts through TMA descriptors
     (:func:`tma_descriptor`; _basis_part): at T = 64 with two or three buffers (the sliced plane, held on wgmma:
-    plane_held; and the whole-operand plane with Y in scratch, plane_y_scratch, but three buffers of 16-bit storage,
-    which spilled 20 B at N = 48 with in-kernel noise), tf32x3, on sm_90. Loaded by the
-    threads, a part crossed the LSU twice, a global load into registers and a store to shared memory, where wgmma reads
-    its operands: those launches were bound by their memory instructions, the parts most of them (sm_90a fp32 N = 33,
-    three buffers: 1120 of 2680 lane slots a thread). The TMA unit writes the block to shared memory itself, one
-    instruction a program; but each copy takes its barrier's set-up, arrive, wait and release, ~40 instructions a
+    plane_held, which reads its table's planes and Y's tile through them too; and the whole-operand plane with Y in
+    scratch, plane_y_scratch, but three buffers of 16-bit storage, which spilled 20 B at N = 48 with in-kernel noise),
+    tf32x3, on sm_90. Loaded by the threads, a part crossed the LSU twice, a global load into registers and a store to
+    shared memory, where wgmma reads its operands: those launches were bound by their memory instructions, the parts
+    most of them (sm_90a fp32 N = 33, three buffers: 1120 of 2680 lane slots a thread). The TMA unit writes the block
+    to shared memory itself, one instruction a program; but each copy takes its barrier's set-up, arrive, wait and release, ~40 instructions a
     thread, where a [64, 64] part by the threads took ~20: elsewhere (the grid, the Kronecker rows, T = 16 and 32, one
     buffer at T = 64, sm_100a, whose launches are bound by their issue) the descriptors cost 1-25 % more instructions
     an element, and one buffer at T = 64 spilled 32-64 B (RESULTS.md, issue 19). The same values into the same
@@ -1333,7 +1356,8 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         yt = plane_transposed_y(N, T, sliced, tf32x3, x.dtype.itemsize == 2, len(eps), noise_mode)
         bp = (basis_parts(basis, tf32x3, kperm_t=yt == 2), basis_parts(basis, tf32x3, kperm=tf32x3, bt=True))
         held = sliced and plane_held(T, arch, tf32x3)  # the sliced plane's scratch: Y's tile, and a staging tile
-        # TMA coordinates are 32-bit: the scratch's rows (B·C·T) too (past 2³¹ its 2³⁷ bytes could not be allocated)
+        # (TMA coordinates are 32-bit: V's rows are < 4·T, the table's < its rows · 5 · 64 ≤ coef.numel() < 2³¹, the
+        # scratch's B·C·T: past 2³¹ its 2³⁹ bytes could not be allocated)
         tma = basis_tma(arch, tf32x3, T, len(eps), sliced, x.dtype.itemsize == 2) and B * C * T < 2**31
         if tma:  # V's [T, 16] slices (sliced) or [T, T] blocks; the right one whole
             assert pp == 1 and (held or not sliced), (pp, sliced, held)

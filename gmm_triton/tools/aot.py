@@ -661,22 +661,29 @@ def _mma(i: Ins):
     return ("wgmma_" if i.base == "HGMMA" else "mma_") + typ, m * n * k / threads
 
 
-_IMM_MOVE = re.compile(r"^(?:MOV|MOV32I|IMAD\.MOV\.U32|IMAD\.MOV)$")
+_IMM_MOVE = re.compile(r"^(?:MOV|MOV32I|UMOV|IMAD\.MOV\.U32|IMAD\.MOV)$")
+_IMM = re.compile(r"0x[0-9a-f]+|\d+")
 
 
 def _tma_bytes(path: list, k: int, context: Optional[list] = None) -> int:
-    """The bytes that the expect-tx arrive ``path[k]`` (``SYNCS.ARRIVE.TRANS64 RZ, [bar], Rb``) announces: the
-    immediate last moved into Rb on the path (ptxas sets it just ahead of the arrive; for a loop body, on the
-    ``context`` path that holds the body). Raises where it is not an immediate: a TMA copy whose bytes the model
-    cannot see would go uncounted."""
+    """The bytes that the expect-tx arrive ``path[k]`` (``SYNCS.ARRIVE.TRANS64… RZ, [bar], b``) announces: b itself
+    (an immediate; RZ: none), or the immediate last moved into the register b on the path (ptxas sets it just ahead of
+    the arrive; for a loop body, on the ``context`` path that holds the body). Raises where that last write is not a
+    move of an immediate (a wider write covering b included): a TMA copy whose bytes the model cannot see would go
+    uncounted."""
     if context is not None:
         k, path = next(j for j, i in enumerate(context) if i is path[k]), context
-    reg = path[k].operands[-1]
-    for j in range(k - 1, -1, -1):
-        i = path[j]
-        if i.base in _NO_DEST or not i.operands or i.operands[0] != reg:
+    b = path[k].operands[-1]
+    if b in ("RZ", "URZ"):
+        return 0
+    if _IMM.fullmatch(b):
+        return int(b, 0)
+    m = re.fullmatch(r"(U?R)(\d+)", b)
+    for i in reversed(path[:k]) if m else ():
+        d = re.fullmatch(r"(U?R)(\d+)", i.operands[0]) if i.operands and i.base not in _NO_DEST else None
+        if not d or d.group(1) != m.group(1) or not 0 <= int(m.group(2)) - int(d.group(2)) < _dest_count(i):
             continue
-        if _IMM_MOVE.match(i.op) and re.fullmatch(r"0x[0-9a-f]+|\d+", i.operands[-1]):
+        if _IMM_MOVE.match(i.op) and _dest_count(i) == 1 and _IMM.fullmatch(i.operands[-1]):
             return int(i.operands[-1], 0)
         break
     raise ValueError(f"a TMA expect-tx arrive whose byte count is not an immediate on the path: {path[k].text}")
@@ -688,7 +695,7 @@ def pipe_counts(path: list, threads: int = 128, context: Optional[list] = None) 
     holds ``path`` (a loop body)."""
     c = Counter()
     for k, i in enumerate(path):
-        if i.op == "SYNCS.ARRIVE.TRANS64" and len(i.operands) == 3 and _REG.fullmatch(i.operands[-1]):
+        if i.op.startswith("SYNCS.ARRIVE.TRANS64") and len(i.operands) == 3:  # an arrive with its expect-tx bytes
             c["lsu"] += _tma_bytes(path, k, context) / 4 / threads
         c["issue"] += 1
         mma = _mma(i)
