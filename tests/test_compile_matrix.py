@@ -354,7 +354,8 @@ def test_tma_reads_of_what_the_program_stored_follow_a_proxy_fence(tmp_path):
     """The held sliced plane stores Y's tile between its terms and reads it back through a TMA copy (basis_tma): a copy
     (the async proxy) sees the threads' global stores only after each thread's fence.proxy.async.global and a barrier
     (kernels/blur_step.py:_async_proxy_fence), which the interpreter cannot check. sm_90a, three buffers: Y is read back
-    by terms 1, 2, 3, so three FENCE.VIEW.ASYNC.G, each followed by a BAR.SYNC before the next UTMALDG."""
+    by terms 1, 2, 3, so three FENCE.VIEW.ASYNC.G, each after Y's stores (an STG since the fence before) and followed
+    by a BAR.SYNC and no STG before the next UTMALDG."""
     env = dict(_env(), TRITON_CACHE_DIR=str(ROOT / ".cache" / "triton"))
     proc = subprocess.run([sys.executable, "-c", _FENCE_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
@@ -365,7 +366,10 @@ def test_tma_reads_of_what_the_program_stored_follow_a_proxy_fence(tmp_path):
     assert len(fences) == 3, fences
     for k in fences:
         copy = next(j for j in range(k, len(ops)) if ops[j].startswith("UTMALDG"))
+        before = max([j for j in fences if j < k], default=0)  # the term's store of Y: after the fence before
+        assert any(op.startswith("STG") for op in ops[before:k]), (k, "no store before the fence")
         assert any(op.startswith("BAR.SYNC") for op in ops[k:copy]), (k, ops[k:copy])
+        assert not any(op.startswith("STG") for op in ops[k:copy]), (k, ops[k:copy])
 
 
 def test_static_limits_hold(matrix):

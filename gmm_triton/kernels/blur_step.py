@@ -733,9 +733,9 @@ def _blur_step_kernel(
     program;
     the products take V's parts from the left at bp, from the right at br (its rows in _kperm's order for tf32x3:
     _fwd; the sliced form reads br only with HELD), pointers or TMA descriptors (basis_tma), and the held sliced plane
-    its table's planes and Y's tile through ``ct`` and ``yd`` where they are TMA descriptors (else unused); PRE: the transform matrices read once for all the program's
-    planes (:func:`_preload`), V's parts and Vᵀ's held as accumulators with HOLD (:func:`plane_hold`); YT: Y
-    transposed (:func:`plane_transposed_y`, _step)."""
+    its table's planes and Y's tile through ``ct`` and ``yd`` where they are TMA descriptors (else unused); PRE: the
+    transform matrices read once for all the program's planes (:func:`_preload`), V's parts and Vᵀ's held as
+    accumulators with HOLD (:func:`plane_hold`); YT: Y transposed (:func:`plane_transposed_y`, _step)."""
     check_noise_code(NOISE)
     if FULL:  # N = T (plane_full): a constant, so that the tile's masks fold away and its offsets are shifts
         if _CHECK_HINTS:  # (the interpreter's tl.assume asserts its condition; its device_assert needs a debug build)
@@ -1259,11 +1259,12 @@ def basis_tma(arch: int, tf32x3: bool, T: int, neps: int, sliced: bool = True, s
     tf32x3, on sm_90. Loaded by the threads, a part crossed the LSU twice, a global load into registers and a store to
     shared memory, where wgmma reads its operands: those launches were bound by their memory instructions, the parts
     most of them (sm_90a fp32 N = 33, three buffers: 1120 of 2680 lane slots a thread). The TMA unit writes the block
-    to shared memory itself, one instruction a program; but each copy takes its barrier's set-up, arrive, wait and release, ~40 instructions a
-    thread, where a [64, 64] part by the threads took ~20: elsewhere (the grid, the Kronecker rows, T = 16 and 32, one
-    buffer at T = 64, sm_100a, whose launches are bound by their issue) the descriptors cost 1-25 % more instructions
-    an element, and one buffer at T = 64 spilled 32-64 B (RESULTS.md, issue 19). The same values into the same
-    products: no number moves. sm_80 has no TMA unit; fp64 (DMMA) keeps the pointers."""
+    to shared memory itself, one instruction a program; but each copy takes its barrier's set-up, arrive, wait and
+    release, ~40 instructions a thread, where a [64, 64] part by the threads took ~20: elsewhere (the grid, the
+    Kronecker rows, T = 16 and 32, one buffer at T = 64, sm_100a, whose launches are bound by their issue) the
+    descriptors cost 1-25 % more instructions an element, and one buffer at T = 64 spilled 32-64 B (RESULTS.md, issue
+    19). The same values into the same products: no number moves. sm_80 has no TMA unit; fp64 (DMMA) keeps the
+    pointers."""
     if not (tf32x3 and arch // 10 == 9 and T == 64 and neps > 1):
         return False
     return sliced or neps == 2 or not sixteen_bit
@@ -1385,6 +1386,6 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         # the held sliced plane reads its table's planes and Y's tile through TMA descriptors too (_whole)
         ct, yd = (tma_descriptor(ptrs[8], (T, T)), tma_descriptor(scr, (T, T))) if tma and held else (ptrs[8], scr)
         _blur_step_kernel[(triton.cdiv(B * C, pp),)](
-            *ptrs[:6], scr, *ptrs[6:8], ct, yd, *ptrs[8:], C, N, *strides, B * C, *div_magic(C), ALIGNED4=aligned4, num_warps=warps,
-            LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, KN=sliced_extent(N) if sliced else 0, HELD=held,
-            FULL=plane_full(N, T, sliced, tf32x3, arch), HOLD=hold, YT=yt, **common)
+            *ptrs[:6], scr, *ptrs[6:8], ct, yd, *ptrs[8:], C, N, *strides, B * C, *div_magic(C), ALIGNED4=aligned4,
+            num_warps=warps, LMASK=N % 16 == 0, SLICED=sliced, PP=pp, YSCR=yscr, KN=sliced_extent(N) if sliced else 0,
+            HELD=held, FULL=plane_full(N, T, sliced, tf32x3, arch), HOLD=hold, YT=yt, **common)

@@ -670,7 +670,9 @@ def _tma_bytes(path: list, k: int, context: Optional[list] = None) -> int:
     (an immediate; RZ: none), or the immediate last moved into the register b on the path (ptxas sets it just ahead of
     the arrive; for a loop body, on the ``context`` path that holds the body). Raises where that last write is not a
     move of an immediate (a wider write covering b included): a TMA copy whose bytes the model cannot see would go
-    uncounted."""
+    uncounted. It finds writes through an instruction's first operand (``_dest_count`` registers of it): a write of b
+    in another place (a second destination, an accumulator's later registers) would go unseen, and an older move be
+    taken; ptxas sets the bytes with a move just ahead of each arrive, and every arrive of the matrix resolves so."""
     if context is not None:
         k, path = next(j for j, i in enumerate(context) if i is path[k]), context
     b = path[k].operands[-1]
