@@ -372,10 +372,11 @@ def _async_proxy_fence():
 
 @triton.jit
 def _whole(src, k, T: tl.constexpr, WRITTEN: tl.constexpr = False):
-    """Tile k of ``src`` = (pointer, descriptor, row): the [T, T] tile at pointer + k·T², or, where the descriptor is a
-    TMA descriptor (the held sliced plane's table and Y: basis_tma), its rows row + k·T …, which the TMA unit copies to
-    shared memory and the threads read from there in the layout of the accumulator they meet (a tile the threads load
-    goes through shared memory too, to change layout: a global load, a store and a load; RESULTS.md, issue 19).
+    """Tile k of ``src`` = (pointer, descriptor, row): the [T, T] tile at pointer + k·T² (_padded), or, where the
+    descriptor is a TMA descriptor (the held sliced plane's table and Y: basis_tma), its rows row + k·T …, which the TMA
+    unit copies to shared memory and the threads read from there in the layout of the accumulator they meet (a tile the
+    threads load goes through shared memory too, to change layout: a global load, a store and a load; RESULTS.md, issue
+    19).
     WRITTEN: the program's threads stored the tile before (Y between its terms): each fences its stores for the copy
     (_async_proxy_fence), then a barrier orders every thread's before the copy's issue."""
     if isinstance(src[1], tl.core.tensor_descriptor_base):
@@ -384,7 +385,7 @@ def _whole(src, k, T: tl.constexpr, WRITTEN: tl.constexpr = False):
             tl.debug_barrier()
         return src[1].load([src[2] + k * T, 0])
     else:
-        return tl.load(src[0] + k * T * T + _tile(T))
+        return _padded(src[0], k, 0, T, T)
 
 
 @triton.jit

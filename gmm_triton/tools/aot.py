@@ -663,6 +663,7 @@ def _mma(i: Ins):
 
 _IMM_MOVE = re.compile(r"^(?:MOV|MOV32I|UMOV|IMAD\.MOV\.U32|IMAD\.MOV)$")
 _IMM = re.compile(r"0x[0-9a-f]+|\d+")
+_ANY_REG = re.compile(r"(U?R)(\d+)")  # a general or a uniform register
 
 
 def _tma_bytes(path: list, k: int, context: Optional[list] = None) -> int:
@@ -680,9 +681,9 @@ def _tma_bytes(path: list, k: int, context: Optional[list] = None) -> int:
         return 0
     if _IMM.fullmatch(b):
         return int(b, 0)
-    m = re.fullmatch(r"(U?R)(\d+)", b)
+    m = _ANY_REG.fullmatch(b)
     for i in reversed(path[:k]) if m else ():
-        d = re.fullmatch(r"(U?R)(\d+)", i.operands[0]) if i.operands and i.base not in _NO_DEST else None
+        d = _ANY_REG.fullmatch(i.operands[0]) if i.operands and i.base not in _NO_DEST else None
         if not d or d.group(1) != m.group(1) or not 0 <= int(m.group(2)) - int(d.group(2)) < _dest_count(i):
             continue
         if _IMM_MOVE.match(i.op) and _dest_count(i) == 1 and _IMM.fullmatch(i.operands[-1]):
