@@ -314,12 +314,22 @@ def test_issue_19_targets_on_paper(matrix):
         assert r["kernel"] == "_blur_kron_kernel" and r["launch"]["constexprs"]["PB"] == rows, r
         assert r["launch"]["constexprs"]["T"] == "16", r
     assert by_case["blur-fp32-n2-philox"]["pipe_pct_copy"]["H100"] >= 99  # kron_kperm: 91 → 100 % of copy
-    # not met (bf16 at N = 28 LSU-bound), but what the grid form, the accumulator taken as the next operand (_kperm),
-    # the tensor core's own tf32 reading and, for 16-bit buffers, their first product without a split (EXACT:
-    # 30.1 → 32.5) bought: per-pipe % of copy on an H100 (before _kperm: 24; benchmarks/RESULTS.md)
-    for case, floor in (("blur-bf16-n28-philox-devseed", 32),):
+    # not met (bf16 at N = 28, three programs, issue-bound), but what the grid form, the accumulator taken as the next
+    # operand (_kperm), the tensor core's own tf32 reading and, for 16-bit buffers, their first product without a
+    # split (EXACT: 30.1 → 32.5), then the buffers' first products in one (_pair_left) and V_L through TMA (grid_tma:
+    # 32.5 → 36.5) bought: per-pipe % of copy on an H100 (before _kperm: 24; benchmarks/RESULTS.md)
+    for case, floor in (("blur-bf16-n28-philox-devseed", 36),):
         r = by_case[case]
         assert r["kernel"] == "_blur_grid_kernel" and r["pipe_pct_copy"]["H100"] >= floor, r
+    # the grid reads V_L's parts through a TMA descriptor with one tile a program on sm_90a (grid_tma), pointers with
+    # several tiles a program and on sm_100a; V_R's through pointers
+    grid = [r for r in matrix if r["kernel"] == "_blur_grid_kernel"]
+    assert {r["target"] for r in grid} == {"sm_90a", "sm_100a"}, grid
+    for r in grid:
+        sig = r["launch"]["signature"]
+        tma = r["target"] == "sm_90a" and r["launch"]["constexprs"]["TP"] == "1"
+        assert (sig["bl"].startswith("tensordesc"), sig["br"].startswith("tensordesc")) == (tma, False), r
+    assert sum(r["target"] == "sm_90a" and r["launch"]["constexprs"]["TP"] == "1" for r in grid) >= 20
     # one buffer, per-sample rows at N = 2 (192 planes: one partial program of 48 rows), issue-bound on each
     # element's sample and its table's gathers: 25 % of copy with rows 64 wide, 61 % 16 wide, 66 % with Y taken into
     # the inverse product reordered (kron_kperm; RESULTS.md)

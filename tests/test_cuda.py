@@ -280,7 +280,8 @@ def test_blur_on_tensor_cores_meets_the_fp32_bound(N, buffers):
     sm_90 / sm_100; one plane a program; Kronecker tiles of 16 rows at N = 1 … 3 and on sm_80; the sliced plane at N
     = 33, each transform's first product held for its second on sm_90 / sm_100: plane_held; on sm_90 at N = 33, 48,
     64 with three buffers V's parts through TMA descriptors, and at N = 33 the table's planes and Y's tile, read back
-    after a proxy fence: basis_tma)."""
+    after a proxy fence: basis_tma; the grid's V_L with one tile a program on sm_90, every grid launch here: grid_tma;
+    the grid's buffers' first products two at a time: _pair_left)."""
     from gmm_triton.gddim import engine as E, ops as gops, reference as gref
     from gmm_triton.gddim.blur import BlurProcess
     from gmm_triton.gddim.tables import blur_table

@@ -1041,6 +1041,47 @@ def test_blur_tma_descriptors_move_no_number(monkeypatch, N, k, B):
                                                                  (3, False, False))] == [False, True, True, True]
 
 
+@pytest.mark.parametrize("N, k, B", [(28, 1, 2), (20, 3, 2), (8, 2, 3)],
+                         ids=["N28-one-buffer-two-planes-a-tile", "N20-three-buffers-two-pairs", "N8-two-buffers"])
+def test_blur_grid_tma_moves_no_number(monkeypatch, N, k, B):
+    """The grid form with one tile a program on sm_90 reads V_L's parts through a TMA descriptor (grid_tma;
+    _basis_part), which the interpreter runs where the CPU suite's launch takes it (it reports sm_90): bit for bit the
+    numbers of the pointers' loads, within the fp32 bound of the float64 reference. Its buffers' first products run
+    two at a time (_pair_left): one buffer and its ε, three buffers in two pairs, two in a pair and one on its own;
+    different table rows (each plane's sample's)."""
+    from gmm_triton.kernels import blur_step as K
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(B, 2, N, N)
+    eps = [torch.randn_like(x) for _ in range(k)]
+    rows = torch.tensor([1, 4, 3][:B])
+    ref = gref.blur_step(x, eps, bt, basis, rows, seed=5)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(5, x.shape))
+    real_kernel, outs = K._blur_grid_kernel, {}
+    for tma in (True, False):
+        args = []
+
+        class Spy:  # the launch's arguments, then the real kernel
+            def __getitem__(self, grid):
+                return lambda *a, **kw: args.append((a, kw)) or real_kernel[grid](*a, **kw)
+
+        monkeypatch.setattr(K, "_blur_grid_kernel", Spy())
+        if not tma:
+            monkeypatch.setattr(K, "grid_tma", lambda *a: False)
+        with ops.use_cpu_backend("triton"):
+            outs[tma] = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=5)
+        monkeypatch.undo()
+        ((a, kw),) = args
+        assert kw["TP"] == 1 and kw["NEPS"] == k, kw
+        assert [isinstance(v, TensorDescriptor) for v in a[6:8]] == [tma, False], tma  # bl, br
+        assert ((outs[tma].double() - ref).abs() <= 2e-6 * bound).all(), tma
+    assert torch.equal(outs[True], outs[False])
+    # the policy: one tile a program, tf32x3, sm_90
+    assert [K.grid_tma(a, t, tp) for a, t, tp in ((90, True, 1), (90, True, 2), (90, True, 4), (90, False, 1),
+                                                  (80, True, 1), (100, True, 1))] == [True] + [False] * 5
+
+
 def test_blur_opcheck(backend):
     bt, bt_lam, basis = blur_tables(4)
     x = torch.randn(2, 2, 4, 4)

@@ -19,7 +19,8 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   block-diagonal V_L (GR copies of V) and V_R (GC copies), on wgmma: the tile is 42-100 % planes where a Kronecker
   row filled 56 % (N = 3, 6) or one plane a program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a
   program takes up to 4 tiles in turn (:func:`tiles_per_program`; one with two or three buffers, or a timestep per
-  sample);
+  sample); the buffers' first products two at a time, as one of twice the width (_pair_left), and V_L's parts
+  through TMA with one tile a program on sm_90 (:func:`grid_tma`);
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0 and 1,
@@ -261,14 +262,38 @@ def _fwd(t, bp, FORM: tl.constexpr, TF32X3: tl.constexpr, T: tl.constexpr, PRE: 
     _kperm's order: _operand); for the Kronecker rows bp holds W's parts and Wᵀ's (_inv). PRE says they are held
     (_preload), but for the grid's V_L, [64, 64], read by each product (held for a program's tiles they took 255
     registers). N = 1's 1×1 DCT is the identity (V = [1]): no product. EXACT: t holds a 16-bit buffer's values
-    (_tf32_exact): its product (the first) skips the split."""
+    (_tf32_exact): its product (the first) skips the split. (The grid's buffers take their first products two at a
+    time: _pair_left.)"""
     if FORM == IDENTITY:
         return t
     elif FORM == KRON:
         return _mm(t, bp[0], 0, False, TF32X3, T, PRE, ROUND, EXACT, BT=True)
     else:
         first = _mm(t, bp[0], 0, True, TF32X3, t.shape[0], PRE and FORM == PLANE, ROUND, EXACT)
-        return _mm(_operand(first, TF32X3), bp[1], 1, False, TF32X3, t.shape[1], PRE, ROUND, BT=True)
+        return _fwd_right(first, bp, TF32X3, PRE, ROUND)
+
+
+@triton.jit
+def _fwd_right(first, bp, TF32X3: tl.constexpr, PRE: tl.constexpr, ROUND: tl.constexpr):
+    """The second product of a DCT in two (_fwd): the first's accumulator times the right matrix's transpose."""
+    return _mm(_operand(first, TF32X3), bp[1], 1, False, TF32X3, first.shape[1], PRE, ROUND, BT=True)
+
+
+@triton.jit
+def _pair_left(p, q, bp, TF32X3: tl.constexpr, ROUND: tl.constexpr, EXACT: tl.constexpr):
+    """The grid's first products of two buffers' tiles p, q [R, C] as one: V_L [p | q] ([R, 2C]), returned as its
+    halves V_L p and V_L q. Why: a wgmma instruction takes 8 of the contraction at any width up to 256, so that the
+    two products of width C took twice the instructions (with their descriptors and fences) of this one of width 2C:
+    6-13 % fewer instructions an element on the sm_90a grid rows with one tile a program, 2-6 % with four, 6-14 % on
+    sm_100a (RESULTS.md, issue 19). Each
+    column's sums are the same, in the same order; both halves of a row of the accumulator are in the same thread's
+    registers, so that joining and splitting move no value. (Joined along a new last dimension and reshaped, [p | q]
+    interleaved column by column, the compiler refused the operand's shared layout: hence the permute.)"""
+    R: tl.constexpr = p.shape[0]
+    C: tl.constexpr = p.shape[1]
+    both = _mm(tl.reshape(tl.permute(tl.join(p, q), (0, 2, 1)), (R, 2 * C)), bp[0], 0, True, TF32X3, R, False, ROUND,
+               EXACT)
+    return tl.split(tl.permute(tl.reshape(both, (R, 2, C)), (0, 2, 1)))
 
 
 @triton.jit
@@ -498,6 +523,12 @@ def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, FORM: tl.constexpr
 
 
 @triton.jit
+def _planed(cp, cld, m2, LMASK: tl.constexpr, CT: tl.constexpr, f):
+    """(the table plane at cp + cld) ⊙ f, the plane loaded where f is ready (as in _term)."""
+    return _load(cp + cld, m2, LMASK).to(CT) * f
+
+
+@triton.jit
 def _yt(t, YT: tl.constexpr):
     """t transposed with YT (_step), else t."""
     if YT:
@@ -552,10 +583,16 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     # Kronecker tile with three buffers at T = 64 (8 B on sm_80); at T = 16 (N ≤ 4) such a tile takes 72-139
     # registers and truncating saves 10-18 instructions an element (RESULTS.md, issue 19)
     ROUND: tl.constexpr = T == 64 and (FORM == PLANE or (FORM == KRON and NEPS == 3))
-    y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
-    if FORM == PLANE:  # one plane, one sample: NaN rides through every product
-        y += poison
-    y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
+    if FORM == GRID:  # the buffers' first products two at a time (_pair_left); the terms summed in the same order
+        fx, fe = _pair_left(_load(x_ptr + x_off + ld, m2, LMASK).to(CT), _load(e0_ptr + e0_off + ld, m2, LMASK).to(CT),
+                            bp, TF32X3, ROUND, _tf32_exact(x_ptr))
+        y = _planed(cp, cld, m2, LMASK, CT, _fwd_right(fx, bp, TF32X3, PRE, ROUND))
+        y += _planed(cp + cstride, cld, m2, LMASK, CT, _fwd_right(fe, bp, TF32X3, PRE, ROUND))
+    else:
+        y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
+        if FORM == PLANE:  # one plane, one sample: NaN rides through every product
+            y += poison
+        y += _term(e0_ptr, e0_off, ld, cp + cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
     # YSCR: Y through the scratch (the plane's N² elements at ld, masked) between the buffers' products; the barriers
     # keep each buffer's loads below the products before it (as in _term) and the scratch's load below its store (the
     # same thread's addresses, but a load hoisted above the products would hold its registers)
@@ -563,9 +600,14 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
         tl.store(scr + ld, y, mask=m2)
         tl.debug_barrier()
         y = _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
+    elif FORM == GRID and NEPS > 2:
+        f1, f2 = _pair_left(_load(e1_ptr + e1_off + ld, m2, LMASK).to(CT),
+                            _load(e2_ptr + e2_off + ld, m2, LMASK).to(CT), bp, TF32X3, ROUND, _tf32_exact(e1_ptr))
+        y += _planed(cp + 2 * cstride, cld, m2, LMASK, CT, _fwd_right(f1, bp, TF32X3, PRE, ROUND))
+        y += _planed(cp + 3 * cstride, cld, m2, LMASK, CT, _fwd_right(f2, bp, TF32X3, PRE, ROUND))
     elif NEPS > 1:
         y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
-    if NEPS > 2:
+    if NEPS > 2 and FORM != GRID:
         if YSCR:
             tl.debug_barrier()
         y += _term(e2_ptr, e2_off, ld, cp + 3 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
@@ -811,7 +853,9 @@ def _blur_grid_kernel(
     meets the zero rows and columns of the padded matrices); in the launch's last tile, planes past the last are
     clamped onto the last plane's end (whole blocks of the tile, transformed on their own) and not stored (the
     store's mask); a program's tiles past the last repeat the last tile (same values to the same places: no
-    branch around the body). With several tiles V_R's parts are read once (_preload), V_L's by every product.
+    branch around the body). With several tiles V_R's parts are read once (_preload), V_L's by every product (bl: a
+    pointer, or a TMA descriptor of its [T, T] parts: grid_tma). The buffers' first products run two at a time,
+    V_L [X | E] (_pair_left).
     Where N is a multiple of 4 (and the launch has one timestep, so that a tile's coefficients are one table row's),
     the coefficient planes are read 16 bytes at a time (VEC4): the padding columns wrap onto their plane's row and
     the planes past the last move onto the last plane, so that every run of four columns starting at a multiple of 4
@@ -1261,14 +1305,29 @@ def basis_tma(arch: int, tf32x3: bool, T: int, neps: int, sliced: bool = True, s
     shared memory, where wgmma reads its operands: those launches were bound by their memory instructions, the parts
     most of them (sm_90a fp32 N = 33, three buffers: 1120 of 2680 lane slots a thread). The TMA unit writes the block
     to shared memory itself, one instruction a program; but each copy takes its barrier's set-up, arrive, wait and
-    release, ~40 instructions a thread, where a [64, 64] part by the threads took ~20: elsewhere (the grid, the
-    Kronecker rows, T = 16 and 32, one buffer at T = 64, sm_100a, whose launches are bound by their issue) the
-    descriptors cost 1-25 % more instructions an element, and one buffer at T = 64 spilled 32-64 B (RESULTS.md, issue
-    19). The same values into the same products: no number moves. sm_80 has no TMA unit; fp64 (DMMA) keeps the
-    pointers."""
+    release, ~40 instructions a thread, where a [64, 64] part by the threads took ~20: elsewhere (the Kronecker rows,
+    T = 16 and 32, one buffer at T = 64, sm_100a, whose launches are bound by their issue) the descriptors cost 1-25 %
+    more instructions an element, and one buffer at T = 64 spilled 32-64 B (RESULTS.md, issue 19; the grid:
+    :func:`grid_tma`). The same values into the same products: no number moves. sm_80 has no TMA unit; fp64 (DMMA)
+    keeps the pointers."""
     if not (tf32x3 and arch // 10 == 9 and T == 64 and neps > 1):
         return False
     return sliced or neps == 2 or not sixteen_bit
+
+
+def grid_tma(arch: int, tf32x3: bool, tp: int) -> bool:
+    """Whether the grid form (_blur_grid_kernel) reads V_L's parts through a TMA descriptor (:func:`tma_descriptor`;
+    _basis_part): with one tile a program (tiles_per_program), tf32x3, on sm_90. There the [64, 64] parts, loaded and
+    stored by the threads for each product, were half the launch's lane slots on the LSU (bf16 N = 28 at batch 2:
+    256 of 558 a thread), which bound the rows that held their instructions down (after _pair_left): the copies cost
+    ~36 instructions a thread each (their barrier's set-up, arrive, wait and release) where the threads' took ~20,
+    and take the LSU's slots down by half: six sm_90a rows rise to 87.7-100 % of their roofline (bf16 N = 28 65.8 →
+    73.9 %), two fall 2.3 and 0.2 points, none below 80 %; in the sweeps of one tile a program the variants below 80 %
+    went 120 → 65 of 288, the most one fell 8 points (bf16 N = 20, three buffers, a timestep per sample: 89.8 → 81.8
+    %: the issue-bound lose; RESULTS.md, issue 19). With several tiles a program the copies repeat in every tile's
+    products and rows bound by their issue fell 1-3 points (fp32 N = 12, 20, 24, 28; registers up to 255): pointers
+    there, and on sm_80 (no TMA unit), sm_100a (issue-bound in the model) and for fp64."""
+    return tf32x3 and arch // 10 == 9 and tp == 1
 
 
 def tma_descriptor(t: torch.Tensor, block: tuple):
@@ -1350,6 +1409,8 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         tp = tiles_per_program(triton.cdiv(B * C, GR * GC), len(eps), per_sample)
         bp = (basis_parts(basis, tf32x3, GRID_ROWS, GR),
               basis_parts(basis, tf32x3, GRID_COLS, GC, kperm=tf32x3, bt=True))
+        if grid_tma(arch, tf32x3, tp):  # V_L's [64, 64] parts
+            bp = (tma_descriptor(bp[0], (GRID_ROWS, GRID_ROWS)), bp[1])
     elif kron:  # W as is (X W); Wᵀ for Y Wᵀ, its rows in _kperm's order where Y is reordered (kron_kperm, _inv)
         bp = (basis_parts(basis, tf32x3, bt=True), basis_parts(basis, tf32x3, kperm=kperm, bt=True))
     else:  # Vᵀ's columns reordered where Y enters Vᵀ Y reordered (plane_transposed_y)
