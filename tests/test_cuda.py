@@ -271,12 +271,13 @@ def test_cld_matches_the_cpp_twin(order, dtype):
 
 
 @pytest.mark.parametrize("N", [1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 16, 17, 20, 28, 32, 33, 48, 64])
-@pytest.mark.parametrize("buffers", [1, 3])
+@pytest.mark.parametrize("buffers", [1, 2, 3])
 def test_blur_on_tensor_cores_meets_the_fp32_bound(N, buffers):
     """The blur step's tf32x3 products (kernels/blur_step.py) against the float64 reference, within the bound the
     CPU tests hold every fp32 implementation to (4e-7 × the same maths on |inputs|), at every form and size: one ε
     buffer (the grid form at N = 3, 6, 7, 9 … 12, 17, 20, 28, 32 on sm_90 / sm_100: 213 planes at N = 3 and 51 at 6,
-    a tile of planes and a partial one) and three (the grid, one tile a program, at N = 5, 6, 8, 17, 20, 28, 32 on
+    a tile of planes and a partial one), two (the grid's pair and one more) and three (the grid, one tile a program,
+    two pairs, at N = 5, 6, 8, 17, 20, 28, 32 on
     sm_90 / sm_100; one plane a program; Kronecker tiles of 16 rows at N = 1 … 3 and on sm_80; the sliced plane at N
     = 33, each transform's first product held for its second on sm_90 / sm_100: plane_held; on sm_90 at N = 33, 48,
     64 with three buffers V's parts through TMA descriptors, and at N = 33 the table's planes and Y's tile, read back
@@ -297,6 +298,30 @@ def test_blur_on_tensor_cores_meets_the_fp32_bound(N, buffers):
     bound = gref.blur_step(x.abs(), [e.abs() for e in eps], bt.abs(), basis.abs(), rows)
     assert ((out.double() - ref).abs() <= 4e-7 * bound).all()
 
+
+@pytest.mark.parametrize("N", [20, 28, 32])
+@pytest.mark.parametrize("buffers", [1, 2, 3])
+def test_blur_grid_16bit_buffers_on_the_gpu(N, buffers):
+    """bf16 buffers on the grid (sm_90 / sm_100; kernels/blur_step.py): their first products without a split
+    (EXACT), two at a time (_pair_left), V_L through TMA with one tile a program on sm_90 (grid_tma), against the
+    float64 reference on the same bf16 values: within the fp32 bound plus the output's rounding to bf16, allowed two
+    half-ulps of |reference| as in test_gddim_ops.py's test_blur_low_precision (the interpreter's conversion took
+    up to 1.96 of them on these inputs; a GPU's rounds to nearest)."""
+    from gmm_triton.gddim import engine as E, ops as gops, reference as gref
+    from gmm_triton.gddim.blur import BlurProcess
+    from gmm_triton.gddim.tables import blur_table
+
+    p = BlurProcess(N)
+    bt, basis = blur_table(E.gddim_coefficients(p, E.time_grid(5, p.rho2t(80), 1e-5), 2, 0.0), N), p.dct()
+    x = torch.randn(13, 3, N, N).bfloat16()
+    eps = [torch.randn_like(x) for _ in range(buffers)]
+    rows = torch.randint(0, 5, (13,))
+    out = gops.blur_step(x.to(DEV), [e.to(DEV) for e in eps], rows.to(DEV), bt.to(DEV), basis.to(DEV)).cpu()
+    assert out.dtype == torch.bfloat16
+    ref = gref.blur_step(x.double(), [e.double() for e in eps], bt, basis, rows)
+    bound = gref.blur_step(x.double().abs(), [e.double().abs() for e in eps], bt.abs(), basis.abs(), rows)
+    tol = 4e-7 * bound + 2 * 2**-8 * ref.abs()
+    assert ((out.double() - ref).abs() <= tol).all()
 
 @pytest.mark.parametrize("N", [1, 4])
 def test_blur_kron_launch_masks_only_its_last_program_on_the_gpu(N):

@@ -175,6 +175,8 @@ def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T
     bit, in two tf32 products."""
     K: tl.constexpr = t.shape[0] if LEFT else t.shape[1]
     if TF32X3 and EXACT:  # the sums below with hi = t and the (zero) lo product left out
+        if _CHECK_HINTS:  # t's bits below tf32 are zeros: the interpreter's products would not show them dropped
+            tl.assume((t.to(tl.uint32, bitcast=True) & (_TF32_MASK ^ 0xFFFFFFFF)) == 0)
         if LEFT:
             acc = tl.dot(_basis_part(bp, 1, which, T, 0, k0, T, K, PRE), t, acc, input_precision="tf32")
             return tl.dot(_basis_part(bp, 0, which, T, 0, k0, T, K, PRE), t, acc, input_precision="tf32")
@@ -515,17 +517,17 @@ def _run_starts(ld):
 @triton.jit
 def _term(ptr, off, ld, cp, cld, m2, bp, LMASK: tl.constexpr, FORM: tl.constexpr, TF32X3: tl.constexpr,
           T: tl.constexpr, CT: tl.constexpr, PRE: tl.constexpr, ROUND: tl.constexpr, YT: tl.constexpr = 0):
-    """(the table plane at cp + cld) ⊙ DCT(the buffer's tile at ptr + off + ld), both transposed with YT (_step).
-    The plane is loaded after the products (whose barriers keep it there): loaded ahead of them it would hold
-    registers through them."""
+    """(the table plane at cp + cld) ⊙ DCT(the buffer's tile at ptr + off + ld), both transposed with YT (_step);
+    the plane loaded after the products (_planed)."""
     f = _fwd(_yt(_load(ptr + off + ld, m2, LMASK).to(CT), YT), bp, FORM, TF32X3, T, PRE, ROUND, _tf32_exact(ptr))
-    return _yt(_load(cp + cld, m2, LMASK).to(CT), YT) * f
+    return _planed(cp, cld, m2, LMASK, CT, f, YT)
 
 
 @triton.jit
-def _planed(cp, cld, m2, LMASK: tl.constexpr, CT: tl.constexpr, f):
-    """(the table plane at cp + cld) ⊙ f, the plane loaded where f is ready (as in _term)."""
-    return _load(cp + cld, m2, LMASK).to(CT) * f
+def _planed(cp, cld, m2, LMASK: tl.constexpr, CT: tl.constexpr, f, YT: tl.constexpr = 0):
+    """(the table plane at cp + cld, transposed with YT) ⊙ f, the plane loaded where f is ready: loaded ahead of
+    the products before it (whose barriers keep it here) it would hold registers through them."""
+    return _yt(_load(cp + cld, m2, LMASK).to(CT), YT) * f
 
 
 @triton.jit
@@ -583,11 +585,20 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     # Kronecker tile with three buffers at T = 64 (8 B on sm_80); at T = 16 (N ≤ 4) such a tile takes 72-139
     # registers and truncating saves 10-18 instructions an element (RESULTS.md, issue 19)
     ROUND: tl.constexpr = T == 64 and (FORM == PLANE or (FORM == KRON and NEPS == 3))
+    tl.static_assert(not (YSCR and FORM == GRID))
     if FORM == GRID:  # the buffers' first products two at a time (_pair_left); the terms summed in the same order
         fx, fe = _pair_left(_load(x_ptr + x_off + ld, m2, LMASK).to(CT), _load(e0_ptr + e0_off + ld, m2, LMASK).to(CT),
-                            bp, TF32X3, ROUND, _tf32_exact(x_ptr))
+                            bp, TF32X3, ROUND, _tf32_exact(x_ptr) and _tf32_exact(e0_ptr))
         y = _planed(cp, cld, m2, LMASK, CT, _fwd_right(fx, bp, TF32X3, PRE, ROUND))
         y += _planed(cp + cstride, cld, m2, LMASK, CT, _fwd_right(fe, bp, TF32X3, PRE, ROUND))
+        if NEPS > 2:
+            f1, f2 = _pair_left(_load(e1_ptr + e1_off + ld, m2, LMASK).to(CT),
+                                _load(e2_ptr + e2_off + ld, m2, LMASK).to(CT), bp, TF32X3, ROUND,
+                                _tf32_exact(e1_ptr) and _tf32_exact(e2_ptr))
+            y += _planed(cp + 2 * cstride, cld, m2, LMASK, CT, _fwd_right(f1, bp, TF32X3, PRE, ROUND))
+            y += _planed(cp + 3 * cstride, cld, m2, LMASK, CT, _fwd_right(f2, bp, TF32X3, PRE, ROUND))
+        elif NEPS > 1:
+            y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
     else:
         y = _term(x_ptr, x_off, ld, cp, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
         if FORM == PLANE:  # one plane, one sample: NaN rides through every product
@@ -600,12 +611,7 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
         tl.store(scr + ld, y, mask=m2)
         tl.debug_barrier()
         y = _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
-    elif FORM == GRID and NEPS > 2:
-        f1, f2 = _pair_left(_load(e1_ptr + e1_off + ld, m2, LMASK).to(CT),
-                            _load(e2_ptr + e2_off + ld, m2, LMASK).to(CT), bp, TF32X3, ROUND, _tf32_exact(e1_ptr))
-        y += _planed(cp + 2 * cstride, cld, m2, LMASK, CT, _fwd_right(f1, bp, TF32X3, PRE, ROUND))
-        y += _planed(cp + 3 * cstride, cld, m2, LMASK, CT, _fwd_right(f2, bp, TF32X3, PRE, ROUND))
-    elif NEPS > 1:
+    elif NEPS > 1 and FORM != GRID:
         y += _term(e1_ptr, e1_off, ld, cp + 2 * cstride, cld, m2, bp, LMASK, FORM, TF32X3, T, CT, PRE, ROUND, YT)
     if NEPS > 2 and FORM != GRID:
         if YSCR:
@@ -1321,12 +1327,13 @@ def grid_tma(arch: int, tf32x3: bool, tp: int) -> bool:
     stored by the threads for each product, were half the launch's lane slots on the LSU (bf16 N = 28 at batch 2:
     256 of 558 a thread), which bound the rows that held their instructions down (after _pair_left): the copies cost
     ~36 instructions a thread each (their barrier's set-up, arrive, wait and release) where the threads' took ~20,
-    and take the LSU's slots down by half: six sm_90a rows rise to 87.7-100 % of their roofline (bf16 N = 28 65.8 →
-    73.9 %), two fall 2.3 and 0.2 points, none below 80 %; in the sweeps of one tile a program the variants below 80 %
-    went 120 → 65 of 288, the most one fell 8 points (bf16 N = 20, three buffers, a timestep per sample: 89.8 → 81.8
-    %: the issue-bound lose; RESULTS.md, issue 19). With several tiles a program the copies repeat in every tile's
-    products and rows bound by their issue fell 1-3 points (fp32 N = 12, 20, 24, 28; registers up to 255): pointers
-    there, and on sm_80 (no TMA unit), sm_100a (issue-bound in the model) and for fp64."""
+    and take the LSU's slots down by half. Against the pairs alone: six sm_90a rows rise (bf16 N = 28 65.8 → 73.9 %
+    of its roofline, five others to 87.7-100 %), two fall 2.3 and 0.2 points (to 86.3 and 99.8 %); in the sweeps of
+    one tile a program the variants below 80 % went 120 → 65 of 288, the most one fell 8 points (bf16 N = 20, three
+    buffers, a timestep per sample: 89.8 → 81.8 %: the issue-bound lose; RESULTS.md, issue 19). With several tiles a
+    program the copies repeat in every tile's products and rows bound by their issue fell 1-3 points (fp32 N = 12,
+    20, 24, 28; registers up to 255): pointers there, and on sm_80 (no TMA unit) and sm_100a (issue-bound in the
+    model). (The grid is tf32x3's only: launches_grid.)"""
     return tf32x3 and arch // 10 == 9 and tp == 1
 
 
