@@ -556,6 +556,16 @@ _TMA_FORMS = """
         /*0060*/                   EXIT ;
 """
 
+# the byte register moved, then written as a later register of a wgmma's accumulator (R24 … R39), or not (R40)
+_TMA_ACC = """
+        /*0000*/                   MOV R30, 0x4000 ;
+        /*0010*/                   MOV R40, 0x1000 ;
+        /*0020*/                   HGMMA.64x32x8.F32.TF32 R24, gdesc[UR8], R24 ;
+        /*0030*/                   SYNCS.ARRIVE.TRANS64 RZ, [UR4+0x3000], R40 ;
+        /*0040*/                   SYNCS.ARRIVE.TRANS64 RZ, [UR4+0x3000], R30 ;
+        /*0050*/                   EXIT ;
+"""
+
 
 def test_a_tma_copy_is_charged_its_bytes_on_the_lsu():
     """A TMA copy writes shared memory through the same 128 B a clock as the threads' accesses: the bytes its
@@ -576,6 +586,26 @@ def test_a_tma_copy_is_charged_its_bytes_on_the_lsu():
     assert aot.pipe_counts(path[:4], threads=128)["lsu"] == (0x1000 + 0x2000) / 4 / 128
     with pytest.raises(ValueError, match="not an immediate"):
         aot.pipe_counts(path, threads=128)
+    # a tensor-core accumulator writes its whole range (aot._dest_count): the register past it keeps its move, the
+    # one inside is no immediate's
+    ins, labels = aot.parse_sass(_TMA_ACC)
+    path = aot.hot_path(ins, labels)
+    assert aot.pipe_counts(path[:4], threads=128)["lsu"] == 0x1000 / 4 / 128
+    with pytest.raises(ValueError, match="not an immediate"):
+        aot.pipe_counts(path, threads=128)
+    # the other writers of several registers: an mma.sync's m16n8 tile (4, fp16 pairs 2), a DMMA's (2), an ldmatrix's
+    # matrices, fp16 wgmma accumulators (N / 4)
+    wide = """
+        /*0000*/                   HMMA.1688.F32.TF32 R44, R56, R50, R44 ;
+        /*0010*/                   HMMA.16816.F16 R8, R12, R16, R8 ;
+        /*0020*/                   DMMA.884 R4, R6, R2, R4 ;
+        /*0030*/                   LDSM.16.M88.4 R20, [R3] ;
+        /*0040*/                   LDSM.16.M88.2 R60, [R3] ;
+        /*0050*/                   HGMMA.64x128x16.F16 R64, gdesc[UR8], R64 ;
+        /*0060*/                   EXIT ;
+"""
+    ins, _ = aot.parse_sass(wide)
+    assert [aot._dest_count(i) for i in ins[:6]] == [4, 2, 2, 4, 2, 32]
 
 
 def test_a_launch_is_charged_per_real_element_on_the_paths_its_tiles_take():

@@ -671,9 +671,10 @@ def _tma_bytes(path: list, k: int, context: Optional[list] = None) -> int:
     (an immediate; RZ: none), or the immediate last moved into the register b on the path (ptxas sets it just ahead of
     the arrive; for a loop body, on the ``context`` path that holds the body). Raises where that last write is not a
     move of an immediate (a wider write covering b included): a TMA copy whose bytes the model cannot see would go
-    uncounted. It finds writes through an instruction's first operand (``_dest_count`` registers of it): a write of b
-    in another place (a second destination, an accumulator's later registers) would go unseen, and an older move be
-    taken; ptxas sets the bytes with a move just ahead of each arrive, and every arrive of the matrix resolves so."""
+    uncounted. It finds writes through an instruction's first operand (``_dest_count`` registers of it, a tensor-core
+    accumulator's whole range included): a write of b in another place (a second destination) would go unseen, and
+    an older move be taken; ptxas sets the bytes with a move just ahead of each arrive, and every arrive of the matrix
+    resolves so."""
     if context is not None:
         k, path = next(j for j, i in enumerate(context) if i is path[k]), context
     b = path[k].operands[-1]
@@ -720,8 +721,19 @@ _NO_DEST = {"STG", "STS", "STL", "ST", "RED", "BRA", "BAR", "BSSY", "BSYNC", "EX
 
 
 def _dest_count(i: Ins) -> int:
-    """Registers written through the first operand (vector loads, 64-bit results)."""
+    """Registers written through the first operand (vector loads, 64-bit results, a tensor-core accumulator: a
+    wgmma's 64 × N over its 128 threads, N / 2 registers of fp32, N / 4 of fp16 pairs; an mma.sync's m16n8 tile, 4
+    registers of 32-bit sums, 2 of fp16 pairs; a DMMA's m8n8 fp64, 2; an ldmatrix, its matrix count)."""
     mods = i.op.split(".")[1:]
+    if i.base == "HGMMA":  # HGMMA.64xNxK.<accumulator type>
+        n = int(_MMA_SHAPE.match(mods[0]).group(5))
+        return n // 4 if mods[1] == "F16" else n // 2
+    if i.base in ("HMMA", "IMMA"):
+        return 2 if mods[1] == "F16" else 4
+    if i.base == "DMMA":
+        return 2
+    if i.base == "LDSM":
+        return int(mods[-1]) if mods[-1] in ("2", "4") else 1
     if "128" in mods:
         return 4
     if "64" in mods or "WIDE" in mods or i.base in ("DADD", "DMUL", "DFMA", "DMNMX"):
