@@ -994,6 +994,39 @@ def test_blur_t64_whole_plane_holds_y_in_scratch(monkeypatch, N, k, yscr):
         assert ((out.double() - ref).abs() <= 2e-6 * bound).all(), (arch, force)
 
 
+def _descriptors_against_pointers(monkeypatch, kernel, policy, N, k, B):
+    """A stochastic blur step of B samples of 2 planes with k ε buffers (table rows 1, 4, 3), run by the interpreter
+    with the TMA descriptors its launch takes (the CPU suite reports sm_90) and with ``policy`` (a blur_step function)
+    answering False: each within the fp32 bound of the float64 reference, and equal bit for bit. Returns the launch of
+    ``kernel`` each took, {True: (args, kwargs), False: …}."""
+    from gmm_triton.kernels import blur_step as K
+
+    _, bt, basis = blur_tables(N, lam_order=2)
+    x = torch.randn(B, 2, N, N)
+    eps = [torch.randn_like(x) for _ in range(k)]
+    rows = torch.tensor([1, 4, 3][:B])
+    ref = gref.blur_step(x, eps, bt, basis, rows, seed=5)
+    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(5, x.shape))
+    real_kernel, outs, launches = getattr(K, kernel), {}, {}
+    for tma in (True, False):
+        args = []
+
+        class Spy:  # the launch's arguments, then the real kernel
+            def __getitem__(self, grid):
+                return lambda *a, **kw: args.append((a, kw)) or real_kernel[grid](*a, **kw)
+
+        monkeypatch.setattr(K, kernel, Spy())
+        if not tma:
+            monkeypatch.setattr(K, policy, lambda *a: False)
+        with ops.use_cpu_backend("triton"):
+            outs[tma] = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=5)
+        monkeypatch.undo()
+        (launches[tma],) = args
+        assert ((outs[tma].double() - ref).abs() <= 2e-6 * bound).all(), tma
+    assert torch.equal(outs[True], outs[False])
+    return launches
+
+
 @pytest.mark.parametrize("N, k, B", [(33, 3, 2), (40, 2, 3), (48, 2, 1), (64, 3, 1)],
                          ids=["N33-sliced-3-buffers-noise-prepass", "N40-sliced-2-buffers-philox",
                               "N48-whole-y-scratch", "N64-whole-y-scratch-3-buffers"])
@@ -1007,32 +1040,11 @@ def test_blur_tma_descriptors_move_no_number(monkeypatch, N, k, B):
     from gmm_triton.kernels import blur_step as K
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    _, bt, basis = blur_tables(N, lam_order=2)
-    x = torch.randn(B, 2, N, N)
-    eps = [torch.randn_like(x) for _ in range(k)]
-    rows = torch.tensor([1, 4, 3][:B])
-    ref = gref.blur_step(x, eps, bt, basis, rows, seed=5)
-    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(5, x.shape))
-    real_kernel, outs = K._blur_step_kernel, {}
-    for tma in (True, False):
-        args = []
-
-        class Spy:  # the launch's arguments, then the real kernel
-            def __getitem__(self, grid):
-                return lambda *a, **kw: args.append(a) or real_kernel[grid](*a, **kw)
-
-        monkeypatch.setattr(K, "_blur_step_kernel", Spy())
-        if not tma:
-            monkeypatch.setattr(K, "basis_tma", lambda *a: False)
-        with ops.use_cpu_backend("triton"):
-            outs[tma] = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=5)
-        monkeypatch.undo()
-        (a,) = args
+    launches = _descriptors_against_pointers(monkeypatch, "_blur_step_kernel", "basis_tma", N, k, B)
+    sliced = K.plane_sliced(k, 64, N, 90)
+    for tma, (a, _) in launches.items():
         descs = [isinstance(v, TensorDescriptor) for v in a[7:11]]  # bp, br, ct, yd
-        sliced = K.plane_sliced(k, 64, N, 90)
         assert descs == ([True, True, sliced, sliced] if tma else [False] * 4), (tma, descs)
-        assert ((outs[tma].double() - ref).abs() <= 2e-6 * bound).all(), tma
-    assert torch.equal(outs[True], outs[False])
     # the policy: sm_90, tf32x3, T = 64, two or three buffers; but the whole-operand plane's three of 16-bit storage
     assert [K.basis_tma(a, t, T, n) for a, t, T, n in ((90, True, 64, 2), (90, True, 64, 3), (90, True, 64, 1),
                                                        (90, True, 32, 3), (90, False, 64, 3), (80, True, 64, 3),
@@ -1052,31 +1064,10 @@ def test_blur_grid_tma_moves_no_number(monkeypatch, N, k, B):
     from gmm_triton.kernels import blur_step as K
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    _, bt, basis = blur_tables(N, lam_order=2)
-    x = torch.randn(B, 2, N, N)
-    eps = [torch.randn_like(x) for _ in range(k)]
-    rows = torch.tensor([1, 4, 3][:B])
-    ref = gref.blur_step(x, eps, bt, basis, rows, seed=5)
-    bound = magnitude(gref.blur_step, x, eps, bt, basis.abs(), rows, noise=philox(5, x.shape))
-    real_kernel, outs = K._blur_grid_kernel, {}
-    for tma in (True, False):
-        args = []
-
-        class Spy:  # the launch's arguments, then the real kernel
-            def __getitem__(self, grid):
-                return lambda *a, **kw: args.append((a, kw)) or real_kernel[grid](*a, **kw)
-
-        monkeypatch.setattr(K, "_blur_grid_kernel", Spy())
-        if not tma:
-            monkeypatch.setattr(K, "grid_tma", lambda *a: False)
-        with ops.use_cpu_backend("triton"):
-            outs[tma] = gops.blur_step(x, eps, rows, bt, basis, stochastic=True, seed=5)
-        monkeypatch.undo()
-        ((a, kw),) = args
+    launches = _descriptors_against_pointers(monkeypatch, "_blur_grid_kernel", "grid_tma", N, k, B)
+    for tma, (a, kw) in launches.items():
         assert kw["TP"] == 1 and kw["NEPS"] == k, kw
         assert [isinstance(v, TensorDescriptor) for v in a[6:8]] == [tma, False], tma  # bl, br
-        assert ((outs[tma].double() - ref).abs() <= 2e-6 * bound).all(), tma
-    assert torch.equal(outs[True], outs[False])
     # the policy: one tile a program, tf32x3, sm_90
     assert [K.grid_tma(a, t, tp) for a, t, tp in ((90, True, 1), (90, True, 2), (90, True, 4), (90, False, 1),
                                                   (80, True, 1), (100, True, 1))] == [True] + [False] * 5
