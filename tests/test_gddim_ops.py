@@ -16,7 +16,7 @@ from gmm_triton.gddim import reference as gref
 from gmm_triton.gddim.blur import BlurProcess
 from gmm_triton.gddim.cld import CLD
 from gmm_triton.gddim.tables import blur_table, cld_table
-from gmm_triton.kernels.blur_step import _kperm, _mm
+from gmm_triton.kernels.blur_step import _kperm, _mm, _tf32
 
 BACKENDS = ["cpp", "triton"]
 
@@ -748,17 +748,92 @@ def test_kperm_reorders_a_tiles_columns_as_the_host_twin_does():
     assert torch.equal(out, K.kperm_order(t, 1))
 
 
+def _tf32_reference(x: np.ndarray, ties_even: bool) -> np.ndarray:
+    """fp32 values rounded to tf32 (11 significant bits, fp32's exponent range) in float64 arithmetic, not on their
+    bits: the quantum 2^(e - 11) of x = m·2^e (0.5 ≤ m < 1), 2^-136 below fp32's normals; ties to even or away
+    from zero; past fp32's largest value ±inf; NaN and ±inf as they are."""
+    a = np.abs(x.astype(np.float64))
+    e = np.frexp(a)[1]
+    q = np.exp2(np.maximum(e - 11, -136).astype(np.float64))
+    y = a / q                                      # exact: at most 24 significant bits
+    fl = np.floor(y)
+    frac = y - fl
+    if ties_even:
+        r = np.where(frac > 0.5, fl + 1, np.where(frac < 0.5, fl, fl + np.mod(fl, 2)))
+    else:
+        r = np.where(frac >= 0.5, fl + 1, fl)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.copysign(r * q, x.astype(np.float64)).astype(np.float32)  # ≥ 2^128 becomes ±inf
+    return np.where(np.isfinite(x), out, x)
+
+
 @triton.jit
-def _tf32x3_left_product(t_ptr, bp, out_ptr, T: tl.constexpr, ROUND: tl.constexpr):
+def _tf32_words(src, dst, n, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(dst + o, _tf32(tl.load(src + o, mask=o < n), MODE), mask=o < n)
+
+
+def _tf32_inputs() -> np.ndarray:
+    """fp32 words: every sign, exponents from subnormal to the largest, mantissas' kept bits at their ends, and the
+    13 dropped bits at each side of half a unit (ties with the last kept bit 0 and 1); 2¹⁶ random finite words."""
+    low = [0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x2FFF, 0x3000, 0x3001]
+    high = [0, 1 << 13, 0x7FC000, 0x7FE000]
+    words = [(s << 31) | (ex << 23) | h | lo for s in (0, 1) for ex in (0, 1, 2, 100, 127, 253, 254)
+             for h in high for lo in low]
+    rnd = np.random.default_rng(7).integers(0, 2**32, 2**16, dtype=np.uint64).astype(np.uint32)
+    rnd = rnd[(rnd & 0x7F800000) != 0x7F800000]
+    return np.concatenate([np.array(words, np.uint32), rnd]).view(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["rn", "rna"])
+def test_tf32_rounding_leaf_against_float64(mode):
+    """_tf32, the kernels' fp32 → tf32 rounding, as the CPU runs it, against the rounding done in float64
+    (_tf32_reference): TF32_RN, ties to even (sm_90 and later: cvt.rn.tf32.f32 on a GPU, this emulation under the
+    interpreter), and TF32_RNA, ties away (sm_80), bit for bit on the words of _tf32_inputs (560 structured, ties
+    included, and 2¹⁶ random); the two differ on those ties; ±inf stay and the largest values round to ±inf. A NaN:
+    TF32_RN keeps it NaN (quiet, a GPU's canonical 0x7FFFFFFF too); TF32_RNA carries 0x7FFFFFFF into the sign, -0.0
+    (the kernels' integer rounding: _tf32's docstring, RESULTS.md)."""
+    from gmm_triton.kernels import blur_step as K
+
+    MODE = K.TF32_RN.value if mode == "rn" else K.TF32_RNA.value
+    x = _tf32_inputs()
+
+    def run(words):
+        src = torch.from_numpy(np.ascontiguousarray(words))
+        out = torch.empty_like(src)
+        _tf32_words[(triton.cdiv(src.numel(), 1024),)](src, out, src.numel(), MODE=MODE, BLOCK=1024)
+        return out.numpy()
+
+    got = run(x)
+    want = _tf32_reference(x, mode == "rn")
+    bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
+    assert bad.size == 0, x[bad[:5]].view(np.uint32)
+    ties = (x.view(np.uint32) & 0x1FFF) == 0x1000
+    assert ties.sum() > 100 and not np.array_equal(want[ties], _tf32_reference(x[ties], mode != "rn"))
+    assert np.all(got.view(np.uint32) & 0x1FFF == 0)
+    big = np.array([3.4028235e38, -3.4028235e38, np.inf, -np.inf], np.float32)
+    assert np.array_equal(run(big), np.array([np.inf, -np.inf, np.inf, -np.inf], np.float32))
+    nans = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7FC00000, 0xFFC01001], np.uint32).view(np.float32)
+    if mode == "rn":
+        assert np.all(np.isnan(run(nans)))
+    else:  # the canonical NaN's carry
+        assert run(nans)[0].view(np.uint32) == 0x80000000
+
+
+@triton.jit
+def _tf32x3_left_product(t_ptr, bp, out_ptr, T: tl.constexpr, ROUND: tl.constexpr, MODE: tl.constexpr):
     o = tl.arange(0, T)[:, None] * T + tl.arange(0, T)[None, :]
-    tl.store(out_ptr + o, _mm(tl.load(t_ptr + o), bp, 0, True, True, T, False, ROUND))
+    tl.store(out_ptr + o, _mm(tl.load(t_ptr + o), bp, 0, True, MODE, T, False, ROUND))
 
 
-def test_the_interpreter_multiplies_what_a_tensor_core_reads():
+@pytest.mark.parametrize("mode", ["rn", "rna"])
+def test_the_interpreter_multiplies_what_a_tensor_core_reads(mode):
     """A tf32x3 product (_mm, V @ t) run by the interpreter equals, bit for bit, the same sums of products of what a
     tensor core reads of each operand: an fp32 register's top 19 bits (tf32). On a GPU the kernels hand lo = t - hi
     to the tensor core as it is (its low 13 bits ignored: the truncation, without an instruction); where lo is
-    rounded (ROUND) both hand it lo rounded to tf32 (modelled here as lo + half a tf32 unit, read); the
+    rounded (ROUND) both hand it lo rounded to tf32; hi rounded in the mode (TF32_RN: ties to even, sm_90 and later;
+    TF32_RNA: ties away, sm_80), both parts ties away where lo is rounded (ROUND), as the kernels do, modelled by the
+    rounding done in float64 (_tf32_reference; t holds exact ties, where the modes differ); the
     interpreter's tl.dot multiplies whole fp32 values, so the kernels clear lo's bits themselves there
     (_TC_READS_TF32): the CPU runs the products the GPU runs. The products are
     taken as the interpreter takes them (numpy, fp32, in _mm_slice's order); a model that multiplies lo unread
@@ -776,18 +851,30 @@ def test_the_interpreter_multiplies_what_a_tensor_core_reads():
     def read(x):  # what a tensor core reads of an fp32 operand
         return bits(x, lambda b: b & ~0x1FFF)
 
-    hi = K._tf32_round(t)
+    # a quarter of the entries exact ties of the high part's rounding (the last kept bit 0 and 1): the modes differ
+    w = t.view(torch.int32)
+    w[::2, ::2] = (w[::2, ::2] & ~0x3FFF) | 0x1000
+    w[1::2, 1::2] = (w[1::2, 1::2] & ~0x3FFF) | 0x3000
+    MODE = K.TF32_RN.value if mode == "rn" else K.TF32_RNA.value
+
+    def rounded(x, even):  # the split's rounding, done in float64 (_tf32_reference)
+        return torch.from_numpy(_tf32_reference(x.numpy(), even))
+
     for ROUND in (False, True):
-        lo_passed = bits(t - hi, lambda b: b + 0x1000) if ROUND else t - hi  # the GPU's operand
+        hi = rounded(t, mode == "rn" and not ROUND)  # where lo is rounded too, both ties away in either mode
+        lo_passed = rounded(t - hi, False) if ROUND else t - hi  # the GPU's operand
         out = torch.empty_like(t)
-        _tf32x3_left_product[(1,)](t, bp, out, T=T, ROUND=ROUND)
+        _tf32x3_left_product[(1,)](t, bp, out, T=T, ROUND=ROUND, MODE=MODE)
         models = []
-        for lo in (read(lo_passed), t - hi):
+        other = rounded(t, mode != "rn")  # the other mode's high part
+        for h, lo in ((hi, read(lo_passed)), (hi, t - hi), (other, read(t - other))):
             acc = np.zeros((T, T), np.float32)
-            for a, b in ((bp[0, 0], lo), (bp[1, 0], hi), (bp[0, 0], hi)):
+            for a, b in ((bp[0, 0], lo), (bp[1, 0], h), (bp[0, 0], h)):
                 acc = np.matmul(a.numpy(), b.numpy(), dtype=np.float32) + acc
             models.append(torch.from_numpy(acc))
         assert torch.equal(out, models[0]), ROUND
+        if not ROUND:  # the mode matters at these values
+            assert not torch.equal(models[0], models[2])
         assert not torch.equal(models[0], models[1])  # the reading matters at these values
 
 
@@ -904,6 +991,27 @@ def test_blur_an_invalid_device_row_poisons_only_its_sample(N):
                          seed_value=0, noise=None, noise_mode=0, B=13, C=3, N=N)
     assert torch.isnan(out[4]).all()
     assert torch.isfinite(out[torch.arange(13) != 4]).all()
+
+
+@pytest.mark.parametrize("N,dtype,noise", [(7, torch.float32, 0), (28, torch.bfloat16, 1), (12, torch.float32, 1),
+                                           (4, torch.float32, 0), (16, torch.float32, 1)],
+                         ids=["N7-grid", "N28-grid-bf16-philox", "N12-grid-philox", "N4-kron", "N16-plane-philox"])
+def test_blur_one_invalid_device_timestep_makes_every_output_nan(N, dtype, noise):
+    """One device timestep for the launch (a one-element tensor the host does not read) outside the table: every
+    output NaN, on each form; the grid reads its table's NaN row there (_grid_table; no per-element poison), whose
+    NaN the products carry to every output, its Y split for the inverse (tf32x3) included. A valid timestep on the
+    same launch: finite. (Broken on purpose, the grid's invalid launch reading row 0: the NaN test fails.)"""
+    from gmm_triton.kernels.blur_step import launch_blur_step, launches_grid
+
+    bt, _, basis = blur_tables(N)
+    x, e = torch.randn(13, 3, N, N).to(dtype), torch.randn(13, 3, N, N).to(dtype)
+    assert launches_grid(N, 1, 39, True, 90) == (N in (7, 12, 28))
+    for row, bad in ((torch.tensor([99]), True), (torch.tensor([-1]), True), (torch.tensor([2]), False)):
+        out = torch.empty_like(x)
+        with ops.use_cpu_backend("triton"):
+            launch_blur_step(x=x, eps=[e], out=out, coef=bt, basis=basis, t_tensor=row, t_value=0,
+                             seed_tensor=None, seed_value=5, noise=None, noise_mode=noise, B=13, C=3, N=N)
+        assert (torch.isnan(out).all() if bad else torch.isfinite(out).all()), (row, out.float().isnan().sum())
 
 
 @pytest.mark.parametrize("N", [8, 20], ids=["N8-kron", "N20-planes"])

@@ -20,7 +20,8 @@ written once. The maths is stated in ``gddim/reference.py``. Three layouts of th
   row filled 56 % (N = 3, 6) or one plane a program padded to [16, 16] or [32, 32] filled 19-100 % on mma.sync; a
   program takes up to 4 tiles in turn (:func:`tiles_per_program`; one with two or three buffers, or a timestep per
   sample); the buffers' first products two at a time, as one of twice the width (_pair_left), and V_L's parts
-  through TMA with one tile a program on sm_90 (:func:`grid_tma`);
+  through TMA with one tile a program on sm_90 (:func:`grid_tma`); 16-bit data read in runs of four and written
+  in pairs; an invalid timestep of the launch through a NaN row of the grid's table (_blur_grid_kernel);
 - otherwise: one plane per program on a [T, T] tile (T = next power of two ≥ N), V X Vᵀ as two products, in one of
   two forms (:func:`plane_sliced`):
   - whole operands (_step): every product takes its [T, T] operands from registers; up to two buffers (orders 0 and 1,
@@ -67,7 +68,9 @@ truncation are ≤ 2⁻²² relative, and the measured errors are those of round
 precision"). A tensor core reads a tf32 operand's top 19 bits of the fp32 register (sign, exponent, 10 mantissa
 bits) and ignores the low 13 (triton's own tf32 products hand it fp32 registers unconverted, and its tf32x3 hands it
 a − cvt.rna(a) as is): so on a GPU lo goes to it as it is and the tensor core truncates it, 3 instructions an
-element (hi: add, mask; lo: subtract), where clearing the bits first took a fourth (_TC_READS_TF32). The
+element on sm_80 (hi: add, mask; lo: subtract), where clearing the bits first took a fourth (_TC_READS_TF32), and 2
+on sm_90 and later, whose ``cvt.rn.tf32.f32`` rounds hi in one instruction (ties to even, where the integer
+rounding ties away from zero: the same half-unit bound; TF32X3 = TF32_RN, :func:`_tf32`). The
 interpreter's tl.dot multiplies whole fp32 values, so there the kernels clear them themselves: the CPU tests run the
 products the tensor cores run, tf32-exact parts multiplied exactly (test_gddim_ops.py), and check the split
 arithmetic too. Where a tile fills 255 registers either way and this split's schedule spilled (a whole [64, 64]
@@ -92,6 +95,7 @@ from .common import INTERPRETING, NOISE_NONE, NOISE_PHILOX, NOISE_TENSOR, STREAM
 _PLANES = tl.constexpr(contract.BLUR_PLANES)  # A, B_0..B_2, S per step (contract.py)
 _TF32_HALF = tl.constexpr(0x1000)   # half a unit of the 13 bits below a tf32 mantissa
 _TF32_MASK = tl.constexpr(0xFFFFE000)
+TF32_RNA, TF32_RN = (tl.constexpr(v) for v in (1, 2))  # TF32X3's rounding (_tf32); 0: fp64, no split
 # whether tl.dot's tf32 operands are read by a tensor core (a GPU compile), which takes an fp32 register's sign,
 # exponent and top 10 mantissa bits and ignores the low 13; the interpreter's tl.dot multiplies the whole fp32 value
 _TC_READS_TF32 = tl.constexpr(not INTERPRETING)
@@ -102,6 +106,7 @@ _CHECK_HINTS = tl.constexpr(INTERPRETING)  # the compiler hints' facts checked w
 # a GPU compile: the threads' global stores reach a TMA copy's reads only through a proxy fence (_async_proxy_fence);
 # the interpreter runs every access in order
 _PROXY_FENCE = tl.constexpr(not INTERPRETING)
+_PTX = tl.constexpr(not INTERPRETING)  # inline PTX, which the interpreter refuses (_tf32 emulates it there)
 _KC = tl.constexpr(16)  # the per-plane products' slices of the contraction (tl.dot's smallest K)
 # the layouts of a tile (FORM): one plane (padded to T×T); planes as rows of a Kronecker product; N = 1 (the identity);
 # planes side by side on a grid (V_L X V_Rᵀ with block-diagonal V_L, V_R: bp is the pair of their parts)
@@ -115,9 +120,25 @@ KRON_T_SMALL = 16  # the Kronecker rows' width for N ≤ 4 (tile_size)
 
 
 @triton.jit
-def _tf32(t):
-    """t rounded to tf32 (11 significant bits; ties away from zero), as fp32: exact on the tensor cores."""
-    return ((t.to(tl.uint32, bitcast=True) + _TF32_HALF) & _TF32_MASK).to(tl.float32, bitcast=True)
+def _tf32(t, MODE: tl.constexpr):
+    """t rounded to tf32 (11 significant bits), as fp32 with its low 13 bits zeros: exact on the tensor cores; within
+    half a tf32 unit either way. MODE TF32_RN: to nearest, ties to even, by ``cvt.rn.tf32.f32`` (sm_90 and later: one
+    F2FP instruction, where the integer rounding below takes two; emulated under the interpreter, bit for bit but a
+    NaN's payload: a NaN stays NaN); TF32_RNA (sm_80, which has no cvt.rn.tf32; and both parts where lo is rounded
+    too, ROUND in _mm_slice): ties away from zero, half a unit added to the bits and the low 13 cleared. That
+    addition carries a NaN whose mantissa is all ones, a GPU's canonical NaN 0x7FFFFFFF, into the sign: -0.0; as an
+    operand's high part its lo = t - hi is still NaN, but a rounded lo (ROUND) is -0.0 too (benchmarks/RESULTS.md,
+    issue 19: open)."""
+    u = t.to(tl.uint32, bitcast=True)
+    if MODE == TF32_RN:
+        if _PTX:
+            return tl.inline_asm_elementwise("cvt.rn.tf32.f32 $0, $1;", "=r,r", [t], dtype=tl.float32, is_pure=True,
+                                             pack=1)
+        else:  # half a unit less one, and the one where the last kept bit (13) is 1: ties go to the even neighbour
+            r = ((u + (_TF32_HALF - 1) + ((u >> 13) & 1)) & _TF32_MASK).to(tl.float32, bitcast=True)
+            return tl.where(t != t, t, r)
+    else:
+        return ((u + _TF32_HALF) & _TF32_MASK).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -184,14 +205,14 @@ def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T
             acc = tl.dot(t, _basis_part(bp, 1, which, T, k0, 0, K, T, PRE, BT), acc, input_precision="tf32")
             return tl.dot(t, _basis_part(bp, 0, which, T, k0, 0, K, T, PRE, BT), acc, input_precision="tf32")
     elif TF32X3:
-        if ROUND:
-            hi = _tf32(t)
-            lo = _tf32(t - hi)
+        if ROUND:  # the integer rounding, either mode: with cvt.rn this schedule spilled (28 B at N = 48, sm_90a)
+            hi = _tf32(t, TF32_RNA)
+            lo = _tf32(t - hi, TF32_RNA)
         elif _TC_READS_TF32:  # a GPU: the tensor core reads lo's tf32 bits, its low 13 ignored (module docstring)
-            hi = _tf32(t)
+            hi = _tf32(t, TF32X3)
             lo = t - hi
         else:  # the interpreter multiplies in full fp32: lo truncated here, as the tensor core reads it
-            hi = _tf32(t)
+            hi = _tf32(t, TF32X3)
             lo = _trunc32(t - hi)
         if LEFT:
             b_hi = _basis_part(bp, 0, which, T, 0, k0, T, K, PRE)
@@ -573,7 +594,8 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
     the zero rows and columns of the padded transform matrices). The store (``out_off + pos``) is masked by m2.
     ``flat``: the tile rows' first flat index (the noise's counters). ``poison`` (NaN for an invalid row) rides
     through every product of a plane (PLANE) and is added to the output of the other forms, whose tiles hold planes of
-    several samples: a NaN in Y would reach every plane of the tile through the zero blocks of its matrices. KPERM:
+    several samples: a NaN in Y would reach every plane of the tile through the zero blocks of its matrices (None:
+    none added; the grid with one timestep a launch reads a NaN row of its table instead, _blur_grid_kernel). KPERM:
     _inv's (the Kronecker rows). YSCR (one plane, two or three buffers: plane_y_scratch): Y goes to the plane's
     scratch at ``scr`` (N×N, at ld, masked) after the first two buffers' products and is read back before the
     inverse, so that no Y is held through the later buffers' products; with three buffers and noise the later
@@ -630,8 +652,8 @@ def _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, bp, seed, x_off, e0_off
         tl.debug_barrier()
         y += tl.load(scr + ld, mask=m2, other=0.0)
     out = _inv(y, bp, FORM, TF32X3, T, PRE, ROUND, KPERM, YT)
-    if FORM != PLANE:  # the planes of a tile share its products (0 · NaN is NaN): an invalid row poisons only its own
-        out += poison
+    if FORM != PLANE and poison is not None:  # the planes of a tile share its products (0 · NaN is NaN): an invalid
+        out += poison                            # row poisons only its own (None: the grid's NaN row, _blur_grid_kernel)
     tl.store(out_ptr + out_off + pos, out.to(out_ptr.dtype.element_ty), mask=m2)
 
 
@@ -794,9 +816,9 @@ def _blur_step_kernel(
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     p0 = tl.program_id(0).to(tl.int64) * PP
     # the whole-operand products take V from the left at bp, from the right at br (rows in _kperm's order: _fwd)
-    pre: tl.constexpr = PP > 1 and not SLICED and TF32X3
+    pre: tl.constexpr = PP > 1 and not SLICED and TF32X3 > 0
     tl.static_assert(HOLD == 0 or pre)
-    tl.static_assert(YT == 0 or (TF32X3 and not SLICED and not YSCR))
+    tl.static_assert(YT == 0 or (TF32X3 > 0 and not SLICED and not YSCR))
     basis = (_preload(bp, T, pre, False, HOLD), _preload(br, T, pre, True))
     # a runtime loop, rolled and not software-pipelined: one plane's registers and buffers at a time
     for q in tl.range(0, PP, loop_unroll_factor=1, num_stages=1):
@@ -835,7 +857,7 @@ def _blur_step_kernel(
             _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, basis, seed, b * x_bs + c * plane,
                   b * e0_bs + c * plane, b * e1_bs + c * plane, b * e2_bs + c * plane, b * z_bs + c * plane,
                   p * plane, ld, ii * N + jj, coef_ptr + row * _PLANES * plane, ld, plane, p * plane + ii * N, m2,
-                  poison, LMASK, NEPS, NOISE, ALIGNED4, FAST, PLANE, TF32X3, T, CT, PP > 1 and TF32X3, False,
+                  poison, LMASK, NEPS, NOISE, ALIGNED4, FAST, PLANE, TF32X3, T, CT, PP > 1 and TF32X3 > 0, False,
                   scr_ptr + tl.program_id(0) * plane, YSCR, YT)
 
 
@@ -866,14 +888,23 @@ def _blur_grid_kernel(
     the coefficient planes are read 16 bytes at a time (VEC4): the padding columns wrap onto their plane's row and
     the planes past the last move onto the last plane, so that every run of four columns starting at a multiple of 4
     is four consecutive elements starting at a multiple of 4, which the compiler is told (and the interpreter
-    checks: _check_runs). The data keep 4-byte loads: as the first product's right operand they go to shared
-    memory K-major, where a thread's four consecutive columns became four scattered stores (RESULTS.md)."""
+    checks: _check_runs). fp32 data keep 4-byte loads: as the first product's right operand they go to shared
+    memory K-major, where a thread's four consecutive columns became four scattered stores (RESULTS.md); 16-bit
+    data there are read in runs of four and the output written in pairs (RUNS). An invalid table row: with a
+    timestep per sample its NaN is added to its planes' output (``poison``, _step); with one for the launch the
+    tile reads the grid table's NaN row (_grid_table) instead, which the products carry to every output."""
     check_noise_code(NOISE)
     plane: tl.constexpr = N * N
     TILE: tl.constexpr = GR * GC
     # N a multiple of 4: every run of four columns that starts at a multiple of 4 lies in one row of one plane, at a
     # flat offset that is a multiple of 4 (and so are the tile's first element and the grid table's planes)
     VEC4: tl.constexpr = N % 4 == 0 and not T_PER_SAMPLE
+    # 16-bit buffers there: the data read in runs of four too (lv: 8 bytes an access, where each element took a
+    # 2-byte load and an address of its own) and the output written in pairs (pos: 4 bytes an access; RESULTS.md,
+    # issue 19). Not fp32 (tried): K-major in the first product's operand, its runs became four scattered stores
+    # each, where its 4-byte loads go as they are (fp32 rows with four tiles a program fell to 73 %; its stores in
+    # runs to 79.9 %)
+    RUNS: tl.constexpr = VEC4 and x_ptr.dtype.element_ty.primitive_bitwidth == 16
     r = tl.arange(0, T)[:, None]
     c = tl.arange(0, TC)[None, :]
     gr = tl.minimum(r // N, GR - 1)  # the tile's plane row and column of each row and column; i, j within it
@@ -888,7 +919,7 @@ def _blur_grid_kernel(
     inside = (r < GR * N) & (c < GC * N)
     seed = launch_scalar(seed_ptr, seed_value, SEED_FROM_PTR)
     n_tiles = tl.cdiv(n_planes, TILE)
-    basis = (bl, _preload(br, TC, TP > 1 and TF32X3, True))
+    basis = (bl, _preload(br, TC, TP > 1 and TF32X3 > 0, True))
     # the tile offsets, planes and masks are the loop's invariants; a rolled loop, not software-pipelined: one tile's
     # registers at a time
     for k in tl.range(0, TP, loop_unroll_factor=1, num_stages=1):
@@ -909,10 +940,21 @@ def _blur_grid_kernel(
         # the sample of each element (per-sample steps only; a 32-bit division)
         row, valid = sample_row(coef_ptr, n_rows, t_ptr, t_value, (p0 + tl.minimum(q, last)) // C,
                                 T_FROM_PTR, T_PER_SAMPLE)
-        poison = tl.where(valid, 0.0, float("nan")).to(CT)
-        _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, basis, seed, base, base, base, base, base, base, lt,
-              ld, coef_ptr + row * _PLANES * TILE * plane, lv, TILE * plane, base, m2, poison, False, NEPS, NOISE,
-              ALIGNED4, FAST, GRID, TF32X3, T, CT, TP > 1 and TF32X3)
+        if T_PER_SAMPLE:  # an invalid sample's NaN added to its planes' output (_step)
+            poison = tl.where(valid, 0.0, float("nan")).to(CT)
+        else:  # one row for the launch: an invalid one reads the grid table's NaN row (_grid_table), whose NaN
+            # reaches every output through the products (the split keeps it: lo = NaN - hi), where adding it took an
+            # instruction an element (bf16 N = 28: 1.3 SASS an element, sm_90a)
+            row = tl.where(valid, row, n_rows)
+            poison = None
+        if RUNS:  # the offsets' pairs, each in one row of one plane: the accumulator's own pairs of columns,
+            _check_runs(ld, 2)  # stored from its registers (in runs of four they went through shared memory)
+            pos = tl.max_contiguous(tl.multiple_of(ld, [1, 2]), [1, 2])
+        else:
+            pos = ld
+        _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, basis, seed, base, base, base, base, base, base,
+              lv if RUNS else lt, pos, coef_ptr + row * _PLANES * TILE * plane, lv, TILE * plane, base, m2, poison, False, NEPS, NOISE,
+              ALIGNED4, FAST, GRID, TF32X3, T, CT, TP > 1 and TF32X3 > 0)
 
 
 @triton.jit(do_not_specialize=["seed_value"])
@@ -1236,7 +1278,8 @@ def _arch(device: torch.device) -> int:
 
 
 def _tf32_round(m: torch.Tensor) -> torch.Tensor:
-    """Host twin of the kernels' ``_tf32`` (fp32 → fp32 with 11 significant bits)."""
+    """Host twin of the kernels' ``_tf32`` with TF32_RNA (fp32 → fp32 with 11 significant bits, ties away from zero):
+    the transform matrices' parts, rounded once on the host (basis_parts), in either mode."""
     bits = m.contiguous().view(torch.int32)
     return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
 
@@ -1361,10 +1404,16 @@ def _table(coef: torch.Tensor, tf32x3: bool, pad) -> torch.Tensor:
 
 def _grid_table(coef: torch.Tensor, tf32x3: bool, planes: int) -> torch.Tensor:
     """The table for the grid form, made once per table (_derived): each coefficient plane repeated for the
-    ``planes`` of a tile, [rows, PLANES, planes·N²], so that a tile's coefficients sit at the offsets of its data
-    (one offset tile, not two: with a second, ptxas spilled 168-204 B at N = 12 … 32)."""
+    ``planes`` of a tile, [rows + 1, PLANES, planes·N²], so that a tile's coefficients sit at the offsets of its data
+    (one offset tile, not two: with a second, ptxas spilled 168-204 B at N = 12 … 32); the last row all NaN, read by
+    a launch whose one timestep is not a row (_blur_grid_kernel)."""
     dt = torch.float32 if tf32x3 else torch.float64
-    return _derived(f"grid-{planes}-{dt}", coef, lambda t: t.to(dt).flatten(2).repeat(1, 1, planes).contiguous())
+
+    def build(t):  # (a pad, not a concatenation: the inspect tool builds it from fake CUDA tensors)
+        rows = t.to(dt).flatten(2).repeat(1, 1, planes)
+        return torch.nn.functional.pad(rows, (0, 0, 0, 0, 0, 1), value=float("nan")).contiguous()
+
+    return _derived(f"grid-{planes}-{dt}", coef, build)
 
 
 def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor, seed_value, noise, noise_mode,
@@ -1382,6 +1431,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
         raise ValueError(f"blur_step: a coefficient table of {coef.numel()} values: more than 2³¹ - 1")
     tf32x3 = x.dtype != torch.float64
     arch, per_sample = _arch(x.device), t_tensor is not None and t_tensor.numel() > 1
+    split = (TF32_RN if arch >= 90 else TF32_RNA).value if tf32x3 else 0  # the kernels' TF32X3 (_tf32)
     grid = launches_grid(N, len(eps), B * C, tf32x3, arch)
     kron = kron_form(N) and not grid
     T = GRID_ROWS if grid else tile_size(N)
@@ -1409,7 +1459,7 @@ def launch_blur_step(*, x, eps, out, coef, basis, t_tensor, t_value, seed_tensor
     common = dict(
         CT=tl.float64 if x.dtype == torch.float64 else tl.float32, NEPS=len(eps), NOISE=noise_mode,
         T_FROM_PTR=t_tensor is not None, T_PER_SAMPLE=per_sample,
-        SEED_FROM_PTR=seed_tensor is not None, FAST=fast_math(x.device), TF32X3=tf32x3, T=T)
+        SEED_FROM_PTR=seed_tensor is not None, FAST=fast_math(x.device), TF32X3=split, T=T)
     # the left and right matrices of the grid and of one plane; the right ones only multiply _kperm's reordered
     # tiles from the right (tf32x3): their rows in that order
     if grid:
