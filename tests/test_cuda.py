@@ -323,6 +323,57 @@ def test_blur_grid_16bit_buffers_on_the_gpu(N, buffers):
     tol = 4e-7 * bound + 2 * 2**-8 * ref.abs()
     assert ((out.double() - ref).abs() <= tol).all()
 
+def test_tf32_rounding_instruction_is_the_cpu_emulation():
+    """cvt.rn.tf32.f32 (kernels/blur_step.py _tf32 with TF32_RN: the tf32x3 split's high part on sm_90 and later)
+    on the GPU, on the words test_gddim_ops.py's test_tf32_rounding_leaf_against_float64 gives the interpreter's
+    emulation: bit for bit the rounding done in float64, ties to even, its low 13 bits zeros (lo = t - hi takes the
+    whole register: a bit left there would be an error of up to 2^-10 |t|, not 2^-22), ±inf kept, the largest values
+    to ±inf, a NaN a NaN (the PTX manual does not say; this is the check)."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("cvt.rn.tf32.f32 needs sm_90 (sm_80 rounds in integers: TF32_RNA)")
+    import triton
+    from test_gddim_ops import _tf32_inputs, _tf32_reference, _tf32_words
+
+    from gmm_triton.kernels import blur_step as K
+
+    def run(words):
+        src = torch.from_numpy(np.ascontiguousarray(words)).to(DEV)
+        out = torch.empty_like(src)
+        _tf32_words[(triton.cdiv(src.numel(), 1024),)](src, out, src.numel(), MODE=K.TF32_RN.value, BLOCK=1024)
+        return out.cpu().numpy()
+
+    x = _tf32_inputs()
+    got, want = run(x), _tf32_reference(x, True)
+    bad = got.view(np.uint32) != want.view(np.uint32)
+    assert not bad.any(), x[bad][:5].view(np.uint32)
+    big = np.array([3.4028235e38, -3.4028235e38, np.inf, -np.inf], np.float32)
+    assert np.array_equal(run(big), np.array([np.inf, -np.inf, np.inf, -np.inf], np.float32))
+    nans = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7FC00000, 0xFFC01001], np.uint32).view(np.float32)
+    assert np.isnan(run(nans)).all()
+
+
+@pytest.mark.parametrize("N,dtype", [(7, torch.float32), (12, torch.float32), (28, torch.bfloat16),
+                                     (16, torch.float32)])
+def test_blur_one_invalid_device_timestep_on_the_gpu(N, dtype):
+    """One device timestep for the launch outside the table: every output NaN (the grid at N = 7, 12, bf16 28 reads
+    its table's NaN row, which the products and the inverse's split carry on the tensor cores; one plane a program
+    at N = 16 adds the poison in Y); a valid one finite (test_gddim_ops.py's test on the CPU)."""
+    from gmm_triton.gddim import engine as E
+    from gmm_triton.gddim.blur import BlurProcess
+    from gmm_triton.gddim.tables import blur_table
+    from gmm_triton.kernels.blur_step import launch_blur_step
+
+    p = BlurProcess(N)
+    bt, basis = blur_table(E.gddim_coefficients(p, E.time_grid(5, p.rho2t(80), 1e-5), 2, 0.0), N), p.dct()
+    x, e = torch.randn(13, 3, N, N, device=DEV).to(dtype), torch.randn(13, 3, N, N, device=DEV).to(dtype)
+    for row, bad in ((99, True), (-1, True), (2, False)):
+        out = torch.empty_like(x)
+        launch_blur_step(x=x, eps=[e], out=out, coef=bt.to(DEV), basis=basis.to(DEV),
+                         t_tensor=torch.tensor([row], device=DEV), t_value=0, seed_tensor=None, seed_value=5,
+                         noise=None, noise_mode=contract.NOISE_PHILOX, B=13, C=3, N=N)
+        assert (torch.isnan(out).all() if bad else torch.isfinite(out).all()).item(), (row, out.isnan().sum())
+
+
 @pytest.mark.parametrize("N", [1, 4])
 def test_blur_kron_launch_masks_only_its_last_program_on_the_gpu(N):
     """Whole Kronecker rows but not whole programs (SPLIT: the full programs load unmasked, the last masked in its own

@@ -953,8 +953,8 @@ def _blur_grid_kernel(
         else:
             pos = ld
         _step(x_ptr, e0_ptr, e1_ptr, e2_ptr, z_ptr, out_ptr, basis, seed, base, base, base, base, base, base,
-              lv if RUNS else lt, pos, coef_ptr + row * _PLANES * TILE * plane, lv, TILE * plane, base, m2, poison, False, NEPS, NOISE,
-              ALIGNED4, FAST, GRID, TF32X3, T, CT, TP > 1 and TF32X3 > 0)
+              lv if RUNS else lt, pos, coef_ptr + row * _PLANES * TILE * plane, lv, TILE * plane, base, m2, poison,
+              False, NEPS, NOISE, ALIGNED4, FAST, GRID, TF32X3, T, CT, TP > 1 and TF32X3 > 0)
 
 
 @triton.jit(do_not_specialize=["seed_value"])
