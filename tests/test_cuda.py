@@ -353,11 +353,12 @@ def test_tf32_rounding_instruction_is_the_cpu_emulation():
 
 
 @pytest.mark.parametrize("N,dtype", [(7, torch.float32), (12, torch.float32), (28, torch.bfloat16),
-                                     (16, torch.float32)])
+                                     (16, torch.float32), (48, torch.float32)])
 def test_blur_one_invalid_device_timestep_on_the_gpu(N, dtype):
     """One device timestep for the launch outside the table: every output NaN (the grid at N = 7, 12, bf16 28 reads
     its table's NaN row, which the products and the inverse's split carry on the tensor cores; one plane a program
-    at N = 16 adds the poison in Y); a valid one finite (test_gddim_ops.py's test on the CPU)."""
+    at N = 16 and 48 adds the poison in Y, a GPU's canonical NaN once added, through the rounded split at N = 48:
+    _tf32's KEEP_NAN); a valid one finite (test_gddim_ops.py's test on the CPU)."""
     from gmm_triton.gddim import engine as E
     from gmm_triton.gddim.blur import BlurProcess
     from gmm_triton.gddim.tables import blur_table
@@ -372,6 +373,25 @@ def test_blur_one_invalid_device_timestep_on_the_gpu(N, dtype):
                          t_tensor=torch.tensor([row], device=DEV), t_value=0, seed_tensor=None, seed_value=5,
                          noise=None, noise_mode=contract.NOISE_PHILOX, B=13, C=3, N=N)
         assert (torch.isnan(out).all() if bad else torch.isfinite(out).all()).item(), (row, out.isnan().sum())
+
+
+@pytest.mark.parametrize("N", [36, 48, 64])
+def test_blur_a_nan_in_the_data_reaches_the_output_on_the_gpu(N):
+    """A GPU's canonical NaN (0x7FFFFFFF) in fp32 data, one plane a program at T = 64, whose split rounds both parts
+    (ROUND): its plane NaN everywhere, the others finite (without _tf32's KEEP_NAN the integer rounding made it -0.0
+    and the plane finite; test_gddim_ops.py's test on the CPU)."""
+    from gmm_triton.gddim import engine as E, ops as gops
+    from gmm_triton.gddim.blur import BlurProcess
+    from gmm_triton.gddim.tables import blur_table
+
+    p = BlurProcess(N)
+    bt, basis = blur_table(E.gddim_coefficients(p, E.time_grid(5, p.rho2t(80), 1e-5), 2, 0.0), N), p.dct()
+    x, e = torch.randn(2, 3, N, N), torch.randn(2, 3, N, N)
+    x.view(torch.int32)[1, 2, N // 3, N // 2] = 0x7FFFFFFF
+    out = gops.blur_step(x.to(DEV), [e.to(DEV)], 2, bt.to(DEV), basis.to(DEV)).cpu()
+    assert torch.isnan(out[1, 2]).all()
+    out[1, 2] = 0
+    assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("N", [1, 4])

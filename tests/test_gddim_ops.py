@@ -768,9 +768,9 @@ def _tf32_reference(x: np.ndarray, ties_even: bool) -> np.ndarray:
 
 
 @triton.jit
-def _tf32_words(src, dst, n, MODE: tl.constexpr, BLOCK: tl.constexpr):
+def _tf32_words(src, dst, n, MODE: tl.constexpr, BLOCK: tl.constexpr, KEEP_NAN: tl.constexpr = False):
     o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(dst + o, _tf32(tl.load(src + o, mask=o < n), MODE), mask=o < n)
+    tl.store(dst + o, _tf32(tl.load(src + o, mask=o < n), MODE, KEEP_NAN), mask=o < n)
 
 
 def _tf32_inputs() -> np.ndarray:
@@ -791,17 +791,19 @@ def test_tf32_rounding_leaf_against_float64(mode):
     (_tf32_reference): TF32_RN, ties to even (sm_90 and later: cvt.rn.tf32.f32 on a GPU, this emulation under the
     interpreter), and TF32_RNA, ties away (sm_80), bit for bit on the words of _tf32_inputs (560 structured, ties
     included, and 2¹⁶ random); the two differ on those ties; ±inf stay and the largest values round to ±inf. A NaN:
-    TF32_RN keeps it NaN (quiet, a GPU's canonical 0x7FFFFFFF too); TF32_RNA carries 0x7FFFFFFF into the sign, -0.0
-    (the kernels' integer rounding: _tf32's docstring, RESULTS.md)."""
+    TF32_RN keeps it NaN (quiet, a GPU's canonical 0x7FFFFFFF too); TF32_RNA carries 0x7FFFFFFF into the sign, -0.0,
+    but with KEEP_NAN (a rounded lo's: _mm_slice's ROUND) keeps every positive NaN (and every other word as without
+    it); a negative NaN at the top, 0xFFFFFFFF, still wraps to +0.0 (the documented limit)."""
     from gmm_triton.kernels import blur_step as K
 
     MODE = K.TF32_RN.value if mode == "rn" else K.TF32_RNA.value
     x = _tf32_inputs()
 
-    def run(words):
+    def run(words, keep_nan=False):
         src = torch.from_numpy(np.ascontiguousarray(words))
         out = torch.empty_like(src)
-        _tf32_words[(triton.cdiv(src.numel(), 1024),)](src, out, src.numel(), MODE=MODE, BLOCK=1024)
+        _tf32_words[(triton.cdiv(src.numel(), 1024),)](src, out, src.numel(), MODE=MODE, BLOCK=1024,
+                                                       KEEP_NAN=keep_nan)
         return out.numpy()
 
     got = run(x)
@@ -813,11 +815,14 @@ def test_tf32_rounding_leaf_against_float64(mode):
     assert np.all(got.view(np.uint32) & 0x1FFF == 0)
     big = np.array([3.4028235e38, -3.4028235e38, np.inf, -np.inf], np.float32)
     assert np.array_equal(run(big), np.array([np.inf, -np.inf, np.inf, -np.inf], np.float32))
-    nans = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7FC00000, 0xFFC01001], np.uint32).view(np.float32)
+    nans = np.array([0x7FFFFFFF, 0x7FFFF000, 0x7FC00000, 0xFFC01001, 0xFFFFFFFF], np.uint32).view(np.float32)
     if mode == "rn":
         assert np.all(np.isnan(run(nans)))
-    else:  # the canonical NaN's carry
+    else:  # the canonical NaN's carry; KEEP_NAN clamps the positive NaNs below it (not the negative at the top)
         assert run(nans)[0].view(np.uint32) == 0x80000000
+        kept = run(nans, True)
+        assert np.all(np.isnan(kept[:4])) and kept[4].view(np.uint32) == 0
+        assert np.array_equal(run(x, True).view(np.uint32), got.view(np.uint32))
 
 
 @triton.jit
@@ -991,6 +996,26 @@ def test_blur_an_invalid_device_row_poisons_only_its_sample(N):
                          seed_value=0, noise=None, noise_mode=0, B=13, C=3, N=N)
     assert torch.isnan(out[4]).all()
     assert torch.isfinite(out[torch.arange(13) != 4]).all()
+
+
+@pytest.mark.parametrize("N", [48, 36])
+def test_blur_a_gpu_nan_in_the_data_reaches_the_output_through_the_rounded_split(N):
+    """One plane at T = 64 rounds both parts of its split (ROUND, ties away in integers): a GPU's canonical NaN
+    0x7FFFFFFF in fp32 data carried into the sign there (-0.0 for hi and for lo), so that the NaN vanished and the
+    plane came out finite; lo's rounding keeps a NaN (_tf32's KEEP_NAN). The interpreter's arithmetic carries this
+    NaN's payload as a GPU makes it, so the CPU sees what a GPU would: the plane with the NaN element NaN
+    everywhere, the other planes finite. (Without KEEP_NAN: the NaN plane finite, the test fails.)"""
+    from gmm_triton.kernels.blur_step import launches_grid, tile_size
+
+    assert tile_size(N) == 64 and not launches_grid(N, 1, 6, True, 90)
+    bt, _, basis = blur_tables(N)
+    x, e = torch.randn(2, 3, N, N), torch.randn(2, 3, N, N)
+    x.view(torch.int32)[1, 2, N // 3, N // 2] = 0x7FFFFFFF
+    with ops.use_cpu_backend("triton"):
+        out = gops.blur_step(x, [e], 2, bt, basis)
+    assert torch.isnan(out[1, 2]).all()
+    out[1, 2] = 0
+    assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("N,dtype,noise", [(7, torch.float32, 0), (28, torch.bfloat16, 1), (12, torch.float32, 1),

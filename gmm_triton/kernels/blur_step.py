@@ -120,15 +120,17 @@ KRON_T_SMALL = 16  # the Kronecker rows' width for N ≤ 4 (tile_size)
 
 
 @triton.jit
-def _tf32(t, MODE: tl.constexpr):
+def _tf32(t, MODE: tl.constexpr, KEEP_NAN: tl.constexpr = False):
     """t rounded to tf32 (11 significant bits), as fp32 with its low 13 bits zeros: exact on the tensor cores; within
     half a tf32 unit either way. MODE TF32_RN: to nearest, ties to even, by ``cvt.rn.tf32.f32`` (sm_90 and later: one
     F2FP instruction, where the integer rounding below takes two; emulated under the interpreter, bit for bit but a
     NaN's payload: a NaN stays NaN); TF32_RNA (sm_80, which has no cvt.rn.tf32; and both parts where lo is rounded
     too, ROUND in _mm_slice): ties away from zero, half a unit added to the bits and the low 13 cleared. That
-    addition carries a NaN whose mantissa is all ones, a GPU's canonical NaN 0x7FFFFFFF, into the sign: -0.0; as an
-    operand's high part its lo = t - hi is still NaN, but a rounded lo (ROUND) is -0.0 too (benchmarks/RESULTS.md,
-    issue 19: open)."""
+    addition carries a NaN whose mantissa is all ones, a GPU's canonical NaN 0x7FFFFFFF, into the sign: -0.0. As an
+    operand's high part that is harmless (lo = t - hi is still NaN); a rounded lo (ROUND) takes KEEP_NAN, which
+    clamps those positive NaNs below the carry (one instruction more): a NaN in the data, or the one an invalid row
+    adds to a plane's Y, reaches the output on a GPU (under the interpreter numpy's NaN, 0x7FC00000, survives either
+    way). A negative NaN at the top (0xFFFFF000 and up: the canonical NaN with its sign flipped) still wraps to +0.0."""
     u = t.to(tl.uint32, bitcast=True)
     if MODE == TF32_RN:
         if _PTX:
@@ -138,6 +140,10 @@ def _tf32(t, MODE: tl.constexpr):
             r = ((u + (_TF32_HALF - 1) + ((u >> 13) & 1)) & _TF32_MASK).to(tl.float32, bitcast=True)
             return tl.where(t != t, t, r)
     else:
+        if KEEP_NAN:  # the positive NaNs that the half unit would carry into the sign (0x7FFFF000 and up, a GPU's
+            # canonical NaN among them) clamped below the carry: one integer min (a compare and a select spilled
+            # 56 B on sm_90a at N = 40 and 56 with a timestep per sample)
+            u = tl.minimum(u.to(tl.int32, bitcast=True), 0x7FFFEFFF).to(tl.uint32, bitcast=True)
         return ((u + _TF32_HALF) & _TF32_MASK).to(tl.float32, bitcast=True)
 
 
@@ -205,9 +211,9 @@ def _mm_slice(acc, t, bp, k0, which, LEFT: tl.constexpr, TF32X3: tl.constexpr, T
             acc = tl.dot(t, _basis_part(bp, 1, which, T, k0, 0, K, T, PRE, BT), acc, input_precision="tf32")
             return tl.dot(t, _basis_part(bp, 0, which, T, k0, 0, K, T, PRE, BT), acc, input_precision="tf32")
     elif TF32X3:
-        if ROUND:  # the integer rounding, either mode: with cvt.rn this schedule spilled (28 B at N = 48, sm_90a)
-            hi = _tf32(t, TF32_RNA)
-            lo = _tf32(t - hi, TF32_RNA)
+        if ROUND:  # the integer rounding, either mode: with cvt.rn this schedule spilled (28 B at N = 48, sm_90a);
+            hi = _tf32(t, TF32_RNA)  # a NaN kept in lo (_tf32)
+            lo = _tf32(t - hi, TF32_RNA, True)
         elif _TC_READS_TF32:  # a GPU: the tensor core reads lo's tf32 bits, its low 13 ignored (module docstring)
             hi = _tf32(t, TF32X3)
             lo = t - hi
