@@ -331,16 +331,12 @@ def test_tf32_rounding_instruction_is_the_cpu_emulation():
     to ±inf, a NaN a NaN (the PTX manual does not say; this is the check)."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("cvt.rn.tf32.f32 needs sm_90 (sm_80 rounds in integers: TF32_RNA)")
-    import triton
-    from test_gddim_ops import _tf32_inputs, _tf32_reference, _tf32_words
+    from test_gddim_ops import _tf32_inputs, _tf32_reference, _tf32_run
 
     from gmm_triton.kernels import blur_step as K
 
     def run(words):
-        src = torch.from_numpy(np.ascontiguousarray(words)).to(DEV)
-        out = torch.empty_like(src)
-        _tf32_words[(triton.cdiv(src.numel(), 1024),)](src, out, src.numel(), MODE=K.TF32_RN.value, BLOCK=1024)
-        return out.cpu().numpy()
+        return _tf32_run(words, K.TF32_RN.value, device=DEV)
 
     x = _tf32_inputs()
     got, want = run(x), _tf32_reference(x, True)

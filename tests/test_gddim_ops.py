@@ -773,6 +773,14 @@ def _tf32_words(src, dst, n, MODE: tl.constexpr, BLOCK: tl.constexpr, KEEP_NAN: 
     tl.store(dst + o, _tf32(tl.load(src + o, mask=o < n), MODE, KEEP_NAN), mask=o < n)
 
 
+def _tf32_run(words: np.ndarray, mode: int, keep_nan: bool = False, device: str = "cpu") -> np.ndarray:
+    """_tf32 (MODE ``mode``, KEEP_NAN) on fp32 words, through _tf32_words on ``device``; the words back on the host."""
+    src = torch.from_numpy(np.ascontiguousarray(words)).to(device)
+    out = torch.empty_like(src)
+    _tf32_words[(triton.cdiv(src.numel(), 1024),)](src, out, src.numel(), MODE=mode, BLOCK=1024, KEEP_NAN=keep_nan)
+    return out.cpu().numpy()
+
+
 def _tf32_inputs() -> np.ndarray:
     """fp32 words: every sign, exponents from subnormal to the largest, mantissas' kept bits at their ends, and the
     13 dropped bits at each side of half a unit (ties with the last kept bit 0 and 1); 2¹⁶ random finite words."""
@@ -800,11 +808,7 @@ def test_tf32_rounding_leaf_against_float64(mode):
     x = _tf32_inputs()
 
     def run(words, keep_nan=False):
-        src = torch.from_numpy(np.ascontiguousarray(words))
-        out = torch.empty_like(src)
-        _tf32_words[(triton.cdiv(src.numel(), 1024),)](src, out, src.numel(), MODE=MODE, BLOCK=1024,
-                                                       KEEP_NAN=keep_nan)
-        return out.numpy()
+        return _tf32_run(words, MODE, keep_nan)
 
     got = run(x)
     want = _tf32_reference(x, mode == "rn")
